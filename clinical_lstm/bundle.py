@@ -1,0 +1,223 @@
+"""RiskModel: everything needed to score, saved as one directory without pickle, loaded safely.
+
+A bundle directory holds
+
+=====================  ===========================================================================
+``bundle.json``        format version, package and library versions, configs, threshold, calibrator,
+                       training-data digest (never rows), metrics
+``catalogue.csv``      the variable catalogue the model was trained with
+``transformer.json``   the fitted :class:`~clinical_lstm.impute.GridTransformer` state
+``weights.safetensors`` the network weights (``m<k>.<param>`` for ensemble member ``k``)
+=====================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from . import __version__
+from .calibrate import calibrator_from_dict
+from .catalogue import Catalogue
+from .impute import GridTransformer, Tensors
+from .model import MaskedLSTM, ModelConfig
+from .sources import LONG_COLUMNS, DataError, RawData
+from .validate import QualityReport, validate
+
+FORMAT_VERSION = 1
+
+
+def data_digest(clean: pl.DataFrame, catalogue: Catalogue) -> str:
+    """SHA-256 over a cleaned long table's content (order-independent rows are sorted first)."""
+    codes = {n: i for i, n in enumerate(catalogue.names)}
+    df = clean.sort("stay_id", "time", "variable", "value").with_columns(
+        pl.col("variable").replace_strict(codes, return_dtype=pl.Int32))
+    h = hashlib.sha256()
+    for col in ("stay_id", "time", "variable", "value"):
+        h.update(np.ascontiguousarray(df[col].to_numpy()).tobytes())
+    return h.hexdigest()
+
+
+def as_raw(data) -> RawData:
+    """A pandas/polars long table (``stay_id, time, variable, value``) or a path -> :class:`RawData`."""
+    from .sources import load
+
+    if isinstance(data, RawData):
+        return data
+    if isinstance(data, (str, Path, list, tuple)):
+        return load(data)
+    if not isinstance(data, pl.DataFrame):
+        try:
+            data = pl.from_pandas(data)
+        except (TypeError, ValueError, ImportError) as exc:
+            raise DataError(f"expected a long table (pandas/polars DataFrame with columns {list(LONG_COLUMNS)}) "
+                            f"or a data path, got {type(data).__name__}") from exc
+    missing = [c for c in LONG_COLUMNS if c not in data.columns]
+    if missing:
+        raise DataError(f"the long table lacks column(s) {missing}; expected {list(LONG_COLUMNS)}, "
+                        f"found {data.columns}")
+    df = data.select(LONG_COLUMNS)
+    if df.height and df["stay_id"].null_count():
+        raise DataError("stay_id is null on some rows; every observation needs its stay's integer id")
+    df = df.with_columns(pl.col("stay_id").cast(pl.Int64), pl.col("variable").cast(pl.String))
+    return RawData(long=df, stays=df["stay_id"].unique().sort(), sources=["<dataframe>"])
+
+
+@dataclass
+class RiskModel:
+    """A trained, calibrated mortality model. Build with :func:`clinical_lstm.train` or :func:`load_model`."""
+
+    transformer: GridTransformer
+    networks: list[MaskedLSTM]
+    calibrator: object
+    threshold: float
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.transformer.catalogue
+
+    # -- scoring ----------------------------------------------------------------------------------------
+    def clean(self, data) -> tuple[pl.DataFrame, pl.Series, QualityReport]:
+        """Validate input against the model's catalogue and window (no labels needed)."""
+        return validate(as_raw(data), self.catalogue, self.transformer.window_hours, require_labels=False)
+
+    def tensors(self, clean: pl.DataFrame, stay_ids) -> Tensors:
+        return self.transformer.transform(clean, stay_ids)
+
+    def logits(self, t: Tensors, steps: bool = False, batch_size: int = 1024) -> np.ndarray:
+        """Ensemble-mean logits, (N,) — or (N, T) per step with ``steps=True``."""
+        import torch
+
+        from .train import predict_logits, to_torch
+
+        with torch.inference_mode():
+            return predict_logits(self.networks, to_torch(t, torch.device("cpu")), batch_size, steps)
+
+    def risk(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probability from logits (any shape)."""
+        return self.calibrator.predict(np.asarray(logits).ravel()).reshape(np.shape(logits))
+
+    def score(self, data) -> tuple[pl.DataFrame, pl.DataFrame, QualityReport]:
+        """``(scored, rejects, report)``: ``stay_id, risk, flag, n_observations`` and ``stay_id, reason``."""
+        clean, kept, report = self.clean(data)
+        if len(kept):
+            t = self.tensors(clean, kept)
+            risk = self.risk(self.logits(t))
+        else:
+            risk = np.zeros(0)
+        counts = clean.group_by("stay_id").len("n_observations")
+        scored = (pl.DataFrame({"stay_id": kept, "risk": risk})
+                  .with_columns((pl.col("risk") >= self.threshold).alias("flag"))
+                  .join(counts, on="stay_id", how="left"))
+        return scored, report.rejects, report
+
+    def predict(self, data):
+        """One row per stay: ``stay_id, risk, flag, reason`` (risk null and a reason for rejected stays).
+
+        ``data`` is a long table (pandas or polars, the same type comes back) or a data path.
+        """
+        scored, rejects, _ = self.score(data)
+        out = pl.concat([scored.select("stay_id", "risk", "flag", pl.lit(None, pl.String).alias("reason")),
+                         rejects.select("stay_id", pl.lit(None, pl.Float64).alias("risk"),
+                                        pl.lit(None, pl.Boolean).alias("flag"), "reason")]).sort("stay_id")
+        return out if isinstance(data, (pl.DataFrame, str, Path, list, tuple, RawData)) else out.to_pandas()
+
+    def trajectory(self, data) -> pl.DataFrame:
+        """Calibrated risk at the end of every grid bin: ``stay_id, hour, risk`` (valid bins only)."""
+        clean, kept, _ = self.clean(data)
+        t = self.tensors(clean, kept)
+        risk = self.risk(self.logits(t, steps=True))  # (N, T)
+        T = risk.shape[1]
+        valid = np.arange(T)[None, :] < t.lengths[:, None]
+        hours = (np.arange(T) + 1) * self.transformer.resolution_hours
+        n_idx, t_idx = np.nonzero(valid)
+        return pl.DataFrame({"stay_id": t.stay_ids[n_idx], "hour": hours[t_idx], "risk": risk[n_idx, t_idx]})
+
+    # -- persistence ------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write the bundle atomically: into a temporary sibling, then renamed into place."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+        try:
+            (tmp / "catalogue.csv").write_text(self.catalogue.to_csv_text())
+            (tmp / "transformer.json").write_text(json.dumps(self.transformer.to_dict(), indent=1))
+            tensors = {f"m{k}.{name}": p.detach().cpu().contiguous()
+                       for k, net in enumerate(self.networks) for name, p in net.state_dict().items()}
+            save_file(tensors, str(tmp / "weights.safetensors"))
+            meta = dict(self.metadata)
+            meta.update({
+                "format_version": FORMAT_VERSION,
+                "model_config": self.networks[0].cfg.to_dict(),
+                "n_series": self.networks[0].n_series, "n_static": self.networks[0].n_static,
+                "n_networks": len(self.networks),
+                "calibrator": self.calibrator.to_dict(), "threshold": float(self.threshold),
+                "catalogue_digest": self.catalogue.digest(),
+            })
+            (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(directory, old)
+                os.replace(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RiskModel:
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta_path = directory / "bundle.json"
+        if not meta_path.is_file():
+            raise DataError(f"{directory} is not a clinical-lstm model bundle (no bundle.json); pass the "
+                            f"directory that `clinical-lstm train --out DIR` wrote")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"bundle {directory} has format version {meta.get('format_version')}; this "
+                            f"clinical-lstm {__version__} reads version {FORMAT_VERSION}")
+        catalogue = Catalogue.from_csv(directory / "catalogue.csv")
+        if catalogue.digest() != meta["catalogue_digest"]:
+            raise DataError(f"bundle {directory}: catalogue.csv does not match the digest in bundle.json")
+        transformer = GridTransformer.from_dict(json.loads((directory / "transformer.json").read_text()), catalogue)
+        weights = load_file(str(directory / "weights.safetensors"))
+        cfg = ModelConfig(**meta["model_config"])
+        networks = []
+        for k in range(meta["n_networks"]):
+            net = MaskedLSTM(cfg, meta["n_series"], meta["n_static"])
+            prefix = f"m{k}."
+            net.load_state_dict({n[len(prefix):]: w for n, w in weights.items() if n.startswith(prefix)})
+            networks.append(net.eval())
+        return cls(transformer, networks, calibrator_from_dict(meta["calibrator"]), meta["threshold"], meta)
+
+
+def load_model(source: str | Path) -> RiskModel:
+    """Load a model bundle directory."""
+    return RiskModel.load(source)
+
+
+def environment() -> dict:
+    """Package and library versions recorded in every bundle."""
+    import sklearn
+    import torch
+
+    return {"clinical_lstm": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "polars": pl.__version__, "numpy": np.__version__, "scikit_learn": sklearn.__version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -1,0 +1,149 @@
+"""The variable catalogue: the single source of names, units, plausible ranges and in-bin aggregation.
+
+The default catalogue ships as ``clinical_lstm/data/catalogue.csv`` and covers every PhysioNet 2012
+variable. A hospital passes its own CSV with the same columns:
+
+========== ===================================================================================
+column     meaning
+========== ===================================================================================
+name       variable name as it appears in the long table's ``variable`` column (case-sensitive)
+unit       unit the values must be in (documentation; values are never converted)
+lower      smallest plausible value, inclusive; values below become missing (rule ``out_of_range``)
+upper      largest plausible value, inclusive
+aggregation how several values in one grid bin combine: ``mean``, ``last``, ``sum``, ``max``, ``min``
+kind       ``static`` (descriptor only), ``vital`` or ``lab`` (time series)
+static     ``true`` if the value at time 0 is also a static feature (e.g. admission Weight)
+========== ===================================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+AGGREGATIONS = ("mean", "last", "sum", "max", "min")
+KINDS = ("static", "vital", "lab")
+COLUMNS = ("name", "unit", "lower", "upper", "aggregation", "kind", "static", "description")
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    unit: str
+    lower: float  # inclusive plausible minimum, in `unit`
+    upper: float  # inclusive plausible maximum, in `unit`
+    aggregation: str  # one of AGGREGATIONS
+    kind: str  # one of KINDS
+    static: bool  # the time-0 value is a static feature
+    description: str = ""
+
+    @property
+    def is_series(self) -> bool:
+        return self.kind != "static"
+
+
+class Catalogue:
+    """An ordered collection of :class:`Variable`; order fixes the model's channel order."""
+
+    def __init__(self, variables: list[Variable]):
+        names = [v.name for v in variables]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"catalogue lists {dupes} more than once; each variable name must be unique")
+        self.variables = list(variables)
+        self._by_name = {v.name: v for v in variables}
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def default(cls) -> Catalogue:
+        text = resources.files("clinical_lstm").joinpath("data/catalogue.csv").read_text()
+        return cls.from_csv_text(text, source="the default catalogue")
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> Catalogue:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"catalogue file {path} does not exist")
+        return cls.from_csv_text(path.read_text(), source=str(path))
+
+    @classmethod
+    def from_csv_text(cls, text: str, source: str = "catalogue") -> Catalogue:
+        reader = csv.DictReader(io.StringIO(text))
+        missing = [c for c in COLUMNS[:-1] if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{source} lacks column(s) {missing}; expected columns {list(COLUMNS)}")
+        variables = []
+        for line_no, row in enumerate(reader, start=2):
+            where = f"{source} line {line_no} ({row.get('name')!r})"
+            try:
+                lower, upper = float(row["lower"]), float(row["upper"])
+            except ValueError:
+                raise ValueError(f"{where}: lower/upper must be numbers, got {row['lower']!r}/{row['upper']!r}") from None
+            if lower > upper:
+                raise ValueError(f"{where}: lower {lower} is greater than upper {upper}")
+            if row["aggregation"] not in AGGREGATIONS:
+                raise ValueError(f"{where}: aggregation must be one of {AGGREGATIONS}, got {row['aggregation']!r}")
+            if row["kind"] not in KINDS:
+                raise ValueError(f"{where}: kind must be one of {KINDS}, got {row['kind']!r}")
+            static = row["static"].strip().lower() in ("true", "1", "yes")
+            if row["kind"] == "static" and not static:
+                raise ValueError(f"{where}: kind 'static' requires static=true")
+            variables.append(Variable(row["name"].strip(), row["unit"], lower, upper, row["aggregation"],
+                                      row["kind"], static, row.get("description") or ""))
+        return cls(variables)
+
+    # -- views ----------------------------------------------------------------------------------------
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def __getitem__(self, name: str) -> Variable:
+        return self._by_name[name]
+
+    def __len__(self) -> int:
+        return len(self.variables)
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.variables]
+
+    @property
+    def series(self) -> list[str]:
+        """Time-series variables, in channel order."""
+        return [v.name for v in self.variables if v.is_series]
+
+    @property
+    def statics(self) -> list[str]:
+        """Variables whose time-0 value is a static feature."""
+        return [v.name for v in self.variables if v.static]
+
+    def to_csv_text(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for v in self.variables:
+            writer.writerow([v.name, v.unit, repr(v.lower), repr(v.upper), v.aggregation, v.kind,
+                             "true" if v.static else "false", v.description])
+        return out.getvalue()
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical CSV text: lets a scorer check it uses the model's catalogue."""
+        return hashlib.sha256(self.to_csv_text().encode()).hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Catalogue) and self.variables == other.variables
+
+    def __repr__(self) -> str:
+        return f"Catalogue({len(self.series)} series, {len(self.statics)} statics)"
+
+
+def resolve(catalogue: Catalogue | str | Path | None) -> Catalogue:
+    """Accept a Catalogue, a CSV path, or None (the default catalogue)."""
+    if catalogue is None:
+        return Catalogue.default()
+    if isinstance(catalogue, Catalogue):
+        return catalogue
+    return Catalogue.from_csv(catalogue)

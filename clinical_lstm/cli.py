@@ -1,0 +1,146 @@
+"""The ``clinical-lstm`` command. Thin: parse arguments, call :mod:`clinical_lstm.workflow`, print.
+
+Bad input (missing paths, wrong columns, unreadable files, bad configs) prints one sentence to stderr and
+exits with code 2, without a traceback. Heavy libraries (torch, scikit-learn) load only in the commands that
+need them, so ``prepare`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _data_args(p: argparse.ArgumentParser, labels: bool = True):
+    p.add_argument("--data", action="append", required=True, metavar="PATH",
+                   help="PhysioNet-2012 set folder or .tar.gz, or long-format .csv/.parquet "
+                        "(stay_id,time,variable,value); repeat for several; 'sample' = the bundled sample")
+    if labels:
+        p.add_argument("--labels", metavar="FILE", help="CSV/Parquet with stay_id,label (0/1)")
+        p.add_argument("--outcomes", metavar="FILE", help="PhysioNet Outcomes-<x>.txt (default: found beside the set)")
+
+
+def _paths(values):
+    from .sample import resolve_data
+
+    return [resolve_data(v) for v in values]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="clinical-lstm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"clinical-lstm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="validate and grid data; write grid Parquet + quality report")
+    _data_args(p)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--config", metavar="FILE", help="TOML config (its [data] section applies)")
+
+    p = sub.add_parser("train", help="train, calibrate, compare with baselines, write a model bundle")
+    _data_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle directory to write")
+    p.add_argument("--config", metavar="FILE", help="TOML config; see pipelines/configs/")
+    p.add_argument("--test", action="append", metavar="PATH", help="separate labelled test data for the report")
+    p.add_argument("--test-labels", metavar="FILE", help="labels for --test data")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("evaluate", help="metrics, subgroups and plots of a model on labelled data")
+    p.add_argument("--model", required=True, metavar="DIR")
+    _data_args(p)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
+
+    p = sub.add_parser("score", help="risk for every stay; rejects and summary beside the output")
+    p.add_argument("--model", required=True, metavar="DIR")
+    _data_args(p, labels=False)
+    p.add_argument("--out", required=True, metavar="FILE", help="output .parquet or .csv")
+
+    p = sub.add_parser("demo", help="train and score on the bundled PhysioNet sample")
+    p.add_argument("--out", default="runs/demo", metavar="DIR")
+    return parser
+
+
+def cmd_prepare(a) -> int:
+    from .config import load_config
+    from .workflow import prepare
+
+    res = prepare(_paths(a.data), a.out, a.labels, a.outcomes, load_config(a.config))
+    print(res.report)
+    print(f"wrote {res.n_stays} stays to {res.out_dir}/grid.parquet in {res.seconds:.2f} s")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from .config import load_config
+    from .workflow import train
+
+    cfg = load_config(a.config)
+    res = train(_paths(a.data), a.out, a.labels, a.outcomes, cfg,
+                test_data=_paths(a.test) if a.test else None, test_labels=a.test_labels,
+                progress=not a.no_progress)
+    print(res.report)
+    print(res.comparison())
+    print(f"model bundle: {res.out_dir}  (report: {res.out_dir / 'report'})")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .workflow import evaluate_model
+
+    res = evaluate_model(a.model, _paths(a.data), a.out, a.labels, a.outcomes, a.n_boot)
+    for k, e in res["metrics"].items():
+        print(f"{k:<16} {e}")
+    print(f"wrote metrics, subgroups and plots to {a.out}")
+    return 0
+
+
+def cmd_score(a) -> int:
+    from .workflow import score
+
+    summary = score(a.model, _paths(a.data), a.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .config import Config
+    from .sample import sample_path
+    from .workflow import score, train
+
+    out = Path(a.out)
+    res = train([sample_path()], out / "model", config=Config(), progress=sys.stderr.isatty())
+    print(res.comparison())
+    summary = score(out / "model", [sample_path()], out / "scores.parquet")
+    print(f"scored {summary['scored']} stays, rejected {summary['rejected']} -> {out / 'scores.parquet'}")
+    return 0
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score,
+            "demo": cmd_demo}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .sources import DataError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (DataError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        print(f"clinical-lstm {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:  # bad configs and parameters raise ValueError with the fix in the message
+        print(f"clinical-lstm {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,662 @@
+"""Evaluation of mortality probabilities: discrimination, calibration, alert quality, subgroups, plots.
+
+* :func:`binary_metrics` -- point estimates on one set of stays.
+* :func:`evaluate` -- the same with 95% percentile-bootstrap intervals (stays resampled with replacement).
+  The bootstrap is vectorised: each replicate is a vector of resampling counts over the stays sorted
+  once by ``p``, so AUROC, AP, decile edges and bin sums for all replicates come from cumulative sums
+  and matrix products instead of one scikit-learn call per replicate.
+* :func:`subgroup_table`, :func:`demographic_groups` -- metrics per sex, age band and ICU type.
+* :func:`plot_roc`, :func:`plot_pr`, :func:`plot_calibration` -- comparison figures (matplotlib is
+  imported only inside them, so importing this module stays cheap and headless-safe).
+
+A stay is flagged when ``p >= threshold`` throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+METRIC_KEYS = (
+    "auroc",
+    "auprc",
+    "brier",
+    "ece",
+    "hosmer_lemeshow",
+    "min_se_ppv",
+    "sensitivity",
+    "ppv",
+    "prevalence",
+    "n",
+)
+BOOTSTRAP_METRICS = ("auroc", "auprc", "brier", "ece", "hosmer_lemeshow", "min_se_ppv")
+SUBGROUP_COLUMNS = ("group", "level", "n", "deaths", "auroc", "auprc", "brier", "min_se_ppv")
+SEX_LEVELS = ("female", "male", "unknown")
+AGE_LEVELS = ("<50", "50-64", "65-79", "80+", "unknown")
+ICU_LEVELS = ("coronary care", "cardiac surgery", "medical", "surgical", "unknown")
+
+_N_BINS = 10  # ECE bins
+_N_GROUPS = 10  # Hosmer-Lemeshow risk groups
+_CHUNK = 250  # bootstrap replicates per block: bounds memory at a few (250, n) float arrays
+
+__all__ = [
+    "AGE_LEVELS",
+    "BOOTSTRAP_METRICS",
+    "ICU_LEVELS",
+    "METRIC_KEYS",
+    "SEX_LEVELS",
+    "Estimate",
+    "binary_metrics",
+    "check_binary_inputs",
+    "demographic_groups",
+    "evaluate",
+    "expected_calibration_error",
+    "hosmer_lemeshow",
+    "plot_calibration",
+    "plot_pr",
+    "plot_roc",
+    "subgroup_table",
+]
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+def check_binary_inputs(
+    y: Any,
+    p: Any,
+    *,
+    name: str = "p",
+    probabilities: bool = True,
+    both_classes: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate labels and scores; return them as ``(int64 array, float64 array)``, shape (n,) each.
+
+    Parameters
+    ----------
+    y : array-like, shape (n,)
+        Outcomes; must be 0/1 (bool, int or float).
+    p : array-like, shape (n,)
+        Scores; must be finite.
+    name : str, default "p"
+        What ``p`` is called in error messages.
+    probabilities : bool, default True
+        Also require ``0 <= p <= 1``.
+    both_classes : bool, default False
+        Also require at least one 0 and one 1 in ``y``.
+
+    Raises
+    ------
+    ValueError
+        Saying what was wrong and what was expected.
+    """
+    y_arr = np.asarray(y)
+    try:
+        p_arr = np.asarray(p, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric, got {type(p).__name__}") from exc
+    if y_arr.ndim != 1 or p_arr.ndim != 1:
+        raise ValueError(f"y and {name} must be 1-D arrays, got shapes {y_arr.shape} and {p_arr.shape}")
+    if len(y_arr) != len(p_arr):
+        raise ValueError(f"y and {name} must have the same length, got {len(y_arr)} and {len(p_arr)}")
+    if len(y_arr) == 0:
+        raise ValueError("y is empty; expected at least one stay")
+    try:
+        y_float = y_arr.astype(float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"y must contain only 0/1 labels, got dtype {y_arr.dtype}") from exc
+    bad = ~((y_float == 0) | (y_float == 1))
+    if bad.any():
+        raise ValueError(
+            f"y must contain only 0/1 labels, got {int(bad.sum())} other value(s), e.g. {y_arr[bad][0]!r}"
+        )
+    finite = np.isfinite(p_arr)
+    if not finite.all():
+        raise ValueError(f"{name} must be finite, got {int((~finite).sum())} NaN/inf value(s)")
+    if probabilities and (p_arr.min() < 0 or p_arr.max() > 1):
+        raise ValueError(
+            f"{name} must be probabilities in [0, 1], got values in [{p_arr.min():.4g}, {p_arr.max():.4g}]"
+        )
+    if both_classes and (y_float.min() == y_float.max()):
+        raise ValueError(f"y must contain both classes (0 and 1), got only {int(y_float[0])}")
+    return y_float.astype(np.int64), p_arr
+
+
+def _check_threshold(threshold: Any) -> float:
+    t = float(threshold)
+    if not np.isfinite(t):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    return t
+
+
+# ------------------------------------------------------------------------------------ point metrics
+
+
+def expected_calibration_error(y: Any, p: Any, n_bins: int = _N_BINS) -> float:
+    """ECE: ``sum_b (n_b / n) * |mean(y_b) - mean(p_b)|`` over equal-width bins of ``p``.
+
+    Bin ``b`` is ``[b / n_bins, (b + 1) / n_bins)``; ``p == 1`` falls in the last bin. Empty bins add 0.
+
+    Parameters
+    ----------
+    y, p : array-like, shape (n,)
+        0/1 outcomes and probabilities.
+    n_bins : int, default 10
+    """
+    y01, p = check_binary_inputs(y, p)
+    bins = _ece_bins(p, n_bins)
+    # n_b/n * |sum_y/n_b - sum_p/n_b| == |sum_y - sum_p| / n, which avoids dividing by empty bins.
+    diff = np.bincount(bins, weights=y01 - p, minlength=n_bins)
+    return float(np.abs(diff).sum() / len(p))
+
+
+def _ece_bins(p: np.ndarray, n_bins: int) -> np.ndarray:
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    return np.minimum(np.floor(p * n_bins).astype(np.int64), n_bins - 1)
+
+
+def hosmer_lemeshow(y: Any, p: Any, n_groups: int = _N_GROUPS) -> float:
+    """Hosmer-Lemeshow H statistic over risk groups formed from quantiles of ``p``.
+
+    Edges are ``np.quantile(p, linspace(0, 1, n_groups + 1))`` (linear interpolation) and a stay's group
+    is the number of inner edges strictly below its ``p``: right-closed intervals ``(edge[g], edge[g+1]]``,
+    the first also holding the minimum. Tied scores therefore always share a group; when ties collapse
+    edges there are fewer, larger groups, and empty groups are skipped. (This is ``pandas.qcut(p, 10,
+    duplicates="drop")`` except when 10% or more of the stays share the minimum: that atom is then a group
+    of its own rather than merged with the next interval.) The statistic is
+    ``sum_g (O_g - E_g)^2 / (E_g * (1 - E_g / n_g))`` with ``O_g`` deaths, ``E_g = sum p`` and ``n_g``
+    stays in the group. A group whose probabilities are all 0 or all 1 has zero variance: it adds 0
+    when ``O_g == E_g`` and ``inf`` otherwise (an event that was predicted impossible happened).
+
+    Parameters
+    ----------
+    y, p : array-like, shape (n,)
+        0/1 outcomes and probabilities.
+    n_groups : int, default 10
+    """
+    y01, p = check_binary_inputs(y, p)
+    inner = np.quantile(p, np.linspace(0.0, 1.0, n_groups + 1))[1:-1]
+    group = np.searchsorted(inner, p, side="left")  # number of inner edges strictly below p
+    n_g = np.bincount(group, minlength=n_groups).astype(float)
+    obs = np.bincount(group, weights=y01, minlength=n_groups)
+    exp = np.bincount(group, weights=p, minlength=n_groups)
+    return float(_hl_terms(n_g, obs, exp).sum())
+
+
+def _hl_terms(n_g: np.ndarray, obs: np.ndarray, exp: np.ndarray) -> np.ndarray:
+    """Per-group H-L terms, any shape; 0 for empty groups (see :func:`hosmer_lemeshow`)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = exp * (1.0 - exp / n_g)
+        term = (obs - exp) ** 2 / denom
+    degenerate = np.where(np.isclose(obs, exp, rtol=0.0, atol=1e-9), 0.0, np.inf)
+    term = np.where(denom > 0, term, degenerate)
+    return np.where(n_g > 0, term, 0.0)
+
+
+def _alert_counts(y01: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    """Sensitivity, PPV and min(Se, PPV) when flagging ``p >= threshold``.
+
+    PPV is NaN when nothing is flagged; min(Se, PPV) is then 0 because sensitivity is 0. Everything is
+    NaN when there are no deaths (sensitivity undefined).
+    """
+    flag = p >= threshold
+    n_pos, n_flag = float(y01.sum()), float(flag.sum())
+    tp = float(y01[flag].sum())
+    sens = tp / n_pos if n_pos > 0 else float("nan")
+    ppv = tp / n_flag if n_flag > 0 else float("nan")
+    if n_pos == 0:
+        return sens, ppv, float("nan")
+    return sens, ppv, (0.0 if n_flag == 0 else min(sens, ppv))
+
+
+def binary_metrics(y: Any, p: Any, threshold: float) -> dict[str, float]:
+    """Point estimates of discrimination, calibration and alert quality.
+
+    Parameters
+    ----------
+    y : array-like, shape (n,)
+        0/1 in-hospital death.
+    p : array-like, shape (n,)
+        Predicted probabilities in [0, 1].
+    threshold : float
+        A stay is flagged when ``p >= threshold``.
+
+    Returns
+    -------
+    dict[str, float]
+        Keys :data:`METRIC_KEYS`: ``auroc``, ``auprc`` (scikit-learn average precision; both NaN when
+        ``y`` has a single class), ``brier``, ``ece`` (10 equal-width bins), ``hosmer_lemeshow``
+        (risk deciles), ``min_se_ppv``, ``sensitivity``, ``ppv``, ``prevalence``, ``n``.
+    """
+    y01, p = check_binary_inputs(y, p)
+    threshold = _check_threshold(threshold)
+    both = 0 < y01.sum() < len(y01)
+    sens, ppv, min_se_ppv = _alert_counts(y01, p, threshold)
+    return {
+        "auroc": float(roc_auc_score(y01, p)) if both else float("nan"),
+        "auprc": float(average_precision_score(y01, p)) if both else float("nan"),
+        "brier": float(np.mean((p - y01) ** 2)),
+        "ece": expected_calibration_error(y01, p),
+        "hosmer_lemeshow": hosmer_lemeshow(y01, p),
+        "min_se_ppv": min_se_ppv,
+        "sensitivity": sens,
+        "ppv": ppv,
+        "prevalence": float(y01.mean()),
+        "n": float(len(y01)),
+    }
+
+
+# ---------------------------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with a confidence interval; ``str()`` gives ``0.861 (0.842–0.880)``."""
+
+    value: float
+    lower: float
+    upper: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} ({self.lower:.3f}\u2013{self.upper:.3f})"
+
+    def to_dict(self) -> dict[str, float]:
+        """``{"value": ..., "lower": ..., "upper": ...}``."""
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+class _SortedStays:
+    """Stays sorted once by ``p``, with everything the replicate kernel reuses across replicates."""
+
+    def __init__(self, y01: np.ndarray, p: np.ndarray, threshold: float) -> None:
+        self.order = np.argsort(p, kind="stable")
+        self.p = p[self.order]
+        self.y = y01[self.order].astype(float)
+        self.n = len(p)
+        self.tie_starts = np.flatnonzero(np.r_[True, self.p[1:] != self.p[:-1]])
+        self.sq_err = (self.p - self.y) ** 2
+        self.flag_pos = self.y * (self.p >= threshold)
+        self.flag = (self.p >= threshold).astype(float)
+        onehot = np.eye(_N_BINS)[_ece_bins(self.p, _N_BINS)]  # (n, bins)
+        self.bin_resid = onehot * (self.y - self.p)[:, None]
+        # Decile positions in a resample of size n, as np.quantile's linear method places them.
+        pos = np.linspace(0.0, 1.0, _N_GROUPS + 1) * (self.n - 1)
+        self.q_lo = np.floor(pos).astype(np.int64)
+        self.q_hi = np.minimum(self.q_lo + 1, self.n - 1)
+        self.q_frac = pos - self.q_lo
+
+
+def _replicate_metrics(s: _SortedStays, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Metrics for each row of resampling counts ``w``, shape (B, n) over the sorted stays.
+
+    Each row gives what :func:`binary_metrics` would on the resample that repeats stay ``i`` ``w[b, i]``
+    times. Returns arrays of shape (B,) keyed by :data:`BOOTSTRAP_METRICS` plus ``valid`` (both classes).
+    """
+    n_b = w.sum(axis=1)
+    wpos = w * s.y
+    n_pos = wpos.sum(axis=1)
+    n_neg = n_b - n_pos
+    valid = (n_pos > 0) & (n_neg > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = {"valid": valid}
+        out["auroc"], out["auprc"] = _ranked_metrics(s, wpos, w - wpos, n_pos, n_neg)
+        out["brier"] = w @ s.sq_err / n_b
+        out["ece"] = np.abs(w @ s.bin_resid).sum(axis=1) / n_b
+        out["hosmer_lemeshow"] = _replicate_hl(s, w, wpos)
+        tp, n_flag = w @ s.flag_pos, w @ s.flag
+        out["min_se_ppv"] = np.where(n_flag > 0, np.minimum(tp / n_pos, tp / n_flag), 0.0)
+    return out
+
+
+def _ranked_metrics(
+    s: _SortedStays, wpos: np.ndarray, wneg: np.ndarray, n_pos: np.ndarray, n_neg: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC (Mann-Whitney with mid-ranks for ties) and average precision, per replicate."""
+    # Collapse tied scores into one column: ties count half in AUROC and form one PR threshold.
+    if len(s.tie_starts) < s.n:
+        wpos = np.add.reduceat(wpos, s.tie_starts, axis=1)
+        wneg = np.add.reduceat(wneg, s.tie_starts, axis=1)
+    gpos, gneg = wpos, wneg
+    neg_below = np.cumsum(gneg, axis=1) - gneg
+    auroc = (gpos * (neg_below + 0.5 * gneg)).sum(axis=1) / (n_pos * n_neg)
+    # AP = sum over thresholds (descending) of recall increment * precision at that threshold.
+    tp = np.cumsum(gpos[:, ::-1], axis=1)
+    flagged = tp + np.cumsum(gneg[:, ::-1], axis=1)
+    precision = np.divide(tp, flagged, out=np.zeros_like(tp), where=flagged > 0)
+    auprc = (gpos[:, ::-1] * precision).sum(axis=1) / n_pos
+    return auroc, auprc
+
+
+def _replicate_hl(s: _SortedStays, w: np.ndarray, wpos: np.ndarray) -> np.ndarray:
+    """Hosmer-Lemeshow per replicate, with decile edges recomputed from each resample."""
+    n_rep = w.shape[0]
+    cw = np.cumsum(w, axis=1)
+    # The k-th smallest resampled score is p[i] for the first i with cw[i] > k. Offsetting each row by
+    # r * (n + 1) makes all rows one increasing array, so a single searchsorted serves every replicate.
+    offset = np.arange(n_rep)[:, None] * (s.n + 1)
+    flat = (cw + offset).ravel()
+    ks = np.concatenate([s.q_lo, s.q_hi])[None, :] + offset
+    idx = np.searchsorted(flat, ks.ravel(), side="right").reshape(n_rep, -1) - np.arange(n_rep)[:, None] * s.n
+    lo, hi = s.p[idx[:, : len(s.q_lo)]], s.p[idx[:, len(s.q_lo) :]]
+    inner = (lo + (hi - lo) * s.q_frac)[:, 1:-1]
+    # Group g holds sorted positions [bounds[g], bounds[g+1]): p <= inner edge g ends group g.
+    cut = np.searchsorted(s.p, inner.ravel(), side="right").reshape(n_rep, -1)
+    bounds = np.column_stack([np.zeros(n_rep, np.int64), cut, np.full(n_rep, s.n)])
+    zero = np.zeros((n_rep, 1))
+    sums = []
+    for arr in (w, wpos, w * s.p):
+        c = np.hstack([zero, np.cumsum(arr, axis=1)])
+        sums.append(np.diff(np.take_along_axis(c, bounds, axis=1), axis=1))
+    return _hl_terms(*sums).sum(axis=1)
+
+
+def _resample_counts(rng: np.random.Generator, n_rep: int, n: int) -> np.ndarray:
+    """Resampling counts, shape (n_rep, n): how often each stay is drawn in n draws with replacement."""
+    idx = rng.integers(0, n, size=(n_rep, n)) + np.arange(n_rep)[:, None] * n
+    return np.bincount(idx.ravel(), minlength=n_rep * n).reshape(n_rep, n).astype(float)
+
+
+def evaluate(
+    y: Any, p: Any, threshold: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, Estimate]:
+    """Point estimates with percentile-bootstrap intervals, resampling stays with replacement.
+
+    Parameters
+    ----------
+    y : array-like, shape (n,)
+        0/1 outcomes; both classes must occur.
+    p : array-like, shape (n,)
+        Probabilities in [0, 1].
+    threshold : float
+        Alert threshold for ``min_se_ppv`` (``p >= threshold``), fixed across replicates.
+    n_boot : int, default 1000
+        Bootstrap replicates; those that draw a single class are skipped.
+    seed : int, default 0
+        Seed for ``np.random.default_rng``; the same seed gives the same intervals.
+    alpha : float, default 0.05
+        Intervals are the ``alpha/2`` and ``1 - alpha/2`` percentiles of the replicates.
+
+    Returns
+    -------
+    dict[str, Estimate]
+        Keys :data:`BOOTSTRAP_METRICS`. Bounds are NaN when no replicate had both classes.
+    """
+    y01, p = check_binary_inputs(y, p, both_classes=True)
+    threshold = _check_threshold(threshold)
+    if int(n_boot) != n_boot or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    point = binary_metrics(y01, p, threshold)
+    stays = _SortedStays(y01, p, threshold)
+    rng = np.random.default_rng(seed)
+    reps: dict[str, list[np.ndarray]] = {k: [] for k in BOOTSTRAP_METRICS}
+    for start in range(0, int(n_boot), _CHUNK):
+        w = _resample_counts(rng, min(_CHUNK, int(n_boot) - start), stays.n)[:, stays.order]
+        out = _replicate_metrics(stays, w)
+        for k in BOOTSTRAP_METRICS:
+            reps[k].append(out[k][out["valid"]])
+    result = {}
+    for k in BOOTSTRAP_METRICS:
+        lower, upper = _percentile_interval(np.concatenate(reps[k]), alpha)
+        result[k] = Estimate(point[k], lower, upper)
+    return result
+
+
+def _percentile_interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    lower, upper = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lower), float(upper)
+
+
+# ---------------------------------------------------------------------------------------- subgroups
+
+
+def subgroup_table(y: Any, p: Any, threshold: float, groups: pd.DataFrame) -> pd.DataFrame:
+    """Metrics within each level of each grouping column.
+
+    Parameters
+    ----------
+    y, p : array-like, shape (n,)
+        0/1 outcomes and probabilities.
+    threshold : float
+        Alert threshold (``p >= threshold``) for ``min_se_ppv``.
+    groups : pandas.DataFrame, shape (n, k)
+        One row per stay, in the order of ``y`` (the index is ignored); each column a categorical label
+        such as ``sex``, ``age_band``, ``icu_type``. Missing labels form their own level ``"missing"``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Long table with columns ``group, level, n, deaths, auroc, auprc, brier, min_se_ppv``; levels in
+        category order for categoricals, else sorted. ``auroc``/``auprc`` are NaN where a level has a
+        single class, ``min_se_ppv`` where it has no deaths.
+    """
+    y01, p = check_binary_inputs(y, p)
+    threshold = _check_threshold(threshold)
+    if not isinstance(groups, pd.DataFrame):
+        raise ValueError(f"groups must be a pandas DataFrame, got {type(groups).__name__}")
+    if len(groups) != len(y01):
+        raise ValueError(f"groups must have one row per stay: got {len(groups)} rows for {len(y01)} stays")
+    rows = []
+    for col in groups.columns:
+        for level, mask in _levels(groups[col]):
+            m = binary_metrics(y01[mask], p[mask], threshold)
+            rows.append(
+                {
+                    "group": str(col),
+                    "level": level,
+                    "n": int(mask.sum()),
+                    "deaths": int(y01[mask].sum()),
+                    **{k: m[k] for k in ("auroc", "auprc", "brier", "min_se_ppv")},
+                }
+            )
+    return pd.DataFrame(rows, columns=list(SUBGROUP_COLUMNS))
+
+
+def _levels(col: pd.Series) -> list[tuple[str, np.ndarray]]:
+    """(label, boolean mask) for each non-empty level of ``col``, then ``"missing"`` if any."""
+    values = col.to_numpy()
+    missing = col.isna().to_numpy()
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        candidates = list(col.cat.categories)
+    else:
+        candidates = sorted(pd.unique(values[~missing]), key=str)
+    out = [(str(v), (values == v) & ~missing) for v in candidates]
+    out = [(label, mask) for label, mask in out if mask.any()]
+    if missing.any():
+        out.append(("missing", missing))
+    return out
+
+
+def demographic_groups(age: Any, gender: Any, icu_type: Any) -> pd.DataFrame:
+    """Turn PhysioNet 2012 descriptors into subgroup labels.
+
+    Parameters
+    ----------
+    age : array-like, shape (n,)
+        Years; NaN or negative (the ``-1`` sentinel) -> ``"unknown"``.
+    gender : array-like, shape (n,)
+        0 = female, 1 = male; anything else or NaN -> ``"unknown"``.
+    icu_type : array-like, shape (n,)
+        1 coronary care, 2 cardiac surgery recovery, 3 medical, 4 surgical; else ``"unknown"``.
+
+    Returns
+    -------
+    pandas.DataFrame, shape (n, 3)
+        Categorical columns ``sex`` (:data:`SEX_LEVELS`), ``age_band`` (:data:`AGE_LEVELS`:
+        ``<50``, ``50-64``, ``65-79``, ``80+``) and ``icu_type`` (:data:`ICU_LEVELS`).
+    """
+    arrays = [np.asarray(a, dtype=float) for a in (age, gender, icu_type)]
+    if any(a.ndim != 1 for a in arrays) or len({len(a) for a in arrays}) != 1:
+        raise ValueError(
+            f"age, gender and icu_type must be 1-D arrays of equal length, got shapes {[a.shape for a in arrays]}"
+        )
+    age_a, gender_a, icu_a = arrays
+    known_age = np.isfinite(age_a) & (age_a >= 0)
+    band = np.searchsorted([50.0, 65.0, 80.0], np.where(known_age, age_a, 0.0), side="right")
+    age_band = np.where(known_age, np.asarray(AGE_LEVELS[:4], dtype=object)[band], "unknown")
+    sex = np.select([gender_a == 0, gender_a == 1], ["female", "male"], default="unknown")
+    icu = np.select([icu_a == k for k in (1, 2, 3, 4)], list(ICU_LEVELS[:4]), default="unknown")
+    return pd.DataFrame(
+        {
+            "sex": pd.Categorical(sex, categories=SEX_LEVELS),
+            "age_band": pd.Categorical(age_band, categories=AGE_LEVELS),
+            "icu_type": pd.Categorical(icu, categories=ICU_LEVELS),
+        }
+    )
+
+
+# -------------------------------------------------------------------------------------------- plots
+
+
+def _curve_inputs(curves: Mapping[str, tuple[Any, Any]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    if not isinstance(curves, Mapping) or len(curves) == 0:
+        raise ValueError("curves must be a non-empty dict {model name: (y, p)}")
+    out = []
+    for name, pair in curves.items():
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ValueError(f"curves[{name!r}] must be a (y, p) pair, got {type(pair).__name__}")
+        y01, p = check_binary_inputs(pair[0], pair[1], name=f"p for {name!r}", both_classes=True)
+        out.append((str(name), y01, p))
+    return out
+
+
+def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
+    # An explicit Agg canvas on a bare Figure: no pyplot global state and no backend switch for callers
+    # (e.g. a notebook) that have their own backend; works headless.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 5.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a 150 dpi PNG atomically: a temp file in the same directory, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=150)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def plot_roc(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str]) -> Path:
+    """ROC curves of several models on one figure; legend gives each AUROC.
+
+    Parameters
+    ----------
+    curves : dict[str, tuple[array-like, array-like]]
+        Model name -> ``(y, p)``, each shape (n,), both classes present.
+    path : str or path-like
+        PNG to write (parent directories are created).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    from sklearn.metrics import roc_curve
+
+    data = _curve_inputs(curves)
+    fig, ax = _new_axes(
+        "ROC: in-hospital mortality", "1 \u2212 specificity (false positive rate)", "Sensitivity"
+    )
+    for name, y01, p in data:
+        fpr, tpr, _ = roc_curve(y01, p)
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUROC {roc_auc_score(y01, p):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="chance")
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize="small")
+    return _save_png(fig, path)
+
+
+def plot_pr(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str]) -> Path:
+    """Precision-recall curves with a prevalence line; legend gives each average precision.
+
+    Parameters
+    ----------
+    curves : dict[str, tuple[array-like, array-like]]
+        Model name -> ``(y, p)``, each shape (n,), both classes present.
+    path : str or path-like
+        PNG to write.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    data = _curve_inputs(curves)
+    fig, ax = _new_axes("Precision-recall: in-hospital mortality", "Recall (sensitivity)", "Precision (PPV)")
+    for name, y01, p in data:
+        precision, recall, _ = precision_recall_curve(y01, p)
+        ap = average_precision_score(y01, p)
+        ax.plot(recall, precision, lw=1.5, drawstyle="steps-post", label=f"{name} (AP {ap:.3f})")
+    # A random ranking has precision = prevalence; one line unless the models saw different stays.
+    prevalences = sorted({round(float(y01.mean()), 12) for _, y01, _ in data})
+    for prev in prevalences:
+        ax.axhline(prev, ls="--", lw=1, color="grey", label=f"prevalence {prev:.3f}")
+    ax.legend(loc="upper right", fontsize="small")
+    return _save_png(fig, path)
+
+
+def plot_calibration(
+    curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str], n_bins: int = _N_BINS
+) -> Path:
+    """Reliability diagram: observed mortality against mean predicted probability per bin.
+
+    Parameters
+    ----------
+    curves : dict[str, tuple[array-like, array-like]]
+        Model name -> ``(y, p)``, each shape (n,), both classes present.
+    path : str or path-like
+        PNG to write.
+    n_bins : int, default 10
+        Equal-width bins on [0, 1]; empty bins are not drawn.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    data = _curve_inputs(curves)
+    fig, ax = _new_axes(
+        "Calibration: in-hospital mortality", "Mean predicted probability", "Observed mortality"
+    )
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="perfect calibration")
+    for name, y01, p in data:
+        bins = _ece_bins(p, n_bins)
+        count = np.bincount(bins, minlength=n_bins)
+        seen = count > 0
+        mean_p = np.bincount(bins, weights=p, minlength=n_bins)[seen] / count[seen]
+        frac = np.bincount(bins, weights=y01, minlength=n_bins)[seen] / count[seen]
+        brier = float(np.mean((p - y01) ** 2))
+        ax.plot(mean_p, frac, marker="o", ms=4, lw=1.5, label=f"{name} (Brier {brier:.3f})")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", fontsize="small")
+    return _save_png(fig, path)

@@ -1,0 +1,161 @@
+"""The training loop: seeded, early-stopped on validation AUPRC, best weights kept, seed ensembles."""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .impute import Tensors
+from .model import MaskedLSTM, ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40  # upper bound; early stopping usually ends sooner
+    batch_size: int = 64
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    clip_norm: float = 1.0  # gradient clipping (global L2 norm)
+    patience: int = 8  # epochs without validation AUPRC improvement before stopping
+    target_replication: float = 0.5  # weight of the per-step loss (Lipton et al. 2016)
+    pos_weight: str = "sqrt"  # class imbalance: "none", "sqrt" (sqrt(neg/pos)) or "balanced" (neg/pos)
+    seed: int = 0
+    n_models: int = 1  # seed ensemble size; members use seed, seed+1, ...
+    device: str = "auto"  # "auto" picks CUDA when available, else CPU
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def to_torch(t: Tensors, device: torch.device) -> dict[str, torch.Tensor]:
+    return {
+        "x": torch.from_numpy(t.x).to(device),  # (N, T, V)
+        "mask": torch.from_numpy(t.mask).to(device),  # (N, T, V)
+        "delta": torch.from_numpy(t.delta).to(device),  # (N, T, V)
+        "statics": torch.from_numpy(t.statics).to(device),  # (N, S)
+        "lengths": torch.from_numpy(t.lengths).to(device),  # (N,)
+    }
+
+
+def _batch(data: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
+    return {k: v[idx] for k, v in data.items()}
+
+
+def _pos_weight(y: np.ndarray, rule: str) -> float:
+    ratio = (len(y) - y.sum()) / max(y.sum(), 1)
+    options = {"none": 1.0, "sqrt": float(np.sqrt(ratio)), "balanced": float(ratio)}
+    if rule not in options:
+        raise ValueError(f"The 'pos_weight' parameter must be one of {tuple(options)}. Got {rule!r} instead.")
+    return options[rule]
+
+
+def loss_fn(logit, step_logits, lengths, y, pos_weight: float, replication: float):
+    """BCE on the stay logit plus ``replication`` x mean BCE over every valid step (target replication)."""
+    pw = torch.tensor(pos_weight, device=logit.device)
+    final = nn.functional.binary_cross_entropy_with_logits(logit, y, pos_weight=pw)
+    if replication <= 0:
+        return final
+    T = step_logits.shape[1]
+    valid = (torch.arange(T, device=logit.device)[None, :] < lengths[:, None]).float()  # (B, T)
+    steps = nn.functional.binary_cross_entropy_with_logits(
+        step_logits, y[:, None].expand_as(step_logits), pos_weight=pw, reduction="none")  # (B, T)
+    return final + replication * (steps * valid).sum() / valid.sum()
+
+
+@torch.no_grad()
+def predict_logits(models, data: dict[str, torch.Tensor], batch_size: int = 1024, steps: bool = False):
+    """Mean logit over the ensemble, (N,) — or (N, T) per-step logits with ``steps=True``."""
+    models = models if isinstance(models, (list, tuple)) else [models]
+    n = len(data["lengths"])
+    outs = []
+    for m in models:
+        m.eval()
+        parts = []
+        for i in range(0, n, batch_size):
+            b = _batch(data, slice(i, i + batch_size))
+            logit, step_logits, _ = m(b["x"], b["mask"], b["delta"], b["statics"], b["lengths"])
+            parts.append((step_logits if steps else logit).float().cpu())
+        outs.append(torch.cat(parts) if parts else torch.zeros(0))
+    return torch.stack(outs).mean(0).numpy()
+
+
+def fit_one(train: dict, y_train: np.ndarray, val: dict, y_val: np.ndarray, model_cfg: ModelConfig,
+            cfg: TrainConfig, seed: int, device: torch.device, progress: bool = True, on_epoch=None):
+    """Train one network; return ``(model with the best validation-AUPRC weights, history)``."""
+    from sklearn.metrics import average_precision_score, roc_auc_score  # heavy: import where used
+    from tqdm.auto import tqdm
+
+    gen = seed_everything(seed)
+    model = MaskedLSTM(model_cfg, train["x"].shape[2], train["statics"].shape[1]).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    yt = torch.from_numpy(y_train.astype(np.float32)).to(device)
+    pw = _pos_weight(y_train, cfg.pos_weight)
+    n = len(y_train)
+    best, best_state, stale, history = -1.0, None, 0, []
+    bar = tqdm(range(cfg.epochs), desc=f"train (seed {seed})", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size].to(device)
+            b = _batch(train, idx)
+            logit, step_logits, _ = model(b["x"], b["mask"], b["delta"], b["statics"], b["lengths"])
+            loss = loss_fn(logit, step_logits, b["lengths"], yt[idx], pw, cfg.target_replication)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            opt.step()
+            total += loss.item() * len(idx)
+        val_logit = predict_logits(model, val)
+        auprc = float(average_precision_score(y_val, val_logit))
+        row = {"epoch": epoch + 1, "train_loss": total / n, "val_auprc": auprc,
+               "val_auroc": float(roc_auc_score(y_val, val_logit)), "seed": seed}
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auprc=f"{auprc:.3f}")
+        if auprc > best + 1e-4:
+            best, best_state, stale = auprc, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, history
+
+
+def fit_ensemble(train_t: Tensors, y_train, val_t: Tensors, y_val, model_cfg: ModelConfig, cfg: TrainConfig,
+                 progress: bool = True, on_epoch=None):
+    """Train ``cfg.n_models`` networks with consecutive seeds; return ``(models, history)``."""
+    if len(np.unique(y_train)) < 2 or len(np.unique(y_val)) < 2:
+        raise ValueError("training and validation splits each need both outcomes (0 and 1); "
+                         f"got {int(np.sum(y_train))} deaths in {len(y_train)} training stays and "
+                         f"{int(np.sum(y_val))} in {len(y_val)} validation stays")
+    device = pick_device(cfg.device)
+    train, val = to_torch(train_t, device), to_torch(val_t, device)
+    models, history = [], []
+    for k in range(cfg.n_models):
+        m, h = fit_one(train, y_train, val, y_val, model_cfg, cfg, cfg.seed + k, device, progress, on_epoch)
+        models.append(m.cpu())
+        history += h
+    return models, history

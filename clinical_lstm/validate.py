@@ -1,0 +1,212 @@
+"""Rules applied to the raw long table, and the data-quality report they produce.
+
+Every rule has one action. Row-level rules drop the row (for a long table, "value set missing" and
+"row dropped" are the same thing: the observation is not used) and are counted per variable. Stay-level
+rules reject the whole stay with a reason. No stay disappears: each stay read is either in the cleaned
+table's stay list or in ``report.rejects`` with its reason.
+
+=========================  ==================  ======================================================
+rule                       action              meaning
+=========================  ==================  ======================================================
+unparseable_time           row dropped         time is neither hours (float) nor ``HH:MM``
+unparseable_value          value -> missing    value is not a number
+unknown_variable           row dropped         variable not in the catalogue (counted by its name)
+negative_time              row dropped         time < 0 h
+past_window                row dropped         time > window (a row at exactly the window end is kept)
+static_after_admission     row dropped         a static-only descriptor (e.g. Age) at time > 0
+sentinel_minus_one         value -> missing    value is -1 and -1 is outside the plausible range
+out_of_range               value -> missing    value outside the catalogue's [lower, upper]
+duplicate_row              row dropped         same stay, time, variable and value as an earlier row
+same_time_conflict         aggregated          same stay, time, variable, different values (kept)
+unreadable_file            stay rejected       the stay file could not be parsed
+no_time_series             stay rejected       no usable time-series observation in the window
+no_label                   stay rejected       training only: the stay has no outcome label
+=========================  ==================  ======================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from .catalogue import Catalogue
+from .sources import RawData
+
+ACTIONS = {
+    "unparseable_time": "row dropped",
+    "unparseable_value": "value -> missing",
+    "unknown_variable": "row dropped",
+    "negative_time": "row dropped",
+    "past_window": "row dropped",
+    "static_after_admission": "row dropped",
+    "sentinel_minus_one": "value -> missing",
+    "out_of_range": "value -> missing",
+    "duplicate_row": "row dropped",
+    "same_time_conflict": "aggregated in bin (kept)",
+    "unreadable_file": "stay rejected",
+    "no_time_series": "stay rejected",
+    "no_label": "stay rejected",
+}
+
+
+@dataclass
+class QualityReport:
+    """Counts per rule and variable, plus the rejected stays.
+
+    ``counts`` is a polars frame ``rule, action, variable, rows``; ``rejects`` is ``stay_id, reason``.
+    """
+
+    counts: pl.DataFrame
+    rejects: pl.DataFrame
+    n_stays_read: int
+    n_stays_kept: int
+    n_rows_read: int
+    n_rows_kept: int
+    window_hours: float
+    sources: list[str] = field(default_factory=list)
+
+    def to_dict(self, include_stay_ids: bool = True) -> dict:
+        """A JSON-able dict. ``include_stay_ids=False`` gives the version safe to log to tracking."""
+        by_reason = self.rejects.group_by("reason").len().sort("reason")
+        out = {
+            "sources": self.sources,
+            "window_hours": self.window_hours,
+            "stays": {"read": self.n_stays_read, "kept": self.n_stays_kept,
+                      "rejected": self.n_stays_read - self.n_stays_kept,
+                      "rejected_by_reason": dict(zip(by_reason["reason"], by_reason["len"], strict=True))},
+            "rows": {"read": self.n_rows_read, "kept": self.n_rows_kept},
+            "rules": [{"rule": r, "action": a} for r, a in ACTIONS.items()],
+            "counts": self.counts.to_dicts(),
+        }
+        if include_stay_ids:
+            out["rejects"] = self.rejects.to_dicts()
+        return out
+
+    def write(self, path: str | Path, include_stay_ids: bool = True) -> Path:
+        """Write the report as JSON, atomically."""
+        return write_json_atomic(path, self.to_dict(include_stay_ids))
+
+    def table(self):
+        """The counts as a pandas table (rule x variable), for notebooks."""
+        return self.counts.to_pandas()
+
+    def __str__(self) -> str:
+        totals = self.counts.group_by("rule", "action").agg(pl.col("rows").sum()).sort("rows", descending=True)
+        lines = [f"stays: {self.n_stays_read} read, {self.n_stays_kept} kept, "
+                 f"{self.n_stays_read - self.n_stays_kept} rejected; rows: {self.n_rows_read} read, "
+                 f"{self.n_rows_kept} kept"]
+        lines += [f"  {r['rule']:<24} {r['action']:<26} {r['rows']:>9,}" for r in totals.iter_rows(named=True)]
+        return "\n".join(lines)
+
+
+def write_json_atomic(path: str | Path, obj) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, default=float)
+    os.replace(tmp, path)
+    return path
+
+
+def _parse_time(col: pl.Expr) -> pl.Expr:
+    """Hours as float, from either ``12.5`` or PhysioNet's ``HH:MM``."""
+    s = col.cast(pl.String).str.strip_chars()
+    hhmm = s.str.split_exact(":", 1)
+    from_hhmm = (hhmm.struct.field("field_0").cast(pl.Float64, strict=False)
+                 + hhmm.struct.field("field_1").cast(pl.Float64, strict=False) / 60.0)
+    return pl.when(s.str.contains(":")).then(from_hhmm).otherwise(s.cast(pl.Float64, strict=False))
+
+
+def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
+             require_labels: bool = False) -> tuple[pl.DataFrame, pl.Series, QualityReport]:
+    """Apply every rule.
+
+    Returns
+    -------
+    clean : polars.DataFrame
+        ``stay_id`` Int64, ``time`` Float64 hours in [0, window], ``variable`` String, ``value`` Float64,
+        only catalogue variables, only kept stays.
+    kept : polars.Series
+        The kept stay ids (Int64, sorted). ``kept`` plus ``report.rejects`` is every stay read.
+    report : QualityReport
+    """
+    df = raw.long.select(
+        pl.col("stay_id"),
+        pl.col("variable").cast(pl.String).str.strip_chars(),
+        pl.col("time").cast(pl.String).alias("time_raw"),
+        _parse_time(pl.col("time")).alias("time"),
+        pl.col("value").cast(pl.Float64, strict=False).alias("value"),
+        pl.col("value").is_null().alias("value_missing"),
+    )
+    cat = pl.DataFrame({
+        "variable": catalogue.names,
+        "lower": [v.lower for v in catalogue.variables],
+        "upper": [v.upper for v in catalogue.variables],
+        "static_only": [v.kind == "static" for v in catalogue.variables],
+    })
+    df = df.join(cat, on="variable", how="left")
+    # Rules are checked in order; a row is charged to the first rule it breaks.
+    rule = (
+        pl.when(pl.col("time").is_null() | ~pl.col("time").is_finite()).then(pl.lit("unparseable_time"))
+        .when(pl.col("lower").is_null()).then(pl.lit("unknown_variable"))
+        .when(pl.col("value").is_null() | ~pl.col("value").is_finite()).then(pl.lit("unparseable_value"))
+        .when(pl.col("time") < 0).then(pl.lit("negative_time"))
+        .when(pl.col("time") > window_hours).then(pl.lit("past_window"))
+        .when(pl.col("static_only") & (pl.col("time") > 0)).then(pl.lit("static_after_admission"))
+        .when((pl.col("value") == -1) & ((pl.col("lower") > -1) | (pl.col("upper") < -1)))
+        .then(pl.lit("sentinel_minus_one"))
+        .when((pl.col("value") < pl.col("lower")) | (pl.col("value") > pl.col("upper")))
+        .then(pl.lit("out_of_range"))
+        .otherwise(None)
+    )
+    df = df.with_columns(rule.alias("rule"))
+    ok = df.filter(pl.col("rule").is_null()).select("stay_id", "time", "variable", "value")
+    first = ok.select(pl.struct(pl.all()).is_first_distinct()).to_series()
+    dropped = df.filter(pl.col("rule").is_not_null()).select("rule", "variable")
+    dups = ok.filter(~first).select(pl.lit("duplicate_row").alias("rule"), "variable")
+    clean = ok.filter(first)
+    conflicts = (clean.group_by("stay_id", "time", "variable").len().filter(pl.col("len") > 1)
+                 .select(pl.lit("same_time_conflict").alias("rule"), "variable", (pl.col("len") - 1).alias("rows")))
+    row_counts = pl.concat([dropped, dups]).group_by("rule", "variable").len("rows")
+    row_counts = pl.concat([row_counts.with_columns(pl.col("rows").cast(pl.Int64)),
+                            conflicts.group_by("rule", "variable").agg(pl.col("rows").sum().cast(pl.Int64))])
+
+    # Stay-level rules.
+    series = catalogue.series
+    has_series = clean.filter(pl.col("variable").is_in(series))["stay_id"].unique()
+    all_stays = raw.stays
+    reasons = []
+    if raw.unreadable:
+        reasons.append(pl.DataFrame({"stay_id": list(raw.unreadable), "reason": list(raw.unreadable.values())},
+                                    schema={"stay_id": pl.Int64, "reason": pl.String}))
+    no_series = all_stays.filter(~all_stays.is_in(has_series) & ~all_stays.is_in(list(raw.unreadable)))
+    reasons.append(pl.DataFrame({"stay_id": no_series, "reason": ["no_time_series"] * len(no_series)},
+                                schema={"stay_id": pl.Int64, "reason": pl.String}))
+    if require_labels:
+        labelled = raw.outcomes["stay_id"] if raw.outcomes is not None else pl.Series([], dtype=pl.Int64)
+        taken = pl.concat([r["stay_id"] for r in reasons])
+        nolab = all_stays.filter(~all_stays.is_in(labelled) & ~all_stays.is_in(taken))
+        reasons.append(pl.DataFrame({"stay_id": nolab, "reason": ["no_label"] * len(nolab)},
+                                    schema={"stay_id": pl.Int64, "reason": pl.String}))
+    rejects = pl.concat(reasons).sort("stay_id")
+    kept = all_stays.filter(~all_stays.is_in(rejects["stay_id"])).sort()
+    clean = clean.filter(pl.col("stay_id").is_in(kept))
+
+    stay_counts = rejects.group_by("reason").len("rows").select(
+        pl.col("reason").alias("rule"), pl.lit(None, pl.String).alias("variable"), pl.col("rows").cast(pl.Int64))
+    counts = (pl.concat([row_counts, stay_counts])
+              .with_columns(pl.col("rule").replace_strict(ACTIONS, return_dtype=pl.String).alias("action"))
+              .select("rule", "action", "variable", "rows")
+              .sort("rule", "variable", nulls_last=True))
+    report = QualityReport(counts=counts, rejects=rejects, n_stays_read=len(all_stays), n_stays_kept=len(kept),
+                           n_rows_read=raw.long.height, n_rows_kept=clean.height, window_hours=window_hours,
+                           sources=list(raw.sources))
+    if report.n_stays_kept + report.rejects.height != report.n_stays_read:  # internal invariant, never user error
+        raise AssertionError("stay accounting broken: kept + rejected != read")
+    return clean.sort("stay_id", "time"), kept, report

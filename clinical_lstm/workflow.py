@@ -1,0 +1,306 @@
+"""The jobs users run — prepare, train, evaluate, score — as library functions.
+
+The CLI and ``pipelines/`` only parse arguments and call these, so a notebook gets exactly the same behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .catalogue import resolve
+from .config import Config
+from .grid import to_grid
+from .impute import forward_fill, last_observed_index
+from .sources import DataError, RawData, load
+from .validate import QualityReport, validate, write_json_atomic
+
+MODEL_NAME = "masked LSTM"
+
+
+def _labels_for(raw: RawData, ids: np.ndarray) -> np.ndarray:
+    lab = pl.DataFrame({"stay_id": ids}).join(raw.outcomes.select("stay_id", "label"), on="stay_id", how="left")
+    return lab["label"].to_numpy().astype(np.int64)
+
+
+def _write_frame(df: pl.DataFrame, path: Path) -> Path:
+    """Parquet or CSV by suffix, written to a temporary sibling and renamed (atomic)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".csv":
+        df.write_csv(tmp)
+    else:
+        df.write_parquet(tmp)
+    tmp.replace(path)
+    return path
+
+
+# -- prepare ----------------------------------------------------------------------------------------------
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    report: QualityReport
+    n_stays: int
+    seconds: float
+
+
+def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | None = None) -> PrepareResult:
+    """Read, validate and grid ``data``; write the grid (Parquet) and the quality report to ``out``.
+
+    ``grid.parquet`` has one row per stay and bin (up to the stay's true length): ``stay_id, bin, hour_end``,
+    then per series variable its aggregated value (null when unobserved) and ``<variable>__hours_since``,
+    the real hours since it was last observed (null before its first observation). ``statics.parquet``
+    holds the time-0 descriptors; ``labels.parquet`` the outcomes when known.
+    """
+    t0 = time.perf_counter()
+    cfg = config or Config()
+    catalogue = resolve(cfg.data.catalogue)
+    raw = load(data, labels, outcomes)
+    clean, kept, report = validate(raw, catalogue, cfg.data.window_hours)
+    grid = to_grid(clean, kept.to_numpy(), catalogue, cfg.data.window_hours, cfg.data.resolution_hours)
+    N, T, V = grid.values.shape
+    last_t = forward_fill(grid.obs_time, last_observed_index(~np.isnan(grid.values)))
+    since = grid.bin_end_hours[None, :, None] - last_t  # (N, T, V), NaN before the first observation
+    valid = (np.arange(T)[None, :] < grid.lengths[:, None]).ravel()  # (N*T,)
+    cols = {"stay_id": np.repeat(grid.stay_ids, T)[valid], "bin": np.tile(np.arange(T), N)[valid],
+            "hour_end": np.tile(grid.bin_end_hours, N)[valid]}
+    flat_v, flat_s = grid.values.reshape(N * T, V)[valid], since.reshape(N * T, V)[valid]
+    for j, name in enumerate(catalogue.series):
+        cols[name] = flat_v[:, j]
+        cols[f"{name}__hours_since"] = flat_s[:, j]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_frame(pl.DataFrame(cols).fill_nan(None), out / "grid.parquet")
+    _write_frame(pl.DataFrame({"stay_id": grid.stay_ids, **{n: grid.statics[:, j] for j, n in
+                                                             enumerate(catalogue.statics)}}).fill_nan(None),
+                 out / "statics.parquet")
+    if raw.outcomes is not None:
+        _write_frame(raw.outcomes.filter(pl.col("stay_id").is_in(kept)), out / "labels.parquet")
+    report.write(out / "quality_report.json")
+    _write_frame(report.rejects, out / "rejects.csv")
+    return PrepareResult(out, report, N, time.perf_counter() - t0)
+
+
+# -- train --------------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    model: object  # RiskModel
+    report: QualityReport
+    metrics: dict  # model name -> metric -> Estimate
+    history: list[dict]
+    out_dir: Path
+    evaluated_on: str
+    files: dict = field(default_factory=dict)
+
+    def comparison(self) -> str:
+        """A plain-text table: each model's metrics with 95 % bootstrap intervals."""
+        keys = ("auroc", "auprc", "brier", "ece", "min_se_ppv")
+        lines = [f"evaluated on {self.evaluated_on}", f"{'model':<22}" + "".join(f"{k:>24}" for k in keys)]
+        for name, m in self.metrics.items():
+            lines.append(f"{name:<22}" + "".join(f"{str(m[k]):>24}" if k in m else f"{'-':>24}" for k in keys))
+        return "\n".join(lines)
+
+
+def _split(ids, y, fraction, seed):
+    from sklearn.model_selection import train_test_split
+
+    if fraction <= 0:
+        return ids, ids[:0], y, y[:0]
+    if min(np.bincount(y, minlength=2)) < 2:
+        raise DataError(f"need at least 2 stays of each outcome to split; got {int(y.sum())} deaths "
+                        f"among {len(y)} labelled stays")
+    return train_test_split(ids, y, test_size=fraction, stratify=y, random_state=seed)
+
+
+def train(data, out: str | Path, labels=None, outcomes=None, config: Config | None = None, test_data=None,
+          test_labels=None, progress: bool = True, on_epoch=None, log=print) -> TrainResult:
+    """Train, calibrate, evaluate against the baselines, and write the bundle plus its report to ``out``.
+
+    The model is evaluated on ``test_data`` when given, else on a stratified ``test_fraction`` of ``data``
+    held out before anything is fitted. Baselines see exactly the same training and validation stays.
+    """
+    from .bundle import RiskModel, data_digest, environment
+    from .calibrate import choose_threshold, make_calibrator
+    from .impute import GridTransformer
+    from .train import fit_ensemble
+
+    cfg = config or Config()
+    catalogue = resolve(cfg.data.catalogue)
+    raw = load(data, labels, outcomes)
+    if raw.outcomes is None:
+        raise DataError("no outcome labels found for training: pass --labels FILE (columns stay_id,label) or "
+                        "keep the PhysioNet Outcomes-<x>.txt beside the set (or pass --outcomes FILE)")
+    clean, kept, report = validate(raw, catalogue, cfg.data.window_hours, require_labels=True)
+    ids = kept.to_numpy()
+    y = _labels_for(raw, ids)
+    ev = cfg.evaluation
+    if test_data is not None:
+        test_raw = load(test_data, test_labels)
+        if test_raw.outcomes is None:
+            raise DataError("the test data has no outcome labels; pass its labels too")
+        test_clean, test_kept, _ = validate(test_raw, catalogue, cfg.data.window_hours, require_labels=True)
+        test_ids = test_kept.to_numpy()
+        y_test = _labels_for(test_raw, test_ids)
+        evaluated_on = f"{', '.join(test_raw.sources)} ({len(test_ids)} stays, separate test data)"
+        dev_ids, y_dev = ids, y
+    else:
+        dev_ids, test_ids, y_dev, y_test = _split(ids, y, ev.test_fraction, ev.split_seed)
+        test_clean = clean
+        evaluated_on = f"held-out {ev.test_fraction:.0%} of {', '.join(raw.sources)} ({len(test_ids)} stays)"
+    tr_ids, va_ids, y_tr, y_va = _split(dev_ids, y_dev, ev.val_fraction, ev.split_seed)
+    log(f"stays: {report.n_stays_read} read, {report.n_stays_kept} kept, {report.rejects.height} rejected; "
+        f"train {len(tr_ids)}, validation {len(va_ids)}, test {len(test_ids)}")
+
+    transformer = GridTransformer(catalogue, cfg.data.window_hours, cfg.data.resolution_hours,
+                                  cfg.data.imputation).fit(clean, tr_ids)  # training split only
+    t_tr, t_va = transformer.transform(clean, tr_ids), transformer.transform(clean, va_ids)
+    t0 = time.perf_counter()
+    networks, history = fit_ensemble(t_tr, y_tr, t_va, y_va, cfg.model, cfg.train, progress, on_epoch)
+    train_seconds = time.perf_counter() - t0
+    model = RiskModel(transformer, networks, None, 0.5)
+    val_logits = model.logits(t_va)
+    model.calibrator = make_calibrator(cfg.calibration.method).fit(val_logits, y_va)
+    model.threshold = float(choose_threshold(y_va, model.risk(val_logits), cfg.calibration.threshold_rule))
+
+    if len(test_ids) == 0:  # everything went into training: report on validation, and say so
+        test_ids, y_test, test_clean = va_ids, y_va, clean
+        evaluated_on = f"the validation split ({len(va_ids)} stays; used for early stopping and calibration)"
+    probs = {MODEL_NAME: (model.risk(model.logits(transformer.transform(test_clean, test_ids))), model.threshold)}
+    probs.update(_baseline_probs(clean, raw, tr_ids, y_tr, va_ids, y_va, test_clean,
+                                 test_raw if test_data is not None else raw, test_ids, catalogue, cfg, log))
+    metrics, files = _report(probs, y_test, test_clean, test_ids, catalogue, cfg.evaluation, Path(out) / "report")
+
+    model.metadata = {
+        "environment": environment(), "config": cfg.to_dict(),
+        "training_data": {"sources": raw.sources, "digest": data_digest(clean, catalogue),
+                          "stays": len(ids), "rows": clean.height, "deaths": int(y.sum())},
+        "evaluated_on": evaluated_on, "train_seconds": round(train_seconds, 1),
+        "metrics": {name: {k: e.to_dict() for k, e in m.items()} for name, m in metrics.items()},
+    }
+    out = Path(out)
+    model.save(out)
+    files.update(_write_train_report(out / "report", report, history, metrics, evaluated_on))
+    return TrainResult(model, report, metrics, history, out, evaluated_on, files)
+
+
+def _baseline_probs(clean, raw, tr_ids, y_tr, va_ids, y_va, test_clean, test_raw, test_ids, catalogue, cfg, log):
+    """Logistic regression, gradient boosting (summary features) and SAPS-I, fitted on the training split,
+    thresholds chosen on the validation split — the same data the LSTM gets."""
+    from .baselines import SummaryBaselines, saps_probability, saps_scores, summary_features
+    from .calibrate import choose_threshold
+
+    X_tr, _ = summary_features(clean, catalogue, tr_ids)
+    X_va, _ = summary_features(clean, catalogue, va_ids)
+    X_te, _ = summary_features(test_clean, catalogue, test_ids)
+    base = SummaryBaselines(seed=cfg.train.seed).fit(X_tr, y_tr)
+    p_va, p_te = base.predict_proba(X_va), base.predict_proba(X_te)
+    out = {name: (p_te[name], choose_threshold(y_va, p_va[name], cfg.calibration.threshold_rule))
+           for name in p_te}
+    s_tr, s_va = saps_scores(raw.outcomes, tr_ids), saps_scores(raw.outcomes, va_ids)
+    s_te = saps_scores(test_raw.outcomes, test_ids)
+    if s_tr is not None and s_te is not None and s_va is not None:
+        pv = saps_probability(s_tr, y_tr, s_va)
+        out["SAPS-I"] = (saps_probability(s_tr, y_tr, s_te), choose_threshold(y_va, pv, cfg.calibration.threshold_rule))
+    else:
+        log("SAPS-I baseline skipped: the outcomes carry no SAPS-I scores")
+    return out
+
+
+def _report(probs: dict, y, clean, ids, catalogue, ev, out_dir: Path):
+    """Metrics with bootstrap intervals for every model, the model's subgroup table, and the three plots."""
+    from .metrics import demographic_groups, evaluate, plot_calibration, plot_pr, plot_roc, subgroup_table
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {name: evaluate(y, p, thr, n_boot=ev.n_boot, seed=ev.split_seed) for name, (p, thr) in probs.items()}
+    statics = to_grid(clean, ids, catalogue).statics if catalogue.statics else None
+    files = {}
+    if statics is not None and all(n in catalogue.statics for n in ("Age", "Gender", "ICUType")):
+        col = {n: statics[:, catalogue.statics.index(n)] for n in ("Age", "Gender", "ICUType")}
+        p, thr = probs[MODEL_NAME]
+        table = subgroup_table(y, p, thr, demographic_groups(col["Age"], col["Gender"], col["ICUType"]))
+        files["subgroups"] = out_dir / "subgroups.csv"
+        _write_frame(pl.from_pandas(table), files["subgroups"])
+    curves = {name: (y, p) for name, (p, _) in probs.items()}
+    files["roc"] = plot_roc(curves, out_dir / "roc.png")
+    files["pr"] = plot_pr(curves, out_dir / "pr.png")
+    files["calibration"] = plot_calibration(curves, out_dir / "calibration.png")
+    return metrics, files
+
+
+def _write_train_report(out_dir: Path, report, history, metrics, evaluated_on) -> dict:
+    files = {"quality_report": report.write(out_dir / "quality_report.json"),
+             "rejects": _write_frame(report.rejects, out_dir / "rejects.csv"),
+             "history": _write_frame(pl.DataFrame(history), out_dir / "history.csv"),
+             "metrics": write_json_atomic(out_dir / "metrics.json", {
+                 "evaluated_on": evaluated_on,
+                 "models": {n: {k: e.to_dict() for k, e in m.items()} for n, m in metrics.items()}})}
+    return files
+
+
+# -- evaluate -------------------------------------------------------------------------------------------------
+def evaluate_model(model, data, out: str | Path, labels=None, outcomes=None, n_boot: int = 1000) -> dict:
+    """Metrics with intervals, subgroup table and plots for a trained model on labelled data."""
+    from .bundle import load_model
+    from .config import EvaluationConfig
+
+    model = load_model(model) if isinstance(model, (str, Path)) else model
+    raw = load(data, labels, outcomes)
+    if raw.outcomes is None:
+        raise DataError("evaluation needs outcome labels: pass --labels FILE or --outcomes FILE")
+    clean, kept, report = validate(raw, model.catalogue, model.transformer.window_hours, require_labels=True)
+    ids = kept.to_numpy()
+    y = _labels_for(raw, ids)
+    p = model.risk(model.logits(model.tensors(clean, ids)))
+    metrics, files = _report({MODEL_NAME: (p, model.threshold)}, y, clean, ids, model.catalogue,
+                             EvaluationConfig(n_boot=n_boot), Path(out))
+    report.write(Path(out) / "quality_report.json")
+    payload = {"data": raw.sources, "stays": len(ids), "rejected": report.rejects.height,
+               "metrics": {k: e.to_dict() for k, e in metrics[MODEL_NAME].items()}}
+    write_json_atomic(Path(out) / "metrics.json", payload)
+    return {"metrics": metrics[MODEL_NAME], "files": files, "report": report}
+
+
+# -- score ------------------------------------------------------------------------------------------------------
+def score(model, data, out: str | Path) -> dict:
+    """Score every stay; write ``out`` (.parquet or .csv), ``<stem>.rejects.<ext>`` and ``<stem>.summary.json``.
+
+    Every stay read is either a row of ``out`` or a row of the rejects file; this is checked before success.
+    """
+    from datetime import UTC, datetime
+
+    from .bundle import load_model
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.suffix not in (".parquet", ".csv"):
+        raise DataError(f"--out must end in .parquet or .csv, got {out.name}")
+    source = str(model)
+    model = load_model(model) if isinstance(model, (str, Path)) else model
+    raw = load(data)
+    scored, rejects, report = model.score(raw)
+    if scored.height + rejects.height != len(raw.stays):
+        raise RuntimeError(f"stay accounting failed: {len(raw.stays)} read, {scored.height} scored, "
+                           f"{rejects.height} rejected")
+    scored = scored.with_columns(pl.lit(source).alias("model"),
+                                 pl.lit(datetime.now(UTC).replace(microsecond=0)).alias("scored_at"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rejects_path = out.with_name(f"{out.stem}.rejects{out.suffix}")
+    _write_frame(rejects, rejects_path)
+    _write_frame(scored, out)
+    seconds = time.perf_counter() - t0
+    by_reason = rejects.group_by("reason").len().sort("reason")
+    summary = {"model": source, "data": raw.sources, "stays_read": len(raw.stays), "scored": scored.height,
+               "rejected": rejects.height, "rejected_by_reason": dict(zip(by_reason["reason"], by_reason["len"],
+                                                                           strict=True)),
+               "flagged": int(scored["flag"].sum()), "threshold": model.threshold, "seconds": round(seconds, 3),
+               "stays_per_second": round(len(raw.stays) / seconds, 1) if seconds else None}
+    write_json_atomic(out.with_name(f"{out.stem}.summary.json"), summary)
+    return summary
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
