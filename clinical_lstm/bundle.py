@@ -29,8 +29,9 @@ import polars as pl
 from . import __version__
 from .calibrate import calibrator_from_dict
 from .catalogue import Catalogue
+from .config import ModelConfig
 from .impute import GridTransformer, Tensors
-from .model import MaskedLSTM, ModelConfig
+from .model import MaskedLSTM
 from .sources import LONG_COLUMNS, DataError, RawData
 from .validate import QualityReport, validate
 

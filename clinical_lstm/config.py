@@ -10,8 +10,35 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .model import ModelConfig
-from .train import TrainConfig
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 64  # LSTM hidden units
+    num_layers: int = 1  # stacked LSTM layers
+    dropout: float = 0.2  # on the hidden states before the heads
+    decay: bool = True  # GRU-D style learned input decay toward the mean
+    attention: bool = False  # attention pooling over steps instead of the last state
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40  # upper bound; early stopping usually ends sooner
+    batch_size: int = 64
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    clip_norm: float = 1.0  # gradient clipping (global L2 norm)
+    patience: int = 8  # epochs without validation AUPRC improvement before stopping
+    target_replication: float = 0.5  # weight of the per-step loss (Lipton et al. 2016)
+    pos_weight: str = "sqrt"  # class imbalance: "none", "sqrt" (sqrt(neg/pos)) or "balanced" (neg/pos)
+    seed: int = 0
+    n_models: int = 1  # seed ensemble size; members use seed, seed+1, ...
+    device: str = "auto"  # "auto" picks CUDA when available, else CPU
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -58,7 +85,7 @@ class Config:
         if unknown:
             raise ValueError(f"{source}: unknown section(s) {unknown}; expected {sorted(sections)}")
         built = {}
-        for name, f in sections.items():
+        for name in sections:
             section_cls = type(getattr(cls(), name))
             values = d.get(name, {})
             known = {g.name: g for g in fields(section_cls)}

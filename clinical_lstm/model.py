@@ -19,22 +19,10 @@ trajectory over the stay.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass
-class ModelConfig:
-    hidden_size: int = 64  # LSTM hidden units
-    num_layers: int = 1  # stacked LSTM layers
-    dropout: float = 0.2  # on the hidden states before the heads
-    decay: bool = True  # GRU-D style learned input decay toward the mean
-    attention: bool = False  # attention pooling over steps instead of the last state
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .config import ModelConfig
 
 
 class MaskedLSTM(nn.Module):

@@ -4,32 +4,14 @@ from __future__ import annotations
 
 import copy
 import random
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from .config import ModelConfig, TrainConfig
 from .impute import Tensors
-from .model import MaskedLSTM, ModelConfig
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 40  # upper bound; early stopping usually ends sooner
-    batch_size: int = 64
-    lr: float = 2e-3  # AdamW learning rate
-    weight_decay: float = 1e-2  # AdamW decoupled weight decay
-    clip_norm: float = 1.0  # gradient clipping (global L2 norm)
-    patience: int = 8  # epochs without validation AUPRC improvement before stopping
-    target_replication: float = 0.5  # weight of the per-step loss (Lipton et al. 2016)
-    pos_weight: str = "sqrt"  # class imbalance: "none", "sqrt" (sqrt(neg/pos)) or "balanced" (neg/pos)
-    seed: int = 0
-    n_models: int = 1  # seed ensemble size; members use seed, seed+1, ...
-    device: str = "auto"  # "auto" picks CUDA when available, else CPU
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .model import MaskedLSTM
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -40,7 +22,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 -- seeds legacy global numpy users may rely on
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 

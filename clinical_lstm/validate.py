@@ -185,18 +185,18 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     if raw.unreadable:
         reasons.append(pl.DataFrame({"stay_id": list(raw.unreadable), "reason": list(raw.unreadable.values())},
                                     schema={"stay_id": pl.Int64, "reason": pl.String}))
-    no_series = all_stays.filter(~all_stays.is_in(has_series) & ~all_stays.is_in(list(raw.unreadable)))
+    no_series = all_stays.filter(~all_stays.is_in(has_series.implode()) & ~all_stays.is_in(list(raw.unreadable)))
     reasons.append(pl.DataFrame({"stay_id": no_series, "reason": ["no_time_series"] * len(no_series)},
                                 schema={"stay_id": pl.Int64, "reason": pl.String}))
     if require_labels:
         labelled = raw.outcomes["stay_id"] if raw.outcomes is not None else pl.Series([], dtype=pl.Int64)
         taken = pl.concat([r["stay_id"] for r in reasons])
-        nolab = all_stays.filter(~all_stays.is_in(labelled) & ~all_stays.is_in(taken))
+        nolab = all_stays.filter(~all_stays.is_in(labelled.implode()) & ~all_stays.is_in(taken.implode()))
         reasons.append(pl.DataFrame({"stay_id": nolab, "reason": ["no_label"] * len(nolab)},
                                     schema={"stay_id": pl.Int64, "reason": pl.String}))
     rejects = pl.concat(reasons).sort("stay_id")
-    kept = all_stays.filter(~all_stays.is_in(rejects["stay_id"])).sort()
-    clean = clean.filter(pl.col("stay_id").is_in(kept))
+    kept = all_stays.filter(~all_stays.is_in(rejects["stay_id"].implode())).sort()
+    clean = clean.filter(pl.col("stay_id").is_in(kept.implode()))
 
     stay_counts = rejects.group_by("reason").len("rows").select(
         pl.col("reason").alias("rule"), pl.lit(None, pl.String).alias("variable"), pl.col("rows").cast(pl.Int64))

@@ -79,7 +79,7 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
                                                              enumerate(catalogue.statics)}}).fill_nan(None),
                  out / "statics.parquet")
     if raw.outcomes is not None:
-        _write_frame(raw.outcomes.filter(pl.col("stay_id").is_in(kept)), out / "labels.parquet")
+        _write_frame(raw.outcomes.filter(pl.col("stay_id").is_in(kept.implode())), out / "labels.parquet")
     report.write(out / "quality_report.json")
     _write_frame(report.rejects, out / "rejects.csv")
     return PrepareResult(out, report, N, time.perf_counter() - t0)
@@ -172,7 +172,7 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     probs = {MODEL_NAME: (model.risk(model.logits(transformer.transform(test_clean, test_ids))), model.threshold)}
     probs.update(_baseline_probs(clean, raw, tr_ids, y_tr, va_ids, y_va, test_clean,
                                  test_raw if test_data is not None else raw, test_ids, catalogue, cfg, log))
-    metrics, files = _report(probs, y_test, test_clean, test_ids, catalogue, cfg.evaluation, Path(out) / "report")
+    metrics = _metrics(probs, y_test, cfg.evaluation)
 
     model.metadata = {
         "environment": environment(), "config": cfg.to_dict(),
@@ -182,7 +182,8 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
         "metrics": {name: {k: e.to_dict() for k, e in m.items()} for name, m in metrics.items()},
     }
     out = Path(out)
-    model.save(out)
+    model.save(out)  # replaces the directory: the report goes in afterwards
+    files = _eval_files(probs, y_test, test_clean, test_ids, catalogue, out / "report")
     files.update(_write_train_report(out / "report", report, history, metrics, evaluated_on))
     return TrainResult(model, report, metrics, history, out, evaluated_on, files)
 
@@ -210,25 +211,30 @@ def _baseline_probs(clean, raw, tr_ids, y_tr, va_ids, y_va, test_clean, test_raw
     return out
 
 
-def _report(probs: dict, y, clean, ids, catalogue, ev, out_dir: Path):
-    """Metrics with bootstrap intervals for every model, the model's subgroup table, and the three plots."""
-    from .metrics import demographic_groups, evaluate, plot_calibration, plot_pr, plot_roc, subgroup_table
+def _metrics(probs: dict, y, ev) -> dict:
+    """Metrics with 95 % bootstrap intervals for every model: ``{name: {metric: Estimate}}``."""
+    from .metrics import evaluate
+
+    return {name: evaluate(y, p, thr, n_boot=ev.n_boot, seed=ev.split_seed) for name, (p, thr) in probs.items()}
+
+
+def _eval_files(probs: dict, y, clean, ids, catalogue, out_dir: Path) -> dict:
+    """The model's subgroup table (sex, age band, ICU type) and ROC / PR / calibration plots of every model."""
+    from .metrics import demographic_groups, plot_calibration, plot_pr, plot_roc, subgroup_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {name: evaluate(y, p, thr, n_boot=ev.n_boot, seed=ev.split_seed) for name, (p, thr) in probs.items()}
-    statics = to_grid(clean, ids, catalogue).statics if catalogue.statics else None
     files = {}
-    if statics is not None and all(n in catalogue.statics for n in ("Age", "Gender", "ICUType")):
+    if all(n in catalogue.statics for n in ("Age", "Gender", "ICUType")):
+        statics = to_grid(clean, ids, catalogue).statics
         col = {n: statics[:, catalogue.statics.index(n)] for n in ("Age", "Gender", "ICUType")}
         p, thr = probs[MODEL_NAME]
         table = subgroup_table(y, p, thr, demographic_groups(col["Age"], col["Gender"], col["ICUType"]))
-        files["subgroups"] = out_dir / "subgroups.csv"
-        _write_frame(pl.from_pandas(table), files["subgroups"])
+        files["subgroups"] = _write_frame(pl.from_pandas(table), out_dir / "subgroups.csv")
     curves = {name: (y, p) for name, (p, _) in probs.items()}
     files["roc"] = plot_roc(curves, out_dir / "roc.png")
     files["pr"] = plot_pr(curves, out_dir / "pr.png")
     files["calibration"] = plot_calibration(curves, out_dir / "calibration.png")
-    return metrics, files
+    return files
 
 
 def _write_train_report(out_dir: Path, report, history, metrics, evaluated_on) -> dict:
@@ -255,8 +261,9 @@ def evaluate_model(model, data, out: str | Path, labels=None, outcomes=None, n_b
     ids = kept.to_numpy()
     y = _labels_for(raw, ids)
     p = model.risk(model.logits(model.tensors(clean, ids)))
-    metrics, files = _report({MODEL_NAME: (p, model.threshold)}, y, clean, ids, model.catalogue,
-                             EvaluationConfig(n_boot=n_boot), Path(out))
+    probs = {MODEL_NAME: (p, model.threshold)}
+    metrics = _metrics(probs, y, EvaluationConfig(n_boot=n_boot))
+    files = _eval_files(probs, y, clean, ids, model.catalogue, Path(out))
     report.write(Path(out) / "quality_report.json")
     payload = {"data": raw.sources, "stays": len(ids), "rejected": report.rejects.height,
                "metrics": {k: e.to_dict() for k, e in metrics[MODEL_NAME].items()}}

@@ -1,0 +1,124 @@
+"""Bundle save -> load in a fresh process -> identical predictions; no pickle anywhere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+
+from clinical_lstm.bundle import RiskModel, load_model
+from clinical_lstm.calibrate import PlattCalibrator
+from clinical_lstm.catalogue import Catalogue
+from clinical_lstm.impute import GridTransformer
+from clinical_lstm.model import MaskedLSTM, ModelConfig
+from clinical_lstm.sources import DataError
+
+CATALOGUE = """name,unit,lower,upper,aggregation,kind,static,description
+Age,years,0,120,last,static,true,
+ICUType,category,1,4,last,static,true,
+HR,bpm,1,300,mean,vital,false,
+Urine,mL,0,5000,sum,vital,false,
+"""
+
+
+def synthetic_long(n=30, seed=0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for sid in range(1, n + 1):
+        rows += [(sid, 0.0, "Age", float(rng.integers(20, 90))), (sid, 0.0, "ICUType", float(rng.integers(1, 5)))]
+        for t in np.sort(rng.uniform(0, 12, 15)):
+            rows.append((sid, float(t), "HR", float(rng.normal(85, 12))))
+        for t in np.sort(rng.uniform(0, 12, 4)):
+            rows.append((sid, float(t), "Urine", float(rng.uniform(10, 200))))
+    return pl.DataFrame(rows, schema=["stay_id", "time", "variable", "value"], orient="row")
+
+
+@pytest.fixture
+def model():
+    cat = Catalogue.from_csv_text(CATALOGUE)
+    long = synthetic_long()
+    tr = GridTransformer(cat, window_hours=12, resolution_hours=1).fit(long, np.arange(1, 31))
+    nets = [MaskedLSTM(ModelConfig(hidden_size=8, attention=att), 2, tr.n_static_features).eval()
+            for att in (False, False)]
+    cal = PlattCalibrator().fit(np.linspace(-3, 3, 40), np.tile([0, 1], 20))
+    return RiskModel(tr, nets, cal, 0.3, {"note": "test"}), long
+
+
+def test_round_trip_in_fresh_process_gives_identical_predictions(model, tmp_path):
+    m, long = model
+    expected = m.predict(long)
+    m.save(tmp_path / "bundle")
+    long.write_parquet(tmp_path / "long.parquet")
+    code = (f"import polars as pl; from clinical_lstm import load_model; "
+            f"m = load_model({str(tmp_path / 'bundle')!r}); "
+            f"m.predict(pl.read_parquet({str(tmp_path / 'long.parquet')!r})).write_parquet({str(tmp_path / 'p.parquet')!r})")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    got = pl.read_parquet(tmp_path / "p.parquet")
+    assert got["stay_id"].to_list() == expected["stay_id"].to_list()
+    np.testing.assert_array_equal(got["risk"].to_numpy(), expected["risk"].to_numpy())
+    assert got["flag"].to_list() == expected["flag"].to_list()
+
+
+def test_bundle_holds_no_pickle(model, tmp_path):
+    m, _ = model
+    m.save(tmp_path / "b")
+    names = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert names == ["bundle.json", "catalogue.csv", "transformer.json", "weights.safetensors"]
+    for p in (tmp_path / "b").iterdir():
+        assert not p.read_bytes().startswith(b"\x80"), f"{p.name} looks like a pickle"
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["n_networks"] == 2 and meta["threshold"] == 0.3 and meta["note"] == "test"
+
+
+def test_predict_returns_pandas_for_pandas_and_keeps_every_stay(model):
+    m, long = model
+    extra = pl.DataFrame({"stay_id": [99], "time": [0.0], "variable": ["Age"], "value": [50.0]})
+    out = m.predict(pl.concat([long, extra]).to_pandas())
+    assert type(out).__name__ == "DataFrame" and hasattr(out, "iloc")
+    assert len(out) == 31
+    row = out[out.stay_id == 99].iloc[0]
+    assert row["reason"] == "no_time_series" and np.isnan(row["risk"])
+
+
+def test_save_over_existing_bundle_replaces_it(model, tmp_path):
+    m, _ = model
+    m.save(tmp_path / "b")
+    (tmp_path / "b" / "stale.txt").write_text("old")
+    m.save(tmp_path / "b")
+    assert not (tmp_path / "b" / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_tampered_catalogue_is_refused(model, tmp_path):
+    m, _ = model
+    m.save(tmp_path / "b")
+    path = tmp_path / "b" / "catalogue.csv"
+    path.write_text(path.read_text().replace("300", "301"))
+    with pytest.raises(DataError, match="catalogue.csv does not match the digest"):
+        load_model(tmp_path / "b")
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(DataError, match="is not a clinical-lstm model bundle"):
+        load_model(tmp_path)
+
+
+def test_wrong_columns_in_dataframe(model):
+    m, long = model
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['variable'\]"):
+        m.predict(long.rename({"variable": "name"}))
+
+
+def test_trajectory_ends_at_stay_risk(model):
+    m, long = model
+    traj = m.trajectory(long)
+    last = traj.group_by("stay_id").agg(pl.col("risk").last(), pl.col("hour").max()).sort("stay_id")
+    pred = m.predict(long).sort("stay_id")
+    # no attention: the stay's risk is the step risk at its last valid bin
+    np.testing.assert_allclose(last["risk"].to_numpy(), pred["risk"].to_numpy(), rtol=1e-6)
+    assert last["hour"].max() <= 12

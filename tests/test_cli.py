@@ -1,0 +1,159 @@
+"""The CLI end to end, in real subprocesses, on the bundled sample."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+SAMPLE_STAYS = 500  # clinical_lstm/data/sample/set-a500.tar.gz
+FAST = """
+[train]
+epochs = 4
+patience = 2
+[model]
+hidden_size = 16
+[evaluation]
+n_boot = 100
+"""
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "clinical_lstm.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (root / "fast.toml").write_text(FAST)
+    res = run("train", "--data", "sample", "--out", str(root / "model"), "--config", str(root / "fast.toml"),
+              "--no-progress")
+    assert res.returncode == 0, res.stderr
+    return root, res
+
+
+def test_train_writes_bundle_and_prints_comparison(trained):
+    root, res = trained
+    for name in ("bundle.json", "catalogue.csv", "transformer.json", "weights.safetensors"):
+        assert (root / "model" / name).is_file(), name
+    for name in ("roc.png", "pr.png", "calibration.png", "subgroups.csv", "metrics.json", "quality_report.json"):
+        assert (root / "model" / "report" / name).is_file(), name
+    for model in ("masked LSTM", "logistic regression", "gradient boosting", "SAPS-I"):
+        assert model in res.stdout
+    assert "(" in res.stdout and "–" in res.stdout  # intervals printed
+    metrics = json.loads((root / "model" / "report" / "metrics.json").read_text())
+    auroc = metrics["models"]["masked LSTM"]["auroc"]
+    assert auroc["lower"] <= auroc["value"] <= auroc["upper"]
+    assert not list((root / "model").parent.glob(".model.*")), "temporary bundle directory left behind"
+
+
+def test_score_accounts_for_every_stay(trained, tmp_path):
+    root, _ = trained
+    out = tmp_path / "scores.parquet"
+    res = run("score", "--model", str(root / "model"), "--data", "sample", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    scores = pl.read_parquet(out)
+    rejects = pl.read_parquet(tmp_path / "scores.rejects.parquet")
+    summary = json.loads((tmp_path / "scores.summary.json").read_text())
+    assert scores.height + rejects.height == SAMPLE_STAYS == summary["stays_read"]
+    assert scores["stay_id"].n_unique() == scores.height
+    assert scores["risk"].is_between(0, 1).all()
+    threshold = json.loads((root / "model" / "bundle.json").read_text())["threshold"]
+    assert (scores["flag"] == (scores["risk"] >= threshold)).all()
+
+
+def test_score_csv_output(trained, tmp_path):
+    root, _ = trained
+    out = tmp_path / "scores.csv"
+    res = run("score", "--model", str(root / "model"), "--data", "sample", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert pl.read_csv(out).height == SAMPLE_STAYS
+    assert (tmp_path / "scores.rejects.csv").is_file()
+
+
+def test_evaluate_writes_metrics_and_plots(trained, tmp_path):
+    root, _ = trained
+    res = run("evaluate", "--model", str(root / "model"), "--data", "sample", "--out", str(tmp_path / "ev"),
+              "--n-boot", "50")
+    assert res.returncode == 0, res.stderr
+    assert "auroc" in res.stdout
+    for name in ("metrics.json", "roc.png", "subgroups.csv"):
+        assert (tmp_path / "ev" / name).is_file()
+
+
+def test_prepare_writes_grid_and_report(tmp_path):
+    res = run("prepare", "--data", "sample", "--out", str(tmp_path / "prep"))
+    assert res.returncode == 0, res.stderr
+    grid = pl.read_parquet(tmp_path / "prep" / "grid.parquet")
+    assert grid["stay_id"].n_unique() == SAMPLE_STAYS
+    assert {"HR", "HR__hours_since", "Urine", "hour_end"} <= set(grid.columns)
+    assert grid["HR__hours_since"].drop_nulls().min() >= 0
+    report = json.loads((tmp_path / "prep" / "quality_report.json").read_text())
+    assert report["stays"]["read"] == SAMPLE_STAYS
+
+
+def test_prepare_does_not_import_torch(tmp_path):
+    code = ("import sys; from clinical_lstm.cli import main; main(['prepare','--data','sample','--out',"
+            f"{str(tmp_path / 'p')!r}]); print('torch' in sys.modules, 'sklearn' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "False False"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["prepare", "--data", "no/such/set", "--out", "x"], "data path no/such/set does not exist"),
+    (["score", "--model", "no/such/model", "--data", "sample", "--out", "s.parquet"], "is not a clinical-lstm model bundle"),
+    (["train", "--data", "sample", "--out", "m", "--config", "missing.toml"], "config file missing.toml does not exist"),
+])
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
+    res = run(*args, cwd=tmp_path)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_wrong_columns_exit_2(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("stay,hours,name,val\n1,0.5,HR,80\n")
+    res = run("prepare", "--data", str(bad), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2
+    assert "lacks column(s) ['stay_id', 'time', 'variable', 'value']" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_train_without_labels_exit_2(tmp_path):
+    long = tmp_path / "long.csv"
+    long.write_text("stay_id,time,variable,value\n1,0.5,HR,80\n2,1.5,HR,90\n")
+    res = run("train", "--data", str(long), "--out", str(tmp_path / "m"))
+    assert res.returncode == 2
+    assert "no outcome labels" in res.stderr
+
+
+def test_unknown_config_key_exit_2(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[model]\nhiden_size = 3\n")
+    res = run("train", "--data", "sample", "--out", str(tmp_path / "m"), "--config", str(cfg))
+    assert res.returncode == 2
+    assert "unknown key(s) ['hiden_size'] in [model]" in res.stderr
+
+
+def test_pipeline_configs_all_load():
+    import tomllib
+
+    from clinical_lstm.config import Config
+
+    configs = sorted(Path(__file__).parents[1].joinpath("pipelines", "configs").glob("*.toml"))
+    assert len(configs) >= 3
+    for path in configs:
+        text = path.read_text()
+        assert text.startswith("# ") and "pipelines/" in text.splitlines()[1], f"{path} must open with its command"
+        doc = tomllib.loads(text)
+        doc.pop("job")
+        Config.from_dict(doc, source=str(path))
