@@ -136,13 +136,14 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
         The kept stay ids (Int64, sorted). ``kept`` plus ``report.rejects`` is every stay read.
     report : QualityReport
     """
-    df = raw.long.select(
+    schema = raw.long.schema
+    time = _parse_time(pl.col("time")) if schema["time"] == pl.String else pl.col("time").cast(pl.Float64)
+    value = (pl.col("value").str.strip_chars() if schema["value"] == pl.String else pl.col("value"))
+    df = raw.long.lazy().select(
         pl.col("stay_id"),
         pl.col("variable").cast(pl.String).str.strip_chars(),
-        pl.col("time").cast(pl.String).alias("time_raw"),
-        _parse_time(pl.col("time")).alias("time"),
-        pl.col("value").cast(pl.Float64, strict=False).alias("value"),
-        pl.col("value").is_null().alias("value_missing"),
+        time.alias("time"),
+        value.cast(pl.Float64, strict=False).alias("value"),
     )
     cat = pl.DataFrame({
         "variable": catalogue.names,
@@ -150,7 +151,7 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
         "upper": [v.upper for v in catalogue.variables],
         "static_only": [v.kind == "static" for v in catalogue.variables],
     })
-    df = df.join(cat, on="variable", how="left")
+    df = df.join(cat.lazy(), on="variable", how="left")
     # Rules are checked in order; a row is charged to the first rule it breaks.
     rule = (
         pl.when(pl.col("time").is_null() | ~pl.col("time").is_finite()).then(pl.lit("unparseable_time"))
@@ -165,7 +166,7 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
         .then(pl.lit("out_of_range"))
         .otherwise(None)
     )
-    df = df.with_columns(rule.alias("rule"))
+    df = df.with_columns(rule.alias("rule")).collect()
     ok = df.filter(pl.col("rule").is_null()).select("stay_id", "time", "variable", "value")
     first = ok.select(pl.struct(pl.all()).is_first_distinct()).to_series()
     dropped = df.filter(pl.col("rule").is_not_null()).select("rule", "variable")

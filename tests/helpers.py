@@ -1,0 +1,138 @@
+"""Plain helpers that build tiny synthetic inputs for tests (importable as ``from helpers import ...``).
+
+``write_physionet_set`` writes a PhysioNet Challenge 2012 layout: a set folder ``set-<name>/`` holding one
+``<RecordID>.txt`` per stay (header ``Time,Parameter,Value``, ``HH:MM`` times, the ``00:00`` descriptor rows
+``RecordID, Age, Gender, Height, ICUType, Weight`` then time-series rows), ``Outcomes-<name>.txt`` beside it,
+and optionally packs the folder as ``set-<name>.tar.gz`` the way PhysioNet ships it.
+
+``raw_data`` builds a :class:`clinical_lstm.sources.RawData` straight from ``(stay_id, time, variable,
+value)`` tuples, with text ``time``/``value`` columns exactly as the text readers produce them.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import polars as pl
+
+from clinical_lstm.sources import RawData
+
+HEADER = "Time,Parameter,Value"
+OUTCOMES_HEADER = "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death"
+DESCRIPTORS = ("RecordID", "Age", "Gender", "Height", "ICUType", "Weight")
+DEFAULT_DESCRIPTORS = {"Age": "64", "Gender": "1", "Height": "172.7", "ICUType": "3", "Weight": "81.5"}
+# SAPS-I, SOFA, Length_of_stay, Survival, In-hospital_death
+DEFAULT_OUTCOME = (15, 4, 9, -1, 0)
+README_TEXT = b"Synthetic PhysioNet-layout test set. Not a stay file.\n"
+
+Row = tuple[str, str, object]  # (HH:MM time, parameter, value)
+
+
+def stay_text(record_id: int, rows: Iterable[Row] = (), descriptors: Mapping[str, object] | None = None,
+              newline: str = "\n") -> str:
+    """The text of one ``<RecordID>.txt`` file.
+
+    ``descriptors`` overrides the default ``00:00`` descriptor values (``RecordID`` included); a value of
+    None leaves that descriptor row out.
+    """
+    desc: dict[str, object] = {"RecordID": record_id, **DEFAULT_DESCRIPTORS, **(descriptors or {})}
+    lines = [HEADER]
+    lines += [f"00:00,{name},{desc[name]}" for name in DESCRIPTORS if desc.get(name) is not None]
+    lines += [f"{t},{p},{v}" for t, p, v in rows]
+    return newline.join(lines) + newline
+
+
+def write_physionet_set(
+    root: str | Path,
+    stays: Mapping[int, Iterable[Row] | bytes],
+    *,
+    name: str = "x",
+    descriptors: Mapping[int, Mapping[str, object]] | None = None,
+    outcomes: Mapping[int, tuple] | None = None,
+    write_outcomes: bool = True,
+    extras: Mapping[str, bytes] | None = None,
+    archive: bool = False,
+    keep_folder: bool = False,
+    newline: str = "\n",
+) -> Path:
+    """Write a PhysioNet 2012 set under ``root`` and return its path (the folder, or the ``.tar.gz``).
+
+    Parameters
+    ----------
+    stays
+        ``RecordID -> rows`` where rows are ``(time, parameter, value)`` time-series rows written after
+        the descriptor rows; or ``RecordID -> bytes`` to write that file verbatim (garbage, header only).
+    descriptors
+        ``RecordID -> {descriptor: value}`` overrides of :data:`DEFAULT_DESCRIPTORS` (None drops a row).
+    outcomes
+        ``RecordID -> (SAPS-I, SOFA, Length_of_stay, Survival, In-hospital_death)``. Stays not listed get
+        :data:`DEFAULT_OUTCOME`; an outcomes row is written for every stay in ``stays`` plus any extra ids.
+    write_outcomes
+        False writes no ``Outcomes-<name>.txt``.
+    extras
+        Non-stay files placed in the set folder (and archive). Default: one ``README.txt``.
+    archive
+        Pack the folder as ``set-<name>.tar.gz`` (members ``set-<name>/...``, as PhysioNet ships it) and
+        return the archive path; the folder is removed unless ``keep_folder``.
+    """
+    root = Path(root)
+    folder = root / f"set-{name}"
+    folder.mkdir(parents=True, exist_ok=False)
+    descriptors = descriptors or {}
+    for rid, content in stays.items():
+        target = folder / f"{rid}.txt"
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_bytes(stay_text(rid, content, descriptors.get(rid), newline).encode())
+    for fname, data in ({"README.txt": README_TEXT} if extras is None else extras).items():
+        (folder / fname).write_bytes(data)
+    if write_outcomes:
+        outcomes = dict(outcomes or {})
+        ids = list(stays) + [rid for rid in outcomes if rid not in stays]
+        lines = [OUTCOMES_HEADER]
+        lines += [",".join(str(x) for x in (rid, *outcomes.get(rid, DEFAULT_OUTCOME))) for rid in ids]
+        (root / f"Outcomes-{name}.txt").write_text("\n".join(lines) + "\n")
+    if not archive:
+        return folder
+    tar_path = root / f"set-{name}.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tf:
+        tf.add(folder, arcname=folder.name)
+    if not keep_folder:
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+    return tar_path
+
+
+RAW_SCHEMA = {"stay_id": pl.Int64, "time": pl.String, "variable": pl.String, "value": pl.String}
+
+
+def raw_data(
+    rows: Iterable[tuple[int, str | None, str, str | None]],
+    stays: Iterable[int] | None = None,
+    *,
+    unreadable: Mapping[int, str] | None = None,
+    labels: Mapping[int, int] | None = None,
+    sources: list[str] | None = None,
+) -> RawData:
+    """A :class:`RawData` from ``(stay_id, time, variable, value)`` text tuples.
+
+    ``stays`` defaults to the stays in ``rows`` plus those in ``unreadable``; ``labels`` (stay -> 0/1)
+    becomes ``outcomes`` with a null ``saps_i``.
+    """
+    rows = list(rows)
+    long = pl.DataFrame(rows, schema=RAW_SCHEMA, orient="row")
+    unreadable = dict(unreadable or {})
+    if stays is None:
+        stays = {r[0] for r in rows} | set(unreadable)
+    outcomes = None
+    if labels is not None:
+        outcomes = pl.DataFrame(
+            {"stay_id": list(labels), "label": list(labels.values()), "saps_i": [None] * len(labels)},
+            schema={"stay_id": pl.Int64, "label": pl.Int8, "saps_i": pl.Float64},
+        )
+    return RawData(long=long, stays=pl.Series("stay_id", sorted(set(stays)), dtype=pl.Int64),
+                   outcomes=outcomes, unreadable=unreadable, sources=list(sources or ["test"]))

@@ -1,0 +1,197 @@
+"""Tests for clinical_lstm.model.MaskedLSTM: shapes, padding invariance, causality, the decay gate and
+streaming (continuing from a returned state)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from clinical_lstm.model import MaskedLSTM, ModelConfig
+
+V, S, H = 3, 2, 8
+COMBOS = list(itertools.product([False, True], [False, True]))  # (decay, attention)
+
+
+def make_model(decay: bool, attention: bool, num_layers: int = 1, seed: int = 0) -> MaskedLSTM:
+    torch.manual_seed(seed)
+    m = MaskedLSTM(ModelConfig(hidden_size=H, num_layers=num_layers, dropout=0.3, decay=decay,
+                               attention=attention), V, S)
+    if decay:  # non-trivial decay parameters so that the gate actually does something
+        with torch.no_grad():
+            m.decay_w.copy_(torch.tensor([0.5, 1.0, 0.2]))
+            m.decay_b.copy_(torch.tensor([-0.2, 0.1, 0.0]))
+    return m.eval()
+
+
+def make_stay(T: int, seed: int):
+    """One stay of length T: standardized values, a 0/1 mask, positive elapsed hours, statics."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, T, V, generator=g)
+    mask = (torch.rand(1, T, V, generator=g) < 0.5).float()
+    delta = torch.rand(1, T, V, generator=g) * 5
+    statics = torch.randn(1, S, generator=g)
+    return x, mask, delta, statics
+
+
+def pad_to(t: torch.Tensor, T: int, fill: float = 0.0) -> torch.Tensor:
+    """(1, T0, V) -> (1, T, V), extra steps set to ``fill``."""
+    out = torch.full((1, T, t.shape[2]), fill)
+    out[:, : t.shape[1]] = t
+    return out
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize(("decay", "attention"), COMBOS)
+def test_shapes(decay, attention, num_layers):
+    m = make_model(decay, attention, num_layers)
+    B, T = 4, 6
+    x, mask, delta = torch.randn(B, T, V), torch.ones(B, T, V), torch.rand(B, T, V)
+    statics = torch.randn(B, S)
+    lengths = torch.tensor([6, 1, 3, 6])
+    logit, step_logits, (h, c) = m(x, mask, delta, statics, lengths)
+    assert logit.shape == (B,)
+    assert step_logits.shape == (B, T)
+    assert h.shape == (num_layers, B, H) and c.shape == (num_layers, B, H)
+    assert m.step_inputs(x, mask, delta, statics).shape == (B, T, 3 * V + S)
+    assert torch.isfinite(logit).all() and torch.isfinite(step_logits).all()
+
+
+@pytest.mark.parametrize(("decay", "attention"), COMBOS)
+def test_padding_invariance(decay, attention):
+    m = make_model(decay, attention)
+    a = make_stay(3, seed=1)
+    b = make_stay(5, seed=2)
+    long_stay = make_stay(9, seed=3)
+    with torch.no_grad():
+        alone_a, steps_a, _ = m(*a, torch.tensor([3]))
+        alone_b, steps_b, _ = m(*b, torch.tensor([5]))
+        alone_long, _, _ = m(*long_stay, torch.tensor([9]))
+        # a and b padded with zero steps to T = 9, batched with a stay of length 9
+        batch = [torch.cat([pad_to(s[k], 9) for s in (a, b)] + [long_stay[k]]) for k in range(3)]
+        statics = torch.cat([a[3], b[3], long_stay[3]])
+        logit, step_logits, _ = m(*batch, statics, torch.tensor([3, 5, 9]))
+    torch.testing.assert_close(logit, torch.cat([alone_a, alone_b, alone_long]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(step_logits[0, :3], steps_a[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(step_logits[1, :5], steps_b[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("decay", "attention"), COMBOS)
+def test_padding_content_is_ignored(decay, attention):
+    # Whatever sits in the padding (not only zeros), a stay's logit depends on its valid steps only.
+    m = make_model(decay, attention)
+    x, mask, delta, statics = make_stay(4, seed=5)
+    with torch.no_grad():
+        ref, _, _ = m(x, mask, delta, statics, torch.tensor([4]))
+        garbage, _, _ = m(pad_to(x, 7, 50.0), pad_to(mask, 7, 1.0), pad_to(delta, 7, 30.0), statics,
+                          torch.tensor([4]))
+    torch.testing.assert_close(garbage, ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("decay", "attention"), COMBOS)
+@pytest.mark.parametrize("t", [1, 3, 5])
+def test_causality(decay, attention, t):
+    m = make_model(decay, attention)
+    x, mask, delta, statics = make_stay(6, seed=7)
+    x2, mask2, delta2 = x.clone(), mask.clone(), delta.clone()
+    x2[:, t] += 3.0
+    mask2[:, t] = 1 - mask2[:, t]
+    delta2[:, t] += 2.0
+    lengths = torch.tensor([6])
+    with torch.no_grad():
+        _, before, _ = m(x, mask, delta, statics, lengths)
+        _, after, _ = m(x2, mask2, delta2, statics, lengths)
+    torch.testing.assert_close(after[:, :t], before[:, :t], atol=0, rtol=0)
+    assert not torch.allclose(after[:, t], before[:, t])  # the change is visible from step t on
+
+
+def test_decay_gate_matches_docstring_formula():
+    m = make_model(decay=True, attention=False)
+    with torch.no_grad():
+        m.decay_w.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        m.decay_b.copy_(torch.tensor([-1.0, 0.0, 0.5]))
+    x = torch.tensor([[[2.0, -1.0, 3.0], [2.0, 4.0, -2.0]]])  # (1, 2, 3)
+    mask = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]])
+    delta = torch.tensor([[[4.0, 2.0, 1.0], [1.0, 0.0, 0.25]]])
+    statics = torch.tensor([[0.7, -0.3]])
+    with torch.no_grad():
+        inp = m.step_inputs(x, mask, delta, statics)
+    # x_hat = m x + (1 - m) exp(-relu(w delta + b)) x
+    # step 0: v0 unobserved, 0.5*4 - 1 = 1 -> 2 e^-1 ; v1 unobserved, -1*2 + 0 = -2 -> relu 0 -> -1 ;
+    #         v2 observed -> 3
+    # step 1: v0 unobserved, 0.5*1 - 1 = -0.5 -> relu 0 -> 2 ; v1 observed -> 4 ;
+    #         v2 unobserved, 2*0.25 + 0.5 = 1 -> -2 e^-1
+    expected_x = torch.tensor([[[2 * math.exp(-1), -1.0, 3.0], [2.0, 4.0, -2 * math.exp(-1)]]])
+    torch.testing.assert_close(inp[..., :V], expected_x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(inp[..., V:2 * V], mask, atol=0, rtol=0)
+    expected_logd = torch.tensor([[[math.log(5), math.log(3), math.log(2)], [math.log(2), 0.0, math.log(1.25)]]])
+    torch.testing.assert_close(inp[..., 2 * V:3 * V], expected_logd, atol=1e-6, rtol=0)
+    torch.testing.assert_close(inp[..., 3 * V:], statics.expand(2, S).unsqueeze(0), atol=0, rtol=0)
+
+
+def test_without_decay_values_pass_through():
+    m = make_model(decay=False, attention=False)
+    assert not hasattr(m, "decay_w")
+    x, mask, delta, statics = make_stay(4, seed=11)
+    with torch.no_grad():
+        inp = m.step_inputs(x, mask, delta, statics)
+    torch.testing.assert_close(inp[..., :V], x, atol=0, rtol=0)
+
+
+def test_decay_gate_gradient_reaches_parameters():
+    m = make_model(decay=True, attention=False).train()
+    x, mask, delta, statics = make_stay(5, seed=13)
+    mask.zero_()  # all unobserved: every value goes through the gate
+    logit, _, _ = m(x, mask, delta, statics, torch.tensor([5]))
+    logit.sum().backward()
+    assert m.decay_w.grad is not None and m.decay_w.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_streaming_equals_one_pass(k):
+    m = make_model(decay=True, attention=False)
+    T = 10
+    g = torch.Generator().manual_seed(17)
+    B = 3
+    x, delta = torch.randn(B, T, V, generator=g), torch.rand(B, T, V, generator=g) * 4
+    mask = (torch.rand(B, T, V, generator=g) < 0.4).float()
+    statics = torch.randn(B, S, generator=g)
+    with torch.no_grad():
+        full_logit, full_steps, full_state = m(x, mask, delta, statics, torch.full((B,), T))
+        _, first, state = m(x[:, :k], mask[:, :k], delta[:, :k], statics, torch.full((B,), k))
+        last_logit, rest, end_state = m(x[:, k:], mask[:, k:], delta[:, k:], statics, torch.full((B,), T - k),
+                                        state=state)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), full_steps, atol=1e-6, rtol=0)
+    torch.testing.assert_close(last_logit, full_logit, atol=1e-6, rtol=0)
+    torch.testing.assert_close(end_state[0], full_state[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(end_state[1], full_state[1], atol=1e-6, rtol=0)
+
+
+def test_streaming_one_step_at_a_time():
+    m = make_model(decay=True, attention=False)
+    x, mask, delta, statics = make_stay(6, seed=19)
+    with torch.no_grad():
+        _, full_steps, _ = m(x, mask, delta, statics, torch.tensor([6]))
+        state, steps = None, []
+        for t in range(6):
+            _, s, state = m(x[:, t:t + 1], mask[:, t:t + 1], delta[:, t:t + 1], statics, torch.tensor([1]), state)
+            steps.append(s)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full_steps, atol=1e-6, rtol=0)
+
+
+def test_logit_without_attention_is_step_logit_at_last_valid_step():
+    m = make_model(decay=True, attention=False)
+    B, T = 3, 5
+    g = torch.Generator().manual_seed(23)
+    x, mask, delta = torch.randn(B, T, V, generator=g), torch.ones(B, T, V), torch.rand(B, T, V, generator=g)
+    statics = torch.randn(B, S, generator=g)
+    with torch.no_grad():
+        logit, steps, _ = m(x, mask, delta, statics, torch.tensor([5, 1, 3]))
+    torch.testing.assert_close(logit, torch.stack([steps[0, 4], steps[1, 0], steps[2, 2]]), atol=0, rtol=0)
+
+
+def test_model_config_to_dict():
+    cfg = ModelConfig(hidden_size=16, decay=False, attention=True)
+    assert cfg.to_dict() == {"hidden_size": 16, "num_layers": 1, "dropout": 0.2, "decay": False, "attention": True}

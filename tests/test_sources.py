@@ -1,0 +1,327 @@
+"""Tests for clinical_lstm.sources: the PhysioNet 2012 reader (folder and .tar.gz), the generic long
+CSV/Parquet reader, labels files and ``load`` across several paths. Expected values are worked out by
+hand from the tiny sets written in each test."""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+import pytest
+from helpers import write_physionet_set
+
+from clinical_lstm.sources import (
+    LONG_COLUMNS,
+    DataError,
+    find_outcomes,
+    load,
+    read_labels,
+    read_long,
+    read_outcomes,
+    read_physionet,
+)
+
+# Two stays; the helper writes the 00:00 descriptors (RecordID, then Age 64, Gender 1, Height 172.7,
+# ICUType 3, Weight 81.5) before these time-series rows.
+STAYS = {
+    140001: [("00:07", "GCS", "15"), ("01:30", "HR", "88"), ("36:30", "pH", "7.35")],
+    140002: [("00:15", "HR", "102")],
+}
+OUTCOMES = {140001: (-1, 2, 5, 3, 1), 140002: (14, 3, 8, -1, 0)}  # SAPS-I, SOFA, LoS, Survival, death
+
+
+def descriptor_rows(rid: int) -> list[tuple[int, str, str, str]]:
+    return [(rid, "00:00", "Age", "64"), (rid, "00:00", "Gender", "1"), (rid, "00:00", "Height", "172.7"),
+            (rid, "00:00", "ICUType", "3"), (rid, "00:00", "Weight", "81.5")]
+
+
+EXPECTED_ROWS = [
+    *descriptor_rows(140001),
+    (140001, "00:07", "GCS", "15"),
+    (140001, "01:30", "HR", "88"),
+    (140001, "36:30", "pH", "7.35"),
+    *descriptor_rows(140002),
+    (140002, "00:15", "HR", "102"),
+]
+
+
+def write(path, text: str):
+    path.write_text(text)
+    return path
+
+
+# -- PhysioNet layout ----------------------------------------------------------------------------------
+def test_folder_is_read_into_the_long_table(physionet_set):
+    raw = read_physionet(physionet_set(STAYS, outcomes=OUTCOMES))
+    assert raw.long.columns == list(LONG_COLUMNS)
+    assert raw.long.rows() == EXPECTED_ROWS  # 8 + 6 rows, RecordID rows gone
+    assert raw.stays.to_list() == [140001, 140002]
+    assert raw.stays.dtype == pl.Int64
+    assert raw.unreadable == {}
+    assert raw.sources == ["set-x"]
+
+
+def test_folder_and_tar_gz_give_identical_tables(physionet_set):
+    folder = physionet_set(STAYS, outcomes=OUTCOMES)
+    archive = physionet_set(STAYS, outcomes=OUTCOMES, archive=True)
+    assert archive.name == "set-x.tar.gz" and not (archive.parent / "set-x").exists()
+    a, b = read_physionet(folder), read_physionet(archive)
+    assert a.long.equals(b.long)
+    assert b.long.rows() == EXPECTED_ROWS
+    assert a.stays.equals(b.stays)
+    assert a.outcomes.equals(b.outcomes)
+    assert a.unreadable == b.unreadable == {}
+    assert a.ignored_members == b.ignored_members == 1  # README.txt in both
+    assert b.sources == ["set-x.tar.gz"]
+
+
+def test_record_id_rows_dropped_and_stay_id_comes_from_file_name(physionet_set):
+    # The RecordID descriptor disagrees with the file name: the file name wins, the row is dropped.
+    path = physionet_set({140003: [("02:00", "HR", "75")]}, descriptors={140003: {"RecordID": 999}})
+    raw = read_physionet(path)
+    assert "RecordID" not in raw.long["variable"].to_list()
+    assert raw.long["stay_id"].unique().to_list() == [140003]
+    assert "999" not in raw.long["value"].to_list()
+    assert raw.long.height == 6  # Age, Gender, Height, ICUType, Weight, HR
+
+
+def test_times_stay_hh_mm_text(physionet_set):
+    raw = read_physionet(physionet_set(STAYS))
+    assert raw.long.schema["time"] == pl.String
+    assert raw.long.schema["value"] == pl.String
+    assert raw.long.filter(pl.col("variable") == "pH")["time"].to_list() == ["36:30"]
+    assert set(raw.long["time"]) == {"00:00", "00:07", "01:30", "36:30", "00:15"}
+
+
+def test_crlf_stay_files_read_like_lf(physionet_set):
+    lf = read_physionet(physionet_set(STAYS))
+    crlf = read_physionet(physionet_set(STAYS, newline="\r\n"))
+    assert crlf.long.equals(lf.long)
+    assert not any(v.endswith("\r") for v in crlf.long["value"].to_list())
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["folder", "tar.gz"])
+def test_outcomes_found_beside_the_set(physionet_set, archive):
+    path = physionet_set(STAYS, outcomes=OUTCOMES, archive=archive)
+    assert find_outcomes(path) == path.parent / "Outcomes-x.txt"
+    out = read_physionet(path).outcomes
+    assert out.columns == ["stay_id", "label", "saps_i"]
+    assert out.schema == {"stay_id": pl.Int64, "label": pl.Int8, "saps_i": pl.Float64}
+    # 140001: SAPS-I -1 (not recorded) -> null, died; 140002: SAPS-I 14, survived.
+    assert sorted(out.rows()) == [(140001, 1, None), (140002, 0, 14.0)]
+
+
+def test_outcomes_never_carry_survival_or_length_of_stay(physionet_set):
+    out = read_physionet(physionet_set(STAYS, outcomes=OUTCOMES)).outcomes
+    assert not {"Survival", "Length_of_stay", "SOFA", "In-hospital_death"} & set(out.columns)
+    # the Survival (3) and Length_of_stay (5, 8) numbers do not appear anywhere either
+    assert set(out["saps_i"].drop_nulls().to_list()) == {14.0}
+
+
+def test_outcomes_override(physionet_set, tmp_path):
+    path = physionet_set(STAYS, outcomes=OUTCOMES)  # beside it: 140001 died, 140002 survived
+    other = write(tmp_path / "my-outcomes.txt",
+                  "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n"
+                  "140001,20,1,4,-1,0\n140002,-1,1,4,2,1\n")
+    out = read_physionet(path, outcomes=other).outcomes
+    assert sorted(out.rows()) == [(140001, 0, 20.0), (140002, 1, None)]
+
+
+def test_no_outcomes_when_none_beside_the_set(physionet_set):
+    path = physionet_set(STAYS, write_outcomes=False)
+    assert read_physionet(path).outcomes is None
+    # a folder not named set-<x> has no outcomes to find, even with an Outcomes file around
+    renamed = physionet_set(STAYS, name="y")
+    renamed = renamed.rename(renamed.parent / "ward7")
+    assert find_outcomes(renamed) is None
+    assert read_physionet(renamed).outcomes is None
+
+
+def test_outcomes_file_without_label_column(tmp_path):
+    bad = write(tmp_path / "Outcomes-q.txt", "RecordID,SAPS-I\n1,10\n")
+    with pytest.raises(DataError, match=re.escape("must have columns ['In-hospital_death', 'RecordID']")):
+        read_outcomes(bad)
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["folder", "tar.gz"])
+def test_non_stay_member_ignored(physionet_set, archive):
+    path = physionet_set(STAYS, archive=archive,
+                         extras={"README.txt": b"123\n", "140003.csv": b"Time,Parameter,Value\n"})
+    raw = read_physionet(path)
+    assert raw.stays.to_list() == [140001, 140002]
+    assert raw.ignored_members == 2
+    assert raw.long.rows() == EXPECTED_ROWS
+    assert raw.unreadable == {}
+
+
+@pytest.mark.parametrize("content", [b"Time,Parameter,Value\n", b"Time,Parameter,Value\r\n",
+                                     b"Time,Parameter,Value"], ids=["lf", "crlf", "no-newline"])
+@pytest.mark.parametrize("archive", [False, True], ids=["folder", "tar.gz"])
+def test_header_only_stay_is_still_a_stay(physionet_set, archive, content):
+    raw = read_physionet(physionet_set({**STAYS, 140004: content}, archive=archive))
+    assert raw.stays.to_list() == [140001, 140002, 140004]
+    assert 140004 not in raw.unreadable
+    assert raw.long.filter(pl.col("stay_id") == 140004).height == 0
+    assert raw.long.height == 14
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["folder", "tar.gz"])
+def test_garbage_or_wrong_header_is_unreadable(physionet_set, archive):
+    garbage = {
+        140008: b"\x00\x9f\x13\xffgarbage\n\x00\x01",  # binary, no header
+        140009: b"Time,Param,Val\n00:00,Age,50\n",  # wrong header
+        140010: b"Time,Parameter,Value\n00:00,Age,5\x000\n",  # right header, NUL bytes in the body
+    }
+    raw = read_physionet(physionet_set({**STAYS, **garbage}, archive=archive))
+    assert raw.unreadable == {140008: "unreadable_file", 140009: "unreadable_file", 140010: "unreadable_file"}
+    assert raw.stays.to_list() == [140001, 140002, 140008, 140009, 140010]
+    assert raw.long.rows() == EXPECTED_ROWS  # nothing from the unreadable files
+
+
+def test_set_without_stay_files(physionet_set):
+    path = physionet_set({})
+    with pytest.raises(DataError, match=r"holds no stay files \(<RecordID>\.txt with header 'Time,Parameter,Value'\)"):
+        read_physionet(path)
+
+
+def test_tar_gz_that_is_not_an_archive(tmp_path):
+    bad = tmp_path / "set-x.tar.gz"
+    bad.write_bytes(b"this is not gzip")
+    with pytest.raises(DataError, match=re.escape(f"{bad} is not a readable tar archive")):
+        read_physionet(bad)
+
+
+# -- generic long format -------------------------------------------------------------------------------
+def test_long_csv_keeps_time_and_value_as_text(tmp_path):
+    path = write(tmp_path / "data.csv",
+                 "stay_id,time,variable,value,unit\n"
+                 "2,0,Age,54,years\n"
+                 "1,0.5,HR,88,bpm\n"
+                 "2,01:15,HR,abc,bpm\n")
+    raw = read_long(path)
+    assert raw.long.columns == list(LONG_COLUMNS)  # the extra 'unit' column is dropped
+    assert raw.long.schema == {"stay_id": pl.Int64, "time": pl.String, "variable": pl.String,
+                               "value": pl.String}
+    assert raw.long.rows() == [(2, "0", "Age", "54"), (1, "0.5", "HR", "88"), (2, "01:15", "HR", "abc")]
+    assert raw.stays.to_list() == [1, 2]
+    assert raw.outcomes is None
+    assert raw.unreadable == {}
+    assert raw.sources == ["data.csv"]
+
+
+def test_long_parquet(tmp_path):
+    df = pl.DataFrame({"stay_id": [7, 3, 7], "time": [0.0, 0.5, 12.25], "variable": ["Age", "HR", "HR"],
+                       "value": [70.0, 88.0, 90.0], "note": ["a", "b", "c"]})
+    path = tmp_path / "data.parquet"
+    df.write_parquet(path)
+    raw = read_long(path)
+    assert raw.long.rows() == [(7, 0.0, "Age", 70.0), (3, 0.5, "HR", 88.0), (7, 12.25, "HR", 90.0)]
+    assert raw.long.schema["time"] == pl.Float64
+    assert raw.stays.to_list() == [3, 7]
+
+
+def test_long_csv_missing_column(tmp_path):
+    path = write(tmp_path / "data.csv", "stay_id,time,variable\n1,0,HR\n")
+    expected = (f"data file {path} lacks column(s) ['value']; expected exactly "
+                f"['stay_id', 'time', 'variable', 'value'], found ['stay_id', 'time', 'variable']")
+    with pytest.raises(DataError, match=re.escape(expected)):
+        read_long(path)
+
+
+def test_long_csv_non_integer_stay_id(tmp_path):
+    path = write(tmp_path / "data.csv", "stay_id,time,variable,value\n1,0,HR,80\nP-17,1,HR,81\nQ-2,2,HR,82\n")
+    with pytest.raises(DataError, match=re.escape("stay_id must be an integer on every row; found 'P-17'")):
+        read_long(path)
+
+
+def test_long_csv_fractional_stay_id(tmp_path):
+    path = write(tmp_path / "data.csv", "stay_id,time,variable,value\n1.5,0,HR,80\n")
+    with pytest.raises(DataError, match=re.escape("found '1.5'")):
+        read_long(path)
+
+
+def test_xlsx_rejected(tmp_path):
+    path = tmp_path / "data.xlsx"
+    path.write_bytes(b"PK\x03\x04 not really a workbook")
+    with pytest.raises(DataError, match=re.escape(f"data file {path} must be .csv or .parquet (got '.xlsx')")):
+        read_long(path)
+    with pytest.raises(DataError, match=re.escape("must be .csv or .parquet (got '.xlsx')")):
+        load(path)
+
+
+# -- labels ----------------------------------------------------------------------------------------------
+def test_labels_file_read(tmp_path):
+    path = write(tmp_path / "labels.csv", "stay_id,label\n5,1\n3,0\n")
+    out = read_labels(path)
+    assert out.rows() == [(5, 1, None), (3, 0, None)]
+    assert out.schema == {"stay_id": pl.Int64, "label": pl.Int8, "saps_i": pl.Float64}
+
+
+def test_labels_value_two_rejected(tmp_path):
+    path = write(tmp_path / "labels.csv", "stay_id,label\n1,0\n2,2\n3,1\n")
+    expected = (f"labels in {path}: every row needs an integer stay_id and a label of 0 or 1; "
+                f"1 row(s) do not")
+    with pytest.raises(DataError, match=re.escape(expected)):
+        read_labels(path)
+
+
+def test_labels_duplicated_stay_rejected(tmp_path):
+    path = write(tmp_path / "labels.csv", "stay_id,label\n1,0\n3,1\n3,1\n")
+    with pytest.raises(DataError, match=re.escape(f"labels in {path}: stay_id 3 has more than one label")):
+        read_labels(path)
+
+
+def test_labels_missing_column(tmp_path):
+    path = write(tmp_path / "labels.csv", "stay_id,died\n1,0\n")
+    with pytest.raises(DataError, match=re.escape("lacks column(s) ['label']")):
+        read_labels(path)
+
+
+# -- load ---------------------------------------------------------------------------------------------------
+def test_load_same_stay_in_two_paths(physionet_set, tmp_path):
+    folder = physionet_set(STAYS)
+    dup = write(tmp_path / "dup.csv", "stay_id,time,variable,value\n9,0.5,HR,80\n140002,1.0,HR,90\n")
+    expected = "stay 140002 appears in both set-x and dup.csv; stay ids must be unique across --data paths"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load([folder, dup])
+
+
+def test_load_nonexistent_path(physionet_set, tmp_path):
+    folder = physionet_set(STAYS)
+    missing = tmp_path / "nowhere" / "set-z"
+    with pytest.raises(DataError, match=re.escape(f"data path {missing} does not exist")):
+        load([folder, missing])
+    with pytest.raises(DataError, match=re.escape(f"data path {missing} does not exist")):
+        load(str(missing))
+
+
+def test_load_mixes_layouts_as_text(physionet_set, tmp_path):
+    folder = physionet_set(STAYS, outcomes=OUTCOMES)
+    parquet = tmp_path / "extra.parquet"
+    pl.DataFrame({"stay_id": [9], "time": [0.5], "variable": ["HR"], "value": [80.0]}).write_parquet(parquet)
+    raw = load([folder, parquet])
+    assert raw.stays.to_list() == [9, 140001, 140002]
+    assert raw.sources == ["set-x", "extra.parquet"]
+    assert raw.long.schema["time"] == pl.String and raw.long.schema["value"] == pl.String
+    assert raw.long.height == 15  # 14 PhysioNet rows + 1 parquet row
+    assert raw.long.filter(pl.col("stay_id") == 9).rows() == [(9, "0.5", "HR", "80.0")]
+    assert sorted(raw.outcomes.rows()) == [(140001, 1, None), (140002, 0, 14.0)]
+
+
+def test_load_labels_override_outcomes(physionet_set, tmp_path):
+    folder = physionet_set(STAYS, outcomes=OUTCOMES)  # 140001 died per Outcomes-x.txt
+    labels = write(tmp_path / "labels.csv", "stay_id,label\n140001,0\n140002,1\n")
+    raw = load(folder, labels=labels)
+    assert sorted(raw.outcomes.rows()) == [(140001, 0, None), (140002, 1, None)]
+
+
+def test_load_outcomes_with_two_paths_rejected(tmp_path):
+    a = write_physionet_set(tmp_path / "a", STAYS, name="a")
+    b = write_physionet_set(tmp_path / "b", {150001: []}, name="b")
+    with pytest.raises(DataError, match=re.escape("--outcomes applies to a single --data path")):
+        load([a, b], outcomes=a.parent / "Outcomes-a.txt")
+
+
+def test_load_no_paths():
+    with pytest.raises(DataError, match=re.escape("no data path given")):
+        load([])
