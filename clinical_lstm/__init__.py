@@ -11,20 +11,21 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "load_model": "clinical_lstm.bundle",
-    "RiskModel": "clinical_lstm.bundle",
-    "load_data": "clinical_lstm.sources",
-    "DataError": "clinical_lstm.sources",
-    "Catalogue": "clinical_lstm.catalogue",
-    "validate": "clinical_lstm.validate",
-    "QualityReport": "clinical_lstm.validate",
-    "GridTransformer": "clinical_lstm.impute",
-    "Config": "clinical_lstm.config",
-    "train": "clinical_lstm.workflow",
-    "prepare": "clinical_lstm.workflow",
-    "evaluate": "clinical_lstm.workflow",
-    "bundled_sample": "clinical_lstm.sample",
+_LAZY = {  # public name -> (module, attribute)
+    "load_model": ("clinical_lstm.bundle", "load_model"),
+    "RiskModel": ("clinical_lstm.bundle", "RiskModel"),
+    "load_data": ("clinical_lstm.sources", "load"),
+    "DataError": ("clinical_lstm.sources", "DataError"),
+    "Catalogue": ("clinical_lstm.catalogue", "Catalogue"),
+    "validate": ("clinical_lstm.validate", "validate"),
+    "QualityReport": ("clinical_lstm.validate", "QualityReport"),
+    "GridTransformer": ("clinical_lstm.impute", "GridTransformer"),
+    "Config": ("clinical_lstm.config", "Config"),
+    "train": ("clinical_lstm.workflow", "train"),
+    "prepare": ("clinical_lstm.workflow", "prepare"),
+    "evaluate": ("clinical_lstm.workflow", "evaluate_model"),
+    "score": ("clinical_lstm.workflow", "score"),
+    "bundled_sample": ("clinical_lstm.sample", "bundled_sample"),
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -32,6 +33,6 @@ __all__ = ["__version__", *_LAZY]
 
 def __getattr__(name):
     if name in _LAZY:
-        module = import_module(_LAZY[name])
-        return getattr(module, "load" if name == "load_data" else name)
+        module, attr = _LAZY[name]
+        return getattr(import_module(module), attr)
     raise AttributeError(f"module 'clinical_lstm' has no attribute {name!r}")

@@ -79,6 +79,26 @@ def predict_logits(models, data: dict[str, torch.Tensor], batch_size: int = 1024
     return torch.stack(outs).mean(0).numpy()
 
 
+def run_epoch(model, opt, train: dict[str, torch.Tensor], y: torch.Tensor, pos_weight: float, cfg: TrainConfig,
+              gen: torch.Generator) -> float:
+    """One pass over the training tensors in shuffled mini-batches; returns the mean training loss."""
+    model.train()
+    n = len(y)
+    perm = torch.randperm(n, generator=gen)
+    total = 0.0
+    for i in range(0, n, cfg.batch_size):
+        idx = perm[i:i + cfg.batch_size].to(y.device)
+        b = _batch(train, idx)
+        logit, step_logits, _ = model(b["x"], b["mask"], b["delta"], b["statics"], b["lengths"])
+        loss = loss_fn(logit, step_logits, b["lengths"], y[idx], pos_weight, cfg.target_replication)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        opt.step()
+        total += loss.item() * len(idx)
+    return total / n
+
+
 def fit_one(train: dict, y_train: np.ndarray, val: dict, y_val: np.ndarray, model_cfg: ModelConfig,
             cfg: TrainConfig, seed: int, device: torch.device, progress: bool = True, on_epoch=None):
     """Train one network; return ``(model with the best validation-AUPRC weights, history)``."""
@@ -90,26 +110,13 @@ def fit_one(train: dict, y_train: np.ndarray, val: dict, y_val: np.ndarray, mode
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     yt = torch.from_numpy(y_train.astype(np.float32)).to(device)
     pw = _pos_weight(y_train, cfg.pos_weight)
-    n = len(y_train)
     best, best_state, stale, history = -1.0, None, 0, []
     bar = tqdm(range(cfg.epochs), desc=f"train (seed {seed})", disable=not progress, leave=False)
     for epoch in bar:
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        total = 0.0
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size].to(device)
-            b = _batch(train, idx)
-            logit, step_logits, _ = model(b["x"], b["mask"], b["delta"], b["statics"], b["lengths"])
-            loss = loss_fn(logit, step_logits, b["lengths"], yt[idx], pw, cfg.target_replication)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-            opt.step()
-            total += loss.item() * len(idx)
+        train_loss = run_epoch(model, opt, train, yt, pw, cfg, gen)
         val_logit = predict_logits(model, val)
         auprc = float(average_precision_score(y_val, val_logit))
-        row = {"epoch": epoch + 1, "train_loss": total / n, "val_auprc": auprc,
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_auprc": auprc,
                "val_auroc": float(roc_auc_score(y_val, val_logit)), "seed": seed}
         history.append(row)
         if on_epoch:

@@ -122,3 +122,10 @@ def test_trajectory_ends_at_stay_risk(model):
     # no attention: the stay's risk is the step risk at its last valid bin
     np.testing.assert_allclose(last["risk"].to_numpy(), pred["risk"].to_numpy(), rtol=1e-6)
     assert last["hour"].max() <= 12
+
+
+def test_public_api_names_resolve():
+    import clinical_lstm
+
+    for name in clinical_lstm.__all__:
+        assert getattr(clinical_lstm, name) is not None, name

@@ -1,0 +1,208 @@
+"""python benchmarks/bench_prepare.py --repeats 3 --json prepare_bench.json
+
+(Run from the repository root with the venv active: ``. .venv/bin/activate``.)
+
+Compares two WHOLE PROCESSES on PhysioNet 2012 sets A and B (8,000 stays), timed by wall clock from
+process start to exit, so interpreter start-up and imports count:
+
+* ours: ``clinical-lstm prepare --data set-a.tar.gz --data set-b.tar.gz --out TMP``
+* pandas: ``python benchmarks/bench_prepare.py --pandas-reference --out TMP``, a plain pandas pipeline
+  defined below: ``pd.read_csv`` per tar member, one concat, ``HH:MM`` -> hours, one group-by to hourly
+  bins (bin = floor(hours), 48:00 into the last bin; mean per stay, bin and parameter), unstack to wide,
+  complete the grid (every stay x 48 bins, reindex on a MultiIndex), forward-fill per stay, write Parquet.
+
+The reference does strictly less than ``prepare``: no validation rules or quality report, no per-variable
+aggregation (mean only), no ``__hours_since`` columns, no separate statics or labels files. So the ratio
+pandas/ours is, if anything, generous to pandas.
+
+Before timing, each command runs once untimed (this also warms the page cache for both) and the stay
+counts are checked: ours = unique ``stay_id`` in ``grid.parquet`` + rejected stays in
+``quality_report.json``; the reference = the stay files it read. Then the runs alternate
+(pandas, ours, pandas, ours, ...) ``--repeats`` times. Prints a table, the median seconds of each and the
+ratio of the medians pandas/ours; ``--json FILE`` writes the same.
+
+Only the standard library is imported at module level, so the reference process pays for exactly the
+imports it uses (pandas, numpy, pyarrow), as ``clinical-lstm prepare`` pays for its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = (REPO / ".." / "shared" / "data" / "physionet2012").resolve()
+SETS = ("set-a.tar.gz", "set-b.tar.gz")
+WINDOW_BINS = 48  # 48 one-hour bins
+_STAY_FILE = re.compile(r"^(\d+)\.txt$")
+
+
+# -- the pandas reference (runs in its own process) --------------------------------------------------------
+def pandas_reference(paths: list[Path], out: Path) -> int:
+    """Read, bin, complete, forward-fill and write ``out/grid.parquet`` with pandas; return the stay count."""
+    import tarfile
+
+    import numpy as np
+    import pandas as pd
+
+    frames, ids, sizes = [], [], []
+    for path in paths:
+        with tarfile.open(path, "r:gz") as tf:
+            for member in tf:  # streaming: one pass over the gzip stream
+                m = _STAY_FILE.match(PurePosixPath(member.name).name)
+                if not (member.isfile() and m):
+                    continue
+                df = pd.read_csv(tf.extractfile(member), dtype={"Time": str, "Parameter": str, "Value": float})
+                ids.append(int(m.group(1)))
+                sizes.append(len(df))
+                frames.append(df)
+    long = pd.concat(frames, ignore_index=True)
+    long["stay_id"] = np.repeat(np.asarray(ids, dtype=np.int64), sizes)  # cheaper than a column per frame
+    long = long[long["Parameter"] != "RecordID"]  # the id is stay_id
+
+    hm = long["Time"].str.split(":", n=1, expand=True)
+    hours = pd.to_numeric(hm[0]) + pd.to_numeric(hm[1]) / 60.0
+    keep = (hours >= 0) & (hours <= WINDOW_BINS)
+    long, hours = long[keep], hours[keep]
+    long = long.assign(bin=np.minimum(np.floor(hours.to_numpy()), WINDOW_BINS - 1).astype(np.int64),
+                       Parameter=long["Parameter"].astype("category"))
+
+    wide = (long.groupby(["stay_id", "bin", "Parameter"], observed=True, sort=False)["Value"].mean()
+            .unstack("Parameter"))
+    full = pd.MultiIndex.from_product([sorted(ids), range(WINDOW_BINS)], names=["stay_id", "bin"])
+    wide = wide.reindex(full)  # every stay x every bin, NaN where unobserved
+    wide = wide.groupby(level="stay_id").ffill()
+    wide.columns = [str(c) for c in wide.columns]
+    out.mkdir(parents=True, exist_ok=True)
+    wide.reset_index().to_parquet(out / "grid.parquet", index=False)
+    n = len(ids)
+    (out / "reference_summary.json").write_text(json.dumps({"stays": n, "rows": len(wide),
+                                                            "columns": wide.shape[1]}))
+    print(f"pandas reference: {n} stays, grid {wide.shape[0]} x {wide.shape[1]} -> {out / 'grid.parquet'}")
+    return n
+
+
+# -- the benchmark driver --------------------------------------------------------------------------------------
+def _clinical_lstm_exe() -> str:
+    exe = Path(sys.executable).parent / "clinical-lstm"  # the venv's own entry point
+    found = str(exe) if exe.is_file() else shutil.which("clinical-lstm")
+    if not found:
+        sys.exit("bench_prepare: cannot find the clinical-lstm command; activate the venv first")
+    return found
+
+
+def _commands(data_dir: Path, out: Path) -> dict[str, list[str]]:
+    data = [str(data_dir / s) for s in SETS]
+    return {
+        "pandas": [sys.executable, str(Path(__file__).resolve()), "--pandas-reference", "--data-dir",
+                   str(data_dir), "--out", str(out)],
+        "ours": [_clinical_lstm_exe(), "prepare", "--data", data[0], "--data", data[1], "--out", str(out)],
+    }
+
+
+def _run(cmd: list[str]) -> float:
+    """Wall-clock seconds of the whole process; exits the benchmark if it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"bench_prepare: command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return dt
+
+
+def _stay_counts(scratch: Path, data_dir: Path) -> dict:
+    """Run each command once (untimed) and count stays the way each reports them."""
+    import polars as pl  # driver only: the package's own dependency
+
+    out_p, out_o = scratch / "check-pandas", scratch / "check-ours"
+    cmds_p, cmds_o = _commands(data_dir, out_p), _commands(data_dir, out_o)
+    _run(cmds_p["pandas"])
+    _run(cmds_o["ours"])
+    ref = json.loads((out_p / "reference_summary.json").read_text())
+    ref_grid = pl.read_parquet(out_p / "grid.parquet", columns=["stay_id"])["stay_id"].n_unique()
+    grid_ids = pl.read_parquet(out_o / "grid.parquet", columns=["stay_id"])["stay_id"].n_unique()
+    report = json.loads((out_o / "quality_report.json").read_text())
+    rejected = int(report["stays"]["rejected"])
+    counts = {"pandas_stays": int(ref["stays"]), "pandas_grid_stays": int(ref_grid),
+              "ours_grid_stays": int(grid_ids), "ours_rejected": rejected, "ours_stays": int(grid_ids) + rejected}
+    print(f"stays: pandas reference {counts['pandas_stays']} (grid {counts['pandas_grid_stays']}); "
+          f"ours {counts['ours_grid_stays']} in grid.parquet + {rejected} rejected = {counts['ours_stays']}")
+    if not counts["pandas_stays"] == counts["pandas_grid_stays"] == counts["ours_stays"]:
+        sys.exit("bench_prepare: the two pipelines do not account for the same stays; not timing them")
+    shutil.rmtree(out_p)
+    shutil.rmtree(out_o)
+    return counts
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                    help=f"folder with {' and '.join(SETS)} (default: {DEFAULT_DATA_DIR})")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each command (default 3)")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    ap.add_argument("--pandas-reference", action="store_true", help="run the pandas reference (needs --out)")
+    ap.add_argument("--out", type=Path, metavar="DIR", help="output folder of --pandas-reference")
+    a = ap.parse_args(argv)
+
+    data_dir = a.data_dir.resolve()
+    missing = [s for s in SETS if not (data_dir / s).is_file()]
+    if missing:
+        sys.exit(f"bench_prepare: {', '.join(missing)} not found in {data_dir}; pass --data-dir")
+    if a.pandas_reference:
+        if a.out is None:
+            sys.exit("bench_prepare: --pandas-reference needs --out DIR")
+        pandas_reference([data_dir / s for s in SETS], a.out)
+        return 0
+    if a.repeats < 1:
+        sys.exit("bench_prepare: --repeats must be at least 1")
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
+    try:
+        counts = _stay_counts(scratch, data_dir)
+        times: dict[str, list[float]] = {"pandas": [], "ours": []}
+        print(f"\n{'run':>4} {'pandas s':>10} {'ours s':>10} {'pandas/ours':>12}")
+        for r in range(a.repeats):
+            for name in ("pandas", "ours"):  # interleaved: pandas, ours, pandas, ours, ...
+                out = scratch / f"{name}-{r}"
+                times[name].append(_run(_commands(data_dir, out)[name]))
+                shutil.rmtree(out, ignore_errors=True)
+            print(f"{r + 1:>4} {times['pandas'][-1]:>10.2f} {times['ours'][-1]:>10.2f} "
+                  f"{times['pandas'][-1] / times['ours'][-1]:>12.2f}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["pandas"] / med["ours"]
+    print(f"\nmedian over {a.repeats} runs: pandas {med['pandas']:.2f} s, ours {med['ours']:.2f} s, "
+          f"pandas/ours {ratio:.2f}")
+    if a.json:
+        import pandas as pd
+        import polars as pl
+
+        result = {
+            "benchmark": "prepare, whole process, PhysioNet 2012 sets A+B",
+            "commands": {k: " ".join(v) for k, v in _commands(data_dir, Path("TMP")).items()},
+            "repeats": a.repeats, "seconds": times, "median_seconds": med, "ratio_pandas_over_ours": ratio,
+            "stays": counts,
+            "environment": {"python": platform.python_version(), "pandas": pd.__version__,
+                            "polars": pl.__version__, "platform": platform.platform(),
+                            "cpus": os.cpu_count()},
+        }
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Tests for clinical_lstm.train: a planted-signal cohort the model must find (and must not find once the
+labels are shuffled), seeded reproducibility, early stopping keeping the best weights, argument checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from clinical_lstm.catalogue import Catalogue
+from clinical_lstm.impute import GridTransformer, Tensors
+from clinical_lstm.model import ModelConfig
+from clinical_lstm.train import TrainConfig, _pos_weight, fit_ensemble, predict_logits, to_torch
+
+CPU = torch.device("cpu")
+WINDOW = 24
+SIGNAL_HOURS = 6  # the signal variable's level over a stay's last 6 hours drives the label
+
+CATALOGUE_CSV = """name,unit,lower,upper,aggregation,kind,static,description
+Age,years,0,120,last,static,true,noise static
+Sig,u,0,500,mean,vital,false,the planted signal
+HRn,bpm,0,500,mean,vital,false,dense noise
+Lacn,u,0,500,last,lab,false,sparse noise
+Urn,mL,0,5000,sum,vital,false,summed noise
+Rare,u,0,500,last,lab,false,very sparse noise
+Tmp,u,0,500,mean,vital,false,noise
+"""
+# noise variables: (name, probability of an observation in an hour, population mean, population sd)
+NOISE = [("HRn", 0.9, 85.0, 15.0), ("Lacn", 0.15, 2.0, 0.8), ("Urn", 0.5, 60.0, 20.0),
+         ("Rare", 0.05, 100.0, 30.0), ("Tmp", 0.6, 37.0, 0.7)]
+
+
+@dataclass
+class Cohort:
+    train: Tensors
+    val: Tensors
+    test: Tensors
+    y_train: np.ndarray
+    y_val: np.ndarray
+    y_test: np.ndarray
+
+
+def synth_long(n: int, seed: int) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """Irregularly sampled stays with missingness; label = latent z (+ a little noise) above its ~80th
+    percentile, and z shows up only in Sig's level during the stay's last SIGNAL_HOURS hours."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=n)
+    y = (z + rng.normal(0, 0.3, n) > 0.84).astype(np.int64)
+    ids = np.arange(1000, 1000 + n, dtype=np.int64)
+    sid, time, var, val = [], [], [], []
+
+    def add(i, t, name, value):
+        sid.append(ids[i])
+        time.append(float(t))
+        var.append(name)
+        val.append(float(value))
+
+    for i in range(n):
+        end = int(rng.integers(16, WINDOW + 1))  # stays end (are discharged / data stop) at different hours
+        add(i, 0.0, "Age", rng.normal(65, 12))
+        for name, p, mu, sd in NOISE:
+            level = rng.normal(mu, sd)
+            for h in np.flatnonzero(rng.random(end) < p):
+                add(i, h + rng.random(), name, abs(level + rng.normal(0, sd / 3)))
+        late_start = end - SIGNAL_HOURS
+        seen = rng.random(end) < 0.5
+        seen[end - 1] = True  # a last observation fixes the stay's length at `end` bins
+        for h in np.flatnonzero(seen):
+            level = 50.0 + (8.0 * z[i] if h >= late_start else 0.0)
+            add(i, h + 0.99 * rng.random(), "Sig", level + rng.normal(0, 2))
+    clean = pl.DataFrame({"stay_id": sid, "time": time, "variable": var, "value": val},
+                         schema={"stay_id": pl.Int64, "time": pl.Float64, "variable": pl.String,
+                                 "value": pl.Float64})
+    return clean, ids, y
+
+
+def split(clean, ids, y, n_train, n_val, seed) -> Cohort:
+    order = np.random.default_rng(seed).permutation(len(ids))
+    tr, va, te = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
+    cat = Catalogue.from_csv_text(CATALOGUE_CSV, source="synthetic catalogue")
+    gt = GridTransformer(cat, window_hours=WINDOW, resolution_hours=1).fit(clean, ids[tr])  # training stays only
+    return Cohort(gt.transform(clean, ids[tr]), gt.transform(clean, ids[va]), gt.transform(clean, ids[te]),
+                  y[tr], y[va], y[te])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def long_cohort():
+    return synth_long(400, seed=2024)
+
+
+@pytest.fixture(scope="module")
+def cohort(long_cohort) -> Cohort:
+    clean, ids, y = long_cohort
+    return split(clean, ids, y, n_train=200, n_val=80, seed=7)
+
+
+@pytest.fixture(scope="module")
+def small(long_cohort) -> Cohort:
+    """A quick subset for the reproducibility tests."""
+    clean, ids, y = long_cohort
+    keep = np.arange(160)
+    return split(clean.filter(pl.col("stay_id").is_in(ids[keep].tolist())), ids[keep], y[keep], 100, 40, seed=3)
+
+
+SIGNAL_MODEL = ModelConfig(hidden_size=16, dropout=0.1, decay=True, attention=False)
+SIGNAL_TRAIN = TrainConfig(epochs=15, patience=5, batch_size=32, lr=5e-3, seed=0, device="cpu")
+QUICK_MODEL = ModelConfig(hidden_size=8, dropout=0.2)
+QUICK_TRAIN = TrainConfig(epochs=3, patience=3, batch_size=32, lr=5e-3, seed=0, device="cpu")
+
+
+def test_synthetic_cohort_is_what_it_claims(cohort, long_cohort):
+    clean, ids, y = long_cohort
+    assert 0.1 < y.mean() < 0.35
+    assert 0 < cohort.y_val.sum() < len(cohort.y_val) and 0 < cohort.y_test.sum() < len(cohort.y_test)
+    assert cohort.train.x.shape == (200, WINDOW, 6)
+    assert set(cohort.train.lengths.tolist()) <= set(range(16, WINDOW + 1))
+    assert 0.2 < cohort.train.mask.mean() < 0.6  # irregular sampling with plenty of missingness
+
+
+def test_planted_signal_is_learned(cohort):
+    models, history = fit_ensemble(cohort.train, cohort.y_train, cohort.val, cohort.y_val, SIGNAL_MODEL,
+                                   SIGNAL_TRAIN, progress=False)
+    assert len(models) == 1 and 1 <= len(history) <= SIGNAL_TRAIN.epochs
+    auroc = roc_auc_score(cohort.y_test, predict_logits(models, to_torch(cohort.test, CPU)))
+    assert auroc > 0.85
+
+
+def test_shuffled_labels_are_not_learned(cohort):
+    rng = np.random.default_rng(99)
+    y_train, y_val, y_test = (rng.permutation(y) for y in (cohort.y_train, cohort.y_val, cohort.y_test))
+    models, _ = fit_ensemble(cohort.train, y_train, cohort.val, y_val, SIGNAL_MODEL, SIGNAL_TRAIN,
+                             progress=False)
+    auroc = roc_auc_score(y_test, predict_logits(models, to_torch(cohort.test, CPU)))
+    assert auroc < 0.7
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_same_seed_reproduces_exactly(small):
+    runs = [fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL, QUICK_TRAIN,
+                         progress=False) for _ in range(2)]
+    (m1, h1), (m2, h2) = runs
+    assert h1 == h2
+    assert len(h1) == QUICK_TRAIN.epochs
+    data = to_torch(small.test, CPU)
+    p1, p2 = predict_logits(m1, data), predict_logits(m2, data)
+    assert p1.shape == (len(small.test),)
+    assert np.array_equal(p1, p2)
+    s1, s2 = _state(m1[0]), _state(m2[0])
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_different_seed_gives_different_weights(small):
+    from dataclasses import replace
+
+    m0, _ = fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL, QUICK_TRAIN,
+                         progress=False)
+    m1, h1 = fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL,
+                          replace(QUICK_TRAIN, seed=1), progress=False)
+    s0, s1 = _state(m0[0]), _state(m1[0])
+    assert s0.keys() == s1.keys()
+    assert not any(torch.equal(s0[k], s1[k]) for k in s0 if k.startswith("lstm.weight"))
+    assert {row["seed"] for row in h1} == {1}
+    data = to_torch(small.test, CPU)
+    assert not np.array_equal(predict_logits(m0, data), predict_logits(m1, data))
+
+
+def test_seed_ensemble_uses_consecutive_seeds(small):
+    from dataclasses import replace
+
+    cfg = replace(QUICK_TRAIN, epochs=2, n_models=2, seed=5)
+    models, history = fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL, cfg,
+                                   progress=False)
+    assert len(models) == 2
+    assert [row["seed"] for row in history] == [5, 5, 6, 6]
+    assert [row["epoch"] for row in history] == [1, 2, 1, 2]
+    data = to_torch(small.test, CPU)
+    mean = (predict_logits(models[0], data) + predict_logits(models[1], data)) / 2
+    np.testing.assert_allclose(predict_logits(models, data), mean, rtol=1e-6, atol=1e-6)
+
+
+def test_early_stopping_keeps_best_val_auprc_weights(cohort):
+    # Noisy labels and a high learning rate: validation AUPRC wanders, so the best epoch is not the last.
+    rng = np.random.default_rng(5)
+    y_train, y_val = rng.permutation(cohort.y_train), rng.permutation(cohort.y_val)
+    cfg = TrainConfig(epochs=12, patience=3, batch_size=32, lr=2e-2, seed=0, device="cpu")
+    seen = []
+    models, history = fit_ensemble(cohort.train, y_train, cohort.val, y_val,
+                                   ModelConfig(hidden_size=16, dropout=0.0), cfg, progress=False,
+                                   on_epoch=seen.append)
+    assert seen == history
+    assert [row["epoch"] for row in history] == list(range(1, len(history) + 1))
+    scores = [row["val_auprc"] for row in history]
+    best_epoch = int(np.argmax(scores))
+    assert best_epoch < len(history) - 1, "precondition: the final epoch must not be the best one"
+    val_logit = predict_logits(models, to_torch(cohort.val, CPU))
+    assert abs(average_precision_score(y_val, val_logit) - max(scores)) < 1e-9
+    assert abs(roc_auc_score(y_val, val_logit) - history[best_epoch]["val_auroc"]) < 1e-9
+    if len(history) < cfg.epochs:  # stopped early: exactly `patience` epochs without improvement
+        assert len(history) - 1 - best_epoch == cfg.patience
+
+
+def test_single_class_validation_split_raises(small):
+    with pytest.raises(ValueError, match=r"training and validation splits each need both outcomes \(0 and 1\); "
+                                         r"got \d+ deaths in 100 training stays and 0 in 40 validation stays"):
+        fit_ensemble(small.train, small.y_train, small.val, np.zeros(40, dtype=np.int64), QUICK_MODEL,
+                     QUICK_TRAIN, progress=False)
+    with pytest.raises(ValueError, match=r"both outcomes"):
+        fit_ensemble(small.train, np.ones(100, dtype=np.int64), small.val, small.y_val, QUICK_MODEL,
+                     QUICK_TRAIN, progress=False)
+
+
+def test_bad_pos_weight_raises(small):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"The 'pos_weight' parameter must be one of "
+                                         r"\('none', 'sqrt', 'balanced'\)\. Got 'inverse' instead\."):
+        fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL,
+                     replace(QUICK_TRAIN, pos_weight="inverse"), progress=False)
+
+
+def test_pos_weight_rules_by_hand():
+    y = np.array([1, 0, 0, 1, 0, 0, 0, 0])  # 2 positives, 6 negatives -> neg/pos = 3
+    assert _pos_weight(y, "none") == 1.0
+    assert _pos_weight(y, "balanced") == pytest.approx(3.0)
+    assert _pos_weight(y, "sqrt") == pytest.approx(3.0 ** 0.5)
