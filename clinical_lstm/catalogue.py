@@ -77,8 +77,8 @@ class Catalogue:
         if missing:
             raise ValueError(f"{source} lacks column(s) {missing}; expected columns {list(COLUMNS)}")
         variables = []
-        for line_no, row in enumerate(reader, start=2):
-            where = f"{source} line {line_no} ({row.get('name')!r})"
+        for row in reader:
+            where = f"{source} line {reader.line_num} ({row.get('name')!r})"
             try:
                 lower, upper = float(row["lower"]), float(row["upper"])
             except ValueError:

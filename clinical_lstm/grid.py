@@ -74,7 +74,7 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
     obs = (clean.lazy()
            .join(index.lazy(), on="stay_id", how="inner")
            .join(var_index.lazy(), on="variable", how="inner")
-           .with_columns(pl.min_horizontal((pl.col("time") / resolution_hours).floor().cast(pl.Int64), T - 1)
+           .with_columns(pl.min_horizontal((pl.col("time") / resolution_hours + 1e-9).floor().cast(pl.Int64), T - 1)  # 1e-9: 123/60 h is bin 123
                          .alias("bin"))
            .sort("time")  # so that "last" and the bin's last observation time follow real time
            .group_by("row", "bin", "col")

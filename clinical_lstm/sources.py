@@ -105,10 +105,31 @@ def _stay_lines(record_id: int, data: bytes) -> bytes | None:
         return b""
     if b"\0" in body:  # binary garbage inside a stay file: the whole file is unreadable
         return None
-    # "HH:MM,HR,80" -> "<id>,HH,MM,HR,80": the CSV reader then parses hours and minutes as numbers itself,
-    # which is several times faster than parsing time strings afterwards.
     prefix = b"%d," % record_id
-    return prefix + body.replace(b":", b",").replace(b"\n", b"\n" + prefix) + b"\n"
+    return prefix + _split_times(body).replace(b"\n", b"\n" + prefix) + b"\n"
+
+
+def _split_times(body: bytes) -> bytes:
+    """``HH:MM,HR,80`` -> ``HH,MM,HR,80`` so the CSV reader parses hours and minutes as numbers itself
+    (several times faster than parsing time strings afterwards).
+
+    The fast path applies when every line has exactly one colon and two commas and none starts with '-'.
+    Otherwise each line is split on its own: ``-HH:MM`` keeps its sign on both parts, and a time that is not
+    ``HH:MM`` becomes two empty fields, so the row is counted as ``unparseable_time`` under its own variable.
+    """
+    n_lines = body.count(b"\n") + 1
+    if (body.count(b":") == n_lines and body.count(b",") == 2 * n_lines and not body.startswith(b"-")
+            and b"\n-" not in body):
+        return body.replace(b":", b",")
+    out = []
+    for line in body.split(b"\n"):
+        time, _, rest = line.partition(b",")
+        hh, colon, mm = time.partition(b":")
+        if colon and b":" not in mm:
+            out.append(hh + b"," + (b"-" if hh.startswith(b"-") else b"") + mm + b"," + rest)
+        else:
+            out.append(b",," + rest)
+    return b"\n".join(out)
 
 
 def read_physionet(path: str | Path, outcomes: str | Path | None = None) -> RawData:

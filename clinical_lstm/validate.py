@@ -118,8 +118,9 @@ def _parse_time(col: pl.Expr) -> pl.Expr:
     """Hours as float, from either ``12.5`` or PhysioNet's ``HH:MM``."""
     s = col.cast(pl.String).str.strip_chars()
     hhmm = s.str.split_exact(":", 1)
-    from_hhmm = (hhmm.struct.field("field_0").cast(pl.Float64, strict=False)
-                 + hhmm.struct.field("field_1").cast(pl.Float64, strict=False) / 60.0)
+    hh = hhmm.struct.field("field_0").cast(pl.Float64, strict=False)
+    mm = hhmm.struct.field("field_1").cast(pl.Float64, strict=False) / 60.0
+    from_hhmm = pl.when(s.str.starts_with("-")).then(hh - mm).otherwise(hh + mm)  # -00:30 is -0.5 h
     return pl.when(s.str.contains(":")).then(from_hhmm).otherwise(s.cast(pl.Float64, strict=False))
 
 

@@ -97,8 +97,6 @@ def test_missing_column_named():
         Catalogue.from_csv_text(text)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: from_csv_text numbers rows with enumerate(reader, start=2), not "
-                   "reader.line_num, so a blank line before a bad row makes the message name the wrong line")
 def test_line_number_counts_blank_lines():
     text = HEADER + "HR,bpm,1,300,mean,vital,false,\n\nK,mEq/L,1,15,median,lab,false,\n"
     with pytest.raises(ValueError, match=re.escape("catalogue line 4 ('K')")):  # header 1, HR 2, blank 3

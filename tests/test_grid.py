@@ -227,3 +227,19 @@ def test_no_statics_in_catalogue():
     g = to_grid(long([(1, 0.0, "A", 1)]), [1, 2], cat, window_hours=2, resolution_hours=1)
     assert g.statics.shape == (2, 0)
     np.testing.assert_array_equal(g.values[:, :, 0], [[1, NAN], [NAN, NAN]])
+
+
+def test_observation_on_a_bin_edge_with_one_minute_bins(cat):
+    # PhysioNet times are HH:MM; with one-minute bins every minute is its own bin: 02:02 -> 122, 02:03 -> 123.
+    clean = long([(1, 122 / 60, "HR", 70), (1, 123 / 60, "HR", 80)])
+    g = to_grid(clean, [1], cat, window_hours=4, resolution_hours=1 / 60)
+    assert g.values.shape == (1, 240, 4)
+    assert np.flatnonzero(~np.isnan(g.values[0, :, HR])).tolist() == [122, 123]
+    assert g.values[0, 123, HR] == 80
+
+
+def test_observations_on_bin_edges_with_quarter_hour_bins(cat):
+    # 0.25 h is exact in binary: every HH:MM on a 15-minute boundary starts its own bin.
+    clean = long([(1, m / 60, "HR", m) for m in (15, 30, 45, 60, 75)])
+    g = to_grid(clean, [1], cat, window_hours=2, resolution_hours=0.25)
+    np.testing.assert_array_equal(g.values[0, :, HR], [NAN, 15, 30, 45, 60, 75, NAN, NAN])

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from helpers import write_physionet_set
 
+from clinical_lstm.catalogue import Catalogue
 from clinical_lstm.sources import (
     LONG_COLUMNS,
     DataError,
@@ -20,6 +21,7 @@ from clinical_lstm.sources import (
     read_outcomes,
     read_physionet,
 )
+from clinical_lstm.validate import validate
 
 # Two stays; the helper writes the 00:00 descriptors (RecordID, then Age 64, Gender 1, Height 172.7,
 # ICUType 3, Weight 81.5) before these time-series rows.
@@ -30,18 +32,19 @@ STAYS = {
 OUTCOMES = {140001: (-1, 2, 5, 3, 1), 140002: (14, 3, 8, -1, 0)}  # SAPS-I, SOFA, LoS, Survival, death
 
 
-def descriptor_rows(rid: int) -> list[tuple[int, str, str, str]]:
-    return [(rid, "00:00", "Age", "64"), (rid, "00:00", "Gender", "1"), (rid, "00:00", "Height", "172.7"),
-            (rid, "00:00", "ICUType", "3"), (rid, "00:00", "Weight", "81.5")]
+def descriptor_rows(rid: int) -> list[tuple[int, float, str, float]]:
+    return [(rid, 0.0, "Age", 64.0), (rid, 0.0, "Gender", 1.0), (rid, 0.0, "Height", 172.7),
+            (rid, 0.0, "ICUType", 3.0), (rid, 0.0, "Weight", 81.5)]
 
 
+# HH:MM -> hours: 00:07 = 7/60 h, 01:30 = 1.5 h, 36:30 = 36.5 h, 00:15 = 0.25 h; values parsed as numbers.
 EXPECTED_ROWS = [
     *descriptor_rows(140001),
-    (140001, "00:07", "GCS", "15"),
-    (140001, "01:30", "HR", "88"),
-    (140001, "36:30", "pH", "7.35"),
+    (140001, 7 / 60, "GCS", 15.0),
+    (140001, 1.5, "HR", 88.0),
+    (140001, 36.5, "pH", 7.35),
     *descriptor_rows(140002),
-    (140002, "00:15", "HR", "102"),
+    (140002, 0.25, "HR", 102.0),
 ]
 
 
@@ -81,23 +84,43 @@ def test_record_id_rows_dropped_and_stay_id_comes_from_file_name(physionet_set):
     raw = read_physionet(path)
     assert "RecordID" not in raw.long["variable"].to_list()
     assert raw.long["stay_id"].unique().to_list() == [140003]
-    assert "999" not in raw.long["value"].to_list()
+    assert 999.0 not in raw.long["value"].to_list()
     assert raw.long.height == 6  # Age, Gender, Height, ICUType, Weight, HR
 
 
-def test_times_stay_hh_mm_text(physionet_set):
+def test_hh_mm_times_become_hours(physionet_set):
     raw = read_physionet(physionet_set(STAYS))
-    assert raw.long.schema["time"] == pl.String
-    assert raw.long.schema["value"] == pl.String
-    assert raw.long.filter(pl.col("variable") == "pH")["time"].to_list() == ["36:30"]
-    assert set(raw.long["time"]) == {"00:00", "00:07", "01:30", "36:30", "00:15"}
+    assert raw.long.schema == {"stay_id": pl.Int64, "time": pl.Float64, "variable": pl.String,
+                               "value": pl.Float64}
+    assert raw.long.filter(pl.col("variable") == "pH")["time"].to_list() == [36.5]
+    assert set(raw.long["time"]) == {0.0, 7 / 60, 1.5, 36.5, 0.25}
 
 
 def test_crlf_stay_files_read_like_lf(physionet_set):
     lf = read_physionet(physionet_set(STAYS))
     crlf = read_physionet(physionet_set(STAYS, newline="\r\n"))
     assert crlf.long.equals(lf.long)
-    assert not any(v.endswith("\r") for v in crlf.long["value"].to_list())
+    assert crlf.long.rows() == EXPECTED_ROWS
+
+
+def test_unparseable_entries_stay_visible_and_are_counted(physionet_set):
+    stays = {140005: [("01:00", "HR", "80"), ("02:00", "HR", "abc"), ("1:xx", "HR", "81"), ("03:00", "HR", "")]}
+    raw = read_physionet(physionet_set(stays))
+    hr = raw.long.filter(pl.col("variable") == "HR")
+    assert hr.height == 4  # no row lost or shifted
+    assert hr["value"].null_count() == 2  # "abc" and ""
+    assert hr["time"].null_count() == 1  # "1:xx"
+    _, kept, report = validate(raw, Catalogue.default())
+    got = {(r["rule"], r["variable"]): r["rows"] for r in report.counts.iter_rows(named=True)}
+    assert got == {("unparseable_time", "HR"): 1, ("unparseable_value", "HR"): 2}
+    assert kept.to_list() == [140005]
+
+
+@pytest.mark.parametrize("bad_time", ["12", "12:30:00"])
+def test_malformed_time_is_still_charged_to_its_parameter(physionet_set, bad_time):
+    raw = read_physionet(physionet_set({140006: [("01:00", "HR", "80"), (bad_time, "HR", "81")]}))
+    assert set(raw.long["variable"]) == {"Age", "Gender", "Height", "ICUType", "Weight", "HR"}
+    assert raw.long.filter(pl.col("variable") == "HR").height == 2
 
 
 @pytest.mark.parametrize("archive", [False, True], ids=["folder", "tar.gz"])
@@ -295,17 +318,34 @@ def test_load_nonexistent_path(physionet_set, tmp_path):
         load(str(missing))
 
 
-def test_load_mixes_layouts_as_text(physionet_set, tmp_path):
+def test_load_physionet_and_parquet_stay_numeric(physionet_set, tmp_path):
     folder = physionet_set(STAYS, outcomes=OUTCOMES)
     parquet = tmp_path / "extra.parquet"
     pl.DataFrame({"stay_id": [9], "time": [0.5], "variable": ["HR"], "value": [80.0]}).write_parquet(parquet)
     raw = load([folder, parquet])
     assert raw.stays.to_list() == [9, 140001, 140002]
     assert raw.sources == ["set-x", "extra.parquet"]
-    assert raw.long.schema["time"] == pl.String and raw.long.schema["value"] == pl.String
-    assert raw.long.height == 15  # 14 PhysioNet rows + 1 parquet row
-    assert raw.long.filter(pl.col("stay_id") == 9).rows() == [(9, "0.5", "HR", "80.0")]
+    assert raw.long.schema["time"] == pl.Float64 and raw.long.schema["value"] == pl.Float64
+    assert raw.long.rows() == [*EXPECTED_ROWS, (9, 0.5, "HR", 80.0)]
     assert sorted(raw.outcomes.rows()) == [(140001, 1, None), (140002, 0, 14.0)]
+
+
+def test_load_physionet_and_csv_mix_as_text_and_validate_alike(physionet_set, tmp_path):
+    folder = physionet_set(STAYS, outcomes=OUTCOMES)
+    csv = write(tmp_path / "extra.csv", "stay_id,time,variable,value\n9,00:30,HR,80\n9,1.25,HR,81\n")
+    raw = load([folder, csv])
+    assert raw.long.schema["time"] == pl.String and raw.long.schema["value"] == pl.String
+    assert raw.long.height == 16  # 14 PhysioNet rows + 2 CSV rows
+    assert raw.long.filter(pl.col("stay_id") == 9).rows() == [(9, "00:30", "HR", "80"), (9, "1.25", "HR", "81")]
+    cat = Catalogue.default()
+    mixed, kept, _ = validate(raw, cat)
+    alone, _, _ = validate(read_physionet(folder), cat)
+    assert kept.to_list() == [9, 140001, 140002]
+    # the PhysioNet numbers survive the trip through text exactly (rows compared as sets: ties in
+    # (stay_id, time) have no defined order)
+    assert sorted(mixed.filter(pl.col("stay_id") != 9).rows()) == sorted(alone.rows())
+    assert len(alone) == 14
+    assert mixed.filter(pl.col("stay_id") == 9).rows() == [(9, 0.5, "HR", 80.0), (9, 1.25, "HR", 81.0)]
 
 
 def test_load_labels_override_outcomes(physionet_set, tmp_path):

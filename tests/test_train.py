@@ -3,7 +3,7 @@ labels are shuffled), seeded reproducibility, early stopping keeping the best we
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -165,8 +165,6 @@ def test_same_seed_reproduces_exactly(small):
 
 
 def test_different_seed_gives_different_weights(small):
-    from dataclasses import replace
-
     m0, _ = fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL, QUICK_TRAIN,
                          progress=False)
     m1, h1 = fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL,
@@ -180,8 +178,6 @@ def test_different_seed_gives_different_weights(small):
 
 
 def test_seed_ensemble_uses_consecutive_seeds(small):
-    from dataclasses import replace
-
     cfg = replace(QUICK_TRAIN, epochs=2, n_models=2, seed=5)
     models, history = fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL, cfg,
                                    progress=False)
@@ -225,8 +221,6 @@ def test_single_class_validation_split_raises(small):
 
 
 def test_bad_pos_weight_raises(small):
-    from dataclasses import replace
-
     with pytest.raises(ValueError, match=r"The 'pos_weight' parameter must be one of "
                                          r"\('none', 'sqrt', 'balanced'\)\. Got 'inverse' instead\."):
         fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL,

@@ -10,7 +10,7 @@ import pytest
 from helpers import raw_data
 
 from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.sources import read_physionet
+from clinical_lstm.sources import RawData, read_physionet
 from clinical_lstm.validate import ACTIONS, validate
 
 HR_OK = "80"  # a plausible heart rate, so a stay has a usable time series
@@ -97,8 +97,6 @@ def test_negative_time(cat):
     assert clean_rows(clean) == [(1, 0.0, "HR", 82.0), (1, 1.0, "HR", 80.0)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _parse_time computes HH + MM/60 with the sign only on HH, so "
-                   "'-00:30' parses to +0.5 h (kept) instead of -0.5 h (negative_time), and '-01:30' to -0.5 h")
 def test_negative_hh_mm_time(cat):
     raw = raw_data([(1, "01:00", "HR", HR_OK), (1, "-00:30", "HR", "81")])
     clean, _, report = validate(raw, cat)
@@ -237,6 +235,23 @@ def test_hh_mm_times_parsed_to_hours(cat):
     assert clean.schema == {"stay_id": pl.Int64, "time": pl.Float64, "variable": pl.String,
                             "value": pl.Float64}
     assert clean["time"].to_list() == sorted(clean["time"].to_list())  # sorted by stay, time
+
+
+def test_numeric_input_follows_the_same_rules(cat):
+    # What the PhysioNet reader and Parquet give: Float64 hours and values, null where unparseable.
+    long = pl.DataFrame(
+        [(1, 48.0, "HR", 80.0), (1, 48 + 1 / 60, "HR", 81.0), (1, None, "HR", 82.0), (1, 1.0, "HR", None),
+         (1, -0.5, "MAP", 70.0), (1, 5.0, "Age", 55.0), (1, 0.0, "Height", -1.0), (1, 2.0, "pH", 735.0),
+         (1, 3.0, "HR", 90.0), (1, 3.0, "HR", 90.0)],
+        schema={"stay_id": pl.Int64, "time": pl.Float64, "variable": pl.String, "value": pl.Float64},
+        orient="row")
+    raw = RawData(long=long, stays=pl.Series("stay_id", [1], dtype=pl.Int64))
+    clean, _, report = validate(raw, cat)
+    assert counts(report) == {("past_window", "HR"): 1, ("unparseable_time", "HR"): 1,
+                              ("unparseable_value", "HR"): 1, ("negative_time", "MAP"): 1,
+                              ("static_after_admission", "Age"): 1, ("sentinel_minus_one", "Height"): 1,
+                              ("out_of_range", "pH"): 1, ("duplicate_row", "HR"): 1}
+    assert clean_rows(clean) == [(1, 3.0, "HR", 90.0), (1, 48.0, "HR", 80.0)]
 
 
 # -- stay-level rules ------------------------------------------------------------------------------------
