@@ -5,23 +5,23 @@
 Seconds per training epoch of the package's own loop against a bare ``nn.LSTM`` of the same shapes, in one
 process, on 2 CPU threads (``torch.set_num_threads(2)``):
 
-* ours: one epoch of :func:`clinical_lstm.train.fit_one`'s loop -- a ``torch.randperm`` over the N stays,
+* ours: one epoch of :func:`clinical_lstm.training.fit_one`'s loop -- a ``torch.randperm`` over the N stays,
   batches of ``TrainConfig().batch_size``, :class:`clinical_lstm.model.MaskedLSTM` with ``ModelConfig()``
-  defaults (learned input decay, dropout, step head), :func:`clinical_lstm.train.loss_fn` with target
+  defaults (learned input decay, dropout, step head), :func:`clinical_lstm.training.loss_fn` with target
   replication and the ``sqrt`` positive weight, backward, gradient clipping, AdamW step. The tensors are the
   real ones: N stays of PhysioNet 2012 set A through ``sources.load`` -> ``validate.validate`` ->
-  ``impute.GridTransformer`` (fitted on those stays) -> ``train.to_torch``.
+  ``impute.GridTransformer`` (fitted on those stays) -> ``training.to_torch``.
 * bare: ``nn.LSTM(3V + S, hidden)`` forward + backward over random tensors of the same shapes (B, T, 3V + S),
   a ``Linear`` head on the last hidden state, BCE-with-logits, AdamW step; same permutation batching and the
   same number of batches, no clipping, no decay, no step head, no dropout.
 
-``clinical_lstm.train`` has no function that runs exactly one epoch, so ``_run_epoch_replica`` below is
-a line-for-line copy of the body of ``fit_one``'s epoch loop. When the package exposes
-``run_epoch(model, opt, data, y, cfg, gen)``, switch by editing the one line ``run_epoch = ...`` below.
+"ours" calls ``clinical_lstm.training.run_epoch``, the function ``fit_one`` runs every epoch.
 
 Each side runs one untimed warm-up epoch, then ``--repeats`` timed epochs, interleaved (ours, bare, ours,
-bare, ...). Prints the median wall seconds per epoch of each and the ratio ours/bare (and, as a steadier
-check on a busy machine, the same for process CPU seconds); ``--json FILE`` writes them.
+bare, ...). Prints the median wall seconds per epoch of each and the ratio ours/bare, the same for process
+CPU seconds, and the load average before and after; ``--json FILE`` writes them. Run it on an otherwise idle
+machine: with more runnable threads than cores, 2-thread torch epochs were seen to slow down 100-fold and
+erratically (0.4 s -> 85 s per epoch), so a warning is printed when the 1-minute load average is high before timing starts.
 """
 
 from __future__ import annotations
@@ -47,40 +47,15 @@ from clinical_lstm.model import MaskedLSTM
 from clinical_lstm.sources import load
 from clinical_lstm.validate import validate
 
-# import_module, not ``from clinical_lstm import train``: the package's lazy public name ``train`` is the
-# workflow function and would shadow the submodule.
-cl_train = importlib.import_module("clinical_lstm.train")
+cl_train = importlib.import_module("clinical_lstm.training")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = (REPO / ".." / "shared" / "data" / "physionet2012").resolve()
 
 
-def _run_epoch_replica(model, opt, data, y, cfg: TrainConfig, gen) -> float:
-    """Exactly the body of ``fit_one``'s ``for epoch in bar:`` loop up to the validation step.
-
-    ``y`` is the float32 label tensor on the data's device (``yt`` in ``fit_one``); returns the mean loss.
-    """
-    device = y.device
-    pw = cl_train._pos_weight(y.cpu().numpy(), cfg.pos_weight)  # fit_one computes this once, before the epochs
-    n = len(y)
-    model.train()
-    perm = torch.randperm(n, generator=gen)
-    total = 0.0
-    for i in range(0, n, cfg.batch_size):
-        idx = perm[i:i + cfg.batch_size].to(device)
-        b = cl_train._batch(data, idx)
-        logit, step_logits, _ = model(b["x"], b["mask"], b["delta"], b["statics"], b["lengths"])
-        loss = cl_train.loss_fn(logit, step_logits, b["lengths"], y[idx], pw, cfg.target_replication)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-        opt.step()
-        total += loss.item() * len(idx)
-    return total / n
-
-
-# The one line to change once clinical_lstm.train exposes it:  run_epoch = cl_train.run_epoch
-run_epoch = _run_epoch_replica
+def run_epoch(model, opt, data, y, cfg: TrainConfig, gen) -> float:
+    """The package's own epoch (``clinical_lstm.training.run_epoch``), with fit_one's positive weight."""
+    return cl_train.run_epoch(model, opt, data, y, cl_train._pos_weight(y.cpu().numpy(), cfg.pos_weight), cfg, gen)
 
 
 class BareLSTM(nn.Module):
@@ -124,7 +99,7 @@ def real_tensors(data_dir: Path, n: int, seed: int, device: torch.device):
 
 
 def _timed(fn, device: torch.device) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of ``fn()``; CPU time is the steadier one on a busy machine."""
+    """(wall seconds, process CPU seconds) of ``fn()``."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -132,6 +107,15 @@ def _timed(fn, device: torch.device) -> tuple[float, float]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _check_load(warn: bool) -> list[float]:
+    """The 1/5/15-minute load averages; with ``warn``, say so when other work is likely competing for cores."""
+    load = list(os.getloadavg())
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")
+    if warn and load[0] > 0.5 * (os.cpu_count() or 1):
+        print("warning: the machine is busy; these timings may be far off (see the module docstring)")
+    return load
 
 
 def main(argv=None) -> int:
@@ -151,6 +135,7 @@ def main(argv=None) -> int:
         sys.exit(f"bench_epoch: set-a.tar.gz not found in {a.data_dir}; pass --data-dir")
 
     torch.set_num_threads(a.threads)
+    load_before = _check_load(warn=True)
     device = torch.device(a.device)
     mcfg, tcfg = ModelConfig(), TrainConfig()
 
@@ -193,6 +178,7 @@ def main(argv=None) -> int:
             cpu[name].append(c)
         print(f"{r + 1:>5} {times['ours'][-1]:>9.3f} {times['bare'][-1]:>9.3f} "
               f"{times['ours'][-1] / times['bare'][-1]:>10.2f} {cpu['ours'][-1]:>11.3f} {cpu['bare'][-1]:>11.3f}")
+    load_after = _check_load(warn=False)  # includes this benchmark's own load
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     ratio = med["ours"] / med["bare"]
@@ -207,7 +193,7 @@ def main(argv=None) -> int:
             "shapes": {"N": N, "T": T, "V": V, "S": S, "lstm_input": n_in, "hidden": mcfg.hidden_size,
                        "batch_size": tcfg.batch_size, "batches_per_epoch": n_batches},
             "model_config": mcfg.to_dict(), "threads": torch.get_num_threads(), "device": str(device),
-            "repeats": a.repeats, "warmup_seconds": warm, "seconds": times, "median_seconds": med,
+            "repeats": a.repeats, "load_average": {"before": load_before, "after": load_after}, "warmup_seconds": warm, "seconds": times, "median_seconds": med,
             "ratio_ours_over_bare": ratio, "cpu_seconds": cpu, "median_cpu_seconds": med_cpu,
             "ratio_cpu_ours_over_bare": med_cpu["ours"] / med_cpu["bare"],
             "environment": {"python": platform.python_version(), "torch": torch.__version__,

@@ -19,8 +19,10 @@ Before timing, each command runs once untimed (this also warms the page cache fo
 counts are checked: ours = unique ``stay_id`` in ``grid.parquet`` + rejected stays in
 ``quality_report.json``; the reference = the stay files it read. Then the runs alternate
 (pandas, ours, pandas, ours, ...) ``--repeats`` times. Prints a table, the median seconds of each and the
-ratio of the medians pandas/ours (and, as a steadier check on a busy machine, the same for CPU seconds,
-user+sys, of each child process); ``--json FILE`` writes the same.
+ratio of the medians pandas/ours, the same for CPU seconds (user+sys of each child process), and the load
+average before and after; ``--json FILE`` writes the same. Run it on an otherwise idle machine: both sides
+slow down when other work competes for the cores, and a warning is printed when the load average is high
+before timing starts.
 
 Only the standard library is imported at module level, so the reference process pays for exactly the
 imports it uses (pandas, numpy, pyarrow), as ``clinical-lstm prepare`` pays for its own.
@@ -152,6 +154,15 @@ def _stay_counts(scratch: Path, data_dir: Path) -> dict:
     return counts
 
 
+def _check_load(warn: bool) -> list[float]:
+    """The 1/5/15-minute load averages; with ``warn``, say so when other work is likely competing for cores."""
+    load = list(os.getloadavg())
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")
+    if warn and load[0] > 0.5 * (os.cpu_count() or 1):
+        print("warning: the machine is busy; these timings may be far off")
+    return load
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -174,6 +185,7 @@ def main(argv=None) -> int:
     if a.repeats < 1:
         sys.exit("bench_prepare: --repeats must be at least 1")
 
+    load_before = _check_load(warn=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
         counts = _stay_counts(scratch, data_dir)
@@ -194,6 +206,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    load_after = _check_load(warn=False)  # includes this benchmark's own load
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     ratio = med["pandas"] / med["ours"]
@@ -211,7 +224,7 @@ def main(argv=None) -> int:
             "repeats": a.repeats, "seconds": times, "median_seconds": med, "ratio_pandas_over_ours": ratio,
             "cpu_seconds": cpu, "median_cpu_seconds": med_cpu,
             "ratio_cpu_pandas_over_ours": med_cpu["pandas"] / med_cpu["ours"],
-            "stays": counts,
+            "stays": counts, "load_average": {"before": load_before, "after": load_after},
             "environment": {"python": platform.python_version(), "pandas": pd.__version__,
                             "polars": pl.__version__, "platform": platform.platform(),
                             "cpus": os.cpu_count()},

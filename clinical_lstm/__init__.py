@@ -17,7 +17,6 @@ _LAZY = {  # public name -> (module, attribute)
     "load_data": ("clinical_lstm.sources", "load"),
     "DataError": ("clinical_lstm.sources", "DataError"),
     "Catalogue": ("clinical_lstm.catalogue", "Catalogue"),
-    "validate": ("clinical_lstm.validate", "validate"),
     "QualityReport": ("clinical_lstm.validate", "QualityReport"),
     "GridTransformer": ("clinical_lstm.impute", "GridTransformer"),
     "Config": ("clinical_lstm.config", "Config"),

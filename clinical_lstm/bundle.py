@@ -100,7 +100,7 @@ class RiskModel:
         """Ensemble-mean logits, (N,) — or (N, T) per step with ``steps=True``."""
         import torch
 
-        from .train import predict_logits, to_torch
+        from .training import predict_logits, to_torch
 
         with torch.inference_mode():
             return predict_logits(self.networks, to_torch(t, torch.device("cpu")), batch_size, steps)

@@ -67,42 +67,57 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
     series, statics = catalogue.series, catalogue.statics
     ids = np.asarray(stay_ids, dtype=np.int64)
     N, V = len(ids), len(series)
-    index = pl.DataFrame({"stay_id": ids, "row": np.arange(N, dtype=np.int64)})
-    var_index = pl.DataFrame({"variable": series, "col": np.arange(V, dtype=np.int64),
-                              "agg": [catalogue[v].aggregation for v in series]})
-
-    obs = (clean.lazy()
-           .join(index.lazy(), on="stay_id", how="inner")
-           .join(var_index.lazy(), on="variable", how="inner")
-           .with_columns(pl.min_horizontal((pl.col("time") / resolution_hours + 1e-9).floor().cast(pl.Int64), T - 1)  # 1e-9: 123/60 h is bin 123
-                         .alias("bin"))
-           .sort("time")  # so that "last" and the bin's last observation time follow real time
-           .group_by("row", "bin", "col")
-           .agg(pl.col("agg").first(), pl.col("value").mean().alias("mean"), pl.col("value").last().alias("last"),
-                pl.col("value").sum().alias("sum"), pl.col("value").max().alias("max"),
-                pl.col("value").min().alias("min"), pl.col("time").max().alias("t"))
-           .select("row", "bin", "col", "t",
-                   pl.when(pl.col("agg") == "mean").then("mean").when(pl.col("agg") == "last").then("last")
-                   .when(pl.col("agg") == "sum").then("sum").when(pl.col("agg") == "max").then("max")
-                   .otherwise("min").alias("value"))
-           .collect())
     values = np.full((N, T, V), np.nan, dtype=np.float32)
     obs_time = np.full((N, T, V), np.nan, dtype=np.float32)
-    r, b, c = (obs[k].to_numpy() for k in ("row", "bin", "col"))
-    values[r, b, c] = obs["value"].to_numpy()
-    obs_time[r, b, c] = obs["t"].to_numpy()
     lengths = np.ones(N, dtype=np.int64)
-    last_bin = obs.group_by("row").agg(pl.col("bin").max())
-    lengths[last_bin["row"].to_numpy()] = last_bin["bin"].to_numpy() + 1
+
+    row, col, t, v = _locate(clean, ids, series)
+    if len(row):
+        b = np.minimum(np.floor(t / resolution_hours + 1e-9).astype(np.int64), T - 1)  # 1e-9: 123/60 h is bin 123
+        cell = (row * V + col) * T + b  # one id per (stay, variable, bin)
+        step = cell[1:] - cell[:-1]
+        if not np.all((step > 0) | ((step == 0) & (t[1:] >= t[:-1]))):  # validate() output is in order already
+            order = np.lexsort((t, cell))  # by cell, then by time within the cell
+            cell, t, v = cell[order], t[order], v[order]
+        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])  # first row of each cell
+        ends = np.r_[starts[1:], len(cell)]
+        gcell = cell[starts]
+        gbin, gcol, grow = gcell % T, (gcell // T) % V, gcell // (T * V)
+        total = np.add.reduceat(v, starts)
+        options = {"mean": total / (ends - starts), "last": v[ends - 1], "sum": total,
+                   "max": np.maximum.reduceat(v, starts), "min": np.minimum.reduceat(v, starts)}
+        kind = np.array([list(options).index(catalogue[name].aggregation) for name in series])
+        agg = np.choose(kind[gcol], list(options.values()))
+        flat = (grow * T + gbin) * V + gcol
+        values.reshape(-1)[flat] = agg
+        obs_time.reshape(-1)[flat] = t[ends - 1]  # rows sorted by time: the bin's last observation
+        firsts = np.flatnonzero(np.r_[True, grow[1:] != grow[:-1]])  # cells are grouped by stay
+        lengths[grow[firsts]] = np.maximum.reduceat(gbin, firsts) + 1
 
     stat = np.full((N, len(statics)), np.nan, dtype=np.float32)
     if statics:
-        st = (clean.lazy().filter((pl.col("time") == 0) & pl.col("variable").is_in(statics))
-              .join(index.lazy(), on="stay_id", how="inner")
-              .join(pl.LazyFrame({"variable": statics, "col": np.arange(len(statics), dtype=np.int64)}),
-                    on="variable")
-              .group_by("row", "col").agg(pl.col("value").first())
-              .collect())
-        stat[st["row"].to_numpy(), st["col"].to_numpy()] = st["value"].to_numpy()
+        at_zero = clean.filter((pl.col("time") == 0) & pl.col("variable").is_in(statics))
+        srow, scol, _, sval = _locate(at_zero, ids, statics)
+        # the first time-0 row of each (stay, static) wins: write in reverse so earlier rows overwrite later
+        stat[srow[::-1], scol[::-1]] = sval[::-1]
     return Grid(values, obs_time, lengths, stat, ids, float(resolution_hours))
 
+
+
+def _locate(clean: pl.DataFrame, ids: np.ndarray, names: list[str]):
+    """Rows of ``clean`` whose stay is in ``ids`` and variable in ``names``, as (row, col, time, value) arrays."""
+    col = clean["variable"].replace_strict({n: i for i, n in enumerate(names)}, default=-1,
+                                            return_dtype=pl.Int64).to_numpy()
+    sid = clean["stay_id"].to_numpy()
+    if not len(ids):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty.astype(np.float64), empty.astype(np.float64)
+    ascending = bool(np.all(ids[1:] > ids[:-1]))
+    sorter = None if ascending else np.argsort(ids, kind="stable")
+    pos = np.minimum(np.searchsorted(ids, sid, sorter=sorter), len(ids) - 1)
+    row = pos if ascending else sorter[pos]
+    ok = (col >= 0) & (ids[row] == sid)
+    t, v = clean["time"].to_numpy(), clean["value"].to_numpy()
+    if ok.all():
+        return row, col, t, v
+    return row[ok], col[ok], t[ok], v[ok]

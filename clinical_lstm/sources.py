@@ -290,11 +290,20 @@ def load(paths, labels: str | Path | None = None, outcomes: str | Path | None = 
     if outcomes and len(paths) > 1:
         raise DataError("--outcomes applies to a single --data path; for several sets keep each set's "
                         "Outcomes-<x>.txt beside it, or pass --labels FILE")
-    parts = []
     for p in paths:
         if not p.exists():
             raise DataError(f"data path {p} does not exist")
-        parts.append(read_physionet(p, outcomes) if is_physionet(p) else read_long(p))
+
+    def read(p: Path) -> RawData:
+        return read_physionet(p, outcomes) if is_physionet(p) else read_long(p)
+
+    if len(paths) > 1:  # decompression and CSV parsing release the GIL: read the sets side by side
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(len(paths), 4)) as pool:
+            parts = list(pool.map(read, paths))
+    else:
+        parts = [read(paths[0])]
     seen: dict[int, str] = {}
     for part in parts:
         for sid in part.stays.to_list():

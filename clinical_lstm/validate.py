@@ -32,6 +32,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from .catalogue import Catalogue
@@ -132,7 +133,7 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     -------
     clean : polars.DataFrame
         ``stay_id`` Int64, ``time`` Float64 hours in [0, window], ``variable`` String, ``value`` Float64,
-        only catalogue variables, only kept stays.
+        only catalogue variables, only kept stays; sorted by stay, catalogue order of variable, time.
     kept : polars.Series
         The kept stay ids (Int64, sorted). ``kept`` plus ``report.rejects`` is every stay read.
     report : QualityReport
@@ -148,6 +149,7 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     )
     cat = pl.DataFrame({
         "variable": catalogue.names,
+        "code": np.arange(len(catalogue), dtype=np.int64),
         "lower": [v.lower for v in catalogue.variables],
         "upper": [v.upper for v in catalogue.variables],
         "static_only": [v.kind == "static" for v in catalogue.variables],
@@ -168,16 +170,10 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
         .otherwise(None)
     )
     df = df.with_columns(rule.alias("rule")).collect()
-    ok = df.filter(pl.col("rule").is_null()).select("stay_id", "time", "variable", "value")
-    first = ok.select(pl.struct(pl.all()).is_first_distinct()).to_series()
-    dropped = df.filter(pl.col("rule").is_not_null()).select("rule", "variable")
-    dups = ok.filter(~first).select(pl.lit("duplicate_row").alias("rule"), "variable")
-    clean = ok.filter(first)
-    conflicts = (clean.group_by("stay_id", "time", "variable").len().filter(pl.col("len") > 1)
-                 .select(pl.lit("same_time_conflict").alias("rule"), "variable", (pl.col("len") - 1).alias("rows")))
-    row_counts = pl.concat([dropped, dups]).group_by("rule", "variable").len("rows")
-    row_counts = pl.concat([row_counts.with_columns(pl.col("rows").cast(pl.Int64)),
-                            conflicts.group_by("rule", "variable").agg(pl.col("rows").sum().cast(pl.Int64))])
+    row_counts = df.filter(pl.col("rule").is_not_null()).group_by("rule", "variable").len("rows")
+    ok = df.filter(pl.col("rule").is_null()).select("stay_id", "time", "variable", "value", "code")
+    clean, dup_conflict = _deduplicate(ok, len(catalogue), window_hours)
+    row_counts = pl.concat([row_counts.with_columns(pl.col("rows").cast(pl.Int64)), dup_conflict])
 
     # Stay-level rules.
     series = catalogue.series
@@ -211,4 +207,44 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
                            sources=list(raw.sources))
     if report.n_stays_kept + report.rejects.height != report.n_stays_read:  # internal invariant, never user error
         raise AssertionError("stay accounting broken: kept + rejected != read")
-    return clean.sort("stay_id", "time"), kept, report
+    return clean, kept, report
+
+
+def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float):
+    """Sort rows by (stay, variable, time) and drop exact duplicates; count duplicates and conflicts.
+
+    One composite int64 key — stay position, catalogue code, time to the second — sorts in a single pass;
+    only runs of rows sharing a key (rare: same stay, variable and second) are examined further. Two rows
+    less than half a second apart count as simultaneous.
+    """
+    empty = pl.DataFrame(schema={"rule": pl.String, "variable": pl.String, "rows": pl.Int64})
+    if ok.height == 0:
+        return ok.drop("code"), empty
+    stays = ok["stay_id"].unique().sort().to_numpy()
+    key = time_key(np.searchsorted(stays, ok["stay_id"].to_numpy()), ok["code"].to_numpy(), n_codes,
+                   ok["time"].to_numpy(), window_hours)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    ok = ok[order].with_columns(pl.Series("key", key))
+    same_prev = np.r_[False, key[1:] == key[:-1]]
+    in_run = same_prev | np.r_[key[1:] == key[:-1], False]
+    if not in_run.any():
+        return ok.drop("code", "key"), empty
+    run = ok.filter(pl.Series(in_run))
+    first = run.select(pl.struct("key", "value").is_first_distinct()).to_series()
+    dups = run.filter(~first).group_by("variable").len("rows").select(
+        pl.lit("duplicate_row").alias("rule"), "variable", pl.col("rows").cast(pl.Int64))
+    conflicts = (run.filter(first).group_by("key", "variable").len().filter(pl.col("len") > 1)
+                 .group_by("variable").agg((pl.col("len") - 1).sum().cast(pl.Int64).alias("rows"))
+                 .select(pl.lit("same_time_conflict").alias("rule"), "variable", "rows"))
+    keep = np.ones(len(key), dtype=bool)
+    keep[np.flatnonzero(in_run)[~first.to_numpy()]] = False
+    return ok.filter(pl.Series(keep)).drop("code", "key"), pl.concat([dups, conflicts])
+
+
+def time_key(row: np.ndarray, code: np.ndarray, n_codes: int, time: np.ndarray, window_hours: float) -> np.ndarray:
+    """int64 key ordering by (row, code, time to the second); raises if it would overflow."""
+    bits = int(np.ceil(np.log2(window_hours * 3600 + 2)))
+    if (int(row.max(initial=0)) + 1) * n_codes * 2**bits >= 2**62:
+        raise ValueError(f"too many stays ({row.max() + 1}) for one validation call; score in chunks")
+    return ((row.astype(np.int64) * n_codes + code) << bits) | np.rint(time * 3600).astype(np.int64)

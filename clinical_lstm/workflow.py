@@ -126,7 +126,7 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     from .bundle import RiskModel, data_digest, environment
     from .calibrate import choose_threshold, make_calibrator
     from .impute import GridTransformer
-    from .train import fit_ensemble
+    from .training import fit_ensemble
 
     cfg = config or Config()
     catalogue = resolve(cfg.data.catalogue)
