@@ -71,23 +71,21 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
     obs_time = np.full((N, T, V), np.nan, dtype=np.float32)
     lengths = np.ones(N, dtype=np.int64)
 
-    row, col, t, v = _locate(clean, ids, series)
+    row, col, t, v = _locate(clean, ids, series, catalogue)
     if len(row):
         b = np.minimum(np.floor(t / resolution_hours + 1e-9).astype(np.int64), T - 1)  # 1e-9: 123/60 h is bin 123
         cell = (row * V + col) * T + b  # one id per (stay, variable, bin)
         step = cell[1:] - cell[:-1]
         if not np.all((step > 0) | ((step == 0) & (t[1:] >= t[:-1]))):  # validate() output is in order already
             order = np.lexsort((t, cell))  # by cell, then by time within the cell
-            cell, t, v = cell[order], t[order], v[order]
+            cell, t, v, row, col, b = cell[order], t[order], v[order], row[order], col[order], b[order]
         starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])  # first row of each cell
         ends = np.r_[starts[1:], len(cell)]
-        gcell = cell[starts]
-        gbin, gcol, grow = gcell % T, (gcell // T) % V, gcell // (T * V)
-        total = np.add.reduceat(v, starts)
-        options = {"mean": total / (ends - starts), "last": v[ends - 1], "sum": total,
-                   "max": np.maximum.reduceat(v, starts), "min": np.minimum.reduceat(v, starts)}
-        kind = np.array([list(options).index(catalogue[name].aggregation) for name in series])
-        agg = np.choose(kind[gcol], list(options.values()))
+        grow, gcol, gbin = row[starts], col[starts], b[starts]
+        agg = np.empty(len(starts), dtype=np.float64)
+        for how in {catalogue[name].aggregation for name in series}:  # only the aggregations in use
+            sel = np.isin(gcol, [j for j, name in enumerate(series) if catalogue[name].aggregation == how])
+            agg[sel] = _aggregate(how, v, starts, ends)[sel]
         flat = (grow * T + gbin) * V + gcol
         values.reshape(-1)[flat] = agg
         obs_time.reshape(-1)[flat] = t[ends - 1]  # rows sorted by time: the bin's last observation
@@ -97,26 +95,45 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
     stat = np.full((N, len(statics)), np.nan, dtype=np.float32)
     if statics:
         at_zero = clean.filter((pl.col("time") == 0) & pl.col("variable").is_in(statics))
-        srow, scol, _, sval = _locate(at_zero, ids, statics)
+        srow, scol, _, sval = _locate(at_zero, ids, statics, catalogue)
         # the first time-0 row of each (stay, static) wins: write in reverse so earlier rows overwrite later
         stat[srow[::-1], scol[::-1]] = sval[::-1]
     return Grid(values, obs_time, lengths, stat, ids, float(resolution_hours))
 
 
 
-def _locate(clean: pl.DataFrame, ids: np.ndarray, names: list[str]):
+def _aggregate(how: str, v: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """One value per run ``v[starts[i]:ends[i]]`` (rows already in time order)."""
+    if how == "last":
+        return v[ends - 1]
+    if how == "max":
+        return np.maximum.reduceat(v, starts)
+    if how == "min":
+        return np.minimum.reduceat(v, starts)
+    total = np.add.reduceat(v, starts)
+    return total if how == "sum" else total / (ends - starts)
+
+
+def _locate(clean: pl.DataFrame, ids: np.ndarray, names: list[str], catalogue: Catalogue):
     """Rows of ``clean`` whose stay is in ``ids`` and variable in ``names``, as (row, col, time, value) arrays."""
-    col = clean["variable"].replace_strict({n: i for i, n in enumerate(names)}, default=-1,
-                                            return_dtype=pl.Int64).to_numpy()
+    index = {n: i for i, n in enumerate(names)}
+    try:  # fast path: catalogue variables only; an Enum's physical value is the position in its list
+        lut = np.array([index.get(n, -1) for n in catalogue.names], dtype=np.int64)
+        col = lut[clean["variable"].cast(pl.Enum(catalogue.names)).to_physical().to_numpy()]
+    except pl.exceptions.InvalidOperationError:
+        col = clean["variable"].replace_strict(index, default=-1, return_dtype=pl.Int64).to_numpy()
     sid = clean["stay_id"].to_numpy()
-    if not len(ids):
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty.astype(np.float64), empty.astype(np.float64)
-    ascending = bool(np.all(ids[1:] > ids[:-1]))
-    sorter = None if ascending else np.argsort(ids, kind="stable")
-    pos = np.minimum(np.searchsorted(ids, sid, sorter=sorter), len(ids) - 1)
-    row = pos if ascending else sorter[pos]
-    ok = (col >= 0) & (ids[row] == sid)
+    run = clean["stay_id"].rle_id().to_numpy()
+    if len(sid) and run[-1] + 1 == len(ids) and np.array_equal(sid[np.r_[0, np.flatnonzero(np.diff(run)) + 1]], ids):
+        row, ok = run.astype(np.int64), col >= 0  # grouped by stay in `ids` order, as validate() returns it
+    elif len(ids):
+        ascending = bool(np.all(ids[1:] > ids[:-1]))
+        sorter = None if ascending else np.argsort(ids, kind="stable")
+        pos = np.minimum(np.searchsorted(ids, sid, sorter=sorter), len(ids) - 1)
+        row = pos if ascending else sorter[pos]
+        ok = (col >= 0) & (ids[row] == sid)
+    else:
+        row, ok = np.zeros(len(sid), dtype=np.int64), np.zeros(len(sid), dtype=bool)
     t, v = clean["time"].to_numpy(), clean["value"].to_numpy()
     if ok.all():
         return row, col, t, v
