@@ -37,17 +37,26 @@ class MaskedLSTM(nn.Module):
             self.decay_b = nn.Parameter(torch.zeros(V))
         self.lstm = nn.LSTM(3 * V + S, H, num_layers=cfg.num_layers, batch_first=True,
                             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(H + S, 1)  # step head: risk logit at every step
+        # step head: a risk logit at every step from [h_t, statics], as two linear maps (no (B, T, H+S) concat)
+        self.head = nn.Linear(H, 1)
+        self.head_static = nn.Linear(S, 1, bias=False)
         if cfg.attention:
             self.attn = nn.Sequential(nn.Linear(H, H), nn.Tanh(), nn.Linear(H, 1, bias=False))
             self.attn_head = nn.Linear(H + S, 1)
+
+    def _dropout(self, h):
+        """Inverted dropout from a uniform draw: same distribution as nn.Dropout, but torch's CPU
+        ``bernoulli_`` took 15 % of a training epoch; ``rand`` is vectorized."""
+        p = self.cfg.dropout
+        if not self.training or p <= 0:
+            return h
+        return h * (torch.rand_like(h) >= p) / (1 - p)
 
     def step_inputs(self, x, mask, delta, statics):
         """(B, T, V) x3 and (B, S) -> (B, T, 3V + S)."""
         if self.cfg.decay:
             gamma = torch.exp(-torch.relu(self.decay_w * delta + self.decay_b))  # (B, T, V)
-            x = mask * x + (1 - mask) * gamma * x
+            x = x * (mask + (1 - mask) * gamma)  # = m * x + (1 - m) * gamma * x
         B, T, _ = x.shape
         s = statics.unsqueeze(1).expand(B, T, statics.shape[1])  # (B, T, S)
         return torch.cat([x, mask, torch.log1p(delta), s], dim=-1)  # (B, T, 3V + S)
@@ -70,10 +79,9 @@ class MaskedLSTM(nn.Module):
         """
         inp = self.step_inputs(x, mask, delta, statics)  # (B, T, 3V + S)
         hs, state = self.lstm(inp, state)  # (B, T, H)
-        hs = self.drop(hs)
+        hs = self._dropout(hs)
         B, T, H = hs.shape
-        s = statics.unsqueeze(1).expand(B, T, statics.shape[1])  # (B, T, S)
-        step_logits = self.head(torch.cat([hs, s], dim=-1)).squeeze(-1)  # (B, T)
+        step_logits = self.head(hs).squeeze(-1) + self.head_static(statics)  # (B, T) + (B, 1) -> (B, T)
         last = (lengths - 1).clamp(min=0).long()  # (B,)
         if self.cfg.attention:
             valid = torch.arange(T, device=hs.device)[None, :] < lengths[:, None]  # (B, T)
