@@ -1,0 +1,319 @@
+"""MLflow: one run per training, the model as a pyfunc, the registry and its champion/challenger aliases.
+
+Tracking never costs a model: every MLflow call goes through :meth:`Tracker._guard`, so if the store is
+unreachable or refuses a call, training still writes its bundle and the user is told that tracking failed.
+
+No patient rows or stay identifiers go to MLflow: parameters (the config), aggregate metrics with intervals,
+the data digest and counts, plots, the subgroup table, the quality report *without* stay ids, and a synthetic
+input example.
+
+The default store is ``sqlite:///<cwd>/mlflow/mlflow.db`` with artifacts in ``<cwd>/mlflow/artifacts``
+unless ``MLFLOW_TRACKING_URI`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from .validate import write_json_atomic
+
+REGISTERED_MODEL = "clinical-lstm"
+MODEL_ARTIFACT = "model"
+CHAMPION, CHALLENGER = "champion", "challenger"
+SELECTION_METRIC = "validation_auprc"
+BASELINE_PREFIX = {"masked LSTM": "", "logistic regression": "logreg_", "gradient boosting": "gbm_", "SAPS-I": "saps_"}
+
+
+def local_store(root: str | Path | None = None) -> tuple[str, str]:
+    """``(tracking URI, artifact root URI)`` of the project's local store under ``<root>/mlflow/``."""
+    base = (Path(root) if root else Path.cwd()) / "mlflow"
+    base.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(base / 'mlflow.db').resolve()}", (base / "artifacts").resolve().as_uri()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_store()[0]
+
+
+def is_model_uri(source) -> bool:
+    return isinstance(source, str) and source.split(":/", 1)[0] in ("models", "runs", "mlflow-artifacts")
+
+
+def run_name(cfg) -> str:
+    """Says what differs between runs: imputation, hidden size, decay, attention, ensemble size."""
+    parts = [cfg.data.imputation, f"h{cfg.model.hidden_size}", "decay" if cfg.model.decay else "nodecay"]
+    if cfg.model.attention:
+        parts.append("attn")
+    if cfg.train.n_models > 1:
+        parts.append(f"x{cfg.train.n_models}")
+    return "-".join(parts)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _reachable(uri: str) -> str | None:
+    """None if a tracking server answers its health check, else the reason (http(s) URIs only)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
+            return None if resp.status == 200 else f"health check answered {resp.status}"
+    except Exception as exc:  # noqa: BLE001 -- any failure means: do not try to track
+        return str(getattr(exc, "reason", exc))
+
+
+class Tracker:
+    """Logs one training run to MLflow.
+
+    Parameters
+    ----------
+    experiment : str, optional
+        Experiment name; default: the config's ``tracking.experiment``.
+    uri : str, optional
+        Tracking URI; default ``MLFLOW_TRACKING_URI`` or the local SQLite store under ``./mlflow``.
+    register : bool, default True
+        Register the model and move the ``champion`` alias if it wins on validation AUPRC.
+    nested : bool, default False
+        Start the run as a child of the active run (sweeps).
+    """
+
+    def __init__(self, experiment: str | None = None, uri: str | None = None, register: bool = True,
+                 nested: bool = False, log=print):
+        self.experiment, self.uri, self.register, self.nested, self.log = experiment, uri, register, nested, log
+        self.run_id: str | None = None
+        self.error: str | None = None
+        self.result: dict = {}
+
+    # -- failure handling ----------------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return self.error is None and self.run_id is not None
+
+    def _guard(self, what: str, fn, *args, **kwargs):
+        if self.error is not None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 -- tracking must never stop training
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.error = f"{what}: {first}"
+            self.log(f"WARNING: MLflow tracking failed ({self.error}); training goes on and the model bundle is "
+                     f"still written locally. Check MLFLOW_TRACKING_URI ({self.uri}).")
+            if self.run_id:
+                try:
+                    import mlflow
+
+                    mlflow.end_run(status="FAILED")
+                except Exception:  # noqa: BLE001
+                    pass
+            return None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self, cfg, sources: list[str]) -> None:
+        self.uri = self.uri or tracking_uri()
+        self.experiment = self.experiment or cfg.tracking.experiment
+        self.model_name = cfg.tracking.registered_model
+        problem = _reachable(self.uri)
+        if problem:
+            self.error = f"server unreachable: {problem}"
+            self.log(f"WARNING: MLflow tracking server {self.uri} is unreachable ({problem}); training goes on "
+                     f"without tracking and the model bundle is still written locally.")
+            return
+        self._guard("start run", self._start, cfg, sources)
+
+    def _start(self, cfg, sources):
+        import mlflow
+
+        from . import __version__
+
+        mlflow.set_tracking_uri(self.uri)
+        if mlflow.get_experiment_by_name(self.experiment) is None:
+            local = self.uri == local_store()[0]
+            mlflow.create_experiment(self.experiment, artifact_location=local_store()[1] if local else None)
+        mlflow.set_experiment(self.experiment)
+        run = mlflow.start_run(run_name=run_name(cfg), nested=self.nested)
+        self.run_id = run.info.run_id
+        mlflow.log_params({k: ("None" if v is None else v) for k, v in cfg.flat().items()})
+        tags = {"clinical_lstm.version": __version__, "data.sources": ", ".join(sources)}
+        commit = git_commit()
+        if commit:
+            tags["git.commit"] = commit
+        mlflow.set_tags(tags)
+
+    def epoch(self, row: dict) -> None:
+        if self.active:
+            self._guard("log epoch", self._epoch, row)
+
+    def _epoch(self, row):
+        import mlflow
+
+        suffix = f"_seed{row['seed']}"
+        mlflow.log_metrics({f"{k}{suffix}": row[k] for k in ("train_loss", "val_auroc", "val_auprc")},
+                           step=row["epoch"])
+
+    def finish(self, result, config_text: str, validation_auprc: float) -> dict:
+        """Log the final metrics, data, artifacts and model; register and decide the alias."""
+        if self.active:
+            self._guard("log results", self._finish, result, config_text, validation_auprc)
+        if self.run_id and self.error is None:
+            import mlflow
+
+            self._guard("end run", mlflow.end_run)
+        if self.error is None and self.run_id:
+            self.log(f"MLflow run {self.run_id} in experiment '{self.experiment}' at {self.uri}")
+        return self.result
+
+    def _finish(self, result, config_text, validation_auprc):
+        import mlflow
+
+        metrics = {SELECTION_METRIC: validation_auprc}
+        for name, ests in result.metrics.items():
+            prefix = BASELINE_PREFIX.get(name, name.replace(" ", "_") + "_")
+            for key, est in ests.items():
+                metrics.update({f"{prefix}{key}": est.value, f"{prefix}{key}_lower": est.lower,
+                                f"{prefix}{key}_upper": est.upper})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})  # NaN-free
+        mlflow.set_tag("evaluated_on", result.evaluated_on)
+        self._log_dataset(result)
+        self._log_artifacts(result, config_text)
+        info = self._log_model(result)
+        self.result = {"run_id": self.run_id, "model_uri": info.model_uri}
+        if self.register:
+            self.result.update(self._register(info.model_uri, validation_auprc))
+
+    def _log_dataset(self, result):
+        import mlflow
+        from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.types import ColSpec, Schema
+
+        td = result.model.metadata["training_data"]
+        schema = Schema([ColSpec("long", "stay_id"), ColSpec("double", "time"), ColSpec("string", "variable"),
+                         ColSpec("double", "value")])
+        ds = MetaDataset(LocalArtifactDatasetSource(",".join(td["sources"])), name="+".join(td["sources"]),
+                         digest=td["digest"][:16], schema=schema)
+        mlflow.log_input(ds, context="training", tags={"stays": str(td["stays"]), "rows": str(td["rows"]),
+                                                       "deaths": str(td["deaths"])})
+        mlflow.log_params({"data.stays": td["stays"], "data.rows": td["rows"], "data.digest": td["digest"]})
+
+    def _log_artifacts(self, result, config_text):
+        import mlflow
+
+        report_dir = result.out_dir / "report"
+        for name in ("roc.png", "pr.png", "calibration.png", "subgroups.csv", "metrics.json", "history.csv"):
+            if (report_dir / name).is_file():
+                mlflow.log_artifact(str(report_dir / name), artifact_path="report")
+        with tempfile.TemporaryDirectory() as tmp:
+            write_json_atomic(Path(tmp) / "quality_report.json", result.report.to_dict(include_stay_ids=False))
+            (Path(tmp) / "config.toml").write_text(config_text)
+            mlflow.log_artifact(str(Path(tmp) / "quality_report.json"), artifact_path="report")
+            mlflow.log_artifact(str(Path(tmp) / "config.toml"))
+
+    def _log_model(self, result):
+        import mlflow
+        from mlflow.models import infer_signature
+
+        example = synthetic_example(result.model.catalogue)
+        signature = infer_signature(example, result.model.predict(example))
+        return mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: no pickle
+            artifacts={"bundle": str(result.out_dir)},
+            signature=signature, input_example=example,
+            pip_requirements=pip_requirements(),
+        )
+
+    def _register(self, model_uri: str, score: float) -> dict:
+        """Register a new version; ``champion`` moves to it only if it beats the champion's validation AUPRC."""
+        import mlflow
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        client = MlflowClient()
+        mv = mlflow.register_model(model_uri, self.model_name)
+        client.set_model_version_tag(self.model_name, mv.version, SELECTION_METRIC, f"{score:.6f}")
+        try:
+            champ = client.get_model_version_by_alias(self.model_name, CHAMPION)
+            best = float(champ.tags.get(SELECTION_METRIC, "nan"))
+        except MlflowException:
+            champ, best = None, float("nan")
+        if champ is None or not best >= score:  # NaN (no recorded score) never defends the title
+            alias = CHAMPION
+            decision = (f"version {mv.version} becomes champion: validation AUPRC {score:.4f}"
+                        + (f" beats version {champ.version}'s {best:.4f}" if champ is not None else " (first version)"))
+        else:
+            alias = CHALLENGER
+            decision = (f"version {mv.version} is challenger: validation AUPRC {score:.4f} does not beat "
+                        f"champion version {champ.version}'s {best:.4f}")
+        client.set_registered_model_alias(self.model_name, alias, mv.version)
+        mlflow.set_tags({"registry.model": self.model_name, "registry.version": mv.version,
+                         "registry.alias": alias, "registry.decision": decision})
+        self.log(decision)
+        return {"registered_model": self.model_name, "version": int(mv.version), "alias": alias,
+                "decision": decision}
+
+
+def synthetic_example(catalogue, n_stays: int = 2):
+    """A made-up long table (pandas) for signatures and docs: plausible mid-range values, never real rows."""
+    import pandas as pd
+
+    rows = []
+    for sid in range(1, n_stays + 1):
+        for v in catalogue.variables:
+            mid = (v.lower + v.upper) / 2 if v.unit != "category" else v.lower
+            if v.static:
+                rows.append((sid, 0.0, v.name, float(mid)))
+            if v.is_series and v.kind == "vital":
+                rows += [(sid, t, v.name, float(mid)) for t in (0.5, 1.5 + sid)]
+    return pd.DataFrame(rows, columns=["stay_id", "time", "variable", "value"])
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    names = ("torch", "polars", "pandas", "numpy", "scikit-learn", "safetensors", "pyarrow", "mlflow")
+    return [f"clinical-lstm=={version('clinical-lstm')}"] + [f"{n}=={version(n)}" for n in names]
+
+
+def download_bundle(uri: str, dst: str | Path | None = None) -> tuple[Path, dict]:
+    """Fetch the bundle inside an MLflow model (``models:/name@alias``, ``models:/name/3``, ``runs:/id/model``).
+
+    Returns the bundle directory and ``{"uri": ..., "version": ...}`` for provenance.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    dst = Path(dst or tempfile.mkdtemp(prefix="clinical-lstm-model-"))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    bundle = next((p.parent for p in local.rglob("bundle.json")), None)
+    if bundle is None:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise FileNotFoundError(f"{uri} holds no clinical-lstm bundle (no bundle.json among its artifacts)")
+    return bundle, {"uri": uri, "version": _version_of(uri)}
+
+
+def _version_of(uri: str) -> str | None:
+    if not uri.startswith("models:/"):
+        return None
+    from mlflow import MlflowClient
+
+    ref = uri[len("models:/"):]
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return MlflowClient().get_model_version_by_alias(name, alias).version
+        return ref.split("/")[1] if "/" in ref else None
+    except Exception:  # noqa: BLE001 -- provenance only
+        return None
+
