@@ -210,7 +210,16 @@ class RiskModel:
 
 
 def load_model(source: str | Path) -> RiskModel:
-    """Load a model bundle directory."""
+    """Load a model from a bundle directory or an MLflow URI (``models:/clinical-lstm@champion``,
+    ``models:/clinical-lstm/3``, ``runs:/<run id>/model``); the tracking URI comes from
+    ``MLFLOW_TRACKING_URI`` or the local store."""
+    from .tracking import download_bundle, is_model_uri
+
+    if is_model_uri(str(source)):
+        directory, provenance = download_bundle(str(source))
+        model = RiskModel.load(directory)
+        model.metadata["source"] = provenance
+        return model
     return RiskModel.load(source)
 
 

@@ -49,20 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", action="append", metavar="PATH", help="separate labelled test data for the report")
     p.add_argument("--test-labels", metavar="FILE", help="labels for --test data")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--experiment", help="MLflow experiment (default: the config's tracking.experiment)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log an MLflow run")
 
     p = sub.add_parser("evaluate", help="metrics, subgroups and plots of a model on labelled data")
-    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--model", required=True, metavar="MODEL", help="bundle directory or MLflow model URI")
     _data_args(p)
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
 
     p = sub.add_parser("score", help="risk for every stay; rejects and summary beside the output")
-    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="bundle directory, or MLflow URI such as models:/clinical-lstm@champion or runs:/ID/model")
     _data_args(p, labels=False)
     p.add_argument("--out", required=True, metavar="FILE", help="output .parquet or .csv")
 
     p = sub.add_parser("demo", help="train and score on the bundled PhysioNet sample")
     p.add_argument("--out", default="runs/demo", metavar="DIR")
+    p.add_argument("--no-tracking", action="store_true", help="do not log an MLflow run")
+
+    p = sub.add_parser("ui", help="MLflow tracking server and UI over the local store, on 127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--store", default=".", metavar="DIR", help="folder holding mlflow/ (default: current)")
     return parser
 
 
@@ -83,11 +91,19 @@ def cmd_train(a) -> int:
     cfg = load_config(a.config)
     res = train(_paths(a.data), a.out, a.labels, a.outcomes, cfg,
                 test_data=_paths(a.test) if a.test else None, test_labels=a.test_labels,
-                progress=not a.no_progress)
+                progress=not a.no_progress, tracking=_tracking(a))
     print(res.report)
     print(res.comparison())
     print(f"model bundle: {res.out_dir}  (report: {res.out_dir / 'report'})")
     return 0
+
+
+def _tracking(a):
+    if a.no_tracking:
+        return False
+    from .tracking import Tracker
+
+    return Tracker(experiment=getattr(a, "experiment", None))
 
 
 def cmd_evaluate(a) -> int:
@@ -114,15 +130,28 @@ def cmd_demo(a) -> int:
     from .workflow import score, train
 
     out = Path(a.out)
-    res = train([sample_path()], out / "model", config=Config(), progress=sys.stderr.isatty())
+    res = train([sample_path()], out / "model", config=Config(), progress=sys.stderr.isatty(),
+                tracking=_tracking(a))
     print(res.comparison())
     summary = score(out / "model", [sample_path()], out / "scores.parquet")
     print(f"scored {summary['scored']} stays, rejected {summary['rejected']} -> {out / 'scores.parquet'}")
     return 0
 
 
+def cmd_ui(a) -> int:
+    import os
+
+    from .tracking import local_store
+
+    backend, artifacts = local_store(a.store)
+    print(f"MLflow UI on http://127.0.0.1:{a.port} over {backend} (Ctrl-C stops it)")
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+                               "--default-artifact-root", artifacts, "--host", "127.0.0.1", "--port", str(a.port)])
+    return 0  # not reached
+
+
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "ui": cmd_ui}
 
 
 def main(argv=None) -> int:

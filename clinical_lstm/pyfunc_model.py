@@ -4,9 +4,8 @@
 ``clinical-lstm score``) and returns one row per stay: ``stay_id, risk, flag, reason``.
 """
 
-from __future__ import annotations
-
 import mlflow.pyfunc
+import pandas as pd
 from mlflow.models import set_model
 
 
@@ -16,8 +15,7 @@ class ClinicalLSTMPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model = RiskModel.load(context.artifacts["bundle"])
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import polars as pl
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)

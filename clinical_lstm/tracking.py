@@ -162,10 +162,10 @@ class Tracker:
         mlflow.log_metrics({f"{k}{suffix}": row[k] for k in ("train_loss", "val_auroc", "val_auprc")},
                            step=row["epoch"])
 
-    def finish(self, result, config_text: str, validation_auprc: float) -> dict:
+    def finish(self, result, validation_auprc: float) -> dict:
         """Log the final metrics, data, artifacts and model; register and decide the alias."""
         if self.active:
-            self._guard("log results", self._finish, result, config_text, validation_auprc)
+            self._guard("log results", self._finish, result, validation_auprc)
         if self.run_id and self.error is None:
             import mlflow
 
@@ -174,7 +174,7 @@ class Tracker:
             self.log(f"MLflow run {self.run_id} in experiment '{self.experiment}' at {self.uri}")
         return self.result
 
-    def _finish(self, result, config_text, validation_auprc):
+    def _finish(self, result, validation_auprc):
         import mlflow
 
         metrics = {SELECTION_METRIC: validation_auprc}
@@ -186,7 +186,7 @@ class Tracker:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})  # NaN-free
         mlflow.set_tag("evaluated_on", result.evaluated_on)
         self._log_dataset(result)
-        self._log_artifacts(result, config_text)
+        self._log_artifacts(result)
         info = self._log_model(result)
         self.result = {"run_id": self.run_id, "model_uri": info.model_uri}
         if self.register:
@@ -194,20 +194,19 @@ class Tracker:
 
     def _log_dataset(self, result):
         import mlflow
-        from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+        from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.types import ColSpec, Schema
 
         td = result.model.metadata["training_data"]
-        schema = Schema([ColSpec("long", "stay_id"), ColSpec("double", "time"), ColSpec("string", "variable"),
-                         ColSpec("double", "value")])
-        ds = MetaDataset(LocalArtifactDatasetSource(",".join(td["sources"])), name="+".join(td["sources"]),
+        schema = signature().inputs  # the long format's columns; the rows never leave the machine
+        # the source names the files read (names only)
+        ds = MetaDataset(CodeDatasetSource({"sources": ",".join(td["sources"])}), name="+".join(td["sources"]),
                          digest=td["digest"][:16], schema=schema)
         mlflow.log_input(ds, context="training", tags={"stays": str(td["stays"]), "rows": str(td["rows"]),
                                                        "deaths": str(td["deaths"])})
         mlflow.log_params({"data.stays": td["stays"], "data.rows": td["rows"], "data.digest": td["digest"]})
 
-    def _log_artifacts(self, result, config_text):
+    def _log_artifacts(self, result):
         import mlflow
 
         report_dir = result.out_dir / "report"
@@ -216,23 +215,24 @@ class Tracker:
                 mlflow.log_artifact(str(report_dir / name), artifact_path="report")
         with tempfile.TemporaryDirectory() as tmp:
             write_json_atomic(Path(tmp) / "quality_report.json", result.report.to_dict(include_stay_ids=False))
-            (Path(tmp) / "config.toml").write_text(config_text)
+            write_json_atomic(Path(tmp) / "config.json", result.model.metadata["config"])
             mlflow.log_artifact(str(Path(tmp) / "quality_report.json"), artifact_path="report")
-            mlflow.log_artifact(str(Path(tmp) / "config.toml"))
+            mlflow.log_artifact(str(Path(tmp) / "config.json"))
 
     def _log_model(self, result):
-        import mlflow
-        from mlflow.models import infer_signature
+        import warnings
 
-        example = synthetic_example(result.model.catalogue)
-        signature = infer_signature(example, result.model.predict(example))
-        return mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: no pickle
-            artifacts={"bundle": str(result.out_dir)},
-            signature=signature, input_example=example,
-            pip_requirements=pip_requirements(),
-        )
+        import mlflow
+
+        with warnings.catch_warnings():  # mlflow's hints about type hints do not apply to a models-from-code file
+            warnings.simplefilter("ignore", UserWarning)
+            return mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: no pickle
+                artifacts={"bundle": str(result.out_dir)},
+                signature=signature(), input_example=synthetic_example(result.model.catalogue),
+                pip_requirements=pip_requirements(),
+            )
 
     def _register(self, model_uri: str, score: float) -> dict:
         """Register a new version; ``champion`` moves to it only if it beats the champion's validation AUPRC."""
@@ -262,6 +262,18 @@ class Tracker:
         self.log(decision)
         return {"registered_model": self.model_name, "version": int(mv.version), "alias": alias,
                 "decision": decision}
+
+
+def signature():
+    """Input: the raw long table. Output: one row per stay."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", "stay_id"), ColSpec("double", "time"), ColSpec("string", "variable"),
+                       ColSpec("double", "value")]),
+        outputs=Schema([ColSpec("long", "stay_id"), ColSpec("double", "risk"), ColSpec("boolean", "flag"),
+                        ColSpec("string", "reason", required=False)]))
 
 
 def synthetic_example(catalogue, n_stays: int = 2):

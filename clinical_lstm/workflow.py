@@ -95,6 +95,7 @@ class TrainResult:
     out_dir: Path
     evaluated_on: str
     files: dict = field(default_factory=dict)
+    tracking: dict = field(default_factory=dict)  # run id, model URI, registry version and alias decision
 
     def comparison(self) -> str:
         """A plain-text table: each model's metrics with 95 % bootstrap intervals."""
@@ -117,11 +118,13 @@ def _split(ids, y, fraction, seed):
 
 
 def train(data, out: str | Path, labels=None, outcomes=None, config: Config | None = None, test_data=None,
-          test_labels=None, progress: bool = True, on_epoch=None, log=print) -> TrainResult:
+          test_labels=None, progress: bool = True, on_epoch=None, log=print, tracking=False) -> TrainResult:
     """Train, calibrate, evaluate against the baselines, and write the bundle plus its report to ``out``.
 
     The model is evaluated on ``test_data`` when given, else on a stratified ``test_fraction`` of ``data``
     held out before anything is fitted. Baselines see exactly the same training and validation stays.
+    ``tracking``: False, True (an MLflow run in the default store, see :mod:`clinical_lstm.tracking`) or a
+    :class:`~clinical_lstm.tracking.Tracker`. A tracking failure never stops training.
     """
     from .bundle import RiskModel, data_digest, environment
     from .calibrate import choose_threshold, make_calibrator
@@ -131,6 +134,7 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     cfg = config or Config()
     catalogue = resolve(cfg.data.catalogue)
     raw = load(data, labels, outcomes)
+    tracker = _tracker(tracking, log)
     if raw.outcomes is None:
         raise DataError("no outcome labels found for training: pass --labels FILE (columns stay_id,label) or "
                         "keep the PhysioNet Outcomes-<x>.txt beside the set (or pass --outcomes FILE)")
@@ -152,6 +156,14 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
         test_clean = clean
         evaluated_on = f"held-out {ev.test_fraction:.0%} of {', '.join(raw.sources)} ({len(test_ids)} stays)"
     tr_ids, va_ids, y_tr, y_va = _split(dev_ids, y_dev, ev.val_fraction, ev.split_seed)
+    if tracker:
+        tracker.start(cfg, raw.sources)
+        user_on_epoch = on_epoch
+
+        def on_epoch(row):  # noqa: F811 -- chain the caller's callback with tracking
+            tracker.epoch(row)
+            if user_on_epoch:
+                user_on_epoch(row)
     log(f"stays: {report.n_stays_read} read, {report.n_stays_kept} kept, {report.rejects.height} rejected; "
         f"train {len(tr_ids)}, validation {len(va_ids)}, test {len(test_ids)}")
 
@@ -185,7 +197,21 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     model.save(out)  # replaces the directory: the report goes in afterwards
     files = _eval_files(probs, y_test, test_clean, test_ids, catalogue, out / "report")
     files.update(_write_train_report(out / "report", report, history, metrics, evaluated_on))
-    return TrainResult(model, report, metrics, history, out, evaluated_on, files)
+    result = TrainResult(model, report, metrics, history, out, evaluated_on, files)
+    if tracker:
+        from sklearn.metrics import average_precision_score
+
+        result.tracking = tracker.finish(result, float(average_precision_score(y_va, val_logits)))
+        result.tracking["error"] = tracker.error
+    return result
+
+
+def _tracker(tracking, log):
+    if tracking is False or tracking is None:
+        return None
+    from .tracking import Tracker
+
+    return Tracker(log=log) if tracking is True else tracking
 
 
 def _baseline_probs(clean, raw, tr_ids, y_tr, va_ids, y_va, test_clean, test_raw, test_ids, catalogue, cfg, log):
@@ -292,7 +318,9 @@ def score(model, data, out: str | Path) -> dict:
     if scored.height + rejects.height != len(raw.stays):
         raise RuntimeError(f"stay accounting failed: {len(raw.stays)} read, {scored.height} scored, "
                            f"{rejects.height} rejected")
-    scored = scored.with_columns(pl.lit(source).alias("model"),
+    provenance = model.metadata.get("source", {})
+    scored = scored.with_columns(pl.lit(provenance.get("uri", source)).alias("model"),
+                                 pl.lit(provenance.get("version"), pl.String).alias("model_version"),
                                  pl.lit(datetime.now(UTC).replace(microsecond=0)).alias("scored_at"))
     out.parent.mkdir(parents=True, exist_ok=True)
     rejects_path = out.with_name(f"{out.stem}.rejects{out.suffix}")

@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     (root / "fast.toml").write_text(FAST)
     res = run("train", "--data", "sample", "--out", str(root / "model"), "--config", str(root / "fast.toml"),
-              "--no-progress")
+              "--no-progress", "--no-tracking")
     assert res.returncode == 0, res.stderr
     return root, res
 
