@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, labels=False)
     p.add_argument("--out", required=True, metavar="FILE", help="output .parquet or .csv")
 
+    p = sub.add_parser("sweep", help="grid or random search as nested MLflow runs under one parent run")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="TOML with a [sweep] section (data, out, method, n_trials, [sweep.grid]) and base settings")
+    p.add_argument("--experiment", help="MLflow experiment (default: the config's tracking.experiment)")
+
     p = sub.add_parser("demo", help="train and score on the bundled PhysioNet sample")
     p.add_argument("--out", default="runs/demo", metavar="DIR")
     p.add_argument("--no-tracking", action="store_true", help="do not log an MLflow run")
@@ -104,6 +109,27 @@ def _tracking(a):
     from .tracking import Tracker
 
     return Tracker(experiment=getattr(a, "experiment", None))
+
+
+def cmd_sweep(a) -> int:
+    import tomllib
+
+    from .config import Config
+    from .workflow import sweep
+
+    path = Path(a.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    doc = tomllib.loads(path.read_text())
+    spec = doc.pop("sweep", None)
+    if not spec or "grid" not in spec or "data" not in spec:
+        raise ValueError(f"{path} needs a [sweep] section with data = [...] and a [sweep.grid] table")
+    summary = sweep(_paths(spec["data"]), spec.get("out", "runs/sweep"), Config.from_dict(doc, source=str(path)),
+                    spec["grid"], spec.get("method", "grid"), spec.get("n_trials"), spec.get("seed", 0),
+                    labels=spec.get("labels"), experiment=a.experiment)
+    best = summary["best"]
+    print(f"best trial {best['trial']}: {best['overrides']} validation AUPRC {best['validation_auprc']:.4f}")
+    return 0
 
 
 def cmd_evaluate(a) -> int:
@@ -151,7 +177,7 @@ def cmd_ui(a) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score,
-            "demo": cmd_demo, "ui": cmd_ui}
+            "demo": cmd_demo, "ui": cmd_ui, "sweep": cmd_sweep}
 
 
 def main(argv=None) -> int:

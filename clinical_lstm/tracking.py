@@ -13,6 +13,7 @@ unless ``MLFLOW_TRACKING_URI`` is set.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -120,7 +121,7 @@ class Tracker:
             return None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def start(self, cfg, sources: list[str]) -> None:
+    def start(self, cfg, sources: list[str], name: str | None = None) -> None:
         self.uri = self.uri or tracking_uri()
         self.experiment = self.experiment or cfg.tracking.experiment
         self.model_name = cfg.tracking.registered_model
@@ -130,9 +131,9 @@ class Tracker:
             self.log(f"WARNING: MLflow tracking server {self.uri} is unreachable ({problem}); training goes on "
                      f"without tracking and the model bundle is still written locally.")
             return
-        self._guard("start run", self._start, cfg, sources)
+        self._guard("start run", self._start, cfg, sources, name)
 
-    def _start(self, cfg, sources):
+    def _start(self, cfg, sources, name=None):
         import mlflow
 
         from . import __version__
@@ -142,7 +143,7 @@ class Tracker:
             local = self.uri == local_store()[0]
             mlflow.create_experiment(self.experiment, artifact_location=local_store()[1] if local else None)
         mlflow.set_experiment(self.experiment)
-        run = mlflow.start_run(run_name=run_name(cfg), nested=self.nested)
+        run = mlflow.start_run(run_name=name or run_name(cfg), nested=self.nested)
         self.run_id = run.info.run_id
         mlflow.log_params({k: ("None" if v is None else v) for k, v in cfg.flat().items()})
         tags = {"clinical_lstm.version": __version__, "data.sources": ", ".join(sources)}
@@ -220,12 +221,12 @@ class Tracker:
             mlflow.log_artifact(str(Path(tmp) / "config.json"))
 
     def _log_model(self, result):
-        import warnings
-
         import mlflow
 
-        with warnings.catch_warnings():  # mlflow's hints about type hints do not apply to a models-from-code file
-            warnings.simplefilter("ignore", UserWarning)
+        quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # no bar while validating the input example
+        old = {k: os.environ.get(k) for k in quiet}
+        os.environ.update(quiet)
+        try:
             return mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: no pickle
@@ -233,6 +234,9 @@ class Tracker:
                 signature=signature(), input_example=synthetic_example(result.model.catalogue),
                 pip_requirements=pip_requirements(),
             )
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
     def _register(self, model_uri: str, score: float) -> dict:
         """Register a new version; ``champion`` moves to it only if it beats the champion's validation AUPRC."""
@@ -262,6 +266,56 @@ class Tracker:
         self.log(decision)
         return {"registered_model": self.model_name, "version": int(mv.version), "alias": alias,
                 "decision": decision}
+
+
+class parent_run:
+    """The parent MLflow run of a sweep (a context manager); trials run as its nested children."""
+
+    def __init__(self, cfg, experiment, n_trials: int, grid: dict, method: str, enabled: bool = True, log=print):
+        self.tracker = Tracker(experiment, log=log)
+        self.cfg, self.n_trials, self.grid, self.method, self.enabled = cfg, n_trials, grid, method, enabled
+
+    @property
+    def active(self) -> bool:
+        return self.tracker.active
+
+    @property
+    def run_id(self):
+        return self.tracker.run_id
+
+    @property
+    def experiment(self):
+        return self.tracker.experiment
+
+    def __enter__(self):
+        if self.enabled:
+            self.tracker.start(self.cfg, [], name=f"sweep-{self.method}-{self.n_trials}-trials")
+            if self.active:
+                import mlflow
+
+                self.tracker._guard("log sweep", mlflow.log_params, {
+                    "sweep.method": self.method, "sweep.n_trials": self.n_trials,
+                    "sweep.grid": json.dumps(self.grid)})
+        return self
+
+    def record_best(self, best: dict) -> dict:
+        """Record the best trial on the parent; register its model (the alias rule decides champion)."""
+        if not self.active or not best.get("model_uri"):
+            return {}
+        import mlflow
+
+        self.tracker._guard("log best", mlflow.log_metric, "best_validation_auprc", best["validation_auprc"])
+        self.tracker._guard("log best", mlflow.set_tags, {
+            "best.run_id": best["run_id"], "best.trial": best["trial"], "best.overrides": json.dumps(best["overrides"])})
+        return self.tracker._guard("register best", self.tracker._register, best["model_uri"],
+                                   best["validation_auprc"]) or {}
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.active:
+            import mlflow
+
+            self.tracker._guard("end run", mlflow.end_run, "FAILED" if exc_type else "FINISHED")
+        return False
 
 
 def signature():

@@ -96,6 +96,7 @@ class TrainResult:
     evaluated_on: str
     files: dict = field(default_factory=dict)
     tracking: dict = field(default_factory=dict)  # run id, model URI, registry version and alias decision
+    validation_auprc: float = float("nan")  # of the calibrated model on the validation split: model selection
 
     def comparison(self) -> str:
         """A plain-text table: each model's metrics with 95 % bootstrap intervals."""
@@ -197,11 +198,12 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     model.save(out)  # replaces the directory: the report goes in afterwards
     files = _eval_files(probs, y_test, test_clean, test_ids, catalogue, out / "report")
     files.update(_write_train_report(out / "report", report, history, metrics, evaluated_on))
-    result = TrainResult(model, report, metrics, history, out, evaluated_on, files)
-    if tracker:
-        from sklearn.metrics import average_precision_score
+    from sklearn.metrics import average_precision_score
 
-        result.tracking = tracker.finish(result, float(average_precision_score(y_va, val_logits)))
+    result = TrainResult(model, report, metrics, history, out, evaluated_on, files,
+                         validation_auprc=float(average_precision_score(y_va, val_logits)))
+    if tracker:
+        result.tracking = tracker.finish(result, result.validation_auprc)
         result.tracking["error"] = tracker.error
     return result
 
@@ -339,3 +341,60 @@ def score(model, data, out: str | Path) -> dict:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# -- sweep ------------------------------------------------------------------------------------------------------
+def sweep_configs(base: Config, grid: dict[str, list], method: str = "grid", n_trials: int | None = None,
+                  seed: int = 0) -> list[tuple[dict, Config]]:
+    """Expand ``{"model.hidden_size": [32, 64], ...}`` into ``(overrides, Config)`` trials.
+
+    ``method="grid"`` takes every combination; ``"random"`` draws ``n_trials`` of them without replacement.
+    """
+    import itertools
+    import random
+
+    if method not in ("grid", "random"):
+        raise ValueError(f"sweep method must be 'grid' or 'random', got {method!r}")
+    known = set(base.flat())
+    bad = sorted(k for k in grid if k not in known)
+    if bad:
+        raise ValueError(f"sweep grid names unknown parameter(s) {bad}; use dotted names such as "
+                         f"'model.hidden_size' (see Config.flat())")
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    if method == "random":
+        combos = random.Random(seed).sample(combos, min(n_trials or len(combos), len(combos)))
+    trials = []
+    for overrides in combos:
+        d = base.to_dict()
+        for key, value in overrides.items():
+            section, name = key.split(".", 1)
+            d[section][name] = value
+        trials.append((overrides, Config.from_dict(d, source="sweep")))
+    return trials
+
+
+def sweep(data, out: str | Path, base: Config, grid: dict[str, list], method: str = "grid",
+          n_trials: int | None = None, seed: int = 0, labels=None, outcomes=None, test_data=None,
+          experiment: str | None = None, tracking: bool = True, log=print) -> dict:
+    """Train one model per trial as nested MLflow runs under one parent run, which records the best trial
+    (highest validation AUPRC); the best trial's model is registered (champion only if it beats the champion).
+    """
+    from .tracking import Tracker, parent_run
+
+    trials = sweep_configs(base, grid, method, n_trials, seed)
+    out = Path(out)
+    results = []
+    with parent_run(base, experiment, len(trials), grid, method, enabled=tracking, log=log) as parent:
+        for i, (overrides, cfg) in enumerate(trials):
+            log(f"trial {i + 1}/{len(trials)}: {overrides}")
+            tracker = Tracker(experiment=parent.experiment, register=False, nested=True, log=log) \
+                if parent.active else False
+            res = train(data, out / f"trial-{i}", labels, outcomes, cfg, test_data, progress=False, log=log,
+                        tracking=tracker)
+            results.append({"trial": i, "overrides": overrides, "validation_auprc": res.validation_auprc,
+                            "out": str(res.out_dir), **{k: res.tracking.get(k) for k in ("run_id", "model_uri")}})
+        best = max(results, key=lambda r: r["validation_auprc"])
+        summary = {"trials": results, "best": best, "parent_run_id": parent.run_id}
+        summary["registry"] = parent.record_best(best)
+    write_json_atomic(out / "sweep.json", summary)
+    return summary

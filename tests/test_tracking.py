@@ -1,0 +1,180 @@
+"""MLflow tracking against a real SQLite store in a temporary folder: runs, registry, URIs, privacy, failure."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from clinical_lstm.config import Config
+from clinical_lstm.tracking import CHALLENGER, CHAMPION, Tracker
+from clinical_lstm.workflow import sweep, train
+
+FIRST_ID = 9_300_001  # distinctive stay ids: the privacy test searches the whole store for them
+N_STAYS = 160
+
+
+def cohort(tmp: Path) -> tuple[Path, Path, list[int]]:
+    """A synthetic long-format cohort whose mean heart rate drives the outcome, plus its labels file."""
+    rng = np.random.default_rng(7)
+    rows, labels = [], []
+    for k in range(N_STAYS):
+        sid = FIRST_ID + k
+        y = int(rng.random() < 0.3)
+        labels.append((sid, y))
+        rows += [(sid, 0.0, "Age", float(rng.integers(30, 90))), (sid, 0.0, "Gender", float(rng.integers(0, 2))),
+                 (sid, 0.0, "ICUType", float(rng.integers(1, 5)))]
+        for t in np.sort(rng.uniform(0, 24, 20)):
+            rows.append((sid, float(t), "HR", float(rng.normal(110 if y else 80, 8))))
+        for t in np.sort(rng.uniform(0, 24, 5)):
+            rows.append((sid, float(t), "MAP", float(rng.normal(75, 10))))
+    data, lab = tmp / "long.csv", tmp / "labels.csv"
+    pl.DataFrame(rows, schema=["stay_id", "time", "variable", "value"], orient="row").write_csv(data)
+    pl.DataFrame(labels, schema=["stay_id", "label"], orient="row").write_csv(lab)
+    return data, lab, [s for s, _ in labels]
+
+
+def fast_config(hidden: int) -> Config:
+    return Config.from_dict({"data": {"window_hours": 24.0}, "model": {"hidden_size": hidden},
+                             "train": {"epochs": 3, "patience": 2}, "evaluation": {"n_boot": 20},
+                             "tracking": {"experiment": "test"}})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("test", artifact_location=(root / "artifacts").as_uri())
+    data, lab, ids = cohort(root)
+    runs = [train(data, root / f"model{h}", labels=lab, config=fast_config(h), progress=False, log=lambda *_: None,
+                  tracking=Tracker()) for h in (8, 16)]
+    yield {"root": root, "runs": runs, "data": data, "labels": lab, "ids": ids, "uri": uri}
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def test_run_holds_config_metrics_data_and_artifacts(store):
+    from mlflow import MlflowClient
+
+    res = store["runs"][0]
+    assert res.tracking["error"] is None
+    client = MlflowClient()
+    run = client.get_run(res.tracking["run_id"])
+    assert run.info.run_name == "ffill_median-h8-decay"
+    assert run.data.params["model.hidden_size"] == "8" and run.data.params["data.window_hours"] == "24.0"
+    m = run.data.metrics
+    for key in ("auroc", "auprc", "brier", "logreg_auroc", "gbm_auprc", "validation_auprc"):
+        assert key in m, key
+    assert m["auroc_lower"] <= m["auroc"] <= m["auroc_upper"]
+    assert m["auroc"] == pytest.approx(res.metrics["masked LSTM"]["auroc"].value)
+    epochs = client.get_metric_history(run.info.run_id, "val_auprc_seed0")
+    assert [e.step for e in epochs] == [h["epoch"] for h in res.history]
+    assert run.data.tags["clinical_lstm.version"]
+    (ds,) = run.inputs.dataset_inputs
+    assert ds.dataset.digest == res.model.metadata["training_data"]["digest"][:16]
+    assert {t.key: t.value for t in ds.tags}["stays"] == str(N_STAYS)
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/roc.png", "report/pr.png", "report/calibration.png", "report/quality_report.json",
+            "report/subgroups.csv"} <= names
+    assert "config.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_registry_champion_is_the_better_validation_auprc(store):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    first, second = store["runs"]
+    assert first.tracking["alias"] == CHAMPION and first.tracking["version"] == 1
+    expected = CHAMPION if second.validation_auprc > first.validation_auprc else CHALLENGER
+    assert second.tracking["alias"] == expected
+    champ = client.get_model_version_by_alias("clinical-lstm", CHAMPION)
+    assert str(champ.version) == str(2 if expected == CHAMPION else 1)
+    assert "validation AUPRC" in client.get_run(second.tracking["run_id"]).data.tags["registry.decision"]
+
+
+def test_register_moves_champion_only_when_beaten(store):
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    uri = store["runs"][0].tracking["model_uri"]
+    tracker = Tracker(experiment="test")
+    tracker.model_name = "decisions"
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("test").experiment_id):
+        assert tracker._register(uri, 0.50)["alias"] == CHAMPION  # first version
+        assert tracker._register(uri, 0.40)["alias"] == CHALLENGER  # worse: challenger
+        assert tracker._register(uri, 0.50)["alias"] == CHALLENGER  # a tie does not take the title
+        assert tracker._register(uri, 0.60)["alias"] == CHAMPION  # better: champion moves
+    assert str(client.get_model_version_by_alias("decisions", CHAMPION).version) == "4"
+    assert str(client.get_model_version_by_alias("decisions", CHALLENGER).version) == "3"
+
+
+def test_load_model_by_registry_and_run_uri(store):
+    from clinical_lstm import load_model
+
+    res = store["runs"][0]
+    expected = res.model.predict(store["data"])["risk"].to_numpy()
+    for uri in ("models:/clinical-lstm/1", f"runs:/{res.tracking['run_id']}/model"):
+        got = load_model(uri)
+        np.testing.assert_allclose(got.predict(store["data"])["risk"].to_numpy(), expected, rtol=1e-6)
+    assert str(load_model("models:/clinical-lstm/1").metadata["source"]["version"]) == "1"
+
+
+def test_no_stay_id_anywhere_in_the_store(store):
+    needles = [str(s).encode() for s in store["ids"]]
+    files = [store["root"] / "mlflow.db", *(p for p in (store["root"] / "artifacts").rglob("*") if p.is_file())]
+    assert len(files) > 10
+    for path in files:
+        blob = path.read_bytes()
+        leaked = [n.decode() for n in needles if n in blob]
+        assert not leaked, f"stay ids {leaked[:3]} found in {path}"
+
+
+def test_unreachable_server_still_writes_the_bundle(store, tmp_path, monkeypatch):
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    messages = []
+    res = train(store["data"], tmp_path / "m", labels=store["labels"], config=fast_config(8), progress=False,
+                log=messages.append, tracking=Tracker(log=messages.append))
+    assert (tmp_path / "m" / "bundle.json").is_file()
+    assert res.tracking["error"].startswith("server unreachable")
+    assert any(m.startswith("WARNING: MLflow tracking server") and "still written locally" in m for m in messages)
+
+
+def test_sweep_runs_nested_children_under_a_parent(store, tmp_path):
+    from mlflow import MlflowClient
+
+    summary = sweep(store["data"], tmp_path / "sw", fast_config(8), {"model.hidden_size": [4, 8]},
+                    labels=store["labels"], experiment="test", log=lambda *_: None)
+    client = MlflowClient()
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.data.tags["best.run_id"] == summary["best"]["run_id"]
+    assert parent.data.metrics["best_validation_auprc"] == pytest.approx(
+        max(t["validation_auprc"] for t in summary["trials"]))
+    for trial in summary["trials"]:
+        child = client.get_run(trial["run_id"])
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert (tmp_path / "sw" / "sweep.json").is_file()
+
+
+def test_sweep_rejects_unknown_parameter():
+    from clinical_lstm.workflow import sweep_configs
+
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['model.hiden'\]"):
+        sweep_configs(Config(), {"model.hiden": [1]})
+    trials = sweep_configs(Config(), {"model.hidden_size": [4, 8], "model.decay": [True, False]})
+    assert [t[1].model.hidden_size for t in trials] == [4, 4, 8, 8]
+    assert [t[1].model.decay for t in trials] == [True, False, True, False]
