@@ -24,6 +24,8 @@ _LAZY = {  # public name -> (module, attribute)
     "prepare": ("clinical_lstm.workflow", "prepare"),
     "evaluate": ("clinical_lstm.workflow", "evaluate_model"),
     "score": ("clinical_lstm.workflow", "score"),
+    "sweep": ("clinical_lstm.workflow", "sweep"),
+    "Tracker": ("clinical_lstm.tracking", "Tracker"),
     "bundled_sample": ("clinical_lstm.sample", "bundled_sample"),
 }
 
