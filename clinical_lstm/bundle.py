@@ -134,6 +134,16 @@ class RiskModel:
                                         pl.lit(None, pl.Boolean).alias("flag"), "reason")]).sort("stay_id")
         return out if isinstance(data, (pl.DataFrame, str, Path, list, tuple, RawData)) else out.to_pandas()
 
+    def explain(self, data, top: int | None = None, n_permutations: int = 8, seed: int = 0):
+        """Per-variable SHAP contributions (log-odds) for every scorable stay; see :mod:`clinical_lstm.explain`.
+
+        Returns ``stay_id, variable, contribution, rank, base_value, model_output`` (pandas for pandas input).
+        """
+        from .explain import explain_table
+
+        out = explain_table(self, data, top, n_permutations, seed)
+        return out if isinstance(data, (pl.DataFrame, str, Path, list, tuple, RawData)) else out.to_pandas()
+
     def trajectory(self, data) -> pl.DataFrame:
         """Calibrated risk at the end of every grid bin: ``stay_id, hour, risk`` (valid bins only)."""
         clean, kept, _ = self.clean(data)

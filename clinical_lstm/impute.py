@@ -134,6 +134,9 @@ class GridTransformer:
             self.center_[v], self.scale_[v] = f.mean(), (f.std() if f.std() > 1e-8 else 1.0)
             self.median_[v] = (np.median(f) - self.center_[v]) / self.scale_[v]
         self._fit_statics(grid.statics)
+        # mean static feature vector of the training stays: the reference "typical patient" for explanations
+        self.static_mean_ = self._transform_statics(grid.statics).mean(axis=0) if len(grid.statics) else \
+            np.zeros(len(self.static_features_))
         return self
 
     def _fit_statics(self, statics: np.ndarray):
@@ -206,6 +209,7 @@ class GridTransformer:
             "median": self.median_.tolist(), "statics": self.catalogue.statics,
             "static_center": self.static_center_.tolist(), "static_scale": self.static_scale_.tolist(),
             "static_levels": self.static_levels_, "static_features": self.static_features_,
+            "static_mean": self.static_mean_.tolist(),
         }
 
     @classmethod
@@ -218,6 +222,7 @@ class GridTransformer:
             setattr(self, f"{k}_", np.asarray(d[k], dtype=np.float64))
         self.static_levels_ = {k: list(v) for k, v in d["static_levels"].items()}
         self.static_features_ = list(d["static_features"])
+        self.static_mean_ = np.asarray(d.get("static_mean", np.zeros(len(self.static_features_))), dtype=np.float64)
         return self
 
     @property
