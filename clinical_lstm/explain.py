@@ -47,7 +47,7 @@ def reference(t: Tensors, transformer) -> Tensors:
     fill = transformer.median_ if transformer.imputation != "zero" else np.zeros(V)
     x = np.where(valid, fill.astype(np.float32)[None, None, :], 0).astype(np.float32)
     hours = ((np.arange(T) + 1) * transformer.resolution_hours).astype(np.float32)
-    delta = np.where(valid, hours[None, :, None], 0).astype(np.float32)
+    delta = np.broadcast_to(np.where(valid, hours[None, :, None], 0), (N, T, V)).astype(np.float32)
     statics = np.broadcast_to(transformer.static_mean_.astype(np.float32), t.statics.shape).copy()
     return Tensors(x, np.zeros_like(t.mask), delta, t.lengths.copy(), statics, t.stay_ids.copy())
 

@@ -110,20 +110,23 @@ def fit_one(train: dict, y_train: np.ndarray, val: dict, y_val: np.ndarray, mode
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     yt = torch.from_numpy(y_train.astype(np.float32)).to(device)
     pw = _pos_weight(y_train, cfg.pos_weight)
-    best, best_state, stale, history = -1.0, None, 0, []
+    best, best_loss, best_state, stale, history = -1.0, np.inf, None, 0, []
     bar = tqdm(range(cfg.epochs), desc=f"train (seed {seed})", disable=not progress, leave=False)
     for epoch in bar:
         train_loss = run_epoch(model, opt, train, yt, pw, cfg, gen)
         val_logit = predict_logits(model, val)
         auprc = float(average_precision_score(y_val, val_logit))
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_auprc": auprc,
+        val_loss = float(nn.functional.binary_cross_entropy_with_logits(
+            torch.from_numpy(val_logit), torch.from_numpy(y_val.astype(np.float32))))
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_auprc": auprc,
                "val_auroc": float(roc_auc_score(y_val, val_logit)), "seed": seed}
         history.append(row)
         if on_epoch:
             on_epoch(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auprc=f"{auprc:.3f}")
-        if auprc > best + 1e-4:
-            best, best_state, stale = auprc, copy.deepcopy(model.state_dict()), 0
+        # better AUPRC wins; at equal AUPRC (e.g. a separable validation set at 1.0) lower validation loss wins
+        if auprc > best + 1e-4 or (auprc >= best - 1e-4 and val_loss < best_loss - 1e-4):
+            best, best_loss, best_state, stale = max(auprc, best), val_loss, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
             if stale >= cfg.patience:
