@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundle directory, or MLflow URI such as models:/clinical-lstm@champion or runs:/ID/model")
     _data_args(p, labels=False)
     p.add_argument("--out", required=True, metavar="FILE", help="output .parquet or .csv")
+    p.add_argument("--explain", type=int, default=0, metavar="K",
+                   help="add each stay's top-K variables with signed SHAP contributions (log-odds)")
+
+    p = sub.add_parser("explain", help="per-variable SHAP contributions, stay plots and global importance")
+    p.add_argument("--model", required=True, metavar="MODEL", help="bundle directory or MLflow model URI")
+    _data_args(p, labels=False)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--stay", type=int, action="append", metavar="ID", help="draw this stay (repeatable; "
+                   "default: the three highest-risk stays)")
+    p.add_argument("--top", type=int, default=None, metavar="K", help="keep the K largest contributions per stay")
+    p.add_argument("--permutations", type=int, default=8, help="permutations per stay (default 8)")
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
 
     p = sub.add_parser("sweep", help="grid or random search as nested MLflow runs under one parent run")
     p.add_argument("--config", required=True, metavar="FILE",
@@ -132,6 +144,16 @@ def cmd_sweep(a) -> int:
     return 0
 
 
+def cmd_explain(a) -> int:
+    from .workflow import explain
+
+    files = explain(a.model, _paths(a.data), a.out, stays=a.stay, top=a.top, n_permutations=a.permutations,
+                    fmt=a.format)
+    for name, path in files.items():
+        print(f"{name:<18} {path}")
+    return 0
+
+
 def cmd_evaluate(a) -> int:
     from .workflow import evaluate_model
 
@@ -145,7 +167,7 @@ def cmd_evaluate(a) -> int:
 def cmd_score(a) -> int:
     from .workflow import score
 
-    summary = score(a.model, _paths(a.data), a.out)
+    summary = score(a.model, _paths(a.data), a.out, explain=a.explain)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -177,7 +199,7 @@ def cmd_ui(a) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score,
-            "demo": cmd_demo, "ui": cmd_ui, "sweep": cmd_sweep}
+            "demo": cmd_demo, "ui": cmd_ui, "sweep": cmd_sweep, "explain": cmd_explain}
 
 
 def main(argv=None) -> int:

@@ -54,13 +54,15 @@ def reference(t: Tensors, transformer) -> Tensors:
 
 @torch.inference_mode()
 def _logits(networks, x, mask, delta, statics, lengths) -> torch.Tensor:
-    out = [net(x, mask, delta, statics, lengths)[0] for net in networks]
+    out = [net.eval()(x, mask, delta, statics, lengths)[0] for net in networks]
     return torch.stack(out).mean(0)
 
 
-def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_batch: int = 4096,
+def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_batch: int = 2048,
                 progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Grouped permutation SHAP for every stay in ``t``.
+
+    Coalitions of several stays are evaluated together in batches of up to ``max_batch`` sequences.
 
     Returns
     -------
@@ -75,64 +77,68 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     V = t.x.shape[2]
     stat = static_players(tr)
     names = list(tr.catalogue.series) + [n for n, _ in stat]
+    static_cols = np.zeros((len(stat), t.statics.shape[1]), dtype=bool)  # static player -> feature columns
+    for j, (_, cols) in enumerate(stat):
+        static_cols[j, cols] = True
     ref = reference(t, tr)
     rng = np.random.default_rng(seed)
     n_perm = max(2, n_permutations + n_permutations % 2)  # antithetic pairs
     N = len(t)
-    phi = np.zeros((N, len(names)))
-    base, output = np.zeros(N), np.zeros(N)
-    nets = [n.eval() for n in model.networks]
-    stay_col = np.zeros((len(stat), t.statics.shape[1]), dtype=bool)  # static player -> its feature columns
-    for j, (_, cols) in enumerate(stat):
-        stay_col[j, cols] = True
+    phi, base, output = np.zeros((N, len(names))), np.zeros(N), np.zeros(N)
+    pending, size = [], 0
     for n in tqdm(range(N), desc="explain", disable=not progress, leave=False):
         observed = np.flatnonzero(t.mask[n, : t.lengths[n]].any(axis=0))  # dummy players are skipped
-        players = list(observed) + [V + j for j in range(len(stat))]
-        M = len(players)
+        players = np.r_[observed, V + np.arange(len(stat))]
         perms = []
         for _ in range(n_perm // 2):
-            p = rng.permutation(M)
+            p = rng.permutation(len(players))
             perms += [p, p[::-1]]
-        # coalition k of permutation r holds players perms[r][:k]; rows: (n_perm, M + 1) coalitions
-        inc = np.zeros((n_perm, M + 1, M), dtype=bool)
-        for r, p in enumerate(perms):
-            order = np.empty(M, dtype=np.int64)
-            order[p] = np.arange(M)  # position of each player in the permutation
-            inc[r] = np.arange(M + 1)[:, None] > order[None, :]
-        flat = inc.reshape(-1, M)
-        values = _evaluate(nets, t, ref, n, flat, players, V, stay_col, max_batch).reshape(n_perm, M + 1)
-        marg = np.diff(values, axis=1)  # (n_perm, M): marginal contribution of the k-th player added
-        contrib = np.zeros(M)
-        for r, p in enumerate(perms):
-            contrib[p] += marg[r]
-        phi[n, players] = contrib / n_perm
-        base[n], output[n] = values[0, 0], values[0, -1]
+        pending.append((n, players, perms, _coalitions(perms, players, V, static_cols)))
+        size += len(pending[-1][3][0])
+        if size >= max_batch or n == N - 1:
+            values = _evaluate(model.networks, t, ref, pending)
+            for (m, pl_, pm, _), vals in zip(pending, values, strict=True):
+                vals = vals.reshape(len(pm), len(pl_) + 1)
+                marg = np.diff(vals, axis=1)  # (n_perm, M): contribution of the k-th player added
+                contrib = np.zeros(len(pl_))
+                for r, perm in enumerate(pm):
+                    contrib[perm] += marg[r]
+                phi[m, pl_] = contrib / len(pm)
+                base[m], output[m] = vals[0, 0], vals[0, -1]
+            pending, size = [], 0
     return phi, base, output, names
 
 
-def _evaluate(nets, t, ref, n, coalitions, players, V, stay_col, max_batch) -> np.ndarray:
-    """Logits of stay ``n`` with each coalition present and the other players at the reference."""
-    K = len(coalitions)
-    series_on = np.zeros((K, V), dtype=bool)
-    static_on = np.zeros((K, t.statics.shape[1]), dtype=bool)
-    for i, pl_ in enumerate(players):
-        if pl_ < V:
-            series_on[:, pl_] = coalitions[:, i]
-        else:
-            static_on |= coalitions[:, i][:, None] & stay_col[pl_ - V][None, :]
-    L = int(t.lengths[n])
-    stay = [torch.from_numpy(a[n, :L]) for a in (t.x, t.mask, t.delta)]  # (L, V) each: padding is irrelevant
-    refs = [torch.from_numpy(a[n, :L]) for a in (ref.x, ref.mask, ref.delta)]
-    s_stay, s_ref = torch.from_numpy(t.statics[n]), torch.from_numpy(ref.statics[n])
-    out = []
-    for i in range(0, K, max_batch):
-        on = torch.from_numpy(series_on[i:i + max_batch])[:, None, :]  # (k, 1, V)
-        x, mask, delta = (torch.where(on, a[None], b[None]) for a, b in zip(stay, refs, strict=True))  # (k, L, V)
-        son = torch.from_numpy(static_on[i:i + max_batch])  # (k, S)
-        statics = torch.where(son, s_stay[None], s_ref[None])  # (k, S)
-        lengths = torch.full((len(son),), L, dtype=torch.int64)
-        out.append(_logits(nets, x, mask, delta, statics, lengths).numpy())
-    return np.concatenate(out).astype(np.float64)
+def _coalitions(perms, players, V, static_cols):
+    """Masks of present channels for every prefix of every permutation: ``(K, V)`` series, ``(K, S)`` statics."""
+    M = len(players)
+    inc = np.zeros((len(perms), M + 1, M), dtype=bool)
+    for r, p in enumerate(perms):
+        position = np.empty(M, dtype=np.int64)
+        position[p] = np.arange(M)
+        inc[r] = np.arange(M + 1)[:, None] > position[None, :]  # prefix k holds the first k players
+    inc = inc.reshape(-1, M)  # (K, M)
+    series_on = np.zeros((len(inc), V), dtype=bool)
+    is_series = players < V
+    series_on[:, players[is_series]] = inc[:, is_series]
+    static_on = inc[:, ~is_series] @ static_cols[players[~is_series] - V] > 0  # (K, S)
+    return series_on, static_on
+
+
+@torch.inference_mode()
+def _evaluate(networks, t, ref, pending) -> list[np.ndarray]:
+    """Logits for every coalition of the pending stays, one array per stay."""
+    rows = np.concatenate([np.full(len(c[0]), n) for n, _, _, c in pending])  # stay of each coalition
+    series_on = torch.from_numpy(np.concatenate([c[0] for *_, c in pending]))[:, None, :]  # (K, 1, V)
+    static_on = torch.from_numpy(np.concatenate([c[1] for *_, c in pending]))  # (K, S)
+    T = int(t.lengths[rows].max())
+    stay = [torch.from_numpy(a[rows, :T]) for a in (t.x, t.mask, t.delta)]  # (K, T, V) each
+    refs = [torch.from_numpy(a[rows, :T]) for a in (ref.x, ref.mask, ref.delta)]
+    x, mask, delta = (torch.where(series_on, s, r) for s, r in zip(stay, refs, strict=True))
+    statics = torch.where(static_on, torch.from_numpy(t.statics[rows]), torch.from_numpy(ref.statics[rows]))
+    lengths = torch.from_numpy(t.lengths[rows])
+    logits = _logits(networks, x, mask, delta, statics, lengths).numpy().astype(np.float64)
+    return np.split(logits, np.cumsum([len(c[0]) for *_, c in pending])[:-1])
 
 
 def explain_table(model, data, top: int | None = None, n_permutations: int = 8, seed: int = 0,
@@ -144,15 +150,17 @@ def explain_table(model, data, top: int | None = None, n_permutations: int = 8, 
     """
     clean, kept, _ = model.clean(data)
     t = model.tensors(clean, kept)
-    phi, base, output, names = shap_values(model, t, n_permutations, seed, progress=progress)
+    df = table_from(*shap_values(model, t, n_permutations, seed, progress=progress), t.stay_ids)
+    return df if top is None else df.filter(pl.col("rank") <= top)
+
+
+def table_from(phi, base, output, names, stay_ids) -> pl.DataFrame:
+    """Long table from :func:`shap_values`' arrays, rank 1 = largest absolute contribution."""
     N, P = phi.shape
     order = np.argsort(-np.abs(phi), axis=1, kind="stable")
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(1, P + 1)[None, :].repeat(N, 0), axis=1)
-    df = pl.DataFrame({
-        "stay_id": np.repeat(t.stay_ids, P), "variable": np.tile(np.array(names), N),
+    return pl.DataFrame({
+        "stay_id": np.repeat(stay_ids, P), "variable": np.tile(np.array(names), N),
         "contribution": phi.ravel(), "rank": rank.ravel(), "base_value": np.repeat(base, P),
-        "model_output": np.repeat(output, P)})
-    if top is not None:
-        df = df.filter(pl.col("rank") <= top)
-    return df.sort("stay_id", "rank")
+        "model_output": np.repeat(output, P)}).sort("stay_id", "rank")

@@ -30,6 +30,7 @@ def _labels_for(raw: RawData, ids: np.ndarray) -> np.ndarray:
 
 def _write_frame(df: pl.DataFrame, path: Path) -> Path:
     """Parquet or CSV by suffix, written to a temporary sibling and renamed (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix == ".csv":
         df.write_csv(tmp)
@@ -300,7 +301,7 @@ def evaluate_model(model, data, out: str | Path, labels=None, outcomes=None, n_b
 
 
 # -- score ------------------------------------------------------------------------------------------------------
-def score(model, data, out: str | Path) -> dict:
+def score(model, data, out: str | Path, explain: int = 0) -> dict:
     """Score every stay; write ``out`` (.parquet or .csv), ``<stem>.rejects.<ext>`` and ``<stem>.summary.json``.
 
     Every stay read is either a row of ``out`` or a row of the rejects file; this is checked before success.
@@ -317,6 +318,8 @@ def score(model, data, out: str | Path) -> dict:
     model = load_model(model) if isinstance(model, (str, Path)) else model
     raw = load(data)
     scored, rejects, report = model.score(raw)
+    if explain and scored.height:
+        scored = scored.join(_top_k_wide(model, raw, explain), on="stay_id", how="left")
     if scored.height + rejects.height != len(raw.stays):
         raise RuntimeError(f"stay accounting failed: {len(raw.stays)} read, {scored.height} scored, "
                            f"{rejects.height} rejected")
@@ -337,6 +340,45 @@ def score(model, data, out: str | Path) -> dict:
                "stays_per_second": round(len(raw.stays) / seconds, 1) if seconds else None}
     write_json_atomic(out.with_name(f"{out.stem}.summary.json"), summary)
     return summary
+
+
+def _top_k_wide(model, raw, k: int) -> pl.DataFrame:
+    """``stay_id, top1_variable, top1_contribution, ..., topK_...`` from the per-variable SHAP table."""
+    from .explain import explain_table
+
+    table = explain_table(model, raw, top=k)
+    wide = table.select("stay_id").unique()
+    for r in range(1, k + 1):
+        wide = wide.join(table.filter(pl.col("rank") == r).select(
+            "stay_id", pl.col("variable").alias(f"top{r}_variable"),
+            pl.col("contribution").alias(f"top{r}_contribution")), on="stay_id", how="left")
+    return wide
+
+
+def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_permutations: int = 8,
+            fmt: str = "parquet") -> dict:
+    """Write the per-variable SHAP table, a plot per requested stay and the global importance plot."""
+    from .bundle import load_model
+    from .explain import shap_values, table_from
+    from .explain_plots import plot_global, plot_stay
+
+    model = load_model(model) if isinstance(model, (str, Path)) else model
+    out = Path(out)
+    clean, kept, _ = model.clean(load(data))
+    t = model.tensors(clean, kept)
+    full = table_from(*shap_values(model, t, n_permutations, progress=True), t.stay_ids)
+    files = {"explanations": _write_frame(full if top is None else full.filter(pl.col("rank") <= top),
+                                          out / f"explanations.{fmt}")}
+    files["global_importance"] = plot_global(full, out / "global_importance.png")
+    if stays is None:
+        stays = t.stay_ids[np.argsort(-model.logits(t))[:3]].tolist()
+    index = {int(s): i for i, s in enumerate(t.stay_ids)}
+    missing = [s for s in stays if s not in index]
+    if missing:
+        raise DataError(f"stay(s) {missing} are not among the scorable stays of the data")
+    for sid in stays:
+        files[f"stay {sid}"] = plot_stay(model, clean, t, index[sid], full, out / f"stay_{sid}.png")
+    return files
 
 
 def read_json(path: Path) -> dict:
