@@ -61,6 +61,7 @@ class EvaluationConfig:
     test_fraction: float = 0.2  # held out for the report when no separate test data is given; 0 = none
     n_boot: int = 1000  # bootstrap replicates for the 95 % intervals
     split_seed: int = 0  # seed of the stratified splits
+    explain_stays: int = 200  # evaluation stays explained for the global SHAP importance plot; 0 = none
 
 
 @dataclass

@@ -30,10 +30,11 @@ SELECTION_METRIC = "validation_auprc"
 BASELINE_PREFIX = {"masked LSTM": "", "logistic regression": "logreg_", "gradient boosting": "gbm_", "SAPS-I": "saps_"}
 
 
-def local_store(root: str | Path | None = None) -> tuple[str, str]:
+def local_store(root: str | Path | None = None, create: bool = True) -> tuple[str, str]:
     """``(tracking URI, artifact root URI)`` of the project's local store under ``<root>/mlflow/``."""
     base = (Path(root) if root else Path.cwd()) / "mlflow"
-    base.mkdir(parents=True, exist_ok=True)
+    if create:
+        base.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(base / 'mlflow.db').resolve()}", (base / "artifacts").resolve().as_uri()
 
 
@@ -139,10 +140,11 @@ class Tracker:
         from . import __version__
 
         mlflow.set_tracking_uri(self.uri)
-        if mlflow.get_experiment_by_name(self.experiment) is None:
-            local = self.uri == local_store()[0]
-            mlflow.create_experiment(self.experiment, artifact_location=local_store()[1] if local else None)
-        mlflow.set_experiment(self.experiment)
+        if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`, start_run resumes the project's run
+            if mlflow.get_experiment_by_name(self.experiment) is None:
+                local = self.uri == local_store(create=False)[0]
+                mlflow.create_experiment(self.experiment, artifact_location=local_store()[1] if local else None)
+            mlflow.set_experiment(self.experiment)
         run = mlflow.start_run(run_name=name or run_name(cfg), nested=self.nested)
         self.run_id = run.info.run_id
         mlflow.log_params({k: ("None" if v is None else v) for k, v in cfg.flat().items()})
@@ -211,7 +213,8 @@ class Tracker:
         import mlflow
 
         report_dir = result.out_dir / "report"
-        for name in ("roc.png", "pr.png", "calibration.png", "subgroups.csv", "metrics.json", "history.csv"):
+        for name in ("roc.png", "pr.png", "calibration.png", "subgroups.csv", "metrics.json", "history.csv",
+                     "global_importance.png", "global_importance.csv"):
             if (report_dir / name).is_file():
                 mlflow.log_artifact(str(report_dir / name), artifact_path="report")
         with tempfile.TemporaryDirectory() as tmp:
@@ -246,7 +249,7 @@ class Tracker:
 
         client = MlflowClient()
         mv = mlflow.register_model(model_uri, self.model_name)
-        client.set_model_version_tag(self.model_name, mv.version, SELECTION_METRIC, f"{score:.6f}")
+        client.set_model_version_tag(self.model_name, mv.version, SELECTION_METRIC, repr(float(score)))
         try:
             champ = client.get_model_version_by_alias(self.model_name, CHAMPION)
             best = float(champ.tags.get(SELECTION_METRIC, "nan"))

@@ -198,6 +198,7 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     out = Path(out)
     model.save(out)  # replaces the directory: the report goes in afterwards
     files = _eval_files(probs, y_test, test_clean, test_ids, catalogue, out / "report")
+    files.update(_global_importance(model, test_clean, test_ids, cfg.evaluation, out / "report"))
     files.update(_write_train_report(out / "report", report, history, metrics, evaluated_on))
     from sklearn.metrics import average_precision_score
 
@@ -264,6 +265,23 @@ def _eval_files(probs: dict, y, clean, ids, catalogue, out_dir: Path) -> dict:
     files["pr"] = plot_pr(curves, out_dir / "pr.png")
     files["calibration"] = plot_calibration(curves, out_dir / "calibration.png")
     return files
+
+
+def _global_importance(model, clean, ids, ev, out_dir: Path) -> dict:
+    """Mean |SHAP| per variable over up to ``ev.explain_stays`` evaluation stays: a CSV and a bar plot."""
+    if ev.explain_stays <= 0 or len(ids) == 0:
+        return {}
+    from .explain import shap_values, table_from
+    from .explain_plots import plot_global
+
+    rng = np.random.default_rng(ev.split_seed)
+    pick = np.sort(rng.choice(ids, size=min(ev.explain_stays, len(ids)), replace=False))
+    t = model.tensors(clean.filter(pl.col("stay_id").is_in(pick.tolist())), pick)
+    table = table_from(*shap_values(model, t), t.stay_ids)
+    importance = (table.group_by("variable").agg(pl.col("contribution").abs().mean().alias("mean_abs_shap"))
+                  .sort("mean_abs_shap", descending=True))  # aggregates only: safe to log
+    return {"global_importance": plot_global(table, out_dir / "global_importance.png"),
+            "global_importance_table": _write_frame(importance, out_dir / "global_importance.csv")}
 
 
 def _write_train_report(out_dir: Path, report, history, metrics, evaluated_on) -> dict:

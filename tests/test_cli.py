@@ -157,3 +157,33 @@ def test_pipeline_configs_all_load():
         doc = tomllib.loads(text)
         assert doc.pop("job", None) or doc.pop("sweep", None), f"{path} needs a [job] or [sweep] section"
         Config.from_dict(doc, source=str(path))
+
+
+def test_explain_writes_table_and_plots(trained, tmp_path):
+    root, _ = trained
+    res = run("explain", "--model", str(root / "model"), "--data", "sample", "--out", str(tmp_path / "ex"),
+              "--stay", "132592", "--top", "4", "--permutations", "2", "--format", "csv")
+    assert res.returncode == 0, res.stderr
+    table = pl.read_csv(tmp_path / "ex" / "explanations.csv")
+    assert table.columns == ["stay_id", "variable", "contribution", "rank", "base_value", "model_output"]
+    assert table.group_by("stay_id").len()["len"].max() == 4
+    for name in ("global_importance.png", "stay_132592.png"):
+        assert (tmp_path / "ex" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explain_unknown_stay_exit_2(trained, tmp_path):
+    root, _ = trained
+    res = run("explain", "--model", str(root / "model"), "--data", "sample", "--out", str(tmp_path / "ex"),
+              "--stay", "1", "--permutations", "2")
+    assert res.returncode == 2 and "stay(s) [1] are not among the scorable stays" in res.stderr
+
+
+def test_score_with_top_k_explanations(trained, tmp_path):
+    root, _ = trained
+    out = tmp_path / "s.parquet"
+    res = run("score", "--model", str(root / "model"), "--data", "sample", "--out", str(out), "--explain", "2")
+    assert res.returncode == 0, res.stderr
+    scores = pl.read_parquet(out)
+    assert {"top1_variable", "top1_contribution", "top2_variable", "top2_contribution"} <= set(scores.columns)
+    assert (scores["top1_contribution"].abs() >= scores["top2_contribution"].abs()).all()
+    assert scores.height == SAMPLE_STAYS

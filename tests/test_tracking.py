@@ -86,7 +86,7 @@ def test_run_holds_config_metrics_data_and_artifacts(store):
     assert {t.key: t.value for t in ds.tags}["stays"] == str(N_STAYS)
     names = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/roc.png", "report/pr.png", "report/calibration.png", "report/quality_report.json",
-            "report/subgroups.csv"} <= names
+            "report/subgroups.csv", "report/global_importance.png", "report/global_importance.csv"} <= names
     assert "config.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
