@@ -1,0 +1,62 @@
+"""python benchmarks/bench_explain.py --model runs/bench_default/model --stays 1000 --repeats 3
+
+Per-variable SHAP explanations (grouped permutation SHAP, 8 permutations) for N stays of PhysioNet set B,
+on 2 CPU threads, timed in one process: median stays/s over ``--repeats`` runs. The model is the default
+configuration (one network, hidden 64) trained on set A:
+
+    clinical-lstm train --data ../shared/data/physionet2012/set-a.tar.gz --out runs/bench_default/model --no-tracking
+
+Only explanation time is measured (reading and gridding the stays happen once, before timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clinical_lstm import load_model
+from clinical_lstm.explain import shap_values
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default=str(REPO.parent / "shared/data/physionet2012/set-b.tar.gz"))
+    p.add_argument("--stays", type=int, default=1000)
+    p.add_argument("--permutations", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json")
+    a = p.parse_args()
+    torch.set_num_threads(2)
+    model = load_model(a.model)
+    clean, kept, _ = model.clean(a.data)
+    ids = kept.to_numpy()[: a.stays]
+    t = model.tensors(clean, ids)
+    print(f"load average {os.getloadavg()}; {len(t)} stays, {len(model.networks)} network(s)")
+    rates, errors = [], []
+    for r in range(a.repeats):
+        t0 = time.perf_counter()
+        phi, base, out, _ = shap_values(model, t, a.permutations, seed=r)
+        dt = time.perf_counter() - t0
+        rates.append(len(t) / dt)
+        errors.append(float(np.abs(base + phi.sum(1) - out).max()))
+        print(f"run {r + 1}: {dt:.2f} s, {rates[-1]:.1f} stays/s, max efficiency error {errors[-1]:.2e}")
+    result = {"stays": len(t), "networks": len(model.networks), "permutations": a.permutations,
+              "stays_per_second": rates, "median_stays_per_second": statistics.median(rates),
+              "max_efficiency_error": max(errors), "load_average_after": os.getloadavg()}
+    print(f"median {result['median_stays_per_second']:.1f} stays/s")
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
