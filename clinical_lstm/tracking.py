@@ -64,6 +64,14 @@ def git_commit() -> str | None:
         return None
 
 
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside its database (``<dir>/artifacts``), never into the working
+    directory's ``mlruns/``; a tracking server decides for itself (None)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+    return None
+
+
 def _reachable(uri: str) -> str | None:
     """None if a tracking server answers its health check, else the reason (http(s) URIs only)."""
     if not uri.startswith(("http://", "https://")):
@@ -142,12 +150,12 @@ class Tracker:
         mlflow.set_tracking_uri(self.uri)
         if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`, start_run resumes the project's run
             if mlflow.get_experiment_by_name(self.experiment) is None:
-                local = self.uri == local_store(create=False)[0]
-                mlflow.create_experiment(self.experiment, artifact_location=local_store()[1] if local else None)
+                mlflow.create_experiment(self.experiment, artifact_location=_artifact_location(self.uri))
             mlflow.set_experiment(self.experiment)
         run = mlflow.start_run(run_name=name or run_name(cfg), nested=self.nested)
         self.run_id = run.info.run_id
-        mlflow.log_params({k: ("None" if v is None else v) for k, v in cfg.flat().items()})
+        params = {**cfg.flat(), "tracking.experiment": self.experiment}  # the experiment actually used
+        mlflow.log_params({k: ("None" if v is None else v) for k, v in params.items()})
         tags = {"clinical_lstm.version": __version__, "data.sources": ", ".join(sources)}
         commit = git_commit()
         if commit:
