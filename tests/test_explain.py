@@ -90,3 +90,22 @@ def test_explain_table_columns_and_ranks(trained):
     first = table.filter(pl.col("rank") == 1)
     second = table.filter(pl.col("rank") == 2)
     assert (first["contribution"].abs() >= second["contribution"].abs()).all()
+
+
+def test_time_map_sums_to_the_logit_difference_and_plot_is_written(trained, tmp_path):
+    from clinical_lstm.explain_plots import plot_stay, time_attributions
+
+    model, t, _, data = trained
+    n = 0
+    attr = time_attributions(model, t, n, n_samples=256)
+    assert attr.shape == (t.lengths[n], t.x.shape[2])
+    ref = reference(t.subset([n]), model.transformer)
+    one = t.subset([n])
+    ref.statics[:] = one.statics  # the map varies the series channels only
+    gap = float(model.logits(one)[0] - model.logits(ref)[0])
+    # integrated gradients are complete: the map sums to f(stay) - f(reference), up to sampling error
+    assert attr.sum() == pytest.approx(gap, rel=0.1, abs=0.05)
+    table = model.explain(data, n_permutations=2)
+    clean, _, _ = model.clean(data)
+    path = plot_stay(model, clean, t, n, table, tmp_path / "stay.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
