@@ -250,7 +250,8 @@ def _metrics(probs: dict, y, ev) -> dict:
 
 def _eval_files(probs: dict, y, clean, ids, catalogue, out_dir: Path) -> dict:
     """The model's subgroup table (sex, age band, ICU type) and ROC / PR / calibration plots of every model."""
-    from .metrics import demographic_groups, plot_calibration, plot_pr, plot_roc, subgroup_table
+    from .metrics import demographic_groups, subgroup_table
+    from .plots import plot_calibration, plot_pr, plot_roc
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}

@@ -23,11 +23,9 @@ from clinical_lstm.metrics import (
     evaluate,
     expected_calibration_error,
     hosmer_lemeshow,
-    plot_calibration,
-    plot_pr,
-    plot_roc,
     subgroup_table,
 )
+from clinical_lstm.plots import plot_calibration, plot_pr, plot_roc
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -303,8 +301,8 @@ def test_plots_validate_curves(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_importing_metrics_does_not_import_matplotlib():
+def test_importing_metrics_and_plots_does_not_import_matplotlib():
     root = Path(metrics.__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    code = "import sys, clinical_lstm.metrics; sys.exit('matplotlib' in sys.modules)"
+    code = "import sys, clinical_lstm.metrics, clinical_lstm.plots; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
