@@ -11,6 +11,8 @@ value)`` tuples, with text ``time``/``value`` columns exactly as the text reader
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tarfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -136,3 +138,67 @@ def raw_data(
         )
     return RawData(long=long, stays=pl.Series("stay_id", sorted(set(stays)), dtype=pl.Int64),
                    outcomes=outcomes, unreadable=unreadable, sources=list(sources or ["test"]))
+
+
+# -- real server processes on 127.0.0.1 (mlflow server, mlflow models serve) ----------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(cmd: list[str], cwd: Path, env: dict, probe_url: str, timeout_s: float, log_path: Path):
+    """Start ``cmd`` in its own process group, wait (bounded) until ``probe_url`` answers 200, yield; then stop
+    the whole group (SIGTERM, then SIGKILL for stragglers such as uvicorn workers)."""
+    import signal
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    import pytest
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def tail() -> str:
+        log.flush()
+        return log_path.read_text()[-3000:]
+
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{cmd[2:4]} exited with {proc.returncode}:\n{tail()}")
+            try:
+                with opener.open(probe_url, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{cmd[2:4]} did not answer {probe_url} within {timeout_s} s:\n{tail()}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # workers leave after their parent
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import free_port, running_server
 
 from clinical_lstm import load_model
 from clinical_lstm.catalogue import Catalogue
@@ -46,12 +44,6 @@ def long_rows() -> pd.DataFrame:
     vitals = (df["stay_id"] == 202) & (df["time"] > 0)
     df.loc[vitals, "value"] = df.loc[vitals, "value"] * 1.1
     return df
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -95,51 +87,12 @@ def expected(store) -> pd.DataFrame:
 def server(store):
     """``mlflow models serve`` of the champion on a free port; killed (its whole process group) afterwards."""
     port = free_port()
-    log = (store["root"] / f"serve-{port}.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", CHAMPION_URI, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        cwd=store["root"], env=store["env"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", CHAMPION_URI, "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVE_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{_tail(log)}")
-            try:
-                with urllib.request.urlopen(base + "/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve did not answer /ping within {SERVE_TIMEOUT_S} s:\n{_tail(log)}")
-            time.sleep(0.5)
+    with running_server(cmd, store["root"], store["env"], base + "/ping", SERVE_TIMEOUT_S,
+                        store["root"] / f"serve-{port}.log"):
         yield base
-    finally:
-        _stop(proc)
-        log.close()
-
-
-def _tail(log, n: int = 3000) -> str:
-    log.flush()
-    return Path(log.name).read_text()[-n:]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-    try:  # workers left in the group
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def test_served_champion_gives_the_bundles_risks(server, expected):

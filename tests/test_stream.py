@@ -1,0 +1,309 @@
+"""Streaming: any chunking of a stay's rows ends at ``predict``'s risk; state save/restore; the row rules."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+from clinical_lstm.bundle import RiskModel, load_model
+from clinical_lstm.catalogue import Catalogue
+from clinical_lstm.config import Config, ModelConfig
+from clinical_lstm.impute import GridTransformer
+from clinical_lstm.model import MaskedLSTM
+from clinical_lstm.sample import sample_path
+from clinical_lstm.sources import DataError, RawData, load
+from clinical_lstm.stream import StayStream
+from clinical_lstm.validate import validate
+
+pytestmark = pytest.mark.slow  # trains small models on the bundled sample
+
+TOL = 1e-5
+N_STAYS = 12
+
+
+def _train(tmp_path_factory, name: str, n_models: int = 1) -> RiskModel:
+    from clinical_lstm.workflow import train
+
+    out = tmp_path_factory.mktemp(name) / "m"
+    cfg = Config.from_dict({"train": {"epochs": 2, "n_models": n_models}, "model": {"hidden_size": 16},
+                            "evaluation": {"n_boot": 20, "explain_stays": 0}})
+    train(sample_path(), out, config=cfg, progress=False, log=lambda *_: None)
+    return load_model(out)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> RiskModel:
+    return _train(tmp_path_factory, "stream1")
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory) -> RiskModel:
+    m = _train(tmp_path_factory, "stream2", n_models=2)
+    assert len(m.networks) == 2
+    return m
+
+
+@pytest.fixture(scope="module")
+def long() -> pl.DataFrame:
+    return load(sample_path()).long
+
+
+@pytest.fixture(scope="module")
+def stays(long) -> dict[int, pl.DataFrame]:
+    """A few real sample stays, each in non-decreasing time (file order kept for equal times)."""
+    ids = long["stay_id"].unique().sort().to_list()
+    picked = ids[:N_STAYS - 2] + ids[-2:]
+    return {sid: long.filter(pl.col("stay_id") == sid).sort("time", maintain_order=True) for sid in picked}
+
+
+def edge_stay(sid: int = 900001) -> pl.DataFrame:
+    """Synthetic rows that exercise every row rule, several rows per bin, gaps and the window end."""
+    rows = [
+        (0.0, "RecordID", sid), (0.0, "Age", 71), (0.0, "Gender", 0), (0.0, "Height", -1),  # sentinel height
+        (0.0, "ICUType", 2), (0.0, "Weight", 80.0), (0.0, "Weight", 80.0),  # an exact duplicate
+        (0.0, "HR", 88), (0.0, "HR", 92),  # same-time conflict: both kept, both in the bin-0 mean
+        (0.1, "Weight", 82.0),  # a series value only (statics are read at time 0)
+        (0.25, "HR", 90), (0.5, "HR", 110), (0.5, "Urine", 30), (0.75, "Urine", 45), (0.9, "Temp", 55),  # range
+        (0.95, "Age", 72),  # static-only descriptor after admission
+        (1.0, "HR", 95), (1.0, "Lactate", 2.5), (1.0, "Lactate", 2.5), (1.0, "Lactate", 3.5),
+        (2.5, "Foo", 1.0),  # unknown variable
+        (2.6, "HR", float("nan")),  # unparseable value
+        (6.1, "GCS", 9), (6.1, "MechVent", 1), (6.3, "pH", 7.31), (6.3, "pH", 7.29),
+        (6.99999999, "Urine", 200),
+        (13.2, "FiO2", 0.6), (13.2, "HR", 120), (13.2, "HR", 120),
+        (30.0, "Creatinine", 1.9), (30.0, "Urine", -5),
+        (47.5, "HR", 101), (48.0, "HR", 99), (48.0, "Urine", 10),  # exactly the window end: last bin
+        (48.5, "HR", 140),  # past the window
+    ]
+    return pl.DataFrame({"stay_id": [sid] * len(rows), "time": [float(r[0]) for r in rows],
+                         "variable": [r[1] for r in rows], "value": [float(r[2]) for r in rows]})
+
+
+def late_start_stay(sid: int = 900002) -> pl.DataFrame:
+    """Statics at time 0, first series observation only at hour 5 (bins 0-4 are empty LSTM steps)."""
+    rows = [(0.0, "Age", 50), (0.0, "Gender", 1), (0.0, "ICUType", 4), (5.5, "HR", 80), (5.7, "SysABP", 120),
+            (9.0, "HR", 85), (9.0, "HCT", 30)]
+    return pl.DataFrame({"stay_id": [sid] * len(rows), "time": [float(r[0]) for r in rows],
+                         "variable": [r[1] for r in rows], "value": [float(r[2]) for r in rows]})
+
+
+def expected_risk(m: RiskModel, rows) -> float | None:
+    return m.predict(rows)["risk"][0]
+
+
+def chunkings(rows: pl.DataFrame, seed: int = 0, hour: pl.Series | None = None):
+    """(name, list of chunks): all at once, one row at a time, hour by hour, random cuts."""
+    n = rows.height
+    hour = rows["time"].floor() if hour is None else hour
+    by_hour = [rows.filter(hour == h) for h in hour.unique(maintain_order=True).to_list()]
+    rng = np.random.default_rng(seed)
+    cuts = np.sort(rng.choice(np.arange(1, n), size=min(n - 1, max(1, n // 5)), replace=False)) if n > 1 else []
+    bounds = [0, *cuts.tolist(), n] if len(cuts) else [0, n]
+    random_chunks = [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [("all", [rows]), ("rows", [rows[i:i + 1] for i in range(n)]), ("hours", by_hour),
+            ("random", random_chunks)]
+
+
+def feed(m: RiskModel, chunks, as_pandas: bool = False) -> float | None:
+    s = m.stream()
+    risk = None
+    for c in chunks:
+        risk = s.update(c.to_pandas() if as_pandas else c)
+    return risk
+
+
+def assert_close(got, want, what=""):
+    if want is None:
+        assert got is None, what
+    else:
+        assert got is not None and abs(got - want) <= TOL, f"{what}: stream {got} vs predict {want}"
+
+
+# -- equality with predict -------------------------------------------------------------------------------
+def test_every_chunking_ends_at_predict_risk(model, stays):
+    for sid, rows in stays.items():
+        want = expected_risk(model, rows)
+        assert want is not None
+        for name, chunks in chunkings(rows, seed=sid):
+            assert_close(feed(model, chunks), want, f"stay {sid}, chunking {name}")
+
+
+def test_pandas_input_and_extra_columns(model, stays):
+    sid, rows = next(iter(stays.items()))
+    rows = rows.with_columns(pl.lit("x").alias("ward"), pl.lit(1.5).alias("other"))
+    want = expected_risk(model, rows.drop("ward", "other"))
+    for name, chunks in chunkings(rows):
+        assert_close(feed(model, chunks, as_pandas=True), want, f"pandas {name}")
+
+
+def test_ensemble_every_chunking(ensemble, stays):
+    for sid, rows in list(stays.items())[:4]:
+        want = expected_risk(ensemble, rows)
+        for name, chunks in chunkings(rows, seed=sid):
+            assert_close(feed(ensemble, chunks), want, f"ensemble stay {sid}, {name}")
+
+
+def test_row_rules_match_validate(model):
+    rows = edge_stay()
+    want = expected_risk(model, rows)
+    assert want is not None
+    for name, chunks in chunkings(rows, seed=3):
+        assert_close(feed(model, chunks), want, f"edge stay, {name}")
+    s = model.stream()
+    s.update(rows)
+    _, _, report = validate(RawData(long=rows, stays=rows["stay_id"].unique()), model.catalogue,
+                            model.transformer.window_hours)
+    dropped = {r["rule"]: 0 for r in report.counts.iter_rows(named=True)}
+    for r in report.counts.iter_rows(named=True):
+        if r["rule"] != "same_time_conflict":
+            dropped[r["rule"]] += r["rows"]
+    assert s.dropped == {k: v for k, v in dropped.items() if v}
+    assert s.n_steps == model.tensors(*model.clean(rows)[:2]).lengths[0] == 48
+
+
+def test_hhmm_text_times_and_values(model):
+    rows = edge_stay().filter(pl.col("time") <= 48)
+    hhmm = [f"{int(t)}:{round((t - int(t)) * 60):02d}" for t in rows["time"].to_list()]
+    text = rows.with_columns(pl.Series("time", hhmm), pl.col("value").cast(pl.String))
+    want = expected_risk(model, text)
+    for name, chunks in chunkings(text, hour=rows["time"].floor()):
+        assert_close(feed(model, chunks), want, f"text {name}")
+        assert_close(feed(model, chunks, as_pandas=True), want, f"text pandas {name}")
+
+
+def test_late_first_observation_and_no_series(model):
+    rows = late_start_stay()
+    s = model.stream()
+    assert s.update(rows.filter(pl.col("time") == 0)) is None  # statics only: not scorable yet, like predict
+    assert s.risk is None and s.n_steps == 0
+    assert_close(s.update(rows.filter(pl.col("time") > 0)), expected_risk(model, rows))
+    assert s.n_steps == 10
+    statics_only = rows.filter(pl.col("time") == 0)
+    assert expected_risk(model, statics_only) is None
+    assert feed(model, [statics_only]) is None
+
+
+def _grid_keeps_first_static() -> bool:
+    """Whether grid.to_grid keeps the first of two different time-0 values of a static, as documented."""
+    from clinical_lstm.grid import to_grid
+
+    df = pl.DataFrame({"stay_id": [1, 1, 1], "time": [0.0, 0.0, 0.0], "variable": ["HR", "Age", "Age"],
+                       "value": [80.0, 50.0, 60.0]})
+    return float(to_grid(df, [1], Catalogue.default()).statics[0, 0]) == 50.0
+
+
+@pytest.mark.xfail(not _grid_keeps_first_static(), strict=True,
+                   reason="grid.to_grid keeps the LAST time-0 value of a static: numpy fancy assignment through "
+                          "reversed views does not honour its 'first row wins' comment (see the report)")
+def test_conflicting_time0_statics_first_row_wins(model):
+    rows = late_start_stay().vstack(pl.DataFrame({"stay_id": [900002], "time": [0.0], "variable": ["Age"],
+                                                  "value": [80.0]}).cast({"value": pl.Float64}))
+    rows = rows.sort("time", maintain_order=True)
+    s = model.stream()
+    s.update(rows)
+    assert s.state()["statics"][model.catalogue.statics.index("Age")] == 50.0
+    assert_close(s.risk, expected_risk(model, rows))
+
+
+@pytest.mark.parametrize("variant", ["attention", "two_layers", "no_decay", "median", "zero"])
+def test_model_variants(model, stays, variant):
+    """Attention pooling (incremental softmax), stacked layers, no decay and other imputations."""
+    tr = model.transformer
+    if variant in ("median", "zero"):
+        tr = GridTransformer.from_dict({**tr.to_dict(), "imputation": variant}, tr.catalogue)
+        nets = model.networks
+    else:
+        cfg = ModelConfig(hidden_size=12, attention=variant == "attention",
+                          num_layers=2 if variant == "two_layers" else 1, decay=variant != "no_decay")
+        nets = []
+        for seed in (1, 2):
+            import torch
+
+            torch.manual_seed(seed)
+            net = MaskedLSTM(cfg, len(tr.catalogue.series), tr.n_static_features).eval()
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.uniform_(-0.4, 0.4)
+            nets.append(net)
+    m = RiskModel(tr, nets, model.calibrator, model.threshold)
+    for sid, rows in [*list(stays.items())[:3], (900001, edge_stay())]:
+        want = expected_risk(m, rows)
+        for name, chunks in chunkings(rows, seed=sid):
+            assert_close(feed(m, chunks), want, f"{variant} stay {sid}, {name}")
+
+
+# -- contract ---------------------------------------------------------------------------------------------
+def test_empty_update_returns_current_risk(model, stays):
+    rows = next(iter(stays.values()))
+    s = model.stream()
+    assert s.update(None) is None
+    assert s.update(rows.head(0)) is None
+    assert s.update(pd.DataFrame()) is None
+    r = s.update(rows[:20])
+    assert r is not None
+    assert s.update(None) == r
+    assert s.update(rows.head(0)) == r
+    assert s.update(rows.head(0).to_pandas()) == r
+    assert s.risk == r and s.flag == (r >= model.threshold)
+
+
+def test_out_of_order_time_raises_and_changes_nothing(model, stays):
+    rows = next(iter(stays.values()))
+    s = model.stream()
+    s.update(rows.filter(pl.col("time") < 10))
+    before = s.state()
+    late = pl.DataFrame({"time": [12.0, 9.25], "variable": ["HR", "HR"], "value": [80.0, 81.0]})
+    with pytest.raises(ValueError, match=r"time 9\.25 h comes after time 12 h"):
+        s.update(late)
+    with pytest.raises(ValueError, match=r"time 3\.5 h"):
+        s.update(pd.DataFrame({"time": [3.5], "variable": ["HR"], "value": [70.0]}))
+    assert s.state() == before
+    assert_close(s.update(rows.filter(pl.col("time") >= 10)), expected_risk(model, rows))
+
+
+def test_missing_column_is_a_data_error(model):
+    with pytest.raises(DataError, match="value"):
+        model.stream().update(pd.DataFrame({"time": [1.0], "variable": ["HR"]}))
+
+
+# -- state ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["dict", "json", "json_file", "safetensors"])
+def test_save_restore_continue(ensemble, stays, tmp_path, fmt):
+    sid, rows = list(stays.items())[1]
+    want = expected_risk(ensemble, rows)
+    for cut in (0.0, 1.0, 7.5, 20.0, 47.0):  # restore at many points, mid-bin included
+        s = ensemble.stream()
+        r1 = s.update(rows.filter(rows["time"] <= cut))
+        if fmt == "dict":
+            restored = ensemble.stream(json.loads(json.dumps(s.state())))
+        elif fmt == "json":
+            restored = ensemble.stream(s.to_json())
+        elif fmt == "json_file":
+            restored = StayStream.load(ensemble, s.save(tmp_path / f"state{cut}.json"))
+        else:
+            restored = StayStream.load(ensemble, s.save(tmp_path / f"state{cut}.safetensors"))
+        assert restored.risk == r1 and restored.state() == s.state()
+        rest = rows.filter(rows["time"] > cut)
+        rest_hour = rest["time"].floor()
+        for h in rest_hour.unique(maintain_order=True).to_list():
+            chunk = rest.filter(rest_hour == h)
+            assert restored.update(chunk) == s.update(chunk)  # resuming is bit-identical to never stopping
+        assert_close(restored.risk, want, f"restored at {cut}")
+
+
+def test_state_from_another_model_is_refused(model, ensemble, stays):
+    s = model.stream()
+    s.update(next(iter(stays.values()))[:30])
+    with pytest.raises(ValueError, match="different model"):
+        ensemble.stream(s.state())
+
+
+def test_state_is_plain_json(model, stays):
+    s = model.stream()
+    s.update(edge_stay().filter(pl.col("time") < 7))
+    text = json.dumps(s.state(), allow_nan=False)  # strict JSON: no NaN or infinity
+    assert json.loads(text)["n_closed"] == 6
