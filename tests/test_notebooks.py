@@ -11,13 +11,13 @@ notebook's own variables. Each notebook's wall time is printed (``pytest -s``) a
 from __future__ import annotations
 
 import ast
+import sys
 import time
 from pathlib import Path
 
+import nbclient  # dev extra, with nbformat and ipykernel (the python3 kernel)
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -99,7 +99,8 @@ def test_notebook_runs(name, tmp_path, monkeypatch, record_property):
     work = tmp_path / "cwd"
     work.mkdir()
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(CHECKS[name]))
+    same_python = f"import sys\nassert sys.prefix == {sys.prefix!r}, f'kernel runs {{sys.executable}}'\n"
+    nb.cells.append(nbformat.v4.new_code_cell(same_python + CHECKS[name]))
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(work)}})
     t0 = time.perf_counter()
