@@ -26,6 +26,7 @@ _LAZY = {  # public name -> (module, attribute)
     "score": ("clinical_lstm.workflow", "score"),
     "sweep": ("clinical_lstm.workflow", "sweep"),
     "Tracker": ("clinical_lstm.tracking", "Tracker"),
+    "StayStream": ("clinical_lstm.stream", "StayStream"),
     "bundled_sample": ("clinical_lstm.sample", "bundled_sample"),
 }
 

@@ -144,6 +144,15 @@ class RiskModel:
         out = explain_table(self, data, top, n_permutations, seed)
         return out if isinstance(data, (pl.DataFrame, str, Path, list, tuple, RawData)) else out.to_pandas()
 
+    def stream(self, state=None):
+        """A :class:`~clinical_lstm.stream.StayStream` for one stay: ``s.update(rows)`` -> current risk.
+
+        ``state`` (a ``s.state()`` dict, its JSON text, or a file written by ``s.save``) resumes a stay.
+        """
+        from .stream import StayStream
+
+        return StayStream(self, state)
+
     def trajectory(self, data) -> pl.DataFrame:
         """Calibrated risk at the end of every grid bin: ``stay_id, hour, risk`` (valid bins only)."""
         clean, kept, _ = self.clean(data)

@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="MLflow tracking server and UI over the local store, on 127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--store", default=".", metavar="DIR", help="folder holding mlflow/ (default: current)")
+
+    p = sub.add_parser("export", help="the network as ONNX (or TorchScript) with its input contract, for "
+                                      "edge runtimes")
+    p.add_argument("--model", required=True, metavar="MODEL", help="bundle directory or MLflow model URI")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="output file (.onnx or .pt); the contract is embedded and also written to FILE.json")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     return parser
 
 
@@ -154,6 +162,18 @@ def cmd_explain(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from .export import export_model
+
+    try:
+        summary = export_model(a.model, a.out, a.format, a.opset)
+    except ImportError as exc:  # onnx / onnxruntime not installed
+        print(f"clinical-lstm export: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_evaluate(a) -> int:
     from .workflow import evaluate_model
 
@@ -199,7 +219,8 @@ def cmd_ui(a) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score,
-            "demo": cmd_demo, "ui": cmd_ui, "sweep": cmd_sweep, "explain": cmd_explain}
+            "demo": cmd_demo, "ui": cmd_ui, "sweep": cmd_sweep, "explain": cmd_explain,
+            "export": cmd_export}
 
 
 def main(argv=None) -> int:

@@ -96,8 +96,10 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
     if statics:
         at_zero = clean.filter((pl.col("time") == 0) & pl.col("variable").is_in(statics))
         srow, scol, _, sval = _locate(at_zero, ids, statics, catalogue)
-        # the first time-0 row of each (stay, static) wins: write in reverse so earlier rows overwrite later
-        stat[srow[::-1], scol[::-1]] = sval[::-1]
+        # the first time-0 row of each (stay, static) wins (np.unique's index is the first occurrence; numpy's
+        # fancy assignment with repeated indices does not promise an order)
+        _, first = np.unique(srow * len(statics) + scol, return_index=True)
+        stat[srow[first], scol[first]] = sval[first]
     return Grid(values, obs_time, lengths, stat, ids, float(resolution_hours))
 
 

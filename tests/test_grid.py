@@ -243,3 +243,9 @@ def test_observations_on_bin_edges_with_quarter_hour_bins(cat):
     clean = long([(1, m / 60, "HR", m) for m in (15, 30, 45, 60, 75)])
     g = to_grid(clean, [1], cat, window_hours=2, resolution_hours=0.25)
     np.testing.assert_array_equal(g.values[0, :, HR], [NAN, 15, 30, 45, 60, 75, NAN, NAN])
+
+
+def test_first_time_zero_row_of_a_static_wins():
+    df = pl.DataFrame({"stay_id": [1, 1, 1], "time": [0.0, 0.0, 0.0], "variable": ["HR", "Age", "Age"],
+                       "value": [80.0, 50.0, 60.0]})
+    assert float(to_grid(df, [1], Catalogue.default()).statics[0, 0]) == 50.0

@@ -10,7 +10,6 @@ import polars as pl
 import pytest
 
 from clinical_lstm.bundle import RiskModel, load_model
-from clinical_lstm.catalogue import Catalogue
 from clinical_lstm.config import Config, ModelConfig
 from clinical_lstm.impute import GridTransformer
 from clinical_lstm.model import MaskedLSTM
@@ -187,18 +186,6 @@ def test_late_first_observation_and_no_series(model):
     assert feed(model, [statics_only]) is None
 
 
-def _grid_keeps_first_static() -> bool:
-    """Whether grid.to_grid keeps the first of two different time-0 values of a static, as documented."""
-    from clinical_lstm.grid import to_grid
-
-    df = pl.DataFrame({"stay_id": [1, 1, 1], "time": [0.0, 0.0, 0.0], "variable": ["HR", "Age", "Age"],
-                       "value": [80.0, 50.0, 60.0]})
-    return float(to_grid(df, [1], Catalogue.default()).statics[0, 0]) == 50.0
-
-
-@pytest.mark.xfail(not _grid_keeps_first_static(), strict=True,
-                   reason="grid.to_grid keeps the LAST time-0 value of a static: numpy fancy assignment through "
-                          "reversed views does not honour its 'first row wins' comment (see the report)")
 def test_conflicting_time0_statics_first_row_wins(model):
     rows = late_start_stay().vstack(pl.DataFrame({"stay_id": [900002], "time": [0.0], "variable": ["Age"],
                                                   "value": [80.0]}).cast({"value": pl.Float64}))
