@@ -109,18 +109,26 @@ class RiskModel:
         """Calibrated probability from logits (any shape)."""
         return self.calibrator.predict(np.asarray(logits).ravel()).reshape(np.shape(logits))
 
-    def score(self, data) -> tuple[pl.DataFrame, pl.DataFrame, QualityReport]:
-        """``(scored, rejects, report)``: ``stay_id, risk, flag, n_observations`` and ``stay_id, reason``."""
+    def score(self, data, explain: int = 0) -> tuple[pl.DataFrame, pl.DataFrame, QualityReport]:
+        """``(scored, rejects, report)``: ``stay_id, risk, flag, n_observations`` and ``stay_id, reason``.
+
+        ``explain=K`` adds ``top1_variable, top1_contribution, ..., topK_...`` (SHAP, log-odds) per stay.
+        """
         clean, kept, report = self.clean(data)
-        if len(kept):
-            t = self.tensors(clean, kept)
-            risk = self.risk(self.logits(t))
-        else:
-            risk = np.zeros(0)
+        t = self.tensors(clean, kept) if len(kept) else None
+        risk = self.risk(self.logits(t)) if t is not None else np.zeros(0)
         counts = clean.group_by("stay_id").len("n_observations")
         scored = (pl.DataFrame({"stay_id": kept, "risk": risk})
                   .with_columns((pl.col("risk") >= self.threshold).alias("flag"))
                   .join(counts, on="stay_id", how="left"))
+        if explain and t is not None:
+            from .explain import shap_values, table_from
+
+            table = table_from(*shap_values(self, t), t.stay_ids)
+            for r in range(1, explain + 1):  # the same tensors: the input is validated once
+                scored = scored.join(table.filter(pl.col("rank") == r).select(
+                    "stay_id", pl.col("variable").alias(f"top{r}_variable"),
+                    pl.col("contribution").alias(f"top{r}_contribution")), on="stay_id", how="left")
         return scored, report.rejects, report
 
     def predict(self, data):

@@ -5,7 +5,6 @@ The CLI and ``pipelines/`` only parse arguments and call these, so a notebook ge
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,9 +335,7 @@ def score(model, data, out: str | Path, explain: int = 0) -> dict:
     source = str(model)
     model = load_model(model) if isinstance(model, (str, Path)) else model
     raw = load(data)
-    scored, rejects, report = model.score(raw)
-    if explain and scored.height:
-        scored = scored.join(_top_k_wide(model, raw, explain), on="stay_id", how="left")
+    scored, rejects, report = model.score(raw, explain=explain)
     if scored.height + rejects.height != len(raw.stays):
         raise RuntimeError(f"stay accounting failed: {len(raw.stays)} read, {scored.height} scored, "
                            f"{rejects.height} rejected")
@@ -359,19 +356,6 @@ def score(model, data, out: str | Path, explain: int = 0) -> dict:
                "stays_per_second": round(len(raw.stays) / seconds, 1) if seconds else None}
     write_json_atomic(out.with_name(f"{out.stem}.summary.json"), summary)
     return summary
-
-
-def _top_k_wide(model, raw, k: int) -> pl.DataFrame:
-    """``stay_id, top1_variable, top1_contribution, ..., topK_...`` from the per-variable SHAP table."""
-    from .explain import explain_table
-
-    table = explain_table(model, raw, top=k)
-    wide = table.select("stay_id").unique()
-    for r in range(1, k + 1):
-        wide = wide.join(table.filter(pl.col("rank") == r).select(
-            "stay_id", pl.col("variable").alias(f"top{r}_variable"),
-            pl.col("contribution").alias(f"top{r}_contribution")), on="stay_id", how="left")
-    return wide
 
 
 def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_permutations: int = 8,
@@ -398,10 +382,6 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
     for sid in stays:
         files[f"stay {sid}"] = plot_stay(model, clean, t, index[sid], full, out / f"stay_{sid}.png")
     return files
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 # -- sweep ------------------------------------------------------------------------------------------------------
