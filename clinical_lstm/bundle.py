@@ -33,7 +33,7 @@ from .config import ModelConfig
 from .impute import GridTransformer, Tensors
 from .model import MaskedLSTM
 from .sources import LONG_COLUMNS, DataError, RawData
-from .validate import QualityReport, validate
+from .validate import QualityReport, stay_quality, validate
 
 FORMAT_VERSION = 1
 
@@ -110,17 +110,18 @@ class RiskModel:
         return self.calibrator.predict(np.asarray(logits).ravel()).reshape(np.shape(logits))
 
     def score(self, data, explain: int = 0) -> tuple[pl.DataFrame, pl.DataFrame, QualityReport]:
-        """``(scored, rejects, report)``: ``stay_id, risk, flag, n_observations`` and ``stay_id, reason``.
+        """``(scored, rejects, report)``: ``stay_id, risk, flag, n_observations, quality_flags`` and
+        ``stay_id, reason`` (see :data:`~clinical_lstm.validate.QUALITY_FLAGS`).
 
         ``explain=K`` adds ``top1_variable, top1_contribution, ..., topK_...`` (SHAP, log-odds) per stay.
         """
         clean, kept, report = self.clean(data)
         t = self.tensors(clean, kept) if len(kept) else None
         risk = self.risk(self.logits(t)) if t is not None else np.zeros(0)
-        counts = clean.group_by("stay_id").len("n_observations")
-        scored = (pl.DataFrame({"stay_id": kept, "risk": risk})
+        scored = (pl.DataFrame({"stay_id": kept, "risk": risk}, schema={"stay_id": pl.Int64, "risk": pl.Float64})
                   .with_columns((pl.col("risk") >= self.threshold).alias("flag"))
-                  .join(counts, on="stay_id", how="left"))
+                  .join(stay_quality(clean, kept, report, self.catalogue), on="stay_id", how="left",
+                        maintain_order="left"))
         if explain and t is not None:
             from .explain import shap_values, table_from
 

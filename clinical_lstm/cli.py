@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="output .parquet or .csv")
     p.add_argument("--explain", type=int, default=0, metavar="K",
                    help="add each stay's top-K variables with signed SHAP contributions (log-odds)")
+    p.add_argument("--chunk-stays", type=int, default=5000, metavar="N",
+                   help="stays per chunk: bounds memory and is the unit of resume (default 5000)")
+    p.add_argument("--catalogue", metavar="FILE",
+                   help="catalogue CSV the data follow ('default' = the built-in PhysioNet one); a model "
+                        "trained on another catalogue is refused with exit code 2")
+    p.add_argument("--restart", action="store_true",
+                   help="discard an unfinished earlier run of this job instead of resuming it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
 
     p = sub.add_parser("explain", help="per-variable SHAP contributions, stay plots and global importance")
     p.add_argument("--model", required=True, metavar="MODEL", help="bundle directory or MLflow model URI")
@@ -187,7 +195,8 @@ def cmd_evaluate(a) -> int:
 def cmd_score(a) -> int:
     from .workflow import score
 
-    summary = score(a.model, _paths(a.data), a.out, explain=a.explain)
+    summary = score(a.model, _paths(a.data), a.out, explain=a.explain, chunk_stays=a.chunk_stays,
+                    catalogue=a.catalogue, restart=a.restart, progress=not a.no_progress)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -201,7 +210,7 @@ def cmd_demo(a) -> int:
     res = train([sample_path()], out / "model", config=Config(), progress=sys.stderr.isatty(),
                 tracking=_tracking(a))
     print(res.comparison())
-    summary = score(out / "model", [sample_path()], out / "scores.parquet")
+    summary = score(out / "model", [sample_path()], out / "scores.parquet", log=lambda _: None)
     print(f"scored {summary['scored']} stays, rejected {summary['rejected']} -> {out / 'scores.parquet'}")
     return 0
 

@@ -68,13 +68,17 @@ def is_physionet(path: Path) -> bool:
     return path.is_dir() or path.name.endswith((".tar.gz", ".tgz", ".tar"))
 
 
-def _iter_stay_files(path: Path):
-    """Yield ``(record_id, bytes)`` for every stay file of a set folder or archive; count the rest."""
+def _iter_stay_files(path: Path, skip=None):
+    """Yield ``(record_id, bytes)`` for every stay file of a set folder or archive; ``(None, None)`` for the
+    other files. ``skip(position)`` -> True yields ``(record_id, None)`` without reading the file (the position
+    counts stay files only): batch scoring resumes an archive without parsing finished chunks again."""
+    position = -1
     if path.is_dir():
         for f in sorted(path.iterdir()):
             m = _STAY_FILE.match(f.name)
             if m and f.is_file():
-                yield int(m.group(1)), f.read_bytes()
+                position += 1
+                yield int(m.group(1)), (None if skip and skip(position) else f.read_bytes())
             else:
                 yield None, None
         return
@@ -84,14 +88,22 @@ def _iter_stay_files(path: Path):
         raise DataError(f"{path} is not a readable tar archive ({exc}); pass a PhysioNet set folder, "
                         f"its .tar.gz, or a long-format .csv/.parquet") from None
     with tf:
-        for member in tf:
-            m = _STAY_FILE.match(PurePosixPath(member.name).name)
-            if not (member.isfile() and m):
-                if member.isfile():
-                    yield None, None
-                continue
-            fh = tf.extractfile(member)
-            yield int(m.group(1)), (fh.read() if fh else b"")
+        try:
+            for member in tf:
+                m = _STAY_FILE.match(PurePosixPath(member.name).name)
+                if not (member.isfile() and m):
+                    if member.isfile():
+                        yield None, None
+                    continue
+                position += 1
+                if skip and skip(position):
+                    yield int(m.group(1)), None
+                    continue
+                fh = tf.extractfile(member)
+                yield int(m.group(1)), (fh.read() if fh else b"")
+        except (tarfile.TarError, OSError, EOFError) as exc:  # truncated or corrupt after some members
+            raise DataError(f"{path}: the archive is damaged after {position + 1} stay files ({exc}); "
+                            f"re-export it") from None
 
 
 def _stay_lines(record_id: int, data: bytes) -> bytes | None:
@@ -141,19 +153,32 @@ def read_physionet(path: str | Path, outcomes: str | Path | None = None) -> RawD
     path = Path(path)
     if not path.exists():
         raise DataError(f"data path {path} does not exist")
-    chunks, stays, unreadable, ignored = [], [], {}, 0
+    files, ignored = [], 0
     for record_id, data in _iter_stay_files(path):
         if record_id is None:
             ignored += 1
-            continue
+        else:
+            files.append((record_id, data))
+    if not files:
+        raise DataError(f"{path} holds no stay files (<RecordID>.txt with header 'Time,Parameter,Value')")
+    raw = physionet_raw(files, path.name)
+    out_path = Path(outcomes) if outcomes else find_outcomes(path)
+    raw.outcomes = read_outcomes(out_path) if out_path else None
+    raw.ignored_members = ignored
+    return raw
+
+
+def physionet_raw(files, source: str) -> RawData:
+    """``[(record_id, file bytes), ...]`` -> :class:`RawData` (no outcomes). Unparseable files become
+    ``unreadable`` stays; every record id given is a stay."""
+    chunks, stays, unreadable = [], [], {}
+    for record_id, data in files:
         stays.append(record_id)
         lines = _stay_lines(record_id, data)
         if lines is None:
             unreadable[record_id] = "unreadable_file"
         else:
             chunks.append(lines)
-    if not stays:
-        raise DataError(f"{path} holds no stay files (<RecordID>.txt with header 'Time,Parameter,Value')")
     schema = {"stay_id": pl.Int64, "hh": pl.Float64, "mm": pl.Float64, "variable": pl.String, "value": pl.Float64}
     buf = b"".join(chunks)
     if buf:
@@ -164,15 +189,8 @@ def read_physionet(path: str | Path, outcomes: str | Path | None = None) -> RawD
         long = pl.DataFrame(schema=schema)
     long = long.filter(pl.col("variable") != "RecordID").select(
         "stay_id", (pl.col("hh") + pl.col("mm") / 60.0).alias("time"), "variable", "value")
-    out_path = Path(outcomes) if outcomes else find_outcomes(path)
-    return RawData(
-        long=long,
-        stays=pl.Series("stay_id", sorted(stays), dtype=pl.Int64),
-        outcomes=read_outcomes(out_path) if out_path else None,
-        unreadable=unreadable,
-        sources=[path.name],
-        ignored_members=ignored,
-    )
+    return RawData(long=long, stays=pl.Series("stay_id", sorted(stays), dtype=pl.Int64), unreadable=unreadable,
+                   sources=[source])
 
 
 def find_outcomes(path: Path) -> Path | None:

@@ -439,7 +439,8 @@ class StayStream:
                 continue
             key = int(np.rint(t * 3600))
             seen = self._dedup.get(code)
-            if seen is not None and seen[0] == key:
+            simultaneous = seen is not None and seen[0] == key
+            if simultaneous:
                 if v in seen[1]:
                     dropped["duplicate_row"] += 1
                     continue
@@ -462,8 +463,8 @@ class StayStream:
             else:
                 if agg <= 1:  # mean, sum
                     acc[0] += v
-                elif agg == 2:  # last
-                    acc[0] = v
+                elif agg == 2:  # last; of simultaneous values the larger, as validate orders them by value
+                    acc[0] = max(acc[0], v) if simultaneous else v
                 elif agg == 3:
                     acc[0] = max(acc[0], v)
                 else:

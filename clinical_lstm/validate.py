@@ -70,6 +70,7 @@ class QualityReport:
     n_rows_kept: int
     window_hours: float
     sources: list[str] = field(default_factory=list)
+    stay_rules: pl.DataFrame | None = None  # stay_id, rule, rows: per-stay row rules (never logged: has ids)
 
     def to_dict(self, include_stay_ids: bool = True) -> dict:
         """A JSON-able dict. ``include_stay_ids=False`` gives the version safe to log to tracking."""
@@ -170,7 +171,9 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
         .otherwise(None)
     )
     df = df.with_columns(rule.alias("rule")).collect()
-    row_counts = df.filter(pl.col("rule").is_not_null()).group_by("rule", "variable").len("rows")
+    broken = df.filter(pl.col("rule").is_not_null())
+    row_counts = broken.group_by("rule", "variable").len("rows")
+    stay_rules = broken.group_by("stay_id", "rule").len("rows")
     ok = df.filter(pl.col("rule").is_null()).select("stay_id", "time", "variable", "value", "code")
     clean, dup_conflict = _deduplicate(ok, len(catalogue), window_hours)
     row_counts = pl.concat([row_counts.with_columns(pl.col("rows").cast(pl.Int64)), dup_conflict])
@@ -204,7 +207,7 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
               .sort("rule", "variable", nulls_last=True))
     report = QualityReport(counts=counts, rejects=rejects, n_stays_read=len(all_stays), n_stays_kept=len(kept),
                            n_rows_read=raw.long.height, n_rows_kept=clean.height, window_hours=window_hours,
-                           sources=list(raw.sources))
+                           sources=list(raw.sources), stay_rules=stay_rules)
     if report.n_stays_kept + report.rejects.height != report.n_stays_read:  # internal invariant, never user error
         raise AssertionError("stay accounting broken: kept + rejected != read")
     return clean, kept, report
@@ -214,8 +217,8 @@ def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float):
     """Sort rows by (stay, variable, time) and drop exact duplicates; count duplicates and conflicts.
 
     One composite int64 key — stay position, catalogue code, time to the second — sorts in a single pass;
-    only runs of rows sharing a key (rare: same stay, variable and second) are examined further. Two rows
-    less than half a second apart count as simultaneous.
+    only runs of rows sharing a key (rare: same stay, variable and second) are examined further, in value order.
+    Two rows less than half a second apart count as simultaneous.
     """
     empty = pl.DataFrame(schema={"rule": pl.String, "variable": pl.String, "rows": pl.Int64})
     if ok.height == 0:
@@ -230,6 +233,14 @@ def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float):
     in_run = same_prev | np.r_[key[1:] == key[:-1], False]
     if not in_run.any():
         return ok.drop("code", "key"), empty
+    # rows sharing a key are ordered by value, so the result never depends on the input's row order (a "last"
+    # aggregation of two simultaneous values takes the larger one, whatever order a file or a shuffle gave)
+    pos = np.flatnonzero(in_run)
+    by_value = pos[np.lexsort((ok["value"].to_numpy()[pos], key[pos]))]
+    if not np.array_equal(by_value, pos):
+        perm = np.arange(len(key))
+        perm[pos] = by_value
+        ok = ok[perm]
     run = ok.filter(pl.Series(in_run))
     first = run.select(pl.struct("key", "value").is_first_distinct()).to_series()
     dups = run.filter(~first).group_by("variable").len("rows").select(
@@ -248,3 +259,47 @@ def time_key(row: np.ndarray, code: np.ndarray, n_codes: int, time: np.ndarray, 
     if (int(row.max(initial=0)) + 1) * n_codes * 2**bits >= 2**62:
         raise ValueError(f"too many stays ({row.max() + 1}) for one validation call; score in chunks")
     return ((row.astype(np.int64) * n_codes + code) << bits) | np.rint(time * 3600).astype(np.int64)
+
+
+# -- per-stay quality flags ------------------------------------------------------------------------------------
+#: Flags given to a scored stay (``quality_flags``, ";"-joined, "" when none). They never change the risk; they
+#: tell a reader how much data stood behind it.
+QUALITY_FLAGS = {
+    "few_observations": "fewer than 10 time-series observations in the window",
+    "short_record": "the last time-series observation is in the first quarter of the window",
+    "values_removed": "10 % or more of the stay's rows were unusable (out of range, sentinel, unparseable, "
+                      "negative time, static after admission)",
+    "unknown_variables": "the stay has rows of variables not in the model's catalogue (ignored)",
+    "no_statics": "none of the static descriptors (age, sex, ...) was given; training means were used",
+}
+_VALUE_RULES = ("unparseable_time", "unparseable_value", "negative_time", "sentinel_minus_one", "out_of_range",
+                "static_after_admission")
+
+
+def stay_quality(clean: pl.DataFrame, kept: pl.Series, report: QualityReport, catalogue: Catalogue) -> pl.DataFrame:
+    """``stay_id, n_observations, quality_flags`` for every kept stay (see :data:`QUALITY_FLAGS`)."""
+    series, statics = catalogue.series, [v.name for v in catalogue.variables if v.kind == "static"]
+    per_stay = clean.group_by("stay_id").agg(
+        pl.len().alias("n_observations"),
+        pl.col("variable").is_in(series).sum().alias("n_series"),
+        pl.col("time").filter(pl.col("variable").is_in(series)).max().alias("last_hour"),
+        pl.col("variable").is_in(statics).any().alias("has_static"))
+    rules = report.stay_rules if report.stay_rules is not None else pl.DataFrame(
+        schema={"stay_id": pl.Int64, "rule": pl.String, "rows": pl.UInt32})
+    bad = rules.group_by("stay_id").agg(
+        pl.col("rows").filter(pl.col("rule").is_in(_VALUE_RULES)).sum().alias("n_bad"),
+        (pl.col("rows").filter(pl.col("rule") == "unknown_variable").sum() > 0).alias("has_unknown"))
+    df = (pl.DataFrame({"stay_id": kept}).join(per_stay, on="stay_id", how="left")
+          .join(bad, on="stay_id", how="left")
+          .with_columns(pl.col("n_observations", "n_series", "n_bad").fill_null(0).cast(pl.Int64),
+                        pl.col("has_static", "has_unknown").fill_null(False)))
+    flags = [
+        (pl.col("n_series") < 10, "few_observations"),
+        (pl.col("last_hour").fill_null(0.0) < report.window_hours / 4, "short_record"),
+        (pl.col("n_bad") >= 0.1 * (pl.col("n_bad") + pl.col("n_observations")), "values_removed"),
+        (pl.col("has_unknown"), "unknown_variables"),
+        (~pl.col("has_static"), "no_statics"),
+    ]
+    text = pl.concat_list([pl.when(cond).then(pl.lit(name)).otherwise(None) for cond, name in flags])
+    return df.select("stay_id", "n_observations",
+                     text.list.drop_nulls().list.join(";").alias("quality_flags"))

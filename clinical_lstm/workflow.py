@@ -319,43 +319,16 @@ def evaluate_model(model, data, out: str | Path, labels=None, outcomes=None, n_b
 
 
 # -- score ------------------------------------------------------------------------------------------------------
-def score(model, data, out: str | Path, explain: int = 0) -> dict:
-    """Score every stay; write ``out`` (.parquet or .csv), ``<stem>.rejects.<ext>`` and ``<stem>.summary.json``.
+def score(model, data, out: str | Path, explain: int = 0, **options) -> dict:
+    """Score every stay in chunks; write ``out`` (.parquet or .csv), ``<stem>.rejects.<ext>`` and
+    ``<stem>.summary.json``. Every stay read is a row of ``out`` or of the rejects file, checked before success.
 
-    Every stay read is either a row of ``out`` or a row of the rejects file; this is checked before success.
+    ``options`` go to :func:`clinical_lstm.batch.score_batch` (``chunk_stays``, ``catalogue``, ``restart``,
+    ``progress``, ``log``): resumable after a crash, memory bounded by the chunk size.
     """
-    from datetime import UTC, datetime
+    from .batch import score_batch
 
-    from .bundle import load_model
-
-    t0 = time.perf_counter()
-    out = Path(out)
-    if out.suffix not in (".parquet", ".csv"):
-        raise DataError(f"--out must end in .parquet or .csv, got {out.name}")
-    source = str(model)
-    model = load_model(model) if isinstance(model, (str, Path)) else model
-    raw = load(data)
-    scored, rejects, report = model.score(raw, explain=explain)
-    if scored.height + rejects.height != len(raw.stays):
-        raise RuntimeError(f"stay accounting failed: {len(raw.stays)} read, {scored.height} scored, "
-                           f"{rejects.height} rejected")
-    provenance = model.metadata.get("source", {})
-    scored = scored.with_columns(pl.lit(provenance.get("uri", source)).alias("model"),
-                                 pl.lit(provenance.get("version"), pl.String).alias("model_version"),
-                                 pl.lit(datetime.now(UTC).replace(microsecond=0)).alias("scored_at"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rejects_path = out.with_name(f"{out.stem}.rejects{out.suffix}")
-    _write_frame(rejects, rejects_path)
-    _write_frame(scored, out)
-    seconds = time.perf_counter() - t0
-    by_reason = rejects.group_by("reason").len().sort("reason")
-    summary = {"model": source, "data": raw.sources, "stays_read": len(raw.stays), "scored": scored.height,
-               "rejected": rejects.height, "rejected_by_reason": dict(zip(by_reason["reason"], by_reason["len"],
-                                                                           strict=True)),
-               "flagged": int(scored["flag"].sum()), "threshold": model.threshold, "seconds": round(seconds, 3),
-               "stays_per_second": round(len(raw.stays) / seconds, 1) if seconds else None}
-    write_json_atomic(out.with_name(f"{out.stem}.summary.json"), summary)
-    return summary
+    return score_batch(model, data, out, explain=explain, **options)
 
 
 def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_permutations: int = 8,

@@ -202,3 +202,41 @@ def running_server(cmd: list[str], cwd: Path, env: dict, probe_url: str, timeout
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+# -- a tiny untrained model on the default catalogue and long tables for it ------------------------------------
+def random_long(n_stays: int, seed: int = 0, first_id: int = 1, hours: float = 48.0) -> pl.DataFrame:
+    """A long table (``stay_id, time, variable, value``, floats) of ``n_stays`` plausible stays, sorted by stay."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    series = {"HR": (85, 15), "MAP": (80, 12), "Temp": (37, 0.7), "Lactate": (2.0, 1.0), "Glucose": (130, 40)}
+    rows = []
+    for sid in range(first_id, first_id + n_stays):
+        rows += [(sid, 0.0, "Age", float(rng.integers(20, 90))), (sid, 0.0, "Gender", float(rng.integers(0, 2))),
+                 (sid, 0.0, "ICUType", float(rng.integers(1, 5))), (sid, 0.0, "Weight", float(rng.normal(80, 15)))]
+        for name, (mu, sd) in series.items():
+            k = int(rng.integers(1, 12))
+            for t in np.sort(rng.uniform(0, hours, k)):
+                rows.append((sid, round(float(t), 3), name, round(float(abs(rng.normal(mu, sd))) + 0.1, 2)))
+    return pl.DataFrame(rows, schema=["stay_id", "time", "variable", "value"], orient="row")
+
+
+def tiny_model(seed: int = 0):
+    """An untrained :class:`~clinical_lstm.bundle.RiskModel` (hidden 8) on the default catalogue: its risks
+    differ from stay to stay, which is all that equality and accounting tests need."""
+    import numpy as np
+    import torch
+
+    from clinical_lstm.bundle import RiskModel
+    from clinical_lstm.calibrate import PlattCalibrator
+    from clinical_lstm.catalogue import Catalogue
+    from clinical_lstm.impute import GridTransformer
+    from clinical_lstm.model import MaskedLSTM, ModelConfig
+
+    torch.manual_seed(seed)
+    long = random_long(40, seed=seed)
+    tr = GridTransformer(Catalogue.default()).fit(long, np.arange(1, 41))
+    net = MaskedLSTM(ModelConfig(hidden_size=8), len(tr.catalogue.series), tr.n_static_features).eval()
+    cal = PlattCalibrator().fit(np.linspace(-1, 1, 40), np.tile([0, 1], 20))
+    return RiskModel(tr, [net], cal, 0.5, {"note": "tiny untrained test model"})

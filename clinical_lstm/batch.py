@@ -1,0 +1,554 @@
+"""Batch scoring at hospital scale: chunks of whole stays, bounded memory, atomic output, resumable.
+
+How a job runs
+--------------
+1. **Contract, before any work.** The model loads (bundle format checked), its catalogue is compared with the
+   catalogue the job expects (``catalogue=``), every input's columns are checked, and an index pass reads only
+   ``stay_id`` and ``variable`` of long-format files: it finds every stay, whether each stay's rows are
+   contiguous, and the variable names that are not in the catalogue (reported, then ignored by rule). A
+   problem here raises :class:`~clinical_lstm.sources.DataError` (``clinical-lstm`` exits with code 2).
+2. **Chunks of whole stays.** Stays are cut into chunks of ``chunk_stays`` in input order. A long Parquet file
+   whose stays are contiguous (sorted or grouped by ``stay_id``, as database extracts are) is read chunk by
+   chunk as row slices; otherwise each chunk is filtered out of the file (one scan per chunk: slower, same
+   result). CSV is first copied into a Parquet spill file in the working folder (streamed). PhysioNet
+   folders and archives are read member by member. Memory is bounded by the chunk size, not the input size.
+3. **Atomic parts and a manifest.** Each chunk's scored rows and rejects are written to the working folder
+   ``<out folder>/.<out name>.partial/`` (temp file + rename), then recorded in ``manifest.json`` (also
+   atomic). A job that is killed — even with SIGKILL — and re-run with the same arguments skips the chunks
+   the manifest records and produces the same output as an uninterrupted run (``scored_at`` is fixed when
+   the job first starts). Changed inputs, model or options start the job afresh.
+4. **Finish.** The parts are streamed into ``out`` (temp + rename), then ``<stem>.rejects.<ext>`` and
+   ``<stem>.summary.json``. Before reporting success the job checks that stays in = scored + rejected and
+   that no stay appears twice. The working folder is removed last.
+
+Output columns: ``stay_id, risk, flag, quality_flags, n_observations, [top1_variable, top1_contribution, ...],
+model, model_version, scored_at``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .sources import LONG_COLUMNS, DataError, RawData, _iter_stay_files, is_physionet, physionet_raw
+from .validate import write_json_atomic
+
+MANIFEST_VERSION = 1
+DEFAULT_CHUNK_STAYS = 5000
+
+
+# -- inputs ----------------------------------------------------------------------------------------------
+@dataclass
+class Chunk:
+    """Consecutive whole stays of one input."""
+
+    index: int  # position in the job (all inputs)
+    input: int  # which input
+    first: int  # position of its first stay in the input's stay order
+    stays: int
+    offset: int = 0  # long inputs with contiguous stays: first row
+    rows: int = 0  # long inputs with contiguous stays: number of rows
+
+
+@dataclass
+class Input:
+    """One ``--data`` path, indexed: its stays in input order and how to read a chunk of them."""
+
+    path: Path
+    kind: str  # "long" | "physionet"
+    stay_ids: np.ndarray  # Int64, input order
+    first_row: np.ndarray | None = None  # long: first row of each stay
+    n_rows: np.ndarray | None = None  # long: rows of each stay
+    contiguous: bool = True
+    unknown_variables: dict[str, int] = field(default_factory=dict)
+    ignored_members: int = 0
+    empty: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def fingerprint(self) -> dict:
+        st = self.path.stat()
+        return {"name": str(self.path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _scan(path: Path) -> pl.LazyFrame:
+    if path.suffix.lower() == ".parquet":
+        return pl.scan_parquet(path)
+    return pl.scan_csv(path, infer_schema=False, quote_char='"')  # all text: validation counts bad entries
+
+
+def index_long(path: Path, catalogue) -> Input:
+    """The index pass of a long-format file: stays, contiguity, unknown variables — ``stay_id`` and
+    ``variable`` only. Raises :class:`DataError` for a file that cannot be read or lacks columns."""
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv", ".txt"):
+        raise DataError(f"data file {path} must be .csv, .parquet, a PhysioNet set folder or .tar.gz "
+                        f"(got '{suffix}')")
+    empty = Input(path, "long", np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), empty=True)
+    if path.stat().st_size == 0:
+        return empty
+    try:
+        scan = _scan(path)
+        columns = scan.collect_schema().names()
+    except pl.exceptions.NoDataError:
+        return empty
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(f"cannot read data file {path}: {_first_line(exc)}") from None
+    missing = [c for c in LONG_COLUMNS if c not in columns]
+    if missing:
+        raise DataError(f"data file {path} lacks column(s) {missing}; expected {list(LONG_COLUMNS)} "
+                        f"(extra columns are ignored), found {columns}")
+    ids = pl.col("stay_id").cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+    try:
+        bad, stays, variables = pl.collect_all([
+            scan.with_row_index("row").filter(ids.is_null()).select("row", "stay_id").head(1),
+            scan.select(ids.alias("stay_id")).with_row_index("row").group_by("stay_id", maintain_order=True)
+            .agg(pl.col("row").min().alias("first"), pl.col("row").max().alias("last"), pl.len().alias("n")),
+            scan.group_by(pl.col("variable").cast(pl.String).str.strip_chars()).len(),
+        ])
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(f"cannot read data file {path}: {_first_line(exc)}") from None
+    if bad.height:
+        raise DataError(f"data file {path}, row {bad['row'][0] + 1}: stay_id {bad['stay_id'][0]!r} is not an "
+                        f"integer; every row needs its stay's integer id (map encounter identifiers first)")
+    if not stays.height:
+        return empty
+    first, last, n = (stays[c].to_numpy().astype(np.int64) for c in ("first", "last", "n"))
+    known = set(catalogue.names)
+    unknown = {str(v): int(k) for v, k in variables.iter_rows() if v not in known}
+    return Input(path, "long", stays["stay_id"].to_numpy(), first, n,
+                 contiguous=bool(np.all(last - first + 1 == n)), unknown_variables=unknown)
+
+
+def index_physionet(path: Path) -> Input:
+    """The index pass of a PhysioNet set folder or archive: its stay files in order (no parsing)."""
+    ids, ignored = [], 0
+    for record_id, _ in _iter_stay_files(path, skip=lambda _: True):
+        if record_id is None:
+            ignored += 1
+        else:
+            ids.append(record_id)
+    return Input(path, "physionet", np.asarray(ids, dtype=np.int64), ignored_members=ignored, empty=not ids)
+
+
+def plan_chunks(inputs: list[Input], chunk_stays: int) -> list[Chunk]:
+    chunks = []
+    for i, inp in enumerate(inputs):
+        for first in range(0, len(inp.stay_ids), chunk_stays):
+            k = min(chunk_stays, len(inp.stay_ids) - first)
+            c = Chunk(len(chunks), i, first, k)
+            if inp.kind == "long" and inp.contiguous:
+                c.offset = int(inp.first_row[first])
+                c.rows = int(inp.n_rows[first:first + k].sum())
+            chunks.append(c)
+    return chunks
+
+
+def read_chunks(inp: Input, chunks: list[Chunk], todo: set[int], spill: Path | None) -> Iterator[tuple[Chunk, RawData]]:
+    """Yield ``(chunk, RawData)`` for the chunks of ``inp`` (``chunks``) whose index is in ``todo``, in order."""
+    if inp.kind == "physionet":
+        yield from _read_physionet_chunks(inp, chunks, todo)
+        return
+    scan = pl.scan_parquet(spill) if spill is not None else _scan(inp.path)
+    ids = pl.col("stay_id").cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+    for c in chunks:
+        if c.index not in todo:
+            continue
+        chunk_ids = inp.stay_ids[c.first:c.first + c.stays]
+        if inp.contiguous:
+            df = scan.slice(c.offset, c.rows)
+        else:
+            df = scan.filter(ids.is_in(pl.Series(chunk_ids).implode()))
+        df = df.select(ids.alias("stay_id"), pl.col("time"), pl.col("variable").cast(pl.String), pl.col("value"))
+        yield c, RawData(long=df.collect(), stays=pl.Series("stay_id", np.sort(chunk_ids), dtype=pl.Int64),
+                         sources=[inp.name])
+
+
+def _read_physionet_chunks(inp: Input, chunks: list[Chunk], todo: set[int]):
+    """One pass over the folder/archive; files of finished chunks are skipped unread."""
+    starts = np.array([c.first for c in chunks])
+    of = lambda position: chunks[int(np.searchsorted(starts, position, side="right")) - 1]  # noqa: E731
+    files: list = []
+    position = -1
+    for record_id, data in _iter_stay_files(inp.path, skip=lambda p: of(p).index not in todo):
+        if record_id is None:
+            continue
+        position += 1
+        c = of(position)
+        if c.index not in todo:
+            continue
+        files.append((record_id, data))
+        if len(files) == c.stays:
+            yield c, physionet_raw(files, inp.name)
+            files = []
+
+
+# -- the job -------------------------------------------------------------------------------------------------
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _model_fingerprint(model) -> str:
+    h = hashlib.sha256()
+    meta = {k: model.metadata.get(k) for k in ("catalogue_digest", "model_config", "calibrator", "threshold")}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    for net in model.networks:
+        for name, p in sorted(net.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_catalogue(model, expected) -> None:
+    """Raise :class:`DataError` when the model was trained on a different catalogue than the job expects."""
+    from .catalogue import resolve
+
+    if expected is None:
+        return
+    cat = resolve(None if expected == "default" else expected)
+    have = model.catalogue
+    if cat.digest() == have.digest():
+        return
+    added = sorted(set(cat.names) - set(have.names))
+    removed = sorted(set(have.names) - set(cat.names))
+    changed = sorted(n for n in set(cat.names) & set(have.names) if cat[n] != have[n])
+    raise DataError(f"model/catalogue version mismatch: the model was trained on catalogue "
+                    f"{have.digest()[:12]}, the job expects {cat.digest()[:12]} ({expected}); "
+                    f"only in the job's: {added or 'none'}; only in the model's: {removed or 'none'}; "
+                    f"defined differently: {changed or 'none'}. Score with a model trained on this catalogue, "
+                    f"or pass the model's catalogue")
+
+
+def _scored_schema(explain: int) -> dict:
+    schema = {"stay_id": pl.Int64, "risk": pl.Float64, "flag": pl.Boolean, "quality_flags": pl.String,
+              "n_observations": pl.Int64}
+    for r in range(1, explain + 1):
+        schema[f"top{r}_variable"] = pl.String
+        schema[f"top{r}_contribution"] = pl.Float64
+    schema.update({"model": pl.String, "model_version": pl.String, "scored_at": pl.Datetime("us", "UTC")})
+    return schema
+
+
+REJECT_SCHEMA = {"stay_id": pl.Int64, "reason": pl.String}
+
+
+def _conform(df: pl.DataFrame, schema: dict) -> pl.DataFrame:
+    return df.select([(pl.col(c) if c in df.columns else pl.lit(None)).cast(t).alias(c) for c, t in schema.items()])
+
+
+class _Workdir:
+    """The job's working folder: a lock, the manifest and the per-chunk parts."""
+
+    def __init__(self, out: Path):
+        self.path = out.with_name(f".{out.name}.partial")
+        self.manifest_path = self.path / "manifest.json"
+
+    def open(self, job: dict, restart: bool, log) -> dict:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        manifest = None
+        if self.manifest_path.is_file() and not restart:
+            with contextlib.suppress(ValueError, OSError):
+                manifest = json.loads(self.manifest_path.read_text())
+            if manifest is not None and manifest.get("job") != job:
+                log("the inputs, model or options changed since the unfinished run; starting afresh")
+                manifest = None
+            elif manifest is not None:
+                log(f"resuming: {len(manifest['done'])} chunk(s) already scored")
+        for p in self.path.iterdir():  # leftovers of an interrupted write, or of a discarded run
+            if p.name != "lock" and (p.name.startswith(".") or manifest is None):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        if manifest is None:
+            manifest = {"version": MANIFEST_VERSION, "job": job,
+                        "scored_at": datetime.now(UTC).replace(microsecond=0).isoformat(), "done": {}}
+        for key in list(manifest["done"]):  # a recorded chunk whose part went missing is scored again
+            if not all(self.part(int(key), kind).is_file() for kind in ("scored", "rejects")):
+                del manifest["done"][key]
+        write_json_atomic(self.manifest_path, manifest)
+        return manifest
+
+    def _lock(self):
+        import fcntl
+
+        self._fh = open(self.path / "lock", "w")  # noqa: SIM115 - held for the job's lifetime
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DataError(f"another scoring job is writing {self.path.parent} right now (lock held on "
+                            f"{self.path / 'lock'}); wait for it or choose another --out") from None
+
+    def part(self, index: int, kind: str) -> Path:
+        return self.path / f"{index:06d}.{kind}.parquet"
+
+    def write_part(self, index: int, kind: str, df: pl.DataFrame) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{index:06d}.{kind}.", suffix=".tmp")
+        os.close(fd)
+        df.write_parquet(tmp)
+        os.replace(tmp, self.part(index, kind))
+
+    def record(self, manifest: dict, index: int, entry: dict) -> None:
+        manifest["done"][str(index)] = entry
+        write_json_atomic(self.manifest_path, manifest)
+
+    def remove(self):
+        self._fh.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _sink(parts: list[Path], schema: dict, out: Path) -> int:
+    """Stream the parts into ``out`` (Parquet or CSV) atomically; returns the row count."""
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        lf = pl.scan_parquet(parts) if parts else pl.DataFrame(schema=schema).lazy()
+        if out.suffix == ".csv":
+            lf.sink_csv(tmp)
+        else:
+            lf.sink_parquet(tmp)
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return pl.scan_parquet(out).select(pl.len()).collect().item() if out.suffix == ".parquet" else \
+        pl.scan_csv(out).select(pl.len()).collect().item()
+
+
+class _Progress:
+    """A tqdm bar on a terminal; otherwise one log line per chunk, at most every 10 s (for job logs)."""
+
+    def __init__(self, total: int, enabled: bool, log):
+        from tqdm.auto import tqdm
+
+        self.tty = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit="stay", desc="score", disable=not self.tty, smoothing=0.1)
+        self.total, self.done, self.enabled, self.log = total, 0, enabled, log
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        now = time.perf_counter()
+        if self.enabled and not self.tty and (now - self.last >= 10 or self.done == self.total):
+            rate = self.done / max(now - self.t0, 1e-9)
+            self.log(f"scored {self.done:,}/{self.total:,} stays ({rate:,.0f} stays/s)")
+            self.last = now
+
+    def close(self):
+        self.bar.close()
+
+
+def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int = DEFAULT_CHUNK_STAYS,
+                catalogue=None, restart: bool = False, progress: bool = False, log=None) -> dict:
+    """Score every stay of ``data`` in chunks; write ``out`` (.parquet or .csv), rejects and summary beside it.
+
+    Parameters
+    ----------
+    model : path, MLflow model URI or RiskModel
+    data : path or list of paths
+        Long-format ``.parquet`` / ``.csv`` files, PhysioNet set folders or ``.tar.gz`` archives.
+    out : path
+        ``.parquet`` (default choice) or ``.csv``. ``<stem>.rejects.<ext>`` and ``<stem>.summary.json`` are
+        written beside it.
+    explain : int
+        Add each stay's top-K variables with signed SHAP contributions (log-odds); 0 = none.
+    chunk_stays : int
+        Stays per chunk: bounds memory (about 1 GB per 10,000 PhysioNet-sized stays) and is the unit of resume.
+    catalogue : "default", path or None
+        The catalogue the job's data follow; a model trained on another catalogue is refused. None: no check.
+    restart : bool
+        Ignore an unfinished earlier run of the same job instead of resuming it.
+    progress : bool
+        A progress bar on a terminal, one line per chunk in a log.
+
+    Returns
+    -------
+    dict
+        The summary (also written to ``<stem>.summary.json``).
+    """
+    from .bundle import RiskModel, load_model
+
+    t0 = time.perf_counter()
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(out)
+    if out.suffix not in (".parquet", ".csv"):
+        raise DataError(f"--out must end in .parquet or .csv, got {out.name}")
+    if chunk_stays < 1:
+        raise DataError(f"chunk_stays must be at least 1, got {chunk_stays}")
+    paths = [Path(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
+    if not paths:
+        raise DataError("no data path given; pass --data PATH (a PhysioNet set folder/.tar.gz or a .csv/.parquet)")
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"data path {p} does not exist")
+
+    # 1. the contract, before any work
+    source = model if isinstance(model, RiskModel) else str(model)
+    model = model if isinstance(model, RiskModel) else load_model(model)
+    check_catalogue(model, catalogue)
+    inputs = [index_physionet(p) if is_physionet(p) else index_long(p, model.catalogue) for p in paths]
+    _check_unique_ids(inputs)
+    for inp in inputs:
+        if inp.empty:
+            log(f"warning: {inp.name} holds no stays (empty file or header only)")
+        if inp.unknown_variables:
+            names = ", ".join(f"{k} ({v:,} rows)" for k, v in sorted(inp.unknown_variables.items()))
+            log(f"warning: {inp.name}: variables not in the model's catalogue are ignored: {names}")
+        if inp.kind == "long" and not inp.contiguous:
+            log(f"note: {inp.name}: stays' rows are not contiguous; each chunk scans the file (sort the "
+                f"extract by stay_id for speed)")
+    chunks = plan_chunks(inputs, chunk_stays)
+    n_stays = sum(len(i.stay_ids) for i in inputs)
+
+    provenance = model.metadata.get("source", {})
+    job = {"inputs": [i.fingerprint() for i in inputs], "model": _model_fingerprint(model),
+           "model_uri": provenance.get("uri", source if isinstance(source, str) else "<in memory>"),
+           "chunk_stays": chunk_stays, "explain": explain, "catalogue": model.catalogue.digest()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = _Workdir(out)
+    manifest = work.open(job, restart, log)
+    scored_at = datetime.fromisoformat(manifest["scored_at"])
+    schema = _scored_schema(explain)
+    extra = {"model": job["model_uri"], "model_version": provenance.get("version"), "scored_at": scored_at}
+
+    # 2-3. chunks -> atomic parts + manifest
+    bar = _Progress(n_stays, progress, log)
+    bar.update(sum(v["stays"] for v in manifest["done"].values()))
+    try:
+        for i, inp in enumerate(inputs):
+            mine = [c for c in chunks if c.input == i]
+            todo = {c.index for c in mine if str(c.index) not in manifest["done"]}
+            if not todo:
+                continue
+            spill = _spill_csv(inp, work.path) if inp.kind == "long" and inp.path.suffix != ".parquet" else None
+            for c, raw in read_chunks(inp, mine, todo, spill):
+                tc = time.perf_counter()
+                scored, rejects, report = model.score(raw, explain=explain)
+                if scored.height + rejects.height != c.stays:
+                    raise RuntimeError(f"chunk {c.index}: {c.stays} stays read, {scored.height} scored, "
+                                       f"{rejects.height} rejected")
+                scored = _conform(scored.with_columns(**{k: pl.lit(v) for k, v in extra.items()}), schema)
+                work.write_part(c.index, "scored", scored)
+                work.write_part(c.index, "rejects", _conform(rejects, REJECT_SCHEMA))
+                work.record(manifest, c.index, _chunk_entry(c, scored, rejects, report, time.perf_counter() - tc))
+                bar.update(c.stays)
+            if spill is not None:
+                spill.unlink(missing_ok=True)
+    except KeyboardInterrupt:
+        bar.close()
+        log(f"interrupted; {len(manifest['done'])}/{len(chunks)} chunk(s) are saved in {work.path}: "
+            f"re-run the same command to resume")
+        raise
+    bar.close()
+
+    # 4. finish: output, rejects, summary; check the accounting first
+    done = [manifest["done"][str(c.index)] for c in chunks]
+    rejects_path = out.with_name(f"{out.stem}.rejects{out.suffix}")
+    n_scored = _sink([work.part(c.index, "scored") for c in chunks], schema, out)
+    n_rejected = _sink([work.part(c.index, "rejects") for c in chunks], REJECT_SCHEMA, rejects_path)
+    parts = [work.part(c.index, k) for c in chunks for k in ("scored", "rejects")]
+    distinct = (pl.concat([pl.scan_parquet(p).select("stay_id") for p in parts]).select(pl.col("stay_id").n_unique())
+                .collect().item() if parts else 0)
+    if not (n_scored + n_rejected == n_stays == distinct):
+        raise RuntimeError(f"stay accounting failed: {n_stays} stays read, {n_scored} scored, {n_rejected} "
+                           f"rejected, {distinct} distinct stay ids in the output; nothing is reported as done")
+    seconds = time.perf_counter() - t0
+    summary = _summary(job, inputs, done, n_stays, n_scored, n_rejected, model, out, rejects_path, seconds,
+                       manifest["scored_at"])
+    write_json_atomic(out.with_name(f"{out.stem}.summary.json"), summary)
+    work.remove()
+    log(_closing_line(summary))
+    return summary
+
+
+def _spill_csv(inp: Input, workdir: Path) -> Path:
+    """Stream a CSV into a Parquet spill file (all columns as text), so chunks are row slices."""
+    spill = workdir / f"spill-{hashlib.sha1(str(inp.path.resolve()).encode()).hexdigest()[:10]}.parquet"
+    tmp = spill.with_name(f".{spill.name}.tmp")
+    _scan(inp.path).select(LONG_COLUMNS).sink_parquet(tmp)
+    os.replace(tmp, spill)
+    return spill
+
+
+def _check_unique_ids(inputs: list[Input]) -> None:
+    seen: dict[int, str] = {}
+    for inp in inputs:
+        ids, counts = np.unique(inp.stay_ids, return_counts=True)
+        if (counts > 1).any():
+            raise DataError(f"{inp.name}: stay {ids[counts > 1][0]} appears more than once (two stay files with "
+                            f"the same RecordID)")
+        for sid in ids[np.isin(ids, np.fromiter(seen, np.int64, len(seen)))] if seen else []:
+            raise DataError(f"stay {sid} appears in both {seen[int(sid)]} and {inp.name}; stay ids must be "
+                            f"unique across --data paths")
+        seen.update(dict.fromkeys(ids.tolist(), inp.name))
+
+
+def _chunk_entry(c: Chunk, scored: pl.DataFrame, rejects: pl.DataFrame, report, seconds: float) -> dict:
+    by_reason = rejects.group_by("reason").len().sort("reason")
+    rules = report.counts.filter(pl.col("variable").is_not_null() | ~pl.col("action").str.contains("rejected"))
+    by_rule = rules.group_by("rule").agg(pl.col("rows").sum()).sort("rule")
+    unknown = report.counts.filter(pl.col("rule") == "unknown_variable")
+    return {"stays": c.stays, "scored": scored.height, "rejected": rejects.height,
+            "flagged": int(scored["flag"].sum()), "rows_read": report.n_rows_read,
+            "rejected_by_reason": dict(zip(by_reason["reason"], by_reason["len"], strict=True)),
+            "rows_by_rule": dict(zip(by_rule["rule"], by_rule["rows"], strict=True)),
+            "unknown_variables": dict(zip(unknown["variable"], unknown["rows"], strict=True)),
+            "quality_flags": _flag_counts(scored), "seconds": round(seconds, 3)}
+
+
+def _flag_counts(scored: pl.DataFrame) -> dict:
+    flags = scored.select(pl.col("quality_flags").str.split(";").explode()).filter(pl.col("quality_flags") != "")
+    counts = flags.group_by("quality_flags").len().sort("quality_flags")
+    return dict(zip(counts["quality_flags"], counts["len"], strict=True))
+
+
+def _add(total: dict, part: dict) -> dict:
+    for k, v in part.items():
+        total[k] = total.get(k, 0) + v
+    return dict(sorted(total.items()))
+
+
+def _summary(job, inputs, done, n_stays, n_scored, n_rejected, model, out, rejects_path, seconds, scored_at):
+    by_reason, by_rule, unknown, flags = {}, {}, {}, {}
+    for d in done:
+        by_reason = _add(by_reason, d["rejected_by_reason"])
+        by_rule = _add(by_rule, d["rows_by_rule"])
+        unknown = _add(unknown, d["unknown_variables"])
+        flags = _add(flags, d["quality_flags"])
+    return {
+        "status": "complete", "model": job["model_uri"],
+        "model_version": model.metadata.get("source", {}).get("version"),
+        "catalogue": job["catalogue"][:12], "scored_at": scored_at,
+        "inputs": [{"name": i.name, "kind": i.kind, "stays": len(i.stay_ids), "empty": i.empty,
+                    "contiguous": i.contiguous, "ignored_members": i.ignored_members} for i in inputs],
+        "stays_read": n_stays, "scored": n_scored, "rejected": n_rejected, "rejected_by_reason": by_reason,
+        "flagged": sum(d["flagged"] for d in done), "threshold": model.threshold,
+        "quality_flags": flags, "rows_read": sum(d["rows_read"] for d in done), "rows_by_rule": by_rule,
+        "unknown_variables": unknown, "chunks": len(done), "chunk_stays": job["chunk_stays"],
+        "output": out.name, "rejects": rejects_path.name,
+        "seconds": round(seconds, 3), "stays_per_second": round(n_stays / seconds, 1) if seconds else None,
+    }
+
+
+def _closing_line(s: dict) -> str:
+    reasons = ", ".join(f"{k} {v:,}" for k, v in s["rejected_by_reason"].items()) or "none"
+    return (f"{s['stays_read']:,} stays read: {s['scored']:,} scored ({s['flagged']:,} flagged), "
+            f"{s['rejected']:,} rejected ({reasons}) in {s['seconds']:.1f} s, {s['stays_per_second'] or 0:,.0f} "
+            f"stays/s -> {s['output']}")

@@ -1,0 +1,226 @@
+"""Batch scoring: chunked = whole, every stay once, atomic parts + manifest, resume after SIGKILL, contract first."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from helpers import random_long, tiny_model, write_physionet_set
+
+from clinical_lstm.batch import score_batch
+from clinical_lstm.bundle import RiskModel
+from clinical_lstm.sources import DataError
+
+CLI = [sys.executable, "-m", "clinical_lstm.cli"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return tiny_model().save(tmp_path_factory.mktemp("model") / "model")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
+    df = random_long(120, seed=1)
+    path = tmp_path_factory.mktemp("data") / "cohort.parquet"
+    df.write_parquet(path)
+    return path, df
+
+
+def reference(bundle: Path, df: pl.DataFrame) -> pl.DataFrame:
+    """What the model gives scoring the whole table in one call."""
+    return RiskModel.load(bundle).predict(df).sort("stay_id")
+
+
+def quiet(_msg):
+    pass
+
+
+def test_chunked_equals_one_call_for_every_chunk_size_and_format(bundle, cohort, tmp_path):
+    path, df = cohort
+    ref = reference(bundle, df)
+    csv = tmp_path / "cohort.csv"
+    df.write_csv(csv)
+    for src, chunk, out in ((path, 1000, "a.parquet"), (path, 7, "b.parquet"), (csv, 13, "c.csv")):
+        summary = score_batch(bundle, src, tmp_path / out, chunk_stays=chunk, log=quiet)
+        got = (pl.read_parquet(tmp_path / out) if out.endswith(".parquet") else pl.read_csv(tmp_path / out))
+        assert summary["stays_read"] == summary["scored"] == 120 and summary["rejected"] == 0
+        assert summary["chunks"] == -(-120 // chunk)
+        assert got["stay_id"].to_list() == sorted(df["stay_id"].unique().to_list())  # input order, once each
+        np.testing.assert_allclose(got["risk"].to_numpy(), ref["risk"].to_numpy(), atol=1e-6)
+        assert (got["flag"] == (got["risk"] >= RiskModel.load(bundle).threshold)).all()
+        assert got["model"].n_unique() == 1 and got["scored_at"].n_unique() == 1
+        assert not (tmp_path / f".{out}.partial").exists()  # the working folder is gone after success
+
+
+def test_rows_of_a_stay_scattered_through_the_file_are_kept_together(bundle, cohort, tmp_path):
+    path, df = cohort
+    shuffled = df.sample(fraction=1.0, shuffle=True, seed=3)
+    src = tmp_path / "shuffled.parquet"
+    shuffled.write_parquet(src)
+    summary = score_batch(bundle, src, tmp_path / "s.parquet", chunk_stays=9, log=quiet)
+    assert summary["inputs"][0]["contiguous"] is False
+    got = pl.read_parquet(tmp_path / "s.parquet").sort("stay_id")
+    np.testing.assert_allclose(got["risk"].to_numpy(), reference(bundle, df)["risk"].to_numpy(), atol=1e-6)
+    assert got["n_observations"].sum() <= df.height and got.height == 120
+
+
+def test_physionet_archive_in_chunks_equals_one_call(bundle, tmp_path):
+    stays = {100 + i: [("00:30", "HR", 80 + i), (f"{i % 40 + 1:02d}:10", "MAP", 70 + i % 9),
+                       ("05:00", "Temp", 36.5 + i % 3)] for i in range(23)}
+    archive = write_physionet_set(tmp_path, stays, archive=True)
+    summary = score_batch(bundle, archive, tmp_path / "p.parquet", chunk_stays=5, log=quiet)
+    got = pl.read_parquet(tmp_path / "p.parquet").sort("stay_id")
+    ref = RiskModel.load(bundle).predict(archive).sort("stay_id")
+    assert summary["stays_read"] == 23 and summary["chunks"] == 5
+    np.testing.assert_allclose(got["risk"].to_numpy(), ref["risk"].to_numpy(), atol=1e-6)
+
+
+def test_a_crash_mid_job_resumes_without_rescoring_finished_chunks(bundle, tmp_path, monkeypatch):
+    stays = {100 + i: [("00:30", "HR", 80 + i), ("07:10", "MAP", 70 + i % 9)] for i in range(30)}
+    archive = write_physionet_set(tmp_path, stays, archive=True)
+    out = tmp_path / "r.parquet"
+    calls = {"n": 0}
+    real = RiskModel.score
+
+    def failing(self, data, explain=0):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("simulated crash in the third chunk")
+        return real(self, data, explain)
+
+    monkeypatch.setattr(RiskModel, "score", failing)
+    with pytest.raises(MemoryError):
+        score_batch(bundle, archive, out, chunk_stays=4, log=quiet)
+    assert not out.exists() and not out.with_name("r.summary.json").exists()  # nothing that looks complete
+    manifest = json.loads((tmp_path / ".r.parquet.partial" / "manifest.json").read_text())
+    assert sorted(manifest["done"]) == ["0", "1"]
+
+    calls["n"], lines = 10, []
+    summary = score_batch(bundle, archive, out, chunk_stays=4, log=lines.append)
+    assert calls["n"] == 10 + 6  # chunks 2..7 only: the finished two were not scored again
+    assert any("resuming: 2 chunk(s)" in line for line in lines)
+    assert summary["scored"] == 30 and pl.read_parquet(out)["stay_id"].n_unique() == 30
+    assert pl.read_parquet(out)["scored_at"].n_unique() == 1
+    assert str(pl.read_parquet(out)["scored_at"][0].isoformat()) == manifest["scored_at"]
+
+
+def test_changed_options_start_afresh_instead_of_mixing_runs(bundle, cohort, tmp_path, monkeypatch):
+    path, _ = cohort
+    out = tmp_path / "m.parquet"
+    real = RiskModel.score
+    calls = {"n": 0}
+
+    def failing(self, data, explain=0):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("crash")
+        return real(self, data, explain)
+
+    monkeypatch.setattr(RiskModel, "score", failing)
+    with pytest.raises(RuntimeError):
+        score_batch(bundle, path, out, chunk_stays=10, log=quiet)
+    monkeypatch.setattr(RiskModel, "score", real)
+    lines = []
+    summary = score_batch(bundle, path, out, chunk_stays=30, log=lines.append)  # another chunk size
+    assert any("starting afresh" in line for line in lines)
+    assert summary["chunks"] == 4 and pl.read_parquet(out).height == 120
+
+
+def test_a_second_job_on_the_same_output_is_refused_while_the_first_holds_the_lock(bundle, cohort, tmp_path):
+    import fcntl
+
+    path, _ = cohort
+    work = tmp_path / ".x.parquet.partial"
+    work.mkdir()
+    with open(work / "lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code = """
+import sys
+from clinical_lstm.batch import score_batch
+from clinical_lstm.sources import DataError
+try:
+    score_batch(sys.argv[1], sys.argv[2], sys.argv[3], log=lambda m: None)
+except DataError as e:
+    print(e); sys.exit(2)
+"""
+        res = subprocess.run([sys.executable, "-c", code, str(bundle), str(path), str(tmp_path / "x.parquet")],
+                             capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "another scoring job" in res.stdout
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_model_trained_on_another_catalogue_is_refused_before_any_work(bundle, cohort, tmp_path):
+    from clinical_lstm.catalogue import Catalogue
+
+    path, _ = cohort
+    text = Catalogue.default().to_csv_text().replace("HR,bpm,1.0,300.0", "HR,bpm,1.0,250.0")
+    assert text != Catalogue.default().to_csv_text()
+    (tmp_path / "hospital.csv").write_text(text)
+    with pytest.raises(DataError, match="mismatch.*defined differently: \\['HR'\\]"):
+        score_batch(bundle, path, tmp_path / "o.parquet", catalogue=tmp_path / "hospital.csv", log=quiet)
+    assert not any(tmp_path.glob("*o.parquet*"))
+    score_batch(bundle, path, tmp_path / "o.parquet", catalogue="default", log=quiet)  # the same one passes
+
+
+def test_top_k_explanations_ride_along_in_every_chunk(bundle, cohort, tmp_path):
+    path, df = cohort
+    score_batch(bundle, path, tmp_path / "e.parquet", explain=2, chunk_stays=50, log=quiet)
+    got = pl.read_parquet(tmp_path / "e.parquet")
+    assert {"top1_variable", "top1_contribution", "top2_variable", "top2_contribution"} <= set(got.columns)
+    assert got["top1_variable"].null_count() == 0
+    assert (got["top1_contribution"].abs() >= got["top2_contribution"].abs() - 1e-9).all()
+
+
+def _manifest_chunks(path: Path) -> int:
+    try:
+        return len(json.loads(path.read_text())["done"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_output(bundle, tmp_path):
+    """A real `clinical-lstm score` process is killed with SIGKILL mid-job; the same command then finishes
+    with no stay missing or duplicated and the same rows as an uninterrupted run."""
+    df = random_long(1500, seed=5)
+    src = tmp_path / "big.parquet"
+    df.write_parquet(src)
+    args = ["score", "--model", str(bundle), "--data", str(src), "--chunk-stays", "20", "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    clean = subprocess.run([*CLI, *args, "--out", str(tmp_path / "clean.parquet")], capture_output=True,
+                           text=True, timeout=300, env=env)
+    assert clean.returncode == 0, clean.stderr
+
+    out = tmp_path / "killed.parquet"
+    manifest = tmp_path / ".killed.parquet.partial" / "manifest.json"
+    proc = subprocess.Popen([*CLI, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 240
+    while _manifest_chunks(manifest) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    done_at_kill = _manifest_chunks(manifest)
+    assert proc.returncode == -signal.SIGKILL
+    assert 3 <= done_at_kill < 75, "the kill must land mid-job for this test to mean anything"
+    assert not out.exists() and not out.with_name("killed.summary.json").exists()
+
+    rerun = subprocess.run([*CLI, *args, "--out", str(out)], capture_output=True, text=True, timeout=300,
+                           env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stderr
+    a, b = pl.read_parquet(tmp_path / "clean.parquet"), pl.read_parquet(out)
+    assert b["stay_id"].n_unique() == b.height == 1500
+    assert a.drop("scored_at").equals(b.drop("scored_at"))
+    summary = json.loads(out.with_name("killed.summary.json").read_text())
+    assert summary["stays_read"] == summary["scored"] + summary["rejected"] == 1500
+    assert not manifest.parent.exists()
