@@ -35,7 +35,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -260,6 +262,7 @@ class _Workdir:
         self.manifest_path = self.path / "manifest.json"
 
     def open(self, job: dict, restart: bool, log) -> dict:
+        """Lock the folder; resume its manifest when it belongs to the same job, else start afresh."""
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock()
         manifest = None
@@ -284,6 +287,7 @@ class _Workdir:
             if not all(self.part(int(key), kind).is_file() for kind in ("scored", "rejects")):
                 del manifest["done"][key]
         write_json_atomic(self.manifest_path, manifest)
+        self.manifest = manifest
         return manifest
 
     def _lock(self):
@@ -305,12 +309,17 @@ class _Workdir:
         df.write_parquet(tmp)
         os.replace(tmp, self.part(index, kind))
 
-    def record(self, manifest: dict, index: int, entry: dict) -> None:
-        manifest["done"][str(index)] = entry
-        write_json_atomic(self.manifest_path, manifest)
+    def record(self, index: int, entry: dict) -> None:
+        self.manifest["done"][str(index)] = entry
+        write_json_atomic(self.manifest_path, self.manifest)
+
+    def release(self):
+        """Give the lock back (the folder stays for a resume)."""
+        if not self._fh.closed:
+            self._fh.close()
 
     def remove(self):
-        self._fh.close()
+        self.release()
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -356,7 +365,8 @@ class _Progress:
 
 
 def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int = DEFAULT_CHUNK_STAYS,
-                catalogue=None, restart: bool = False, progress: bool = False, log=None) -> dict:
+                catalogue=None, restart: bool = False, progress: bool = False, log=None,
+                workers: int | None = None) -> dict:
     """Score every stay of ``data`` in chunks; write ``out`` (.parquet or .csv), rejects and summary beside it.
 
     Parameters
@@ -377,6 +387,9 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
         Ignore an unfinished earlier run of the same job instead of resuming it.
     progress : bool
         A progress bar on a terminal, one line per chunk in a log.
+    workers : int, optional
+        Chunks scored at once, each in its own thread with one torch thread (default: the CPU count, at
+        most 4). Memory grows with ``workers * chunk_stays``.
 
     Returns
     -------
@@ -392,6 +405,7 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
         raise DataError(f"--out must end in .parquet or .csv, got {out.name}")
     if chunk_stays < 1:
         raise DataError(f"chunk_stays must be at least 1, got {chunk_stays}")
+    workers = workers or min(len(os.sched_getaffinity(0)), 4)
     paths = [Path(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
     if not paths:
         raise DataError("no data path given; pass --data PATH (a PhysioNet set folder/.tar.gz or a .csv/.parquet)")
@@ -400,11 +414,26 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
             raise DataError(f"data path {p} does not exist")
 
     # 1. the contract, before any work
-    source = model if isinstance(model, RiskModel) else str(model)
+    source = "<in memory>" if isinstance(model, RiskModel) else str(model)
     model = model if isinstance(model, RiskModel) else load_model(model)
     check_catalogue(model, catalogue)
     inputs = [index_physionet(p) if is_physionet(p) else index_long(p, model.catalogue) for p in paths]
     _check_unique_ids(inputs)
+    _report_inputs(inputs, log)
+
+    job = _Job(model, source, inputs, out, explain, chunk_stays, log)
+    job.work.open(job.fingerprint, restart, log)
+    try:
+        job.score_chunks(workers, progress)  # 2-3
+        summary = job.finish(time.perf_counter() - t0)  # 4
+        job.work.remove()
+    finally:
+        job.work.release()
+    log(_closing_line(summary))
+    return summary
+
+
+def _report_inputs(inputs: list[Input], log) -> None:
     for inp in inputs:
         if inp.empty:
             log(f"warning: {inp.name} holds no stays (empty file or header only)")
@@ -414,68 +443,116 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
         if inp.kind == "long" and not inp.contiguous:
             log(f"note: {inp.name}: stays' rows are not contiguous; each chunk scans the file (sort the "
                 f"extract by stay_id for speed)")
-    chunks = plan_chunks(inputs, chunk_stays)
-    n_stays = sum(len(i.stay_ids) for i in inputs)
 
-    provenance = model.metadata.get("source", {})
-    job = {"inputs": [i.fingerprint() for i in inputs], "model": _model_fingerprint(model),
-           "model_uri": provenance.get("uri", source if isinstance(source, str) else "<in memory>"),
-           "chunk_stays": chunk_stays, "explain": explain, "catalogue": model.catalogue.digest()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = _Workdir(out)
-    manifest = work.open(job, restart, log)
-    scored_at = datetime.fromisoformat(manifest["scored_at"])
-    schema = _scored_schema(explain)
-    extra = {"model": job["model_uri"], "model_version": provenance.get("version"), "scored_at": scored_at}
 
-    # 2-3. chunks -> atomic parts + manifest
-    bar = _Progress(n_stays, progress, log)
-    bar.update(sum(v["stays"] for v in manifest["done"].values()))
-    try:
-        for i, inp in enumerate(inputs):
-            mine = [c for c in chunks if c.input == i]
-            todo = {c.index for c in mine if str(c.index) not in manifest["done"]}
-            if not todo:
-                continue
-            spill = _spill_csv(inp, work.path) if inp.kind == "long" and inp.path.suffix != ".parquet" else None
-            for c, raw in read_chunks(inp, mine, todo, spill):
-                tc = time.perf_counter()
-                scored, rejects, report = model.score(raw, explain=explain)
-                if scored.height + rejects.height != c.stays:
-                    raise RuntimeError(f"chunk {c.index}: {c.stays} stays read, {scored.height} scored, "
-                                       f"{rejects.height} rejected")
-                scored = _conform(scored.with_columns(**{k: pl.lit(v) for k, v in extra.items()}), schema)
-                work.write_part(c.index, "scored", scored)
-                work.write_part(c.index, "rejects", _conform(rejects, REJECT_SCHEMA))
-                work.record(manifest, c.index, _chunk_entry(c, scored, rejects, report, time.perf_counter() - tc))
-                bar.update(c.stays)
-            if spill is not None:
-                spill.unlink(missing_ok=True)
-    except KeyboardInterrupt:
+class _Job:
+    """One scoring job: its chunks, its working folder and the columns every scored row gets."""
+
+    def __init__(self, model, source: str, inputs: list[Input], out: Path, explain: int, chunk_stays: int, log):
+        self.model, self.inputs, self.out, self.explain, self.log = model, inputs, out, explain, log
+        self.chunks = plan_chunks(inputs, chunk_stays)
+        self.n_stays = sum(len(i.stay_ids) for i in inputs)
+        provenance = model.metadata.get("source", {})
+        self.fingerprint = {"inputs": [i.fingerprint() for i in inputs], "model": _model_fingerprint(model),
+                            "model_uri": provenance.get("uri", source), "chunk_stays": chunk_stays,
+                            "explain": explain, "catalogue": model.catalogue.digest()}
+        self.version = provenance.get("version")
+        self.schema = _scored_schema(explain)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.work = _Workdir(out)
+
+    @property
+    def manifest(self) -> dict:
+        return self.work.manifest
+
+    def process(self, c: Chunk, raw: RawData, read_s: float) -> dict:
+        """Score one chunk and write its parts (runs in a worker thread); returns its manifest entry."""
+        tc = time.perf_counter()
+        scored, rejects, report = self.model.score(raw, explain=self.explain)
+        if scored.height + rejects.height != c.stays:
+            raise RuntimeError(f"chunk {c.index}: {c.stays} stays read, {scored.height} scored, "
+                               f"{rejects.height} rejected")
+        extra = {"model": self.fingerprint["model_uri"], "model_version": self.version,
+                 "scored_at": datetime.fromisoformat(self.manifest["scored_at"])}
+        scored = _conform(scored.with_columns(**{k: pl.lit(v) for k, v in extra.items()}), self.schema)
+        tw = time.perf_counter()
+        self.work.write_part(c.index, "scored", scored)
+        self.work.write_part(c.index, "rejects", _conform(rejects, REJECT_SCHEMA))
+        seconds = {"read": read_s, "score": tw - tc, "write": time.perf_counter() - tw}
+        return _chunk_entry(c, scored, rejects, report, seconds)
+
+    def score_chunks(self, workers: int, progress: bool) -> None:
+        """Whole chunks go to ``workers`` threads (polars, numpy and torch release the GIL; torch gets one thread
+        each); at most ``workers`` chunks are in flight plus the one being read, so memory stays bounded."""
+        bar = _Progress(self.n_stays, progress, self.log)
+        bar.update(sum(v["stays"] for v in self.manifest["done"].values()))
+        pending: deque = deque()
+
+        def finish_oldest():
+            c, future = pending.popleft()
+            self.work.record(c.index, future.result())
+            bar.update(c.stays)
+
+        with _torch_threads(1 if workers > 1 else None), ThreadPoolExecutor(max_workers=workers) as pool:
+            try:
+                for i, inp in enumerate(self.inputs):
+                    mine = [c for c in self.chunks if c.input == i]
+                    todo = {c.index for c in mine if str(c.index) not in self.manifest["done"]}
+                    if not todo:
+                        continue
+                    spill = _spill_csv(inp, self.work.path) if inp.kind == "long" and inp.path.suffix != \
+                        ".parquet" else None
+                    tr = time.perf_counter()
+                    for c, raw in read_chunks(inp, mine, todo, spill):
+                        pending.append((c, pool.submit(self.process, c, raw, time.perf_counter() - tr)))
+                        while len(pending) >= workers:
+                            finish_oldest()
+                        tr = time.perf_counter()
+                    while pending:
+                        finish_oldest()
+                    if spill is not None:
+                        spill.unlink(missing_ok=True)
+            except BaseException as exc:
+                pool.shutdown(wait=True, cancel_futures=True)
+                bar.close()
+                if isinstance(exc, KeyboardInterrupt):
+                    self.log(f"interrupted; {len(self.manifest['done'])}/{len(self.chunks)} chunk(s) are saved "
+                             f"in {self.work.path}: re-run the same command to resume")
+                raise
         bar.close()
-        log(f"interrupted; {len(manifest['done'])}/{len(chunks)} chunk(s) are saved in {work.path}: "
-            f"re-run the same command to resume")
-        raise
-    bar.close()
 
-    # 4. finish: output, rejects, summary; check the accounting first
-    done = [manifest["done"][str(c.index)] for c in chunks]
-    rejects_path = out.with_name(f"{out.stem}.rejects{out.suffix}")
-    n_scored = _sink([work.part(c.index, "scored") for c in chunks], schema, out)
-    n_rejected = _sink([work.part(c.index, "rejects") for c in chunks], REJECT_SCHEMA, rejects_path)
-    parts = [work.part(c.index, k) for c in chunks for k in ("scored", "rejects")]
-    distinct = (pl.concat([pl.scan_parquet(p).select("stay_id") for p in parts]).select(pl.col("stay_id").n_unique())
-                .collect().item() if parts else 0)
-    if not (n_scored + n_rejected == n_stays == distinct):
-        raise RuntimeError(f"stay accounting failed: {n_stays} stays read, {n_scored} scored, {n_rejected} "
-                           f"rejected, {distinct} distinct stay ids in the output; nothing is reported as done")
-    seconds = time.perf_counter() - t0
-    summary = _summary(job, inputs, done, n_stays, n_scored, n_rejected, model, out, rejects_path, seconds,
-                       manifest["scored_at"])
-    write_json_atomic(out.with_name(f"{out.stem}.summary.json"), summary)
-    work.remove()
-    log(_closing_line(summary))
-    return summary
+    def finish(self, seconds_so_far: float) -> dict:
+        """Stream the parts into the output and rejects files, check the accounting, write the summary."""
+        t0 = time.perf_counter()
+        out, chunks, work = self.out, self.chunks, self.work
+        rejects_path = out.with_name(f"{out.stem}.rejects{out.suffix}")
+        n_scored = _sink([work.part(c.index, "scored") for c in chunks], self.schema, out)
+        n_rejected = _sink([work.part(c.index, "rejects") for c in chunks], REJECT_SCHEMA, rejects_path)
+        ids = [pl.scan_parquet(work.part(c.index, k)).select("stay_id") for c in chunks for k in ("scored", "rejects")]
+        distinct = pl.concat(ids).select(pl.col("stay_id").n_unique()).collect().item() if ids else 0
+        if not (n_scored + n_rejected == self.n_stays == distinct):
+            raise RuntimeError(f"stay accounting failed: {self.n_stays} stays read, {n_scored} scored, "
+                               f"{n_rejected} rejected, {distinct} distinct stay ids in the output; nothing is "
+                               f"reported as done")
+        done = [self.manifest["done"][str(c.index)] for c in chunks]
+        summary = _summary(self.fingerprint, self.version, self.inputs, done, self.model.threshold,
+                           (n_scored, n_rejected), out, rejects_path, seconds_so_far + time.perf_counter() - t0,
+                           self.manifest["scored_at"])
+        write_json_atomic(out.with_name(f"{out.stem}.summary.json"), summary)
+        return summary
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _spill_csv(inp: Input, workdir: Path) -> Path:
@@ -500,7 +577,7 @@ def _check_unique_ids(inputs: list[Input]) -> None:
         seen.update(dict.fromkeys(ids.tolist(), inp.name))
 
 
-def _chunk_entry(c: Chunk, scored: pl.DataFrame, rejects: pl.DataFrame, report, seconds: float) -> dict:
+def _chunk_entry(c: Chunk, scored: pl.DataFrame, rejects: pl.DataFrame, report, seconds: dict) -> dict:
     by_reason = rejects.group_by("reason").len().sort("reason")
     rules = report.counts.filter(pl.col("variable").is_not_null() | ~pl.col("action").str.contains("rejected"))
     by_rule = rules.group_by("rule").agg(pl.col("rows").sum()).sort("rule")
@@ -510,7 +587,7 @@ def _chunk_entry(c: Chunk, scored: pl.DataFrame, rejects: pl.DataFrame, report, 
             "rejected_by_reason": dict(zip(by_reason["reason"], by_reason["len"], strict=True)),
             "rows_by_rule": dict(zip(by_rule["rule"], by_rule["rows"], strict=True)),
             "unknown_variables": dict(zip(unknown["variable"], unknown["rows"], strict=True)),
-            "quality_flags": _flag_counts(scored), "seconds": round(seconds, 3)}
+            "quality_flags": _flag_counts(scored), "seconds": {k: round(v, 3) for k, v in seconds.items()}}
 
 
 def _flag_counts(scored: pl.DataFrame) -> dict:
@@ -525,25 +602,26 @@ def _add(total: dict, part: dict) -> dict:
     return dict(sorted(total.items()))
 
 
-def _summary(job, inputs, done, n_stays, n_scored, n_rejected, model, out, rejects_path, seconds, scored_at):
-    by_reason, by_rule, unknown, flags = {}, {}, {}, {}
+def _summary(job: dict, version, inputs, done, threshold, counts, out, rejects_path, seconds, scored_at) -> dict:
+    n_scored, n_rejected = counts
+    n_stays = n_scored + n_rejected
+    totals = {k: {} for k in ("rejected_by_reason", "rows_by_rule", "unknown_variables", "quality_flags")}
     for d in done:
-        by_reason = _add(by_reason, d["rejected_by_reason"])
-        by_rule = _add(by_rule, d["rows_by_rule"])
-        unknown = _add(unknown, d["unknown_variables"])
-        flags = _add(flags, d["quality_flags"])
+        for k, total in totals.items():
+            totals[k] = _add(total, d[k])
     return {
-        "status": "complete", "model": job["model_uri"],
-        "model_version": model.metadata.get("source", {}).get("version"),
+        "status": "complete", "model": job["model_uri"], "model_version": version,
         "catalogue": job["catalogue"][:12], "scored_at": scored_at,
         "inputs": [{"name": i.name, "kind": i.kind, "stays": len(i.stay_ids), "empty": i.empty,
                     "contiguous": i.contiguous, "ignored_members": i.ignored_members} for i in inputs],
-        "stays_read": n_stays, "scored": n_scored, "rejected": n_rejected, "rejected_by_reason": by_reason,
-        "flagged": sum(d["flagged"] for d in done), "threshold": model.threshold,
-        "quality_flags": flags, "rows_read": sum(d["rows_read"] for d in done), "rows_by_rule": by_rule,
-        "unknown_variables": unknown, "chunks": len(done), "chunk_stays": job["chunk_stays"],
+        "stays_read": n_stays, "scored": n_scored, "rejected": n_rejected,
+        "rejected_by_reason": totals["rejected_by_reason"], "flagged": sum(d["flagged"] for d in done),
+        "threshold": threshold, "quality_flags": totals["quality_flags"],
+        "rows_read": sum(d["rows_read"] for d in done), "rows_by_rule": totals["rows_by_rule"],
+        "unknown_variables": totals["unknown_variables"], "chunks": len(done), "chunk_stays": job["chunk_stays"],
         "output": out.name, "rejects": rejects_path.name,
         "seconds": round(seconds, 3), "stays_per_second": round(n_stays / seconds, 1) if seconds else None,
+        "chunk_seconds": {k: round(sum(d["seconds"][k] for d in done), 1) for k in ("read", "score", "write")},
     }
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 from scipy.special import expit
-from sklearn.isotonic import IsotonicRegression
 
 from .metrics import check_binary_inputs
 
@@ -188,6 +187,8 @@ class IsotonicCalibrator:
 
     def fit(self, logits: Any, y: Any) -> IsotonicCalibrator:
         """Fit on logits of shape (n,) and 0/1 outcomes of shape (n,) with both classes; returns self."""
+        from sklearn.isotonic import IsotonicRegression  # only to fit: scoring never imports scikit-learn
+
         z = _check_logits(logits)
         y01, _ = check_binary_inputs(y, z, name="logits", probabilities=False, both_classes=True)
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalogue", metavar="FILE",
                    help="catalogue CSV the data follow ('default' = the built-in PhysioNet one); a model "
                         "trained on another catalogue is refused with exit code 2")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="chunks scored at once, one thread each (default: CPU count, at most 4)")
     p.add_argument("--restart", action="store_true",
                    help="discard an unfinished earlier run of this job instead of resuming it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
@@ -196,7 +198,8 @@ def cmd_score(a) -> int:
     from .workflow import score
 
     summary = score(a.model, _paths(a.data), a.out, explain=a.explain, chunk_stays=a.chunk_stays,
-                    catalogue=a.catalogue, restart=a.restart, progress=not a.no_progress)
+                    catalogue=a.catalogue, restart=a.restart, progress=not a.no_progress,
+                    workers=a.workers)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -83,9 +83,11 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
         ends = np.r_[starts[1:], len(cell)]
         grow, gcol, gbin = row[starts], col[starts], b[starts]
         agg = np.empty(len(starts), dtype=np.float64)
-        for how in {catalogue[name].aggregation for name in series}:  # only the aggregations in use
-            sel = np.isin(gcol, [j for j, name in enumerate(series) if catalogue[name].aggregation == how])
-            agg[sel] = _aggregate(how, v, starts, ends)[sel]
+        hows = sorted({catalogue[name].aggregation for name in series})  # only the aggregations in use
+        how_of = np.array([hows.index(catalogue[name].aggregation) for name in series])[gcol]
+        for k, how in enumerate(hows):
+            sel = how_of == k
+            agg[sel] = _aggregate(how, v, starts, ends)[sel] if how != "last" else v[ends[sel] - 1]
         flat = (grow * T + gbin) * V + gcol
         values.reshape(-1)[flat] = agg
         obs_time.reshape(-1)[flat] = t[ends - 1]  # rows sorted by time: the bin's last observation

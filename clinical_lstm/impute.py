@@ -60,6 +60,15 @@ def last_observed_index(observed: np.ndarray) -> np.ndarray:
     return idx
 
 
+def carry_forward(arr: np.ndarray) -> np.ndarray:
+    """In place along time (axis 1): a NaN takes the value of the step before; NaN before a first observation.
+    Equal to ``forward_fill(arr, last_observed_index(~isnan(arr)))``, one (N, V) slice at a time."""
+    for t in range(1, arr.shape[1]):
+        cur = arr[:, t]
+        np.copyto(cur, arr[:, t - 1], where=np.isnan(cur))
+    return arr
+
+
 def forward_fill(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Carry ``arr`` forward along time using ``last_observed_index``; NaN before a first observation."""
     out = np.take_along_axis(arr, np.maximum(idx, 0), axis=1)
@@ -168,17 +177,22 @@ class GridTransformer:
             raise ValueError(f"grid has {raw.shape[2]} variables but the transformer was fitted on "
                              f"{len(self.center_)}; use the catalogue the model was trained with")
         observed = ~np.isnan(raw)  # (N, T, V)
-        logged = np.where(self.log_, np.log1p(np.maximum(raw, 0)), raw)
-        z = ((logged - self.center_) / self.scale_).astype(np.float32)  # NaN stays NaN
-        idx = last_observed_index(observed)
+        z = raw.copy()  # float32 throughout: the (N, T, V) arrays are the bulk of scoring's memory traffic
+        if self.log_.any():
+            cols = np.flatnonzero(self.log_)
+            z[:, :, cols] = np.log1p(np.maximum(z[:, :, cols], 0))  # NaN stays NaN
+        z -= self.center_.astype(np.float32)
+        z /= self.scale_.astype(np.float32)
+        last_t = grid.obs_time.copy()
         if self.imputation == "ffill_median":
-            z = forward_fill(z, idx)
+            carry_forward(z)
+        carry_forward(last_t)
         fill = self.median_ if self.imputation != "zero" else np.zeros_like(self.median_)
-        z = np.where(np.isnan(z), fill.astype(np.float32), z)
+        np.copyto(z, np.broadcast_to(fill.astype(np.float32), z.shape), where=np.isnan(z))
 
-        last_t = forward_fill(grid.obs_time, idx)
-        bin_end = grid.bin_end_hours[None, :, None]  # (1, T, 1)
-        delta = np.where(np.isnan(last_t), bin_end, bin_end - last_t).astype(np.float32)
+        bin_end = np.broadcast_to(grid.bin_end_hours[None, :, None], z.shape)  # (1, T, 1) -> (N, T, V)
+        delta = np.subtract(bin_end, last_t, dtype=np.float32)
+        np.copyto(delta, bin_end, where=np.isnan(last_t))  # never seen yet: hours since admission
 
         pad = np.arange(raw.shape[1])[None, :] >= grid.lengths[:, None]  # (N, T) past the true length
         for a in (z, delta):

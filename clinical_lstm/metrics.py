@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 METRIC_KEYS = (
     "auroc",
@@ -229,6 +228,8 @@ def binary_metrics(y: Any, p: Any, threshold: float) -> dict[str, float]:
         ``y`` has a single class), ``brier``, ``ece`` (10 equal-width bins), ``hosmer_lemeshow``
         (risk deciles), ``min_se_ppv``, ``sensitivity``, ``ppv``, ``prevalence``, ``n``.
     """
+    from sklearn.metrics import average_precision_score, roc_auc_score  # lazily: scoring never needs it
+
     y01, p = check_binary_inputs(y, p)
     threshold = _check_threshold(threshold)
     both = 0 < y01.sum() < len(y01)

@@ -175,12 +175,13 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     row_counts = broken.group_by("rule", "variable").len("rows")
     stay_rules = broken.group_by("stay_id", "rule").len("rows")
     ok = df.filter(pl.col("rule").is_null()).select("stay_id", "time", "variable", "value", "code")
-    clean, dup_conflict = _deduplicate(ok, len(catalogue), window_hours)
+    clean, dup_conflict = _deduplicate(ok, len(catalogue), window_hours, raw.stays.to_numpy())
     row_counts = pl.concat([row_counts.with_columns(pl.col("rows").cast(pl.Int64)), dup_conflict])
 
     # Stay-level rules.
-    series = catalogue.series
-    has_series = clean.filter(pl.col("variable").is_in(series))["stay_id"].unique()
+    series_codes = [i for i, v in enumerate(catalogue.variables) if v.is_series]
+    has_series = clean.filter(pl.col("code").is_in(series_codes))["stay_id"].unique()
+    clean = clean.drop("code")
     all_stays = raw.stays
     reasons = []
     if raw.unreadable:
@@ -213,26 +214,28 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     return clean, kept, report
 
 
-def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float):
+def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float, stays: np.ndarray | None = None):
     """Sort rows by (stay, variable, time) and drop exact duplicates; count duplicates and conflicts.
 
-    One composite int64 key — stay position, catalogue code, time to the second — sorts in a single pass;
-    only runs of rows sharing a key (rare: same stay, variable and second) are examined further, in value order.
-    Two rows less than half a second apart count as simultaneous.
+    One composite int64 key — stay position (in ``stays``, sorted, when given), catalogue code, time to the
+    second — sorts in a single pass; only runs of rows sharing a key (rare: same stay, variable and second) are
+    examined further, in value order. Two rows less than half a second apart count as simultaneous.
     """
     empty = pl.DataFrame(schema={"rule": pl.String, "variable": pl.String, "rows": pl.Int64})
     if ok.height == 0:
-        return ok.drop("code"), empty
-    stays = ok["stay_id"].unique().sort().to_numpy()
-    key = time_key(np.searchsorted(stays, ok["stay_id"].to_numpy()), ok["code"].to_numpy(), n_codes,
-                   ok["time"].to_numpy(), window_hours)
+        return ok, empty
+    sid = ok["stay_id"].to_numpy()
+    pos = np.searchsorted(stays, sid) if stays is not None and len(stays) else None
+    if pos is None or not np.array_equal(stays[np.minimum(pos, len(stays) - 1)], sid):
+        pos = np.searchsorted(np.unique(sid), sid)
+    key = time_key(pos, ok["code"].to_numpy(), n_codes, ok["time"].to_numpy(), window_hours)
     order = np.argsort(key, kind="stable")
     key = key[order]
     ok = ok[order].with_columns(pl.Series("key", key))
     same_prev = np.r_[False, key[1:] == key[:-1]]
     in_run = same_prev | np.r_[key[1:] == key[:-1], False]
     if not in_run.any():
-        return ok.drop("code", "key"), empty
+        return ok.drop("key"), empty
     # rows sharing a key are ordered by value, so the result never depends on the input's row order (a "last"
     # aggregation of two simultaneous values takes the larger one, whatever order a file or a shuffle gave)
     pos = np.flatnonzero(in_run)
@@ -250,7 +253,7 @@ def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float):
                  .select(pl.lit("same_time_conflict").alias("rule"), "variable", "rows"))
     keep = np.ones(len(key), dtype=bool)
     keep[np.flatnonzero(in_run)[~first.to_numpy()]] = False
-    return ok.filter(pl.Series(keep)).drop("code", "key"), pl.concat([dups, conflicts])
+    return ok.filter(pl.Series(keep)).drop("key"), pl.concat([dups, conflicts])
 
 
 def time_key(row: np.ndarray, code: np.ndarray, n_codes: int, time: np.ndarray, window_hours: float) -> np.ndarray:

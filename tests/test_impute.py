@@ -20,6 +20,7 @@ from clinical_lstm.impute import (
     GridTransformer,
     NotFittedError,
     Tensors,
+    carry_forward,
     forward_fill,
     last_observed_index,
 )
@@ -287,6 +288,14 @@ def test_last_observed_index_and_forward_fill_helpers():
     out = forward_fill(arr, idx)
     np.testing.assert_array_equal(out[:, :, 0], [[0, 0, 0], [np.nan, 8, 8]])
     np.testing.assert_array_equal(out[:, :, 1], [[np.nan, np.nan, 5], [np.nan, np.nan, np.nan]])
+    np.testing.assert_array_equal(carry_forward(arr.copy()), out)  # the in-place loop used for scoring
+
+
+def test_carry_forward_equals_forward_fill_on_random_grids():
+    rng = np.random.default_rng(0)
+    arr = np.where(rng.random((50, 48, 7)) < 0.2, rng.normal(size=(50, 48, 7)), np.nan).astype(np.float32)
+    want = forward_fill(arr, last_observed_index(~np.isnan(arr)))
+    np.testing.assert_array_equal(carry_forward(arr.copy()), want)
 
 
 # -- padding ---------------------------------------------------------------------------------------------
