@@ -49,7 +49,7 @@ from .sources import LONG_COLUMNS, DataError, RawData, _iter_stay_files, is_phys
 from .validate import write_json_atomic
 
 MANIFEST_VERSION = 1
-DEFAULT_CHUNK_STAYS = 5000
+DEFAULT_CHUNK_STAYS = 2000
 
 
 # -- inputs ----------------------------------------------------------------------------------------------
@@ -94,6 +94,16 @@ def _scan(path: Path) -> pl.LazyFrame:
     return pl.scan_csv(path, infer_schema=False, quote_char='"')  # all text: validation counts bad entries
 
 
+def _stay_id_expr(dtype) -> pl.Expr:
+    """``stay_id`` as Int64; null where it is not an integer (text is stripped first, floats must be whole)."""
+    col = pl.col("stay_id")
+    if dtype.is_integer():
+        return col.cast(pl.Int64)
+    if dtype.is_float():
+        return pl.when(col == col.round()).then(col.cast(pl.Int64, strict=False))
+    return col.cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+
+
 def index_long(path: Path, catalogue) -> Input:
     """The index pass of a long-format file: stays, contiguity, unknown variables — ``stay_id`` and
     ``variable`` only. Raises :class:`DataError` for a file that cannot be read or lacks columns."""
@@ -115,7 +125,7 @@ def index_long(path: Path, catalogue) -> Input:
     if missing:
         raise DataError(f"data file {path} lacks column(s) {missing}; expected {list(LONG_COLUMNS)} "
                         f"(extra columns are ignored), found {columns}")
-    ids = pl.col("stay_id").cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+    ids = _stay_id_expr(scan.collect_schema()["stay_id"])
     try:
         bad, stays, variables = pl.collect_all([
             scan.with_row_index("row").filter(ids.is_null()).select("row", "stay_id").head(1),
@@ -167,7 +177,7 @@ def read_chunks(inp: Input, chunks: list[Chunk], todo: set[int], spill: Path | N
         yield from _read_physionet_chunks(inp, chunks, todo)
         return
     scan = pl.scan_parquet(spill) if spill is not None else _scan(inp.path)
-    ids = pl.col("stay_id").cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+    ids = _stay_id_expr(scan.collect_schema()["stay_id"])
     for c in chunks:
         if c.index not in todo:
             continue
@@ -380,7 +390,8 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
     explain : int
         Add each stay's top-K variables with signed SHAP contributions (log-odds); 0 = none.
     chunk_stays : int
-        Stays per chunk: bounds memory (about 1 GB per 10,000 PhysioNet-sized stays) and is the unit of resume.
+        Stays per chunk: the unit of resume and of memory (peak RSS was 1.2 GB for 2,000 PhysioNet-sized stays
+        and 2 workers, whatever the input size; see docs/benchmarks.md).
     catalogue : "default", path or None
         The catalogue the job's data follow; a model trained on another catalogue is refused. None: no check.
     restart : bool
@@ -424,7 +435,9 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
     job = _Job(model, source, inputs, out, explain, chunk_stays, log)
     job.work.open(job.fingerprint, restart, log)
     try:
+        job.phases["contract"] = time.perf_counter() - t0
         job.score_chunks(workers, progress)  # 2-3
+        job.phases["chunks"] = time.perf_counter() - t0 - job.phases["contract"]
         summary = job.finish(time.perf_counter() - t0)  # 4
         job.work.remove()
     finally:
@@ -458,6 +471,7 @@ class _Job:
                             "explain": explain, "catalogue": model.catalogue.digest()}
         self.version = provenance.get("version")
         self.schema = _scored_schema(explain)
+        self.phases: dict[str, float] = {}  # seconds: contract (load, index pass), chunks, finish
         out.parent.mkdir(parents=True, exist_ok=True)
         self.work = _Workdir(out)
 
@@ -538,6 +552,8 @@ class _Job:
         summary = _summary(self.fingerprint, self.version, self.inputs, done, self.model.threshold,
                            (n_scored, n_rejected), out, rejects_path, seconds_so_far + time.perf_counter() - t0,
                            self.manifest["scored_at"])
+        summary["phase_seconds"] = {k: round(v, 2) for k, v in {**self.phases, "finish": time.perf_counter() - t0}
+                                    .items()}
         write_json_atomic(out.with_name(f"{out.stem}.summary.json"), summary)
         return summary
 

@@ -96,7 +96,7 @@ class RiskModel:
     def tensors(self, clean: pl.DataFrame, stay_ids) -> Tensors:
         return self.transformer.transform(clean, stay_ids)
 
-    def logits(self, t: Tensors, steps: bool = False, batch_size: int = 1024) -> np.ndarray:
+    def logits(self, t: Tensors, steps: bool = False, batch_size: int = 512) -> np.ndarray:
         """Ensemble-mean logits, (N,) — or (N, T) per step with ``steps=True``."""
         import torch
 

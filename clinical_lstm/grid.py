@@ -85,9 +85,15 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
         agg = np.empty(len(starts), dtype=np.float64)
         hows = sorted({catalogue[name].aggregation for name in series})  # only the aggregations in use
         how_of = np.array([hows.index(catalogue[name].aggregation) for name in series])[gcol]
+        total = np.add.reduceat(v, starts) if {"mean", "sum"} & set(hows) else None  # shared by mean and sum
         for k, how in enumerate(hows):
             sel = how_of == k
-            agg[sel] = _aggregate(how, v, starts, ends)[sel] if how != "last" else v[ends[sel] - 1]
+            if how == "last":
+                agg[sel] = v[ends[sel] - 1]
+            elif how in ("mean", "sum"):
+                agg[sel] = total[sel] if how == "sum" else total[sel] / (ends[sel] - starts[sel])
+            else:
+                agg[sel] = _aggregate(how, v, starts, ends)[sel]
         flat = (grow * T + gbin) * V + gcol
         values.reshape(-1)[flat] = agg
         obs_time.reshape(-1)[flat] = t[ends - 1]  # rows sorted by time: the bin's last observation

@@ -231,7 +231,7 @@ def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float, stays: np.
     key = time_key(pos, ok["code"].to_numpy(), n_codes, ok["time"].to_numpy(), window_hours)
     order = np.argsort(key, kind="stable")
     key = key[order]
-    ok = ok[order].with_columns(pl.Series("key", key))
+    ok = ok.select(pl.all().gather(pl.Series(order))).with_columns(pl.Series("key", key))  # columns in parallel
     same_prev = np.r_[False, key[1:] == key[:-1]]
     in_run = same_prev | np.r_[key[1:] == key[:-1], False]
     if not in_run.any():

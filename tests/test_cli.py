@@ -187,3 +187,29 @@ def test_score_with_top_k_explanations(trained, tmp_path):
     assert {"top1_variable", "top1_contribution", "top2_variable", "top2_contribution"} <= set(scores.columns)
     assert (scores["top1_contribution"].abs() >= scores["top2_contribution"].abs()).all()
     assert scores.height == SAMPLE_STAYS
+
+
+def test_score_pipeline_job_with_options_and_closing_summary(trained, tmp_path):
+    """`python pipelines/score.py --config` (the nightly job) with explain, chunking and the catalogue check."""
+    root, _ = trained
+    out = tmp_path / "night.parquet"
+    job = (f'[job]\nmodel = "{root / "model"}"\ndata = ["sample"]\nout = "{out}"\ncatalogue = "default"\n'
+           f"chunk_stays = 150\nexplain = 2\n")
+    (tmp_path / "job.toml").write_text(job)
+    script = Path(__file__).parents[1] / "pipelines" / "score.py"
+    res = subprocess.run([sys.executable, str(script), "--config", str(tmp_path / "job.toml")], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["chunks"] == 4 and summary["stays_read"] == SAMPLE_STAYS == summary["scored"] + summary["rejected"]
+    assert f"{SAMPLE_STAYS} stays read" in res.stderr  # the closing line
+    scores = pl.read_parquet(out)
+    assert {"top1_variable", "top2_contribution", "quality_flags", "model", "scored_at"} <= set(scores.columns)
+
+    (tmp_path / "bad.toml").write_text(job.replace('catalogue = "default"', f'catalogue = "{tmp_path / "c.csv"}"'))
+    from clinical_lstm.catalogue import Catalogue
+
+    (tmp_path / "c.csv").write_text(Catalogue.default().to_csv_text().replace("Lactate,mmol/L,0.1", "Lactate,mmol/L,0.2"))
+    res = subprocess.run([sys.executable, str(script), "--config", str(tmp_path / "bad.toml")], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 2 and "mismatch" in res.stderr and "Lactate" in res.stderr

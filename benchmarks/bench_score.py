@@ -1,0 +1,98 @@
+"""python benchmarks/bench_score.py --model runs/bench_default/model --stays 100000 --repeats 3
+
+Batch scoring at hospital scale: ``clinical-lstm score`` over ``--stays`` synthetic stays (48 h, drawn from
+the catalogue's distributions and set-A missingness by :mod:`clinical_lstm.synthetic`, long-format Parquet
+sorted by stay), each run a whole process under ``/usr/bin/time -v``: wall seconds from process start to exit
+(interpreter start-up, imports, model load, the index pass, every chunk, the final output and the
+accounting check all count) and the peak resident memory. The model is the default configuration (one
+network, hidden 64) trained on set A:
+
+    clinical-lstm train --data ../shared/data/physionet2012/set-a.tar.gz --out runs/bench_default/model --no-tracking
+
+Reports, per run and as medians: whole-process stays/s, in-job stays/s (the summary's, without start-up),
+peak RSS, and the summary's stage seconds; the load average before and after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_once(cli: list[str], out_dir: Path) -> dict:
+    out = out_dir / "scores.parquet"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    load_before = os.getloadavg()[0]
+    res = subprocess.run(["/usr/bin/time", "-v", *cli, "--out", str(out), "--no-progress"], capture_output=True,
+                         text=True, check=False)
+    if res.returncode != 0:
+        sys.exit(f"scoring failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", res.stderr).group(1)
+    seconds = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.split(":"))))
+    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr).group(1))
+    summary = json.loads((out_dir / "scores.summary.json").read_text())
+    return {"wall_s": round(seconds, 2), "stays": summary["stays_read"], "scored": summary["scored"],
+            "stays_per_s_process": round(summary["stays_read"] / seconds, 1),
+            "stays_per_s_job": summary["stays_per_second"], "peak_rss_mb": round(rss_kb / 1024, 1),
+            "chunk_seconds": summary["chunk_seconds"], "load_before": round(load_before, 2),
+            "load_after": round(os.getloadavg()[0], 2)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(REPO / "runs/bench_default/model"))
+    ap.add_argument("--stays", type=int, default=100_000)
+    ap.add_argument("--data", help="existing long Parquet to score (default: generate --stays synthetic stays)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--chunk-stays", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--json", help="write the results here")
+    a = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_score."))
+    try:
+        data = Path(a.data) if a.data else tmp / f"synthetic-{a.stays}.parquet"
+        if not a.data:
+            from clinical_lstm.synthetic import write_cohort
+
+            info = write_cohort(data, a.stays, seed=0)
+            print(f"generated {info['stays']:,} stays, {info['rows']:,} rows, {info['bytes'] / 1e6:.0f} MB "
+                  f"in {info['seconds']:.1f} s -> {data}")
+        cli = [str(Path(sys.executable).parent / "clinical-lstm"), "score", "--model", a.model, "--data", str(data)]
+        if a.chunk_stays:
+            cli += ["--chunk-stays", str(a.chunk_stays)]
+        if a.workers:
+            cli += ["--workers", str(a.workers)]
+        runs = []
+        for i in range(a.repeats):
+            r = run_once(cli, tmp / f"run{i}")
+            runs.append(r)
+            print(f"run {i + 1}: {r['wall_s']:.1f} s, {r['stays_per_s_process']:,.0f} stays/s whole process, "
+                  f"{r['stays_per_s_job']:,.0f} in job, peak RSS {r['peak_rss_mb']:,.0f} MB, stages "
+                  f"{r['chunk_seconds']}, load {r['load_before']} -> {r['load_after']}")
+        med = {k: float(np.median([r[k] for r in runs]))
+               for k in ("wall_s", "stays_per_s_process", "stays_per_s_job", "peak_rss_mb")}
+        print(f"median of {a.repeats}: {med['stays_per_s_process']:,.0f} stays/s whole process "
+              f"({med['wall_s']:.1f} s), {med['stays_per_s_job']:,.0f} stays/s in job, peak RSS "
+              f"{med['peak_rss_mb']:,.0f} MB; cores: {len(os.sched_getaffinity(0))}")
+        if a.json:
+            Path(a.json).write_text(json.dumps({"command": cli, "runs": runs, "median": med,
+                                                "cores": len(os.sched_getaffinity(0))}, indent=2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
