@@ -155,8 +155,8 @@ def _score_partition(batches, name: str, explain: int, chunk_rows: int):
             continue
         ids = frame["stay_id"]
         if ids.null_count():
-            raise DataError(f"{ids.null_count()} row(s) have a stay_id that is null or not an integer; every "
-                            f"row needs its stay's integer id. Map encounter identifiers to integers first")
+            raise DataError(f"stay_id must be an integer on every row; {ids.null_count()} row(s) of one batch "
+                            f"have a null or non-integer stay_id. Map encounter identifiers to integers first")
         if not ids.is_sorted() or (last_id is not None and ids[0] < last_id):  # internal invariant
             raise AssertionError("rows reached the scorer out of stay_id order: a stay could be split")
         last_id = ids[-1]
