@@ -1,8 +1,8 @@
 """Score a Spark DataFrame with the same model bundle, stay by stay, and get the single-machine risks.
 
 :func:`score_spark` turns a long Spark DataFrame (``stay_id, time, variable, value``) into one row per stay:
-``stay_id, risk, flag, reason, n_observations`` (risk null and a reason for a rejected stay), the same
-numbers :meth:`clinical_lstm.bundle.RiskModel.predict` gives on one machine.
+``stay_id, risk, flag, reason, n_observations, quality_flags`` (risk null and a reason for a rejected
+stay), the same numbers :meth:`clinical_lstm.bundle.RiskModel.predict` gives on one machine.
 
 How the work is cut
 -------------------
@@ -56,7 +56,7 @@ def _types(explain: int) -> dict:
     tops = {c: t for k in range(1, explain + 1)
             for c, t in ((f"top{k}_variable", pl.String), (f"top{k}_contribution", pl.Float64))}
     return {"stay_id": pl.Int64, "risk": pl.Float64, "flag": pl.Boolean, "reason": pl.String,
-            "n_observations": pl.Int64, **tops}
+            "n_observations": pl.Int64, "quality_flags": pl.String, **tops}
 
 
 def output_schema(explain: int = 0) -> str:
@@ -118,13 +118,15 @@ def score_frame(model: RiskModel, long: pl.DataFrame, explain: int = 0) -> pl.Da
     """Score whole stays of a polars long frame: one row per stay in :func:`output_schema` order."""
     scored, rejects, _ = model.score(long, explain=explain)
     types = _types(explain)
-    tops = list(types)[5:]
+    tops = list(types)[6:]
     scored = scored.select("stay_id", "risk", "flag", pl.lit(None, pl.String).alias("reason"),
-                           pl.col("n_observations").cast(pl.Int64),
+                           pl.col("n_observations").cast(pl.Int64), "quality_flags",
                            *[pl.col(c) if c in scored.columns else pl.lit(None).alias(c) for c in tops])
     rejected = rejects.select("stay_id", pl.lit(None, pl.Float64).alias("risk"),
                               pl.lit(None, pl.Boolean).alias("flag"), "reason",
-                              pl.lit(None, pl.Int64).alias("n_observations"), *[pl.lit(None).alias(c) for c in tops])
+                              pl.lit(None, pl.Int64).alias("n_observations"),
+                              pl.lit(None, pl.String).alias("quality_flags"),
+                              *[pl.lit(None).alias(c) for c in tops])
     out = pl.concat([f.cast(types) for f in (scored, rejected)])
     n_in = long["stay_id"].n_unique()
     if out.height != n_in or out["stay_id"].n_unique() != n_in:  # internal invariant
@@ -155,8 +157,9 @@ def _score_partition(batches, name: str, explain: int, chunk_rows: int):
             continue
         ids = frame["stay_id"]
         if ids.null_count():
-            raise DataError(f"stay_id must be an integer on every row; {ids.null_count()} row(s) of one batch "
-                            f"have a null or non-integer stay_id. Map encounter identifiers to integers first")
+            raise DataError(f"stay_id must be an integer on every row; {ids.null_count()} row(s) of one "
+                            f"batch have a null or non-integer stay_id. Map encounter identifiers to "
+                            f"integers first")
         if not ids.is_sorted() or (last_id is not None and ids[0] < last_id):  # internal invariant
             raise AssertionError("rows reached the scorer out of stay_id order: a stay could be split")
         last_id = ids[-1]
@@ -191,7 +194,8 @@ def _long_columns(df):
             return F.col(c).cast("double").alias(c)
         if isinstance(types[c], StringType):
             return F.col(c)
-        raise DataError(f"column {c!r} is {types[c].simpleString()}; expected a number (hours / value) or text")
+        raise DataError(f"column {c!r} is {types[c].simpleString()}; expected a number (hours / value) "
+                        f"or text")
 
     return df.select(F.expr("try_cast(stay_id AS BIGINT)").alias("stay_id"), as_number_or_text("time"),
                      F.col("variable").cast("string").alias("variable"), as_number_or_text("value"))
@@ -220,13 +224,15 @@ def score_spark(df, model, explain: int = 0, n_partitions: int | None = None, ch
     -------
     pyspark.sql.DataFrame
         One row per distinct ``stay_id``: ``stay_id long, risk double, flag boolean, reason string,
-        n_observations long`` (+ ``top<k>_variable string, top<k>_contribution double``). A rejected stay has
-        null ``risk``/``flag``/``n_observations`` and its reason (``no_time_series``).
+        n_observations long, quality_flags string`` (``;``-joined, see
+        :data:`clinical_lstm.validate.QUALITY_FLAGS`) + ``top<k>_variable string, top<k>_contribution
+        double``. A rejected stay has null ``risk``/``flag``/``n_observations``/``quality_flags`` and its
+        reason (``no_time_series``).
     """
     _require_pyspark()
     if explain < 0 or n_partitions is not None and n_partitions < 1 or chunk_rows < 1:
-        raise ValueError(f"explain must be >= 0, n_partitions >= 1 and chunk_rows >= 1; got explain={explain}, "
-                         f"n_partitions={n_partitions}, chunk_rows={chunk_rows}")
+        raise ValueError(f"explain must be >= 0, n_partitions >= 1 and chunk_rows >= 1; got "
+                         f"explain={explain}, n_partitions={n_partitions}, chunk_rows={chunk_rows}")
     long = _long_columns(df)
     staged = stage_bundle(model)
     long.sparkSession.sparkContext.addFile(str(staged), recursive=True)

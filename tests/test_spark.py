@@ -38,9 +38,11 @@ def synthetic_long(n: int, seed: int = 0) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
     for sid in range(1, n + 1):
-        rows += [(sid, 0.0, "Age", float(rng.integers(20, 90))), (sid, 0.0, "ICUType", float(rng.integers(1, 5)))]
+        rows += [(sid, 0.0, "Age", float(rng.integers(20, 90))),
+                 (sid, 0.0, "ICUType", float(rng.integers(1, 5)))]
         rows += [(sid, float(t), "HR", float(rng.normal(85, 12))) for t in np.sort(rng.uniform(0, 12, 15))]
-        rows += [(sid, float(t), "Urine", float(rng.uniform(10, 200))) for t in np.sort(rng.uniform(0, 12, 4))]
+        rows += [(sid, float(t), "Urine", float(rng.uniform(10, 200)))
+                 for t in np.sort(rng.uniform(0, 12, 4))]
     rows += [(ONLY_UNKNOWN, 1.0, "Lactate", 2.0), (ONLY_UNKNOWN, 2.0, "Lactate", 3.0),
              (ONLY_STATICS, 0.0, "Age", 70.0), (ONLY_STATICS, 0.0, "ICUType", 2.0)]
     return pl.DataFrame(rows, schema=["stay_id", "time", "variable", "value"], orient="row")
@@ -112,15 +114,17 @@ def test_rows_scattered_over_partitions_give_single_machine_risks(scattered, bun
     _, got = scattered
     assert_same_as_predict(got, load_model(bundle).predict(long))
     scored, _, _ = load_model(bundle).score(long)
-    n_obs = got.filter(pl.col("reason").is_null()).sort("stay_id")["n_observations"]
-    assert n_obs.to_list() == scored.sort("stay_id")["n_observations"].to_list()
+    cols = ["stay_id", "n_observations", "quality_flags"]
+    assert got.filter(pl.col("reason").is_null()).sort("stay_id").select(cols).rows() == \
+        scored.sort("stay_id").select(cols).rows()
 
 
 def test_stays_without_time_series_come_back_with_their_reason(scattered):
     _, got = scattered
     rejected = got.filter(pl.col("risk").is_null()).sort("stay_id")
-    assert rejected.select("stay_id", "reason", "flag", "n_observations").rows() == [
-        (ONLY_UNKNOWN, "no_time_series", None, None), (ONLY_STATICS, "no_time_series", None, None)]
+    assert rejected.select("stay_id", "reason", "flag", "n_observations", "quality_flags").rows() == [
+        (ONLY_UNKNOWN, "no_time_series", None, None, None),
+        (ONLY_STATICS, "no_time_series", None, None, None)]
 
 
 def test_every_stay_in_is_exactly_one_row_out(spark, scattered):
@@ -134,8 +138,9 @@ def test_every_stay_in_is_exactly_one_row_out(spark, scattered):
 
 def test_output_schema(spark, bundle, long):
     out = score_spark(spark.createDataFrame(long.to_arrow()), bundle, n_partitions=3, explain=1)
-    assert out.schema.simpleString() == ("struct<stay_id:bigint,risk:double,flag:boolean,reason:string,"
-                                         "n_observations:bigint,top1_variable:string,top1_contribution:double>")
+    assert out.schema.simpleString() == (
+        "struct<stay_id:bigint,risk:double,flag:boolean,reason:string,n_observations:bigint,"
+        "quality_flags:string,top1_variable:string,top1_contribution:double>")
 
 
 def test_text_columns_are_parsed_as_the_file_readers_do(spark, bundle, long):
@@ -176,7 +181,7 @@ def test_non_integer_stay_id_is_refused(spark, bundle, long):
 
     bad = long.with_columns(pl.col("stay_id").cast(pl.String)).with_columns(
         pl.when(pl.col("stay_id") == "5").then(pl.lit("bed-5")).otherwise(pl.col("stay_id")).alias("stay_id"))
-    with pytest.raises(PythonException, match=r"stay_id must be an integer on every row; \d+ row\(s\) of one batch"):
+    with pytest.raises(PythonException, match=r"must be an integer on every row; \d+ row\(s\) of one"):
         score_spark(spark.createDataFrame(bad.to_arrow()), bundle).collect()
     with pytest.raises(DataError, match=r"lacks column\(s\) \['variable'\]"):
         score_spark(spark.createDataFrame(long.rename({"variable": "name"}).to_arrow()), bundle)
@@ -202,3 +207,21 @@ def test_registered_model_uri(spark, bundle, long, tmp_path, monkeypatch):
     got = collect(score_spark(spark.createDataFrame(long.to_arrow()), "models:/clinical-lstm@champion"))
     assert_same_as_predict(got, load_model(bundle).predict(long))
     assert time.perf_counter() - t0 < 60
+
+
+def test_same_risks_as_the_single_machine_batch_job(scattered, bundle, long, tmp_path):
+    """The Spark output and `clinical-lstm score`'s chunked job agree stay by stay, rejects included."""
+    from clinical_lstm.batch import score_batch
+
+    _, got = scattered
+    src = tmp_path / "long.parquet"
+    long.write_parquet(src)
+    score_batch(bundle, src, tmp_path / "scores.parquet", chunk_stays=7, log=lambda _: None)
+    batch = pl.read_parquet(tmp_path / "scores.parquet").sort("stay_id")
+    rejects = pl.read_parquet(tmp_path / "scores.rejects.parquet").sort("stay_id")
+    spark_scored = got.filter(pl.col("reason").is_null()).sort("stay_id")
+    assert spark_scored["stay_id"].to_list() == batch["stay_id"].to_list()
+    assert (spark_scored["risk"] - batch["risk"]).abs().max() <= 1e-6
+    assert (spark_scored["flag"] == batch["flag"]).all()
+    assert got.filter(pl.col("reason").is_not_null()).sort("stay_id").select("stay_id", "reason").rows() == \
+        rejects.select("stay_id", "reason").rows()

@@ -2,7 +2,7 @@
 temporary SQLite store, ``mlflow server`` serves it on 127.0.0.1, and headless Chromium (driven by playwright)
 opens the run list and the compare-runs view and reads the runs' names and AUROC/AUPRC off the page.
 
-Needs ``/usr/bin/chromium`` and the ``playwright`` package (no browser download): ``bash scripts/ci_browser.sh``
+Needs ``/usr/bin/chromium`` and the ``playwright`` package (no browser download): ``bash scripts/ci_extras.sh``
 installs both. Without them the test fails (it does not skip). ``UPDATE_SCREENSHOTS=1`` writes the screenshots
 to ``docs/mlflow_runs.png`` and ``docs/mlflow_compare.png``; otherwise they go to the test's tmp_path.
 """
@@ -28,7 +28,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--no-proxy-server"]  # only ever 127.0.0.1
-INSTALL_HINT = "run `bash scripts/ci_browser.sh` (apt chromium + pip playwright into .venv)"
+INSTALL_HINT = "run `bash scripts/ci_extras.sh` (apt chromium + pip playwright into .venv)"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 EXPERIMENT = "ui-test"
 HIDDEN = (8, 16)
