@@ -134,7 +134,9 @@ def index_long(path: Path, catalogue) -> Input:
             scan.group_by(pl.col("variable").cast(pl.String).str.strip_chars()).len(),
         ])
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise DataError(f"cannot read data file {path}: {_first_line(exc)}") from None
+        hint = (" (an opening quote that is never closed makes the rest of the file one field: check the "
+                "quoting)" if "malformed" in str(exc) else "")
+        raise DataError(f"cannot read data file {path}: {_first_line(exc)}{hint}") from None
     if bad.height:
         raise DataError(f"data file {path}, row {bad['row'][0] + 1}: stay_id {bad['stay_id'][0]!r} is not an "
                         f"integer; every row needs its stay's integer id (map encounter identifiers first)")

@@ -224,3 +224,18 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_output(bundle, tmp_path):
     summary = json.loads(out.with_name("killed.summary.json").read_text())
     assert summary["stays_read"] == summary["scored"] + summary["rejected"] == 1500
     assert not manifest.parent.exists()
+
+
+def test_progress_in_a_log_is_one_line_per_chunk_with_the_rate(bundle, cohort, tmp_path):
+    path, _ = cohort
+    lines = []
+    score_batch(bundle, path, tmp_path / "p.parquet", chunk_stays=50, progress=True, log=lines.append)
+    progress = [line for line in lines if line.startswith("scored ")]
+    assert progress and progress[-1].startswith("scored 120/120 stays (") and "stays/s" in progress[-1]
+    assert lines[-1].startswith("120 stays read: 120 scored")  # the closing line
+
+
+def test_an_unclosed_quote_in_a_csv_names_the_file_and_the_likely_cause(bundle, tmp_path):
+    (tmp_path / "q.csv").write_text('stay_id,time,variable,value\n1,0.5,HR,"80\n1,1.0,HR,82\n')
+    with pytest.raises(DataError, match=r"q\.csv.*quote"):
+        score_batch(bundle, tmp_path / "q.csv", tmp_path / "q.parquet", log=quiet)

@@ -221,6 +221,16 @@ def test_same_time_conflict_counted_and_rows_kept(cat):
         "aggregated in bin (kept)"]
 
 
+def test_row_order_never_changes_the_clean_table(cat):
+    """Simultaneous conflicting values are ordered by value: a file's row order, a chunk boundary or a Spark
+    shuffle cannot change which value a "last" aggregation keeps."""
+    rows = [(1, "02:00", "HR", "90"), (1, "02:00", "HR", "80"), (1, "03:00", "MAP", "75"),
+            (1, "03:00", "MAP", "70"), (1, "03:00", "MAP", "72"), (2, "01:00", "HR", "60")]
+    want = clean_rows(validate(raw_data(rows), cat)[0])
+    for perm in ([5, 4, 3, 2, 1, 0], [2, 0, 4, 1, 5, 3], [1, 3, 5, 0, 2, 4]):
+        assert clean_rows(validate(raw_data([rows[i] for i in perm]), cat)[0]) == want
+
+
 def test_hh_mm_times_parsed_to_hours(cat):
     raw = raw_data([
         (1, "36:30", "HR", "80"),
