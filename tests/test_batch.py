@@ -84,20 +84,26 @@ def test_physionet_archive_in_chunks_equals_one_call(bundle, tmp_path):
     np.testing.assert_allclose(got["risk"].to_numpy(), ref["risk"].to_numpy(), atol=1e-6)
 
 
-def test_a_crash_mid_job_resumes_without_rescoring_finished_chunks(bundle, tmp_path, monkeypatch):
-    stays = {100 + i: [("00:30", "HR", 80 + i), ("07:10", "MAP", 70 + i % 9)] for i in range(30)}
-    archive = write_physionet_set(tmp_path, stays, archive=True)
-    out = tmp_path / "r.parquet"
+def crash_on_call(monkeypatch, n: int, exc: BaseException) -> dict:
+    """Make the ``n``-th ``RiskModel.score`` call (one per chunk) raise ``exc``; returns the call counter."""
     calls = {"n": 0}
     real = RiskModel.score
 
     def failing(self, data, explain=0):
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise MemoryError("simulated crash in the third chunk")
+        if calls["n"] == n:
+            raise exc
         return real(self, data, explain)
 
     monkeypatch.setattr(RiskModel, "score", failing)
+    return calls
+
+
+def test_a_crash_mid_job_resumes_without_rescoring_finished_chunks(bundle, tmp_path, monkeypatch):
+    stays = {100 + i: [("00:30", "HR", 80 + i), ("07:10", "MAP", 70 + i % 9)] for i in range(30)}
+    archive = write_physionet_set(tmp_path, stays, archive=True)
+    out = tmp_path / "r.parquet"
+    calls = crash_on_call(monkeypatch, 3, MemoryError("simulated crash in the third chunk"))
     with pytest.raises(MemoryError):
         score_batch(bundle, archive, out, chunk_stays=4, log=quiet)
     assert not out.exists() and not out.with_name("r.summary.json").exists()  # nothing that looks complete
@@ -116,19 +122,10 @@ def test_a_crash_mid_job_resumes_without_rescoring_finished_chunks(bundle, tmp_p
 def test_changed_options_start_afresh_instead_of_mixing_runs(bundle, cohort, tmp_path, monkeypatch):
     path, _ = cohort
     out = tmp_path / "m.parquet"
-    real = RiskModel.score
-    calls = {"n": 0}
-
-    def failing(self, data, explain=0):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("crash")
-        return real(self, data, explain)
-
-    monkeypatch.setattr(RiskModel, "score", failing)
+    calls = crash_on_call(monkeypatch, 2, RuntimeError("crash"))
     with pytest.raises(RuntimeError):
         score_batch(bundle, path, out, chunk_stays=10, log=quiet)
-    monkeypatch.setattr(RiskModel, "score", real)
+    calls["n"] = 10  # no more crashes
     lines = []
     summary = score_batch(bundle, path, out, chunk_stays=30, log=lines.append)  # another chunk size
     assert any("starting afresh" in line for line in lines)
