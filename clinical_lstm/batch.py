@@ -7,7 +7,7 @@ How a job runs
    ``stay_id`` and ``variable`` of long-format files: it finds every stay, whether each stay's rows are
    contiguous, and the variable names that are not in the catalogue (reported, then ignored by rule). A
    problem here raises :class:`~clinical_lstm.sources.DataError` (``clinical-lstm`` exits with code 2).
-2. **Chunks of whole stays.** Stays are cut into chunks of ``chunk_stays`` in input order. A long Parquet file
+2. **Chunks of whole stays** (:mod:`clinical_lstm.chunks`). Stays are cut into chunks of ``chunk_stays`` in input order. A long Parquet file
    whose stays are contiguous (sorted or grouped by ``stay_id``, as database extracts are) is read chunk by
    chunk as row slices; otherwise each chunk is filtered out of the file (one scan per chunk: slower, same
    result). CSV is first copied into a Parquet spill file in the working folder (streamed). PhysioNet
@@ -36,188 +36,30 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from .sources import LONG_COLUMNS, DataError, RawData, _iter_stay_files, is_physionet, physionet_raw
+from .chunks import (
+    Chunk,
+    Input,
+    check_unique_ids,
+    index_long,
+    index_physionet,
+    plan_chunks,
+    read_chunks,
+    spill_csv,
+)
+from .sources import DataError, RawData, is_physionet
 from .validate import write_json_atomic
 
 MANIFEST_VERSION = 1
 DEFAULT_CHUNK_STAYS = 2000
 
 
-# -- inputs ----------------------------------------------------------------------------------------------
-@dataclass
-class Chunk:
-    """Consecutive whole stays of one input."""
-
-    index: int  # position in the job (all inputs)
-    input: int  # which input
-    first: int  # position of its first stay in the input's stay order
-    stays: int
-    offset: int = 0  # long inputs with contiguous stays: first row
-    rows: int = 0  # long inputs with contiguous stays: number of rows
-
-
-@dataclass
-class Input:
-    """One ``--data`` path, indexed: its stays in input order and how to read a chunk of them."""
-
-    path: Path
-    kind: str  # "long" | "physionet"
-    stay_ids: np.ndarray  # Int64, input order
-    first_row: np.ndarray | None = None  # long: first row of each stay
-    n_rows: np.ndarray | None = None  # long: rows of each stay
-    contiguous: bool = True
-    unknown_variables: dict[str, int] = field(default_factory=dict)
-    ignored_members: int = 0
-    empty: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    def fingerprint(self) -> dict:
-        st = self.path.stat()
-        return {"name": str(self.path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _scan(path: Path) -> pl.LazyFrame:
-    if path.suffix.lower() == ".parquet":
-        return pl.scan_parquet(path)
-    return pl.scan_csv(path, infer_schema=False, quote_char='"')  # all text: validation counts bad entries
-
-
-def _stay_id_expr(dtype) -> pl.Expr:
-    """``stay_id`` as Int64; null where it is not an integer (text is stripped first, floats must be whole)."""
-    col = pl.col("stay_id")
-    if dtype.is_integer():
-        return col.cast(pl.Int64)
-    if dtype.is_float():
-        return pl.when(col == col.round()).then(col.cast(pl.Int64, strict=False))
-    return col.cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
-
-
-def index_long(path: Path, catalogue) -> Input:
-    """The index pass of a long-format file: stays, contiguity, unknown variables — ``stay_id`` and
-    ``variable`` only. Raises :class:`DataError` for a file that cannot be read or lacks columns."""
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".csv", ".txt"):
-        raise DataError(f"data file {path} must be .csv, .parquet, a PhysioNet set folder or .tar.gz "
-                        f"(got '{suffix}')")
-    empty = Input(path, "long", np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), empty=True)
-    if path.stat().st_size == 0:
-        return empty
-    try:
-        scan = _scan(path)
-        columns = scan.collect_schema().names()
-    except pl.exceptions.NoDataError:
-        return empty
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise DataError(f"cannot read data file {path}: {_first_line(exc)}") from None
-    missing = [c for c in LONG_COLUMNS if c not in columns]
-    if missing:
-        raise DataError(f"data file {path} lacks column(s) {missing}; expected {list(LONG_COLUMNS)} "
-                        f"(extra columns are ignored), found {columns}")
-    ids = _stay_id_expr(scan.collect_schema()["stay_id"])
-    try:
-        bad, stays, variables = pl.collect_all([
-            scan.with_row_index("row").filter(ids.is_null()).select("row", "stay_id").head(1),
-            scan.select(ids.alias("stay_id")).with_row_index("row").group_by("stay_id", maintain_order=True)
-            .agg(pl.col("row").min().alias("first"), pl.col("row").max().alias("last"), pl.len().alias("n")),
-            scan.group_by(pl.col("variable").cast(pl.String).str.strip_chars()).len(),
-        ])
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        hint = (" (an opening quote that is never closed makes the rest of the file one field: check the "
-                "quoting)" if "malformed" in str(exc) else "")
-        raise DataError(f"cannot read data file {path}: {_first_line(exc)}{hint}") from None
-    if bad.height:
-        raise DataError(f"data file {path}, row {bad['row'][0] + 1}: stay_id {bad['stay_id'][0]!r} is not an "
-                        f"integer; every row needs its stay's integer id (map encounter identifiers first)")
-    if not stays.height:
-        return empty
-    first, last, n = (stays[c].to_numpy().astype(np.int64) for c in ("first", "last", "n"))
-    known = set(catalogue.names)
-    unknown = {str(v): int(k) for v, k in variables.iter_rows() if v not in known}
-    return Input(path, "long", stays["stay_id"].to_numpy(), first, n,
-                 contiguous=bool(np.all(last - first + 1 == n)), unknown_variables=unknown)
-
-
-def index_physionet(path: Path) -> Input:
-    """The index pass of a PhysioNet set folder or archive: its stay files in order (no parsing)."""
-    ids, ignored = [], 0
-    for record_id, _ in _iter_stay_files(path, skip=lambda _: True):
-        if record_id is None:
-            ignored += 1
-        else:
-            ids.append(record_id)
-    return Input(path, "physionet", np.asarray(ids, dtype=np.int64), ignored_members=ignored, empty=not ids)
-
-
-def plan_chunks(inputs: list[Input], chunk_stays: int) -> list[Chunk]:
-    chunks = []
-    for i, inp in enumerate(inputs):
-        for first in range(0, len(inp.stay_ids), chunk_stays):
-            k = min(chunk_stays, len(inp.stay_ids) - first)
-            c = Chunk(len(chunks), i, first, k)
-            if inp.kind == "long" and inp.contiguous:
-                c.offset = int(inp.first_row[first])
-                c.rows = int(inp.n_rows[first:first + k].sum())
-            chunks.append(c)
-    return chunks
-
-
-def read_chunks(inp: Input, chunks: list[Chunk], todo: set[int], spill: Path | None) -> Iterator[tuple[Chunk, RawData]]:
-    """Yield ``(chunk, RawData)`` for the chunks of ``inp`` (``chunks``) whose index is in ``todo``, in order."""
-    if inp.kind == "physionet":
-        yield from _read_physionet_chunks(inp, chunks, todo)
-        return
-    scan = pl.scan_parquet(spill) if spill is not None else _scan(inp.path)
-    ids = _stay_id_expr(scan.collect_schema()["stay_id"])
-    for c in chunks:
-        if c.index not in todo:
-            continue
-        chunk_ids = inp.stay_ids[c.first:c.first + c.stays]
-        if inp.contiguous:
-            df = scan.slice(c.offset, c.rows)
-        else:
-            df = scan.filter(ids.is_in(pl.Series(chunk_ids).implode()))
-        df = df.select(ids.alias("stay_id"), pl.col("time"), pl.col("variable").cast(pl.String), pl.col("value"))
-        yield c, RawData(long=df.collect(), stays=pl.Series("stay_id", np.sort(chunk_ids), dtype=pl.Int64),
-                         sources=[inp.name])
-
-
-def _read_physionet_chunks(inp: Input, chunks: list[Chunk], todo: set[int]):
-    """One pass over the folder/archive; files of finished chunks are skipped unread."""
-    starts = np.array([c.first for c in chunks])
-    of = lambda position: chunks[int(np.searchsorted(starts, position, side="right")) - 1]  # noqa: E731
-    files: list = []
-    position = -1
-    for record_id, data in _iter_stay_files(inp.path, skip=lambda p: of(p).index not in todo):
-        if record_id is None:
-            continue
-        position += 1
-        c = of(position)
-        if c.index not in todo:
-            continue
-        files.append((record_id, data))
-        if len(files) == c.stays:
-            yield c, physionet_raw(files, inp.name)
-            files = []
-
-
 # -- the job -------------------------------------------------------------------------------------------------
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _model_fingerprint(model) -> str:
     h = hashlib.sha256()
     meta = {k: model.metadata.get(k) for k in ("catalogue_digest", "model_config", "calibrator", "threshold")}
@@ -431,7 +273,7 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
     model = model if isinstance(model, RiskModel) else load_model(model)
     check_catalogue(model, catalogue)
     inputs = [index_physionet(p) if is_physionet(p) else index_long(p, model.catalogue) for p in paths]
-    _check_unique_ids(inputs)
+    check_unique_ids(inputs)
     _report_inputs(inputs, log)
 
     job = _Job(model, source, inputs, out, explain, chunk_stays, log)
@@ -516,7 +358,7 @@ class _Job:
                     todo = {c.index for c in mine if str(c.index) not in self.manifest["done"]}
                     if not todo:
                         continue
-                    spill = _spill_csv(inp, self.work.path) if inp.kind == "long" and inp.path.suffix != \
+                    spill = spill_csv(inp, self.work.path) if inp.kind == "long" and inp.path.suffix != \
                         ".parquet" else None
                     tr = time.perf_counter()
                     for c, raw in read_chunks(inp, mine, todo, spill):
@@ -571,28 +413,6 @@ def _torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _spill_csv(inp: Input, workdir: Path) -> Path:
-    """Stream a CSV into a Parquet spill file (all columns as text), so chunks are row slices."""
-    spill = workdir / f"spill-{hashlib.sha1(str(inp.path.resolve()).encode()).hexdigest()[:10]}.parquet"
-    tmp = spill.with_name(f".{spill.name}.tmp")
-    _scan(inp.path).select(LONG_COLUMNS).sink_parquet(tmp)
-    os.replace(tmp, spill)
-    return spill
-
-
-def _check_unique_ids(inputs: list[Input]) -> None:
-    seen: dict[int, str] = {}
-    for inp in inputs:
-        ids, counts = np.unique(inp.stay_ids, return_counts=True)
-        if (counts > 1).any():
-            raise DataError(f"{inp.name}: stay {ids[counts > 1][0]} appears more than once (two stay files with "
-                            f"the same RecordID)")
-        for sid in ids[np.isin(ids, np.fromiter(seen, np.int64, len(seen)))] if seen else []:
-            raise DataError(f"stay {sid} appears in both {seen[int(sid)]} and {inp.name}; stay ids must be "
-                            f"unique across --data paths")
-        seen.update(dict.fromkeys(ids.tolist(), inp.name))
 
 
 def _chunk_entry(c: Chunk, scored: pl.DataFrame, rejects: pl.DataFrame, report, seconds: dict) -> dict:
