@@ -7,11 +7,12 @@ How a job runs
    ``stay_id`` and ``variable`` of long-format files: it finds every stay, whether each stay's rows are
    contiguous, and the variable names that are not in the catalogue (reported, then ignored by rule). A
    problem here raises :class:`~clinical_lstm.sources.DataError` (``clinical-lstm`` exits with code 2).
-2. **Chunks of whole stays** (:mod:`clinical_lstm.chunks`). Stays are cut into chunks of ``chunk_stays`` in input order. A long Parquet file
-   whose stays are contiguous (sorted or grouped by ``stay_id``, as database extracts are) is read chunk by
-   chunk as row slices; otherwise each chunk is filtered out of the file (one scan per chunk: slower, same
-   result). CSV is first copied into a Parquet spill file in the working folder (streamed). PhysioNet
-   folders and archives are read member by member. Memory is bounded by the chunk size, not the input size.
+2. **Chunks of whole stays** (:mod:`clinical_lstm.chunks`). Stays are cut into chunks of ``chunk_stays`` in
+   input order. A long Parquet file whose stays are contiguous (sorted or grouped by ``stay_id``, as database
+   extracts are) is read chunk by chunk as row slices; otherwise each chunk is filtered out of the file (one
+   scan per chunk: slower, same result). CSV is first copied into a Parquet spill file in the working folder
+   (streamed). PhysioNet folders and archives are read member by member. Chunks are scored by ``workers``
+   threads; memory is bounded by the chunk size and the worker count, not the input size.
 3. **Atomic parts and a manifest.** Each chunk's scored rows and rejects are written to the working folder
    ``<out folder>/.<out name>.partial/`` (temp file + rename), then recorded in ``manifest.json`` (also
    atomic). A job that is killed — even with SIGKILL — and re-run with the same arguments skips the chunks
