@@ -124,7 +124,7 @@ class _Workdir:
         if self.manifest_path.is_file() and not restart:
             with contextlib.suppress(ValueError, OSError):
                 manifest = json.loads(self.manifest_path.read_text())
-            if manifest is not None and manifest.get("job") != job:
+            if manifest is not None and (manifest.get("job") != job or manifest.get("version") != MANIFEST_VERSION):
                 log("the inputs, model or options changed since the unfinished run; starting afresh")
                 manifest = None
             elif manifest is not None:
