@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +45,7 @@ from pathlib import Path
 
 import polars as pl
 
+from .catalogue import Catalogue, resolve
 from .chunks import (
     Chunk,
     Input,
@@ -72,14 +75,24 @@ def _model_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def check_catalogue(model, expected) -> None:
-    """Raise :class:`DataError` when the model was trained on a different catalogue than the job expects."""
-    from .catalogue import resolve
+def _locate_bundle(source: str) -> tuple[Path, dict | None]:
+    """A bundle directory, or an MLflow model URI downloaded to one: ``(directory, provenance or None)``."""
+    from .tracking import download_bundle, is_model_uri
 
+    if is_model_uri(source):
+        return download_bundle(source)
+    directory = Path(source)
+    if not (directory / "bundle.json").is_file() or not (directory / "catalogue.csv").is_file():
+        raise DataError(f"{directory} is not a clinical-lstm model bundle (no bundle.json); pass the directory "
+                        f"that `clinical-lstm train --out DIR` wrote, or an MLflow model URI")
+    return directory, None
+
+
+def check_catalogue(have: Catalogue, expected) -> None:
+    """Raise :class:`DataError` when the model's catalogue ``have`` differs from the one the job expects."""
     if expected is None:
         return
     cat = resolve(None if expected == "default" else expected)
-    have = model.catalogue
     if cat.digest() == have.digest():
         return
     added = sorted(set(cat.names) - set(have.names))
@@ -252,8 +265,6 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
     dict
         The summary (also written to ``<stem>.summary.json``).
     """
-    from .bundle import RiskModel, load_model
-
     t0 = time.perf_counter()
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
@@ -269,13 +280,25 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
         if not p.exists():
             raise DataError(f"data path {p} does not exist")
 
-    # 1. the contract, before any work
-    source = "<in memory>" if isinstance(model, RiskModel) else str(model)
-    model = model if isinstance(model, RiskModel) else load_model(model)
-    check_catalogue(model, catalogue)
-    inputs = [index_physionet(p) if is_physionet(p) else index_long(p, model.catalogue) for p in paths]
+    # 1. the contract, before any work. A model given by path or URI is located and its catalogue read first;
+    # the inputs are then indexed (polars, which releases the GIL) while torch imports in the background.
+    if isinstance(model, (str, Path)):
+        source = str(model)
+        bundle_dir, provenance = _locate_bundle(source)
+        threading.Thread(target=importlib.import_module, args=("torch",), daemon=True).start()
+        model_catalogue = Catalogue.from_csv(bundle_dir / "catalogue.csv")
+    else:
+        source, model_catalogue = "<in memory>", model.catalogue
+    check_catalogue(model_catalogue, catalogue)
+    inputs = [index_physionet(p) if is_physionet(p) else index_long(p, model_catalogue) for p in paths]
     check_unique_ids(inputs)
     _report_inputs(inputs, log)
+    if isinstance(model, (str, Path)):
+        from .bundle import RiskModel
+
+        model = RiskModel.load(bundle_dir)
+        if provenance:
+            model.metadata["source"] = provenance
 
     job = _Job(model, source, inputs, out, explain, chunk_stays, log)
     job.work.open(job.fingerprint, restart, log)
