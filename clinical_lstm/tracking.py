@@ -369,10 +369,20 @@ def download_bundle(uri: str, dst: str | Path | None = None) -> tuple[Path, dict
     Returns the bundle directory and ``{"uri": ..., "version": ...}`` for provenance.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking_uri())
+    from .sources import DataError
+
+    store = tracking_uri()
+    mlflow.set_tracking_uri(store)
     dst = Path(dst or tempfile.mkdtemp(prefix="clinical-lstm-model-"))
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except MlflowException as exc:  # an unknown model, alias, version or run: the caller's input, not a crash
+        shutil.rmtree(dst, ignore_errors=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{uri} cannot be resolved in the tracking store {store}: {first}. List the registered "
+                        f"models in the MLflow UI (`clinical-lstm ui`) or set MLFLOW_TRACKING_URI") from None
     bundle = next((p.parent for p in local.rglob("bundle.json")), None)
     if bundle is None:
         shutil.rmtree(dst, ignore_errors=True)

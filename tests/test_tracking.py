@@ -178,3 +178,13 @@ def test_sweep_rejects_unknown_parameter():
     trials = sweep_configs(Config(), {"model.hidden_size": [4, 8], "model.decay": [True, False]})
     assert [t[1].model.hidden_size for t in trials] == [4, 4, 8, 8]
     assert [t[1].model.decay for t in trials] == [True, False, True, False]
+
+
+def test_unknown_registered_model_is_a_clear_data_error(tmp_path, monkeypatch):
+    """`models:/...` that does not resolve (no such model or alias) is the caller's input error, not a crash."""
+    from clinical_lstm.bundle import load_model
+    from clinical_lstm.sources import DataError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(DataError, match=r"models:/no-such-model@champion cannot be resolved.*no-such-model"):
+        load_model("models:/no-such-model@champion")
