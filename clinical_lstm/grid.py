@@ -88,12 +88,7 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
         total = np.add.reduceat(v, starts) if {"mean", "sum"} & set(hows) else None  # shared by mean and sum
         for k, how in enumerate(hows):
             sel = how_of == k
-            if how == "last":
-                agg[sel] = v[ends[sel] - 1]
-            elif how in ("mean", "sum"):
-                agg[sel] = total[sel] if how == "sum" else total[sel] / (ends[sel] - starts[sel])
-            else:
-                agg[sel] = _aggregate(how, v, starts, ends)[sel]
+            agg[sel] = _aggregate(how, v, starts, ends, sel, total)
         flat = (grow * T + gbin) * V + gcol
         values.reshape(-1)[flat] = agg
         obs_time.reshape(-1)[flat] = t[ends - 1]  # rows sorted by time: the bin's last observation
@@ -112,16 +107,16 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
 
 
 
-def _aggregate(how: str, v: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """One value per run ``v[starts[i]:ends[i]]`` (rows already in time order)."""
+def _aggregate(how: str, v: np.ndarray, starts: np.ndarray, ends: np.ndarray, sel: np.ndarray, total) -> np.ndarray:
+    """One value per selected run ``v[starts[i]:ends[i]]`` (rows already in time order); ``total`` holds every
+    run's sum (computed once for mean and sum)."""
     if how == "last":
-        return v[ends - 1]
-    if how == "max":
-        return np.maximum.reduceat(v, starts)
-    if how == "min":
-        return np.minimum.reduceat(v, starts)
-    total = np.add.reduceat(v, starts)
-    return total if how == "sum" else total / (ends - starts)
+        return v[ends[sel] - 1]
+    if how == "sum":
+        return total[sel]
+    if how == "mean":
+        return total[sel] / (ends[sel] - starts[sel])
+    return (np.maximum if how == "max" else np.minimum).reduceat(v, starts)[sel]
 
 
 def _locate(clean: pl.DataFrame, ids: np.ndarray, names: list[str], catalogue: Catalogue):
