@@ -281,12 +281,12 @@ _VALUE_RULES = ("unparseable_time", "unparseable_value", "negative_time", "senti
 
 def stay_quality(clean: pl.DataFrame, kept: pl.Series, report: QualityReport, catalogue: Catalogue) -> pl.DataFrame:
     """``stay_id, n_observations, quality_flags`` for every kept stay (see :data:`QUALITY_FLAGS`)."""
-    series, statics = catalogue.series, [v.name for v in catalogue.variables if v.kind == "static"]
-    per_stay = clean.group_by("stay_id").agg(
+    is_series = pl.col("variable").is_in(catalogue.series)
+    per_stay = clean.group_by("stay_id").agg(  # statics as the grid reads them: time-0 rows
         pl.len().alias("n_observations"),
-        pl.col("variable").is_in(series).sum().alias("n_series"),
-        pl.col("time").filter(pl.col("variable").is_in(series)).max().alias("last_hour"),
-        pl.col("variable").is_in(statics).any().alias("has_static"))
+        is_series.sum().alias("n_series"),
+        pl.col("time").filter(is_series).max().alias("last_hour"),
+        (pl.col("variable").is_in(catalogue.statics) & (pl.col("time") == 0)).any().alias("has_static"))
     rules = report.stay_rules if report.stay_rules is not None else pl.DataFrame(
         schema={"stay_id": pl.Int64, "rule": pl.String, "rows": pl.UInt32})
     bad = rules.group_by("stay_id").agg(

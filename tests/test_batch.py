@@ -236,3 +236,16 @@ def test_an_unclosed_quote_in_a_csv_names_the_file_and_the_likely_cause(bundle, 
     (tmp_path / "q.csv").write_text('stay_id,time,variable,value\n1,0.5,HR,"80\n1,1.0,HR,82\n')
     with pytest.raises(DataError, match=r"q\.csv.*quote"):
         score_batch(bundle, tmp_path / "q.csv", tmp_path / "q.parquet", log=quiet)
+
+
+def test_quality_flags_name_what_stood_behind_each_risk(bundle):
+    """A stay with few, early observations and no time-0 descriptor is flagged; Weight at time 0 counts as one."""
+    rows = [(1, 0.0, "Weight", 70.0), (2, 0.5, "Age", 60.0)]  # stay 2: Age after admission is dropped
+    rows += [(sid, h + 0.5, "HR", 80.0) for sid in (1, 2) for h in range(3)]
+    rows += [(3, 0.0, "Age", 70.0)] + [(3, float(h), "HR", 80.0 + h) for h in range(1, 47)]
+    df = pl.DataFrame(rows, schema=["stay_id", "time", "variable", "value"], orient="row")
+    scored, _, _ = RiskModel.load(bundle).score(df)
+    flags = dict(zip(scored["stay_id"], scored["quality_flags"], strict=True))
+    assert flags[1] == "few_observations;short_record"
+    assert flags[2] == "few_observations;short_record;values_removed;no_statics"
+    assert flags[3] == ""
