@@ -57,7 +57,7 @@ from .chunks import (
     spill_csv,
 )
 from .sources import DataError, RawData, is_physionet
-from .validate import write_json_atomic
+from .files import write_json
 
 MANIFEST_VERSION = 1
 DEFAULT_CHUNK_STAYS = 2000
@@ -154,7 +154,7 @@ class _Workdir:
         for key in list(manifest["done"]):  # a recorded chunk whose part went missing is scored again
             if not all(self.part(int(key), kind).is_file() for kind in ("scored", "rejects")):
                 del manifest["done"][key]
-        write_json_atomic(self.manifest_path, manifest)
+        write_json(self.manifest_path, manifest)
         self.manifest = manifest
         return manifest
 
@@ -179,7 +179,7 @@ class _Workdir:
 
     def record(self, index: int, entry: dict) -> None:
         self.manifest["done"][str(index)] = entry
-        write_json_atomic(self.manifest_path, self.manifest)
+        write_json(self.manifest_path, self.manifest)
 
     def release(self):
         """Give the lock back (the folder stays for a resume)."""
@@ -422,7 +422,7 @@ class _Job:
                            self.manifest["scored_at"])
         summary["phase_seconds"] = {k: round(v, 2) for k, v in {**self.phases, "finish": time.perf_counter() - t0}
                                     .items()}
-        write_json_atomic(out.with_name(f"{out.stem}.summary.json"), summary)
+        write_json(out.with_name(f"{out.stem}.summary.json"), summary)
         return summary
 
 

@@ -2,8 +2,8 @@
 
 Bin ``t`` covers ``[t * resolution, (t + 1) * resolution)`` hours; an observation at exactly the window's
 end falls into the last bin. Several observations of one variable in one bin combine by the catalogue's
-aggregation (Urine is summed, vitals averaged, labs take the last value). Alongside each value the grid keeps
-the *time of the last observation in the bin*, so elapsed time can be computed in real hours.
+aggregation (Urine is summed, vitals averaged, labs take the last value; :func:`aggregate`). Alongside each
+value the grid keeps the *time of the last observation in the bin*, so elapsed time can be computed in real hours.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from .catalogue import Catalogue
+from .catalogue import AGGREGATIONS, Catalogue
 
 
 @dataclass
@@ -57,11 +57,65 @@ def n_bins(window_hours: float, resolution_hours: float) -> int:
     return int(round(n))
 
 
+def bin_index(time: np.ndarray, resolution_hours: float, T: int) -> np.ndarray:
+    """The bin of each time (hours): ``floor(time / resolution)``, the window's end in the last bin.
+
+    The 1e-9 keeps a time on an edge in the bin it starts (123/60 h is minute-bin 123, not 122)."""
+    return np.minimum(np.floor(np.asarray(time) / resolution_hours + 1e-9).astype(np.int64), T - 1)
+
+
+def aggregate(how: np.ndarray, v: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """**The in-bin aggregation**: one value per run ``v[starts[i]:starts[i + 1]]`` of rows of one cell (a stay,
+    variable and bin), with the rows in :func:`clinical_lstm.validate.order_rows` order (time, then value).
+
+    ``how[i]`` is the run's aggregation as an index into :data:`~clinical_lstm.catalogue.AGGREGATIONS`:
+    ``mean`` and ``sum`` of the values, ``last`` the value of the latest row (of simultaneous values, the
+    largest), ``max`` and ``min``. Statics (a static's time-0 rows) and the stream's open bin use it too.
+    """
+    ends = np.r_[starts[1:], len(v)]
+    n = ends - starts
+    out = np.empty(len(starts), dtype=np.float64)
+    for k, name in enumerate(AGGREGATIONS):
+        sel = how == k
+        if not sel.any():
+            continue
+        if name == "last":
+            out[sel] = v[ends[sel] - 1]
+        elif name in ("mean", "sum"):
+            total = np.add.reduceat(v, starts)[sel]
+            out[sel] = total / n[sel] if name == "mean" else total
+        else:
+            out[sel] = (np.maximum if name == "max" else np.minimum).reduceat(v, starts)[sel]
+    return out
+
+
+def aggregate_cells(cell: np.ndarray, t: np.ndarray, v: np.ndarray, how_of_cell) -> tuple[np.ndarray, ...]:
+    """Rows -> one value per distinct ``cell`` id: ``(cells, value, time of the cell's last row, row count)``.
+
+    Rows must be grouped by cell and within a cell ordered by time then value (validate's order); they are
+    sorted here when they are not. ``how_of_cell(cells)`` gives each cell's aggregation index.
+    """
+    step = cell[1:] - cell[:-1]
+    if not np.all((step > 0) | ((step == 0) & ((t[1:] > t[:-1]) | ((t[1:] == t[:-1]) & (v[1:] >= v[:-1]))))):
+        order = np.lexsort((v, t, cell))
+        cell, t, v = cell[order], t[order], v[order]
+    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+    cells = cell[starts]
+    return cells, aggregate(how_of_cell(cells), v, starts), t[np.r_[starts[1:], len(cell)] - 1], np.diff(
+        np.r_[starts, len(cell)])
+
+
+def aggregation_codes(catalogue: Catalogue, names: list[str]) -> np.ndarray:
+    """(len(names),) index of each variable's aggregation in :data:`~clinical_lstm.catalogue.AGGREGATIONS`."""
+    return np.array([AGGREGATIONS.index(catalogue[n].aggregation) for n in names], dtype=np.int64)
+
+
 def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: float = 48.0,
             resolution_hours: float = 1.0) -> Grid:
     """Bin a validated long table onto the grid, one row per stay in ``stay_ids`` order.
 
-    Stays without rows get an all-NaN grid of length 1 (callers reject them before this point).
+    Stays without rows get an all-NaN grid of length 1 (callers reject them before this point). A static's
+    value is the aggregation of its time-0 rows (normally one row; several at time 0 combine like a bin).
     """
     T = n_bins(window_hours, resolution_hours)
     series, statics = catalogue.series, catalogue.statics
@@ -73,50 +127,26 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
 
     row, col, t, v = _locate(clean, ids, series, catalogue)
     if len(row):
-        b = np.minimum(np.floor(t / resolution_hours + 1e-9).astype(np.int64), T - 1)  # 1e-9: 123/60 h is bin 123
-        cell = (row * V + col) * T + b  # one id per (stay, variable, bin)
-        step = cell[1:] - cell[:-1]
-        if not np.all((step > 0) | ((step == 0) & (t[1:] >= t[:-1]))):  # validate() output is in order already
-            order = np.lexsort((t, cell))  # by cell, then by time within the cell
-            cell, t, v, row, col, b = cell[order], t[order], v[order], row[order], col[order], b[order]
-        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])  # first row of each cell
-        ends = np.r_[starts[1:], len(cell)]
-        grow, gcol, gbin = row[starts], col[starts], b[starts]
-        agg = np.empty(len(starts), dtype=np.float64)
-        hows = sorted({catalogue[name].aggregation for name in series})  # only the aggregations in use
-        how_of = np.array([hows.index(catalogue[name].aggregation) for name in series])[gcol]
-        total = np.add.reduceat(v, starts) if {"mean", "sum"} & set(hows) else None  # shared by mean and sum
-        for k, how in enumerate(hows):
-            sel = how_of == k
-            agg[sel] = _aggregate(how, v, starts, ends, sel, total)
+        b = bin_index(t, resolution_hours, T)
+        how = aggregation_codes(catalogue, series)
+        cells, agg, last_t, _ = aggregate_cells((row * V + col) * T + b, t, v, lambda c: how[(c // T) % V])
+        grow, gcol, gbin = cells // (V * T), (cells // T) % V, cells % T
         flat = (grow * T + gbin) * V + gcol
         values.reshape(-1)[flat] = agg
-        obs_time.reshape(-1)[flat] = t[ends - 1]  # rows sorted by time: the bin's last observation
+        obs_time.reshape(-1)[flat] = last_t
         firsts = np.flatnonzero(np.r_[True, grow[1:] != grow[:-1]])  # cells are grouped by stay
         lengths[grow[firsts]] = np.maximum.reduceat(gbin, firsts) + 1
 
     stat = np.full((N, len(statics)), np.nan, dtype=np.float32)
     if statics:
         at_zero = clean.filter((pl.col("time") == 0) & pl.col("variable").is_in(statics))
-        srow, scol, _, sval = _locate(at_zero, ids, statics, catalogue)
-        # the first time-0 row of each (stay, static) wins (np.unique's index is the first occurrence; numpy's
-        # fancy assignment with repeated indices does not promise an order)
-        _, first = np.unique(srow * len(statics) + scol, return_index=True)
-        stat[srow[first], scol[first]] = sval[first]
+        srow, scol, st, sval = _locate(at_zero, ids, statics, catalogue)
+        if len(srow):
+            how = aggregation_codes(catalogue, statics)
+            S = len(statics)
+            cells, agg, _, _ = aggregate_cells(srow * S + scol, st, sval, lambda c: how[c % S])
+            stat[cells // S, cells % S] = agg
     return Grid(values, obs_time, lengths, stat, ids, float(resolution_hours))
-
-
-
-def _aggregate(how: str, v: np.ndarray, starts: np.ndarray, ends: np.ndarray, sel: np.ndarray, total) -> np.ndarray:
-    """One value per selected run ``v[starts[i]:ends[i]]`` (rows already in time order); ``total`` holds every
-    run's sum (computed once for mean and sum)."""
-    if how == "last":
-        return v[ends[sel] - 1]
-    if how == "sum":
-        return total[sel]
-    if how == "mean":
-        return total[sel] / (ends[sel] - starts[sel])
-    return (np.maximum if how == "max" else np.minimum).reduceat(v, starts)[sel]
 
 
 def _locate(clean: pl.DataFrame, ids: np.ndarray, names: list[str], catalogue: Catalogue):

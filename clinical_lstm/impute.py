@@ -52,28 +52,38 @@ class Tensors:
                        self.stay_ids[idx])
 
 
-def last_observed_index(observed: np.ndarray) -> np.ndarray:
-    """(N, T, V) bool -> (N, T, V) int: index of the latest observed bin at or before t, -1 if none."""
-    T = observed.shape[1]
-    idx = np.where(observed, np.arange(T, dtype=np.int64)[None, :, None], -1)
-    np.maximum.accumulate(idx, axis=1, out=idx)  # along time only: never crosses stays or variables
-    return idx
+@dataclass
+class Carry:
+    """What one bin hands the next, per stay and series variable: the last observation so far."""
+
+    value: np.ndarray  # (N, V) float32 standardized value of the last observation; NaN before the first
+    time: np.ndarray  # (N, V) float32 hours since admission of the last observation; NaN before the first
+
+    @classmethod
+    def empty(cls, N: int, V: int) -> Carry:
+        return cls(np.full((N, V), np.nan, np.float32), np.full((N, V), np.nan, np.float32))
 
 
 def carry_forward(arr: np.ndarray) -> np.ndarray:
     """In place along time (axis 1): a NaN takes the value of the step before; NaN before a first observation.
-    Equal to ``forward_fill(arr, last_observed_index(~isnan(arr)))``, one (N, V) slice at a time."""
+    One (N, V) slice at a time: never crosses stays or variables."""
     for t in range(1, arr.shape[1]):
         cur = arr[:, t]
         np.copyto(cur, arr[:, t - 1], where=np.isnan(cur))
     return arr
 
 
-def forward_fill(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Carry ``arr`` forward along time using ``last_observed_index``; NaN before a first observation."""
-    out = np.take_along_axis(arr, np.maximum(idx, 0), axis=1)
-    out[idx < 0] = np.nan
-    return out
+def hours_since(obs_time: np.ndarray, bin_end: np.ndarray, carry_time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """**Elapsed time**, in real hours: for each bin, its end minus the time of the variable's last observation
+    at or before it (``carry_time``: the last one before these bins). NaN where never observed yet.
+
+    ``obs_time`` (N, k, V) is each bin's last observation time (NaN where unobserved), ``bin_end`` (k,) hours.
+    Returns ``(delta, last_time)``, both (N, k, V) float32.
+    """
+    last_t = np.concatenate([carry_time[:, None], np.asarray(obs_time, np.float32)], axis=1)  # (N, 1 + k, V)
+    carry_forward(last_t)
+    last_t = last_t[:, 1:]
+    return np.asarray(bin_end, np.float32)[None, :, None] - last_t, last_t
 
 
 class GridTransformer:
@@ -144,7 +154,7 @@ class GridTransformer:
             self.median_[v] = (np.median(f) - self.center_[v]) / self.scale_[v]
         self._fit_statics(grid.statics)
         # mean static feature vector of the training stays: the reference "typical patient" for explanations
-        self.static_mean_ = self._transform_statics(grid.statics).mean(axis=0) if len(grid.statics) else \
+        self.static_mean_ = self.static_features(grid.statics).mean(axis=0) if len(grid.statics) else \
             np.zeros(len(self.static_features_))
         return self
 
@@ -172,36 +182,65 @@ class GridTransformer:
 
     def transform_grid(self, grid: Grid) -> Tensors:
         self._check_fitted()
-        raw = grid.values
-        if raw.shape[2] != len(self.center_):
-            raise ValueError(f"grid has {raw.shape[2]} variables but the transformer was fitted on "
+        if grid.values.shape[2] != len(self.center_):
+            raise ValueError(f"grid has {grid.values.shape[2]} variables but the transformer was fitted on "
                              f"{len(self.center_)}; use the catalogue the model was trained with")
-        observed = ~np.isnan(raw)  # (N, T, V)
-        z = raw.copy()  # float32 throughout: the (N, T, V) arrays are the bulk of scoring's memory traffic
-        if self.log_.any():
-            cols = np.flatnonzero(self.log_)
-            z[:, :, cols] = np.log1p(np.maximum(z[:, :, cols], 0))  # NaN stays NaN
-        z -= self.center_.astype(np.float32)
-        z /= self.scale_.astype(np.float32)
-        last_t = grid.obs_time.copy()
-        if self.imputation == "ffill_median":
-            carry_forward(z)
-        carry_forward(last_t)
-        fill = self.median_ if self.imputation != "zero" else np.zeros_like(self.median_)
-        np.copyto(z, np.broadcast_to(fill.astype(np.float32), z.shape), where=np.isnan(z))
-
-        bin_end = np.broadcast_to(grid.bin_end_hours[None, :, None], z.shape)  # (1, T, 1) -> (N, T, V)
-        delta = np.subtract(bin_end, last_t, dtype=np.float32)
-        np.copyto(delta, bin_end, where=np.isnan(last_t))  # never seen yet: hours since admission
-
-        pad = np.arange(raw.shape[1])[None, :] >= grid.lengths[:, None]  # (N, T) past the true length
-        for a in (z, delta):
+        N, T, V = grid.values.shape
+        x, mask, delta, _ = self.steps(grid.values, grid.obs_time, grid.bin_end_hours, Carry.empty(N, V))
+        pad = np.arange(T)[None, :] >= grid.lengths[:, None]  # (N, T) past the true length
+        for a in (x, delta):
             a[pad] = 0.0
-        mask = observed.astype(np.float32)
-        return Tensors(z, mask, delta, grid.lengths.copy(), self._transform_statics(grid.statics),
+        return Tensors(x, mask, delta, grid.lengths.copy(), self.static_features(grid.statics),
                        grid.stay_ids.copy())
 
-    def _transform_statics(self, statics: np.ndarray) -> np.ndarray:
+    def standardize(self, raw: np.ndarray) -> np.ndarray:
+        """Aggregated values (..., V) -> standardized float32 (log1p first where ``log_``); NaN stays NaN."""
+        z = np.array(raw, dtype=np.float32)  # float32: the (N, T, V) arrays are the bulk of the memory traffic
+        if self.log_.any():
+            cols = np.flatnonzero(self.log_)
+            z[..., cols] = np.log1p(np.maximum(z[..., cols], 0))
+        z -= self.center_.astype(np.float32)
+        z /= self.scale_.astype(np.float32)
+        return z
+
+    def steps(self, values: np.ndarray, obs_time: np.ndarray, bin_end: np.ndarray, carry: Carry):
+        """**The imputation**: ``k`` consecutive bins of ``N`` stays, continuing from ``carry``.
+
+        Both :meth:`transform_grid` (all bins of a stay at once, from :meth:`Carry.empty`) and the stream (the
+        bins that closed since its last update) call this, so a stay scored either way gets the same inputs.
+
+        Parameters
+        ----------
+        values, obs_time : (N, k, V)
+            Aggregated values and the hours of each bin's last observation (NaN where unobserved).
+        bin_end : (k,)
+            Hours since admission at which each bin closes.
+        carry : Carry
+            The state after the bin before the first of these.
+
+        Returns
+        -------
+        x, mask, delta : (N, k, V) float32
+            Imputed standardized values, 1 where observed, hours since the last observation (since admission
+            while never observed).
+        carry : Carry
+            The state after the last of these bins.
+        """
+        z = self.standardize(values)  # (N, k, V)
+        mask = (~np.isnan(z)).astype(np.float32)
+        last_z = np.concatenate([carry.value[:, None], z], axis=1)  # (N, 1 + k, V)
+        carry_forward(last_z)
+        last_z = last_z[:, 1:]  # (N, k, V): the last observed value at or before each bin
+        fill = (self.median_ if self.imputation != "zero" else np.zeros_like(self.median_)).astype(np.float32)
+        x = (last_z if self.imputation == "ffill_median" else z).copy()
+        np.copyto(x, np.broadcast_to(fill, x.shape), where=np.isnan(x))
+        delta, last_t = hours_since(obs_time, bin_end, carry.time)
+        np.copyto(delta, np.broadcast_to(np.asarray(bin_end, np.float32)[None, :, None], x.shape),
+                  where=np.isnan(delta))  # never seen yet: hours since admission
+        return x, mask, delta, Carry(last_z[:, -1].copy(), last_t[:, -1].copy())
+
+    def static_features(self, statics: np.ndarray) -> np.ndarray:
+        """(N, S) raw static values (NaN = missing) -> (N, F) float32 features in ``static_features_`` order."""
         cols = []
         for j, name in enumerate(self.catalogue.statics):
             col = statics[:, j]

@@ -21,7 +21,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from .validate import write_json_atomic
+from .files import write_json
 
 REGISTERED_MODEL = "clinical-lstm"
 MODEL_ARTIFACT = "model"
@@ -226,8 +226,8 @@ class Tracker:
             if (report_dir / name).is_file():
                 mlflow.log_artifact(str(report_dir / name), artifact_path="report")
         with tempfile.TemporaryDirectory() as tmp:
-            write_json_atomic(Path(tmp) / "quality_report.json", result.report.to_dict(include_stay_ids=False))
-            write_json_atomic(Path(tmp) / "config.json", result.model.metadata["config"])
+            write_json(Path(tmp) / "quality_report.json", result.report.to_dict(include_stay_ids=False))
+            write_json(Path(tmp) / "config.json", result.model.metadata["config"])
             mlflow.log_artifact(str(Path(tmp) / "quality_report.json"), artifact_path="report")
             mlflow.log_artifact(str(Path(tmp) / "config.json"))
 

@@ -26,9 +26,6 @@ no_label                   stay rejected       training only: the stay has no ou
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from .catalogue import Catalogue
+from .files import write_json
 from .sources import RawData
 
 ACTIONS = {
@@ -91,7 +89,7 @@ class QualityReport:
 
     def write(self, path: str | Path, include_stay_ids: bool = True) -> Path:
         """Write the report as JSON, atomically."""
-        return write_json_atomic(path, self.to_dict(include_stay_ids))
+        return write_json(path, self.to_dict(include_stay_ids))
 
     def table(self):
         """The counts as a pandas table (rule x variable), for notebooks."""
@@ -106,24 +104,102 @@ class QualityReport:
         return "\n".join(lines)
 
 
-def write_json_atomic(path: str | Path, obj) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=float)
-    os.replace(tmp, path)
-    return path
+# -- time --------------------------------------------------------------------------------------------------
+CLOCK_TIME = r"^(-?)(\d+):([0-5]?\d)$"  # [-]H+:MM with minutes 0-59; anything else is not a clock time
 
 
-def _parse_time(col: pl.Expr) -> pl.Expr:
-    """Hours as float, from either ``12.5`` or PhysioNet's ``HH:MM``."""
+def parse_time(col: pl.Expr) -> pl.Expr:
+    """Hours as Float64 from text: a number of hours (``12.5``) or a clock time ``[-]HH:MM`` since admission.
+
+    A clock time needs whole hours and minutes 0-59 with at most a leading minus on the whole time
+    (``-00:30`` is -0.5 h); ``25:99``, ``1:-30`` or ``-0:-30`` are not times and give null (rule
+    ``unparseable_time``).
+    """
     s = col.cast(pl.String).str.strip_chars()
-    hhmm = s.str.split_exact(":", 1)
-    hh = hhmm.struct.field("field_0").cast(pl.Float64, strict=False)
-    mm = hhmm.struct.field("field_1").cast(pl.Float64, strict=False) / 60.0
-    from_hhmm = pl.when(s.str.starts_with("-")).then(hh - mm).otherwise(hh + mm)  # -00:30 is -0.5 h
-    return pl.when(s.str.contains(":")).then(from_hhmm).otherwise(s.cast(pl.Float64, strict=False))
+    parts = s.str.extract_groups(CLOCK_TIME)
+    hours = (parts.struct.field("2").cast(pl.Float64, strict=False)
+             + parts.struct.field("3").cast(pl.Float64, strict=False) / 60.0)
+    clock = pl.when(parts.struct.field("1") == "-").then(-hours).otherwise(hours)
+    return pl.when(s.str.contains(":", literal=True)).then(clock).otherwise(s.cast(pl.Float64, strict=False))
+
+
+# -- row rules ----------------------------------------------------------------------------------------------
+#: Row rules in the order they are checked; a row is charged to the first one it breaks.
+ROW_RULES = ("unparseable_time", "unknown_variable", "unparseable_value", "negative_time", "past_window",
+             "static_after_admission", "sentinel_minus_one", "out_of_range")
+
+
+@dataclass(frozen=True)
+class RuleTable:
+    """What the row rules need of a catalogue, as arrays indexed by catalogue code (the variable's position)."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    static_only: np.ndarray
+    window_hours: float
+
+    @classmethod
+    def of(cls, catalogue: Catalogue, window_hours: float) -> RuleTable:
+        v = catalogue.variables
+        return cls(np.array([x.lower for x in v], dtype=np.float64), np.array([x.upper for x in v], dtype=np.float64),
+                   np.array([x.kind == "static" for x in v], dtype=bool), float(window_hours))
+
+
+def row_rules(time: np.ndarray, code: np.ndarray, value: np.ndarray, table: RuleTable) -> np.ndarray:
+    """The rule each row breaks: 0 for a usable row, else ``1 + ROW_RULES.index(rule)`` (int8).
+
+    ``time`` in hours and ``value`` as float64 (NaN = unparseable); ``code`` the catalogue position of the
+    variable, -1 when it is not in the catalogue. The single definition of the row rules: batch validation
+    and the stream both call it.
+    """
+    known = code >= 0
+    c = np.where(known, code, 0)
+    lower, upper = table.lower[c], table.upper[c]
+    with np.errstate(invalid="ignore"):
+        conditions = [
+            ~np.isfinite(time),
+            ~known,
+            ~np.isfinite(value),
+            time < 0,
+            time > table.window_hours,
+            table.static_only[c] & (time > 0),
+            (value == -1) & ((lower > -1) | (upper < -1)),
+            (value < lower) | (value > upper),
+        ]
+    return np.select(conditions, np.arange(1, len(ROW_RULES) + 1, dtype=np.int8), 0).astype(np.int8)
+
+
+# -- same-time rows -------------------------------------------------------------------------------------------
+def time_key(row: np.ndarray, code: np.ndarray, n_codes: int, time: np.ndarray, window_hours: float) -> np.ndarray:
+    """int64 key ordering by (row, code, time to the second); raises if it would overflow."""
+    bits = int(np.ceil(np.log2(window_hours * 3600 + 2)))
+    if (int(row.max(initial=0)) + 1) * n_codes * 2**bits >= 2**62:
+        raise ValueError(f"too many stays ({row.max() + 1}) for one validation call; score in chunks")
+    return ((row.astype(np.int64) * n_codes + code) << bits) | np.rint(time * 3600).astype(np.int64)
+
+
+def order_rows(key: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """**The rule for rows of one stay and variable at the same time** (to the second), for every path.
+
+    Rows are ordered by ``key`` (stay, variable, time; :func:`time_key`) and, among rows sharing a key, by
+    value. A row equal in key and value to the one before it is an exact duplicate and is dropped
+    (``duplicate_row``); the other rows sharing a key are all kept (``same_time_conflict``) and combined in
+    their bin by the variable's aggregation (:func:`clinical_lstm.grid.aggregate`), reading them in this
+    order: a ``last`` takes the largest of simultaneous values, a ``mean`` averages them. Since the order
+    depends on the values only, no row order (a file's, a chunk boundary's, a Spark shuffle's, a stream's
+    updates) can change a result.
+
+    Returns
+    -------
+    order : (n,) int64, the permutation that sorts the rows
+    keep : (n,) bool, in sorted order: False for exact duplicates
+    conflict : (n,) bool, in sorted order: a kept row sharing its key with an earlier kept row
+    """
+    order = np.lexsort((value, key))
+    k, v = key[order], value[order]
+    same_key = np.r_[False, k[1:] == k[:-1]]
+    keep = ~(same_key & np.r_[False, v[1:] == v[:-1]])
+    return order, keep, same_key & keep
 
 
 def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
@@ -134,47 +210,29 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     -------
     clean : polars.DataFrame
         ``stay_id`` Int64, ``time`` Float64 hours in [0, window], ``variable`` String, ``value`` Float64,
-        only catalogue variables, only kept stays; sorted by stay, catalogue order of variable, time.
+        only catalogue variables, only kept stays; sorted by stay, catalogue order of variable, time, value.
     kept : polars.Series
         The kept stay ids (Int64, sorted). ``kept`` plus ``report.rejects`` is every stay read.
     report : QualityReport
     """
     schema = raw.long.schema
-    time = _parse_time(pl.col("time")) if schema["time"] == pl.String else pl.col("time").cast(pl.Float64)
+    time = parse_time(pl.col("time")) if schema["time"] == pl.String else pl.col("time").cast(pl.Float64)
     value = (pl.col("value").str.strip_chars() if schema["value"] == pl.String else pl.col("value"))
+    codes = pl.DataFrame({"variable": catalogue.names, "code": np.arange(len(catalogue), dtype=np.int64)})
     df = raw.long.lazy().select(
         pl.col("stay_id"),
         pl.col("variable").cast(pl.String).str.strip_chars(),
         time.alias("time"),
         value.cast(pl.Float64, strict=False).alias("value"),
-    )
-    cat = pl.DataFrame({
-        "variable": catalogue.names,
-        "code": np.arange(len(catalogue), dtype=np.int64),
-        "lower": [v.lower for v in catalogue.variables],
-        "upper": [v.upper for v in catalogue.variables],
-        "static_only": [v.kind == "static" for v in catalogue.variables],
-    })
-    df = df.join(cat.lazy(), on="variable", how="left")
-    # Rules are checked in order; a row is charged to the first rule it breaks.
-    rule = (
-        pl.when(pl.col("time").is_null() | ~pl.col("time").is_finite()).then(pl.lit("unparseable_time"))
-        .when(pl.col("lower").is_null()).then(pl.lit("unknown_variable"))
-        .when(pl.col("value").is_null() | ~pl.col("value").is_finite()).then(pl.lit("unparseable_value"))
-        .when(pl.col("time") < 0).then(pl.lit("negative_time"))
-        .when(pl.col("time") > window_hours).then(pl.lit("past_window"))
-        .when(pl.col("static_only") & (pl.col("time") > 0)).then(pl.lit("static_after_admission"))
-        .when((pl.col("value") == -1) & ((pl.col("lower") > -1) | (pl.col("upper") < -1)))
-        .then(pl.lit("sentinel_minus_one"))
-        .when((pl.col("value") < pl.col("lower")) | (pl.col("value") > pl.col("upper")))
-        .then(pl.lit("out_of_range"))
-        .otherwise(None)
-    )
-    df = df.with_columns(rule.alias("rule")).collect()
-    broken = df.filter(pl.col("rule").is_not_null())
+    ).join(codes.lazy(), on="variable", how="left").collect()
+    rule = row_rules(df["time"].fill_null(np.nan).to_numpy(), df["code"].fill_null(-1).to_numpy(),
+                     df["value"].fill_null(np.nan).to_numpy(), RuleTable.of(catalogue, window_hours))
+    rule_name = pl.Series("rule", rule).replace_strict(dict(enumerate(ROW_RULES, 1)), default=None,
+                                                      return_dtype=pl.String)
+    broken = df.select("stay_id", "variable").with_columns(rule_name).filter(pl.Series(rule > 0))
     row_counts = broken.group_by("rule", "variable").len("rows")
     stay_rules = broken.group_by("stay_id", "rule").len("rows")
-    ok = df.filter(pl.col("rule").is_null()).select("stay_id", "time", "variable", "value", "code")
+    ok = df.filter(pl.Series(rule == 0)).select("stay_id", "time", "variable", "value", "code")
     clean, dup_conflict = _deduplicate(ok, len(catalogue), window_hours, raw.stays.to_numpy())
     row_counts = pl.concat([row_counts.with_columns(pl.col("rows").cast(pl.Int64)), dup_conflict])
 
@@ -215,12 +273,8 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
 
 
 def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float, stays: np.ndarray | None = None):
-    """Sort rows by (stay, variable, time) and drop exact duplicates; count duplicates and conflicts.
-
-    One composite int64 key — stay position (in ``stays``, sorted, when given), catalogue code, time to the
-    second — sorts in a single pass; only runs of rows sharing a key (rare: same stay, variable and second) are
-    examined further, in value order. Two rows less than half a second apart count as simultaneous.
-    """
+    """Order the usable rows by :func:`order_rows`, drop exact duplicates; count duplicates and conflicts.
+    Returns the rows (with their ``code``) and the counts."""
     empty = pl.DataFrame(schema={"rule": pl.String, "variable": pl.String, "rows": pl.Int64})
     if ok.height == 0:
         return ok, empty
@@ -229,39 +283,12 @@ def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float, stays: np.
     if pos is None or not np.array_equal(stays[np.minimum(pos, len(stays) - 1)], sid):
         pos = np.searchsorted(np.unique(sid), sid)
     key = time_key(pos, ok["code"].to_numpy(), n_codes, ok["time"].to_numpy(), window_hours)
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    ok = ok.select(pl.all().gather(pl.Series(order))).with_columns(pl.Series("key", key))  # columns in parallel
-    same_prev = np.r_[False, key[1:] == key[:-1]]
-    in_run = same_prev | np.r_[key[1:] == key[:-1], False]
-    if not in_run.any():
-        return ok.drop("key"), empty
-    # rows sharing a key are ordered by value, so the result never depends on the input's row order (a "last"
-    # aggregation of two simultaneous values takes the larger one, whatever order a file or a shuffle gave)
-    pos = np.flatnonzero(in_run)
-    by_value = pos[np.lexsort((ok["value"].to_numpy()[pos], key[pos]))]
-    if not np.array_equal(by_value, pos):
-        perm = np.arange(len(key))
-        perm[pos] = by_value
-        ok = ok[perm]
-    run = ok.filter(pl.Series(in_run))
-    first = run.select(pl.struct("key", "value").is_first_distinct()).to_series()
-    dups = run.filter(~first).group_by("variable").len("rows").select(
-        pl.lit("duplicate_row").alias("rule"), "variable", pl.col("rows").cast(pl.Int64))
-    conflicts = (run.filter(first).group_by("key", "variable").len().filter(pl.col("len") > 1)
-                 .group_by("variable").agg((pl.col("len") - 1).sum().cast(pl.Int64).alias("rows"))
-                 .select(pl.lit("same_time_conflict").alias("rule"), "variable", "rows"))
-    keep = np.ones(len(key), dtype=bool)
-    keep[np.flatnonzero(in_run)[~first.to_numpy()]] = False
-    return ok.filter(pl.Series(keep)).drop("key"), pl.concat([dups, conflicts])
-
-
-def time_key(row: np.ndarray, code: np.ndarray, n_codes: int, time: np.ndarray, window_hours: float) -> np.ndarray:
-    """int64 key ordering by (row, code, time to the second); raises if it would overflow."""
-    bits = int(np.ceil(np.log2(window_hours * 3600 + 2)))
-    if (int(row.max(initial=0)) + 1) * n_codes * 2**bits >= 2**62:
-        raise ValueError(f"too many stays ({row.max() + 1}) for one validation call; score in chunks")
-    return ((row.astype(np.int64) * n_codes + code) << bits) | np.rint(time * 3600).astype(np.int64)
+    order, keep, conflict = order_rows(key, ok["value"].to_numpy())
+    ok = ok.select(pl.all().gather(pl.Series(order)))  # columns gathered in parallel
+    counts = [ok.filter(pl.Series(mask)).group_by("variable").len("rows")
+              .select(pl.lit(rule).alias("rule"), "variable", pl.col("rows").cast(pl.Int64))
+              for rule, mask in (("duplicate_row", ~keep), ("same_time_conflict", conflict)) if mask.any()]
+    return ok.filter(pl.Series(keep)), pl.concat([empty, *counts])
 
 
 # -- per-stay quality flags ------------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ import polars as pl
 from .catalogue import resolve
 from .config import Config
 from .grid import to_grid
-from .impute import forward_fill, last_observed_index
+from .impute import hours_since
 from .sources import DataError, RawData, load
-from .validate import QualityReport, validate, write_json_atomic
+from .files import write_json
+from .validate import QualityReport, validate
 
 MODEL_NAME = "masked LSTM"
 
@@ -63,8 +64,7 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
     clean, kept, report = validate(raw, catalogue, cfg.data.window_hours)
     grid = to_grid(clean, kept.to_numpy(), catalogue, cfg.data.window_hours, cfg.data.resolution_hours)
     N, T, V = grid.values.shape
-    last_t = forward_fill(grid.obs_time, last_observed_index(~np.isnan(grid.values)))
-    since = grid.bin_end_hours[None, :, None] - last_t  # (N, T, V), NaN before the first observation
+    since, _ = hours_since(grid.obs_time, grid.bin_end_hours, np.full((N, V), np.nan, np.float32))  # (N, T, V)
     valid = (np.arange(T)[None, :] < grid.lengths[:, None]).ravel()  # (N*T,)
     cols = {"stay_id": np.repeat(grid.stay_ids, T)[valid], "bin": np.tile(np.arange(T), N)[valid],
             "hour_end": np.tile(grid.bin_end_hours, N)[valid]}
@@ -288,7 +288,7 @@ def _write_train_report(out_dir: Path, report, history, metrics, evaluated_on) -
     files = {"quality_report": report.write(out_dir / "quality_report.json"),
              "rejects": _write_frame(report.rejects, out_dir / "rejects.csv"),
              "history": _write_frame(pl.DataFrame(history), out_dir / "history.csv"),
-             "metrics": write_json_atomic(out_dir / "metrics.json", {
+             "metrics": write_json(out_dir / "metrics.json", {
                  "evaluated_on": evaluated_on,
                  "models": {n: {k: e.to_dict() for k, e in m.items()} for n, m in metrics.items()}})}
     return files
@@ -314,7 +314,7 @@ def evaluate_model(model, data, out: str | Path, labels=None, outcomes=None, n_b
     report.write(Path(out) / "quality_report.json")
     payload = {"data": raw.sources, "stays": len(ids), "rejected": report.rejects.height,
                "metrics": {k: e.to_dict() for k, e in metrics[MODEL_NAME].items()}}
-    write_json_atomic(Path(out) / "metrics.json", payload)
+    write_json(Path(out) / "metrics.json", payload)
     return {"metrics": metrics[MODEL_NAME], "files": files, "report": report}
 
 
@@ -410,5 +410,5 @@ def sweep(data, out: str | Path, base: Config, grid: dict[str, list], method: st
         best = max(results, key=lambda r: r["validation_auprc"])
         summary = {"trials": results, "best": best, "parent_run_id": parent.run_id}
         summary["registry"] = parent.record_best(best)
-    write_json_atomic(out / "sweep.json", summary)
+    write_json(out / "sweep.json", summary)
     return summary

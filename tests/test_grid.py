@@ -245,7 +245,11 @@ def test_observations_on_bin_edges_with_quarter_hour_bins(cat):
     np.testing.assert_array_equal(g.values[0, :, HR], [NAN, 15, 30, 45, 60, 75, NAN, NAN])
 
 
-def test_first_time_zero_row_of_a_static_wins():
-    df = pl.DataFrame({"stay_id": [1, 1, 1], "time": [0.0, 0.0, 0.0], "variable": ["HR", "Age", "Age"],
-                       "value": [80.0, 50.0, 60.0]})
-    assert float(to_grid(df, [1], Catalogue.default()).statics[0, 0]) == 50.0
+def test_simultaneous_time_zero_statics_combine_like_a_bin(cat):
+    """Several time-0 rows of a static combine by its aggregation, in value order: ``last`` (Age) takes the
+    larger value, ``mean`` (Wt) averages; the file's row order never matters."""
+    rows = [(1, 0.0, "HR", 80), (1, 0.0, "Age", 50), (1, 0.0, "Age", 60), (1, 0.0, "Wt", 70), (1, 0.0, "Wt", 90)]
+    for order in ([0, 1, 2, 3, 4], [4, 2, 0, 3, 1]):
+        g = to_grid(long([rows[i] for i in order]), [1], cat, window_hours=2, resolution_hours=1)
+        np.testing.assert_array_equal(g.statics[0], [60, 80])
+        assert g.values[0, 0, WT] == 80  # the bin-0 value of the series Wt agrees with its static

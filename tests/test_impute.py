@@ -20,9 +20,8 @@ from clinical_lstm.impute import (
     GridTransformer,
     NotFittedError,
     Tensors,
+    Carry,
     carry_forward,
-    forward_fill,
-    last_observed_index,
 )
 
 CATALOGUE_CSV = """name,unit,lower,upper,aggregation,kind,static,description
@@ -278,24 +277,38 @@ def test_forward_fill_never_crosses_variables(cat):
     np.testing.assert_allclose(out.x[0, :3, A], [2, 2, 2], atol=1e-6)
 
 
-def test_last_observed_index_and_forward_fill_helpers():
-    obs = np.array([[[True, False], [False, False], [False, True]],
-                    [[False, False], [True, False], [False, False]]])  # (2, 3, 2)
-    idx = last_observed_index(obs)
-    np.testing.assert_array_equal(idx[:, :, 0], [[0, 0, 0], [-1, 1, 1]])
-    np.testing.assert_array_equal(idx[:, :, 1], [[-1, -1, 2], [-1, -1, -1]])
-    arr = np.where(obs, np.arange(12, dtype=np.float32).reshape(2, 3, 2), np.nan)
-    out = forward_fill(arr, idx)
+def test_carry_forward_by_hand():
+    arr = np.array([[[0, np.nan], [np.nan, np.nan], [np.nan, 5]],
+                    [[np.nan, np.nan], [8, np.nan], [np.nan, np.nan]]], dtype=np.float32)  # (2, 3, 2)
+    out = carry_forward(arr.copy())
     np.testing.assert_array_equal(out[:, :, 0], [[0, 0, 0], [np.nan, 8, 8]])
     np.testing.assert_array_equal(out[:, :, 1], [[np.nan, np.nan, 5], [np.nan, np.nan, np.nan]])
-    np.testing.assert_array_equal(carry_forward(arr.copy()), out)  # the in-place loop used for scoring
 
 
-def test_carry_forward_equals_forward_fill_on_random_grids():
+def test_carry_forward_equals_a_gather_of_the_last_observed_index():
     rng = np.random.default_rng(0)
     arr = np.where(rng.random((50, 48, 7)) < 0.2, rng.normal(size=(50, 48, 7)), np.nan).astype(np.float32)
-    want = forward_fill(arr, last_observed_index(~np.isnan(arr)))
+    idx = np.where(~np.isnan(arr), np.arange(48)[None, :, None], -1)
+    np.maximum.accumulate(idx, axis=1, out=idx)
+    want = np.take_along_axis(arr, np.maximum(idx, 0), axis=1)
+    want[idx < 0] = np.nan
     np.testing.assert_array_equal(carry_forward(arr.copy()), want)
+
+
+def test_steps_in_pieces_equal_steps_at_once(cat, clean):
+    """The stream calls ``steps`` on a few bins at a time with the carried state; the grid calls it once."""
+    tr = fitted(cat, clean)
+    g = tr.grid(clean, [3, 5, 6])
+    N, T, V = g.values.shape
+    whole = tr.steps(g.values, g.obs_time, g.bin_end_hours, Carry.empty(N, V))
+    carry, parts = Carry.empty(N, V), []
+    for a, b in ((0, 1), (1, 3), (3, T)):
+        *out, carry = tr.steps(g.values[:, a:b], g.obs_time[:, a:b], g.bin_end_hours[a:b], carry)
+        parts.append(out)
+    for k in range(3):
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts], axis=1), whole[k])
+    np.testing.assert_array_equal(carry.value, whole[3].value)
+    np.testing.assert_array_equal(carry.time, whole[3].time)
 
 
 # -- padding ---------------------------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""Writing outputs: every file the package writes goes through :func:`atomic_path`.
+
+A reader never sees a half-written file: the content goes to a temporary sibling that is renamed over the
+target only once it is complete (``os.replace`` is atomic on one filesystem). Temporary files from
+``tempfile`` are created with mode 0600; the finished file gets the mode an ordinary ``open()`` would have
+given it (0666 minus the umask), so a team sharing a server can read the scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_path", "file_mode", "write_frame", "write_json", "write_text"]
+
+
+def file_mode() -> int:
+    """0666 minus the process umask: what ``open(path, "w")`` creates."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    ``with atomic_path(out) as tmp: frame.write_parquet(tmp)``. The parent folder is created if needed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj, indent: int | None = 2) -> Path:
+    """JSON with NaN/inf written as ``null`` (strict JSON, readable by every parser)."""
+    return write_text(path, json.dumps(_strict(obj), indent=indent, default=_default, allow_nan=False))
+
+
+def write_frame(df, path: str | Path) -> Path:
+    """A polars frame as Parquet, or CSV when ``path`` ends in ``.csv``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".csv":
+            df.write_csv(tmp)
+        else:
+            df.write_parquet(tmp)
+    return path
+
+
+def _default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return _strict(float(obj))
+    if isinstance(obj, np.ndarray):
+        return _strict(obj.tolist())
+    return str(obj)
+
+
+def _strict(obj):
+    """Replace non-finite floats by None, recursively (``json`` would write ``NaN``, which is not JSON)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
