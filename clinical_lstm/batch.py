@@ -64,17 +64,6 @@ DEFAULT_CHUNK_STAYS = 2000
 
 
 # -- the job -------------------------------------------------------------------------------------------------
-def _model_fingerprint(model) -> str:
-    h = hashlib.sha256()
-    meta = {k: model.metadata.get(k) for k in ("catalogue_digest", "model_config", "calibrator", "threshold")}
-    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
-    for net in model.networks:
-        for name, p in sorted(net.state_dict().items()):
-            h.update(name.encode())
-            h.update(p.detach().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _locate_bundle(source: str) -> tuple[Path, dict | None]:
     """A bundle directory, or an MLflow model URI downloaded to one: ``(directory, provenance or None)``."""
     from .tracking import download_bundle, is_model_uri
@@ -334,7 +323,7 @@ class _Job:
         self.chunks = plan_chunks(inputs, chunk_stays)
         self.n_stays = sum(len(i.stay_ids) for i in inputs)
         provenance = model.metadata.get("source", {})
-        self.fingerprint = {"inputs": [i.fingerprint() for i in inputs], "model": _model_fingerprint(model),
+        self.fingerprint = {"inputs": [i.fingerprint() for i in inputs], "model": model.digest(),
                             "model_uri": provenance.get("uri", source), "chunk_stays": chunk_stays,
                             "explain": explain, "catalogue": model.catalogue.digest()}
         self.version = provenance.get("version")

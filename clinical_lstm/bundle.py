@@ -88,6 +88,20 @@ class RiskModel:
     def catalogue(self) -> Catalogue:
         return self.transformer.catalogue
 
+    def digest(self) -> str:
+        """SHA-256 over everything that changes a score: catalogue, transformer state, network configs and
+        weights, calibrator and threshold. Streams, batch resumes and exports check it."""
+        h = hashlib.sha256()
+        h.update(self.catalogue.digest().encode())
+        h.update(json.dumps([self.transformer.to_dict(), self.calibrator.to_dict(), float(self.threshold)],
+                            sort_keys=True, default=float).encode())
+        for net in self.networks:
+            h.update(json.dumps(net.cfg.to_dict(), sort_keys=True).encode())
+            for name, p in sorted(net.state_dict().items()):
+                h.update(name.encode())
+                h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     # -- scoring ----------------------------------------------------------------------------------------
     def clean(self, data) -> tuple[pl.DataFrame, pl.Series, QualityReport]:
         """Validate input against the model's catalogue and window (no labels needed)."""

@@ -86,8 +86,6 @@ def example_inputs(model, batch: int = 2, steps: int | None = None, seed: int = 
 def contract(model, fmt: str = "onnx", opset: int | None = None) -> dict:
     """The exported graph's input contract plus everything needed to build its inputs and read its output."""
     from . import __version__
-    from .stream import fingerprint
-
     tr, cfg = model.transformer, model.networks[0].cfg
     V, S = model.networks[0].n_series, model.networks[0].n_static
     dims = {"B": "batch (dynamic)", "T": f"grid bins (dynamic, <= {tr.n_bins})", "V": V, "S": S}
@@ -97,7 +95,7 @@ def contract(model, fmt: str = "onnx", opset: int | None = None) -> dict:
         "opset": opset,
         "clinical_lstm_version": __version__,
         "exported": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model_fingerprint": fingerprint(model),
+        "model_fingerprint": model.digest(),
         "dims": dims,
         "inputs": [
             {"name": "x", "shape": ["B", "T", "V"], "dtype": "float32",

@@ -19,6 +19,7 @@ trajectory over the stay.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -92,3 +93,96 @@ class MaskedLSTM(nn.Module):
         else:
             logit = step_logits.gather(1, last[:, None]).squeeze(1)  # (B,)
         return logit, step_logits, state
+
+
+class StepKernel:
+    """The networks of an ensemble stepped forward a few bins at a time in numpy: the stream's fast path.
+
+    Generated from the :class:`MaskedLSTM` weights (never trained or saved on its own) and checked against
+    ``MaskedLSTM.forward`` in the fast tests. It exists for latency only: one update of a stream runs one
+    or two steps, where torch's fixed cost per call (~100 us per module) would be most of the time; here the
+    ensemble's members are stacked, so the cost hardly grows with their number. The arithmetic is
+    ``step_inputs`` and ``forward`` (PyTorch's LSTM gate order i, f, g, o).
+
+    A state is a dict of float arrays: ``h``, ``c`` (K, L, H) after the steps so far, and for attention
+    models the running softmax over those steps (``att_max`` (K,), ``att_den`` (K,), ``att_num`` (K, H)).
+    """
+
+    def __init__(self, networks):
+        cfgs = {repr(n.cfg) for n in networks}
+        if len(cfgs) != 1:
+            raise ValueError("the networks of an ensemble must share one model config")
+        net = networks[0]
+        self.K, self.V, self.S = len(networks), net.n_series, net.n_static
+        self.H, self.L = net.cfg.hidden_size, net.cfg.num_layers
+        self.decay, self.attention = bool(net.cfg.decay), bool(net.cfg.attention)
+        sd = [{k: v.detach().cpu().double().numpy() for k, v in n.state_dict().items()} for n in networks]
+        stack = lambda key: np.stack([d[key] for d in sd])  # noqa: E731 -- (K, ...)
+        V = self.V
+        if self.decay:
+            self.decay_w, self.decay_b = stack("decay_w"), stack("decay_b")  # (K, V)
+        w0 = stack("lstm.weight_ih_l0")  # (K, 4H, 3V + S)
+        self.w_series = w0[:, :, :3 * V].transpose(0, 2, 1).copy()  # (K, 3V, 4H)
+        self.w_static = w0[:, :, 3 * V:].transpose(0, 2, 1).copy()  # (K, S, 4H)
+        self.w_ih = [None] + [stack(f"lstm.weight_ih_l{k}").transpose(0, 2, 1).copy() for k in range(1, self.L)]
+        self.w_hh = [stack(f"lstm.weight_hh_l{k}").transpose(0, 2, 1).copy() for k in range(self.L)]  # (K, H, 4H)
+        self.bias = [stack(f"lstm.bias_ih_l{k}") + stack(f"lstm.bias_hh_l{k}") for k in range(self.L)]  # (K, 4H)
+        self.head_w, self.head_b = stack("head.weight")[:, 0], stack("head.bias")[:, 0]  # (K, H), (K,)
+        self.head_static = stack("head_static.weight")[:, 0]  # (K, S)
+        if self.attention:
+            self.attn_w1, self.attn_b1 = stack("attn.0.weight").transpose(0, 2, 1).copy(), stack("attn.0.bias")
+            self.attn_w2 = stack("attn.2.weight")[:, 0]  # (K, H)
+            w = stack("attn_head.weight")[:, 0]  # (K, H + S)
+            self.attn_head_h, self.attn_head_s, self.attn_head_b = w[:, :self.H], w[:, self.H:], stack("attn_head.bias")[:, 0]
+
+    def initial_state(self) -> dict:
+        K, L, H = self.K, self.L, self.H
+        state = {"h": np.zeros((K, L, H)), "c": np.zeros((K, L, H))}
+        if self.attention:
+            state.update(att_max=np.full(K, -np.inf), att_den=np.zeros(K), att_num=np.zeros((K, H)))
+        return state
+
+    def run(self, x, mask, delta, statics, state: dict) -> tuple[dict, np.ndarray]:
+        """``k`` steps (x, mask, delta (k, V); statics (S,)) from ``state`` -> (new state, per-member logits (K,)
+        of the stay after the last of them). ``state`` is not modified."""
+        H = self.H
+        x, mask, delta = (np.asarray(a, np.float64)[None] for a in (x, mask, delta))  # (1, k, V)
+        if self.decay:  # as MaskedLSTM.step_inputs
+            gamma = np.exp(-np.maximum(self.decay_w[:, None] * delta + self.decay_b[:, None], 0))  # (K, k, V)
+            x = x * (mask + (1 - mask) * gamma)
+        k = x.shape[1]
+        inp = np.concatenate([np.broadcast_to(x, (self.K, k, self.V)), np.broadcast_to(mask, (self.K, k, self.V)),
+                              np.broadcast_to(np.log1p(delta), (self.K, k, self.V))], axis=2)  # (K, k, 3V)
+        s = np.asarray(statics, np.float64)
+        pre = inp @ self.w_series + (s @ self.w_static + self.bias[0])[:, None]  # (K, k, 4H)
+        h, c = state["h"].copy(), state["c"].copy()
+        for layer in range(self.L):
+            if layer:  # layers above the first read the one below (no dropout in eval)
+                pre = out @ self.w_ih[layer] + self.bias[layer][:, None]
+            out = np.empty((self.K, k, H))  # (K, k, H) this layer's hidden states
+            hl, cl, w_hh = h[:, layer], c[:, layer], self.w_hh[layer]
+            for t in range(k):
+                g = pre[:, t] + np.einsum("kh,khg->kg", hl, w_hh)  # (K, 4H)
+                i, f, o = _sigmoid(g[:, :H]), _sigmoid(g[:, H:2 * H]), _sigmoid(g[:, 3 * H:])
+                cl = f * cl + i * np.tanh(g[:, 2 * H:3 * H])
+                hl = o * np.tanh(cl)
+                out[:, t] = hl
+            h[:, layer], c[:, layer] = hl, cl
+        new = {"h": h, "c": c}
+        if not self.attention:
+            return new, np.einsum("kh,kh->k", hl, self.head_w) + self.head_b + self.head_static @ s
+        score = np.einsum("kth,kh->kt", np.tanh(np.einsum("kti,kij->ktj", out, self.attn_w1)
+                                                + self.attn_b1[:, None]), self.attn_w2)  # (K, k)
+        mx = np.maximum(state["att_max"], score.max(axis=1))
+        scale, w = np.exp(state["att_max"] - mx), np.exp(score - mx[:, None])  # (K,), (K, k)
+        new["att_max"] = mx
+        new["att_den"] = state["att_den"] * scale + w.sum(axis=1)
+        new["att_num"] = state["att_num"] * scale[:, None] + np.einsum("kt,kth->kh", w, out)
+        pooled = new["att_num"] / new["att_den"][:, None]  # (K, H)
+        logits = (np.einsum("kh,kh->k", pooled, self.attn_head_h) + np.einsum("ks,s->k", self.attn_head_s, s)
+                  + self.attn_head_b)
+        return new, logits
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))

@@ -186,14 +186,15 @@ def test_late_first_observation_and_no_series(model):
     assert feed(model, [statics_only]) is None
 
 
-def test_conflicting_time0_statics_first_row_wins(model):
-    rows = late_start_stay().vstack(pl.DataFrame({"stay_id": [900002], "time": [0.0], "variable": ["Age"],
-                                                  "value": [80.0]}).cast({"value": pl.Float64}))
-    rows = rows.sort("time", maintain_order=True)
-    s = model.stream()
-    s.update(rows)
-    assert s.state()["statics"][model.catalogue.statics.index("Age")] == 50.0
-    assert_close(s.risk, expected_risk(model, rows))
+def test_conflicting_time0_statics_combine_like_batch(model):
+    """Two time-0 Age rows: Age's aggregation is "last", so the larger wins, whichever row comes first."""
+    extra = pl.DataFrame({"stay_id": [900002], "time": [0.0], "variable": ["Age"], "value": [80.0]})
+    base = late_start_stay()
+    for rows in (pl.concat([extra, base]), pl.concat([base, extra]).sort("time", maintain_order=True)):
+        s = model.stream()
+        s.update(rows)
+        assert s.state()["statics"][model.catalogue.statics.index("Age")] == 80.0
+        assert_close(s.risk, expected_risk(model, rows))
 
 
 @pytest.mark.parametrize("variant", ["attention", "two_layers", "no_decay", "median", "zero"])
@@ -293,4 +294,4 @@ def test_state_is_plain_json(model, stays):
     s = model.stream()
     s.update(edge_stay().filter(pl.col("time") < 7))
     text = json.dumps(s.state(), allow_nan=False)  # strict JSON: no NaN or infinity
-    assert json.loads(text)["n_closed"] == 6
+    assert json.loads(text)["open"] == 6
