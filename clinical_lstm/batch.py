@@ -95,13 +95,12 @@ def check_catalogue(have: Catalogue, expected) -> None:
 
 
 def _scored_schema(explain: int) -> dict:
-    schema = {"stay_id": pl.Int64, "risk": pl.Float64, "flag": pl.Boolean, "quality_flags": pl.String,
-              "n_observations": pl.Int64}
-    for r in range(1, explain + 1):
-        schema[f"top{r}_variable"] = pl.String
-        schema[f"top{r}_contribution"] = pl.Float64
-    schema.update({"model": pl.String, "model_version": pl.String, "scored_at": pl.Datetime("us", "UTC")})
-    return schema
+    """:data:`~clinical_lstm.bundle.SCORES`, the top-K contributions, then the model and the scoring time."""
+    from .bundle import SCORES
+
+    tops = {f"top{r}_{c}": d for r in range(1, explain + 1) for c, d in (("variable", pl.String),
+                                                                         ("contribution", pl.Float64))}
+    return {**SCORES, **tops, "model": pl.String, "model_version": pl.String, "scored_at": pl.Datetime("us", "UTC")}
 
 
 REJECT_SCHEMA = {"stay_id": pl.Int64, "reason": pl.String}
@@ -339,10 +338,10 @@ class _Job:
     def process(self, c: Chunk, raw: RawData, read_s: float) -> dict:
         """Score one chunk and write its parts (runs in a worker thread); returns its manifest entry."""
         tc = time.perf_counter()
-        scored, rejects, report = self.model.score(raw, explain=self.explain)
-        if scored.height + rejects.height != c.stays:
-            raise RuntimeError(f"chunk {c.index}: {c.stays} stays read, {scored.height} scored, "
-                               f"{rejects.height} rejected")
+        scored, report = self.model.score_table(raw, explain=self.explain)
+        rejects = scored.filter(pl.col("reason").is_not_null()).select("stay_id", "reason")
+        if scored.height != c.stays:
+            raise RuntimeError(f"chunk {c.index}: {c.stays} stays read, {scored.height} rows scored")
         extra = {"model": self.fingerprint["model_uri"], "model_version": self.version,
                  "scored_at": datetime.fromisoformat(self.manifest["scored_at"])}
         scored = _conform(scored.with_columns(**{k: pl.lit(v) for k, v in extra.items()}), self.schema)
@@ -397,14 +396,16 @@ class _Job:
         t0 = time.perf_counter()
         out, chunks, work = self.out, self.chunks, self.work
         rejects_path = out.with_name(f"{out.stem}.rejects{out.suffix}")
-        n_scored = _sink([work.part(c.index, "scored") for c in chunks], self.schema, out)
+        n_rows = _sink([work.part(c.index, "scored") for c in chunks], self.schema, out)
         n_rejected = _sink([work.part(c.index, "rejects") for c in chunks], REJECT_SCHEMA, rejects_path)
-        ids = [pl.scan_parquet(work.part(c.index, k)).select("stay_id") for c in chunks for k in ("scored", "rejects")]
-        distinct = pl.concat(ids).select(pl.col("stay_id").n_unique()).collect().item() if ids else 0
-        if not (n_scored + n_rejected == self.n_stays == distinct):
-            raise RuntimeError(f"stay accounting failed: {self.n_stays} stays read, {n_scored} scored, "
-                               f"{n_rejected} rejected, {distinct} distinct stay ids in the output; nothing is "
-                               f"reported as done")
+        parts = [pl.scan_parquet(work.part(c.index, "scored")) for c in chunks]
+        distinct, n_null = pl.concat(parts).select(pl.col("stay_id").n_unique(), pl.col("risk").null_count()).collect(
+        ).row(0) if parts else (0, 0)
+        n_scored = n_rows - n_rejected
+        if not (n_rows == self.n_stays == distinct and n_null == n_rejected):
+            raise RuntimeError(f"stay accounting failed: {self.n_stays} stays read, {n_rows} rows out, "
+                               f"{distinct} distinct stay ids, {n_null} without a risk but {n_rejected} rejected; "
+                               f"nothing is reported as done")
         done = [self.manifest["done"][str(c.index)] for c in chunks]
         summary = _summary(self.fingerprint, self.version, self.inputs, done, self.model.threshold,
                            (n_scored, n_rejected), out, rejects_path, seconds_so_far + time.perf_counter() - t0,
@@ -433,7 +434,7 @@ def _chunk_entry(c: Chunk, scored: pl.DataFrame, rejects: pl.DataFrame, report, 
     rules = report.counts.filter(pl.col("variable").is_not_null() | ~pl.col("action").str.contains("rejected"))
     by_rule = rules.group_by("rule").agg(pl.col("rows").sum()).sort("rule")
     unknown = report.counts.filter(pl.col("rule") == "unknown_variable")
-    return {"stays": c.stays, "scored": scored.height, "rejected": rejects.height,
+    return {"stays": c.stays, "scored": scored.height - rejects.height, "rejected": rejects.height,
             "flagged": int(scored["flag"].sum()), "rows_read": report.n_rows_read,
             "rejected_by_reason": dict(zip(by_reason["reason"], by_reason["len"], strict=True)),
             "rows_by_rule": dict(zip(by_rule["rule"], by_rule["rows"], strict=True)),

@@ -37,6 +37,27 @@ from .validate import QualityReport, stay_quality, validate
 
 FORMAT_VERSION = 1
 
+#: The columns every "risk per stay" output starts with: ``predict``, batch scoring, Spark, the MLflow pyfunc
+#: and the ONNX runtime. A rejected stay has a null risk, flag, n_observations and quality_flags and a reason.
+SCORES = {"stay_id": pl.Int64, "risk": pl.Float64, "flag": pl.Boolean, "reason": pl.String,
+          "n_observations": pl.Int64, "quality_flags": pl.String}
+
+
+def scores_table(clean: pl.DataFrame, kept: pl.Series, report: QualityReport, risk: np.ndarray,
+                 threshold: float, catalogue: Catalogue) -> pl.DataFrame:
+    """The :data:`SCORES` table of validated stays: ``kept`` with their ``risk``, then ``report.rejects``."""
+    scored = (pl.DataFrame({"stay_id": kept, "risk": risk}, schema={"stay_id": pl.Int64, "risk": pl.Float64})
+              .with_columns((pl.col("risk") >= threshold).alias("flag"))
+              .join(stay_quality(clean, kept, report, catalogue), on="stay_id", how="left", maintain_order="left"))
+    table = pl.concat([scored, report.rejects.select("stay_id", "reason")], how="diagonal_relaxed")
+    return table.select([pl.col(c).cast(d) for c, d in SCORES.items()]).sort("stay_id")
+
+
+def _like(data, out: pl.DataFrame):
+    """``out`` as pandas when the input was a pandas frame, else polars."""
+    return out.to_pandas() if type(data).__module__.startswith("pandas") else out
+
+
 
 def data_digest(clean: pl.DataFrame, catalogue: Catalogue) -> str:
     """SHA-256 over a cleaned long table's content (order-independent rows are sorted first)."""
@@ -123,39 +144,43 @@ class RiskModel:
         """Calibrated probability from logits (any shape)."""
         return self.calibrator.predict(np.asarray(logits).ravel()).reshape(np.shape(logits))
 
-    def score(self, data, explain: int = 0) -> tuple[pl.DataFrame, pl.DataFrame, QualityReport]:
-        """``(scored, rejects, report)``: ``stay_id, risk, flag, n_observations, quality_flags`` and
-        ``stay_id, reason`` (see :data:`~clinical_lstm.validate.QUALITY_FLAGS`).
+    def score_table(self, data, explain: int = 0) -> tuple[pl.DataFrame, QualityReport]:
+        """Every stay of ``data`` as one row of :data:`SCORES` (polars), plus the quality report.
 
-        ``explain=K`` adds ``top1_variable, top1_contribution, ..., topK_...`` (SHAP, log-odds) per stay.
+        Scored stays have ``risk``, ``flag``, ``n_observations`` and ``quality_flags``
+        (:data:`~clinical_lstm.validate.QUALITY_FLAGS`) and a null ``reason``; rejected stays a null risk and
+        their reason. ``explain=K`` adds ``top1_variable, top1_contribution, ..., topK_...`` (SHAP, log-odds).
+        Batch scoring, Spark, the pyfunc and :meth:`predict` all build on this table.
         """
         clean, kept, report = self.clean(data)
         t = self.tensors(clean, kept) if len(kept) else None
         risk = self.risk(self.logits(t)) if t is not None else np.zeros(0)
-        scored = (pl.DataFrame({"stay_id": kept, "risk": risk}, schema={"stay_id": pl.Int64, "risk": pl.Float64})
-                  .with_columns((pl.col("risk") >= self.threshold).alias("flag"))
-                  .join(stay_quality(clean, kept, report, self.catalogue), on="stay_id", how="left",
-                        maintain_order="left"))
-        if explain and t is not None:
-            from .explain import shap_values, table_from
+        table = scores_table(clean, kept, report, risk, self.threshold, self.catalogue)
+        if explain:
+            table = table.join(self._top_contributions(t, explain), on="stay_id", how="left", maintain_order="left")
+        return table, report
 
-            table = table_from(*shap_values(self, t), t.stay_ids)
-            for r in range(1, explain + 1):  # the same tensors: the input is validated once
-                scored = scored.join(table.filter(pl.col("rank") == r).select(
-                    "stay_id", pl.col("variable").alias(f"top{r}_variable"),
-                    pl.col("contribution").alias(f"top{r}_contribution")), on="stay_id", how="left")
-        return scored, report.rejects, report
+    def _top_contributions(self, t: Tensors | None, k: int) -> pl.DataFrame:
+        schema = {"stay_id": pl.Int64, **{f"top{r}_{c}": d for r in range(1, k + 1)
+                                          for c, d in (("variable", pl.String), ("contribution", pl.Float64))}}
+        if t is None:
+            return pl.DataFrame(schema=schema)
+        from .explain import shap_values, table_from
 
-    def predict(self, data):
-        """One row per stay: ``stay_id, risk, flag, reason`` (risk null and a reason for rejected stays).
+        table = table_from(*shap_values(self, t), t.stay_ids)  # the scoring tensors: input validated once
+        wide = pl.DataFrame({"stay_id": t.stay_ids})
+        for r in range(1, k + 1):
+            wide = wide.join(table.filter(pl.col("rank") == r).select(
+                "stay_id", pl.col("variable").alias(f"top{r}_variable"),
+                pl.col("contribution").alias(f"top{r}_contribution")), on="stay_id", how="left")
+        return wide.select([pl.col(c).cast(d) for c, d in schema.items()])
 
-        ``data`` is a long table (pandas or polars, the same type comes back) or a data path.
+    def predict(self, data, explain: int = 0):
+        """One row per stay of ``data``: :data:`SCORES` (``stay_id, risk, flag, reason, n_observations,
+        quality_flags``); a rejected stay has a null risk and its reason. ``explain=K`` adds the top-K SHAP
+        contributions. ``data`` is a long table (pandas in, pandas out; polars in, polars out) or a data path.
         """
-        scored, rejects, _ = self.score(data)
-        out = pl.concat([scored.select("stay_id", "risk", "flag", pl.lit(None, pl.String).alias("reason")),
-                         rejects.select("stay_id", pl.lit(None, pl.Float64).alias("risk"),
-                                        pl.lit(None, pl.Boolean).alias("flag"), "reason")]).sort("stay_id")
-        return out if isinstance(data, (pl.DataFrame, str, Path, list, tuple, RawData)) else out.to_pandas()
+        return _like(data, self.score_table(data, explain)[0])
 
     def explain(self, data, top: int | None = None, n_permutations: int = 8, seed: int = 0):
         """Per-variable SHAP contributions (log-odds) for every scorable stay; see :mod:`clinical_lstm.explain`.
@@ -164,8 +189,7 @@ class RiskModel:
         """
         from .explain import explain_table
 
-        out = explain_table(self, data, top, n_permutations, seed)
-        return out if isinstance(data, (pl.DataFrame, str, Path, list, tuple, RawData)) else out.to_pandas()
+        return _like(data, explain_table(self, data, top, n_permutations, seed))
 
     def stream(self, state=None):
         """A :class:`~clinical_lstm.stream.StayStream` for one stay: ``s.update(rows)`` -> current risk.
@@ -176,8 +200,9 @@ class RiskModel:
 
         return StayStream(self, state)
 
-    def trajectory(self, data) -> pl.DataFrame:
-        """Calibrated risk at the end of every grid bin: ``stay_id, hour, risk`` (valid bins only)."""
+    def trajectory(self, data):
+        """Calibrated risk at the end of every grid bin: ``stay_id, hour, risk`` (valid bins only; pandas in,
+        pandas out)."""
         clean, kept, _ = self.clean(data)
         t = self.tensors(clean, kept)
         risk = self.risk(self.logits(t, steps=True))  # (N, T)
@@ -185,7 +210,8 @@ class RiskModel:
         valid = np.arange(T)[None, :] < t.lengths[:, None]
         hours = (np.arange(T) + 1) * self.transformer.resolution_hours
         n_idx, t_idx = np.nonzero(valid)
-        return pl.DataFrame({"stay_id": t.stay_ids[n_idx], "hour": hours[t_idx], "risk": risk[n_idx, t_idx]})
+        return _like(data, pl.DataFrame({"stay_id": t.stay_ids[n_idx], "hour": hours[t_idx],
+                                         "risk": risk[n_idx, t_idx]}))
 
     # -- persistence ------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

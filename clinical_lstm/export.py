@@ -305,14 +305,14 @@ class ExportedModel:
         return self.session.run(["logit"], feeds)[0]
 
     def predict(self, data):
-        import polars as pl
-
-        from .bundle import as_raw
+        """Every stay of ``data`` as :data:`~clinical_lstm.bundle.SCORES` (rejected stays with their reason),
+        the same table as ``RiskModel.predict``; pandas in, pandas out."""
+        from .bundle import _like, as_raw, scores_table
         from .validate import validate
 
-        clean, kept, _ = validate(as_raw(data), self.transformer.catalogue, self.transformer.window_hours)
-        if not len(kept):
-            return pl.DataFrame(schema={"stay_id": pl.Int64, "risk": pl.Float64, "flag": pl.Boolean})
-        t = self.transformer.transform(clean, kept)
-        risk = self.calibrator.predict(self.logits(t).astype(np.float64))
-        return pl.DataFrame({"stay_id": t.stay_ids, "risk": risk, "flag": risk >= self.threshold})
+        catalogue = self.transformer.catalogue
+        clean, kept, report = validate(as_raw(data), catalogue, self.transformer.window_hours)
+        risk = np.zeros(0)
+        if len(kept):
+            risk = self.calibrator.predict(self.logits(self.transformer.transform(clean, kept)).astype(np.float64))
+        return _like(data, scores_table(clean, kept, report, risk, self.threshold, catalogue))

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .bundle import RiskModel
+from .bundle import SCORES, RiskModel
 from .sources import DataError
 
 _MODELS: dict[str, RiskModel] = {}  # per Python worker: staged bundle name -> model, loaded once
@@ -55,8 +55,7 @@ def _types(explain: int) -> dict:
     """Output column -> polars type; the single source of the Spark and Arrow schemas."""
     tops = {c: t for k in range(1, explain + 1)
             for c, t in ((f"top{k}_variable", pl.String), (f"top{k}_contribution", pl.Float64))}
-    return {"stay_id": pl.Int64, "risk": pl.Float64, "flag": pl.Boolean, "reason": pl.String,
-            "n_observations": pl.Int64, "quality_flags": pl.String, **tops}
+    return {**SCORES, **tops}
 
 
 def output_schema(explain: int = 0) -> str:
@@ -116,18 +115,7 @@ def _worker_model(name: str) -> RiskModel:
 
 def score_frame(model: RiskModel, long: pl.DataFrame, explain: int = 0) -> pl.DataFrame:
     """Score whole stays of a polars long frame: one row per stay in :func:`output_schema` order."""
-    scored, rejects, _ = model.score(long, explain=explain)
-    types = _types(explain)
-    tops = list(types)[6:]
-    scored = scored.select("stay_id", "risk", "flag", pl.lit(None, pl.String).alias("reason"),
-                           pl.col("n_observations").cast(pl.Int64), "quality_flags",
-                           *[pl.col(c) if c in scored.columns else pl.lit(None).alias(c) for c in tops])
-    rejected = rejects.select("stay_id", pl.lit(None, pl.Float64).alias("risk"),
-                              pl.lit(None, pl.Boolean).alias("flag"), "reason",
-                              pl.lit(None, pl.Int64).alias("n_observations"),
-                              pl.lit(None, pl.String).alias("quality_flags"),
-                              *[pl.lit(None).alias(c) for c in tops])
-    out = pl.concat([f.cast(types) for f in (scored, rejected)])
+    out = model.score_table(long, explain)[0].cast(_types(explain))
     n_in = long["stay_id"].n_unique()
     if out.height != n_in or out["stay_id"].n_unique() != n_in:  # internal invariant
         raise AssertionError(f"stay accounting broken: {n_in} stays in, {out.height} rows out")

@@ -13,6 +13,7 @@ unless ``MLFLOW_TRACKING_URI`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -234,20 +235,8 @@ class Tracker:
     def _log_model(self, result):
         import mlflow
 
-        quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # no bar while validating the input example
-        old = {k: os.environ.get(k) for k in quiet}
-        os.environ.update(quiet)
-        try:
-            return mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: no pickle
-                artifacts={"bundle": str(result.out_dir)},
-                signature=signature(), input_example=synthetic_example(result.model.catalogue),
-                pip_requirements=pip_requirements(),
-            )
-        finally:
-            for k, v in old.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        with _quiet_artifacts():
+            return mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **pyfunc_spec(result.out_dir, result.model.catalogue))
 
     def _register(self, model_uri: str, score: float) -> dict:
         """Register a new version; ``champion`` moves to it only if it beats the champion's validation AUPRC."""
@@ -329,6 +318,39 @@ class parent_run:
         return False
 
 
+def pyfunc_spec(bundle_dir: str | Path, catalogue) -> dict:
+    """How a bundle becomes an MLflow pyfunc: "models from code" (``pyfunc_model.py``, no pickle) with the bundle
+    directory as its only artifact, the signature and a synthetic input example."""
+    return {"python_model": str(Path(__file__).with_name("pyfunc_model.py")),
+            "artifacts": {"bundle": str(bundle_dir)}, "signature": signature(),
+            "input_example": synthetic_example(catalogue), "pip_requirements": pip_requirements()}
+
+
+def save_pyfunc(bundle_dir: str | Path, path: str | Path) -> Path:
+    """Write the bundle as an MLflow pyfunc model folder (what ``train`` logs), without a tracking store."""
+    import mlflow
+
+    from .catalogue import Catalogue
+
+    with _quiet_artifacts():
+        mlflow.pyfunc.save_model(str(path), **pyfunc_spec(bundle_dir, Catalogue.from_csv(Path(bundle_dir) / "catalogue.csv")))
+    return Path(path)
+
+
+@contextlib.contextmanager
+def _quiet_artifacts():
+    """No MLflow progress bar while it copies artifacts and validates the input example."""
+    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
+
+
 def signature():
     """Input: the raw long table. Output: one row per stay."""
     from mlflow.models import ModelSignature
@@ -337,8 +359,10 @@ def signature():
     return ModelSignature(
         inputs=Schema([ColSpec("long", "stay_id"), ColSpec("double", "time"), ColSpec("string", "variable"),
                        ColSpec("double", "value")]),
-        outputs=Schema([ColSpec("long", "stay_id"), ColSpec("double", "risk"), ColSpec("boolean", "flag"),
-                        ColSpec("string", "reason", required=False)]))
+        outputs=Schema([ColSpec("long", "stay_id"), ColSpec("double", "risk", required=False),
+                        ColSpec("boolean", "flag", required=False), ColSpec("string", "reason", required=False),
+                        ColSpec("long", "n_observations", required=False),
+                        ColSpec("string", "quality_flags", required=False)]))
 
 
 def synthetic_example(catalogue, n_stays: int = 2):

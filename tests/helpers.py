@@ -222,9 +222,9 @@ def random_long(n_stays: int, seed: int = 0, first_id: int = 1, hours: float = 4
     return pl.DataFrame(rows, schema=["stay_id", "time", "variable", "value"], orient="row")
 
 
-def tiny_model(seed: int = 0):
-    """An untrained :class:`~clinical_lstm.bundle.RiskModel` (hidden 8) on the default catalogue: its risks
-    differ from stay to stay, which is all that equality and accounting tests need."""
+def tiny_model(seed: int = 0, n_networks: int = 1, **model_cfg):
+    """An untrained :class:`~clinical_lstm.bundle.RiskModel` (hidden 8, ``model_cfg`` overrides) on the default
+    catalogue: its risks differ from stay to stay, which is all that equality and accounting tests need."""
     import numpy as np
     import torch
 
@@ -237,6 +237,22 @@ def tiny_model(seed: int = 0):
     torch.manual_seed(seed)
     long = random_long(40, seed=seed)
     tr = GridTransformer(Catalogue.default()).fit(long, np.arange(1, 41))
-    net = MaskedLSTM(ModelConfig(hidden_size=8), len(tr.catalogue.series), tr.n_static_features).eval()
+    cfg = ModelConfig(**{"hidden_size": 8, **model_cfg})
+    nets = [MaskedLSTM(cfg, len(tr.catalogue.series), tr.n_static_features).eval() for _ in range(n_networks)]
     cal = PlattCalibrator().fit(np.linspace(-1, 1, 40), np.tile([0, 1], 20))
-    return RiskModel(tr, [net], cal, 0.5, {"note": "tiny untrained test model"})
+    return RiskModel(tr, nets, cal, 0.5, {"note": "tiny untrained test model"})
+
+
+def with_conflicts(long: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
+    """``long`` plus, for every other stay, a second time-0 Age, an exact duplicate row and a second value at
+    an existing time of a series variable; rows shuffled."""
+    import numpy as np
+
+    extra = []
+    for sid in long["stay_id"].unique().sort().to_list()[::2]:
+        rows = long.filter(pl.col("stay_id") == sid)
+        series = rows.filter(pl.col("time") > 0)
+        dup = series.row(len(series) // 2)
+        extra += [(sid, 0.0, "Age", 47.0), dup, (dup[0], dup[1], dup[2], dup[3] + 3.0)]
+    out = pl.concat([long, pl.DataFrame(extra, schema=long.schema, orient="row")])
+    return out.sample(fraction=1.0, shuffle=True, seed=seed)
