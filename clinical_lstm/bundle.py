@@ -253,7 +253,7 @@ class RiskModel:
     def load(cls, directory: str | Path) -> RiskModel:
         from safetensors.torch import load_file
 
-        directory = Path(directory)
+        directory = model_dir(directory)
         meta_path = directory / "bundle.json"
         if not meta_path.is_file():
             raise DataError(f"{directory} is not a clinical-lstm model bundle (no bundle.json); pass the "
@@ -275,6 +275,14 @@ class RiskModel:
             net.load_state_dict({n[len(prefix):]: w for n, w in weights.items() if n.startswith(prefix)})
             networks.append(net.eval())
         return cls(transformer, networks, calibrator_from_dict(meta["calibrator"]), meta["threshold"], meta)
+
+
+def model_dir(path: str | Path) -> Path:
+    """A bundle folder as given, or the ``model/`` of a run folder that ``train`` wrote."""
+    path = Path(path)
+    if not (path / "bundle.json").exists() and (path / "model" / "bundle.json").exists():
+        return path / "model"
+    return path
 
 
 def load_model(source: str | Path) -> RiskModel:

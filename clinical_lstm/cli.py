@@ -1,27 +1,167 @@
-"""The ``clinical-lstm`` command. Thin: parse arguments, call :mod:`clinical_lstm.workflow`, print.
+"""The ``clinical-lstm`` command: in-hospital mortality risk from irregular ICU time series.
 
-Bad input (missing paths, wrong columns, unreadable files, bad configs) prints one sentence to stderr and
-exits with code 2, without a traceback. Heavy libraries (torch, scikit-learn) load only in the commands that
-need them, so ``prepare`` starts fast.
+Each subcommand reads its options and an optional ``--config FILE`` (library sections plus a ``[job]``
+section; options on the command line win), then calls one function of :mod:`clinical_lstm.workflow`.
+``python pipelines/<job>.py --config FILE`` runs the same code. Bad input (missing paths, wrong columns,
+unreadable files, bad config values) prints one sentence to stderr and exits with code 2, without a
+traceback. Heavy libraries load only in the commands that need them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+DESCRIPTIONS = {
+    "prepare": "validate and grid data; write the grid as Parquet and the data-quality report",
+    "train": "cross-fit the model on labelled stays, calibrate it, compare it with the baselines, write "
+             "model/ and report/, log an MLflow run and register the model",
+    "evaluate": "metrics with intervals, subgroups and plots of a trained model on labelled data",
+    "score": "risk for every stay of a hospital's extract, in resumable chunks; rejects and a summary beside it",
+    "explain": "per-variable SHAP contributions, a plot per stay and the global importance",
+    "export": "the network as ONNX (or TorchScript) with its input contract, for edge runtimes",
+    "sweep": "train several configurations as nested MLflow runs under one parent run",
+    "demo": "train on the bundled PhysioNet sample, then score it (a first look, in about a minute)",
+    "ui": "the MLflow tracking server and UI over the local store, on 127.0.0.1",
+}
 
 
-def _data_args(p: argparse.ArgumentParser, labels: bool = True):
-    p.add_argument("--data", action="append", required=True, metavar="PATH",
-                   help="PhysioNet-2012 set folder or .tar.gz, or long-format .csv/.parquet "
-                        "(stay_id,time,variable,value); repeat for several; 'sample' = the bundled sample")
-    if labels:
-        p.add_argument("--labels", metavar="FILE", help="CSV/Parquet with stay_id,label (0/1)")
-        p.add_argument("--outcomes", metavar="FILE", help="PhysioNet Outcomes-<x>.txt (default: found beside the set)")
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="clinical-lstm", formatter_class=_Help,
+        description="In-hospital mortality risk from irregular ICU vital signs and labs: a masked LSTM over "
+                    "a time grid with observation masks and real elapsed time, tracked in MLflow.",
+        epilog="Run 'clinical-lstm COMMAND --help' for a command's options. Docs: README.md.")
+    parser.add_argument("--version", action="version", version=f"clinical-lstm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=DESCRIPTIONS[name], description=DESCRIPTIONS[name], formatter_class=_Help)
+
+    def config(p, what="library sections and a [job] section; options here win"):
+        p.add_argument("--config", metavar="FILE", help=f"TOML config ({what}); see pipelines/configs/")
+
+    def data(p, labels: bool = True, required: bool = False):
+        p.add_argument("--data", action="append", metavar="PATH", required=required,
+                       help="PhysioNet-2012 set folder or .tar.gz, or long-format .csv/.parquet "
+                            "(stay_id,time,variable,value); repeat for several; 'sample' = the bundled sample")
+        if labels:
+            p.add_argument("--labels", metavar="FILE", help="CSV/Parquet with columns stay_id,label (0/1)")
+            p.add_argument("--outcomes", metavar="FILE",
+                           help="PhysioNet Outcomes-<x>.txt (default: found beside the set)")
+
+    def model(p):
+        p.add_argument("--model", metavar="MODEL", help="run folder or bundle directory, or an MLflow model URI "
+                       "such as models:/clinical-lstm@champion or runs:/ID/model")
+
+    def quiet(p):
+        p.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress bars, "
+                                                             "MLflow's included)")
+
+    p = command("prepare")
+    data(p)
+    p.add_argument("--out", metavar="DIR", help="folder for grid.parquet, statics.parquet and the quality report")
+    config(p, "its [data] section applies")
+
+    p = command("train")
+    data(p)
+    p.add_argument("--out", metavar="DIR", help="run folder to write: model/ (the bundle) and report/")
+    config(p)
+    p.add_argument("--test", action="append", metavar="PATH",
+                   help="separate labelled test data for the report (default: out-of-fold metrics)")
+    p.add_argument("--test-labels", metavar="FILE", help="labels for the --test data")
+    p.add_argument("--experiment", help="MLflow experiment (default: the config's [tracking] experiment)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log an MLflow run or register the model")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the results are still printed)")
+    quiet(p)
+
+    p = command("evaluate")
+    model(p)
+    data(p)
+    p.add_argument("--out", metavar="DIR", help="folder for metrics.json, plots and subgroups")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the intervals")
+
+    p = command("score")
+    model(p)
+    data(p, labels=False)
+    p.add_argument("--out", metavar="FILE", help="output .parquet or .csv (rejects and summary beside it)")
+    config(p, "a [job] section: model, data, out, catalogue, chunk_stays, workers, explain")
+    p.add_argument("--explain", type=int, metavar="K", help="add each stay's top-K variables with signed SHAP "
+                   "contributions (log-odds) [default: 0]")
+    p.add_argument("--chunk-stays", type=int, metavar="N", help="stays per chunk: bounds memory and is the unit "
+                   "of resume [default: 2000]")
+    p.add_argument("--catalogue", metavar="FILE", help="catalogue CSV the data follow ('default' = the built-in "
+                   "PhysioNet one); a model trained on another catalogue is refused with exit code 2")
+    p.add_argument("--workers", type=int, metavar="N", help="chunks scored at once, one thread each "
+                   "[default: CPU count, at most 4]")
+    p.add_argument("--restart", action="store_true", help="discard an unfinished earlier run of this job "
+                                                          "instead of resuming it")
+    p.add_argument("--json", action="store_true", help="also print the summary JSON (always written to "
+                                                       "<out>.summary.json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines (the closing "
+                                                              "line is still printed)")
+    quiet(p)
+
+    p = command("explain")
+    model(p)
+    data(p, labels=False)
+    p.add_argument("--out", metavar="DIR", help="folder for explanations.<format> and the plots")
+    p.add_argument("--stay", action="append", metavar="ID",
+                   help="draw this stay (repeatable) [default: the three highest-risk stays]")
+    p.add_argument("--top", type=int, metavar="K", help="keep the K largest contributions per stay [default: all]")
+    p.add_argument("--permutations", type=int, default=8, help="permutations per stay (antithetic pairs)")
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="format of the table")
+
+    p = command("export")
+    model(p)
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="graph format")
+    p.add_argument("--out", metavar="FILE", help="output file (.onnx or .pt); the input contract is embedded and "
+                                                 "also written to FILE.json")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+
+    p = command("sweep")
+    config(p, "a [sweep] section (data, out, method, n_trials, [sweep.grid]) and base settings")
+    p.add_argument("--experiment", help="MLflow experiment (default: the config's [tracking] experiment)")
+
+    p = command("demo")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder: model/, report/, scores")
+    p.add_argument("--no-tracking", action="store_true", help="do not log an MLflow run")
+    quiet(p)
+
+    p = command("ui")
+    p.add_argument("--port", type=int, default=5000, help="port to listen on")
+    p.add_argument("--store", default=".", metavar="DIR", help="folder holding mlflow/ (the local store)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback needs "
+                                                       "--allow-remote (the server has no authentication)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
+    return parser
+
+
+# -- jobs -----------------------------------------------------------------------------------------------------
+def _job(a, **fields):
+    """``(Config, JobConfig)`` from ``--config`` and the command-line options (which win)."""
+    from .config import load
+
+    cfg, job, _ = load(getattr(a, "config", None), job=fields)
+    return cfg, job
+
+
+def _need(job, *names, command: str):
+    missing = [n for n in names if not getattr(job, n)]
+    if missing:
+        raise ValueError(f"{command} needs {', '.join('--' + n.replace('_', '-') for n in missing)} (or "
+                         f"{', '.join(missing)} in the config's [job] section)")
 
 
 def _paths(values):
@@ -30,239 +170,175 @@ def _paths(values):
     return [resolve_data(v) for v in values]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(prog="clinical-lstm", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"clinical-lstm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("prepare", help="validate and grid data; write grid Parquet + quality report")
-    _data_args(p)
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--config", metavar="FILE", help="TOML config (its [data] section applies)")
-
-    p = sub.add_parser("train", help="train, calibrate, compare with baselines, write a model bundle")
-    _data_args(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="bundle directory to write")
-    p.add_argument("--config", metavar="FILE", help="TOML config; see pipelines/configs/")
-    p.add_argument("--test", action="append", metavar="PATH", help="separate labelled test data for the report")
-    p.add_argument("--test-labels", metavar="FILE", help="labels for --test data")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--experiment", help="MLflow experiment (default: the config's tracking.experiment)")
-    p.add_argument("--no-tracking", action="store_true", help="do not log an MLflow run")
-
-    p = sub.add_parser("evaluate", help="metrics, subgroups and plots of a model on labelled data")
-    p.add_argument("--model", required=True, metavar="MODEL", help="bundle directory or MLflow model URI")
-    _data_args(p)
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
-
-    p = sub.add_parser("score", help="risk for every stay; rejects and summary beside the output")
-    p.add_argument("--model", required=True, metavar="MODEL",
-                   help="bundle directory, or MLflow URI such as models:/clinical-lstm@champion or runs:/ID/model")
-    _data_args(p, labels=False)
-    p.add_argument("--out", required=True, metavar="FILE", help="output .parquet or .csv")
-    p.add_argument("--explain", type=int, default=0, metavar="K",
-                   help="add each stay's top-K variables with signed SHAP contributions (log-odds)")
-    p.add_argument("--chunk-stays", type=int, default=2000, metavar="N",
-                   help="stays per chunk: bounds memory and is the unit of resume (default 2000)")
-    p.add_argument("--catalogue", metavar="FILE",
-                   help="catalogue CSV the data follow ('default' = the built-in PhysioNet one); a model "
-                        "trained on another catalogue is refused with exit code 2")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="chunks scored at once, one thread each (default: CPU count, at most 4)")
-    p.add_argument("--restart", action="store_true",
-                   help="discard an unfinished earlier run of this job instead of resuming it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
-
-    p = sub.add_parser("explain", help="per-variable SHAP contributions, stay plots and global importance")
-    p.add_argument("--model", required=True, metavar="MODEL", help="bundle directory or MLflow model URI")
-    _data_args(p, labels=False)
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--stay", type=int, action="append", metavar="ID", help="draw this stay (repeatable; "
-                   "default: the three highest-risk stays)")
-    p.add_argument("--top", type=int, default=None, metavar="K", help="keep the K largest contributions per stay")
-    p.add_argument("--permutations", type=int, default=8, help="permutations per stay (default 8)")
-    p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
-
-    p = sub.add_parser("sweep", help="grid or random search as nested MLflow runs under one parent run")
-    p.add_argument("--config", required=True, metavar="FILE",
-                   help="TOML with a [sweep] section (data, out, method, n_trials, [sweep.grid]) and base settings")
-    p.add_argument("--experiment", help="MLflow experiment (default: the config's tracking.experiment)")
-
-    p = sub.add_parser("demo", help="train and score on the bundled PhysioNet sample")
-    p.add_argument("--out", default="runs/demo", metavar="DIR")
-    p.add_argument("--no-tracking", action="store_true", help="do not log an MLflow run")
-
-    p = sub.add_parser("ui", help="MLflow tracking server and UI over the local store, on 127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--store", default=".", metavar="DIR", help="folder holding mlflow/ (default: current)")
-
-    p = sub.add_parser("export", help="the network as ONNX (or TorchScript) with its input contract, for "
-                                      "edge runtimes")
-    p.add_argument("--model", required=True, metavar="MODEL", help="bundle directory or MLflow model URI")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    p.add_argument("--out", required=True, metavar="FILE",
-                   help="output file (.onnx or .pt); the contract is embedded and also written to FILE.json")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    return parser
-
-
 def cmd_prepare(a) -> int:
-    from .config import load_config
     from .workflow import prepare
 
-    res = prepare(_paths(a.data), a.out, a.labels, a.outcomes, load_config(a.config))
+    cfg, job = _job(a, data=a.data, out=a.out, labels=a.labels, outcomes=a.outcomes)
+    _need(job, "data", "out", command="prepare")
+    res = prepare(_paths(job.data), job.out, job.labels, job.outcomes, cfg)
     print(res.report)
-    print(f"wrote {res.n_stays} stays to {res.out_dir}/grid.parquet in {res.seconds:.2f} s")
+    print(f"wrote {res.n_stays} stays to {res.out_dir / 'grid.parquet'} in {res.seconds:.2f} s")
     return 0
+
+
+def train_job(cfg, job, progress: bool = True, log=print):
+    """The training job of the CLI and ``pipelines/train.py``: tracked unless ``job.tracking`` is False."""
+    from .tracking import Tracker
+    from .workflow import train
+
+    _need(job, "data", "out", command="train")
+    return train(_paths(job.data), job.out, job.labels, job.outcomes, cfg,
+                 test_data=_paths(job.test) if job.test else None, test_labels=job.test_labels,
+                 progress=progress, log=log, tracking=Tracker(log=log) if job.tracking else False)
 
 
 def cmd_train(a) -> int:
-    from .config import load_config
-    from .workflow import train
-
-    cfg = load_config(a.config)
-    res = train(_paths(a.data), a.out, a.labels, a.outcomes, cfg,
-                test_data=_paths(a.test) if a.test else None, test_labels=a.test_labels,
-                progress=not a.no_progress, tracking=_tracking(a))
-    print(res.report)
-    print(res.comparison())
-    print(f"model bundle: {res.out_dir}  (report: {res.out_dir / 'report'})")
+    cfg, job = _job(a, data=a.data, out=a.out, labels=a.labels, outcomes=a.outcomes, test=a.test,
+                    test_labels=a.test_labels, tracking=False if a.no_tracking else None)
+    if a.experiment:
+        cfg = cfg.replace({"tracking.experiment": a.experiment})
+    log = _printer(a)
+    res = train_job(cfg, job, progress=not (a.quiet or a.no_progress) and sys.stderr.isatty(), log=log)
+    log(str(res.report))
+    log(res.comparison())
+    log(f"model: {res.bundle_dir}   report: {res.report_dir}")
     return 0
 
 
-def _tracking(a):
-    if a.no_tracking:
-        return False
-    from .tracking import Tracker
+def cmd_evaluate(a) -> int:
+    from .workflow import evaluate
 
-    return Tracker(experiment=getattr(a, "experiment", None))
+    _, job = _job(a, model=a.model, data=a.data, out=a.out, labels=a.labels, outcomes=a.outcomes)
+    _need(job, "model", "data", "out", command="evaluate")
+    ev = evaluate(job.model, _paths(job.data), job.out, job.labels, job.outcomes, a.n_boot)
+    for k, e in ev.metrics["masked LSTM"].items():
+        print(f"{k:<16} {e}")
+    print(f"wrote metrics, subgroups and plots to {job.out}")
+    return 0
 
 
-def cmd_sweep(a) -> int:
-    import tomllib
+def score_job(job, progress: bool = True, log=None) -> dict:
+    """The scoring job of the CLI and ``pipelines/score.py``."""
+    from .workflow import score
 
-    from .config import Config
-    from .workflow import sweep
+    _need(job, "model", "data", "out", command="score")
+    return score(job.model, _paths(job.data), job.out, explain=job.explain, chunk_stays=job.chunk_stays,
+                 catalogue=job.catalogue, restart=job.restart, progress=progress, workers=job.workers, log=log)
 
-    path = Path(a.config)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    doc = tomllib.loads(path.read_text())
-    spec = doc.pop("sweep", None)
-    if not spec or "grid" not in spec or "data" not in spec:
-        raise ValueError(f"{path} needs a [sweep] section with data = [...] and a [sweep.grid] table")
-    summary = sweep(_paths(spec["data"]), spec.get("out", "runs/sweep"), Config.from_dict(doc, source=str(path)),
-                    spec["grid"], spec.get("method", "grid"), spec.get("n_trials"), spec.get("seed", 0),
-                    labels=spec.get("labels"), experiment=a.experiment)
-    best = summary["best"]
-    print(f"best trial {best['trial']}: {best['overrides']} validation AUPRC {best['validation_auprc']:.4f}")
+
+def cmd_score(a) -> int:
+    _, job = _job(a, model=a.model, data=a.data, out=a.out, explain=a.explain, chunk_stays=a.chunk_stays,
+                  catalogue=a.catalogue, workers=a.workers, restart=a.restart or None)
+    quiet = _quiet(a)
+    summary = score_job(job, progress=not (quiet or a.no_progress), log=(lambda _: None) if quiet else None)
+    if a.json and not quiet:
+        print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_explain(a) -> int:
     from .workflow import explain
 
-    files = explain(a.model, _paths(a.data), a.out, stays=a.stay, top=a.top, n_permutations=a.permutations,
+    _, job = _job(a, model=a.model, data=a.data, out=a.out)
+    _need(job, "model", "data", "out", command="explain")
+    stays = [_stay_id(s) for s in a.stay] if a.stay else None
+    files = explain(job.model, _paths(job.data), job.out, stays=stays, top=a.top, n_permutations=a.permutations,
                     fmt=a.format)
     for name, path in files.items():
         print(f"{name:<18} {path}")
     return 0
 
 
+def _stay_id(text: str):
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def cmd_export(a) -> int:
     from .export import export_model
 
-    try:
-        summary = export_model(a.model, a.out, a.format, a.opset)
-    except ImportError as exc:  # onnx / onnxruntime not installed
-        print(f"clinical-lstm export: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    if not a.model or not a.out:
+        raise ValueError("export needs --model and --out")
+    summary = export_model(a.model, a.out, a.format, a.opset)
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def cmd_evaluate(a) -> int:
-    from .workflow import evaluate_model
+def cmd_sweep(a) -> int:
+    from .config import load
+    from .workflow import sweep
 
-    res = evaluate_model(a.model, _paths(a.data), a.out, a.labels, a.outcomes, a.n_boot)
-    for k, e in res["metrics"].items():
-        print(f"{k:<16} {e}")
-    print(f"wrote metrics, subgroups and plots to {a.out}")
-    return 0
-
-
-def _keep_freed_memory() -> None:
-    """glibc: keep freed memory for reuse instead of returning it to the kernel after every chunk (each chunk
-    allocates the same large arrays again; refaulting them cost a quarter of the job's system time)."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum
-    libc.mallopt(m_trim_threshold, 1 << 30)
-    libc.mallopt(m_top_pad, 256 << 20)
-
-
-def cmd_score(a) -> int:
-    from .workflow import score
-
-    _keep_freed_memory()
-
-    summary = score(a.model, _paths(a.data), a.out, explain=a.explain, chunk_stays=a.chunk_stays,
-                    catalogue=a.catalogue, restart=a.restart, progress=not a.no_progress,
-                    workers=a.workers)
-    print(json.dumps(summary, indent=2))
+    if not a.config:
+        raise ValueError("sweep needs --config FILE with a [sweep] section")
+    cfg, _, other = load(a.config)
+    spec = other.get("sweep")
+    if not spec or "grid" not in spec or "data" not in spec:
+        raise ValueError(f"{a.config} needs a [sweep] section with data = [...] and a [sweep.grid] table")
+    unknown = sorted(set(spec) - {"data", "out", "method", "n_trials", "seed", "labels", "grid"})
+    if unknown:
+        raise ValueError(f"{a.config}: unknown key(s) {unknown} in [sweep]")
+    summary = sweep(_paths(spec["data"]), spec.get("out", "runs/sweep"), cfg, spec["grid"], spec.get("method", "grid"),
+                    spec.get("n_trials"), spec.get("seed", 0), labels=spec.get("labels"), experiment=a.experiment)
+    best = summary["best"]
+    print(f"best trial {best['trial']}: {best['overrides']} out-of-fold AUPRC {best['validation_auprc']:.4f}")
     return 0
 
 
 def cmd_demo(a) -> int:
-    from .config import Config
+    from .config import Config, JobConfig
     from .sample import sample_path
-    from .workflow import score, train
+    from .workflow import score
 
     out = Path(a.out)
-    res = train([sample_path()], out / "model", config=Config(), progress=sys.stderr.isatty(),
-                tracking=_tracking(a))
-    print(res.comparison())
-    summary = score(out / "model", [sample_path()], out / "scores.parquet", log=lambda _: None)
-    print(f"scored {summary['scored']} stays, rejected {summary['rejected']} -> {out / 'scores.parquet'}")
+    log = _printer(a)
+    res = train_job(Config(), JobConfig(data=[str(sample_path())], out=str(out), tracking=not a.no_tracking),
+                    progress=not a.quiet and sys.stderr.isatty(), log=log)
+    log(res.comparison())
+    summary = score(res.bundle_dir, [sample_path()], out / "scores.parquet", log=lambda _: None)
+    log(f"scored {summary['scored']} stays, rejected {summary['rejected']} -> {out / 'scores.parquet'} (these are "
+        f"the stays the model was trained on: for held-out performance read the out-of-fold table above)")
     return 0
 
 
 def cmd_ui(a) -> int:
-    import os
+    from .tracking import serve_ui
 
-    from .tracking import local_store
+    return serve_ui(a.store, a.port, a.host, a.workers, a.allow_remote)
 
-    backend, artifacts = local_store(a.store)
-    print(f"MLflow UI on http://127.0.0.1:{a.port} over {backend} (Ctrl-C stops it)")
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-                               "--default-artifact-root", artifacts, "--host", "127.0.0.1", "--port", str(a.port)])
-    return 0  # not reached
+
+def _quiet(a) -> bool:
+    if getattr(a, "quiet", False):
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        return True
+    return False
+
+
+def _printer(a):
+    return (lambda *_: None) if _quiet(a) else print
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score,
-            "demo": cmd_demo, "ui": cmd_ui, "sweep": cmd_sweep, "explain": cmd_explain,
-            "export": cmd_export}
+            "explain": cmd_explain, "export": cmd_export, "sweep": cmd_sweep, "demo": cmd_demo, "ui": cmd_ui}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    return run(args.command, lambda: COMMANDS[args.command](args))
+
+
+def run(command: str, job) -> int:
+    """Run ``job()``; user errors become one line on stderr and exit code 2 (used by ``pipelines/`` too)."""
     from .sources import DataError
 
     try:
-        return COMMANDS[args.command](args)
-    except (DataError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
-        print(f"clinical-lstm {args.command}: error: {exc}", file=sys.stderr)
+        return job()
+    except (DataError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+            ImportError) as exc:  # bad input, configs and parameters: the message says what and the fix
+        print(f"clinical-lstm {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except ValueError as exc:  # bad configs and parameters raise ValueError with the fix in the message
-        print(f"clinical-lstm {args.command}: error: {exc}", file=sys.stderr)
+    except OSError as exc:  # a full disk, an unwritable output: what the user can fix, not a traceback
+        print(f"clinical-lstm {command}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

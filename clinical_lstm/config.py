@@ -1,30 +1,128 @@
 """Small typed configs, loaded from TOML files whose sections mirror these dataclasses.
 
-A config file only lists what it changes; everything else keeps the defaults below. Unknown sections or keys
-are errors (a typo must never silently fall back to a default).
+A config file only lists what it changes; everything else keeps the defaults below. Every value is checked
+when the config is built (in Python or from a file): an unknown section or key, a wrong type, a choice not on
+the list or a number out of range is a one-line ``ValueError`` before any data is read (the command line
+turns it into exit code 2). A typo never falls back to a default.
+
+One TOML dialect serves every entry point: the library sections below, plus an optional ``[job]`` section
+with what the command works on (:class:`JobConfig`: data, output, model, ...) and, for sweeps, ``[sweep]``.
+``clinical-lstm train --config FILE`` and ``python pipelines/train.py --config FILE`` read the same file the
+same way (:func:`load`).
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, ClassVar
+
+
+# -- constraints --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """A number of ``kind`` in ``[low, high]`` (``None`` = unbounded; ``open_low`` excludes ``low``)."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    def check(self, value) -> str | None:
+        ok_type = isinstance(value, self.kind) and not isinstance(value, bool) or (
+            self.kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok_type:
+            return f"must be {'an integer' if self.kind is int else 'a number'}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be finite"
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return f"must be {'>' if self.open_low else '>='} {self.low:g}"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high:g}"
+        return None
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple
+
+    def check(self, value) -> str | None:
+        return None if value in self.options else f"must be one of {self.options}"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A value of one of ``types`` (``None`` allowed when listed)."""
+
+    types: tuple
+
+    def check(self, value) -> str | None:
+        if isinstance(value, bool) and bool not in self.types:
+            return f"must be {' or '.join(t.__name__ for t in self.types)}"
+        return None if isinstance(value, self.types) else f"must be {' or '.join(t.__name__ for t in self.types)}"
+
+
+POSITIVE_INT, POSITIVE = Range(int, 1), Range(float, 0, open_low=True)
+FRACTION, NON_NEGATIVE = Range(float, 0, 1), Range(float, 0)
+BOOL, TEXT, OPTIONAL_TEXT = Kind((bool,)), Kind((str,)), Kind((str, type(None)))
+
+
+class Section:
+    """A config section: checks every field against ``constraints`` when built (scikit-learn's
+    ``_parameter_constraints`` idea), so a bad value fails at once with the section and key named."""
+
+    section: ClassVar[str]
+    constraints: ClassVar[dict[str, Any]]
+
+    def __post_init__(self):
+        for name, rule in self.constraints.items():
+            problem = rule.check(getattr(self, name))
+            if problem:
+                raise ValueError(f"[{self.section}] {name} {problem}; got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- sections -----------------------------------------------------------------------------------------------
+@dataclass
+class DataConfig(Section):
+    window_hours: float = 48.0  # hours since admission covered by the grid
+    resolution_hours: float = 1.0  # bin width in hours; must divide window_hours
+    imputation: str = "ffill_median"  # "ffill_median", "median" or "zero"
+    catalogue: str | None = None  # path to a custom catalogue CSV; None = the PhysioNet default
+
+    section: ClassVar[str] = "data"
+    constraints: ClassVar[dict] = {"window_hours": POSITIVE, "resolution_hours": POSITIVE,
+                                   "imputation": Choice(("ffill_median", "median", "zero")),
+                                   "catalogue": OPTIONAL_TEXT}
+
+    def __post_init__(self):
+        super().__post_init__()
+        n = self.window_hours / self.resolution_hours
+        if abs(n - round(n)) > 1e-9:
+            raise ValueError(f"[data] window_hours ({self.window_hours:g}) must be a whole multiple of "
+                             f"resolution_hours ({self.resolution_hours:g})")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     hidden_size: int = 64  # LSTM hidden units
     num_layers: int = 1  # stacked LSTM layers
     dropout: float = 0.2  # on the hidden states before the heads
     decay: bool = True  # GRU-D style learned input decay toward the mean
     attention: bool = False  # attention pooling over steps instead of the last state
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    section: ClassVar[str] = "model"
+    constraints: ClassVar[dict] = {"hidden_size": Range(int, 1, 4096), "num_layers": Range(int, 1, 8),
+                                   "dropout": Range(float, 0, 0.95), "decay": BOOL, "attention": BOOL}
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
+    folds: int = 5  # k of k-fold cross-fitting: k networks, each early-stopped on its own held-out fold
     epochs: int = 40  # upper bound; early stopping usually ends sooner
     batch_size: int = 64
     lr: float = 2e-3  # AdamW learning rate
@@ -33,41 +131,45 @@ class TrainConfig:
     patience: int = 8  # epochs without validation AUPRC improvement before stopping
     target_replication: float = 0.5  # weight of the per-step loss (Lipton et al. 2016)
     pos_weight: str = "sqrt"  # class imbalance: "none", "sqrt" (sqrt(neg/pos)) or "balanced" (neg/pos)
-    seed: int = 0
-    n_models: int = 1  # seed ensemble size; members use seed, seed+1, ...
-    device: str = "auto"  # "auto" picks CUDA when available, else CPU
+    seed: int = 0  # seeds the folds and the networks
+    device: str = "auto"  # "auto" picks CUDA when available, else "cpu" or "cuda"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class DataConfig:
-    window_hours: float = 48.0  # hours since admission covered by the grid
-    resolution_hours: float = 1.0  # bin width in hours; must divide window_hours
-    imputation: str = "ffill_median"  # "ffill_median", "median" or "zero"
-    catalogue: str | None = None  # path to a custom catalogue CSV; None = the PhysioNet default
+    section: ClassVar[str] = "train"
+    constraints: ClassVar[dict] = {
+        "folds": Range(int, 2, 50), "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE, "clip_norm": POSITIVE, "patience": POSITIVE_INT,
+        "target_replication": NON_NEGATIVE, "pos_weight": Choice(("none", "sqrt", "balanced")),
+        "seed": Range(int, 0), "device": Choice(("auto", "cpu", "cuda"))}
 
 
 @dataclass
-class CalibrationConfig:
-    method: str = "platt"  # "platt" or "isotonic", fitted on the validation split
+class CalibrationConfig(Section):
+    method: str = "platt"  # "platt" or "isotonic", fitted on the out-of-fold logits
     threshold_rule: str = "min_se_ppv"  # "min_se_ppv" (PhysioNet event 1) or "youden"
 
+    section: ClassVar[str] = "calibration"
+    constraints: ClassVar[dict] = {"method": Choice(("platt", "isotonic")),
+                                   "threshold_rule": Choice(("min_se_ppv", "youden"))}
+
 
 @dataclass
-class EvaluationConfig:
-    val_fraction: float = 0.2  # of the training stays: early stopping + calibration
-    test_fraction: float = 0.2  # held out for the report when no separate test data is given; 0 = none
+class EvaluationConfig(Section):
     n_boot: int = 1000  # bootstrap replicates for the 95 % intervals
-    split_seed: int = 0  # seed of the stratified splits
+    seed: int = 0  # seed of the bootstrap
     explain_stays: int = 200  # evaluation stays explained for the global SHAP importance plot; 0 = none
 
+    section: ClassVar[str] = "evaluation"
+    constraints: ClassVar[dict] = {"n_boot": Range(int, 1, 100_000), "seed": Range(int, 0),
+                                   "explain_stays": Range(int, 0)}
+
 
 @dataclass
-class TrackingConfig:
+class TrackingConfig(Section):
     experiment: str = "clinical-lstm"  # MLflow experiment name
     registered_model: str = "clinical-lstm"  # MLflow registry name
+
+    section: ClassVar[str] = "tracking"
+    constraints: ClassVar[dict] = {"experiment": TEXT, "registered_model": TEXT}
 
 
 @dataclass
@@ -86,31 +188,20 @@ class Config:
         if unknown:
             raise ValueError(f"{source}: unknown section(s) {unknown}; expected {sorted(sections)}")
         built = {}
-        for name in sections:
-            section_cls = type(getattr(cls(), name))
+        for name, f in sections.items():
+            section_cls = f.default_factory
             values = d.get(name, {})
-            known = {g.name: g for g in fields(section_cls)}
-            bad = sorted(set(values) - set(known))
+            if not isinstance(values, dict):
+                raise ValueError(f"{source}: [{name}] must be a table of settings, got {values!r}")
+            known = {g.name for g in fields(section_cls)}
+            bad = sorted(set(values) - known)
             if bad:
                 raise ValueError(f"{source}: unknown key(s) {bad} in [{name}]; expected some of {sorted(known)}")
-            for key, val in values.items():
-                default = getattr(section_cls(), key)
-                if default is not None and not isinstance(val, type(default)) and not (
-                        isinstance(default, float) and isinstance(val, int) and not isinstance(val, bool)):
-                    raise ValueError(f"{source}: [{name}] {key} must be {type(default).__name__}, got {val!r}")
-            built[name] = section_cls(**values)
+            try:
+                built[name] = section_cls(**values)
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
         return cls(**built)
-
-    @classmethod
-    def from_toml(cls, path: str | Path) -> Config:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
-        return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +210,82 @@ class Config:
         """``{"model.hidden_size": 64, ...}``: the whole config as dotted keys (e.g. MLflow params)."""
         return {f"{s}.{k}": v for s, section in self.to_dict().items() for k, v in section.items()}
 
+    def replace(self, overrides: dict[str, object], source: str = "overrides") -> Config:
+        """A copy with dotted-key overrides (``{"model.hidden_size": 32}``), checked like a file."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            section, _, name = key.partition(".")
+            if section not in d or name not in d[section]:
+                raise ValueError(f"{source}: unknown parameter {key!r}; use dotted names such as "
+                                 f"'model.hidden_size' (see Config.flat())")
+            d[section][name] = value
+        return Config.from_dict(d, source)
+
+
+# -- the [job] section --------------------------------------------------------------------------------------
+@dataclass
+class JobConfig(Section):
+    """What a command works on; the command line's options fill the same fields and win over the file."""
+
+    data: list = field(default_factory=list)  # data paths ("sample" = the bundled sample)
+    out: str | None = None  # output: bundle directory (train), scores file (score), folder (prepare, ...)
+    labels: str | None = None  # stay_id,label file (train, prepare, evaluate)
+    outcomes: str | None = None  # a PhysioNet Outcomes-<x>.txt for a single data path
+    test: list = field(default_factory=list)  # separate labelled test data (train)
+    test_labels: str | None = None
+    model: str | None = None  # bundle directory or MLflow URI (score, evaluate, explain, export)
+    catalogue: str | None = None  # score: the catalogue the data follow ("default" or a CSV)
+    chunk_stays: int = 2000  # score: stays per chunk
+    workers: int | None = None  # score: chunks scored at once
+    explain: int = 0  # score: top-K SHAP variables per stay
+    restart: bool = False  # score: discard an unfinished earlier run
+    tracking: bool = True  # train: log an MLflow run and register the model
+
+    section: ClassVar[str] = "job"
+    constraints: ClassVar[dict] = {
+        "data": Kind((list,)), "out": OPTIONAL_TEXT, "labels": OPTIONAL_TEXT, "outcomes": OPTIONAL_TEXT,
+        "test": Kind((list,)), "test_labels": OPTIONAL_TEXT, "model": OPTIONAL_TEXT, "catalogue": OPTIONAL_TEXT,
+        "chunk_stays": POSITIVE_INT, "workers": Kind((int, type(None))), "explain": Range(int, 0),
+        "restart": BOOL, "tracking": BOOL}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"[job] workers must be >= 1; got {self.workers!r}")
+        for name in ("data", "test"):
+            bad = [p for p in getattr(self, name) if not isinstance(p, str)]
+            if bad:
+                raise ValueError(f"[job] {name} must be a list of paths (text); got {bad[0]!r}")
+
+
+def load(path: str | Path | None, job: dict | None = None) -> tuple[Config, JobConfig, dict]:
+    """Read a config file: ``(Config, JobConfig, other sections)``; ``job`` (e.g. command-line options, None
+    values ignored) overrides the file's ``[job]``. ``other`` holds sections an entry point reads itself
+    (``sweep``); any other unknown section is an error."""
+    doc: dict = {}
+    source = "command line"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    job_values = {**doc.pop("job", {}), **{k: v for k, v in (job or {}).items() if v is not None}}
+    other = {k: doc.pop(k) for k in ("sweep",) if k in doc}
+    cfg = Config.from_dict(doc, source)
+    known = {f.name for f in fields(JobConfig)}
+    bad = sorted(set(job_values) - known)
+    if bad:
+        raise ValueError(f"{source}: unknown key(s) {bad} in [job]; expected some of {sorted(known)}")
+    try:
+        return cfg, JobConfig(**job_values), other
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
 
 def load_config(path: str | Path | None) -> Config:
-    return Config() if path is None else Config.from_toml(path)
+    """The library sections of a config file (its ``[job]`` and ``[sweep]`` are checked and left aside)."""
+    return load(path)[0]

@@ -1,7 +1,9 @@
 """Evaluation of mortality probabilities: discrimination, calibration, alert quality, subgroups, plots.
 
 * :func:`binary_metrics` -- point estimates on one set of stays.
-* :func:`evaluate` -- the same with 95% percentile-bootstrap intervals (stays resampled with replacement).
+* :func:`evaluate` -- the same with 95% bias-corrected bootstrap intervals (stays resampled with
+  replacement) that always contain their point estimate, and a ``note`` when a class is too small.
+* :func:`paired_difference` -- metric(a) - metric(b) for two models on the same stays, paired bootstrap.
   The bootstrap is vectorised: each replicate is a vector of resampling counts over the stays sorted
   once by ``p``, so AUROC, AP, decile edges and bin sums for all replicates come from cumulative sums
   and matrix products instead of one scikit-learn call per replicate.
@@ -13,11 +15,13 @@ A stay is flagged when ``p >= threshold`` throughout.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr, ndtri
 
 METRIC_KEYS = (
     "auroc",
@@ -32,6 +36,8 @@ METRIC_KEYS = (
     "n",
 )
 BOOTSTRAP_METRICS = ("auroc", "auprc", "brier", "ece", "hosmer_lemeshow", "min_se_ppv")
+DIFFERENCE_METRICS = ("auroc", "auprc", "brier", "ece", "min_se_ppv")  # a difference of H-L means nothing
+MIN_CLASS_FOR_INTERVAL = 10  # fewer deaths (or survivors) than this: intervals get a note and a warning
 SUBGROUP_COLUMNS = ("group", "level", "n", "deaths", "auroc", "auprc", "brier", "min_se_ppv")
 SEX_LEVELS = ("female", "male", "unknown")
 AGE_LEVELS = ("<50", "50-64", "65-79", "80+", "unknown")
@@ -44,8 +50,10 @@ _CHUNK = 250  # bootstrap replicates per block: bounds memory at a few (250, n) 
 __all__ = [
     "AGE_LEVELS",
     "BOOTSTRAP_METRICS",
+    "DIFFERENCE_METRICS",
     "ICU_LEVELS",
     "METRIC_KEYS",
+    "MIN_CLASS_FOR_INTERVAL",
     "SEX_LEVELS",
     "Estimate",
     "binary_metrics",
@@ -54,6 +62,7 @@ __all__ = [
     "evaluate",
     "expected_calibration_error",
     "hosmer_lemeshow",
+    "paired_difference",
     "subgroup_table",
 ]
 
@@ -253,18 +262,27 @@ def binary_metrics(y: Any, p: Any, threshold: float) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with a confidence interval; ``str()`` gives ``0.861 (0.842–0.880)``."""
+    """A point estimate with a confidence interval; ``str()`` gives ``0.861 (0.842–0.880)``.
+
+    ``note`` is empty unless the interval should not be trusted (e.g. ``"only 1 death: interval not
+    meaningful"``); ``str()`` then appends it in brackets.
+    """
 
     value: float
     lower: float
     upper: float
+    note: str = ""
 
     def __str__(self) -> str:
-        return f"{self.value:.3f} ({self.lower:.3f}\u2013{self.upper:.3f})"
+        text = f"{self.value:.3f} ({self.lower:.3f}\u2013{self.upper:.3f})"
+        return f"{text} [{self.note}]" if self.note else text
 
-    def to_dict(self) -> dict[str, float]:
-        """``{"value": ..., "lower": ..., "upper": ...}``."""
-        return {k: float(v) for k, v in asdict(self).items()}
+    def to_dict(self) -> dict[str, float | str]:
+        """``{"value": ..., "lower": ..., "upper": ...}`` as floats, plus ``"note"`` when one is set."""
+        out: dict[str, float | str] = {k: float(getattr(self, k)) for k in ("value", "lower", "upper")}
+        if self.note:
+            out["note"] = self.note
+        return out
 
 
 class _SortedStays:
@@ -358,10 +376,83 @@ def _resample_counts(rng: np.random.Generator, n_rep: int, n: int) -> np.ndarray
     return np.bincount(idx.ravel(), minlength=n_rep * n).reshape(n_rep, n).astype(float)
 
 
+def _check_bootstrap_args(threshold: Any, n_boot: Any, alpha: Any) -> tuple[float, int]:
+    threshold = _check_threshold(threshold)
+    if int(n_boot) != n_boot or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    return threshold, int(n_boot)
+
+
+def _bootstrap(
+    y01: np.ndarray, models: list[tuple[np.ndarray, float]], n_boot: int, seed: int
+) -> list[dict[str, np.ndarray]]:
+    """Replicate metrics of each ``(p, threshold)`` in ``models``, all on the same resampled stays.
+
+    The counts are drawn once per block in the original stay order and mapped into each model's sorted
+    order, so replicate ``b`` of every model is computed on the same resample (a paired bootstrap).
+    Returns one dict per model: arrays of shape (n_valid,) keyed by :data:`BOOTSTRAP_METRICS`, over the
+    replicates that drew both classes (the same replicates for every model).
+    """
+    stays = [_SortedStays(y01, p, threshold) for p, threshold in models]
+    rng = np.random.default_rng(seed)
+    reps: list[dict[str, list[np.ndarray]]] = [{k: [] for k in BOOTSTRAP_METRICS} for _ in models]
+    for start in range(0, n_boot, _CHUNK):
+        w = _resample_counts(rng, min(_CHUNK, n_boot - start), len(y01))  # (B, n), original stay order
+        for s, rep in zip(stays, reps, strict=True):
+            out = _replicate_metrics(s, w[:, s.order])
+            for k in BOOTSTRAP_METRICS:
+                rep[k].append(out[k][out["valid"]])
+    return [{k: np.concatenate(v) for k, v in rep.items()} for rep in reps]
+
+
+def _bc_interval(values: np.ndarray, estimate: float, alpha: float) -> tuple[float, float]:
+    """Bias-corrected (BC) percentile interval, widened if needed so that it contains ``estimate``.
+
+    ``z0 = ndtri(share of replicates below the estimate, ties counted half)`` measures how far the
+    replicates sit from the estimate (ECE and Hosmer-Lemeshow sit above it: they are biased upwards under
+    resampling); the bounds are the ``ndtr(2 z0 -/+ z_{1-alpha/2})`` quantiles of the replicates (Efron
+    1987). ``z0 = 0`` gives the plain percentile interval. NaN when no replicate is usable.
+    """
+    values = values[~np.isnan(values)]
+    if len(values) == 0 or np.isnan(estimate):
+        return float("nan"), float("nan")
+    share = (np.sum(values < estimate) + 0.5 * np.sum(values == estimate)) / len(values)
+    z0, z = ndtri(share), ndtri(1.0 - alpha / 2)  # z0 = -/+inf puts both bounds at the extreme replicate
+    probs = ndtr(np.array([2 * z0 - z, 2 * z0 + z]))
+    with np.errstate(invalid="ignore"):  # infinite H-L replicates: interpolating inf - inf gives NaN ...
+        bounds = np.quantile(values, probs)
+    bounds = np.where(np.isnan(bounds), np.quantile(values, probs, method="higher"), bounds)  # ... so inf
+    lower, upper = bounds
+    return float(min(lower, estimate)), float(max(upper, estimate))
+
+
+def _small_class_note(y01: np.ndarray, where: str) -> str:
+    """``"only 1 death: interval not meaningful"`` (and a UserWarning) when a class is under the minimum."""
+    n_pos = int(y01.sum())
+    n_neg = len(y01) - n_pos
+    few = [
+        f"only {n} {word}{'' if n == 1 else 's'}"
+        for n, word in ((n_pos, "death"), (n_neg, "survivor"))
+        if n < MIN_CLASS_FOR_INTERVAL
+    ]
+    if not few:
+        return ""
+    warnings.warn(
+        f"{where}: {n_pos} death(s) and {n_neg} survivor(s) among {len(y01)} stays; with fewer than "
+        f"{MIN_CLASS_FOR_INTERVAL} stays in a class the bootstrap intervals are not meaningful and each "
+        "Estimate carries a note. Evaluate on more stays, or report the point estimates alone.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return " and ".join(few) + ": interval not meaningful"
+
+
 def evaluate(
     y: Any, p: Any, threshold: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> dict[str, Estimate]:
-    """Point estimates with percentile-bootstrap intervals, resampling stays with replacement.
+    """Point estimates with bias-corrected bootstrap intervals, resampling stays with replacement.
 
     Parameters
     ----------
@@ -376,41 +467,72 @@ def evaluate(
     seed : int, default 0
         Seed for ``np.random.default_rng``; the same seed gives the same intervals.
     alpha : float, default 0.05
-        Intervals are the ``alpha/2`` and ``1 - alpha/2`` percentiles of the replicates.
+        Intervals have nominal coverage ``1 - alpha``: bias-corrected (BC) percentile bounds (see
+        :func:`_bc_interval`), widened when needed so that every interval contains its point estimate.
 
     Returns
     -------
     dict[str, Estimate]
-        Keys :data:`BOOTSTRAP_METRICS`. Bounds are NaN when no replicate had both classes.
+        Keys :data:`BOOTSTRAP_METRICS`. Bounds are NaN when no replicate had both classes. When a class has
+        fewer than :data:`MIN_CLASS_FOR_INTERVAL` stays every Estimate carries a ``note`` and a
+        ``UserWarning`` is issued once.
     """
     y01, p = check_binary_inputs(y, p, both_classes=True)
-    threshold = _check_threshold(threshold)
-    if int(n_boot) != n_boot or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    threshold, n_boot = _check_bootstrap_args(threshold, n_boot, alpha)
+    note = _small_class_note(y01, "evaluate")
     point = binary_metrics(y01, p, threshold)
-    stays = _SortedStays(y01, p, threshold)
-    rng = np.random.default_rng(seed)
-    reps: dict[str, list[np.ndarray]] = {k: [] for k in BOOTSTRAP_METRICS}
-    for start in range(0, int(n_boot), _CHUNK):
-        w = _resample_counts(rng, min(_CHUNK, int(n_boot) - start), stays.n)[:, stays.order]
-        out = _replicate_metrics(stays, w)
-        for k in BOOTSTRAP_METRICS:
-            reps[k].append(out[k][out["valid"]])
+    (reps,) = _bootstrap(y01, [(p, threshold)], n_boot, seed)
+    return {
+        k: Estimate(point[k], *_bc_interval(reps[k], point[k], alpha), note=note) for k in BOOTSTRAP_METRICS
+    }
+
+
+def paired_difference(
+    y: Any,
+    p_a: Any,
+    p_b: Any,
+    threshold_a: float,
+    threshold_b: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Estimate]:
+    """Difference metric(model a) - metric(model b) on the same stays, with a paired bootstrap interval.
+
+    Each replicate resamples stays once and evaluates both models on that resample, so what the two
+    models share (the same hard and easy stays) cancels: the interval is far narrower than one built from
+    two independent intervals when the predictions are correlated.
+
+    Parameters
+    ----------
+    y : array-like, shape (n,)
+        0/1 outcomes; both classes must occur.
+    p_a, p_b : array-like, shape (n,)
+        Probabilities in [0, 1] of the two models for the same stays, in the same order.
+    threshold_a, threshold_b : float
+        Each model's alert threshold for ``min_se_ppv`` (``p >= threshold``).
+    n_boot, seed, alpha
+        As in :func:`evaluate`; intervals are bias-corrected percentile intervals that contain the point.
+
+    Returns
+    -------
+    dict[str, Estimate]
+        Keys :data:`DIFFERENCE_METRICS` (``auroc``, ``auprc``, ``brier``, ``ece``, ``min_se_ppv``). A
+        positive difference means a is higher: better for AUROC, AUPRC and min(Se, PPV), worse for Brier
+        and ECE. Notes and the warning as in :func:`evaluate`.
+    """
+    y01, p_a = check_binary_inputs(y, p_a, name="p_a", both_classes=True)
+    _, p_b = check_binary_inputs(y01, p_b, name="p_b")
+    threshold_a, n_boot = _check_bootstrap_args(threshold_a, n_boot, alpha)
+    threshold_b = _check_threshold(threshold_b)
+    note = _small_class_note(y01, "paired_difference")
+    point_a, point_b = binary_metrics(y01, p_a, threshold_a), binary_metrics(y01, p_b, threshold_b)
+    reps_a, reps_b = _bootstrap(y01, [(p_a, threshold_a), (p_b, threshold_b)], n_boot, seed)
     result = {}
-    for k in BOOTSTRAP_METRICS:
-        lower, upper = _percentile_interval(np.concatenate(reps[k]), alpha)
-        result[k] = Estimate(point[k], lower, upper)
+    for k in DIFFERENCE_METRICS:
+        diff = point_a[k] - point_b[k]
+        result[k] = Estimate(diff, *_bc_interval(reps_a[k] - reps_b[k], diff, alpha), note=note)
     return result
-
-
-def _percentile_interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    lower, upper = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(lower), float(upper)
 
 
 # ---------------------------------------------------------------------------------------- subgroups

@@ -39,6 +39,50 @@ def local_store(root: str | Path | None = None, create: bool = True) -> tuple[st
     return f"sqlite:///{(base / 'mlflow.db').resolve()}", (base / "artifacts").resolve().as_uri()
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve_ui(store: str | Path = ".", port: int = 5000, host: str = "127.0.0.1", workers: int = 1,
+             allow_remote: bool = False) -> int:
+    """Run ``mlflow server`` over the local store; print its URL once it answers; Ctrl-C stops it.
+
+    The server has no authentication: a host other than loopback is refused unless ``allow_remote``.
+    """
+    import ipaddress
+    import subprocess
+    import sys
+    import time
+
+    try:
+        loopback = host in LOOPBACK or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not allow_remote:
+        raise ValueError(f"--host {host} would expose an unauthenticated MLflow server beyond this machine; "
+                         f"it binds 127.0.0.1 unless you pass --allow-remote (see mlflow/README.md for a shared "
+                         f"server behind authentication)")
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {port}")
+    backend, artifacts = local_store(store)
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+                             "--default-artifact-root", artifacts, "--host", host, "--port", str(port),
+                             "--workers", str(workers)])
+    url = f"http://{'127.0.0.1' if host in LOOPBACK else host}:{port}"
+    print(f"starting the MLflow UI over {backend} ...", file=sys.stderr, flush=True)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if _reachable(url) is None:
+                print(f"MLflow UI on {url} (Ctrl-C stops it)", flush=True)
+                break
+            time.sleep(0.5)
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=20)
+        return 130
+
+
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or local_store()[0]
 
@@ -52,8 +96,7 @@ def run_name(cfg) -> str:
     parts = [cfg.data.imputation, f"h{cfg.model.hidden_size}", "decay" if cfg.model.decay else "nodecay"]
     if cfg.model.attention:
         parts.append("attn")
-    if cfg.train.n_models > 1:
-        parts.append(f"x{cfg.train.n_models}")
+    parts.append(f"k{cfg.train.folds}")
     return "-".join(parts)
 
 
@@ -170,7 +213,7 @@ class Tracker:
     def _epoch(self, row):
         import mlflow
 
-        suffix = f"_seed{row['seed']}"
+        suffix = f"_fold{row['fold']}"
         mlflow.log_metrics({f"{k}{suffix}": row[k] for k in ("train_loss", "val_auroc", "val_auprc")},
                            step=row["epoch"])
 
@@ -193,6 +236,11 @@ class Tracker:
         for name, ests in result.metrics.items():
             prefix = BASELINE_PREFIX.get(name, name.replace(" ", "_") + "_")
             for key, est in ests.items():
+                metrics.update({f"{prefix}{key}": est.value, f"{prefix}{key}_lower": est.lower,
+                                f"{prefix}{key}_upper": est.upper})
+        for name, diffs in result.evaluation.differences.items():  # model minus baseline, paired intervals
+            prefix = "lead_over_" + BASELINE_PREFIX.get(name, name.replace(" ", "_") + "_")
+            for key, est in diffs.items():
                 metrics.update({f"{prefix}{key}": est.value, f"{prefix}{key}_lower": est.lower,
                                 f"{prefix}{key}_upper": est.upper})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})  # NaN-free
@@ -221,11 +269,11 @@ class Tracker:
     def _log_artifacts(self, result):
         import mlflow
 
-        report_dir = result.out_dir / "report"
-        for name in ("roc.png", "pr.png", "calibration.png", "subgroups.csv", "metrics.json", "history.csv",
-                     "global_importance.png", "global_importance.csv"):
-            if (report_dir / name).is_file():
-                mlflow.log_artifact(str(report_dir / name), artifact_path="report")
+        from .report import SAFE_TO_LOG
+
+        for name in SAFE_TO_LOG:  # the quality report with stay ids and the rejects never leave the machine
+            if (result.report_dir / name).is_file():
+                mlflow.log_artifact(str(result.report_dir / name), artifact_path="report")
         with tempfile.TemporaryDirectory() as tmp:
             write_json(Path(tmp) / "quality_report.json", result.report.to_dict(include_stay_ids=False))
             write_json(Path(tmp) / "config.json", result.model.metadata["config"])
@@ -236,7 +284,8 @@ class Tracker:
         import mlflow
 
         with _quiet_artifacts():
-            return mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **pyfunc_spec(result.out_dir, result.model.catalogue))
+            return mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **pyfunc_spec(result.bundle_dir,
+                                                                              result.model.catalogue))
 
     def _register(self, model_uri: str, score: float) -> dict:
         """Register a new version; ``champion`` moves to it only if it beats the champion's validation AUPRC."""

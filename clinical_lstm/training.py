@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -100,7 +101,8 @@ def run_epoch(model, opt, train: dict[str, torch.Tensor], y: torch.Tensor, pos_w
 
 
 def fit_one(train: dict, y_train: np.ndarray, val: dict, y_val: np.ndarray, model_cfg: ModelConfig,
-            cfg: TrainConfig, seed: int, device: torch.device, progress: bool = True, on_epoch=None):
+            cfg: TrainConfig, seed: int, device: torch.device, progress: bool = True, on_epoch=None,
+            tag: dict | None = None):
     """Train one network; return ``(model with the best validation-AUPRC weights, history)``."""
     from sklearn.metrics import average_precision_score, roc_auc_score  # heavy: import where used
     from tqdm.auto import tqdm
@@ -111,7 +113,8 @@ def fit_one(train: dict, y_train: np.ndarray, val: dict, y_val: np.ndarray, mode
     yt = torch.from_numpy(y_train.astype(np.float32)).to(device)
     pw = _pos_weight(y_train, cfg.pos_weight)
     best, best_loss, best_state, stale, history = -1.0, np.inf, None, 0, []
-    bar = tqdm(range(cfg.epochs), desc=f"train (seed {seed})", disable=not progress, leave=False)
+    bar = tqdm(range(cfg.epochs), desc="train " + " ".join(f"{k} {v}" for k, v in (tag or {}).items()),
+               disable=not progress, leave=False)
     for epoch in bar:
         train_loss = run_epoch(model, opt, train, yt, pw, cfg, gen)
         val_logit = predict_logits(model, val)
@@ -119,7 +122,7 @@ def fit_one(train: dict, y_train: np.ndarray, val: dict, y_val: np.ndarray, mode
         val_loss = float(nn.functional.binary_cross_entropy_with_logits(
             torch.from_numpy(val_logit), torch.from_numpy(y_val.astype(np.float32))))
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_auprc": auprc,
-               "val_auroc": float(roc_auc_score(y_val, val_logit)), "seed": seed}
+               "val_auroc": float(roc_auc_score(y_val, val_logit)), **(tag or {})}
         history.append(row)
         if on_epoch:
             on_epoch(row)
@@ -136,18 +139,48 @@ def fit_one(train: dict, y_train: np.ndarray, val: dict, y_val: np.ndarray, mode
     return model, history
 
 
-def fit_ensemble(train_t: Tensors, y_train, val_t: Tensors, y_val, model_cfg: ModelConfig, cfg: TrainConfig,
-                 progress: bool = True, on_epoch=None):
-    """Train ``cfg.n_models`` networks with consecutive seeds; return ``(models, history)``."""
-    if len(np.unique(y_train)) < 2 or len(np.unique(y_val)) < 2:
-        raise ValueError("training and validation splits each need both outcomes (0 and 1); "
-                         f"got {int(np.sum(y_train))} deaths in {len(y_train)} training stays and "
-                         f"{int(np.sum(y_val))} in {len(y_val)} validation stays")
+def fold_of(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """(N,) the cross-fitting fold of each stay: stratified by outcome, shuffled with ``seed``."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < folds:
+        raise ValueError(f"{folds}-fold cross-fitting needs at least {folds} stays of each outcome; got "
+                         f"{counts[1]} deaths and {counts[0]} survivors. Lower [train] folds or add stays")
+    out = np.empty(len(y), dtype=np.int64)
+    for k, (_, held_out) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y)):
+        out[held_out] = k
+    return out
+
+
+@dataclass
+class CrossFit:
+    """k networks, each trained on k-1 folds and early-stopped on its own held-out fold."""
+
+    networks: list[MaskedLSTM]
+    oof_logits: np.ndarray  # (N,) each stay's logit from the network that never saw it
+    fold: np.ndarray  # (N,) the fold of each stay
+    history: list[dict]  # one row per network and epoch
+
+
+def cross_fit(t: Tensors, y: np.ndarray, model_cfg: ModelConfig, cfg: TrainConfig, progress: bool = True,
+              on_epoch=None) -> CrossFit:
+    """Train ``cfg.folds`` networks by k-fold cross-fitting on every labelled stay of ``t``.
+
+    The shipped model is the ensemble of all k networks (each saw (k-1)/k of the stays); the out-of-fold
+    logits give honest metrics, calibration and a threshold for every stay.
+    """
+    fold = fold_of(y, cfg.folds, cfg.seed)
     device = pick_device(cfg.device)
-    train, val = to_torch(train_t, device), to_torch(val_t, device)
-    models, history = [], []
-    for k in range(cfg.n_models):
-        m, h = fit_one(train, y_train, val, y_val, model_cfg, cfg, cfg.seed + k, device, progress, on_epoch)
-        models.append(m.cpu())
-        history += h
-    return models, history
+    data = to_torch(t, device)
+    networks, history = [], []
+    oof = np.zeros(len(y), dtype=np.float32)
+    for k in range(cfg.folds):
+        train_idx, val_idx = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        net, hist = fit_one(_batch(data, torch.from_numpy(train_idx).to(device)), y[train_idx],
+                            _batch(data, torch.from_numpy(val_idx).to(device)), y[val_idx], model_cfg, cfg,
+                            cfg.seed + k, device, progress, on_epoch, tag={"fold": k})
+        oof[val_idx] = predict_logits(net, _batch(data, torch.from_numpy(val_idx).to(device)))
+        networks.append(net.cpu())
+        history += hist
+    return CrossFit(networks, oof, fold, history)

@@ -1,23 +1,11 @@
-"""Train a model from a pipeline config: ``python pipelines/train.py --config pipelines/configs/sample.toml``."""
+"""Train a model from a config file: the ``clinical-lstm train`` job, same defaults, errors and tracking.
 
-from __future__ import annotations
+    python pipelines/train.py --config pipelines/configs/sample.toml [--no-tracking] [any other train option]
+"""
 
 import sys
 
-from _job import read_job
-
-from clinical_lstm.workflow import train
-
-
-def main() -> int:
-    job, cfg, _ = read_job(__doc__, ("data", "out"))
-    res = train(job["data"], job["out"], job.get("labels"), config=cfg, test_data=job.get("test"),
-                progress=sys.stderr.isatty())
-    print(res.report)
-    print(res.comparison())
-    print(f"model bundle: {res.out_dir}")
-    return 0
-
+from clinical_lstm.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -85,9 +85,9 @@ def test_physionet_archive_in_chunks_equals_one_call(bundle, tmp_path):
 
 
 def crash_on_call(monkeypatch, n: int, exc: BaseException) -> dict:
-    """Make the ``n``-th ``RiskModel.score`` call (one per chunk) raise ``exc``; returns the call counter."""
+    """Make the ``n``-th ``RiskModel.score_table`` call (one per chunk) raise ``exc``; returns the call counter."""
     calls = {"n": 0}
-    real = RiskModel.score
+    real = RiskModel.score_table
 
     def failing(self, data, explain=0):
         calls["n"] += 1
@@ -95,7 +95,7 @@ def crash_on_call(monkeypatch, n: int, exc: BaseException) -> dict:
             raise exc
         return real(self, data, explain)
 
-    monkeypatch.setattr(RiskModel, "score", failing)
+    monkeypatch.setattr(RiskModel, "score_table", failing)
     return calls
 
 
@@ -223,12 +223,12 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_output(bundle, tmp_path):
     assert not manifest.parent.exists()
 
 
-def test_progress_in_a_log_is_one_line_per_chunk_with_the_rate(bundle, cohort, tmp_path):
+def test_progress_in_a_log_is_one_line_per_chunk_and_one_closing_line(bundle, cohort, tmp_path):
     path, _ = cohort
     lines = []
     score_batch(bundle, path, tmp_path / "p.parquet", chunk_stays=50, progress=True, log=lines.append)
     progress = [line for line in lines if line.startswith("scored ")]
-    assert progress and progress[-1].startswith("scored 120/120 stays (") and "stays/s" in progress[-1]
+    assert progress and progress[-1] == "scored 120/120 stays (100 %)"
     assert lines[-1].startswith("120 stays read: 120 scored")  # the closing line
 
 
@@ -244,7 +244,7 @@ def test_quality_flags_name_what_stood_behind_each_risk(bundle):
     rows += [(sid, h + 0.5, "HR", 80.0) for sid in (1, 2) for h in range(3)]
     rows += [(3, 0.0, "Age", 70.0)] + [(3, float(h), "HR", 80.0 + h) for h in range(1, 47)]
     df = pl.DataFrame(rows, schema=["stay_id", "time", "variable", "value"], orient="row")
-    scored, _, _ = RiskModel.load(bundle).score(df)
+    scored = RiskModel.load(bundle).predict(df).filter(pl.col("reason").is_null())
     flags = dict(zip(scored["stay_id"], scored["quality_flags"], strict=True))
     assert flags[1] == "few_observations;short_record"
     assert flags[2] == "few_observations;short_record;values_removed;no_statics"

@@ -87,7 +87,11 @@ def run_job(model, tmp_path: Path, paths, **kwargs):
     summary = score_batch(model, [str(p) for p in paths], out, chunk_stays=CHUNK, log=lines.append, **kwargs)
     assert json.loads((out.parent / "scores.summary.json").read_text()) == json.loads(json.dumps(summary))
     assert not (out.parent / ".scores.parquet.partial").exists()
-    return pl.read_parquet(out), pl.read_parquet(out.parent / "scores.rejects.parquet"), summary, lines
+    table, rejects = pl.read_parquet(out), pl.read_parquet(out.parent / "scores.rejects.parquet")
+    assert table["stay_id"].n_unique() == table.height, "every stay is one row of the output"
+    assert table.filter(pl.col("risk").is_null()).select("stay_id", "reason").sort("stay_id").rows() == \
+        rejects.sort("stay_id").rows(), "the rejects file lists exactly the output's rows without a risk"
+    return table.filter(pl.col("reason").is_null()), rejects, summary, lines
 
 
 def check_accounting(scored, rejects, summary, expected: dict[int, str]) -> None:
@@ -121,8 +125,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def good_alone(model):
-    scored, rejects, report = model.score(GOOD)
-    assert rejects.height == 0 and scored.height == 15
+    scored, report = model.score_table(GOOD)
+    assert scored["reason"].null_count() == scored.height == 15
     assert report.counts.height == 0, "the good stays must break no rule, so that rule counts are exact"
     return scored
 
@@ -142,7 +146,7 @@ def test_bad_rows_are_counted_and_change_no_score(model, good_alone, tmp_path, c
 
     check_accounting(scored, rejects, summary, {**GOOD_EXPECTED, **dict.fromkeys(BAD, "scored")})
     check_same_scores(scored, good_alone)
-    base_alone = model.score(pl.concat([stay(sid, BASE) for sid in BAD]))[0]
+    base_alone = model.predict(pl.concat([stay(sid, BASE) for sid in BAD]))
     assert base_alone["quality_flags"].to_list() == ["", ""]
     check_same_scores(scored.with_columns(pl.lit("").alias("quality_flags")),
                       base_alone)  # the bad rows are dropped or set missing: the risk is the clean stay's
@@ -230,7 +234,7 @@ def test_unparseable_archive_member_is_rejected(model, tmp_path, physionet_set, 
     good = {**physionet_rows(GOOD_A, 1001), **physionet_rows(GOOD_B, 1009)}  # 1001-1006, 1009-1017
     bad = {1007: _garbage(kind, 1), 1008: _garbage(kind, 2)}  # members 6 and 7 of the archive (name order)
     archive = physionet_set({**good, **bad}, archive=True)
-    alone = model.score(physionet_set(good, archive=True))[0]
+    alone = model.predict(physionet_set(good, archive=True))
 
     scored, rejects, summary, _ = run_job(model, tmp_path, [archive])
 

@@ -1,21 +1,21 @@
 """Tests for clinical_lstm.metrics: point metrics against scikit-learn and hand-worked examples, the
-vectorised bootstrap, subgroup tables, demographic labels and the comparison plots."""
+vectorised bootstrap, bias-corrected intervals, paired differences, subgroup tables and demographic labels.
+The figures are tested in test_plots.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import ndtri
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from clinical_lstm import metrics
 from clinical_lstm.metrics import (
     BOOTSTRAP_METRICS,
+    DIFFERENCE_METRICS,
     METRIC_KEYS,
     Estimate,
     binary_metrics,
@@ -23,11 +23,9 @@ from clinical_lstm.metrics import (
     evaluate,
     expected_calibration_error,
     hosmer_lemeshow,
+    paired_difference,
     subgroup_table,
 )
-from clinical_lstm.plots import plot_calibration, plot_pr, plot_roc
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def simulated(n: int, seed: int, round_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -171,10 +169,8 @@ def test_evaluate_intervals_contain_point_and_narrow_with_n():
     for key in BOOTSTRAP_METRICS:
         est = small[key]
         assert isinstance(est, Estimate)
-        assert est.lower <= est.upper
-        # ECE and H-L are biased upwards under resampling, so their intervals may sit above the point.
-        if key not in ("ece", "hosmer_lemeshow"):
-            assert est.lower <= est.value <= est.upper, key
+        assert est.lower <= est.value <= est.upper, key
+        assert est.note == ""
     for key in ("auroc", "auprc", "brier", "min_se_ppv"):
         assert large[key].upper - large[key].lower < 0.6 * (small[key].upper - small[key].lower), key
 
@@ -213,6 +209,167 @@ def test_estimate_formatting():
     est = Estimate(0.8612, 0.8421, 0.88)
     assert str(est) == "0.861 (0.842\u20130.880)"
     assert est.to_dict() == {"value": 0.8612, "lower": 0.8421, "upper": 0.88}
+    noted = Estimate(0.5, 0.25, 1.0, note="only 1 death: interval not meaningful")
+    assert str(noted) == "0.500 (0.250\u20131.000) [only 1 death: interval not meaningful]"
+    assert noted.to_dict() == {"value": 0.5, "lower": 0.25, "upper": 1.0, "note": noted.note}
+
+
+# ------------------------------------------------------------------------- bias-corrected intervals
+
+
+def test_bc_interval_hand_worked_on_shifted_normal_replicates():
+    # Replicates N(est + d, s^2) (exact normal quantiles): z0 = -d/s, so the BC bounds are the
+    # ndtr(-2d/s -/+ 1.96) quantiles, i.e. est - d -/+ 1.96 s: the interval is moved back by the bias d.
+    est, s, d = 0.5, 0.01, 0.005
+    values = est + d + s * ndtri((np.arange(200_000) + 0.5) / 200_000)
+    lower, upper = metrics._bc_interval(values, est, alpha=0.05)
+    z = ndtri(0.975)
+    assert lower == pytest.approx(est - d - z * s, abs=1e-5)
+    assert upper == pytest.approx(est - d + z * s, abs=1e-5)
+    # Without bias it is the percentile interval.
+    lower, upper = metrics._bc_interval(values - d, est, alpha=0.05)
+    assert (lower, upper) == pytest.approx((est - z * s, est + z * s), abs=1e-5)
+
+
+def test_bc_interval_ties_count_half_and_interval_always_holds_the_estimate():
+    assert metrics._bc_interval(np.full(100, 0.3), 0.3, 0.05) == (0.3, 0.3)  # share 1/2: z0 = 0
+    # Every replicate above the estimate: z0 = -inf puts both bounds on the smallest replicate (1.0),
+    # and the interval is widened down to the estimate.
+    assert metrics._bc_interval(np.linspace(1.0, 2.0, 50), 0.5, 0.05) == (0.5, 1.0)
+    assert np.isnan(metrics._bc_interval(np.array([np.nan]), 0.5, 0.05)).all()
+
+
+def test_hl_and_ece_intervals_contain_their_estimates_on_calibrated_sample():
+    # Calibrated by construction; H-L and ECE replicates sit above the estimate (bias under resampling).
+    rng = np.random.default_rng(4)
+    p = rng.beta(2.0, 8.0, 2000)
+    y = (rng.random(2000) < p).astype(int)
+    est = evaluate(y, p, 0.3, n_boot=500, seed=0)
+    (reps,) = metrics._bootstrap(y, [(p, 0.3)], 500, 0)
+    old_lower = np.quantile(reps["hosmer_lemeshow"], 0.025)
+    assert old_lower > est["hosmer_lemeshow"].value  # the plain percentile interval excluded it
+    for key in ("hosmer_lemeshow", "ece"):
+        assert est[key].lower <= est[key].value <= est[key].upper, key
+        assert est[key].note == ""
+    assert est["hosmer_lemeshow"].value == pytest.approx(5.514, abs=1e-3)
+
+
+def test_normal_case_has_no_note_and_auroc_interval_close_to_percentile():
+    y, p = simulated(4000, seed=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no small-class warning
+        est = evaluate(y, p, 0.3, n_boot=400, seed=3)
+    assert all(e.note == "" for e in est.values())
+    (reps,) = metrics._bootstrap(y, [(p, 0.3)], 400, 3)
+    lower, upper = np.quantile(reps["auroc"], [0.025, 0.975])
+    assert est["auroc"].lower == pytest.approx(lower, abs=0.01)
+    assert est["auroc"].upper == pytest.approx(upper, abs=0.01)
+
+
+def test_one_death_interval_contains_estimate_carries_note_and_warns_once():
+    rng = np.random.default_rng(2)
+    p = rng.beta(1.0, 99.0, 100)
+    y = np.zeros(100, dtype=int)
+    y[np.argmax(p)] = 1
+    with pytest.warns(UserWarning) as record:
+        est = evaluate(y, p, 0.02, n_boot=300, seed=0)
+    assert len(record) == 1
+    assert "evaluate: 1 death(s) and 99 survivor(s) among 100 stays" in str(record[0].message)
+    (reps,) = metrics._bootstrap(y, [(p, 0.02)], 300, 0)
+    assert np.quantile(reps["ece"], 0.025) > est["ece"].value  # the percentile interval excluded it
+    for key, e in est.items():
+        assert e.lower <= e.value <= e.upper, key
+        assert e.note == "only 1 death: interval not meaningful"
+        assert str(e).endswith(" [only 1 death: interval not meaningful]")
+        assert e.to_dict()["note"] == e.note
+
+
+@pytest.mark.parametrize(
+    ("deaths", "survivors", "note"),
+    [
+        (3, 5, "only 3 deaths and 5 survivors: interval not meaningful"),
+        (12, 1, "only 1 survivor: interval not meaningful"),
+        (10, 10, ""),
+    ],
+)
+def test_small_class_note_names_the_counts(deaths, survivors, note):
+    y = np.array([1] * deaths + [0] * survivors)
+    p = np.linspace(0.1, 0.9, len(y))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        est = evaluate(y, p, 0.5, n_boot=50, seed=0)
+    assert {e.note for e in est.values()} == {note}
+    assert len(record) == (1 if note else 0)
+
+
+# --------------------------------------------------------------------------------- paired difference
+
+
+def _two_models(n: int, seed: int, noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """y drawn from the true risk; a = the true risk, b = the true risk blurred on the logit scale."""
+    rng = np.random.default_rng(seed)
+    logit = rng.normal(-2.0, 1.3, n)
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(int)
+    p_a = 1.0 / (1.0 + np.exp(-logit))
+    p_b = 1.0 / (1.0 + np.exp(-(logit + rng.normal(0.0, noise, n))))
+    return y, p_a, p_b
+
+
+def test_paired_difference_of_a_model_with_itself_is_exactly_zero():
+    y, p_a, _ = _two_models(500, seed=1, noise=1.0)
+    diff = paired_difference(y, p_a, p_a.copy(), 0.3, 0.3, n_boot=200, seed=0)
+    assert tuple(diff) == DIFFERENCE_METRICS
+    for key, est in diff.items():
+        assert (est.value, est.lower, est.upper, est.note) == (0.0, 0.0, 0.0, ""), key
+
+
+def test_paired_difference_point_is_the_difference_of_binary_metrics():
+    y, p_a, p_b = _two_models(400, seed=2, noise=1.0)
+    diff = paired_difference(y, p_a, p_b, 0.25, 0.35, n_boot=100, seed=0)
+    a, b = binary_metrics(y, p_a, 0.25), binary_metrics(y, p_b, 0.35)
+    for key in DIFFERENCE_METRICS:
+        assert diff[key].value == a[key] - b[key], key
+        assert diff[key].lower <= diff[key].value <= diff[key].upper, key
+
+
+def test_paired_difference_finds_the_clearly_better_model():
+    y, p_a, p_b = _two_models(2000, seed=3, noise=2.0)
+    diff = paired_difference(y, p_a, p_b, 0.3, 0.3, n_boot=300, seed=0)
+    assert diff["auroc"].lower > 0 and diff["auprc"].lower > 0
+    assert diff["brier"].upper < 0  # a has the lower (better) Brier score
+
+
+def test_paired_replicates_evaluate_both_models_on_the_same_resample():
+    y, p_a, p_b = _two_models(300, seed=4, noise=1.0)
+    reps_a, reps_b = metrics._bootstrap(y, [(p_a, 0.3), (p_b, 0.3)], 4, seed=9)
+    counts = metrics._resample_counts(np.random.default_rng(9), 4, len(y))  # the same draws
+    for r in range(4):
+        idx = np.repeat(np.arange(len(y)), counts[r].astype(int))
+        assert reps_a["auroc"][r] == pytest.approx(roc_auc_score(y[idx], p_a[idx]), rel=1e-12)
+        assert reps_b["auroc"][r] == pytest.approx(roc_auc_score(y[idx], p_b[idx]), rel=1e-12)
+
+
+def test_paired_interval_is_narrower_than_treating_the_models_as_independent():
+    # Correlated predictions: what the models share cancels in each replicate.
+    y, p_a, p_b = _two_models(3000, seed=5, noise=0.3)
+    diff = paired_difference(y, p_a, p_b, 0.3, 0.3, n_boot=300, seed=0)
+    ev_a = evaluate(y, p_a, 0.3, n_boot=300, seed=0)
+    ev_b = evaluate(y, p_b, 0.3, n_boot=300, seed=0)
+    for key in ("auroc", "auprc", "brier"):
+        unpaired = np.hypot(ev_a[key].upper - ev_a[key].lower, ev_b[key].upper - ev_b[key].lower)
+        assert diff[key].upper - diff[key].lower < 0.5 * unpaired, key
+
+
+def test_paired_difference_validates_arguments():
+    y, p_a, p_b = _two_models(50, seed=6, noise=1.0)
+    with pytest.raises(ValueError, match="y and p_b must have the same length, got 50 and 49"):
+        paired_difference(y, p_a, p_b[:-1], 0.3, 0.3)
+    with pytest.raises(ValueError, match=r"p_a must be probabilities in \[0, 1\]"):
+        paired_difference(y, p_a + 1.0, p_b, 0.3, 0.3)
+    with pytest.raises(ValueError, match="threshold must be a finite number, got nan"):
+        paired_difference(y, p_a, p_b, 0.3, float("nan"))
+    with pytest.raises(ValueError, match="n_boot must be a positive integer"):
+        paired_difference(y, p_a, p_b, 0.3, 0.3, n_boot=0)
 
 
 # ---------------------------------------------------------------------------------------- subgroups
@@ -274,35 +431,3 @@ def test_demographic_groups_labels():
 def test_demographic_groups_rejects_unequal_lengths():
     with pytest.raises(ValueError, match="equal length"):
         demographic_groups([50, 60], [0], [1, 2])
-
-
-# -------------------------------------------------------------------------------------------- plots
-
-
-@pytest.mark.parametrize("plot", [plot_roc, plot_pr, plot_calibration])
-def test_plots_write_png_atomically(plot, tmp_path):
-    y, p = simulated(300, seed=9)
-    noisy = np.clip(p + np.random.default_rng(0).normal(0, 0.1, len(p)), 0, 1)
-    curves = {"masked LSTM": (y, p), "logistic regression": (y, noisy)}
-    out = plot(curves, tmp_path / "figs" / "fig.png")
-    assert Path(out) == tmp_path / "figs" / "fig.png"
-    data = Path(out).read_bytes()
-    assert len(data) > 1000 and data[:8] == PNG_MAGIC
-    assert os.listdir(tmp_path / "figs") == ["fig.png"]  # no temp file left behind
-
-
-def test_plots_validate_curves(tmp_path):
-    with pytest.raises(ValueError, match="non-empty dict"):
-        plot_roc({}, tmp_path / "x.png")
-    with pytest.raises(ValueError, match="both classes"):
-        plot_pr({"m": ([0, 0], [0.1, 0.2])}, tmp_path / "x.png")
-    with pytest.raises(ValueError, match=r"\(y, p\) pair"):
-        plot_calibration({"m": [0, 1, 0]}, tmp_path / "x.png")
-    assert not list(tmp_path.iterdir())
-
-
-def test_importing_metrics_and_plots_does_not_import_matplotlib():
-    root = Path(metrics.__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    code = "import sys, clinical_lstm.metrics, clinical_lstm.plots; sys.exit('matplotlib' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0

@@ -113,7 +113,7 @@ def scattered(spark, bundle, long):
 def test_rows_scattered_over_partitions_give_single_machine_risks(scattered, bundle, long):
     _, got = scattered
     assert_same_as_predict(got, load_model(bundle).predict(long))
-    scored, _, _ = load_model(bundle).score(long)
+    scored = load_model(bundle).predict(long).filter(pl.col("reason").is_null())
     cols = ["stay_id", "n_observations", "quality_flags"]
     assert got.filter(pl.col("reason").is_null()).sort("stay_id").select(cols).rows() == \
         scored.sort("stay_id").select(cols).rows()
@@ -157,7 +157,7 @@ def test_text_columns_are_parsed_as_the_file_readers_do(spark, bundle, long):
 def test_explain_adds_the_same_top_contributions(spark, bundle, long):
     few = long.filter(pl.col("stay_id") <= 4)
     got = collect(score_spark(spark.createDataFrame(few.to_arrow()), bundle, explain=1)).sort("stay_id")
-    scored, _, _ = load_model(bundle).score(few, explain=1)
+    scored = load_model(bundle).predict(few, explain=1).filter(pl.col("reason").is_null())
     scored = scored.sort("stay_id")
     assert got["top1_variable"].to_list() == scored["top1_variable"].to_list()
     np.testing.assert_allclose(got["top1_contribution"].to_numpy(), scored["top1_contribution"].to_numpy(),

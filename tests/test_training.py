@@ -1,5 +1,6 @@
-"""Tests for clinical_lstm.train: a planted-signal cohort the model must find (and must not find once the
-labels are shuffled), seeded reproducibility, early stopping keeping the best weights, argument checks."""
+"""Tests for clinical_lstm.training: a planted-signal cohort the cross-fitted model must find (and must not find
+once the labels are shuffled), honest out-of-fold logits, seeded reproducibility, early stopping keeping the
+best weights, argument checks."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from clinical_lstm.catalogue import Catalogue
 from clinical_lstm.impute import GridTransformer, Tensors
 from clinical_lstm.model import ModelConfig
-from clinical_lstm.training import TrainConfig, _pos_weight, fit_ensemble, predict_logits, to_torch
+from clinical_lstm.training import TrainConfig, _pos_weight, cross_fit, fit_one, fold_of, predict_logits, to_torch
 
 CPU = torch.device("cpu")
 WINDOW = 24
@@ -115,9 +116,18 @@ def small(long_cohort) -> Cohort:
 
 
 SIGNAL_MODEL = ModelConfig(hidden_size=16, dropout=0.1, decay=True, attention=False)
-SIGNAL_TRAIN = TrainConfig(epochs=15, patience=5, batch_size=32, lr=5e-3, seed=0, device="cpu")
+SIGNAL_TRAIN = TrainConfig(folds=3, epochs=15, patience=5, batch_size=32, lr=5e-3, seed=0, device="cpu")
 QUICK_MODEL = ModelConfig(hidden_size=8, dropout=0.2)
-QUICK_TRAIN = TrainConfig(epochs=3, patience=3, batch_size=32, lr=5e-3, seed=0, device="cpu")
+QUICK_TRAIN = TrainConfig(folds=2, epochs=3, patience=3, batch_size=32, lr=5e-3, seed=0, device="cpu")
+
+
+def joined(c: Cohort) -> tuple[Tensors, np.ndarray]:
+    """Training and validation stays together: cross-fitting makes its own folds."""
+    idx = np.arange(len(c.train) + len(c.val))
+    both = Tensors(*(np.concatenate([a, b]) for a, b in zip(
+        (c.train.x, c.train.mask, c.train.delta, c.train.lengths, c.train.statics, c.train.stay_ids),
+        (c.val.x, c.val.mask, c.val.delta, c.val.lengths, c.val.statics, c.val.stay_ids), strict=True)))
+    return both.subset(idx), np.concatenate([c.y_train, c.y_val])
 
 
 def test_synthetic_cohort_is_what_it_claims(cohort, long_cohort):
@@ -129,21 +139,36 @@ def test_synthetic_cohort_is_what_it_claims(cohort, long_cohort):
     assert 0.2 < cohort.train.mask.mean() < 0.6  # irregular sampling with plenty of missingness
 
 
-def test_planted_signal_is_learned(cohort):
-    models, history = fit_ensemble(cohort.train, cohort.y_train, cohort.val, cohort.y_val, SIGNAL_MODEL,
-                                   SIGNAL_TRAIN, progress=False)
-    assert len(models) == 1 and 1 <= len(history) <= SIGNAL_TRAIN.epochs
-    auroc = roc_auc_score(cohort.y_test, predict_logits(models, to_torch(cohort.test, CPU)))
-    assert auroc > 0.85
+def test_planted_signal_is_learned_and_out_of_fold_logits_are_honest(cohort):
+    t, y = joined(cohort)
+    fit = cross_fit(t, y, SIGNAL_MODEL, SIGNAL_TRAIN, progress=False)
+    assert len(fit.networks) == 3 and {row["fold"] for row in fit.history} == {0, 1, 2}
+    assert roc_auc_score(cohort.y_test, predict_logits(fit.networks, to_torch(cohort.test, CPU))) > 0.85
+    assert roc_auc_score(y, fit.oof_logits) > 0.8
+    # each stay's out-of-fold logit is the logit of the network of its fold, which never trained on it
+    data = to_torch(t, CPU)
+    for k, net in enumerate(fit.networks):
+        held = np.flatnonzero(fit.fold == k)
+        np.testing.assert_allclose(fit.oof_logits[held], predict_logits(net, {n: v[held] for n, v in data.items()}),
+                                   atol=1e-6)
 
 
 def test_shuffled_labels_are_not_learned(cohort):
     rng = np.random.default_rng(99)
-    y_train, y_val, y_test = (rng.permutation(y) for y in (cohort.y_train, cohort.y_val, cohort.y_test))
-    models, _ = fit_ensemble(cohort.train, y_train, cohort.val, y_val, SIGNAL_MODEL, SIGNAL_TRAIN,
-                             progress=False)
-    auroc = roc_auc_score(y_test, predict_logits(models, to_torch(cohort.test, CPU)))
-    assert auroc < 0.7
+    t, y = joined(cohort)
+    fit = cross_fit(t, rng.permutation(y), SIGNAL_MODEL, SIGNAL_TRAIN, progress=False)
+    assert roc_auc_score(rng.permutation(cohort.y_test), predict_logits(fit.networks, to_torch(cohort.test, CPU))) < 0.7
+
+
+def test_folds_are_stratified_and_cover_every_stay():
+    y = np.r_[np.ones(10, np.int64), np.zeros(40, np.int64)]
+    fold = fold_of(y, 5, seed=3)
+    assert sorted(np.unique(fold).tolist()) == [0, 1, 2, 3, 4]
+    assert [int(y[fold == k].sum()) for k in range(5)] == [2] * 5
+    assert np.array_equal(fold, fold_of(y, 5, seed=3)) and not np.array_equal(fold, fold_of(y, 5, seed=4))
+    with pytest.raises(ValueError, match=r"5-fold cross-fitting needs at least 5 stays of each outcome; got 3 "
+                                         r"deaths and 40 survivors"):
+        fold_of(np.r_[np.ones(3, np.int64), np.zeros(40, np.int64)], 5, seed=0)
 
 
 def _state(model) -> dict[str, torch.Tensor]:
@@ -151,42 +176,22 @@ def _state(model) -> dict[str, torch.Tensor]:
 
 
 def test_same_seed_reproduces_exactly(small):
-    runs = [fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL, QUICK_TRAIN,
-                         progress=False) for _ in range(2)]
-    (m1, h1), (m2, h2) = runs
-    assert h1 == h2
-    assert len(h1) == QUICK_TRAIN.epochs
-    data = to_torch(small.test, CPU)
-    p1, p2 = predict_logits(m1, data), predict_logits(m2, data)
-    assert p1.shape == (len(small.test),)
-    assert np.array_equal(p1, p2)
-    s1, s2 = _state(m1[0]), _state(m2[0])
-    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    t, y = joined(small)
+    f1, f2 = (cross_fit(t, y, QUICK_MODEL, QUICK_TRAIN, progress=False) for _ in range(2))
+    assert f1.history == f2.history and len(f1.history) == QUICK_TRAIN.folds * QUICK_TRAIN.epochs
+    assert np.array_equal(f1.oof_logits, f2.oof_logits) and np.array_equal(f1.fold, f2.fold)
+    for a, b in zip(f1.networks, f2.networks, strict=True):
+        sa, sb = _state(a), _state(b)
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_different_seed_gives_different_weights(small):
-    m0, _ = fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL, QUICK_TRAIN,
-                         progress=False)
-    m1, h1 = fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL,
-                          replace(QUICK_TRAIN, seed=1), progress=False)
-    s0, s1 = _state(m0[0]), _state(m1[0])
-    assert s0.keys() == s1.keys()
+def test_different_seed_gives_different_folds_and_weights(small):
+    t, y = joined(small)
+    f0 = cross_fit(t, y, QUICK_MODEL, QUICK_TRAIN, progress=False)
+    f1 = cross_fit(t, y, QUICK_MODEL, replace(QUICK_TRAIN, seed=1), progress=False)
+    assert not np.array_equal(f0.fold, f1.fold)
+    s0, s1 = _state(f0.networks[0]), _state(f1.networks[0])
     assert not any(torch.equal(s0[k], s1[k]) for k in s0 if k.startswith("lstm.weight"))
-    assert {row["seed"] for row in h1} == {1}
-    data = to_torch(small.test, CPU)
-    assert not np.array_equal(predict_logits(m0, data), predict_logits(m1, data))
-
-
-def test_seed_ensemble_uses_consecutive_seeds(small):
-    cfg = replace(QUICK_TRAIN, epochs=2, n_models=2, seed=5)
-    models, history = fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL, cfg,
-                                   progress=False)
-    assert len(models) == 2
-    assert [row["seed"] for row in history] == [5, 5, 6, 6]
-    assert [row["epoch"] for row in history] == [1, 2, 1, 2]
-    data = to_torch(small.test, CPU)
-    mean = (predict_logits(models[0], data) + predict_logits(models[1], data)) / 2
-    np.testing.assert_allclose(predict_logits(models, data), mean, rtol=1e-6, atol=1e-6)
 
 
 def test_early_stopping_keeps_best_val_auprc_weights(cohort):
@@ -195,36 +200,27 @@ def test_early_stopping_keeps_best_val_auprc_weights(cohort):
     y_train, y_val = rng.permutation(cohort.y_train), rng.permutation(cohort.y_val)
     cfg = TrainConfig(epochs=12, patience=3, batch_size=32, lr=2e-2, seed=0, device="cpu")
     seen = []
-    models, history = fit_ensemble(cohort.train, y_train, cohort.val, y_val,
-                                   ModelConfig(hidden_size=16, dropout=0.0), cfg, progress=False,
-                                   on_epoch=seen.append)
+    val = to_torch(cohort.val, CPU)
+    model, history = fit_one(to_torch(cohort.train, CPU), y_train, val, y_val, ModelConfig(hidden_size=16, dropout=0.0),
+                             cfg, seed=0, device=CPU, progress=False, on_epoch=seen.append, tag={"fold": 0})
     assert seen == history
     assert [row["epoch"] for row in history] == list(range(1, len(history) + 1))
     scores = [row["val_auprc"] for row in history]
     best_epoch = int(np.argmax(scores))
     assert best_epoch < len(history) - 1, "precondition: the final epoch must not be the best one"
-    val_logit = predict_logits(models, to_torch(cohort.val, CPU))
+    val_logit = predict_logits(model, val)
     assert abs(average_precision_score(y_val, val_logit) - max(scores)) < 1e-9
     assert abs(roc_auc_score(y_val, val_logit) - history[best_epoch]["val_auroc"]) < 1e-9
     if len(history) < cfg.epochs:  # stopped early: exactly `patience` epochs without improvement
         assert len(history) - 1 - best_epoch == cfg.patience
 
 
-def test_single_class_validation_split_raises(small):
-    with pytest.raises(ValueError, match=r"training and validation splits each need both outcomes \(0 and 1\); "
-                                         r"got \d+ deaths in 100 training stays and 0 in 40 validation stays"):
-        fit_ensemble(small.train, small.y_train, small.val, np.zeros(40, dtype=np.int64), QUICK_MODEL,
-                     QUICK_TRAIN, progress=False)
-    with pytest.raises(ValueError, match=r"both outcomes"):
-        fit_ensemble(small.train, np.ones(100, dtype=np.int64), small.val, small.y_val, QUICK_MODEL,
-                     QUICK_TRAIN, progress=False)
-
-
-def test_bad_pos_weight_raises(small):
-    with pytest.raises(ValueError, match=r"The 'pos_weight' parameter must be one of "
-                                         r"\('none', 'sqrt', 'balanced'\)\. Got 'inverse' instead\."):
-        fit_ensemble(small.train, small.y_train, small.val, small.y_val, QUICK_MODEL,
-                     replace(QUICK_TRAIN, pos_weight="inverse"), progress=False)
+def test_bad_training_values_fail_when_the_config_is_built():
+    with pytest.raises(ValueError, match=r"\[train\] pos_weight must be one of \('none', 'sqrt', 'balanced'\); "
+                                         r"got 'inverse'"):
+        TrainConfig(pos_weight="inverse")
+    with pytest.raises(ValueError, match=r"\[train\] epochs must be >= 1; got -3"):
+        TrainConfig(epochs=-3)
 
 
 def test_pos_weight_rules_by_hand():
