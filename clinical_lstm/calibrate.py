@@ -3,7 +3,7 @@
 Calibrators are fitted on a validation split (never the test split) and map raw logits to probabilities.
 They serialise to plain JSON-able dicts, so a saved run can be reloaded without pickle.
 
-* :class:`PlattCalibrator` -- ``sigmoid(a * logit + b)``, two parameters fitted by Newton's method.
+* :class:`PlattCalibrator` -- ``sigmoid(a * logit + b)``, two parameters fitted by logistic regression.
 * :class:`IsotonicCalibrator` -- a monotone step-linear map of ``sigmoid(logit)``.
 * :func:`choose_threshold` -- the probability at which a stay is flagged, by the PhysioNet 2012 event-1
   rule ``max min(Se, PPV)`` or by Youden's J.
@@ -57,14 +57,15 @@ class PlattCalibrator:
     ``a`` and ``b`` minimise the log-loss against Platt's (1999) smoothed targets
     ``(n_pos + 1) / (n_pos + 2)`` for deaths and ``1 / (n_neg + 2)`` for survivors, as scikit-learn's
     ``CalibratedClassifierCV(method="sigmoid")`` does: the smoothing keeps the optimum finite when the
-    validation logits separate the classes perfectly, and is negligible for large samples.
+    validation logits separate the classes perfectly, and is negligible for large samples. The fit is
+    scikit-learn's ``LogisticRegression``, imported only inside :meth:`fit`: scoring never loads it.
 
     Attributes
     ----------
     a_, b_ : float
         Slope and intercept, set by :meth:`fit`.
     n_iter_ : int
-        Newton iterations used by :meth:`fit`.
+        lbfgs iterations used by :meth:`fit`.
     """
 
     kind = "platt"
@@ -74,7 +75,11 @@ class PlattCalibrator:
         pass
 
     def fit(self, logits: Any, y: Any, max_iter: int = 100, tol: float = 1e-10) -> PlattCalibrator:
-        """Fit ``a`` and ``b`` by damped Newton iterations (deterministic; no random start).
+        """Fit ``a`` and ``b`` with scikit-learn's ``LogisticRegression`` (lbfgs, no penalty; deterministic).
+
+        Platt's soft targets ``t`` are passed as sample weights: every stay enters twice, as a death with
+        weight ``t`` and as a survivor with weight ``1 - t``, so the weighted log-loss is exactly the
+        cross-entropy against ``t``.
 
         Parameters
         ----------
@@ -83,15 +88,17 @@ class PlattCalibrator:
         y : array-like, shape (n,)
             0/1 outcomes; both classes must occur.
         max_iter : int, default 100
-            Newton iterations at most; the loss is convex, so a handful is usual.
+            lbfgs iterations at most; the loss is convex in two parameters, so a few dozen is usual.
         tol : float, default 1e-10
-            Stop when the largest parameter step is below this.
+            lbfgs stops when the largest gradient component of the (weight-averaged) loss is below this.
 
         Returns
         -------
         PlattCalibrator
             ``self``.
         """
+        from sklearn.linear_model import LogisticRegression  # only to fit: scoring never imports scikit-learn
+
         if max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter}")
         z = _check_logits(logits)
@@ -99,22 +106,14 @@ class PlattCalibrator:
         n_pos = float(y01.sum())
         n_neg = float(len(y01) - n_pos)
         t = np.where(y01 == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
-        X = np.column_stack([z, np.ones_like(z)])
-        theta = np.array([0.0, np.log((n_pos + 1.0) / (n_neg + 1.0))])  # Platt's start: the prior
-        loss = _smoothed_log_loss(X @ theta, t)
-        n_iter = 0
-        while n_iter < max_iter:
-            n_iter += 1
-            q = expit(X @ theta)
-            grad = X.T @ (q - t)
-            # Tiny ridge: the Hessian is singular when every logit is equal (the slope is then unidentified).
-            hess = (X * (q * (1.0 - q))[:, None]).T @ X + 1e-12 * np.eye(2)
-            step = np.linalg.solve(hess, grad)
-            theta, loss = _backtrack(X, t, theta, step, loss)
-            if np.max(np.abs(step)) < tol:
-                break
-        self.a_, self.b_ = float(theta[0]), float(theta[1])
-        self.n_iter_ = n_iter
+        X = np.concatenate([z, z])[:, None]  # (2n, 1): each stay once as a death, once as a survivor
+        labels = np.concatenate([np.ones_like(z), np.zeros_like(z)])  # (2n,)
+        weights = np.concatenate([t, 1.0 - t])  # (2n,)
+        # C=inf is "no penalty" in every supported scikit-learn (penalty=None is deprecated from 1.8).
+        lr = LogisticRegression(C=np.inf, solver="lbfgs", tol=tol, max_iter=max_iter)
+        lr.fit(X, labels, sample_weight=weights)
+        self.a_, self.b_ = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        self.n_iter_ = int(np.max(lr.n_iter_))
         return self
 
     def predict(self, logits: Any) -> np.ndarray:
@@ -144,25 +143,6 @@ class PlattCalibrator:
         if hasattr(self, "a_"):
             return f"PlattCalibrator(a={self.a_:.4g}, b={self.b_:.4g})"
         return "PlattCalibrator()"
-
-
-def _smoothed_log_loss(z: np.ndarray, t: np.ndarray) -> float:
-    """Mean cross-entropy of ``sigmoid(z)`` against soft targets ``t``, stable for large ``|z|``."""
-    return float(np.mean(np.logaddexp(0.0, z) - t * z))
-
-
-def _backtrack(
-    X: np.ndarray, t: np.ndarray, theta: np.ndarray, step: np.ndarray, loss: float
-) -> tuple[np.ndarray, float]:
-    """Halve the Newton step until the loss does not increase (guards against overshoot far from optimum)."""
-    scale = 1.0
-    for _ in range(30):
-        cand = theta - scale * step
-        cand_loss = _smoothed_log_loss(X @ cand, t)
-        if cand_loss <= loss + 1e-15:
-            return cand, cand_loss
-        scale *= 0.5
-    return theta, loss
 
 
 class IsotonicCalibrator:
@@ -261,8 +241,9 @@ def calibrator_from_dict(d: dict[str, Any]) -> PlattCalibrator | IsotonicCalibra
 def choose_threshold(y: Any, p: Any, rule: str = "min_se_ppv") -> float:
     """The probability cut-off that flags a stay when ``p >= threshold``.
 
-    Every distinct value of ``p`` is a candidate (flagging nothing is never chosen). Counts at all
-    candidates come from one cumulative sum over the scores sorted in descending order.
+    Every distinct value of ``p`` is a candidate (flagging nothing is never chosen); sensitivity and PPV
+    at all candidates come from scikit-learn's ``precision_recall_curve`` (``"min_se_ppv"``) or
+    ``roc_curve`` (``"youden"``).
 
     Parameters
     ----------
@@ -280,21 +261,23 @@ def choose_threshold(y: Any, p: Any, rule: str = "min_se_ppv") -> float:
         One of the values of ``p``. Ties in the criterion go to the highest threshold, i.e. the
         fewest alerts for the same score.
     """
+    from sklearn.metrics import precision_recall_curve, roc_curve  # only to fit: scoring never needs it
+
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"rule must be one of {THRESHOLD_RULES!r}, got {rule!r}")
     y01, p = check_binary_inputs(y, p, both_classes=True)
-    order = np.argsort(-p, kind="stable")
-    p_desc, y_desc = p[order], y01[order]
-    # Last position of each run of equal scores: p >= t flags the whole run of ties at once.
-    last = np.flatnonzero(np.append(p_desc[1:] != p_desc[:-1], True))
-    tp = np.cumsum(y_desc)[last].astype(float)
-    flagged = (last + 1).astype(float)
+    if rule == "min_se_ppv":
+        # Ascending thresholds; the extra last point (precision 1, recall 0) flags nothing: dropped.
+        precision, recall, thresholds = precision_recall_curve(y01, p, drop_intermediate=False)
+        score = np.minimum(recall[:-1], precision[:-1])
+        # Se = TP/n_pos and PPV = TP/flagged are each one correctly rounded division, so equal ratios are
+        # equal floats. The last maximum in ascending order is the highest threshold.
+        return float(thresholds[len(score) - 1 - int(np.argmax(score[::-1]))])
+    # Descending thresholds; the first point (threshold above every score) flags nothing: dropped.
+    fpr, tpr, thresholds = roc_curve(y01, p, drop_intermediate=False)
     n_pos = float(y01.sum())
     n_neg = len(y01) - n_pos
-    sens = tp / n_pos
-    if rule == "min_se_ppv":
-        score = np.minimum(sens, tp / flagged)
-    else:
-        score = sens + (n_neg - (flagged - tp)) / n_neg - 1.0
-    # argmax takes the first maximum, which in descending order is the highest threshold.
-    return float(p_desc[last[int(np.argmax(score))]])
+    # J * n_pos * n_neg = TP * n_neg - FP * n_pos is a whole number: comparing it makes ties exact, where
+    # tpr - fpr can differ in the last bit between equal values of J.
+    j = np.rint(tpr[1:] * n_pos) * n_neg - np.rint(fpr[1:] * n_neg) * n_pos
+    return float(thresholds[1:][int(np.argmax(j))])  # first maximum in descending order: highest threshold

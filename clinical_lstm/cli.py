@@ -328,12 +328,12 @@ def main(argv=None) -> int:
 
 def run(command: str, job) -> int:
     """Run ``job()``; user errors become one line on stderr and exit code 2 (used by ``pipelines/`` too)."""
-    from .sources import DataError
+    from .sources import DataError, MissingDependency
 
     try:
         return job()
     except (DataError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-            ImportError) as exc:  # bad input, configs and parameters: the message says what and the fix
+            MissingDependency) as exc:  # bad input, configs and parameters: the message says what and the fix
         print(f"clinical-lstm {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # a full disk, an unwritable output: what the user can fix, not a traceback

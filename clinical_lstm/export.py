@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .sources import MissingDependency
+
 CONTRACT_FORMAT = "clinical-lstm-export/1"
 CONTRACT_KEY = "clinical_lstm.contract"
 TORCHSCRIPT_CONTRACT_FILE = "clinical_lstm_contract.json"
@@ -145,7 +147,7 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, check: bool 
     try:
         import onnx
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("ONNX export needs the 'onnx' package: pip install 'clinical-lstm[onnx]'") from exc
+        raise MissingDependency("ONNX export needs the 'onnx' package: pip install 'clinical-lstm[onnx]'") from exc
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _wrapper(model.networks)
@@ -244,7 +246,7 @@ def _session(path):
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover
-        raise ImportError("running ONNX needs 'onnxruntime': pip install 'clinical-lstm[onnx]'") from exc
+        raise MissingDependency("running ONNX needs 'onnxruntime': pip install 'clinical-lstm[onnx]'") from exc
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -23,19 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
-METRIC_KEYS = (
-    "auroc",
-    "auprc",
-    "brier",
-    "ece",
-    "hosmer_lemeshow",
-    "min_se_ppv",
-    "sensitivity",
-    "ppv",
-    "prevalence",
-    "n",
-)
 BOOTSTRAP_METRICS = ("auroc", "auprc", "brier", "ece", "hosmer_lemeshow", "min_se_ppv")
+METRIC_KEYS = (*BOOTSTRAP_METRICS, "sensitivity", "ppv", "prevalence", "n")
 DIFFERENCE_METRICS = ("auroc", "auprc", "brier", "ece", "min_se_ppv")  # a difference of H-L means nothing
 MIN_CLASS_FOR_INTERVAL = 10  # fewer deaths (or survivors) than this: intervals get a note and a warning
 SUBGROUP_COLUMNS = ("group", "level", "n", "deaths", "auroc", "auprc", "brier", "min_se_ppv")
@@ -432,11 +421,8 @@ def _small_class_note(y01: np.ndarray, where: str) -> str:
     """``"only 1 death: interval not meaningful"`` (and a UserWarning) when a class is under the minimum."""
     n_pos = int(y01.sum())
     n_neg = len(y01) - n_pos
-    few = [
-        f"only {n} {word}{'' if n == 1 else 's'}"
-        for n, word in ((n_pos, "death"), (n_neg, "survivor"))
-        if n < MIN_CLASS_FOR_INTERVAL
-    ]
+    counts = ((n_pos, "death"), (n_neg, "survivor"))
+    few = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in counts if n < MIN_CLASS_FOR_INTERVAL]
     if not few:
         return ""
     warnings.warn(
@@ -446,7 +432,7 @@ def _small_class_note(y01: np.ndarray, where: str) -> str:
         UserWarning,
         stacklevel=3,
     )
-    return " and ".join(few) + ": interval not meaningful"
+    return "only " + " and ".join(few) + ": interval not meaningful"
 
 
 def evaluate(
@@ -467,8 +453,11 @@ def evaluate(
     seed : int, default 0
         Seed for ``np.random.default_rng``; the same seed gives the same intervals.
     alpha : float, default 0.05
-        Intervals have nominal coverage ``1 - alpha``: bias-corrected (BC) percentile bounds (see
-        :func:`_bc_interval`), widened when needed so that every interval contains its point estimate.
+        Intervals have nominal coverage ``1 - alpha``. They are bias-corrected (BC) percentile intervals:
+        with ``z0`` the normal quantile of the share of replicates below the estimate (ties count half),
+        the bounds are the ``Phi(2 z0 -/+ z_{1-alpha/2})`` quantiles of the replicates, which undoes the
+        upward resampling bias of ECE and Hosmer-Lemeshow; an interval that would still miss the
+        estimate is widened to it.
 
     Returns
     -------

@@ -1,22 +1,35 @@
-"""ROC, precision-recall and calibration figures comparing several models on the same stays.
+"""ROC, precision-recall and calibration figures comparing several models on the same stays, and a forest
+plot of paired differences between models.
 
-matplotlib is imported only inside these functions (an explicit Agg canvas, no pyplot state), so importing
-this module stays cheap and headless-safe. PNGs are written atomically.
+The curves are drawn by scikit-learn's ``RocCurveDisplay``, ``PrecisionRecallDisplay`` and
+``CalibrationDisplay`` onto axes of a bare matplotlib ``Figure`` with an explicit Agg canvas (no pyplot
+state, headless-safe). matplotlib and scikit-learn are imported only inside these functions, so importing
+this module stays cheap. PNGs are written through :func:`clinical_lstm.files.atomic_path`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
-from .metrics import _N_BINS, _ece_bins, check_binary_inputs
+from .files import atomic_path
+from .metrics import _N_BINS, Estimate, check_binary_inputs
+
+__all__ = ["plot_calibration", "plot_differences", "plot_pr", "plot_roc"]
+
+# Axis labels for the difference plot: each metric in its own units.
+_METRIC_LABELS = {
+    "auroc": "AUROC",
+    "auprc": "AUPRC (average precision)",
+    "brier": "Brier score",
+    "ece": "ECE (expected calibration error)",
+    "hosmer_lemeshow": "Hosmer\u2013Lemeshow H",
+    "min_se_ppv": "min(sensitivity, PPV)",
+}
 
 
 def _curve_inputs(curves: Mapping[str, tuple[Any, Any]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -31,34 +44,52 @@ def _curve_inputs(curves: Mapping[str, tuple[Any, Any]]) -> list[tuple[str, np.n
     return out
 
 
-def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
+def _new_figure(figsize: tuple[float, float] = (5.5, 5.0)) -> Any:
     # An explicit Agg canvas on a bare Figure: no pyplot global state and no backend switch for callers
     # (e.g. a notebook) that have their own backend; works headless.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.5, 5.0), layout="constrained")
+    fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    return fig
+
+
+def _finish_axes(ax: Any, title: str, xlabel: str, ylabel: str, legend_loc: str) -> None:
+    """Our titles, labels and limits over the Displays' defaults, and a legend with every labelled line."""
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
     ax.grid(alpha=0.3)
-    return fig, ax
+    ax.legend(loc=legend_loc, fontsize="small")
 
 
 def _save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as a 150 dpi PNG atomically: a temp file in the same directory, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=150)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``fig`` as a 150 dpi PNG atomically (parent folders are created)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    return Path(path)
+
+
+def _roc_figure(curves: Mapping[str, tuple[Any, Any]]) -> Any:
+    from sklearn.metrics import RocCurveDisplay
+
+    data = _curve_inputs(curves)
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for i, (name, y01, p) in enumerate(data, start=1):
+        last = i == len(data)  # the chance diagonal once, with the last model: it ends the legend
+        disp = RocCurveDisplay.from_predictions(y01, p, name=name, ax=ax, plot_chance_level=last)
+        disp.line_.set(label=f"{name} (AUROC {disp.roc_auc:.3f})", linewidth=1.5)
+        if last:
+            disp.chance_level_.set(label="chance", color="grey", linestyle="--", linewidth=1)
+    _finish_axes(
+        ax,
+        "ROC: in-hospital mortality",
+        "1 \u2212 specificity (false positive rate)",
+        "Sensitivity",
+        "lower right",
+    )
+    ax.set_aspect("equal")
+    return fig
 
 
 def plot_roc(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str]) -> Path:
@@ -76,23 +107,34 @@ def plot_roc(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str]
     pathlib.Path
         ``path``.
     """
-    from sklearn.metrics import roc_curve
+    return _save_png(_roc_figure(curves), path)
+
+
+def _pr_figure(curves: Mapping[str, tuple[Any, Any]]) -> Any:
+    from sklearn.metrics import PrecisionRecallDisplay
 
     data = _curve_inputs(curves)
-    fig, ax = _new_axes(
-        "ROC: in-hospital mortality", "1 \u2212 specificity (false positive rate)", "Sensitivity"
-    )
+    fig = _new_figure()
+    ax = fig.add_subplot()
     for name, y01, p in data:
-        fpr, tpr, _ = roc_curve(y01, p)
-        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUROC {roc_auc_score(y01, p):.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="chance")
-    ax.set_aspect("equal")
-    ax.legend(loc="lower right", fontsize="small")
-    return _save_png(fig, path)
+        disp = PrecisionRecallDisplay.from_predictions(y01, p, name=name, ax=ax)
+        disp.line_.set_label(f"{name} (AUPRC {disp.average_precision:.3f})")
+        disp.line_.set_linewidth(1.5)
+    # A random ranking has precision = prevalence; one line unless the models saw different stays.
+    for prev in sorted({round(float(y01.mean()), 12) for _, y01, _ in data}):
+        ax.axhline(prev, ls="--", lw=1, color="grey", label=f"prevalence {prev:.3f}")
+    _finish_axes(
+        ax,
+        "Precision-recall: in-hospital mortality",
+        "Recall (sensitivity)",
+        "Precision (PPV)",
+        "upper right",
+    )
+    return fig
 
 
 def plot_pr(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str]) -> Path:
-    """Precision-recall curves with a prevalence line; legend gives each average precision.
+    """Precision-recall curves with a prevalence line; legend gives each AUPRC (average precision).
 
     Parameters
     ----------
@@ -106,20 +148,33 @@ def plot_pr(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str])
     pathlib.Path
         ``path``.
     """
-    from sklearn.metrics import precision_recall_curve
+    return _save_png(_pr_figure(curves), path)
 
+
+def _calibration_figure(curves: Mapping[str, tuple[Any, Any]], n_bins: int) -> Any:
+    from sklearn.calibration import CalibrationDisplay
+
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     data = _curve_inputs(curves)
-    fig, ax = _new_axes("Precision-recall: in-hospital mortality", "Recall (sensitivity)", "Precision (PPV)")
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="perfect calibration")
     for name, y01, p in data:
-        precision, recall, _ = precision_recall_curve(y01, p)
-        ap = average_precision_score(y01, p)
-        ax.plot(recall, precision, lw=1.5, drawstyle="steps-post", label=f"{name} (AP {ap:.3f})")
-    # A random ranking has precision = prevalence; one line unless the models saw different stays.
-    prevalences = sorted({round(float(y01.mean()), 12) for _, y01, _ in data})
-    for prev in prevalences:
-        ax.axhline(prev, ls="--", lw=1, color="grey", label=f"prevalence {prev:.3f}")
-    ax.legend(loc="upper right", fontsize="small")
-    return _save_png(fig, path)
+        disp = CalibrationDisplay.from_predictions(
+            y01, p, n_bins=int(n_bins), name=name, ax=ax, ref_line=False
+        )
+        brier = float(np.mean((p - y01) ** 2))
+        disp.line_.set(label=f"{name} (Brier {brier:.3f})", markersize=4, linewidth=1.5)
+    _finish_axes(
+        ax,
+        "Calibration: in-hospital mortality",
+        "Mean predicted probability",
+        "Observed mortality",
+        "upper left",
+    )
+    ax.set_aspect("equal")
+    return fig
 
 
 def plot_calibration(
@@ -134,26 +189,80 @@ def plot_calibration(
     path : str or path-like
         PNG to write.
     n_bins : int, default 10
-        Equal-width bins on [0, 1]; empty bins are not drawn.
+        Equal-width bins on [0, 1] (scikit-learn's ``calibration_curve``, ``strategy="uniform"``); empty
+        bins are not drawn.
 
     Returns
     -------
     pathlib.Path
         ``path``.
     """
-    data = _curve_inputs(curves)
-    fig, ax = _new_axes(
-        "Calibration: in-hospital mortality", "Mean predicted probability", "Observed mortality"
-    )
-    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="perfect calibration")
-    for name, y01, p in data:
-        bins = _ece_bins(p, n_bins)
-        count = np.bincount(bins, minlength=n_bins)
-        seen = count > 0
-        mean_p = np.bincount(bins, weights=p, minlength=n_bins)[seen] / count[seen]
-        frac = np.bincount(bins, weights=y01, minlength=n_bins)[seen] / count[seen]
-        brier = float(np.mean((p - y01) ** 2))
-        ax.plot(mean_p, frac, marker="o", ms=4, lw=1.5, label=f"{name} (Brier {brier:.3f})")
-    ax.set_aspect("equal")
-    ax.legend(loc="upper left", fontsize="small")
-    return _save_png(fig, path)
+    return _save_png(_calibration_figure(curves, n_bins), path)
+
+
+def _differences_figure(diffs: Mapping[str, Mapping[str, Estimate]], metrics: Sequence[str]) -> Any:
+    if not isinstance(diffs, Mapping) or len(diffs) == 0:
+        raise ValueError(
+            "diffs must be a non-empty dict {comparison: {metric: Estimate}}, e.g. "
+            "{'masked LSTM \u2212 logistic regression': paired_difference(y, p_lstm, p_lr, t_lstm, t_lr)}"
+        )
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not metrics:
+        raise ValueError("metrics must name at least one metric, e.g. ('auroc', 'auprc')")
+    for label, row in diffs.items():
+        missing = [m for m in metrics if not isinstance(row, Mapping) or not isinstance(row.get(m), Estimate)]
+        if missing:
+            have = sorted(row) if isinstance(row, Mapping) else type(row).__name__
+            raise ValueError(
+                f"diffs[{label!r}] has no Estimate for {missing}; it has {have}. Pass metrics= a subset of "
+                "what paired_difference returned"
+            )
+    rows = np.arange(len(diffs))[::-1]  # first comparison at the top
+    fig = _new_figure((1.5 + 3.2 * len(metrics), 1.2 + 0.5 * len(diffs)))
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        est = [row[metric] for row in diffs.values()]
+        value = np.array([e.value for e in est])
+        # A NaN bound (no usable replicate) draws the point alone.
+        err = np.array([[e.value - e.lower for e in est], [e.upper - e.value for e in est]])  # (2, rows)
+        err = np.clip(np.nan_to_num(err), 0.0, None)
+        ax.errorbar(value, rows, xerr=err, fmt="o", color="C0", ecolor="C0", capsize=3, ms=5, lw=1.5)
+        ax.axvline(0.0, color="grey", ls="--", lw=1)
+        ax.set_xlabel(f"Difference in {_METRIC_LABELS.get(metric, metric)}")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(rows, [str(label) for label in diffs])
+    axes[0].set_ylim(-0.6, len(diffs) - 0.4)
+    fig.suptitle("Paired differences with 95% bootstrap intervals")
+    return fig
+
+
+def plot_differences(
+    diffs: Mapping[str, Mapping[str, Estimate]],
+    path: str | os.PathLike[str],
+    metrics: Sequence[str] = ("auroc", "auprc"),
+) -> Path:
+    """Forest plot of paired differences: one row per comparison, one panel per metric.
+
+    Parameters
+    ----------
+    diffs : dict[str, dict[str, Estimate]]
+        Row label (e.g. ``"masked LSTM − logistic regression"``) -> the output of
+        :func:`clinical_lstm.metrics.paired_difference` for that pair; rows are drawn top to bottom in
+        dict order.
+    path : str or path-like
+        PNG to write (parent directories are created).
+    metrics : sequence of str, default ("auroc", "auprc")
+        Metrics to draw, one panel each; every row must hold an Estimate for each. The x axis is the
+        difference in that metric's own units, with a dashed line at 0 (no difference).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        ``diffs`` is empty, ``metrics`` is empty, or a row lacks one of ``metrics``.
+    """
+    return _save_png(_differences_figure(diffs, metrics), path)

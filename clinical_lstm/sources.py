@@ -36,6 +36,10 @@ class DataError(ValueError):
     """Input data that cannot be read as documented; the message says what, where and the fix."""
 
 
+class MissingDependency(ImportError):
+    """An optional package a feature needs is not installed; the message names the install command."""
+
+
 @dataclass
 class RawData:
     """What was read, before any rule is applied.

@@ -37,7 +37,7 @@ from pathlib import Path
 import polars as pl
 
 from .bundle import SCORES, RiskModel
-from .sources import DataError
+from .sources import DataError, MissingDependency
 
 _MODELS: dict[str, RiskModel] = {}  # per Python worker: staged bundle name -> model, loaded once
 _STAGE_ROOT = Path(tempfile.gettempdir()) / "clinical-lstm-spark"
@@ -47,7 +47,7 @@ def _require_pyspark():
     try:
         import pyspark  # noqa: F401
     except ImportError as exc:
-        raise ImportError("scoring on Spark needs pyspark; install it with "
+        raise MissingDependency("scoring on Spark needs pyspark; install it with "
                           "`pip install 'clinical-lstm[spark]'` (or `pip install pyspark`)") from exc
 
 

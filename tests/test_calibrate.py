@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +64,20 @@ def test_platt_improves_log_loss_on_miscalibrated_logits():
     assert cal.a_ == pytest.approx(1 / 3, abs=0.05)  # undoes the scaling: (3z + 1) / 3 - 1/3 = z
 
 
+def test_platt_fits_platt_smoothed_targets():
+    # 40 stays, 18 deaths: targets 19/20 for deaths and 1/24 for survivors. The values come from the
+    # damped-Newton fit this class used before scikit-learn's lbfgs (they agree to ~1e-11 here); an
+    # unsmoothed logistic regression on the same data gives a = 6.70, b = 0.294.
+    logits, y = platt_data(40, seed=8)
+    cal = PlattCalibrator().fit(logits, y)
+    assert cal.a_ == pytest.approx(1.8912095154, abs=1e-6)
+    assert cal.b_ == pytest.approx(-0.0967906177, abs=1e-6)
+    # The optimum: zero gradient of the cross-entropy against the smoothed targets.
+    t = np.where(y == 1, 19 / 20, 1 / 24)
+    resid = sigmoid(cal.a_ * logits + cal.b_) - t
+    assert np.abs([resid @ logits, resid.sum()]).max() < 1e-6
+
+
 def test_platt_stays_finite_on_separable_data():
     cal = PlattCalibrator().fit([-2.0, -1.0, 1.0, 2.0], [0, 0, 1, 1])
     assert np.isfinite(cal.a_) and cal.a_ > 0 and np.isfinite(cal.b_)
@@ -95,6 +113,18 @@ def test_fit_validates_inputs(cls):
         cls().fit([0.1, 0.2, 0.3], [0, 1, 2])
     with pytest.raises(ValueError, match="logits must be finite"):
         cls().fit([0.1, np.inf, 0.3], [0, 1, 0])
+
+
+def test_loading_a_calibrator_for_scoring_does_not_import_sklearn():
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    code = (
+        "import sys; from clinical_lstm.calibrate import calibrator_from_dict; "
+        "calibrator_from_dict({'kind': 'platt', 'a': 1.0, 'b': 0.0}).predict([0.5]); "
+        "calibrator_from_dict({'kind': 'isotonic', 'X_thresholds': [0, 1], 'y_thresholds': [0, 1]}).predict([0.5]); "
+        "sys.exit('sklearn' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
 
 
 # ----------------------------------------------------------------------------------------- isotonic
@@ -192,6 +222,27 @@ def test_choose_threshold_is_the_brute_force_optimum():
     y = (rng.random(300) < p).astype(int)
     best = max(binary_metrics(y, p, t)["min_se_ppv"] for t in np.unique(p))
     assert binary_metrics(y, p, choose_threshold(y, p))["min_se_ppv"] == pytest.approx(best)
+
+
+@pytest.mark.parametrize("seed", [0, 15])
+def test_choose_threshold_youden_is_the_brute_force_optimum_with_ties_to_the_highest(seed):
+    # 30 deaths, 30 survivors, scores on a 0.1 grid: J ties at its maximum (seed 0: at 0.4, 0.5 and 0.6;
+    # seed 15: at 0.4 and 0.8), and a float argmax of tpr - fpr picks 0.5 and 0.4 there (last-bit noise).
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.repeat([0, 1], 30))
+    p = np.round(np.clip(0.5 + 0.25 * (2 * y - 1) + rng.normal(0, 0.3, 60), 0, 1), 1)
+    # J * 30 * 30 in whole numbers, so ties are exact; the highest threshold among the best wins.
+    scaled = {t: 30 * (((p >= t) & (y == 1)).sum() - ((p >= t) & (y == 0)).sum()) for t in np.unique(p)}
+    best = max(scaled.values())
+    assert choose_threshold(y, p, rule="youden") == max(t for t, j in scaled.items() if j == best)
+    assert choose_threshold(y, p, rule="youden") == {0: 0.6, 15: 0.8}[seed]
+
+
+@pytest.mark.parametrize("rule", ["min_se_ppv", "youden"])
+def test_choose_threshold_never_flags_nothing(rule):
+    # All scores equal: flagging everyone (J = 0, min(Se, PPV) = 1/3) ties with flagging nobody (J = 0),
+    # and the highest threshold would be "above every score"; it must not be chosen.
+    assert choose_threshold([0, 1, 0], [0.5, 0.5, 0.5], rule=rule) == 0.5
 
 
 def test_choose_threshold_validates():

@@ -191,7 +191,8 @@ def test_evaluate_skips_single_class_replicates():
     y = np.zeros(30, dtype=int)
     y[0] = 1
     p = np.linspace(0.01, 0.6, 30)[::-1]
-    est = evaluate(y, p, 0.5, n_boot=200, seed=0)
+    with pytest.warns(UserWarning, match="1 death"):
+        est = evaluate(y, p, 0.5, n_boot=200, seed=0)
     assert est["auroc"].value == 1.0
     assert est["auroc"].lower == est["auroc"].upper == 1.0
 

@@ -14,34 +14,23 @@ from clinical_lstm.config import Config, ModelConfig
 from clinical_lstm.impute import GridTransformer
 from clinical_lstm.model import MaskedLSTM
 from clinical_lstm.sample import sample_path
+from helpers import tiny_model
 from clinical_lstm.sources import DataError, RawData, load
 from clinical_lstm.stream import StayStream
 from clinical_lstm.validate import validate
-
-pytestmark = pytest.mark.slow  # trains small models on the bundled sample
 
 TOL = 1e-5
 N_STAYS = 12
 
 
-def _train(tmp_path_factory, name: str, n_models: int = 1) -> RiskModel:
-    from clinical_lstm.workflow import train
-
-    out = tmp_path_factory.mktemp(name) / "m"
-    cfg = Config.from_dict({"train": {"epochs": 2, "n_models": n_models}, "model": {"hidden_size": 16},
-                            "evaluation": {"n_boot": 20, "explain_stays": 0}})
-    train(sample_path(), out, config=cfg, progress=False, log=lambda *_: None)
-    return load_model(out)
+@pytest.fixture(scope="module")
+def model() -> RiskModel:
+    return tiny_model(seed=1, hidden_size=16)
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> RiskModel:
-    return _train(tmp_path_factory, "stream1")
-
-
-@pytest.fixture(scope="module")
-def ensemble(tmp_path_factory) -> RiskModel:
-    m = _train(tmp_path_factory, "stream2", n_models=2)
+def ensemble() -> RiskModel:
+    m = tiny_model(seed=2, n_networks=2, hidden_size=16)
     assert len(m.networks) == 2
     return m
 
