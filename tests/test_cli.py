@@ -33,46 +33,57 @@ def run(*args, cwd=None):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     (root / "fast.toml").write_text(FAST)
-    res = run("train", "--data", "sample", "--out", str(root / "model"), "--config", str(root / "fast.toml"),
+    res = run("train", "--data", "sample", "--out", str(root / "run"), "--config", str(root / "fast.toml"),
               "--no-progress", "--no-tracking")
     assert res.returncode == 0, res.stderr
     return root, res
 
 
-def test_train_writes_bundle_and_prints_comparison(trained):
+def test_train_writes_bundle_and_report_apart_and_prints_comparison(trained):
     root, res = trained
-    for name in ("bundle.json", "catalogue.csv", "transformer.json", "weights.safetensors"):
-        assert (root / "model" / name).is_file(), name
-    for name in ("roc.png", "pr.png", "calibration.png", "subgroups.csv", "metrics.json", "quality_report.json"):
-        assert (root / "model" / "report" / name).is_file(), name
-    for model in ("masked LSTM", "logistic regression", "gradient boosting", "SAPS-I"):
+    assert sorted(p.name for p in (root / "run" / "model").iterdir()) == [
+        "bundle.json", "catalogue.csv", "transformer.json", "weights.safetensors"]  # the bundle names no stay
+    for name in ("roc.png", "pr.png", "calibration.png", "comparison.png", "subgroups.csv", "metrics.json",
+                 "quality_report.json", "rejects.csv"):
+        assert (root / "run" / "report" / name).is_file(), name
+    for model in ("masked LSTM", "logistic regression", "gradient boosting", "SAPS-I", "paired difference"):
         assert model in res.stdout
     assert "(" in res.stdout and "–" in res.stdout  # intervals printed
-    metrics = json.loads((root / "model" / "report" / "metrics.json").read_text())
+    metrics = json.loads((root / "run" / "report" / "metrics.json").read_text())
     auroc = metrics["models"]["masked LSTM"]["auroc"]
     assert auroc["lower"] <= auroc["value"] <= auroc["upper"]
-    assert not list((root / "model").parent.glob(".model.*")), "temporary bundle directory left behind"
+    assert set(metrics["differences"]) == {"logistic regression", "gradient boosting", "SAPS-I"}
+    assert "out of fold" in metrics["evaluated_on"]
+    assert not list((root / "run").glob(".model.*")), "temporary bundle directory left behind"
 
 
 def test_score_accounts_for_every_stay(trained, tmp_path):
     root, _ = trained
     out = tmp_path / "scores.parquet"
-    res = run("score", "--model", str(root / "model"), "--data", "sample", "--out", str(out))
+    res = run("score", "--model", str(root / "run"), "--data", "sample", "--out", str(out))
     assert res.returncode == 0, res.stderr
     scores = pl.read_parquet(out)
     rejects = pl.read_parquet(tmp_path / "scores.rejects.parquet")
     summary = json.loads((tmp_path / "scores.summary.json").read_text())
-    assert scores.height + rejects.height == SAMPLE_STAYS == summary["stays_read"]
+    assert scores.height == SAMPLE_STAYS == summary["stays_read"] == summary["scored"] + rejects.height
     assert scores["stay_id"].n_unique() == scores.height
+    assert sorted(scores.filter(pl.col("risk").is_null())["stay_id"].to_list()) == sorted(rejects["stay_id"].to_list())
+    scores = scores.filter(pl.col("risk").is_not_null())
     assert scores["risk"].is_between(0, 1).all()
-    threshold = json.loads((root / "model" / "bundle.json").read_text())["threshold"]
+    assert res.stdout == ""  # the summary stays in its file unless --json
+    closing = res.stderr.strip().splitlines()[-1]
+    assert closing.startswith(f"{SAMPLE_STAYS} stays read:") and closing.endswith(f"-> {out}")
+    assert closing.count("stays/s") == 1
+    threshold = json.loads((root / "run" / "model" / "bundle.json").read_text())["threshold"]
     assert (scores["flag"] == (scores["risk"] >= threshold)).all()
+    quiet = run("score", "--model", str(root / "run"), "--data", "sample", "--out", str(tmp_path / "q.parquet"), "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == quiet.stderr == ""
 
 
 def test_score_csv_output(trained, tmp_path):
     root, _ = trained
     out = tmp_path / "scores.csv"
-    res = run("score", "--model", str(root / "model"), "--data", "sample", "--out", str(out))
+    res = run("score", "--model", str(root / "run"), "--data", "sample", "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert pl.read_csv(out).height == SAMPLE_STAYS
     assert (tmp_path / "scores.rejects.csv").is_file()
@@ -80,7 +91,7 @@ def test_score_csv_output(trained, tmp_path):
 
 def test_evaluate_writes_metrics_and_plots(trained, tmp_path):
     root, _ = trained
-    res = run("evaluate", "--model", str(root / "model"), "--data", "sample", "--out", str(tmp_path / "ev"),
+    res = run("evaluate", "--model", str(root / "run"), "--data", "sample", "--out", str(tmp_path / "ev"),
               "--n-boot", "50")
     assert res.returncode == 0, res.stderr
     assert "auroc" in res.stdout
@@ -144,24 +155,59 @@ def test_unknown_config_key_exit_2(tmp_path):
     assert "unknown key(s) ['hiden_size'] in [model]" in res.stderr
 
 
-def test_pipeline_configs_all_load():
-    import tomllib
+def test_every_toml_the_repo_ships_loads():
+    from clinical_lstm.config import load
 
-    from clinical_lstm.config import Config
-
-    configs = sorted(Path(__file__).parents[1].joinpath("pipelines", "configs").glob("*.toml"))
-    assert len(configs) >= 3
+    root = Path(__file__).parents[1]
+    configs = sorted([*root.joinpath("pipelines", "configs").glob("*.toml"), *root.joinpath("mlflow", "configs").glob("*.toml")])
+    assert len(configs) >= 6
     for path in configs:
         text = path.read_text()
-        assert text.startswith("# ") and "pipelines/" in text.splitlines()[1], f"{path} must open with its command"
-        doc = tomllib.loads(text)
-        assert doc.pop("job", None) or doc.pop("sweep", None), f"{path} needs a [job] or [sweep] section"
-        Config.from_dict(doc, source=str(path))
+        assert text.startswith("# ") and any(cmd in text.split("\n\n")[0] for cmd in ("pipelines/", "clinical-lstm ",
+                                                                                         "mlflow run")), \
+            f"{path} must open with the command that runs it"
+        load(path)  # every section and key checked
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("[calibration]\nmethod = \"platt2\"", "[calibration] method must be one of ('platt', 'isotonic'); got 'platt2'"),
+    ("[train]\nepochs = -3", "[train] epochs must be >= 1; got -3"),
+    ("[data]\nimputation = \"mean\"", "[data] imputation must be one of"),
+    ("[train]\npos_weight = \"inverse\"", "[train] pos_weight must be one of"),
+    ("[job]\nchunk_stays = 0", "[job] chunk_stays must be >= 1; got 0"),
+])
+def test_a_bad_config_value_fails_in_seconds_before_any_data_is_read(tmp_path, setting, message):
+    import time
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(setting + "\n")
+    t0 = time.monotonic()
+    res = run("train", "--data", "sample", "--out", str(tmp_path / "m"), "--config", str(cfg), "--no-tracking")
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+    assert time.monotonic() - t0 < 30 and not (tmp_path / "m").exists()
+
+
+def test_pipeline_and_cli_train_are_one_job(tmp_path):
+    """`python pipelines/train.py --config` and `clinical-lstm train --config` give the same bundle."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('[job]\ndata = ["sample"]\ntracking = false\n[model]\nhidden_size = 8\n[train]\nfolds = 2\n'
+                   'epochs = 1\n[evaluation]\nn_boot = 20\nexplain_stays = 0\n')
+    script = Path(__file__).parents[1] / "pipelines" / "train.py"
+    a = subprocess.run([sys.executable, str(script), "--config", str(cfg), "--out", str(tmp_path / "a")],
+                       capture_output=True, text=True, timeout=600)
+    b = run("train", "--config", str(cfg), "--out", str(tmp_path / "b"))
+    assert a.returncode == b.returncode == 0, a.stderr + b.stderr
+    from safetensors.numpy import load_file
+
+    wa, wb = (load_file(tmp_path / d / "model" / "weights.safetensors") for d in ("a", "b"))
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+    ja, jb = (json.loads((tmp_path / d / "model" / "bundle.json").read_text()) for d in ("a", "b"))
+    assert ja["threshold"] == jb["threshold"] and ja["calibrator"] == jb["calibrator"]
 
 
 def test_explain_writes_table_and_plots(trained, tmp_path):
     root, _ = trained
-    res = run("explain", "--model", str(root / "model"), "--data", "sample", "--out", str(tmp_path / "ex"),
+    res = run("explain", "--model", str(root / "run"), "--data", "sample", "--out", str(tmp_path / "ex"),
               "--stay", "132592", "--top", "4", "--permutations", "2", "--format", "csv")
     assert res.returncode == 0, res.stderr
     table = pl.read_csv(tmp_path / "ex" / "explanations.csv")
@@ -173,7 +219,7 @@ def test_explain_writes_table_and_plots(trained, tmp_path):
 
 def test_explain_unknown_stay_exit_2(trained, tmp_path):
     root, _ = trained
-    res = run("explain", "--model", str(root / "model"), "--data", "sample", "--out", str(tmp_path / "ex"),
+    res = run("explain", "--model", str(root / "run"), "--data", "sample", "--out", str(tmp_path / "ex"),
               "--stay", "1", "--permutations", "2")
     assert res.returncode == 2 and "stay(s) [1] are not among the scorable stays" in res.stderr
 
@@ -181,7 +227,7 @@ def test_explain_unknown_stay_exit_2(trained, tmp_path):
 def test_score_with_top_k_explanations(trained, tmp_path):
     root, _ = trained
     out = tmp_path / "s.parquet"
-    res = run("score", "--model", str(root / "model"), "--data", "sample", "--out", str(out), "--explain", "2")
+    res = run("score", "--model", str(root / "run"), "--data", "sample", "--out", str(out), "--explain", "2")
     assert res.returncode == 0, res.stderr
     scores = pl.read_parquet(out)
     assert {"top1_variable", "top1_contribution", "top2_variable", "top2_contribution"} <= set(scores.columns)
@@ -193,14 +239,14 @@ def test_score_pipeline_job_with_options_and_closing_summary(trained, tmp_path):
     """`python pipelines/score.py --config` (the nightly job) with explain, chunking and the catalogue check."""
     root, _ = trained
     out = tmp_path / "night.parquet"
-    job = (f'[job]\nmodel = "{root / "model"}"\ndata = ["sample"]\nout = "{out}"\ncatalogue = "default"\n'
+    job = (f'[job]\nmodel = "{root / "run"}"\ndata = ["sample"]\nout = "{out}"\ncatalogue = "default"\n'
            f"chunk_stays = 150\nexplain = 2\n")
     (tmp_path / "job.toml").write_text(job)
     script = Path(__file__).parents[1] / "pipelines" / "score.py"
     res = subprocess.run([sys.executable, str(script), "--config", str(tmp_path / "job.toml")], capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    summary = json.loads(res.stdout)
+    summary = json.loads((tmp_path / "night.summary.json").read_text())
     assert summary["chunks"] == 4 and summary["stays_read"] == SAMPLE_STAYS == summary["scored"] + summary["rejected"]
     assert f"{SAMPLE_STAYS} stays read" in res.stderr  # the closing line
     scores = pl.read_parquet(out)
