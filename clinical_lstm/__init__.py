@@ -4,7 +4,7 @@ Public API (heavy parts load on first use, so ``import clinical_lstm`` stays fas
 
     from clinical_lstm import load_model, load_data, Catalogue, GridTransformer, Config
     m = load_model("model/")            # a bundle directory
-    m.predict(long_df)                  # -> stay_id, risk, flag
+    m.predict(long_df)                  # -> stay_id, risk, flag, reason, n_observations, quality_flags
 """
 
 from importlib import import_module
@@ -22,8 +22,7 @@ _LAZY = {  # public name -> (module, attribute)
     "Config": ("clinical_lstm.config", "Config"),
     "train": ("clinical_lstm.workflow", "train"),
     "prepare": ("clinical_lstm.workflow", "prepare"),
-    "evaluate": ("clinical_lstm.workflow", "evaluate_model"),
-    "score": ("clinical_lstm.workflow", "score"),
+    "evaluate": ("clinical_lstm.workflow", "evaluate"),
     "score_batch": ("clinical_lstm.batch", "score_batch"),
     "score_spark": ("clinical_lstm.spark", "score_spark"),
     "synthetic_cohort": ("clinical_lstm.synthetic", "synthetic_cohort"),

@@ -29,13 +29,11 @@ model, model_version, scored_at``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import json
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -56,8 +54,8 @@ from .chunks import (
     read_chunks,
     spill_csv,
 )
+from .files import atomic_path, write_frame, write_json
 from .sources import DataError, RawData, is_physionet
-from .files import write_json
 
 MANIFEST_VERSION = 1
 DEFAULT_CHUNK_STAYS = 2000
@@ -162,10 +160,7 @@ class _Workdir:
         return self.path / f"{index:06d}.{kind}.parquet"
 
     def write_part(self, index: int, kind: str, df: pl.DataFrame) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{index:06d}.{kind}.", suffix=".tmp")
-        os.close(fd)
-        df.write_parquet(tmp)
-        os.replace(tmp, self.part(index, kind))
+        write_frame(df, self.part(index, kind))
 
     def record(self, index: int, entry: dict) -> None:
         self.manifest["done"][str(index)] = entry
@@ -183,17 +178,12 @@ class _Workdir:
 
 def _sink(parts: list[Path], schema: dict, out: Path) -> int:
     """Stream the parts into ``out`` (Parquet or CSV) atomically; returns the row count."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         lf = pl.scan_parquet(parts) if parts else pl.DataFrame(schema=schema).lazy()
         if out.suffix == ".csv":
             lf.sink_csv(tmp)
         else:
             lf.sink_parquet(tmp)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return pl.scan_parquet(out).select(pl.len()).collect().item() if out.suffix == ".parquet" else \
         pl.scan_csv(out).select(pl.len()).collect().item()
 

@@ -30,6 +30,7 @@ from . import __version__
 from .calibrate import calibrator_from_dict
 from .catalogue import Catalogue
 from .config import ModelConfig
+from .files import dir_mode
 from .impute import GridTransformer, Tensors
 from .model import MaskedLSTM
 from .sources import LONG_COLUMNS, DataError, RawData
@@ -41,6 +42,17 @@ FORMAT_VERSION = 1
 #: and the ONNX runtime. A rejected stay has a null risk, flag, n_observations and quality_flags and a reason.
 SCORES = {"stay_id": pl.Int64, "risk": pl.Float64, "flag": pl.Boolean, "reason": pl.String,
           "n_observations": pl.Int64, "quality_flags": pl.String}
+
+
+def ensemble_logits(networks, head, x, mask, delta, statics, lengths, summary=None):
+    """``(logit (B,), LSTM step logits (B, T))``: the mean over the networks, the logit stacked with the summary
+    members by ``head`` when there is one. :meth:`RiskModel.network_logits` and the ONNX graph both run this."""
+    import torch
+
+    outs = [net.eval()(x, mask, delta, statics, lengths) for net in networks]
+    logit = torch.stack([o[0] for o in outs]).mean(0)
+    steps = torch.stack([o[1] for o in outs]).mean(0)
+    return (logit if head is None else head(logit, summary)), steps
 
 
 def scores_table(clean: pl.DataFrame, kept: pl.Series, report: QualityReport, risk: np.ndarray,
@@ -97,13 +109,19 @@ def as_raw(data) -> RawData:
 
 @dataclass
 class RiskModel:
-    """A trained, calibrated mortality model. Build with :func:`clinical_lstm.train` or :func:`load_model`."""
+    """A trained, calibrated mortality model. Build with :func:`clinical_lstm.train` or :func:`load_model`.
+
+    ``networks`` are the masked LSTMs (the k cross-fitted networks, averaged in logit); ``head`` (a
+    :class:`~clinical_lstm.summaries.SummaryHead`, or None for the LSTM alone) stacks their logit with the
+    summary members'. :meth:`network_logits` is the single definition of the model's logit.
+    """
 
     transformer: GridTransformer
     networks: list[MaskedLSTM]
     calibrator: object
     threshold: float
     metadata: dict = field(default_factory=dict)
+    head: object = None
 
     @property
     def catalogue(self) -> Catalogue:
@@ -111,17 +129,25 @@ class RiskModel:
 
     def digest(self) -> str:
         """SHA-256 over everything that changes a score: catalogue, transformer state, network configs and
-        weights, calibrator and threshold. Streams, batch resumes and exports check it."""
+        weights, the summary head, calibrator and threshold. Bundles, streams, batch resumes and exports check it."""
         h = hashlib.sha256()
         h.update(self.catalogue.digest().encode())
         h.update(json.dumps([self.transformer.to_dict(), self.calibrator.to_dict(), float(self.threshold)],
                             sort_keys=True, default=float).encode())
+        for name, p in sorted(self._weights().items()):
+            h.update(name.encode())
+            h.update(p.numpy().tobytes())
         for net in self.networks:
             h.update(json.dumps(net.cfg.to_dict(), sort_keys=True).encode())
-            for name, p in sorted(net.state_dict().items()):
-                h.update(name.encode())
-                h.update(p.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
+
+    def _weights(self) -> dict:
+        """Every tensor of the model: ``m<k>.<param>`` per network, ``head.<buffer>`` for the summary head."""
+        out = {f"m{k}.{name}": p.detach().cpu().contiguous()
+               for k, net in enumerate(self.networks) for name, p in net.state_dict().items()}
+        if self.head is not None:
+            out.update({f"head.{name}": p.detach().cpu().contiguous() for name, p in self.head.state_dict().items()})
+        return out
 
     # -- scoring ----------------------------------------------------------------------------------------
     def clean(self, data) -> tuple[pl.DataFrame, pl.Series, QualityReport]:
@@ -131,14 +157,31 @@ class RiskModel:
     def tensors(self, clean: pl.DataFrame, stay_ids) -> Tensors:
         return self.transformer.transform(clean, stay_ids)
 
+    def network_logits(self, x, mask, delta, statics, lengths, summary=None):
+        """**The model's logit** in torch: (B,) from the inputs of :class:`~clinical_lstm.impute.Tensors`.
+
+        The ensemble mean of the LSTMs' logits, stacked with the summary members when the model has a head.
+        ``predict`` (through :meth:`logits`), SHAP coalitions and the ONNX export all evaluate this.
+        """
+        return ensemble_logits(self.networks, self.head, x, mask, delta, statics, lengths, summary)[0]
+
     def logits(self, t: Tensors, steps: bool = False, batch_size: int = 512) -> np.ndarray:
-        """Ensemble-mean logits, (N,) — or (N, T) per step with ``steps=True``."""
+        """The model's logits, (N,) — or (N, T) at the end of every bin with ``steps=True`` (then ``t`` must
+        carry per-step summaries in ``t.summary`` (N, T, F) when the model has a head)."""
         import torch
 
-        from .training import predict_logits, to_torch
+        from .model import batch_of, predict_logits, to_torch
 
         with torch.inference_mode():
-            return predict_logits(self.networks, to_torch(t, torch.device("cpu")), batch_size, steps)
+            data = to_torch(t, torch.device("cpu"))
+            lstm = predict_logits(self.networks, data, batch_size, steps)
+            if self.head is None:
+                return lstm
+            out = np.empty_like(lstm)
+            for i in range(0, len(lstm), batch_size):
+                part = slice(i, i + batch_size)
+                out[part] = self.head(torch.from_numpy(lstm[part]), batch_of(data, part)["summary"]).numpy()
+            return out
 
     def risk(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probability from logits (any shape)."""
@@ -202,9 +245,12 @@ class RiskModel:
 
     def trajectory(self, data):
         """Calibrated risk at the end of every grid bin: ``stay_id, hour, risk`` (valid bins only; pandas in,
-        pandas out)."""
+        pandas out). At each bin the model sees what a stream would have seen by then."""
         clean, kept, _ = self.clean(data)
-        t = self.tensors(clean, kept)
+        grid = self.transformer.grid(clean, kept)
+        t = self.transformer.transform_grid(grid)
+        if self.head is not None:
+            t.summary = self.transformer.summary_steps(grid)  # (N, T, F): the summaries after every bin
         risk = self.risk(self.logits(t, steps=True))  # (N, T)
         T = risk.shape[1]
         valid = np.arange(T)[None, :] < t.lengths[:, None]
@@ -215,27 +261,24 @@ class RiskModel:
 
     # -- persistence ------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write the bundle atomically: into a temporary sibling, then renamed into place."""
+        """Write the bundle atomically (a temporary sibling folder, renamed into place); ``bundle.json`` records
+        the SHA-256 of every other file and the model's :meth:`digest`, both checked by :meth:`load`."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
         try:
+            os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; the bundle gets the folder mode the umask gives
             (tmp / "catalogue.csv").write_text(self.catalogue.to_csv_text())
             (tmp / "transformer.json").write_text(json.dumps(self.transformer.to_dict(), indent=1))
-            tensors = {f"m{k}.{name}": p.detach().cpu().contiguous()
-                       for k, net in enumerate(self.networks) for name, p in net.state_dict().items()}
-            save_file(tensors, str(tmp / "weights.safetensors"))
-            meta = dict(self.metadata)
-            meta.update({
-                "format_version": FORMAT_VERSION,
-                "model_config": self.networks[0].cfg.to_dict(),
-                "n_series": self.networks[0].n_series, "n_static": self.networks[0].n_static,
-                "n_networks": len(self.networks),
-                "calibrator": self.calibrator.to_dict(), "threshold": float(self.threshold),
-                "catalogue_digest": self.catalogue.digest(),
-            })
+            save_file(self._weights(), str(tmp / "weights.safetensors"))
+            net = self.networks[0]
+            meta = {**self.metadata, "format_version": FORMAT_VERSION, "model_config": net.cfg.to_dict(),
+                    "n_series": net.n_series, "n_static": net.n_static, "n_networks": len(self.networks),
+                    "summary_head": self.head is not None, "calibrator": self.calibrator.to_dict(),
+                    "threshold": float(self.threshold), "catalogue_digest": self.catalogue.digest(),
+                    "model_digest": self.digest(), "files": {f: _sha256(tmp / f) for f in BUNDLE_FILES[1:]}}
             (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
             if directory.exists():
                 old = directory.with_name(f".{directory.name}.old")
@@ -251,30 +294,66 @@ class RiskModel:
 
     @classmethod
     def load(cls, directory: str | Path) -> RiskModel:
+        """Read a bundle, verifying every file against ``bundle.json``; any problem is one :class:`DataError`
+        naming the bundle and what is wrong (a damaged, truncated or edited file never scores)."""
+        directory = model_dir(directory)
+        if not (directory / "bundle.json").is_file():
+            raise DataError(f"{directory} is not a clinical-lstm model bundle (no bundle.json); pass the run "
+                            f"folder or model/ that `clinical-lstm train --out DIR` wrote")
+        try:
+            return cls._load(directory)
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- whatever a damaged file raises, the user gets one sentence
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"bundle {directory} is damaged or was edited ({first}); re-train or restore it") from None
+
+    @classmethod
+    def _load(cls, directory: Path) -> RiskModel:
         from safetensors.torch import load_file
 
-        directory = model_dir(directory)
-        meta_path = directory / "bundle.json"
-        if not meta_path.is_file():
-            raise DataError(f"{directory} is not a clinical-lstm model bundle (no bundle.json); pass the "
-                            f"directory that `clinical-lstm train --out DIR` wrote")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"bundle {directory} has format version {meta.get('format_version')}; this "
-                            f"clinical-lstm {__version__} reads version {FORMAT_VERSION}")
+        from .summaries import SummaryHead
+
+        meta = json.loads((directory / "bundle.json").read_text())
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            got = meta.get("format_version") if isinstance(meta, dict) else None
+            raise DataError(f"bundle {directory} has format version {got}; this clinical-lstm {__version__} reads "
+                            f"version {FORMAT_VERSION}")
+        for name in BUNDLE_FILES[1:]:
+            if not (directory / name).is_file():
+                raise DataError(f"bundle {directory} lacks {name}")
+            if _sha256(directory / name) != meta.get("files", {}).get(name):
+                raise DataError(f"bundle {directory}: {name} does not match its SHA-256 in bundle.json (damaged or "
+                                f"replaced); re-train or restore the bundle")
         catalogue = Catalogue.from_csv(directory / "catalogue.csv")
-        if catalogue.digest() != meta["catalogue_digest"]:
-            raise DataError(f"bundle {directory}: catalogue.csv does not match the digest in bundle.json")
         transformer = GridTransformer.from_dict(json.loads((directory / "transformer.json").read_text()), catalogue)
         weights = load_file(str(directory / "weights.safetensors"))
         cfg = ModelConfig(**meta["model_config"])
         networks = []
-        for k in range(meta["n_networks"]):
+        for k in range(int(meta["n_networks"])):
             net = MaskedLSTM(cfg, meta["n_series"], meta["n_static"])
             prefix = f"m{k}."
             net.load_state_dict({n[len(prefix):]: w for n, w in weights.items() if n.startswith(prefix)})
             networks.append(net.eval())
-        return cls(transformer, networks, calibrator_from_dict(meta["calibrator"]), meta["threshold"], meta)
+        head = SummaryHead.from_state({n[5:]: w for n, w in weights.items() if n.startswith("head.")}) \
+            if meta.get("summary_head") else None
+        model = cls(transformer, networks, calibrator_from_dict(meta["calibrator"]), float(meta["threshold"]), meta,
+                    head)
+        if model.digest() != meta.get("model_digest"):
+            raise DataError(f"bundle {directory}: bundle.json was edited (its threshold, calibrator, configs or "
+                            f"network count no longer match the model it was saved with); re-train or restore it")
+        return model
+
+
+BUNDLE_FILES = ("bundle.json", "catalogue.csv", "transformer.json", "weights.safetensors")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def model_dir(path: str | Path) -> Path:

@@ -10,7 +10,6 @@ rows: a row slice for contiguous Parquet, a filter otherwise, the chunk's member
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from .files import atomic_path
 from .sources import LONG_COLUMNS, DataError, RawData, _iter_stay_files, physionet_raw
 
 
@@ -188,9 +188,8 @@ def _first_line(exc: Exception) -> str:
 def spill_csv(inp: Input, workdir: Path) -> Path:
     """Stream a CSV into a Parquet spill file in ``workdir`` (all columns as text), so chunks are row slices."""
     spill = workdir / f"spill-{hashlib.sha1(str(inp.path.resolve()).encode()).hexdigest()[:10]}.parquet"
-    tmp = spill.with_name(f".{spill.name}.tmp")
-    _scan(inp.path).select(LONG_COLUMNS).sink_parquet(tmp)
-    os.replace(tmp, spill)
+    with atomic_path(spill) as tmp:
+        _scan(inp.path).select(LONG_COLUMNS).sink_parquet(tmp)
     return spill
 
 

@@ -211,7 +211,7 @@ def cmd_evaluate(a) -> int:
     _, job = _job(a, model=a.model, data=a.data, out=a.out, labels=a.labels, outcomes=a.outcomes)
     _need(job, "model", "data", "out", command="evaluate")
     ev = evaluate(job.model, _paths(job.data), job.out, job.labels, job.outcomes, a.n_boot)
-    for k, e in ev.metrics["masked LSTM"].items():
+    for k, e in ev.metrics[ev.shipped].items():
         print(f"{k:<16} {e}")
     print(f"wrote metrics, subgroups and plots to {job.out}")
     return 0
@@ -285,15 +285,15 @@ def cmd_sweep(a) -> int:
 
 def cmd_demo(a) -> int:
     from .config import Config, JobConfig
-    from .sample import sample_path
+    from .sample import bundled_sample
     from .workflow import score
 
     out = Path(a.out)
     log = _printer(a)
-    res = train_job(Config(), JobConfig(data=[str(sample_path())], out=str(out), tracking=not a.no_tracking),
+    res = train_job(Config(), JobConfig(data=[str(bundled_sample())], out=str(out), tracking=not a.no_tracking),
                     progress=not a.quiet and sys.stderr.isatty(), log=log)
     log(res.comparison())
-    summary = score(res.bundle_dir, [sample_path()], out / "scores.parquet", log=lambda _: None)
+    summary = score(res.bundle_dir, [bundled_sample()], out / "scores.parquet", log=lambda _: None)
     log(f"scored {summary['scored']} stays, rejected {summary['rejected']} -> {out / 'scores.parquet'} (these are "
         f"the stays the model was trained on: for held-out performance read the out-of-fold table above)")
     return 0

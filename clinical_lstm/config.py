@@ -114,10 +114,13 @@ class ModelConfig(Section):
     dropout: float = 0.2  # on the hidden states before the heads
     decay: bool = True  # GRU-D style learned input decay toward the mean
     attention: bool = False  # attention pooling over steps instead of the last state
+    summaries: bool = True  # stack the networks with logistic regression and boosted trees on per-variable
+    #                         summaries (clinical_lstm.summaries); false ships the masked LSTM alone
 
     section: ClassVar[str] = "model"
     constraints: ClassVar[dict] = {"hidden_size": Range(int, 1, 4096), "num_layers": Range(int, 1, 8),
-                                   "dropout": Range(float, 0, 0.95), "decay": BOOL, "attention": BOOL}
+                                   "dropout": Range(float, 0, 0.95), "decay": BOOL, "attention": BOOL,
+                                   "summaries": BOOL}
 
 
 @dataclass

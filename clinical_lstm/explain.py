@@ -25,6 +25,7 @@ import polars as pl
 import torch
 
 from .impute import Tensors
+from .summaries import player_columns
 
 EXPLAIN_COLUMNS = ("stay_id", "variable", "contribution", "rank", "base_value", "model_output")
 
@@ -41,7 +42,12 @@ def static_players(transformer) -> list[tuple[str, list[int]]]:
 
 
 def reference(t: Tensors, transformer) -> Tensors:
-    """The 'nothing measured, typical patient' input for each stay (same lengths as ``t``)."""
+    """The 'nothing measured, typical patient' input for each stay (same lengths as ``t``), summaries included:
+    what the imputation scan gives a stay in which nothing was observed (:func:`clinical_lstm.summaries.summarize`
+    of an empty :class:`~clinical_lstm.impute.Carry`)."""
+    from .impute import Carry
+    from .summaries import summarize
+
     N, T, V = t.x.shape
     valid = (np.arange(T)[None, :] < t.lengths[:, None])[:, :, None]  # (N, T, 1)
     fill = transformer.median_ if transformer.imputation != "zero" else np.zeros(V)
@@ -49,13 +55,8 @@ def reference(t: Tensors, transformer) -> Tensors:
     hours = ((np.arange(T) + 1) * transformer.resolution_hours).astype(np.float32)
     delta = np.broadcast_to(np.where(valid, hours[None, :, None], 0), (N, T, V)).astype(np.float32)
     statics = np.broadcast_to(transformer.static_mean_.astype(np.float32), t.statics.shape).copy()
-    return Tensors(x, np.zeros_like(t.mask), delta, t.lengths.copy(), statics, t.stay_ids.copy())
-
-
-@torch.inference_mode()
-def _logits(networks, x, mask, delta, statics, lengths) -> torch.Tensor:
-    out = [net.eval()(x, mask, delta, statics, lengths)[0] for net in networks]
-    return torch.stack(out).mean(0)
+    summary = summarize(Carry.empty(N, V), np.repeat(hours[t.lengths - 1][:, None], V, axis=1), statics)
+    return Tensors(x, np.zeros_like(t.mask), delta, t.lengths.copy(), statics, t.stay_ids.copy(), summary)
 
 
 def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_batch: int = 2048,
@@ -80,6 +81,12 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     static_cols = np.zeros((len(stat), t.statics.shape[1]), dtype=bool)  # static player -> feature columns
     for j, (_, cols) in enumerate(stat):
         static_cols[j, cols] = True
+    summary_cols = None  # player -> summary columns (a variable's statistics, a static's features)
+    if model.head is not None:
+        columns = player_columns(V, [cols for _, cols in stat])
+        summary_cols = np.zeros((len(columns), t.summary.shape[1]), dtype=bool)
+        for j, cols in enumerate(columns):
+            summary_cols[j, cols] = True
     ref = reference(t, tr)
     rng = np.random.default_rng(seed)
     n_perm = max(2, n_permutations + n_permutations % 2)  # antithetic pairs
@@ -93,10 +100,10 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
         for _ in range(n_perm // 2):
             p = rng.permutation(len(players))
             perms += [p, p[::-1]]
-        pending.append((n, players, perms, _coalitions(perms, players, V, static_cols)))
+        pending.append((n, players, perms, _coalitions(perms, players, V, static_cols, summary_cols)))
         size += len(pending[-1][3][0])
         if size >= max_batch or n == N - 1:
-            values = _evaluate(model.networks, t, ref, pending)
+            values = _evaluate(model, t, ref, pending)
             for (m, pl_, pm, _), vals in zip(pending, values, strict=True):
                 vals = vals.reshape(len(pm), len(pl_) + 1)
                 marg = np.diff(vals, axis=1)  # (n_perm, M): contribution of the k-th player added
@@ -109,8 +116,9 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     return phi, base, output, names
 
 
-def _coalitions(perms, players, V, static_cols):
-    """Masks of present channels for every prefix of every permutation: ``(K, V)`` series, ``(K, S)`` statics."""
+def _coalitions(perms, players, V, static_cols, summary_cols=None):
+    """Masks of present channels for every prefix of every permutation: ``(K, V)`` series, ``(K, S)`` statics
+    and, for a model with a summary head, ``(K, F)`` summary columns."""
     M = len(players)
     inc = np.zeros((len(perms), M + 1, M), dtype=bool)
     for r, p in enumerate(perms):
@@ -122,11 +130,13 @@ def _coalitions(perms, players, V, static_cols):
     is_series = players < V
     series_on[:, players[is_series]] = inc[:, is_series]
     static_on = inc[:, ~is_series] @ static_cols[players[~is_series] - V] > 0  # (K, S)
-    return series_on, static_on
+    if summary_cols is None:
+        return series_on, static_on
+    return series_on, static_on, inc @ summary_cols[players] > 0  # (K, F)
 
 
 @torch.inference_mode()
-def _evaluate(networks, t, ref, pending) -> list[np.ndarray]:
+def _evaluate(model, t, ref, pending) -> list[np.ndarray]:
     """Logits for every coalition of the pending stays, one array per stay."""
     rows = np.concatenate([np.full(len(c[0]), n) for n, _, _, c in pending])  # stay of each coalition
     series_on = torch.from_numpy(np.concatenate([c[0] for *_, c in pending]))[:, None, :]  # (K, 1, V)
@@ -137,7 +147,11 @@ def _evaluate(networks, t, ref, pending) -> list[np.ndarray]:
     x, mask, delta = (torch.where(series_on, s, r) for s, r in zip(stay, refs, strict=True))
     statics = torch.where(static_on, torch.from_numpy(t.statics[rows]), torch.from_numpy(ref.statics[rows]))
     lengths = torch.from_numpy(t.lengths[rows])
-    logits = _logits(networks, x, mask, delta, statics, lengths).numpy().astype(np.float64)
+    summary = None
+    if model.head is not None:
+        summary_on = torch.from_numpy(np.concatenate([c[2] for *_, c in pending]))  # (K, F)
+        summary = torch.where(summary_on, torch.from_numpy(t.summary[rows]), torch.from_numpy(ref.summary[rows]))
+    logits = model.network_logits(x, mask, delta, statics, lengths, summary).numpy().astype(np.float64)
     return np.split(logits, np.cumsum([len(c[0]) for *_, c in pending])[:-1])
 
 

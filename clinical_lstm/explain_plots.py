@@ -9,8 +9,6 @@ per-variable SHAP values in :mod:`clinical_lstm.explain` are the faithful totals
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import polars as pl
 import torch
 
 from .explain import reference
+from .files import atomic_path
 
 VITALS = ("HR", "MAP", "SysABP", "RespRate", "Temp", "SaO2", "GCS")
 
@@ -40,13 +39,9 @@ def time_attributions(model, t, n: int, n_samples: int = 32, seed: int = 0) -> n
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
+    return Path(path)
 
 
 def plot_stay(model, clean: pl.DataFrame, t, n: int, table: pl.DataFrame, path, top: int = 10) -> Path:

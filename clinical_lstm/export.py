@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_path, write_text
 from .sources import MissingDependency
 
 CONTRACT_FORMAT = "clinical-lstm-export/1"
@@ -48,28 +49,23 @@ OUTPUTS = ("logit", "step_logits")
 DEFAULT_OPSET = 17
 
 
-def _wrapper(networks):
-    import torch
+def _wrapper(model):
     from torch import nn
 
-    class EnsembleLogits(nn.Module):
-        """``(x, mask, delta, statics, lengths) -> (logit, step_logits)``, the mean over member networks."""
+    from .bundle import ensemble_logits
 
-        def __init__(self, nets):
+    class ModelLogits(nn.Module):
+        """``(x, mask, delta, statics, lengths[, summary]) -> (logit, step_logits)``:
+        :func:`clinical_lstm.bundle.ensemble_logits`, the model's own logit."""
+
+        def __init__(self, nets, head):
             super().__init__()
-            self.nets = nn.ModuleList(nets)
+            self.nets, self.head = nn.ModuleList(nets), head
 
-        def forward(self, x, mask, delta, statics, lengths):
-            logits, steps = [], []
-            for net in self.nets:
-                logit, step_logits, _ = net(x, mask, delta, statics, lengths)
-                logits.append(logit)
-                steps.append(step_logits)
-            if len(logits) == 1:
-                return logits[0], steps[0]
-            return torch.stack(logits).mean(0), torch.stack(steps).mean(0)
+        def forward(self, x, mask, delta, statics, lengths, summary=None):
+            return ensemble_logits(self.nets, self.head, x, mask, delta, statics, lengths, summary)
 
-    return EnsembleLogits(networks).eval()
+    return ModelLogits(model.networks, model.head).eval()
 
 
 def example_inputs(model, batch: int = 2, steps: int | None = None, seed: int = 0):
@@ -81,8 +77,24 @@ def example_inputs(model, batch: int = 2, steps: int | None = None, seed: int = 
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, T + 1, (batch,), generator=g, dtype=torch.int64)
     lengths[0] = T
-    return (torch.randn(batch, T, V, generator=g), (torch.rand(batch, T, V, generator=g) < 0.3).float(),
+    args = (torch.randn(batch, T, V, generator=g), (torch.rand(batch, T, V, generator=g) < 0.3).float(),
             torch.rand(batch, T, V, generator=g) * 10, torch.randn(batch, S, generator=g), lengths)
+    if model.head is None:
+        return args
+    F = len(summary_names(model))
+    summary = torch.randn(batch, F, generator=g) * 2
+    summary[torch.rand(batch, F, generator=g) < 0.2] = float("nan")  # never-observed statistics
+    return (*args, summary)
+
+
+def inputs_of(model) -> tuple[str, ...]:
+    return (*INPUTS, "summary") if model.head is not None else INPUTS
+
+
+def summary_names(model) -> list[str]:
+    from .summaries import feature_names
+
+    return feature_names(model.catalogue.series, model.transformer.static_features_)
 
 
 def contract(model, fmt: str = "onnx", opset: int | None = None) -> dict:
@@ -110,13 +122,19 @@ def contract(model, fmt: str = "onnx", opset: int | None = None) -> dict:
              "static_features order"},
             {"name": "lengths", "shape": ["B"], "dtype": "int64",
              "meaning": "bins up to and including the last bin with a series observation (>= 1)"},
+            *([{"name": "summary", "shape": ["B", "F"], "dtype": "float32",
+                "meaning": "per-variable summaries at the stay's last bin, in summary_features order "
+                           "(clinical_lstm.summaries.summarize); NaN where a variable was never observed"}]
+              if model.head is not None else []),
         ],
         "outputs": [
             {"name": "logit", "shape": ["B"], "dtype": "float32",
-             "meaning": "stay logit (ensemble mean); risk = calibrator(logit)"},
+             "meaning": "the model's logit (networks averaged, stacked with the summary members when the model "
+                        "has them); risk = calibrator(logit)"},
             {"name": "step_logits", "shape": ["B", "T"], "dtype": "float32",
-             "meaning": "logit per bin (ensemble mean); past lengths meaningless"},
+             "meaning": "the networks' mean logit per bin (without the summary members); past lengths meaningless"},
         ],
+        "summary_features": summary_names(model) if model.head is not None else [],
         "n_networks": len(model.networks),
         "model_config": cfg.to_dict(),
         "series": list(tr.catalogue.series),
@@ -131,7 +149,7 @@ def contract(model, fmt: str = "onnx", opset: int | None = None) -> dict:
         "calibrator": model.calibrator.to_dict(),
         "threshold": float(model.threshold),
         "outside_graph": ["validation (clinical_lstm.validate rules)", "binning and in-bin aggregation",
-                          "log1p, standardization, imputation, mask, delta, static encoding (transformer)",
+                          "log1p, standardization, imputation, mask, delta, static encoding, summaries (transformer)",
                           "calibration (calibrator) and the alert threshold"],
     }
 
@@ -149,27 +167,29 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, check: bool 
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDependency("ONNX export needs the 'onnx' package: pip install 'clinical-lstm[onnx]'") from exc
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _wrapper(model.networks)
+    wrapper = _wrapper(model)
     dyn = {"x": {0: "B", 1: "T"}, "mask": {0: "B", 1: "T"}, "delta": {0: "B", 1: "T"}, "statics": {0: "B"},
-           "lengths": {0: "B"}, "logit": {0: "B"}, "step_logits": {0: "B", 1: "T"}}
-    with warnings.catch_warnings(), torch.no_grad():
-        # the torch.export-based exporter (the default since torch 2.9) needs onnxscript; the TorchScript-based
-        # one exports nn.LSTM as the ONNX LSTM op with dynamic batch and time axes
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # nn.LSTM's shape checks, constant here
-        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")  # no h0/c0 inputs: zeros, any B
-        torch.onnx.export(wrapper, example_inputs(model), str(out), dynamo=False, input_names=list(INPUTS),
-                          output_names=list(OUTPUTS), dynamic_axes=dyn, opset_version=opset)
-    proto = onnx.load(str(out))
-    doc = contract(model, "onnx", opset)
-    text = json.dumps(doc, indent=1)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = CONTRACT_KEY, text
-    proto.producer_name, proto.doc_string = "clinical-lstm", "in-hospital mortality logit; see metadata " + CONTRACT_KEY
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(out))
-    Path(f"{out}.json").write_text(text)
+           "lengths": {0: "B"}, "summary": {0: "B"}, "logit": {0: "B"}, "step_logits": {0: "B", 1: "T"}}
+    names = list(inputs_of(model))
+    text = json.dumps(contract(model, "onnx", opset), indent=1)
+    with atomic_path(out) as tmp:
+        with warnings.catch_warnings(), torch.no_grad():
+            # the torch.export-based exporter (the default since torch 2.9) needs onnxscript; the TorchScript-based
+            # one exports nn.LSTM as the ONNX LSTM op with dynamic batch and time axes
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks and the trees' depth: constant
+            warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")  # no h0/c0: zeros, any B
+            torch.onnx.export(wrapper, example_inputs(model), str(tmp), dynamo=False, input_names=names,
+                              output_names=list(OUTPUTS), dynamic_axes={k: dyn[k] for k in (*names, *OUTPUTS)},
+                              opset_version=opset)
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = CONTRACT_KEY, text
+        proto.producer_name = "clinical-lstm"
+        proto.doc_string = "in-hospital mortality logit; see metadata " + CONTRACT_KEY
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+    write_text(f"{out}.json", text)
     if check:
         try:
             import onnxruntime  # noqa: F401
@@ -190,15 +210,14 @@ def export_torchscript(model, out: str | Path, check: bool = True) -> Path:
     import torch
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _wrapper(model.networks)
+    wrapper = _wrapper(model)
     text = json.dumps(contract(model, "torchscript"), indent=1)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), atomic_path(out) as tmp:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(wrapper, example_inputs(model), check_trace=False)
-        torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_CONTRACT_FILE: text})
-    Path(f"{out}.json").write_text(text)
+        torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_CONTRACT_FILE: text})
+    write_text(f"{out}.json", text)
     if check:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -231,11 +250,11 @@ def max_difference(model, path: str | Path) -> float:
     import torch
 
     sess = _session(path)
-    wrapper = _wrapper(model.networks)
+    wrapper = _wrapper(model)
     worst = 0.0
     for steps in (None, 5):
         args = example_inputs(model, batch=3, steps=steps, seed=1)
-        got = sess.run(list(OUTPUTS), {n: a.numpy() for n, a in zip(INPUTS, args, strict=True)})
+        got = sess.run(list(OUTPUTS), {n: a.numpy() for n, a in zip(inputs_of(model), args, strict=True)})
         with torch.no_grad():
             want = wrapper(*args)
         worst = max(worst, *(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want, strict=True)))
@@ -304,6 +323,8 @@ class ExportedModel:
         """:class:`~clinical_lstm.impute.Tensors` -> (N,) logits from the ONNX graph."""
         feeds = {"x": t.x, "mask": t.mask, "delta": t.delta, "statics": t.statics,
                  "lengths": t.lengths.astype(np.int64)}
+        if "summary" in {i.name for i in self.session.get_inputs()}:
+            feeds["summary"] = t.summary
         return self.session.run(["logit"], feeds)[0]
 
     def predict(self, data):

@@ -15,14 +15,23 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "file_mode", "write_frame", "write_json", "write_text"]
+__all__ = ["atomic_path", "dir_mode", "file_mode", "write_frame", "write_json", "write_text"]
 
 
 def file_mode() -> int:
     """0666 minus the process umask: what ``open(path, "w")`` creates."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """0777 minus the process umask: what ``mkdir`` creates."""
+    return 0o777 & ~_umask()
+
+
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
 @contextlib.contextmanager

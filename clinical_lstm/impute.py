@@ -43,25 +43,58 @@ class Tensors:
     lengths: np.ndarray  # (N,) int64, true number of bins
     statics: np.ndarray  # (N, S) float32, standardized statics + missing indicators + one-hots
     stay_ids: np.ndarray  # (N,) int64
+    summary: np.ndarray | None = None  # (N, F) float32 per-stay summaries (clinical_lstm.summaries), NaN = never seen
 
     def __len__(self) -> int:
         return len(self.stay_ids)
 
     def subset(self, idx) -> Tensors:
         return Tensors(self.x[idx], self.mask[idx], self.delta[idx], self.lengths[idx], self.statics[idx],
-                       self.stay_ids[idx])
+                       self.stay_ids[idx], None if self.summary is None else self.summary[idx])
 
 
 @dataclass
 class Carry:
-    """What one bin hands the next, per stay and series variable: the last observation so far."""
+    """What one bin hands the next, per stay and series variable: the last observation so far and running
+    statistics of the observed (standardized) values. Fields are (N, V) float32, or (N, k, V) for the state
+    after each of k bins (:meth:`advance`)."""
 
-    value: np.ndarray  # (N, V) float32 standardized value of the last observation; NaN before the first
-    time: np.ndarray  # (N, V) float32 hours since admission of the last observation; NaN before the first
+    value: np.ndarray  # standardized value of the last observation; NaN before the first
+    time: np.ndarray  # hours since admission of the last observation; NaN before the first
+    first: np.ndarray  # standardized value of the first observation; NaN before it
+    low: np.ndarray  # smallest and largest standardized value so far; NaN before the first observation
+    high: np.ndarray
+    total: np.ndarray  # sum of the standardized values so far (0 before the first)
+    count: np.ndarray  # observed bins so far
 
     @classmethod
     def empty(cls, N: int, V: int) -> Carry:
-        return cls(np.full((N, V), np.nan, np.float32), np.full((N, V), np.nan, np.float32))
+        nan, zero = np.full((N, V), np.nan, np.float32), np.zeros((N, V), np.float32)
+        return cls(nan, nan.copy(), nan.copy(), nan.copy(), nan.copy(), zero, zero.copy())
+
+    def advance(self, z: np.ndarray, last_time: np.ndarray) -> Carry:
+        """The state after each of the bins ``z`` (N, k, V; NaN = unobserved), continuing from this (N, V)
+        state; ``last_time`` (N, k, V) is the forward-filled time of the last observation."""
+        def after(start, values):  # (N, 1 + k, V) with this state in front
+            return np.concatenate([start[:, None], values], axis=1)
+
+        observed = ~np.isnan(z)
+        value = carry_forward(after(self.value, z))[:, 1:]
+        first = after(self.first, z)
+        for t in range(1, first.shape[1]):  # the first observation, once seen, stays
+            cur = first[:, t]
+            np.copyto(cur, first[:, t - 1], where=~np.isnan(first[:, t - 1]))
+        return Carry(value, last_time, first[:, 1:], np.fmin.accumulate(after(self.low, z), axis=1)[:, 1:],
+                     np.fmax.accumulate(after(self.high, z), axis=1)[:, 1:],
+                     np.cumsum(after(self.total, np.where(observed, z, 0)), axis=1, dtype=np.float32)[:, 1:],
+                     np.cumsum(after(self.count, observed.astype(np.float32)), axis=1, dtype=np.float32)[:, 1:])
+
+    def at(self, step: int) -> Carry:
+        """The (N, V) state after bin ``step`` of a (N, k, V) track."""
+        return Carry(*(np.ascontiguousarray(a[:, step]) for a in self.fields()))
+
+    def fields(self) -> tuple[np.ndarray, ...]:
+        return self.value, self.time, self.first, self.low, self.high, self.total, self.count
 
 
 def carry_forward(arr: np.ndarray) -> np.ndarray:
@@ -185,13 +218,26 @@ class GridTransformer:
         if grid.values.shape[2] != len(self.center_):
             raise ValueError(f"grid has {grid.values.shape[2]} variables but the transformer was fitted on "
                              f"{len(self.center_)}; use the catalogue the model was trained with")
+        from .summaries import summarize
+
         N, T, V = grid.values.shape
-        x, mask, delta, _ = self.steps(grid.values, grid.obs_time, grid.bin_end_hours, Carry.empty(N, V))
+        x, mask, delta, carry = self.steps(grid.values, grid.obs_time, grid.bin_end_hours, Carry.empty(N, V))
+        statics = self.static_features(grid.statics)
+        last = delta[np.arange(N), grid.lengths - 1]  # (N, V) hours since each variable's last observation
+        summary = summarize(carry, last, statics)  # nothing is observed past a stay's length: its state then
         pad = np.arange(T)[None, :] >= grid.lengths[:, None]  # (N, T) past the true length
         for a in (x, delta):
             a[pad] = 0.0
-        return Tensors(x, mask, delta, grid.lengths.copy(), self.static_features(grid.statics),
-                       grid.stay_ids.copy())
+        return Tensors(x, mask, delta, grid.lengths.copy(), statics, grid.stay_ids.copy(), summary)
+
+    def summary_steps(self, grid: Grid) -> np.ndarray:
+        """(N, T, F) the summaries after every bin (a trajectory's inputs; :func:`summaries.summarize`)."""
+        from .summaries import summarize
+
+        N, T, V = grid.values.shape
+        *_, delta, _, track = self.steps(grid.values, grid.obs_time, grid.bin_end_hours, Carry.empty(N, V),
+                                         per_step=True)
+        return summarize(track, delta, self.static_features(grid.statics))
 
     def standardize(self, raw: np.ndarray) -> np.ndarray:
         """Aggregated values (..., V) -> standardized float32 (log1p first where ``log_``); NaN stays NaN."""
@@ -203,7 +249,8 @@ class GridTransformer:
         z /= self.scale_.astype(np.float32)
         return z
 
-    def steps(self, values: np.ndarray, obs_time: np.ndarray, bin_end: np.ndarray, carry: Carry):
+    def steps(self, values: np.ndarray, obs_time: np.ndarray, bin_end: np.ndarray, carry: Carry,
+              per_step: bool = False):
         """**The imputation**: ``k`` consecutive bins of ``N`` stays, continuing from ``carry``.
 
         Both :meth:`transform_grid` (all bins of a stay at once, from :meth:`Carry.empty`) and the stream (the
@@ -225,19 +272,19 @@ class GridTransformer:
             while never observed).
         carry : Carry
             The state after the last of these bins.
+        track : Carry, only with ``per_step``
+            The (N, k, V) state after each bin (running statistics for every step).
         """
         z = self.standardize(values)  # (N, k, V)
         mask = (~np.isnan(z)).astype(np.float32)
-        last_z = np.concatenate([carry.value[:, None], z], axis=1)  # (N, 1 + k, V)
-        carry_forward(last_z)
-        last_z = last_z[:, 1:]  # (N, k, V): the last observed value at or before each bin
-        fill = (self.median_ if self.imputation != "zero" else np.zeros_like(self.median_)).astype(np.float32)
-        x = (last_z if self.imputation == "ffill_median" else z).copy()
-        np.copyto(x, np.broadcast_to(fill, x.shape), where=np.isnan(x))
         delta, last_t = hours_since(obs_time, bin_end, carry.time)
+        track = carry.advance(z, last_t)  # (N, k, V): the state after each bin
+        fill = (self.median_ if self.imputation != "zero" else np.zeros_like(self.median_)).astype(np.float32)
+        x = (track.value if self.imputation == "ffill_median" else z).copy()
+        np.copyto(x, np.broadcast_to(fill, x.shape), where=np.isnan(x))
         np.copyto(delta, np.broadcast_to(np.asarray(bin_end, np.float32)[None, :, None], x.shape),
                   where=np.isnan(delta))  # never seen yet: hours since admission
-        return x, mask, delta, Carry(last_z[:, -1].copy(), last_t[:, -1].copy())
+        return (x, mask, delta, track.at(-1), track) if per_step else (x, mask, delta, track.at(-1))
 
     def static_features(self, statics: np.ndarray) -> np.ndarray:
         """(N, S) raw static values (NaN = missing) -> (N, F) float32 features in ``static_features_`` order."""

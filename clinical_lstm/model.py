@@ -62,24 +62,22 @@ class MaskedLSTM(nn.Module):
         s = statics.unsqueeze(1).expand(B, T, statics.shape[1])  # (B, T, S)
         return torch.cat([x, mask, torch.log1p(delta), s], dim=-1)  # (B, T, 3V + S)
 
-    def forward(self, x, mask, delta, statics, lengths, state=None):
-        """Return ``(logit, step_logits, state)``.
+    def forward(self, x, mask, delta, statics, lengths):
+        """Return ``(logit, step_logits)``.
 
         Parameters
         ----------
         x, mask, delta : Tensor (B, T, V)
         statics : Tensor (B, S)
         lengths : Tensor (B,) int, true number of steps (>= 1)
-        state : optional LSTM ``(h, c)`` to continue from (streaming)
 
         Returns
         -------
         logit : (B,) the stay's logit at its last valid step (or attention-pooled)
         step_logits : (B, T) a logit per step; entries past ``lengths`` are meaningless
-        state : the LSTM ``(h, c)`` after the last input step
         """
         inp = self.step_inputs(x, mask, delta, statics)  # (B, T, 3V + S)
-        hs, state = self.lstm(inp, state)  # (B, T, H)
+        hs, _ = self.lstm(inp)  # (B, T, H)
         hs = self._dropout(hs)
         B, T, H = hs.shape
         step_logits = self.head(hs).squeeze(-1) + self.head_static(statics)  # (B, T) + (B, 1) -> (B, T)
@@ -92,7 +90,42 @@ class MaskedLSTM(nn.Module):
             logit = self.attn_head(torch.cat([pooled, statics], dim=-1)).squeeze(-1)  # (B,)
         else:
             logit = step_logits.gather(1, last[:, None]).squeeze(1)  # (B,)
-        return logit, step_logits, state
+        return logit, step_logits
+
+
+def to_torch(t, device: torch.device) -> dict[str, torch.Tensor]:
+    """:class:`~clinical_lstm.impute.Tensors` as torch tensors on ``device`` (``summary`` only when present)."""
+    out = {
+        "x": torch.from_numpy(t.x).to(device),  # (N, T, V)
+        "mask": torch.from_numpy(t.mask).to(device),  # (N, T, V)
+        "delta": torch.from_numpy(t.delta).to(device),  # (N, T, V)
+        "statics": torch.from_numpy(t.statics).to(device),  # (N, S)
+        "lengths": torch.from_numpy(t.lengths).to(device),  # (N,)
+    }
+    if getattr(t, "summary", None) is not None:
+        out["summary"] = torch.from_numpy(t.summary).to(device)  # (N, F) or (N, T, F)
+    return out
+
+
+def batch_of(data: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
+    return {k: v[idx] for k, v in data.items()}
+
+
+@torch.no_grad()
+def predict_logits(models, data: dict[str, torch.Tensor], batch_size: int = 1024, steps: bool = False):
+    """Mean logit over the ensemble, (N,) — or (N, T) per-step logits with ``steps=True``."""
+    models = models if isinstance(models, (list, tuple)) else [models]
+    n = len(data["lengths"])
+    outs = []
+    for m in models:
+        m.eval()
+        parts = []
+        for i in range(0, n, batch_size):
+            b = batch_of(data, slice(i, i + batch_size))
+            logit, step_logits = m(b["x"], b["mask"], b["delta"], b["statics"], b["lengths"])
+            parts.append((step_logits if steps else logit).float().cpu())
+        outs.append(torch.cat(parts) if parts else torch.zeros(0))
+    return torch.stack(outs).mean(0).numpy()
 
 
 class StepKernel:
@@ -156,6 +189,7 @@ class StepKernel:
         s = np.asarray(statics, np.float64)
         pre = inp @ self.w_series + (s @ self.w_static + self.bias[0])[:, None]  # (K, k, 4H)
         h, c = state["h"].copy(), state["c"].copy()
+        out = None  # (K, k, H) hidden states of the layer below
         for layer in range(self.L):
             if layer:  # layers above the first read the one below (no dropout in eval)
                 pre = out @ self.w_ih[layer] + self.bias[layer][:, None]

@@ -20,7 +20,8 @@ import polars as pl
 
 from .files import write_frame, write_json
 
-MODEL_NAME = "masked LSTM"
+MODEL_NAME = "masked LSTM"  # the network alone (the shipped model when it has no summary head)
+HYBRID_NAME = "masked LSTM + summaries"  # the default shipped model: the networks stacked with the summary members
 #: Report files free of stay identifiers: the only ones tracking logs.
 SAFE_TO_LOG = ("metrics.json", "roc.png", "pr.png", "calibration.png", "comparison.png", "subgroups.csv",
                "history.csv", "global_importance.png", "global_importance.csv")
@@ -33,9 +34,14 @@ class Evaluation:
 
     on: str  # which stays, in words
     y: np.ndarray  # (N,) outcomes of the evaluation stays
-    probs: dict  # model name -> ((N,) probabilities, alert threshold)
+    probs: dict  # model name -> ((N,) probabilities, alert threshold); the shipped model first
     metrics: dict  # model name -> metric -> Estimate
     differences: dict  # baseline name -> metric -> Estimate of (model - baseline)
+
+    @property
+    def shipped(self) -> str:
+        """The name of the shipped model (the first row)."""
+        return next(iter(self.probs))
 
     def table(self) -> str:
         """Plain text: each model's metrics with intervals, then the paired differences."""
@@ -43,66 +49,66 @@ class Evaluation:
         for name, m in self.metrics.items():
             lines.append(f"{name:<22}" + "".join(f"{str(m[k]):>24}" if k in m else f"{'-':>24}" for k in KEYS))
         if self.differences:
-            lines.append(f"paired difference, {MODEL_NAME} minus (95 % paired bootstrap interval):")
+            lines.append(f"paired difference, {self.shipped} minus (95 % paired bootstrap interval):")
             for name, d in self.differences.items():
                 lines.append(f"  {name:<20}" + "".join(f"{str(d[k]):>24}" if k in d else f"{'-':>24}" for k in KEYS))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"evaluated_on": self.on,
+        return {"evaluated_on": self.on, "shipped": self.shipped,
                 "models": {n: {k: e.to_dict() for k, e in m.items()} for n, m in self.metrics.items()},
                 "differences": {n: {k: e.to_dict() for k, e in d.items()} for n, d in self.differences.items()}}
 
 
-def baseline_probabilities(clean, ids, y, fold, outcomes, catalogue, rule: str, seed: int = 0,
-                           test: tuple | None = None, log=print) -> dict:
-    """``{name: (probabilities, threshold)}`` of each baseline, cross-fitted on the model's folds.
+def baselines(y: np.ndarray, fold: np.ndarray, members_oof: dict, rule: str, outcomes, ids,
+              members_test: dict | None = None, test: tuple | None = None, log=print) -> dict:
+    """``{name: (probabilities, threshold)}`` of each baseline on the evaluation stays.
 
-    ``test = (clean, ids, outcomes)`` of separate test data: probabilities are then the mean over the fold
-    models on the test stays; otherwise they are out of fold on the training stays. Thresholds always come
-    from the out-of-fold probabilities, as the model's does.
+    The logistic regression and gradient boosting are the model's own summary members (same features, same
+    folds): ``members_oof`` are their out-of-fold logits on the training stays, ``members_test`` (with separate
+    test data) the shipped members' logits on the test stays. SAPS-I is recalibrated per fold. Thresholds
+    always come from the out-of-fold probabilities, as the model's does. ``test = (ids, outcomes)``.
     """
-    from .baselines import SummaryBaselines, saps_probability, saps_scores, summary_features
+    from scipy.special import expit
+
+    from .baselines import saps_probability, saps_scores
     from .calibrate import choose_threshold
 
-    X, _ = summary_features(clean, catalogue, ids)
-    X_test = summary_features(test[0], catalogue, test[1])[0] if test else None
-    saps, saps_test = saps_scores(outcomes, ids), (saps_scores(test[2], test[1]) if test else None)
-    k_folds = int(fold.max()) + 1
-    oof: dict[str, np.ndarray] = {}
-    on_test: dict[str, list] = {}
-    for k in range(k_folds):
-        fit, held = fold != k, fold == k
-        base = SummaryBaselines(seed=seed).fit(X[fit], y[fit])
-        parts = {name: (p, base.predict_proba(X_test)[name] if test else None)
-                 for name, p in base.predict_proba(X[held]).items()}
-        if saps is not None:
-            parts["SAPS-I"] = (saps_probability(saps[fit], y[fit], saps[held]),
-                               saps_probability(saps[fit], y[fit], saps_test) if test and saps_test is not None
-                               else None)
-        for name, (p_held, p_test) in parts.items():
-            oof.setdefault(name, np.zeros(len(y)))[held] = p_held
-            on_test.setdefault(name, []).append(p_test)
-    if saps is None:
+    oof = {name: expit(z) for name, z in members_oof.items()}
+    on_test = {name: expit(z) for name, z in (members_test or {}).items()}
+    saps = saps_scores(outcomes, ids)
+    saps_test = saps_scores(test[1], test[0]) if test else None
+    if saps is None or (test and saps_test is None):
         log("SAPS-I baseline skipped: the outcomes carry no SAPS-I scores")
-    out = {}
-    for name, p in oof.items():
-        threshold = choose_threshold(y, p, rule)
-        if not test:
-            out[name] = (p, threshold)
-        elif all(t is not None for t in on_test[name]):
-            out[name] = (np.mean(on_test[name], axis=0), threshold)
-    return out
+    else:
+        oof["SAPS-I"] = np.zeros(len(y))
+        parts = []
+        for k in range(int(fold.max()) + 1):
+            fit, held = fold != k, fold == k
+            oof["SAPS-I"][held] = saps_probability(saps[fit], y[fit], saps[held])
+            if test:
+                parts.append(saps_probability(saps[fit], y[fit], saps_test))
+        if test:
+            on_test["SAPS-I"] = np.mean(parts, axis=0)
+    return {name: ((on_test[name] if test else p), choose_threshold(y, p, rule)) for name, p in oof.items()}
 
 
 def compare(probs: dict, y: np.ndarray, on: str, n_boot: int, seed: int) -> Evaluation:
-    """Metrics of every model and paired differences model − baseline (``probs[MODEL_NAME]`` first)."""
+    """Metrics of every model and paired differences shipped model − each other row (the first of ``probs`` is
+    the shipped model)."""
+    import warnings
+
     from .metrics import evaluate, paired_difference
 
-    metrics = {name: evaluate(y, p, thr, n_boot=n_boot, seed=seed) for name, (p, thr) in probs.items()}
-    p_model, thr_model = probs[MODEL_NAME]
-    diffs = {name: paired_difference(y, p_model, p, thr_model, thr, n_boot=n_boot, seed=seed)
-             for name, (p, thr) in probs.items() if name != MODEL_NAME}
+    with warnings.catch_warnings(record=True) as caught:  # one small-class warning per report, not per model
+        warnings.simplefilter("always")
+        metrics = {name: evaluate(y, p, thr, n_boot=n_boot, seed=seed) for name, (p, thr) in probs.items()}
+        shipped = next(iter(probs))
+        p_model, thr_model = probs[shipped]
+        diffs = {name: paired_difference(y, p_model, p, thr_model, thr, n_boot=n_boot, seed=seed)
+                 for name, (p, thr) in probs.items() if name != shipped}
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        warnings.warn(message, UserWarning, stacklevel=2)
     return Evaluation(on, y, probs, metrics, diffs)
 
 
@@ -126,7 +132,7 @@ def write(out_dir: Path, evaluation: Evaluation, clean, ids, catalogue, history=
     if all(n in catalogue.statics for n in ("Age", "Gender", "ICUType")):
         statics = to_grid(clean, ids, catalogue).statics
         col = {n: statics[:, catalogue.statics.index(n)] for n in ("Age", "Gender", "ICUType")}
-        p, thr = evaluation.probs[MODEL_NAME]
+        p, thr = evaluation.probs[evaluation.shipped]
         table = subgroup_table(y, p, thr, demographic_groups(col["Age"], col["Gender"], col["ICUType"]))
         files["subgroups"] = write_frame(pl.from_pandas(table), out_dir / "subgroups.csv")
     if history:

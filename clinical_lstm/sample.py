@@ -8,19 +8,14 @@ from pathlib import Path
 SAMPLE_NAME = "sample"
 
 
-def sample_path() -> Path:
+def bundled_sample() -> Path:
     """Path of the bundled ``set-a500.tar.gz`` (its ``Outcomes-a500.txt`` lies beside it)."""
     return Path(str(resources.files("clinical_lstm").joinpath("data/sample/set-a500.tar.gz")))
-
-
-def bundled_sample() -> Path:
-    """Public alias of :func:`sample_path`, for notebooks: ``load_model(...).predict(bundled_sample())``."""
-    return sample_path()
 
 
 def resolve_data(value: str) -> Path:
     """``--data sample`` means the bundled sample, unless a file or folder of that name exists."""
     path = Path(value)
     if value == SAMPLE_NAME and not path.exists():
-        return sample_path()
+        return bundled_sample()
     return path

@@ -20,6 +20,8 @@ scaling, fill, elapsed hours   :meth:`clinical_lstm.impute.GridTransformer.steps
 static features                :meth:`clinical_lstm.impute.GridTransformer.static_features`
 the networks                   :class:`clinical_lstm.model.StepKernel`, generated from the ``MaskedLSTM``
                                weights and checked against its ``forward`` in the fast tests
+summaries and their members     :func:`clinical_lstm.summaries.summarize` of the carried state, and the model's
+                               own :class:`~clinical_lstm.summaries.SummaryHead` (torch)
 calibration                    :meth:`clinical_lstm.bundle.RiskModel.risk`
 =============================  ===========================================================================
 
@@ -52,6 +54,7 @@ from .files import atomic_path, write_text
 from .grid import aggregate_cells, aggregation_codes, bin_index
 from .impute import Carry
 from .model import StepKernel
+from .summaries import summarize
 from .validate import ROW_RULES, RuleTable, order_rows, parse_time, row_rules, time_key
 
 STATE_FORMAT = 2
@@ -175,7 +178,7 @@ class StayStream:
             "has_series": self._has_series,
             "rows": [self._code.tolist(), self._time.tolist(), self._value.tolist()],
             "statics": None if self._statics is None else _listed(self._statics),
-            "carry": [_listed(self._carry.value[0]), _listed(self._carry.time[0])],
+            "carry": [_listed(f[0]) for f in self._carry.fields()],
             "networks": net,
             "dropped": dict(sorted(self._dropped.items())),
         }
@@ -245,7 +248,7 @@ class StayStream:
         self._code, self._time, self._value = (np.asarray(code, np.int64), np.asarray(time, np.float64),
                                                np.asarray(value, np.float64))
         self._statics = None if state["statics"] is None else _unlisted(state["statics"], np.float32)
-        self._carry = Carry(*(_unlisted(a, np.float32).reshape(1, e.V) for a in state["carry"]))
+        self._carry = Carry(*(_unlisted(a, np.float32).reshape(1, e.V) for a in state["carry"]))  # Carry.fields()
         init = e.kernel.initial_state()
         self._net = {k: _unlisted(state["networks"][k]).reshape(v.shape) for k, v in init.items()}
         if "att_max" in self._net:  # -inf (no step yet) was written as null
@@ -328,9 +331,16 @@ class StayStream:
             self._risk = self._logit = None
             return
         values, obs_time, statics, _ = self._open_rows()
-        x, mask, delta, _ = e.tr.steps(values, obs_time, e.bin_end[self._open:self._open + 1], self._carry)
-        _, logits = e.kernel.run(x[0], mask[0], delta[0], self._static_features(statics), self._net)
-        z = np.float32(logits.mean())  # the ensemble mean, as RiskModel.logits
+        x, mask, delta, carry = e.tr.steps(values, obs_time, e.bin_end[self._open:self._open + 1], self._carry)
+        features = self._static_features(statics)
+        _, logits = e.kernel.run(x[0], mask[0], delta[0], features, self._net)
+        z = np.float32(logits.mean())  # the ensemble mean, as RiskModel.network_logits
+        if self.model.head is not None:  # the summary members on the summaries so far, in the model's own head
+            import torch
+
+            with torch.inference_mode():
+                z = self.model.head(torch.tensor([z]), torch.from_numpy(summarize(carry, delta[:, 0],
+                                                                                  features[None]))).numpy()[0]
         self._logit = float(z)
         self._risk = float(self.model.risk(np.array([z]))[0])
 

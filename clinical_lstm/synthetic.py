@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -40,6 +38,7 @@ import polars as pl
 from scipy.special import ndtr  # scipy comes with scikit-learn
 
 from .catalogue import Catalogue, resolve
+from .files import atomic_path
 
 PROFILE_HOURS = 48.0  # the window the profile's counts were measured over
 CHUNK_STAYS = 1_000  # stays per random stream; fixes the rows whatever the block size
@@ -347,10 +346,7 @@ def write_cohort(
         raise ValueError(f"rows_per_group and block_stays must be >= 1, got {rows_per_group}, {block_stays}")
     start, path = time.perf_counter(), Path(path)
     chunks = _chunks(n_stays, seed, **kwargs)  # a TypeError for unknown kwargs comes before any file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with pq.ParquetWriter(
             tmp, _arrow(pl.DataFrame(schema=SCHEMA)).schema, compression=compression
         ) as writer:
@@ -363,13 +359,6 @@ def write_cohort(
             if tail.height:
                 writer.write_table(_arrow(tail), row_group_size=tail.height)
         meta = pq.ParquetFile(tmp).metadata
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return {
         "path": str(path),
         "stays": n_stays,

@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import ModelConfig, TrainConfig
 from .impute import Tensors
-from .model import MaskedLSTM
+from .model import MaskedLSTM, batch_of, predict_logits, to_torch
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -26,20 +26,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)  # noqa: NPY002 -- seeds legacy global numpy users may rely on
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def to_torch(t: Tensors, device: torch.device) -> dict[str, torch.Tensor]:
-    return {
-        "x": torch.from_numpy(t.x).to(device),  # (N, T, V)
-        "mask": torch.from_numpy(t.mask).to(device),  # (N, T, V)
-        "delta": torch.from_numpy(t.delta).to(device),  # (N, T, V)
-        "statics": torch.from_numpy(t.statics).to(device),  # (N, S)
-        "lengths": torch.from_numpy(t.lengths).to(device),  # (N,)
-    }
-
-
-def _batch(data: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
-    return {k: v[idx] for k, v in data.items()}
 
 
 def _pos_weight(y: np.ndarray, rule: str) -> float:
@@ -63,23 +49,6 @@ def loss_fn(logit, step_logits, lengths, y, pos_weight: float, replication: floa
     return final + replication * (steps * valid).sum() / valid.sum()
 
 
-@torch.no_grad()
-def predict_logits(models, data: dict[str, torch.Tensor], batch_size: int = 1024, steps: bool = False):
-    """Mean logit over the ensemble, (N,) — or (N, T) per-step logits with ``steps=True``."""
-    models = models if isinstance(models, (list, tuple)) else [models]
-    n = len(data["lengths"])
-    outs = []
-    for m in models:
-        m.eval()
-        parts = []
-        for i in range(0, n, batch_size):
-            b = _batch(data, slice(i, i + batch_size))
-            logit, step_logits, _ = m(b["x"], b["mask"], b["delta"], b["statics"], b["lengths"])
-            parts.append((step_logits if steps else logit).float().cpu())
-        outs.append(torch.cat(parts) if parts else torch.zeros(0))
-    return torch.stack(outs).mean(0).numpy()
-
-
 def run_epoch(model, opt, train: dict[str, torch.Tensor], y: torch.Tensor, pos_weight: float, cfg: TrainConfig,
               gen: torch.Generator) -> float:
     """One pass over the training tensors in shuffled mini-batches; returns the mean training loss."""
@@ -89,8 +58,8 @@ def run_epoch(model, opt, train: dict[str, torch.Tensor], y: torch.Tensor, pos_w
     total = 0.0
     for i in range(0, n, cfg.batch_size):
         idx = perm[i:i + cfg.batch_size].to(y.device)
-        b = _batch(train, idx)
-        logit, step_logits, _ = model(b["x"], b["mask"], b["delta"], b["statics"], b["lengths"])
+        b = batch_of(train, idx)
+        logit, step_logits = model(b["x"], b["mask"], b["delta"], b["statics"], b["lengths"])
         loss = loss_fn(logit, step_logits, b["lengths"], y[idx], pos_weight, cfg.target_replication)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -177,10 +146,42 @@ def cross_fit(t: Tensors, y: np.ndarray, model_cfg: ModelConfig, cfg: TrainConfi
     oof = np.zeros(len(y), dtype=np.float32)
     for k in range(cfg.folds):
         train_idx, val_idx = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        net, hist = fit_one(_batch(data, torch.from_numpy(train_idx).to(device)), y[train_idx],
-                            _batch(data, torch.from_numpy(val_idx).to(device)), y[val_idx], model_cfg, cfg,
+        net, hist = fit_one(batch_of(data, torch.from_numpy(train_idx).to(device)), y[train_idx],
+                            batch_of(data, torch.from_numpy(val_idx).to(device)), y[val_idx], model_cfg, cfg,
                             cfg.seed + k, device, progress, on_epoch, tag={"fold": k})
-        oof[val_idx] = predict_logits(net, _batch(data, torch.from_numpy(val_idx).to(device)))
+        oof[val_idx] = predict_logits(net, batch_of(data, torch.from_numpy(val_idx).to(device)))
         networks.append(net.cpu())
         history += hist
     return CrossFit(networks, oof, fold, history)
+
+
+@dataclass
+class SummaryFit:
+    """The summary members cross-fitted on the LSTM's folds, refitted on every stay, and the stacking."""
+
+    members: dict  # the shipped members' arrays (fitted on every stay), for SummaryHead
+    oof: dict  # member name -> (N,) out-of-fold logits: "logistic regression", "gradient boosting"
+    stack: np.ndarray  # (3,) weights of (LSTM, linear, trees) logits, fitted on the out-of-fold logits
+    bias: float
+
+
+def fit_summaries(summary: np.ndarray, y: np.ndarray, fold: np.ndarray, lstm_oof: np.ndarray,
+                  seed: int) -> SummaryFit:
+    """Logistic regression and gradient boosting on the summaries, on the same folds as the networks (their
+    out-of-fold logits are the report's baselines), then the stacking weights of the three out-of-fold logits
+    (a logistic regression, as in stacked generalization)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from .summaries import SummaryHead, fit_members
+
+    oof = {"logistic regression": np.zeros(len(y)), "gradient boosting": np.zeros(len(y))}
+    for k in range(int(fold.max()) + 1):
+        fit, held = fold != k, fold == k
+        head = SummaryHead(fit_members(summary[fit], y[fit], seed), np.zeros(3), 0.0)
+        with torch.inference_mode():
+            s = torch.from_numpy(summary[held])
+            oof["logistic regression"][held] = head.linear(s).numpy()
+            oof["gradient boosting"][held] = head.trees(s).numpy()
+    Z = np.column_stack([lstm_oof, oof["logistic regression"], oof["gradient boosting"]])
+    stacker = LogisticRegression(C=1.0, max_iter=1000).fit(Z, y)
+    return SummaryFit(fit_members(summary, y, seed), oof, stacker.coef_[0], float(stacker.intercept_[0]))

@@ -161,9 +161,11 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     from .bundle import RiskModel, data_digest, environment
     from .calibrate import choose_threshold, make_calibrator
     from .impute import GridTransformer
-    from .report import baseline_probabilities, compare
+    from .report import HYBRID_NAME, baselines, compare
     from .report import write as write_report
-    from .training import cross_fit
+    from .model import predict_logits, to_torch
+    from .summaries import SummaryHead
+    from .training import cross_fit, fit_summaries
 
     cfg = config or Config()
     out = writable_dir(out, "--out")
@@ -186,26 +188,46 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
 
     t0 = time.perf_counter()
     transformer = GridTransformer(catalogue, window, cfg.data.resolution_hours, cfg.data.imputation).fit(clean, ids)
-    fit = cross_fit(transformer.transform(clean, ids), y, cfg.model, cfg.train, progress, on_epoch)
-    calibrator = make_calibrator(cfg.calibration.method).fit(fit.oof_logits, y)
-    oof_risk = calibrator.predict(fit.oof_logits)
+    t = transformer.transform(clean, ids)
+    fit = cross_fit(t, y, cfg.model, cfg.train, progress, on_epoch)
+    log(f"summary members (logistic regression, gradient boosting) on the same {cfg.train.folds} folds")
+    summ = fit_summaries(t.summary, y, fit.fold, fit.oof_logits, cfg.train.seed)
+    head = SummaryHead(summ.members, summ.stack, summ.bias) if cfg.model.summaries else None
+    oof_logit = (summ.stack @ np.vstack([fit.oof_logits, *summ.oof.values()]) + summ.bias) if head else fit.oof_logits
+    calibrator = make_calibrator(cfg.calibration.method).fit(oof_logit, y)
+    oof_risk = calibrator.predict(oof_logit)
     threshold = choose_threshold(y, oof_risk, cfg.calibration.threshold_rule)
-    model = RiskModel(transformer, fit.networks, calibrator, threshold)
+    model = RiskModel(transformer, fit.networks, calibrator, threshold, head=head)
     train_seconds = time.perf_counter() - t0
 
-    base = baseline_probabilities(clean, ids, y, fit.fold, raw.outcomes, catalogue, cfg.calibration.threshold_rule,
-                                  cfg.train.seed, test=(test[1], test[2], test[0].outcomes) if test else None,
-                                  log=log)
+    # the same rows evaluated for every model: out of fold on the training stays, or the separate test stays
+    lstm_alone = make_calibrator(cfg.calibration.method).fit(fit.oof_logits, y) if head else None
     if test:
         test_raw, ev_clean, ev_ids, ev_y, _ = test
-        ev_risk = model.risk(model.logits(model.tensors(ev_clean, ev_ids)))
+        ev_t = model.tensors(ev_clean, ev_ids)
+        ev_risk = model.risk(model.logits(ev_t))
+        import torch
+
+        with torch.inference_mode():
+            members = SummaryHead(summ.members, summ.stack, summ.bias)
+            s = torch.from_numpy(ev_t.summary)
+            members_test = {"logistic regression": members.linear(s).numpy(),
+                            "gradient boosting": members.trees(s).numpy()}
+        lstm_risk = lstm_alone.predict(predict_logits(fit.networks, to_torch(ev_t, torch.device("cpu")))) \
+            if head else None
         on = f"{', '.join(test_raw.sources)} ({len(ev_ids)} stays, separate test data)"
     else:
-        ev_clean, ev_ids, ev_y, ev_risk = clean, ids, y, oof_risk
-        on = (f"{', '.join(raw.sources)}, out of fold ({len(ids)} stays; each stay scored by the network that "
-              f"did not train on it)")
-    evaluation = compare({MODEL_NAME: (ev_risk, threshold), **base}, ev_y, on, cfg.evaluation.n_boot,
-                         cfg.evaluation.seed)
+        ev_clean, ev_ids, ev_y, ev_risk, members_test = clean, ids, y, oof_risk, None
+        lstm_risk = lstm_alone.predict(fit.oof_logits) if head else None
+        on = (f"{', '.join(raw.sources)}, out of fold ({len(ids)} stays; each stay scored by the networks and "
+              f"members that did not train on it)")
+    probs = {(HYBRID_NAME if head else MODEL_NAME): (ev_risk, threshold)}
+    if head:
+        probs[MODEL_NAME] = (lstm_risk, choose_threshold(y, lstm_alone.predict(fit.oof_logits),
+                                                         cfg.calibration.threshold_rule))
+    probs.update(baselines(y, fit.fold, summ.oof, cfg.calibration.threshold_rule, raw.outcomes, ids, members_test,
+                           (test[2], test[0].outcomes) if test else None, log))
+    evaluation = compare(probs, ev_y, on, cfg.evaluation.n_boot, cfg.evaluation.seed)
     model.metadata = {
         "environment": environment(), "config": cfg.to_dict(),
         "training_data": {"sources": raw.sources, "digest": data_digest(clean, catalogue),
@@ -216,6 +238,9 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     model.save(out / "model")
     files = write_report(out / "report", evaluation, ev_clean, ev_ids, catalogue, fit.history, report, model,
                          cfg.evaluation.explain_stays, cfg.evaluation.seed)
+    log(f"the model has {len(fit.networks)} networks" + (f" stacked with the summary members (weights LSTM "
+        f"{summ.stack[0]:.2f}, logistic regression {summ.stack[1]:.2f}, gradient boosting {summ.stack[2]:.2f})"
+        if head else ""))
     from sklearn.metrics import average_precision_score
 
     result = TrainResult(model, report, evaluation, fit.history, out, files,
@@ -250,7 +275,7 @@ def _tracker(tracking, log):
 def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: int = 1000) -> Evaluation:
     """Metrics with intervals, subgroup table and plots of a trained model on labelled data, written to ``out``."""
     from .bundle import load_model
-    from .report import compare
+    from .report import HYBRID_NAME, compare
     from .report import write as write_report
 
     out = writable_dir(out, "--out")
@@ -258,7 +283,8 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
     clean, ids, y, report = _labelled(load(data, labels, outcomes), model.catalogue,
                                       model.transformer.window_hours, "evaluation data")
     p = model.risk(model.logits(model.tensors(clean, ids)))
-    evaluation = compare({MODEL_NAME: (p, model.threshold)}, y, f"{len(ids)} stays", n_boot, 0)
+    name = HYBRID_NAME if model.head is not None else MODEL_NAME
+    evaluation = compare({name: (p, model.threshold)}, y, f"{len(ids)} stays", n_boot, 0)
     write_report(out, evaluation, clean, ids, model.catalogue, report=report)
     return evaluation
 

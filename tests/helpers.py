@@ -222,9 +222,10 @@ def random_long(n_stays: int, seed: int = 0, first_id: int = 1, hours: float = 4
     return pl.DataFrame(rows, schema=["stay_id", "time", "variable", "value"], orient="row")
 
 
-def tiny_model(seed: int = 0, n_networks: int = 1, **model_cfg):
+def tiny_model(seed: int = 0, n_networks: int = 1, head: bool = False, **model_cfg):
     """An untrained :class:`~clinical_lstm.bundle.RiskModel` (hidden 8, ``model_cfg`` overrides) on the default
-    catalogue: its risks differ from stay to stay, which is all that equality and accounting tests need."""
+    catalogue: its risks differ from stay to stay, which is all that equality and accounting tests need.
+    ``head=True`` adds summary members (logistic regression and boosted trees) fitted to random labels."""
     import numpy as np
     import torch
 
@@ -240,13 +241,19 @@ def tiny_model(seed: int = 0, n_networks: int = 1, **model_cfg):
     cfg = ModelConfig(**{"hidden_size": 8, **model_cfg})
     nets = [MaskedLSTM(cfg, len(tr.catalogue.series), tr.n_static_features).eval() for _ in range(n_networks)]
     cal = PlattCalibrator().fit(np.linspace(-1, 1, 40), np.tile([0, 1], 20))
-    return RiskModel(tr, nets, cal, 0.5, {"note": "tiny untrained test model"})
+    summary_head = None
+    if head:
+        from clinical_lstm.summaries import SummaryHead, fit_members
+
+        X = tr.transform(long, np.arange(1, 41)).summary
+        y = np.random.default_rng(seed).permutation(np.tile([0, 1], 20))
+        summary_head = SummaryHead(fit_members(X, y, seed), np.array([1.0, 0.5, 0.5]), -0.2)
+    return RiskModel(tr, nets, cal, 0.5, {"note": "tiny untrained test model"}, summary_head)
 
 
 def with_conflicts(long: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
     """``long`` plus, for every other stay, a second time-0 Age, an exact duplicate row and a second value at
     an existing time of a series variable; rows shuffled."""
-    import numpy as np
 
     extra = []
     for sid in long["stay_id"].unique().sort().to_list()[::2]:

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from helpers import tiny_model
 
 from clinical_lstm.bundle import RiskModel, load_model
-from clinical_lstm.config import Config, ModelConfig
+from clinical_lstm.config import ModelConfig
 from clinical_lstm.export import (
     CONTRACT_KEY,
     ExportedModel,
@@ -20,27 +21,21 @@ from clinical_lstm.export import (
 )
 from clinical_lstm.impute import Tensors
 from clinical_lstm.model import MaskedLSTM
-from clinical_lstm.sample import sample_path
+from clinical_lstm.sample import bundled_sample
 from clinical_lstm.sources import load
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 
-pytestmark = pytest.mark.slow  # trains a small ensemble on the bundled sample
 
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
-    from clinical_lstm.workflow import train
-
-    out = tmp_path_factory.mktemp("export") / "m"
-    cfg = Config.from_dict({"train": {"epochs": 2, "n_models": 2}, "model": {"hidden_size": 16},
-                            "evaluation": {"n_boot": 20, "explain_stays": 0}})
-    train(sample_path(), out, config=cfg, progress=False, log=lambda *_: None)
-    return out
+    """An untrained two-network model: export is arithmetic, it needs no training."""
+    return tiny_model(seed=4, n_networks=2, hidden_size=16).save(tmp_path_factory.mktemp("export") / "m")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +45,7 @@ def model(bundle_dir) -> RiskModel:
 
 @pytest.fixture(scope="module")
 def long() -> pl.DataFrame:
-    raw = load(sample_path()).long
+    raw = load(bundled_sample()).long
     ids = raw["stay_id"].unique().sort().to_list()[:64]
     return raw.filter(pl.col("stay_id").is_in(ids))
 

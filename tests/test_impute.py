@@ -17,10 +17,10 @@ from clinical_lstm.catalogue import Catalogue
 from clinical_lstm.grid import to_grid
 from clinical_lstm.impute import (
     IMPUTATIONS,
+    Carry,
     GridTransformer,
     NotFittedError,
     Tensors,
-    Carry,
     carry_forward,
 )
 
@@ -307,8 +307,21 @@ def test_steps_in_pieces_equal_steps_at_once(cat, clean):
         parts.append(out)
     for k in range(3):
         np.testing.assert_array_equal(np.concatenate([p[k] for p in parts], axis=1), whole[k])
-    np.testing.assert_array_equal(carry.value, whole[3].value)
-    np.testing.assert_array_equal(carry.time, whole[3].time)
+    for got, want in zip(carry.fields(), whole[3].fields(), strict=True):  # running statistics too, bit for bit
+        np.testing.assert_array_equal(got, want)
+
+
+def test_running_statistics_by_hand(cat, clean):
+    """Stay 5's A: bins 0 and 2 observed (standardized 1 and -2); the track after each bin."""
+    tr = fitted(cat, clean)
+    g = tr.grid(clean, [5])
+    *_, track = tr.steps(g.values, g.obs_time, g.bin_end_hours, Carry.empty(1, 2), per_step=True)
+    np.testing.assert_allclose(track.count[0, :, A], [1, 1, 2, 2])
+    np.testing.assert_allclose(track.first[0, :, A], [1, 1, 1, 1])
+    np.testing.assert_allclose(track.low[0, :, A], [1, 1, -2, -2])
+    np.testing.assert_allclose(track.high[0, :, A], [1, 1, 1, 1])
+    np.testing.assert_allclose(track.total[0, :, A], [1, 1, -1, -1])
+    np.testing.assert_allclose(track.value[0, :, A], [1, 1, -2, -2])
 
 
 # -- padding ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """One risk per stay, whatever the path: predict = batch = stream = ONNX = MLflow pyfunc = Spark.
 
-An untrained two-network model (no training: fast) scores a cohort with same-time conflicts, exact duplicates,
+An untrained two-network model with summary members (the default model's shape; no training: fast) scores a cohort with same-time conflicts, exact duplicates,
 a second time-0 Age and shuffled rows. Every path must give every stay the risk ``predict`` gives it (1e-5),
 and every path must report the same stays, rejected ones included.
 """
@@ -15,12 +15,15 @@ from helpers import random_long, tiny_model, with_conflicts
 from clinical_lstm.bundle import SCORES
 
 TOL = 1e-5
-pytestmark = pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")
+pytestmark = [pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+              pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas")]
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model(seed=3, n_networks=2)
+    m = tiny_model(seed=3, n_networks=2, head=True)
+    assert m.head.trees_feature.shape[0] > 1  # the boosted trees are really there
+    return m
 
 
 @pytest.fixture(scope="module")

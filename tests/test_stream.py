@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from helpers import tiny_model
 
-from clinical_lstm.bundle import RiskModel, load_model
-from clinical_lstm.config import Config, ModelConfig
+from clinical_lstm.bundle import RiskModel
+from clinical_lstm.config import ModelConfig
 from clinical_lstm.impute import GridTransformer
 from clinical_lstm.model import MaskedLSTM
-from clinical_lstm.sample import sample_path
-from helpers import tiny_model
+from clinical_lstm.sample import bundled_sample
 from clinical_lstm.sources import DataError, RawData, load
 from clinical_lstm.stream import StayStream
 from clinical_lstm.validate import validate
@@ -37,7 +37,7 @@ def ensemble() -> RiskModel:
 
 @pytest.fixture(scope="module")
 def long() -> pl.DataFrame:
-    return load(sample_path()).long
+    return load(bundled_sample()).long
 
 
 @pytest.fixture(scope="module")

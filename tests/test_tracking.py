@@ -71,15 +71,17 @@ def test_run_holds_config_metrics_data_and_artifacts(store):
     assert res.tracking["error"] is None
     client = MlflowClient()
     run = client.get_run(res.tracking["run_id"])
-    assert run.info.run_name == "ffill_median-h8-decay"
+    assert run.info.run_name == "ffill_median-h8-decay-k5"
     assert run.data.params["model.hidden_size"] == "8" and run.data.params["data.window_hours"] == "24.0"
     m = run.data.metrics
     for key in ("auroc", "auprc", "brier", "logreg_auroc", "gbm_auprc", "validation_auprc"):
         assert key in m, key
     assert m["auroc_lower"] <= m["auroc"] <= m["auroc_upper"]
     assert m["auroc"] == pytest.approx(res.metrics["masked LSTM"]["auroc"].value)
-    epochs = client.get_metric_history(run.info.run_id, "val_auprc_seed0")
-    assert [e.step for e in epochs] == [h["epoch"] for h in res.history]
+    epochs = client.get_metric_history(run.info.run_id, "val_auprc_fold0")
+    assert [e.step for e in epochs] == [h["epoch"] for h in res.history if h["fold"] == 0]
+    for key in ("lead_over_logreg_auroc", "lead_over_gbm_auprc_lower", "lead_over_gbm_auprc_upper"):
+        assert key in m, key  # the paired differences, model minus baseline
     assert run.data.tags["clinical_lstm.version"]
     (ds,) = run.inputs.dataset_inputs
     assert ds.dataset.digest == res.model.metadata["training_data"]["digest"][:16]
@@ -149,7 +151,7 @@ def test_unreachable_server_still_writes_the_bundle(store, tmp_path, monkeypatch
     messages = []
     res = train(store["data"], tmp_path / "m", labels=store["labels"], config=fast_config(8), progress=False,
                 log=messages.append, tracking=Tracker(log=messages.append))
-    assert (tmp_path / "m" / "bundle.json").is_file()
+    assert (tmp_path / "m" / "model" / "bundle.json").is_file()
     assert res.tracking["error"].startswith("server unreachable")
     assert any(m.startswith("WARNING: MLflow tracking server") and "still written locally" in m for m in messages)
 
@@ -173,7 +175,7 @@ def test_sweep_runs_nested_children_under_a_parent(store, tmp_path):
 def test_sweep_rejects_unknown_parameter():
     from clinical_lstm.workflow import sweep_configs
 
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['model.hiden'\]"):
+    with pytest.raises(ValueError, match=r"unknown parameter 'model.hiden'"):
         sweep_configs(Config(), {"model.hiden": [1]})
     trials = sweep_configs(Config(), {"model.hidden_size": [4, 8], "model.decay": [True, False]})
     assert [t[1].model.hidden_size for t in trials] == [4, 4, 8, 8]

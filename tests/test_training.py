@@ -15,7 +15,15 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from clinical_lstm.catalogue import Catalogue
 from clinical_lstm.impute import GridTransformer, Tensors
 from clinical_lstm.model import ModelConfig
-from clinical_lstm.training import TrainConfig, _pos_weight, cross_fit, fit_one, fold_of, predict_logits, to_torch
+from clinical_lstm.training import (
+    TrainConfig,
+    _pos_weight,
+    cross_fit,
+    fit_one,
+    fold_of,
+    predict_logits,
+    to_torch,
+)
 
 CPU = torch.device("cpu")
 WINDOW = 24

@@ -1,0 +1,160 @@
+"""Per-stay summaries of the time series, and the two models of them that stand beside the LSTM.
+
+**The summaries** come from the imputation scan's running statistics (:class:`~clinical_lstm.impute.Carry`),
+so batch scoring, the stream (after every update), SHAP (a variable left out is "never observed") and the
+export all compute them with :func:`summarize`. Per series variable, in standardized units:
+
+==================  ============================================================================
+``<v>:first``       the first observed value          ``<v>:max``    the largest value
+``<v>:last``        the latest value                  ``<v>:mean``   the mean of the observed bins
+``<v>:min``         the smallest value                ``<v>:count``  observed bins
+``<v>:hours``       hours since the last observation (since admission while never observed)
+==================  ============================================================================
+
+then the static features of the transformer. NaN marks a statistic of a variable never observed.
+
+**The members**: a regularized logistic regression (median imputation with missing indicators, standard
+scaling) and histogram gradient boosting, fitted with scikit-learn and then *exported* to plain arrays:
+:class:`SummaryHead` evaluates them in torch (the trees by a vectorized walk from the root), so the model's
+logit has one definition for ``predict``, the stream, SHAP and ONNX, and the bundle holds no pickle. They are
+also the report's logistic-regression and gradient-boosting baselines (same features, same folds): the
+shipped model's lead over them is the LSTM's contribution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+SERIES_STATS = ("first", "last", "min", "max", "mean", "count", "hours")
+
+
+def feature_names(series: list[str], static_features: list[str]) -> list[str]:
+    return [f"{v}:{s}" for v in series for s in SERIES_STATS] + list(static_features)
+
+
+def summarize(carry, hours: np.ndarray, static_features: np.ndarray) -> np.ndarray:
+    """The summary features: ``(..., V)`` running statistics (a :class:`~clinical_lstm.impute.Carry`) and hours
+    since each variable's last observation, plus ``(N, F_s)`` static features -> ``(..., 7V + F_s)`` float32.
+
+    Leading dimensions are ``(N,)`` for a stay's summary or ``(N, T)`` for one after every bin.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(carry.count > 0, carry.total / carry.count, np.nan)
+    stats = np.stack([carry.first, carry.value, carry.low, carry.high, mean, carry.count, hours], axis=-1)
+    series = stats.reshape(*stats.shape[:-2], -1).astype(np.float32)  # (..., V * 7): variable-major
+    statics = np.broadcast_to(static_features.reshape(static_features.shape[0], *([1] * (series.ndim - 2)), -1),
+                              (*series.shape[:-1], static_features.shape[-1]))
+    return np.concatenate([series, statics.astype(np.float32)], axis=-1)
+
+
+def player_columns(n_series: int, static_players: list[list[int]]) -> list[list[int]]:
+    """The summary columns of each SHAP player: a series variable's 7 statistics, then each static player's
+    feature columns (shifted past the series block)."""
+    k = len(SERIES_STATS)
+    return [list(range(v * k, (v + 1) * k)) for v in range(n_series)] + [
+        [n_series * k + c for c in cols] for cols in static_players]
+
+
+# -- fitting ---------------------------------------------------------------------------------------------------
+def fit_members(X: np.ndarray, y: np.ndarray, seed: int = 0):
+    """Fit the logistic-regression and gradient-boosting members on summaries ``X`` (N, F) -> their arrays."""
+    from .baselines import SummaryBaselines
+
+    fitted = SummaryBaselines(seed=seed).fit(X, y)
+    return {"linear": export_linear(fitted.models_["logistic regression"]),
+            "trees": export_trees(fitted.models_["gradient boosting"], X.shape[1])}
+
+
+def export_linear(pipe) -> dict:
+    """A fitted ``SimpleImputer(median, add_indicator) -> StandardScaler -> LogisticRegression`` as arrays."""
+    imputer, scaler, lr = pipe.steps[0][1], pipe.steps[1][1], pipe.steps[2][1]
+    indicator = imputer.indicator_.features_ if imputer.indicator_ is not None else np.zeros(0, np.int64)
+    return {"median": imputer.statistics_.astype(np.float32), "indicator": np.asarray(indicator, np.int64),
+            "mean": scaler.mean_.astype(np.float32), "scale": scaler.scale_.astype(np.float32),
+            "coef": lr.coef_[0].astype(np.float32), "intercept": np.asarray(lr.intercept_, np.float32)}
+
+
+def export_trees(pipe, n_features: int) -> dict:
+    """A fitted ``ColumnTransformer(observed columns) -> HistGradientBoostingClassifier`` as padded arrays
+    (trees x nodes): the feature (a column of the full summary), threshold (go left when ``x <= threshold``),
+    where a missing value goes, the children, and the leaf values; plus the baseline raw score."""
+    columns = np.flatnonzero(np.isin(np.arange(n_features), pipe.steps[0][1].transformers_[0][2]))
+    hgb = pipe.steps[1][1]
+    nodes = [pred[0].nodes for pred in hgb._predictors]  # scikit-learn's tree arrays, one per boosting round
+    width = max(len(n) for n in nodes)
+    out = {"feature": np.zeros((len(nodes), width), np.int64), "threshold": np.zeros((len(nodes), width), np.float64),
+           "missing_left": np.zeros((len(nodes), width), bool), "left": np.zeros((len(nodes), width), np.int64),
+           "right": np.zeros((len(nodes), width), np.int64), "leaf": np.ones((len(nodes), width), bool),
+           "value": np.zeros((len(nodes), width), np.float32)}
+    for t, n in enumerate(nodes):
+        k = len(n)
+        leaf = n["is_leaf"].astype(bool)
+        out["feature"][t, :k] = np.where(leaf, 0, columns[n["feature_idx"]])
+        out["threshold"][t, :k] = n["num_threshold"]
+        out["missing_left"][t, :k] = n["missing_go_to_left"].astype(bool)
+        out["left"][t, :k], out["right"][t, :k] = n["left"], n["right"]
+        out["leaf"][t, :k] = leaf
+        out["value"][t, :k] = np.where(leaf, n["value"], 0)
+    out["depth"] = np.asarray(max(int(n["depth"].max()) for n in nodes), np.int64)
+    out["baseline"] = np.asarray(hgb._baseline_prediction, np.float32).reshape(1)
+    return out
+
+
+# -- the head ----------------------------------------------------------------------------------------------------
+class SummaryHead(nn.Module):
+    """The shipped logit: ``stack . (LSTM logit, linear(summary), trees(summary)) + bias``.
+
+    Buffers hold the exported members (:func:`fit_members`) and the stacking weights, fitted on out-of-fold
+    logits of all three. ``forward`` takes the ensemble-mean LSTM logit (B,) and the summaries (B, F), or
+    per step (B, T) and (B, T, F).
+    """
+
+    def __init__(self, members: dict, stack: np.ndarray, bias: float):
+        super().__init__()
+        for group, arrays in members.items():
+            for name, value in arrays.items():
+                self.register_buffer(f"{group}_{name}", torch.as_tensor(np.asarray(value)))
+        self.register_buffer("stack", torch.as_tensor(np.asarray(stack, np.float32)).reshape(3))
+        self.register_buffer("bias", torch.as_tensor(np.asarray(bias, np.float32)).reshape(1))
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> SummaryHead:
+        """Rebuild from ``state_dict()`` tensors (the bundle's ``head.*`` weights)."""
+        members: dict[str, dict] = {}
+        for key, value in state.items():
+            group, _, name = key.partition("_")
+            if group in ("linear", "trees"):
+                members.setdefault(group, {})[name] = value.numpy()
+        return cls(members, state["stack"].numpy(), float(state["bias"][0]))
+
+    def linear(self, s: torch.Tensor) -> torch.Tensor:
+        """(..., F) summaries -> (...,) logit of the logistic-regression member."""
+        missing = torch.isnan(s)
+        filled = torch.where(missing, self.linear_median, s)
+        z = torch.cat([filled, missing[..., self.linear_indicator].to(s.dtype)], dim=-1)  # (..., F + I)
+        return ((z - self.linear_mean) / self.linear_scale) @ self.linear_coef + self.linear_intercept[0]
+
+    def trees(self, s: torch.Tensor) -> torch.Tensor:
+        """(..., F) summaries -> (...,) raw score of the boosted trees: every tree walked from its root at once."""
+        shape = s.shape[:-1]
+        x = s.reshape(-1, s.shape[-1])  # (B, F)
+        n_trees, width = self.trees_feature.shape
+        base = (torch.arange(n_trees, device=s.device) * width)[None, :]  # (1, n_trees) flat offset of each tree
+        node = torch.zeros(x.shape[0], n_trees, dtype=torch.long, device=s.device)  # (B, n_trees)
+        feature, threshold = self.trees_feature.reshape(-1), self.trees_threshold.reshape(-1)
+        missing_left, leaf = self.trees_missing_left.reshape(-1), self.trees_leaf.reshape(-1)
+        left, right = self.trees_left.reshape(-1), self.trees_right.reshape(-1)
+        for _ in range(int(self.trees_depth)):
+            at = base + node  # (B, n_trees)
+            v = torch.gather(x, 1, feature[at])  # (B, n_trees) the split feature's value
+            go_left = torch.where(torch.isnan(v), missing_left[at], v.double() <= threshold[at])  # float64, as scikit-learn compares
+            node = torch.where(leaf[at], node, torch.where(go_left, left[at], right[at]))
+        raw = self.trees_value.reshape(-1)[base + node].sum(dim=1) + self.trees_baseline[0]  # (B,)
+        return raw.reshape(shape)
+
+    def forward(self, lstm_logit: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        s = summary.float()
+        members = torch.stack([lstm_logit.float(), self.linear(s), self.trees(s)], dim=-1)  # (..., 3)
+        return members @ self.stack + self.bias[0]

@@ -1,0 +1,89 @@
+"""The summaries and the summary members: worked by hand, equal to scikit-learn, and additive under SHAP."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from helpers import random_long, tiny_model
+
+from clinical_lstm.baselines import SummaryBaselines
+from clinical_lstm.catalogue import Catalogue
+from clinical_lstm.impute import GridTransformer
+from clinical_lstm.summaries import SERIES_STATS, SummaryHead, feature_names, fit_members
+
+CATALOGUE_CSV = """name,unit,lower,upper,aggregation,kind,static,description
+Age,years,0,120,last,static,true,
+A,u,0,100,mean,vital,false,
+B,u,0,100,last,lab,false,
+"""
+
+
+def test_summaries_by_hand():
+    """A at 0.5 h (3) and 2.5 h (7), B never: standardized by A's training mean 5 and sd 2."""
+    cat = Catalogue.from_csv_text(CATALOGUE_CSV)
+    train = pl.DataFrame({"stay_id": [1, 1, 2, 2], "time": [0.5, 1.5, 0.5, 1.5], "variable": ["A", "A", "A", "A"],
+                          "value": [3.0, 7.0, 3.0, 7.0]})
+    tr = GridTransformer(cat, window_hours=4, resolution_hours=1).fit(train, [1, 2])
+    stay = pl.DataFrame({"stay_id": [9, 9, 9], "time": [0.0, 0.5, 2.5], "variable": ["Age", "A", "A"],
+                         "value": [60.0, 3.0, 7.0]})
+    t = tr.transform(stay, [9])
+    names = feature_names(cat.series, tr.static_features_)
+    got = dict(zip(names, t.summary[0].tolist(), strict=True))
+    assert [n.split(":")[1] for n in names[:7]] == list(SERIES_STATS)
+    # A: first -1, last +1, min -1, max +1, mean 0, 2 observed bins, 0.5 h since 2.5 h (end of bin 2 = 3 h)
+    assert [got[f"A:{s}"] for s in SERIES_STATS] == [-1.0, 1.0, -1.0, 1.0, 0.0, 2.0, 0.5]
+    assert np.isnan([got[f"B:{s}"] for s in SERIES_STATS[:5]]).all()
+    assert (got["B:count"], got["B:hours"]) == (0.0, 3.0)  # never observed: hours since admission
+    assert t.summary.shape == (1, 7 * 2 + len(tr.static_features_))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    long = random_long(120, seed=11)
+    tr = GridTransformer(Catalogue.default()).fit(long, np.arange(1, 121))
+    X = tr.transform(long, np.arange(1, 121)).summary
+    y = (np.nan_to_num(X[:, 0]) + np.random.default_rng(0).normal(0, 1, len(X)) > 0).astype(np.int64)
+    return X, y
+
+
+def test_exported_members_equal_scikit_learn(fitted):
+    X, y = fitted
+    assert np.isnan(X).any()  # missing statistics go down the trees' missing-value branches
+    sk = SummaryBaselines(seed=0).fit(X, y).predict_proba(X)
+    head = SummaryHead(fit_members(X, y, seed=0), np.zeros(3), 0.0)
+    with torch.inference_mode():
+        s = torch.from_numpy(X)
+        lin, trees = torch.sigmoid(head.linear(s)).numpy(), torch.sigmoid(head.trees(s)).numpy()
+    np.testing.assert_allclose(lin, sk["logistic regression"], atol=1e-6)
+    np.testing.assert_allclose(trees, sk["gradient boosting"], atol=1e-6)
+    assert head.trees_feature.shape[0] > 5 and int(head.trees_depth) >= 2
+
+
+def test_head_stacks_the_members_and_round_trips(fitted):
+    X, y = fitted
+    head = SummaryHead(fit_members(X, y, seed=0), np.array([0.7, 0.2, 0.4]), -0.3)
+    lstm = torch.linspace(-2, 2, len(X))
+    with torch.inference_mode():
+        s = torch.from_numpy(X)
+        want = 0.7 * lstm + 0.2 * head.linear(s) + 0.4 * head.trees(s) - 0.3
+        torch.testing.assert_close(head(lstm, s), want)
+        again = SummaryHead.from_state(head.state_dict())
+        torch.testing.assert_close(again(lstm, s), want)
+        per_step = head(lstm.reshape(-1, 1).repeat(1, 3), s[:, None, :].repeat(1, 3, 1))  # (N, T) and (N, T, F)
+        torch.testing.assert_close(per_step, want[:, None].repeat(1, 3))
+
+
+def test_shap_adds_up_with_the_summary_head():
+    from clinical_lstm.explain import shap_values
+
+    model = tiny_model(seed=5, head=True)
+    long = random_long(6, seed=21)
+    clean, kept, _ = model.clean(long)
+    t = model.tensors(clean, kept)
+    phi, base, out, names = shap_values(model, t, n_permutations=4)
+    np.testing.assert_allclose(base + phi.sum(axis=1), out, atol=1e-4)
+    np.testing.assert_allclose(out, model.logits(t), atol=1e-5)
+    never = [i for i, n in enumerate(names[:len(model.catalogue.series)]) if not t.mask[:, :, i].any()]
+    assert never and np.all(phi[:, never] == 0)  # a variable no stay measured contributes exactly nothing
