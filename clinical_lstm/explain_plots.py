@@ -22,7 +22,10 @@ VITALS = ("HR", "MAP", "SysABP", "RespRate", "Temp", "SaO2", "GCS")
 
 
 def time_attributions(model, t, n: int, n_samples: int = 32, seed: int = 0) -> np.ndarray:
-    """(L, V) attribution of stay ``n`` per grid step and series variable, in log-odds."""
+    """(L, V) attribution of stay ``n`` per grid step and series variable, in log-odds.
+
+    It maps the networks' share of the model's logit (their mean logit, times the stacking weight when the model
+    has summary members): the summaries have no time axis, their share is in the per-variable SHAP values."""
     L = int(t.lengths[n])
     ref = reference(t.subset([n]), model.transformer)
     stay = [torch.from_numpy(a[n:n + 1, :L]) for a in (t.x, t.mask, t.delta)]  # (1, L, V) each
@@ -33,6 +36,8 @@ def time_attributions(model, t, n: int, n_samples: int = 32, seed: int = 0) -> n
     lengths = torch.full((n_samples,), L, dtype=torch.int64)
     with torch.enable_grad():
         logit = torch.stack([net.eval()(*inputs, statics, lengths)[0] for net in model.networks]).mean(0)
+        if model.head is not None:
+            logit = logit * model.head.stack[0]
         grads = torch.autograd.grad(logit.sum(), inputs)
     attr = sum((g.mean(0) * (s[0] - b[0])) for g, s, b in zip(grads, stay, base, strict=True))  # (L, V)
     return attr.detach().numpy()
@@ -51,7 +56,7 @@ def plot_stay(model, clean: pl.DataFrame, t, n: int, table: pl.DataFrame, path, 
     sid = int(t.stay_ids[n])
     L, res = int(t.lengths[n]), model.transformer.resolution_hours
     hours = (np.arange(L) + 1) * res
-    risk = model.risk(model.logits(t.subset([n]), steps=True))[0, :L]
+    risk = model.trajectory(clean.filter(pl.col("stay_id") == sid))["risk"].to_numpy()[:L]
     attr = time_attributions(model, t, n)
     rows = table.filter(pl.col("stay_id") == sid).sort("rank").head(top)
     names = model.catalogue.series

@@ -93,6 +93,38 @@ def baselines(y: np.ndarray, fold: np.ndarray, members_oof: dict, rule: str, out
     return {name: ((on_test[name] if test else p), choose_threshold(y, p, rule)) for name, p in oof.items()}
 
 
+def evaluate_fit(fitted, y: np.ndarray, rule: str, outcomes, ids, n_boot: int, seed: int, on: str,
+                 test: tuple | None = None, log=print) -> Evaluation:
+    """Every row of the comparison on the same stays: the shipped model, the networks alone (when the model
+    stacks summary members), the summary members as the logistic-regression and gradient-boosting baselines,
+    and SAPS-I. Out of fold on the training stays (``y``, ``ids``), or on separate test data
+    ``test = (tensors, y, ids, outcomes)``; every threshold is chosen out of fold."""
+    import torch
+
+    from .calibrate import choose_threshold, make_calibrator
+    from .model import predict_logits, to_torch
+
+    model = fitted.model
+    alone = make_calibrator(type(model.calibrator).kind).fit(fitted.lstm_oof, y) if model.head is not None else None
+    members_test = None
+    if test:
+        t, ev_y = test[0], test[1]
+        risk = model.risk(model.logits(t))
+        with torch.inference_mode():
+            s = torch.from_numpy(t.summary)
+            members_test = {"logistic regression": fitted.members.linear(s).numpy(),
+                            "gradient boosting": fitted.members.trees(s).numpy()}
+            lstm = predict_logits(model.networks, to_torch(t, torch.device("cpu"))) if alone else None
+    else:
+        ev_y, risk, lstm = y, fitted.oof_risk, fitted.lstm_oof
+    probs = {(HYBRID_NAME if alone else MODEL_NAME): (risk, model.threshold)}
+    if alone:
+        probs[MODEL_NAME] = (alone.predict(lstm), choose_threshold(y, alone.predict(fitted.lstm_oof), rule))
+    probs.update(baselines(y, fitted.fold, fitted.members_oof, rule, outcomes, ids, members_test,
+                           (test[2], test[3]) if test else None, log))
+    return compare(probs, ev_y, on, n_boot, seed)
+
+
 def compare(probs: dict, y: np.ndarray, on: str, n_boot: int, seed: int) -> Evaluation:
     """Metrics of every model and paired differences shipped model − each other row (the first of ``probs`` is
     the shipped model)."""

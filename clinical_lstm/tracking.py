@@ -28,7 +28,9 @@ REGISTERED_MODEL = "clinical-lstm"
 MODEL_ARTIFACT = "model"
 CHAMPION, CHALLENGER = "champion", "challenger"
 SELECTION_METRIC = "validation_auprc"
-BASELINE_PREFIX = {"masked LSTM": "", "logistic regression": "logreg_", "gradient boosting": "gbm_", "SAPS-I": "saps_"}
+#: metric-name prefix of each row of the comparison; the shipped model's metrics have none (``auroc``)
+BASELINE_PREFIX = {"masked LSTM": "lstm_", "logistic regression": "logreg_", "gradient boosting": "gbm_",
+                   "SAPS-I": "saps_"}
 
 
 def local_store(root: str | Path | None = None, create: bool = True) -> tuple[str, str]:
@@ -234,12 +236,12 @@ class Tracker:
 
         metrics = {SELECTION_METRIC: validation_auprc}
         for name, ests in result.metrics.items():
-            prefix = BASELINE_PREFIX.get(name, name.replace(" ", "_") + "_")
+            prefix = "" if name == result.evaluation.shipped else BASELINE_PREFIX[name]
             for key, est in ests.items():
                 metrics.update({f"{prefix}{key}": est.value, f"{prefix}{key}_lower": est.lower,
                                 f"{prefix}{key}_upper": est.upper})
         for name, diffs in result.evaluation.differences.items():  # model minus baseline, paired intervals
-            prefix = "lead_over_" + BASELINE_PREFIX.get(name, name.replace(" ", "_") + "_")
+            prefix = "lead_over_" + BASELINE_PREFIX[name]
             for key, est in diffs.items():
                 metrics.update({f"{prefix}{key}": est.value, f"{prefix}{key}_lower": est.lower,
                                 f"{prefix}{key}_upper": est.upper})

@@ -185,3 +185,49 @@ def fit_summaries(summary: np.ndarray, y: np.ndarray, fold: np.ndarray, lstm_oof
     Z = np.column_stack([lstm_oof, oof["logistic regression"], oof["gradient boosting"]])
     stacker = LogisticRegression(C=1.0, max_iter=1000).fit(Z, y)
     return SummaryFit(fit_members(summary, y, seed), oof, stacker.coef_[0], float(stacker.intercept_[0]))
+
+
+@dataclass
+class Fitted:
+    """What :func:`fit` learned: the shipped model and the out-of-fold evidence the report is made of."""
+
+    model: object  # RiskModel
+    fold: np.ndarray  # (N,) each stay's fold
+    oof_risk: np.ndarray  # (N,) the shipped model's calibrated risk, out of fold
+    lstm_oof: np.ndarray  # (N,) the networks' logit, out of fold
+    members: object  # SummaryHead holding the summary members fitted on every stay
+    members_oof: dict  # member name -> (N,) out-of-fold logits
+    history: list[dict]
+    seconds: float
+
+
+def fit(clean, ids, y: np.ndarray, cfg, progress: bool = True, on_epoch=None, log=print) -> Fitted:
+    """The estimator: transformer, k cross-fitted networks, summary members, stacking, calibration and the
+    alert threshold, all from the labelled stays ``ids`` of ``clean`` and nothing else."""
+    import time
+
+    from .bundle import RiskModel
+    from .calibrate import choose_threshold, make_calibrator
+    from .catalogue import resolve
+    from .impute import GridTransformer
+    from .summaries import SummaryHead
+
+    t0 = time.perf_counter()
+    d = cfg.data
+    transformer = GridTransformer(resolve(d.catalogue), d.window_hours, d.resolution_hours, d.imputation)
+    t = transformer.fit(clean, ids).transform(clean, ids)  # statistics of the training stays only
+    nets = cross_fit(t, y, cfg.model, cfg.train, progress, on_epoch)
+    log(f"summary members (logistic regression, gradient boosting) on the same {cfg.train.folds} folds")
+    summ = fit_summaries(t.summary, y, nets.fold, nets.oof_logits, cfg.train.seed)
+    members = SummaryHead(summ.members, summ.stack, summ.bias)
+    head = members if cfg.model.summaries else None
+    oof = summ.stack @ np.vstack([nets.oof_logits, *summ.oof.values()]) + summ.bias if head else nets.oof_logits
+    calibrator = make_calibrator(cfg.calibration.method).fit(oof, y)
+    oof_risk = calibrator.predict(oof)
+    threshold = choose_threshold(y, oof_risk, cfg.calibration.threshold_rule)
+    model = RiskModel(transformer, nets.networks, calibrator, threshold, head=head)
+    log(f"the model: {len(nets.networks)} networks" + (
+        f" stacked with the summary members (weights: LSTM {summ.stack[0]:.2f}, logistic regression "
+        f"{summ.stack[1]:.2f}, gradient boosting {summ.stack[2]:.2f})" if head else ""))
+    return Fitted(model, nets.fold, oof_risk, nets.oof_logits, members, summ.oof, nets.history,
+                  time.perf_counter() - t0)

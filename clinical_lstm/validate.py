@@ -18,7 +18,8 @@ sentinel_minus_one         value -> missing    value is -1 and -1 is outside the
 out_of_range               value -> missing    value outside the catalogue's [lower, upper]
 duplicate_row              row dropped         same stay, time, variable and value as an earlier row
 same_time_conflict         aggregated          same stay, time, variable, different values (kept)
-unreadable_file            stay rejected       the stay file could not be parsed
+unreadable_file            stay rejected       the stay file could not be parsed (binary, not UTF-8, a link)
+record_id_mismatch         stay rejected       the file's RecordID row names another stay than its file name
 no_time_series             stay rejected       no usable time-series observation in the window
 no_label                   stay rejected       training only: the stay has no outcome label
 =========================  ==================  ======================================================
@@ -48,6 +49,7 @@ ACTIONS = {
     "duplicate_row": "row dropped",
     "same_time_conflict": "aggregated in bin (kept)",
     "unreadable_file": "stay rejected",
+    "record_id_mismatch": "stay rejected",
     "no_time_series": "stay rejected",
     "no_label": "stay rejected",
 }

@@ -153,19 +153,17 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     """Cross-fit the model on every labelled stay, calibrate it out of fold, compare it with the baselines on
     the same folds, and write the run folder ``out`` (``model/`` and ``report/``).
 
-    Metrics come from ``test_data`` when given (the shipped ensemble of k networks and the baselines' k fold
-    models, all thresholded out of fold), else out of fold on the training stays. ``tracking``: False, True
+    The model (:func:`clinical_lstm.training.fit`): k networks, each early-stopped on its own held-out fold,
+    stacked with summary members (logistic regression, boosted trees) on their out-of-fold logits, calibrated and
+    thresholded out of fold. Metrics come from ``test_data`` when given, else out of fold on the training stays;
+    every row of the comparison (:func:`clinical_lstm.report.evaluate_fit`) is on the same stays. ``tracking``: False, True
     (an MLflow run in the default store, see :mod:`clinical_lstm.tracking`) or a
     :class:`~clinical_lstm.tracking.Tracker`. A tracking failure never stops training.
     """
-    from .bundle import RiskModel, data_digest, environment
-    from .calibrate import choose_threshold, make_calibrator
-    from .impute import GridTransformer
-    from .report import HYBRID_NAME, baselines, compare
+    from .bundle import data_digest, environment
+    from .report import evaluate_fit
     from .report import write as write_report
-    from .model import predict_logits, to_torch
-    from .summaries import SummaryHead
-    from .training import cross_fit, fit_summaries
+    from .training import fit
 
     cfg = config or Config()
     out = writable_dir(out, "--out")
@@ -186,65 +184,32 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
         f"{cfg.train.folds}-fold cross-fitting on {len(ids)} labelled stays ({int(y.sum())} deaths)"
         + (f"; test {len(test[2])} stays" if test else ""))
 
-    t0 = time.perf_counter()
-    transformer = GridTransformer(catalogue, window, cfg.data.resolution_hours, cfg.data.imputation).fit(clean, ids)
-    t = transformer.transform(clean, ids)
-    fit = cross_fit(t, y, cfg.model, cfg.train, progress, on_epoch)
-    log(f"summary members (logistic regression, gradient boosting) on the same {cfg.train.folds} folds")
-    summ = fit_summaries(t.summary, y, fit.fold, fit.oof_logits, cfg.train.seed)
-    head = SummaryHead(summ.members, summ.stack, summ.bias) if cfg.model.summaries else None
-    oof_logit = (summ.stack @ np.vstack([fit.oof_logits, *summ.oof.values()]) + summ.bias) if head else fit.oof_logits
-    calibrator = make_calibrator(cfg.calibration.method).fit(oof_logit, y)
-    oof_risk = calibrator.predict(oof_logit)
-    threshold = choose_threshold(y, oof_risk, cfg.calibration.threshold_rule)
-    model = RiskModel(transformer, fit.networks, calibrator, threshold, head=head)
-    train_seconds = time.perf_counter() - t0
-
-    # the same rows evaluated for every model: out of fold on the training stays, or the separate test stays
-    lstm_alone = make_calibrator(cfg.calibration.method).fit(fit.oof_logits, y) if head else None
+    fitted = fit(clean, ids, y, cfg, progress, on_epoch, log)
+    model = fitted.model
     if test:
         test_raw, ev_clean, ev_ids, ev_y, _ = test
-        ev_t = model.tensors(ev_clean, ev_ids)
-        ev_risk = model.risk(model.logits(ev_t))
-        import torch
-
-        with torch.inference_mode():
-            members = SummaryHead(summ.members, summ.stack, summ.bias)
-            s = torch.from_numpy(ev_t.summary)
-            members_test = {"logistic regression": members.linear(s).numpy(),
-                            "gradient boosting": members.trees(s).numpy()}
-        lstm_risk = lstm_alone.predict(predict_logits(fit.networks, to_torch(ev_t, torch.device("cpu")))) \
-            if head else None
         on = f"{', '.join(test_raw.sources)} ({len(ev_ids)} stays, separate test data)"
+        ev = (model.tensors(ev_clean, ev_ids), ev_y, ev_ids, test_raw.outcomes)
     else:
-        ev_clean, ev_ids, ev_y, ev_risk, members_test = clean, ids, y, oof_risk, None
-        lstm_risk = lstm_alone.predict(fit.oof_logits) if head else None
+        ev_clean, ev_ids, ev = clean, ids, None
         on = (f"{', '.join(raw.sources)}, out of fold ({len(ids)} stays; each stay scored by the networks and "
               f"members that did not train on it)")
-    probs = {(HYBRID_NAME if head else MODEL_NAME): (ev_risk, threshold)}
-    if head:
-        probs[MODEL_NAME] = (lstm_risk, choose_threshold(y, lstm_alone.predict(fit.oof_logits),
-                                                         cfg.calibration.threshold_rule))
-    probs.update(baselines(y, fit.fold, summ.oof, cfg.calibration.threshold_rule, raw.outcomes, ids, members_test,
-                           (test[2], test[0].outcomes) if test else None, log))
-    evaluation = compare(probs, ev_y, on, cfg.evaluation.n_boot, cfg.evaluation.seed)
+    evaluation = evaluate_fit(fitted, y, cfg.calibration.threshold_rule, raw.outcomes, ids, cfg.evaluation.n_boot,
+                              cfg.evaluation.seed, on, ev, log)
     model.metadata = {
         "environment": environment(), "config": cfg.to_dict(),
         "training_data": {"sources": raw.sources, "digest": data_digest(clean, catalogue),
                           "stays": len(ids), "rows": clean.height, "deaths": int(y.sum())},
-        "evaluated_on": on, "train_seconds": round(train_seconds, 1),
+        "evaluated_on": on, "train_seconds": round(fitted.seconds, 1),
         "metrics": evaluation.to_dict()["models"],
     }
     model.save(out / "model")
-    files = write_report(out / "report", evaluation, ev_clean, ev_ids, catalogue, fit.history, report, model,
+    files = write_report(out / "report", evaluation, ev_clean, ev_ids, catalogue, fitted.history, report, model,
                          cfg.evaluation.explain_stays, cfg.evaluation.seed)
-    log(f"the model has {len(fit.networks)} networks" + (f" stacked with the summary members (weights LSTM "
-        f"{summ.stack[0]:.2f}, logistic regression {summ.stack[1]:.2f}, gradient boosting {summ.stack[2]:.2f})"
-        if head else ""))
     from sklearn.metrics import average_precision_score
 
-    result = TrainResult(model, report, evaluation, fit.history, out, files,
-                         validation_auprc=float(average_precision_score(y, oof_risk)))
+    result = TrainResult(model, report, evaluation, fitted.history, out, files,
+                         validation_auprc=float(average_precision_score(y, fitted.oof_risk)))
     if tracker:
         result.tracking = tracker.finish(result, result.validation_auprc)
         result.tracking["error"] = tracker.error

@@ -99,7 +99,7 @@ def test_tampered_catalogue_is_refused(model, tmp_path):
     m.save(tmp_path / "b")
     path = tmp_path / "b" / "catalogue.csv"
     path.write_text(path.read_text().replace("300", "301"))
-    with pytest.raises(DataError, match="catalogue.csv does not match the digest"):
+    with pytest.raises(DataError, match="catalogue.csv does not match its SHA-256 in bundle.json"):
         load_model(tmp_path / "b")
 
 

@@ -52,7 +52,8 @@ def test_train_writes_bundle_and_report_apart_and_prints_comparison(trained):
     metrics = json.loads((root / "run" / "report" / "metrics.json").read_text())
     auroc = metrics["models"]["masked LSTM"]["auroc"]
     assert auroc["lower"] <= auroc["value"] <= auroc["upper"]
-    assert set(metrics["differences"]) == {"logistic regression", "gradient boosting", "SAPS-I"}
+    assert metrics["shipped"] == "masked LSTM + summaries"
+    assert set(metrics["differences"]) == {"masked LSTM", "logistic regression", "gradient boosting", "SAPS-I"}
     assert "out of fold" in metrics["evaluated_on"]
     assert not list((root / "run").glob(".model.*")), "temporary bundle directory left behind"
 

@@ -102,7 +102,11 @@ def test_time_map_sums_to_the_logit_difference_and_plot_is_written(trained, tmp_
     ref = reference(t.subset([n]), model.transformer)
     one = t.subset([n])
     ref.statics[:] = one.statics  # the map varies the series channels only
-    gap = float(model.logits(one)[0] - model.logits(ref)[0])
+    from clinical_lstm.model import predict_logits, to_torch
+
+    weight = 1.0 if model.head is None else float(model.head.stack[0])  # the networks' share of the logit
+    gap = weight * float(predict_logits(model.networks, to_torch(one, "cpu"))[0]
+                         - predict_logits(model.networks, to_torch(ref, "cpu"))[0])
     # integrated gradients are complete: the map sums to f(stay) - f(reference), up to sampling error
     assert attr.sum() == pytest.approx(gap, rel=0.1, abs=0.05)
     table = model.explain(data, n_permutations=2)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from clinical_lstm.model import MaskedLSTM, ModelConfig
+from clinical_lstm.model import MaskedLSTM, ModelConfig, StepKernel
 
 V, S, H = 3, 2, 8
 COMBOS = list(itertools.product([False, True], [False, True]))  # (decay, attention)
@@ -51,10 +52,9 @@ def test_shapes(decay, attention, num_layers):
     x, mask, delta = torch.randn(B, T, V), torch.ones(B, T, V), torch.rand(B, T, V)
     statics = torch.randn(B, S)
     lengths = torch.tensor([6, 1, 3, 6])
-    logit, step_logits, (h, c) = m(x, mask, delta, statics, lengths)
+    logit, step_logits = m(x, mask, delta, statics, lengths)
     assert logit.shape == (B,)
     assert step_logits.shape == (B, T)
-    assert h.shape == (num_layers, B, H) and c.shape == (num_layers, B, H)
     assert m.step_inputs(x, mask, delta, statics).shape == (B, T, 3 * V + S)
     assert torch.isfinite(logit).all() and torch.isfinite(step_logits).all()
 
@@ -66,13 +66,13 @@ def test_padding_invariance(decay, attention):
     b = make_stay(5, seed=2)
     long_stay = make_stay(9, seed=3)
     with torch.no_grad():
-        alone_a, steps_a, _ = m(*a, torch.tensor([3]))
-        alone_b, steps_b, _ = m(*b, torch.tensor([5]))
-        alone_long, _, _ = m(*long_stay, torch.tensor([9]))
+        alone_a, steps_a = m(*a, torch.tensor([3]))
+        alone_b, steps_b = m(*b, torch.tensor([5]))
+        alone_long, _ = m(*long_stay, torch.tensor([9]))
         # a and b padded with zero steps to T = 9, batched with a stay of length 9
         batch = [torch.cat([pad_to(s[k], 9) for s in (a, b)] + [long_stay[k]]) for k in range(3)]
         statics = torch.cat([a[3], b[3], long_stay[3]])
-        logit, step_logits, _ = m(*batch, statics, torch.tensor([3, 5, 9]))
+        logit, step_logits = m(*batch, statics, torch.tensor([3, 5, 9]))
     torch.testing.assert_close(logit, torch.cat([alone_a, alone_b, alone_long]), atol=1e-6, rtol=0)
     torch.testing.assert_close(step_logits[0, :3], steps_a[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(step_logits[1, :5], steps_b[0], atol=1e-6, rtol=0)
@@ -84,8 +84,8 @@ def test_padding_content_is_ignored(decay, attention):
     m = make_model(decay, attention)
     x, mask, delta, statics = make_stay(4, seed=5)
     with torch.no_grad():
-        ref, _, _ = m(x, mask, delta, statics, torch.tensor([4]))
-        garbage, _, _ = m(pad_to(x, 7, 50.0), pad_to(mask, 7, 1.0), pad_to(delta, 7, 30.0), statics,
+        ref, _ = m(x, mask, delta, statics, torch.tensor([4]))
+        garbage, _ = m(pad_to(x, 7, 50.0), pad_to(mask, 7, 1.0), pad_to(delta, 7, 30.0), statics,
                           torch.tensor([4]))
     torch.testing.assert_close(garbage, ref, atol=1e-6, rtol=0)
 
@@ -101,8 +101,8 @@ def test_causality(decay, attention, t):
     delta2[:, t] += 2.0
     lengths = torch.tensor([6])
     with torch.no_grad():
-        _, before, _ = m(x, mask, delta, statics, lengths)
-        _, after, _ = m(x2, mask2, delta2, statics, lengths)
+        _, before = m(x, mask, delta, statics, lengths)
+        _, after = m(x2, mask2, delta2, statics, lengths)
     torch.testing.assert_close(after[:, :t], before[:, :t], atol=0, rtol=0)
     assert not torch.allclose(after[:, t], before[:, t])  # the change is visible from step t on
 
@@ -144,41 +144,40 @@ def test_decay_gate_gradient_reaches_parameters():
     m = make_model(decay=True, attention=False).train()
     x, mask, delta, statics = make_stay(5, seed=13)
     mask.zero_()  # all unobserved: every value goes through the gate
-    logit, _, _ = m(x, mask, delta, statics, torch.tensor([5]))
+    logit, _ = m(x, mask, delta, statics, torch.tensor([5]))
     logit.sum().backward()
     assert m.decay_w.grad is not None and m.decay_w.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("k", [1, 4, 9])
-def test_streaming_equals_one_pass(k):
-    m = make_model(decay=True, attention=False)
-    T = 10
+@pytest.mark.parametrize("cfg", [dict(decay=True, attention=False), dict(decay=True, attention=True),
+                                 dict(decay=False, attention=False, num_layers=2)])
+@pytest.mark.parametrize("chunks", [(1,) * 10, (3, 1, 6), (10,)])
+def test_step_kernel_equals_forward(cfg, chunks):
+    """The stream's numpy fast path, generated from three networks' weights, steps through any cut of a stay
+    to the ensemble-mean logit that ``MaskedLSTM.forward`` gives for every prefix of it."""
+    nets = [make_model(**cfg) for _ in range(3)]
+    for k, net in enumerate(nets):  # distinct weights per member
+        torch.manual_seed(100 + k)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.uniform_(-0.5, 0.5)
+    T = sum(chunks)
     g = torch.Generator().manual_seed(17)
-    B = 3
-    x, delta = torch.randn(B, T, V, generator=g), torch.rand(B, T, V, generator=g) * 4
-    mask = (torch.rand(B, T, V, generator=g) < 0.4).float()
-    statics = torch.randn(B, S, generator=g)
+    x, delta = torch.randn(1, T, V, generator=g), torch.rand(1, T, V, generator=g) * 4
+    mask = (torch.rand(1, T, V, generator=g) < 0.4).float()
+    statics = torch.randn(1, S, generator=g)
     with torch.no_grad():
-        full_logit, full_steps, full_state = m(x, mask, delta, statics, torch.full((B,), T))
-        _, first, state = m(x[:, :k], mask[:, :k], delta[:, :k], statics, torch.full((B,), k))
-        last_logit, rest, end_state = m(x[:, k:], mask[:, k:], delta[:, k:], statics, torch.full((B,), T - k),
-                                        state=state)
-    torch.testing.assert_close(torch.cat([first, rest], dim=1), full_steps, atol=1e-6, rtol=0)
-    torch.testing.assert_close(last_logit, full_logit, atol=1e-6, rtol=0)
-    torch.testing.assert_close(end_state[0], full_state[0], atol=1e-6, rtol=0)
-    torch.testing.assert_close(end_state[1], full_state[1], atol=1e-6, rtol=0)
-
-
-def test_streaming_one_step_at_a_time():
-    m = make_model(decay=True, attention=False)
-    x, mask, delta, statics = make_stay(6, seed=19)
-    with torch.no_grad():
-        _, full_steps, _ = m(x, mask, delta, statics, torch.tensor([6]))
-        state, steps = None, []
-        for t in range(6):
-            _, s, state = m(x[:, t:t + 1], mask[:, t:t + 1], delta[:, t:t + 1], statics, torch.tensor([1]), state)
-            steps.append(s)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full_steps, atol=1e-6, rtol=0)
+        want = [torch.stack([n(x[:, :t], mask[:, :t], delta[:, :t], statics, torch.tensor([t]))[0]
+                             for n in nets]).mean().item() for t in range(1, T + 1)]
+    kernel = StepKernel(nets)
+    state, got, start = kernel.initial_state(), [], 0
+    for k in chunks:
+        piece = [a[0, start:start + k].numpy() for a in (x, mask, delta)]
+        state, logits = kernel.run(*piece, statics[0].numpy(), state)
+        got.append(logits.mean())
+        start += k
+    ends = np.cumsum(chunks) - 1
+    np.testing.assert_allclose(got, np.asarray(want)[ends], atol=1e-5)
 
 
 def test_logit_without_attention_is_step_logit_at_last_valid_step():
@@ -188,10 +187,11 @@ def test_logit_without_attention_is_step_logit_at_last_valid_step():
     x, mask, delta = torch.randn(B, T, V, generator=g), torch.ones(B, T, V), torch.rand(B, T, V, generator=g)
     statics = torch.randn(B, S, generator=g)
     with torch.no_grad():
-        logit, steps, _ = m(x, mask, delta, statics, torch.tensor([5, 1, 3]))
+        logit, steps = m(x, mask, delta, statics, torch.tensor([5, 1, 3]))
     torch.testing.assert_close(logit, torch.stack([steps[0, 4], steps[1, 0], steps[2, 2]]), atol=0, rtol=0)
 
 
 def test_model_config_to_dict():
     cfg = ModelConfig(hidden_size=16, decay=False, attention=True)
-    assert cfg.to_dict() == {"hidden_size": 16, "num_layers": 1, "dropout": 0.2, "decay": False, "attention": True}
+    assert cfg.to_dict() == {"hidden_size": 16, "num_layers": 1, "dropout": 0.2, "decay": False, "attention": True,
+                             "summaries": True}

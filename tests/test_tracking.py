@@ -18,8 +18,12 @@ FIRST_ID = 9_300_001  # distinctive stay ids: the privacy test searches the whol
 N_STAYS = 160
 
 
+N_REJECTED = 6  # stays that training rejects (no time series, no label): their ids must not reach MLflow either
+
+
 def cohort(tmp: Path) -> tuple[Path, Path, list[int]]:
-    """A synthetic long-format cohort whose mean heart rate drives the outcome, plus its labels file."""
+    """A synthetic long-format cohort whose mean heart rate drives the outcome, plus its labels file; the last
+    stays are rejected by training (3 with statics only, 3 missing from the labels file). Returns every id."""
     rng = np.random.default_rng(7)
     rows, labels = [], []
     for k in range(N_STAYS):
@@ -32,10 +36,15 @@ def cohort(tmp: Path) -> tuple[Path, Path, list[int]]:
             rows.append((sid, float(t), "HR", float(rng.normal(110 if y else 80, 8))))
         for t in np.sort(rng.uniform(0, 24, 5)):
             rows.append((sid, float(t), "MAP", float(rng.normal(75, 10))))
+    statics_only = [FIRST_ID + N_STAYS + k for k in range(3)]
+    unlabelled = [FIRST_ID + N_STAYS + 3 + k for k in range(3)]
+    rows += [(sid, 0.0, "Age", 70.0) for sid in statics_only]
+    rows += [(sid, float(t), "HR", 90.0) for sid in unlabelled for t in (1.0, 2.0)]
+    labels += [(sid, 0) for sid in statics_only]
     data, lab = tmp / "long.csv", tmp / "labels.csv"
     pl.DataFrame(rows, schema=["stay_id", "time", "variable", "value"], orient="row").write_csv(data)
     pl.DataFrame(labels, schema=["stay_id", "label"], orient="row").write_csv(lab)
-    return data, lab, [s for s, _ in labels]
+    return data, lab, [s for s, _ in labels] + unlabelled
 
 
 def fast_config(hidden: int) -> Config:
@@ -74,10 +83,11 @@ def test_run_holds_config_metrics_data_and_artifacts(store):
     assert run.info.run_name == "ffill_median-h8-decay-k5"
     assert run.data.params["model.hidden_size"] == "8" and run.data.params["data.window_hours"] == "24.0"
     m = run.data.metrics
-    for key in ("auroc", "auprc", "brier", "logreg_auroc", "gbm_auprc", "validation_auprc"):
+    for key in ("auroc", "auprc", "brier", "lstm_auroc", "logreg_auroc", "gbm_auprc", "validation_auprc"):
         assert key in m, key
     assert m["auroc_lower"] <= m["auroc"] <= m["auroc_upper"]
-    assert m["auroc"] == pytest.approx(res.metrics["masked LSTM"]["auroc"].value)
+    assert m["auroc"] == pytest.approx(res.metrics["masked LSTM + summaries"]["auroc"].value)  # the shipped model
+    assert m["lstm_auroc"] == pytest.approx(res.metrics["masked LSTM"]["auroc"].value)
     epochs = client.get_metric_history(run.info.run_id, "val_auprc_fold0")
     assert [e.step for e in epochs] == [h["epoch"] for h in res.history if h["fold"] == 0]
     for key in ("lead_over_logreg_auroc", "lead_over_gbm_auprc_lower", "lead_over_gbm_auprc_upper"):
@@ -85,7 +95,7 @@ def test_run_holds_config_metrics_data_and_artifacts(store):
     assert run.data.tags["clinical_lstm.version"]
     (ds,) = run.inputs.dataset_inputs
     assert ds.dataset.digest == res.model.metadata["training_data"]["digest"][:16]
-    assert {t.key: t.value for t in ds.tags}["stays"] == str(N_STAYS)
+    assert {t.key: t.value for t in ds.tags}["stays"] == str(N_STAYS)  # the kept, labelled stays
     names = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/roc.png", "report/pr.png", "report/calibration.png", "report/quality_report.json",
             "report/subgroups.csv", "report/global_importance.png", "report/global_importance.csv"} <= names
@@ -134,6 +144,9 @@ def test_load_model_by_registry_and_run_uri(store):
 
 
 def test_no_stay_id_anywhere_in_the_store(store):
+    """Every training id, rejected stays' included, searched in every file of the store and its artifacts."""
+    assert store["runs"][0].report.rejects.height == N_REJECTED
+    assert (store["root"] / "model8" / "report" / "rejects.csv").is_file()  # the local report names them
     needles = [str(s).encode() for s in store["ids"]]
     files = [store["root"] / "mlflow.db", *(p for p in (store["root"] / "artifacts").rglob("*") if p.is_file())]
     assert len(files) > 10
@@ -178,7 +191,8 @@ def test_sweep_rejects_unknown_parameter():
     with pytest.raises(ValueError, match=r"unknown parameter 'model.hiden'"):
         sweep_configs(Config(), {"model.hiden": [1]})
     trials = sweep_configs(Config(), {"model.hidden_size": [4, 8], "model.decay": [True, False]})
-    assert [t[1].model.hidden_size for t in trials] == [4, 4, 8, 8]
+    assert sorted((t[1].model.hidden_size, t[1].model.decay) for t in trials) == [(4, False), (4, True), (8, False),
+                                                                                  (8, True)]
     assert [t[1].model.decay for t in trials] == [True, False, True, False]
 
 

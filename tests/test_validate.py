@@ -37,7 +37,7 @@ def clean_rows(clean: pl.DataFrame) -> list[tuple]:
 def test_every_rule_has_a_test_here():
     tested = {"unparseable_time", "unparseable_value", "unknown_variable", "negative_time", "past_window",
               "static_after_admission", "sentinel_minus_one", "out_of_range", "duplicate_row",
-              "same_time_conflict", "unreadable_file", "no_time_series", "no_label"}
+              "same_time_conflict", "unreadable_file", "record_id_mismatch", "no_time_series", "no_label"}
     assert set(ACTIONS) == tested
 
 
