@@ -30,7 +30,7 @@ from . import __version__
 from .calibrate import calibrator_from_dict
 from .catalogue import Catalogue
 from .config import ModelConfig
-from .files import dir_mode
+from .files import dir_mode, file_mode
 from .impute import GridTransformer, Tensors
 from .model import MaskedLSTM
 from .sources import LONG_COLUMNS, DataError, RawData
@@ -273,6 +273,7 @@ class RiskModel:
             (tmp / "catalogue.csv").write_text(self.catalogue.to_csv_text())
             (tmp / "transformer.json").write_text(json.dumps(self.transformer.to_dict(), indent=1))
             save_file(self._weights(), str(tmp / "weights.safetensors"))
+            os.chmod(tmp / "weights.safetensors", file_mode())  # safetensors writes 0600
             net = self.networks[0]
             meta = {**self.metadata, "format_version": FORMAT_VERSION, "model_config": net.cfg.to_dict(),
                     "n_series": net.n_series, "n_static": net.n_static, "n_networks": len(self.networks),

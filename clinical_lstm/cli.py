@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=DESCRIPTIONS[name], description=DESCRIPTIONS[name], formatter_class=_Help)
+        # `ui` has no -h: "-h 0.0.0.0" must never read as anything but an error next to a --host option
+        p = sub.add_parser(name, help=DESCRIPTIONS[name], description=DESCRIPTIONS[name], formatter_class=_Help,
+                           add_help=name != "ui")
+        if name == "ui":
+            p.add_argument("--help", action="help", help="show this help message and exit")
+        return p
 
     def config(p, what="library sections and a [job] section; options here win"):
         p.add_argument("--config", metavar="FILE", help=f"TOML config ({what}); see pipelines/configs/")

@@ -268,28 +268,44 @@ def score(model, data, out: str | Path, explain: int = 0, **options) -> dict:
 
 
 def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_permutations: int = 8,
-            fmt: str = "parquet") -> dict:
-    """Write the per-variable SHAP table, a plot per requested stay and the global importance plot."""
+            fmt: str = "parquet", log=print) -> dict:
+    """Write the per-variable SHAP table (every scorable stay), ``rejects.csv`` (every other stay, with its
+    reason), a plot per requested stay and the global importance plot. Everything is checked before any file is
+    written: the options, the requested stays, and that at least one stay can be explained."""
     from .bundle import load_model
     from .explain import shap_values, table_from
     from .explain_plots import plot_global, plot_stay
 
+    if top is not None and top < 1:
+        raise ValueError(f"--top must be at least 1 (or left out for every variable), got {top}")
+    if n_permutations < 2:
+        raise ValueError(f"--permutations must be at least 2 (one antithetic pair), got {n_permutations}")
+    if fmt not in ("parquet", "csv"):
+        raise ValueError(f"--format must be parquet or csv, got {fmt!r}")
     model = load_model(model) if isinstance(model, (str, Path)) else model
+    clean, kept, report = model.clean(load(data))
+    rejected = dict(report.rejects.iter_rows())
+    if not len(kept):
+        reasons = report.to_dict(include_stay_ids=False)["stays"]["rejected_by_reason"]
+        raise DataError(f"none of the {report.n_stays_read} stays can be explained: every one is rejected "
+                        f"({', '.join(f'{k} {v}' for k, v in reasons.items())})")
+    index = {s: i for i, s in enumerate(kept.to_list())}
+    missing = [s for s in (stays or []) if s not in index]
+    if missing:
+        why = ", ".join(f"{s} ({rejected[s]})" if s in rejected else f"{s} (not in the data)" for s in missing)
+        raise DataError(f"stay(s) {why} cannot be drawn: not among the scorable stays of the data")
     out = writable_dir(out, "--out")
-    clean, kept, _ = model.clean(load(data))
     t = model.tensors(clean, kept)
     full = table_from(*shap_values(model, t, n_permutations, progress=True), t.stay_ids)
     files = {"explanations": write_frame(full if top is None else full.filter(pl.col("rank") <= top),
-                                         out / f"explanations.{fmt}")}
+                                         out / f"explanations.{fmt}"),
+             "rejects": write_frame(report.rejects, out / "rejects.csv")}
     files["global_importance"] = plot_global(full, out / "global_importance.png")
     if stays is None:
         stays = t.stay_ids[np.argsort(-model.logits(t))[:3]].tolist()
-    index = {int(s): i for i, s in enumerate(t.stay_ids)}
-    missing = [s for s in stays if s not in index]
-    if missing:
-        raise DataError(f"stay(s) {missing} are not among the scorable stays of the data")
     for sid in stays:
         files[f"stay {sid}"] = plot_stay(model, clean, t, index[sid], full, out / f"stay_{sid}.png")
+    log(f"{len(kept)} stays explained, {report.rejects.height} rejected -> {out}")
     return files
 
 

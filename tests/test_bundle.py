@@ -129,3 +129,68 @@ def test_public_api_names_resolve():
 
     for name in clinical_lstm.__all__:
         assert getattr(clinical_lstm, name) is not None, name
+
+
+# -- integrity: a damaged, truncated or edited bundle never scores --------------------------------------------
+def _flip(path, offset: int, n: int = 64):
+    data = bytearray(path.read_bytes())
+    for i in range(offset, min(offset + n, len(data))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _edit_meta(path, **changes):
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    path.write_text(json.dumps(meta))  # json writes NaN for a nan threshold, as a hand edit might
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: _flip(b / "weights.safetensors", len((b / "weights.safetensors").read_bytes()) // 2),
+     "weights.safetensors does not match its SHA-256"),
+    (lambda b: (b / "weights.safetensors").write_bytes((b / "weights.safetensors").read_bytes()[:1000]),
+     "weights.safetensors does not match its SHA-256"),
+    (lambda b: (b / "weights.safetensors").write_bytes(b""), "weights.safetensors does not match its SHA-256"),
+    (lambda b: (b / "weights.safetensors").unlink(), "lacks weights.safetensors"),
+    (lambda b: _edit_meta(b / "bundle.json", threshold=float("nan")), "bundle.json was edited"),
+    (lambda b: _edit_meta(b / "bundle.json", threshold=0.9), "bundle.json was edited"),
+    (lambda b: _edit_meta(b / "bundle.json", n_networks=3), "damaged or was edited"),
+    (lambda b: _edit_meta(b / "bundle.json", n_series=5), "damaged or was edited"),
+    (lambda b: _edit_meta(b / "bundle.json", model_config={"hidden_size": 9}), "edited"),
+    (lambda b: (b / "bundle.json").write_text("{not json"), "damaged or was edited"),
+    (lambda b: _edit_meta(b / "bundle.json", calibrator={"kind": "platt", "a": 1.0, "b": 0.0}),
+     "bundle.json was edited"),
+])
+def test_damaged_or_edited_bundle_is_one_error(model, tmp_path, damage, message):
+    m, long = model
+    m.save(tmp_path / "b")
+    damage(tmp_path / "b")
+    with pytest.raises(DataError, match=message):
+        load_model(tmp_path / "b")
+
+
+def test_damaged_bundle_from_the_command_line_is_exit_2_and_writes_nothing(model, tmp_path):
+    m, long = model
+    m.save(tmp_path / "b")
+    _flip(tmp_path / "b" / "weights.safetensors", 300)
+    long.write_parquet(tmp_path / "long.parquet")
+    out = tmp_path / "out" / "s.parquet"
+    res = subprocess.run([sys.executable, "-m", "clinical_lstm.cli", "score", "--model", str(tmp_path / "b"),
+                          "--data", str(tmp_path / "long.parquet"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "SHA-256" in res.stderr and "Traceback" not in res.stderr
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_bundle_files_follow_the_umask(model, tmp_path):
+    import os
+
+    m, _ = model
+    old = os.umask(0o022)
+    try:
+        m.save(tmp_path / "b")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "b").stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "b").iterdir()} == dict.fromkeys(
+        ["bundle.json", "catalogue.csv", "transformer.json", "weights.safetensors"], 0o644)

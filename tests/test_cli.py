@@ -216,13 +216,35 @@ def test_explain_writes_table_and_plots(trained, tmp_path):
     assert table.group_by("stay_id").len()["len"].max() == 4
     for name in ("global_importance.png", "stay_132592.png"):
         assert (tmp_path / "ex" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rejects = pl.read_csv(tmp_path / "ex" / "rejects.csv")
+    assert table["stay_id"].n_unique() + rejects.height == SAMPLE_STAYS  # every stay explained or rejected
 
 
-def test_explain_unknown_stay_exit_2(trained, tmp_path):
+@pytest.mark.parametrize("args, message", [
+    (["--stay", "1"], "stay(s) 1 (not in the data) cannot be drawn"),
+    (["--top", "-1"], "--top must be at least 1"),
+    (["--permutations", "1"], "--permutations must be at least 2"),
+])
+def test_explain_checks_everything_before_writing_anything(trained, tmp_path, args, message):
     root, _ = trained
-    res = run("explain", "--model", str(root / "run"), "--data", "sample", "--out", str(tmp_path / "ex"),
-              "--stay", "1", "--permutations", "2")
-    assert res.returncode == 2 and "stay(s) [1] are not among the scorable stays" in res.stderr
+    res = run("explain", "--model", str(root / "run"), "--data", "sample", "--out", str(tmp_path / "ex"), *args)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "ex").exists()
+
+
+def test_explain_when_no_stay_can_be_explained_is_exit_2_with_the_reasons(trained, tmp_path):
+    root, _ = trained
+    (tmp_path / "statics.csv").write_text("stay_id,time,variable,value\n5,0,Age,60\n6,0,Age,70\n")
+    res = run("explain", "--model", str(root / "run"), "--data", str(tmp_path / "statics.csv"),
+              "--out", str(tmp_path / "ex"))
+    assert res.returncode == 2 and "none of the 2 stays can be explained" in res.stderr
+    assert "no_time_series 2" in res.stderr and not (tmp_path / "ex").exists()
+
+
+def test_test_data_that_overlaps_the_training_data_is_refused(tmp_path):
+    res = run("train", "--data", "sample", "--test", "sample", "--out", str(tmp_path / "m"), "--no-tracking")
+    assert res.returncode == 2 and "shares 500 of its 500 stays with the training data" in res.stderr
+    assert not (tmp_path / "m" / "model").exists()
 
 
 def test_score_with_top_k_explanations(trained, tmp_path):

@@ -284,3 +284,34 @@ def test_state_is_plain_json(model, stays):
     s.update(edge_stay().filter(pl.col("time") < 7))
     text = json.dumps(s.state(), allow_nan=False)  # strict JSON: no NaN or infinity
     assert json.loads(text)["open"] == 6
+
+
+def test_a_bad_row_is_counted_and_dropped_and_the_stream_carries_on(model, stays):
+    """An out-of-window row (480 h), a negative time and an unparseable value are dropped as in batch; they do
+    not move the stream's clock, and the stay still ends at predict's risk."""
+    rows = next(iter(stays.values()))
+    bad = pl.DataFrame({"stay_id": [rows["stay_id"][0]] * 3, "time": [480.0, -2.0, 5.0],
+                        "variable": ["HR", "HR", "HR"], "value": [80.0, 81.0, float("nan")]})
+    s = model.stream()
+    early, late = rows.filter(pl.col("time") < 6), rows.filter(pl.col("time") >= 6)
+    s.update(early)
+    s.update(bad)
+    assert s.dropped["past_window"] == 1 and s.dropped["negative_time"] == 1 and s.dropped["unparseable_value"] == 1
+    assert s.hours == early["time"].max()
+    for hour in late["time"].floor().unique(maintain_order=True).to_list():
+        s.update(late.filter(pl.col("time").floor() == hour))
+    assert_close(s.risk, expected_risk(model, pl.concat([rows, bad])))
+
+
+def test_save_is_atomic_and_follows_the_umask(model, stays, tmp_path):
+    import os
+
+    s = model.stream()
+    s.update(next(iter(stays.values()))[:20])
+    old = os.umask(0o022)
+    try:
+        paths = [s.save(tmp_path / "s.json"), s.save(tmp_path / "s.safetensors")]
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json", "s.safetensors"]  # no temporary file left
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in paths)
