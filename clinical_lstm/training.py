@@ -198,7 +198,7 @@ class Fitted:
     members: object  # SummaryHead holding the summary members fitted on every stay
     members_oof: dict  # member name -> (N,) out-of-fold logits
     history: list[dict]
-    seconds: float
+    seconds: dict  # phase -> seconds: networks, summaries, total
 
 
 def fit(clean, ids, y: np.ndarray, cfg, progress: bool = True, on_epoch=None, log=print) -> Fitted:
@@ -216,9 +216,13 @@ def fit(clean, ids, y: np.ndarray, cfg, progress: bool = True, on_epoch=None, lo
     d = cfg.data
     transformer = GridTransformer(resolve(d.catalogue), d.window_hours, d.resolution_hours, d.imputation)
     t = transformer.fit(clean, ids).transform(clean, ids)  # statistics of the training stays only
+    t1 = time.perf_counter()
     nets = cross_fit(t, y, cfg.model, cfg.train, progress, on_epoch)
-    log(f"summary members (logistic regression, gradient boosting) on the same {cfg.train.folds} folds")
+    t2 = time.perf_counter()
+    log(f"{cfg.train.folds} networks in {t2 - t1:.0f} s; summary members (logistic regression, gradient "
+        f"boosting) on the same folds")
     summ = fit_summaries(t.summary, y, nets.fold, nets.oof_logits, cfg.train.seed)
+    t3 = time.perf_counter()
     members = SummaryHead(summ.members, summ.stack, summ.bias)
     head = members if cfg.model.summaries else None
     oof = summ.stack @ np.vstack([nets.oof_logits, *summ.oof.values()]) + summ.bias if head else nets.oof_logits
@@ -229,5 +233,7 @@ def fit(clean, ids, y: np.ndarray, cfg, progress: bool = True, on_epoch=None, lo
     log(f"the model: {len(nets.networks)} networks" + (
         f" stacked with the summary members (weights: LSTM {summ.stack[0]:.2f}, logistic regression "
         f"{summ.stack[1]:.2f}, gradient boosting {summ.stack[2]:.2f})" if head else ""))
+    seconds = {"preprocessing": t1 - t0, "networks": t2 - t1, "summaries": t3 - t2,
+               "total": time.perf_counter() - t0}
     return Fitted(model, nets.fold, oof_risk, nets.oof_logits, members, summ.oof, nets.history,
-                  time.perf_counter() - t0)
+                  {k: round(v, 1) for k, v in seconds.items()})

@@ -200,7 +200,7 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
         "environment": environment(), "config": cfg.to_dict(),
         "training_data": {"sources": raw.sources, "digest": data_digest(clean, catalogue),
                           "stays": len(ids), "rows": clean.height, "deaths": int(y.sum())},
-        "evaluated_on": on, "train_seconds": round(fitted.seconds, 1),
+        "evaluated_on": on, "train_seconds": fitted.seconds,
         "metrics": evaluation.to_dict()["models"],
     }
     model.save(out / "model")
