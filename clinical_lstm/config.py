@@ -159,7 +159,7 @@ class CalibrationConfig(Section):
 class EvaluationConfig(Section):
     n_boot: int = 1000  # bootstrap replicates for the 95 % intervals
     seed: int = 0  # seed of the bootstrap
-    explain_stays: int = 200  # evaluation stays explained for the global SHAP importance plot; 0 = none
+    explain_stays: int = 100  # evaluation stays explained for the global SHAP importance plot; 0 = none
 
     section: ClassVar[str] = "evaluation"
     constraints: ClassVar[dict] = {"n_boot": Range(int, 1, 100_000), "seed": Range(int, 0),

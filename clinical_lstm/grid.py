@@ -72,7 +72,7 @@ def aggregate(how: np.ndarray, v: np.ndarray, starts: np.ndarray) -> np.ndarray:
     ``mean`` and ``sum`` of the values, ``last`` the value of the latest row (of simultaneous values, the
     largest), ``max`` and ``min``. Statics (a static's time-0 rows) and the stream's open bin use it too.
     """
-    ends = np.r_[starts[1:], len(v)]
+    ends = np.append(starts[1:], len(v))
     n = ends - starts
     out = np.empty(len(starts), dtype=np.float64)
     for k, name in enumerate(AGGREGATIONS):
@@ -99,10 +99,10 @@ def aggregate_cells(cell: np.ndarray, t: np.ndarray, v: np.ndarray, how_of_cell)
     if not np.all((step > 0) | ((step == 0) & ((t[1:] > t[:-1]) | ((t[1:] == t[:-1]) & (v[1:] >= v[:-1]))))):
         order = np.lexsort((v, t, cell))
         cell, t, v = cell[order], t[order], v[order]
-    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+    starts = np.flatnonzero(np.concatenate([[True], cell[1:] != cell[:-1]]))
+    ends = np.append(starts[1:], len(cell))
     cells = cell[starts]
-    return cells, aggregate(how_of_cell(cells), v, starts), t[np.r_[starts[1:], len(cell)] - 1], np.diff(
-        np.r_[starts, len(cell)])
+    return cells, aggregate(how_of_cell(cells), v, starts), t[ends - 1], ends - starts
 
 
 def aggregation_codes(catalogue: Catalogue, names: list[str]) -> np.ndarray:

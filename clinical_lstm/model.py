@@ -149,7 +149,7 @@ class StepKernel:
         self.K, self.V, self.S = len(networks), net.n_series, net.n_static
         self.H, self.L = net.cfg.hidden_size, net.cfg.num_layers
         self.decay, self.attention = bool(net.cfg.decay), bool(net.cfg.attention)
-        sd = [{k: v.detach().cpu().double().numpy() for k, v in n.state_dict().items()} for n in networks]
+        sd = [{k: v.detach().cpu().float().numpy() for k, v in n.state_dict().items()} for n in networks]
         stack = lambda key: np.stack([d[key] for d in sd])  # noqa: E731 -- (K, ...)
         V = self.V
         if self.decay:
@@ -170,52 +170,64 @@ class StepKernel:
 
     def initial_state(self) -> dict:
         K, L, H = self.K, self.L, self.H
-        state = {"h": np.zeros((K, L, H)), "c": np.zeros((K, L, H))}
-        if self.attention:
+        state = {"h": np.zeros((K, L, H), np.float32), "c": np.zeros((K, L, H), np.float32)}
+        if self.attention:  # the softmax accumulators stay float64: they add up over the whole stay
             state.update(att_max=np.full(K, -np.inf), att_den=np.zeros(K), att_num=np.zeros((K, H)))
         return state
 
-    def run(self, x, mask, delta, statics, state: dict) -> tuple[dict, np.ndarray]:
-        """``k`` steps (x, mask, delta (k, V); statics (S,)) from ``state`` -> (new state, per-member logits (K,)
-        of the stay after the last of them). ``state`` is not modified."""
-        H = self.H
-        x, mask, delta = (np.asarray(a, np.float64)[None] for a in (x, mask, delta))  # (1, k, V)
+    def run(self, x, mask, delta, statics, state: dict, commit: int | None = None) -> tuple[dict, np.ndarray]:
+        """``k`` steps (x, mask, delta (k, V); statics (S,)) from ``state`` -> (the state after the first
+        ``commit`` steps (default: all k), per-member logits (K,) of the stay after all k). ``state`` is kept.
+
+        The stream runs the bins that closed since its last update and the open bin in one call: it keeps the
+        state after the closed ones and reports the risk after the open one."""
+        H, K = self.H, self.K
+        commit = x.shape[0] if commit is None else commit
+        x, mask, delta = (np.asarray(a, np.float32)[None] for a in (x, mask, delta))  # (1, k, V), float32 as torch
         if self.decay:  # as MaskedLSTM.step_inputs
             gamma = np.exp(-np.maximum(self.decay_w[:, None] * delta + self.decay_b[:, None], 0))  # (K, k, V)
             x = x * (mask + (1 - mask) * gamma)
         k = x.shape[1]
-        inp = np.concatenate([np.broadcast_to(x, (self.K, k, self.V)), np.broadcast_to(mask, (self.K, k, self.V)),
-                              np.broadcast_to(np.log1p(delta), (self.K, k, self.V))], axis=2)  # (K, k, 3V)
-        s = np.asarray(statics, np.float64)
+        inp = np.concatenate([np.broadcast_to(x, (K, k, self.V)), np.broadcast_to(mask, (K, k, self.V)),
+                              np.broadcast_to(np.log1p(delta), (K, k, self.V))], axis=2)  # (K, k, 3V)
+        s = np.asarray(statics, np.float32)
         pre = inp @ self.w_series + (s @ self.w_static + self.bias[0])[:, None]  # (K, k, 4H)
-        h, c = state["h"].copy(), state["c"].copy()
+        h, c = state["h"].copy(), state["c"].copy()  # after `commit` steps, filled in below
         out = None  # (K, k, H) hidden states of the layer below
         for layer in range(self.L):
             if layer:  # layers above the first read the one below (no dropout in eval)
                 pre = out @ self.w_ih[layer] + self.bias[layer][:, None]
-            out = np.empty((self.K, k, H))  # (K, k, H) this layer's hidden states
+            out = np.empty((K, k, H))  # (K, k, H) this layer's hidden states
             hl, cl, w_hh = h[:, layer], c[:, layer], self.w_hh[layer]
             for t in range(k):
-                g = pre[:, t] + np.einsum("kh,khg->kg", hl, w_hh)  # (K, 4H)
+                g = pre[:, t] + (hl[:, None, :] @ w_hh)[:, 0]  # (K, 4H)
                 i, f, o = _sigmoid(g[:, :H]), _sigmoid(g[:, H:2 * H]), _sigmoid(g[:, 3 * H:])
                 cl = f * cl + i * np.tanh(g[:, 2 * H:3 * H])
                 hl = o * np.tanh(cl)
                 out[:, t] = hl
-            h[:, layer], c[:, layer] = hl, cl
+                if t == commit - 1:
+                    h[:, layer], c[:, layer] = hl, cl
         new = {"h": h, "c": c}
         if not self.attention:
             return new, np.einsum("kh,kh->k", hl, self.head_w) + self.head_b + self.head_static @ s
-        score = np.einsum("kth,kh->kt", np.tanh(np.einsum("kti,kij->ktj", out, self.attn_w1)
-                                                + self.attn_b1[:, None]), self.attn_w2)  # (K, k)
-        mx = np.maximum(state["att_max"], score.max(axis=1))
-        scale, w = np.exp(state["att_max"] - mx), np.exp(score - mx[:, None])  # (K,), (K, k)
-        new["att_max"] = mx
-        new["att_den"] = state["att_den"] * scale + w.sum(axis=1)
-        new["att_num"] = state["att_num"] * scale[:, None] + np.einsum("kt,kth->kh", w, out)
-        pooled = new["att_num"] / new["att_den"][:, None]  # (K, H)
+        score = np.einsum("kth,kh->kt", np.tanh(out @ self.attn_w1 + self.attn_b1[:, None]), self.attn_w2)  # (K, k)
+        new.update(_softmax_pool(state, score[:, :commit], out[:, :commit]))
+        pooled = _softmax_pool(state, score, out)
+        pooled = pooled["att_num"] / pooled["att_den"][:, None]  # (K, H)
         logits = (np.einsum("kh,kh->k", pooled, self.attn_head_h) + np.einsum("ks,s->k", self.attn_head_s, s)
                   + self.attn_head_b)
         return new, logits
+
+
+def _softmax_pool(state: dict, score: np.ndarray, hs: np.ndarray) -> dict:
+    """Attention accumulators after adding steps with ``score`` (K, k) and hidden states ``hs`` (K, k, H): the
+    running maximum, sum of exp(score - max) and the exp-weighted sum of hidden states."""
+    if score.shape[1] == 0:
+        return {key: state[key] for key in ("att_max", "att_den", "att_num")}
+    mx = np.maximum(state["att_max"], score.max(axis=1))
+    scale, w = np.exp(state["att_max"] - mx), np.exp(score - mx[:, None])  # (K,), (K, k)
+    return {"att_max": mx, "att_den": state["att_den"] * scale + w.sum(axis=1),
+            "att_num": state["att_num"] * scale[:, None] + np.einsum("kt,kth->kh", w, hs)}
 
 
 def _sigmoid(z):

@@ -21,7 +21,8 @@ static features                :meth:`clinical_lstm.impute.GridTransformer.stati
 the networks                   :class:`clinical_lstm.model.StepKernel`, generated from the ``MaskedLSTM``
                                weights and checked against its ``forward`` in the fast tests
 summaries and their members     :func:`clinical_lstm.summaries.summarize` of the carried state, and the model's
-                               own :class:`~clinical_lstm.summaries.SummaryHead` (torch)
+                               own :class:`~clinical_lstm.summaries.SummaryHead` (its numpy fast path for one
+                               stay, checked against its torch ``forward`` in the fast tests)
 calibration                    :meth:`clinical_lstm.bundle.RiskModel.risk`
 =============================  ===========================================================================
 
@@ -225,6 +226,8 @@ class StayStream:
         self._has_series = False
         self._code, self._time, self._value = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)  # its rows
         self._statics: np.ndarray | None = None  # raw static values, fixed when bin 0 closes
+        self._features: np.ndarray | None = None  # their static features, once fixed
+        self._closed: list = []  # (values, obs_time) of bins closed in this update, run by _refresh
         self._carry = Carry.empty(1, e.V)
         self._net = e.kernel.initial_state()
         self._dropped: Counter = Counter()
@@ -248,9 +251,10 @@ class StayStream:
         self._code, self._time, self._value = (np.asarray(code, np.int64), np.asarray(time, np.float64),
                                                np.asarray(value, np.float64))
         self._statics = None if state["statics"] is None else _unlisted(state["statics"], np.float32)
+        self._features, self._closed = None, []
         self._carry = Carry(*(_unlisted(a, np.float32).reshape(1, e.V) for a in state["carry"]))  # Carry.fields()
         init = e.kernel.initial_state()
-        self._net = {k: _unlisted(state["networks"][k]).reshape(v.shape) for k, v in init.items()}
+        self._net = {k: _unlisted(state["networks"][k], v.dtype).reshape(v.shape) for k, v in init.items()}
         if "att_max" in self._net:  # -inf (no step yet) was written as null
             self._net["att_max"] = np.nan_to_num(self._net["att_max"], nan=-np.inf)
         self._dropped = Counter({str(k): int(v) for k, v in state.get("dropped", {}).items()})
@@ -259,7 +263,7 @@ class StayStream:
     def _check_order(self, times: np.ndarray):
         if not len(times):
             return
-        prev = np.r_[-np.inf if self._last_time is None else self._last_time, times[:-1]]
+        prev = np.concatenate([[-np.inf if self._last_time is None else self._last_time], times[:-1]])
         bad = np.flatnonzero(times < prev)
         if len(bad):
             i = bad[0]
@@ -272,13 +276,13 @@ class StayStream:
         self._last_time = float(time[-1])
         b = bin_index(time, e.res, e.T)
         series = e.series_of[code] >= 0
-        for start in np.flatnonzero(np.r_[True, b[1:] != b[:-1]]):  # runs of rows in one bin, in time order
-            end = start + int(np.argmax(np.r_[b[start:] != b[start], True]))
+        starts = np.flatnonzero(np.concatenate([[True], b[1:] != b[:-1]]))  # runs of rows in one bin, in time order
+        for start, end in zip(starts, [*starts[1:], len(b)], strict=True):
             if b[start] > self._open:  # only series rows reach a later bin (statics are time-0 rows)
                 self._close(int(b[start]))
-            self._code = np.r_[self._code, code[start:end]]
-            self._time = np.r_[self._time, time[start:end]]
-            self._value = np.r_[self._value, value[start:end]]
+            self._code = np.concatenate([self._code, code[start:end]])
+            self._time = np.concatenate([self._time, time[start:end]])
+            self._value = np.concatenate([self._value, value[start:end]])
             self._has_series |= bool(series[start:end].any())
 
     def _open_rows(self):
@@ -307,40 +311,46 @@ class StayStream:
         return values, obs_time, statics, int((~keep).sum())
 
     def _static_features(self, statics):
-        return self._e.tr.static_features(statics[None])[0]
+        """The static features (cached once the statics are fixed, i.e. once bin 0 has closed)."""
+        if statics is self._statics and self._features is not None:
+            return self._features
+        features = self._e.tr.static_features(statics[None])[0]
+        if statics is self._statics:
+            self._features = features
+        return features
 
     def _close(self, upto: int):
-        """Run the open bin and the empty bins before ``upto`` through the imputation and the networks."""
+        """Close the open bin and the empty bins before ``upto``: they wait in ``_closed`` for :meth:`_refresh`,
+        which runs them and the new open bin through the imputation and the networks in one call."""
         e = self._e
         values, obs_time, statics, dups = self._open_rows()
         self._statics = statics
-        k = upto - self._open
-        vals = np.full((1, k, e.V), np.nan, np.float32)
-        times = np.full((1, k, e.V), np.nan, np.float32)
-        vals[:, :1], times[:, :1] = values, obs_time
-        x, mask, delta, self._carry = e.tr.steps(vals, times, e.bin_end[self._open:upto], self._carry)
-        self._net, _ = e.kernel.run(x[0], mask[0], delta[0], self._static_features(statics), self._net)
+        empty = np.full((upto - self._open - 1, e.V), np.nan, np.float32)
+        self._closed.append((np.concatenate([values[0], empty]), np.concatenate([obs_time[0], empty])))
         self._dropped["duplicate_row"] += dups
         self._open = upto
         self._code, self._time, self._value = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
 
     def _refresh(self):
-        """Recompute the risk: one uncommitted step on the open bin from the networks' state."""
+        """Commit the closed bins and recompute the risk with one more, uncommitted step on the open bin."""
         e = self._e
         if not self._has_series:
             self._risk = self._logit = None
             return
         values, obs_time, statics, _ = self._open_rows()
-        x, mask, delta, carry = e.tr.steps(values, obs_time, e.bin_end[self._open:self._open + 1], self._carry)
+        k = sum(len(v) for v, _ in self._closed)  # closed bins not yet run
+        if k:
+            values = np.concatenate([*(v for v, _ in self._closed), values[0]])[None]  # (1, k + 1, V)
+            obs_time = np.concatenate([*(t for _, t in self._closed), obs_time[0]])[None]
+        x, mask, delta, carry, track = e.tr.steps(values, obs_time, e.bin_end[self._open - k:self._open + 1],
+                                                  self._carry, per_step=True)
         features = self._static_features(statics)
-        _, logits = e.kernel.run(x[0], mask[0], delta[0], features, self._net)
+        net, logits = e.kernel.run(x[0], mask[0], delta[0], features, self._net, commit=k)
+        if k:
+            self._carry, self._net, self._closed = track.at(k - 1), net, []
         z = np.float32(logits.mean())  # the ensemble mean, as RiskModel.network_logits
         if self.model.head is not None:  # the summary members on the summaries so far, in the model's own head
-            import torch
-
-            with torch.inference_mode():
-                z = self.model.head(torch.tensor([z]), torch.from_numpy(summarize(carry, delta[:, 0],
-                                                                                  features[None]))).numpy()[0]
+            z = np.float32(self.model.head.numpy_logit(z, summarize(carry, delta[:, -1], features[None])[0]))
         self._logit = float(z)
         self._risk = float(self.model.risk(np.array([z]))[0])
 

@@ -113,7 +113,11 @@ class SummaryHead(nn.Module):
 
     def __init__(self, members: dict, stack: np.ndarray, bias: float):
         super().__init__()
-        for group, arrays in members.items():
+        trees = dict(members["trees"])
+        node = np.arange(trees["leaf"].shape[1])[None, :]
+        for side in ("left", "right"):  # a leaf's children are itself: a walk that reached it stays there
+            trees[side] = np.where(trees["leaf"], node, trees[side])
+        for group, arrays in {**members, "trees": trees}.items():
             for name, value in arrays.items():
                 self.register_buffer(f"{group}_{name}", torch.as_tensor(np.asarray(value)))
         self.register_buffer("stack", torch.as_tensor(np.asarray(stack, np.float32)).reshape(3))
@@ -149,10 +153,42 @@ class SummaryHead(nn.Module):
         for _ in range(int(self.trees_depth)):
             at = base + node  # (B, n_trees)
             v = torch.gather(x, 1, feature[at])  # (B, n_trees) the split feature's value
-            go_left = torch.where(torch.isnan(v), missing_left[at], v.double() <= threshold[at])  # float64, as scikit-learn compares
-            node = torch.where(leaf[at], node, torch.where(go_left, left[at], right[at]))
+            # float64, as scikit-learn compares; a missing value goes where training sent missing values
+            go_left = torch.where(torch.isnan(v), missing_left[at], v.double() <= threshold[at])
+            node = torch.where(go_left, left[at], right[at])
+            if not torch.jit.is_tracing() and bool(leaf[base + node].all()):  # every walk has ended (an
+                break  # exported graph always takes the full depth)
         raw = self.trees_value.reshape(-1)[base + node].sum(dim=1) + self.trees_baseline[0]  # (B,)
         return raw.reshape(shape)
+
+    def numpy_logit(self, lstm_logit: float, summary: np.ndarray) -> float:
+        """:meth:`forward` for one stay in numpy: the stream's fast path (one stay per update, where torch's
+        fixed cost per operation would dominate), the same arithmetic on the same buffers, checked against
+        :meth:`forward` in the fast tests."""
+        a = self.__dict__.get("_arrays")
+        if a is None:
+            a = self.__dict__["_arrays"] = {k: v.numpy() for k, v in self.state_dict().items()}
+        s = np.asarray(summary, np.float32)  # (F,)
+        missing = np.isnan(s)
+        z = np.concatenate([np.where(missing, a["linear_median"], s), missing[a["linear_indicator"]]])
+        linear = float(((z - a["linear_mean"]) / a["linear_scale"]) @ a["linear_coef"] + a["linear_intercept"][0])
+        width = a["trees_feature"].shape[1]
+        base = np.arange(a["trees_feature"].shape[0]) * width
+        node = np.zeros(len(base), np.int64)
+        feature, threshold = a["trees_feature"].reshape(-1), a["trees_threshold"].reshape(-1)
+        missing_left, leaf = a["trees_missing_left"].reshape(-1), a["trees_leaf"].reshape(-1)
+        left, right = a["trees_left"].reshape(-1), a["trees_right"].reshape(-1)
+        for _ in range(int(a["trees_depth"])):
+            at = base + node
+            v = s[feature[at]].astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                go_left = np.where(np.isnan(v), missing_left[at], v <= threshold[at])
+            node = np.where(go_left, left[at], right[at])
+            if leaf[base + node].all():
+                break
+        trees = float(a["trees_value"].reshape(-1)[base + node].sum(dtype=np.float32) + a["trees_baseline"][0])
+        members = np.array([lstm_logit, linear, trees], np.float32)
+        return float(members @ a["stack"] + a["bias"][0])
 
     def forward(self, lstm_logit: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         s = summary.float()

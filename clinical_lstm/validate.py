@@ -158,7 +158,7 @@ def row_rules(time: np.ndarray, code: np.ndarray, value: np.ndarray, table: Rule
     c = np.where(known, code, 0)
     lower, upper = table.lower[c], table.upper[c]
     with np.errstate(invalid="ignore"):
-        conditions = [
+        conditions = (
             ~np.isfinite(time),
             ~known,
             ~np.isfinite(value),
@@ -167,8 +167,11 @@ def row_rules(time: np.ndarray, code: np.ndarray, value: np.ndarray, table: Rule
             table.static_only[c] & (time > 0),
             (value == -1) & ((lower > -1) | (upper < -1)),
             (value < lower) | (value > upper),
-        ]
-    return np.select(conditions, np.arange(1, len(ROW_RULES) + 1, dtype=np.int8), 0).astype(np.int8)
+        )
+    rule = np.zeros(len(time), np.int8)
+    for k in range(len(conditions), 0, -1):  # the last assignment wins: the first rule broken is charged
+        rule[conditions[k - 1]] = k
+    return rule
 
 
 # -- same-time rows -------------------------------------------------------------------------------------------
@@ -199,8 +202,8 @@ def order_rows(key: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """
     order = np.lexsort((value, key))
     k, v = key[order], value[order]
-    same_key = np.r_[False, k[1:] == k[:-1]]
-    keep = ~(same_key & np.r_[False, v[1:] == v[:-1]])
+    same_key = np.concatenate([[False], k[1:] == k[:-1]])
+    keep = ~(same_key & np.concatenate([[False], v[1:] == v[:-1]]))
     return order, keep, same_key & keep
 
 

@@ -73,6 +73,9 @@ def test_head_stacks_the_members_and_round_trips(fitted):
         torch.testing.assert_close(again(lstm, s), want)
         per_step = head(lstm.reshape(-1, 1).repeat(1, 3), s[:, None, :].repeat(1, 3, 1))  # (N, T) and (N, T, F)
         torch.testing.assert_close(per_step, want[:, None].repeat(1, 3))
+    # the stream's one-stay numpy path: the same numbers, missing statistics included
+    fast = [head.numpy_logit(float(lstm[i]), X[i]) for i in range(len(X))]
+    np.testing.assert_allclose(fast, want.numpy(), atol=1e-5)
 
 
 def test_shap_adds_up_with_the_summary_head():
