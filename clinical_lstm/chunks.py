@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from .archives import iter_stay_files
 from .files import atomic_path
-from .sources import LONG_COLUMNS, DataError, RawData, _iter_stay_files, physionet_raw
+from .sources import LONG_COLUMNS, DataError, RawData, physionet_raw
 
 
 @dataclass
@@ -118,9 +119,10 @@ def index_long(path: Path, catalogue) -> Input:
 
 
 def index_physionet(path: Path) -> Input:
-    """The index pass of a PhysioNet set folder or archive: its stay files in order (no parsing)."""
+    """The index pass of a PhysioNet set folder or archive: its stay entries in order, unparsed. An archive is
+    read to its end and checked (:mod:`clinical_lstm.archives`), so a damaged one stops the job here."""
     ids, ignored = [], 0
-    for record_id, _ in _iter_stay_files(path, skip=lambda _: True):
+    for record_id, _ in iter_stay_files(path, skip=lambda _: True):
         if record_id is None:
             ignored += 1
         else:
@@ -167,7 +169,7 @@ def _read_physionet_chunks(inp: Input, chunks: list[Chunk], todo: set[int]):
     of = lambda position: chunks[int(np.searchsorted(starts, position, side="right")) - 1]  # noqa: E731
     files: list = []
     position = -1
-    for record_id, data in _iter_stay_files(inp.path, skip=lambda p: of(p).index not in todo):
+    for record_id, data in iter_stay_files(inp.path, skip=lambda p: of(p).index not in todo):
         if record_id is None:
             continue
         position += 1

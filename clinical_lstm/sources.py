@@ -4,11 +4,29 @@ Two layouts are read, both with polars:
 
 * **PhysioNet Challenge 2012**: a set folder (``set-a/<RecordID>.txt``) or its ``.tar.gz`` read straight
   from the archive, with ``Outcomes-<x>.txt`` found beside it (or given explicitly). ``stay_id`` is the
-  RecordID from the file name; ``HH:MM`` times become hours. Archive members that are not stay files
-  (no numeric ``<RecordID>.txt`` name) are ignored and not counted.
+  RecordID from the file name; ``HH:MM`` times become hours. Which entries are stays, what becomes of links
+  and of a damaged archive: :mod:`clinical_lstm.archives`.
 * **Generic long format** (how a hospital brings its own data): CSV or Parquet with the columns
   ``stay_id`` (integer), ``time`` (hours since admission), ``variable``, ``value``. Static descriptors are
   rows at time 0. Labels come from a separate file with ``stay_id, label``.
+
+Each PhysioNet stay file is either read or its stay rejected with a reason (``RawData.unreadable``):
+
+* The file must be UTF-8 text without NUL bytes, with the first line ``Time,Parameter,Value``; blanks
+  around that line, a UTF-8 byte-order mark and CRLF line ends are ignored. Anything else (another encoding,
+  binary content, a header in other capitalisation, spacing or separators, CR-only line ends, a link or
+  another entry that is not a regular file) rejects the stay as ``unreadable_file``.
+* A ``RecordID`` row must name the file's own RecordID (compared as numbers: ``132540.0`` names 132540) or
+  be ``-1`` (PhysioNet's "not recorded"); a file without one is fine. Any other value, text or empty
+  included, rejects the stay as ``record_id_mismatch``: its rows may belong to another stay. RecordID rows
+  are then dropped.
+* A time must be a clock time ``[-]H+:MM`` with minutes 0-59 and nothing around it (the rule of
+  :data:`clinical_lstm.validate.CLOCK_TIME`; a leading minus applies to the whole time, ``-00:30`` is
+  -0.5 h, then dropped as ``negative_time``). Anything else (``25:99``, ``1:-30``, ``-0:-30``, ``1:5:0``,
+  ``12:60``, a blank before or after, plain hours ``12``) gives a null time, counted by validation as
+  ``unparseable_time`` under the row's variable. Blank lines are skipped; fields after the third are
+  ignored; a line without a comma (a truncated last line) has the variable ``""`` and no value, so it is
+  counted too (``unknown_variable``, or ``unparseable_time`` first when its time is not a time).
 
 Nothing is cleaned here: unparseable ``time`` / ``value`` entries stay visible (as text from generic CSV, as
 nulls from PhysioNet files) so that :mod:`clinical_lstm.validate` counts every one of them by rule.
@@ -16,26 +34,22 @@ nulls from PhysioNet files) so that :mod:`clinical_lstm.validate` counts every o
 
 from __future__ import annotations
 
+import codecs
 import io
 import re
-import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import polars as pl
+
+# DataError is the package's one data error; archives, the first module to raise it, defines it
+from .archives import DataError, iter_stay_files
 
 LONG_COLUMNS = ("stay_id", "time", "variable", "value")
 LABEL_COLUMNS = ("stay_id", "label")
 PHYSIONET_HEADER = b"Time,Parameter,Value"
 # Outcome columns that leak the label or are scores, never model inputs. Only SAPS-I is kept, as a baseline.
 _OUTCOME_LABEL = "In-hospital_death"
-_STAY_FILE = re.compile(r"^(\d+)\.txt$")
-
-
-class DataError(ValueError):
-    """Input data that cannot be read as documented; the message says what, where and the fix."""
-
-
 class MissingDependency(ImportError):
     """An optional package a feature needs is not installed; the message names the install command."""
 
@@ -54,9 +68,12 @@ class RawData:
     outcomes : polars.DataFrame or None
         ``stay_id`` Int64, ``label`` Int8 (0/1), ``saps_i`` Float64 (null when absent).
     unreadable : dict
-        ``stay_id -> reason`` for stay files that could not be parsed at all.
+        ``stay_id -> reason`` (``unreadable_file`` or ``record_id_mismatch``) for stays rejected on reading;
+        none of their rows are in ``long``.
     sources : list of str
         The file or folder names read (names only, no directories).
+    ignored_members : int
+        PhysioNet sets: the entries that are not stay files (see :mod:`clinical_lstm.archives`).
     """
 
     long: pl.DataFrame
@@ -72,46 +89,17 @@ def is_physionet(path: Path) -> bool:
     return path.is_dir() or path.name.endswith((".tar.gz", ".tgz", ".tar"))
 
 
-def _iter_stay_files(path: Path, skip=None):
-    """Yield ``(record_id, bytes)`` for every stay file of a set folder or archive; ``(None, None)`` for the
-    other files. ``skip(position)`` -> True yields ``(record_id, None)`` without reading the file (the position
-    counts stay files only): batch scoring resumes an archive without parsing finished chunks again."""
-    position = -1
-    if path.is_dir():
-        for f in sorted(path.iterdir()):
-            m = _STAY_FILE.match(f.name)
-            if m and f.is_file():
-                position += 1
-                yield int(m.group(1)), (None if skip and skip(position) else f.read_bytes())
-            else:
-                yield None, None
-        return
-    try:
-        tf = tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise DataError(f"{path} is not a readable tar archive ({exc}); pass a PhysioNet set folder, "
-                        f"its .tar.gz, or a long-format .csv/.parquet") from None
-    with tf:
-        try:
-            for member in tf:
-                m = _STAY_FILE.match(PurePosixPath(member.name).name)
-                if not (member.isfile() and m):
-                    if member.isfile():
-                        yield None, None
-                    continue
-                position += 1
-                if skip and skip(position):
-                    yield int(m.group(1)), None
-                    continue
-                fh = tf.extractfile(member)
-                yield int(m.group(1)), (fh.read() if fh else b"")
-        except (tarfile.TarError, OSError, EOFError) as exc:  # truncated or corrupt after some members
-            raise DataError(f"{path}: the archive is damaged after {position + 1} stay files ({exc}); "
-                            f"re-export it") from None
-
-
 def _stay_lines(record_id: int, data: bytes) -> bytes | None:
-    """Turn one stay file into ``record_id,Time,Parameter,Value`` lines; None if it is not a stay file."""
+    """Turn one stay file into ``record_id,H,M,Parameter,Value`` lines; None if it is unreadable (see above)."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    if b"\0" in data:  # binary garbage (or UTF-16)
+        return None
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     data = data.replace(b"\r\n", b"\n")
     head, _, body = data.partition(b"\n")
     if head.strip() != PHYSIONET_HEADER:
@@ -119,52 +107,69 @@ def _stay_lines(record_id: int, data: bytes) -> bytes | None:
     body = body.strip(b"\n")
     if not body:
         return b""
-    if b"\0" in body:  # binary garbage inside a stay file: the whole file is unreadable
-        return None
     prefix = b"%d," % record_id
     return prefix + _split_times(body).replace(b"\n", b"\n" + prefix) + b"\n"
 
 
-def _split_times(body: bytes) -> bytes:
-    """``HH:MM,HR,80`` -> ``HH,MM,HR,80`` so the CSV reader parses hours and minutes as numbers itself
-    (several times faster than parsing time strings afterwards).
+_NOT_SEPARATORS = bytes(b for b in range(256) if b not in b":,\n")
 
-    The fast path applies when every line has exactly one colon and two commas and none starts with '-'.
-    Otherwise each line is split on its own: ``-HH:MM`` keeps its sign on both parts, and a time that is not
-    ``HH:MM`` becomes two empty fields, so the row is counted as ``unparseable_time`` under its own variable.
+
+def _split_times(body: bytes) -> bytes:
+    """``HH:MM,HR,80`` -> ``HH,MM,HR,80`` so the CSV reader splits hours and minutes itself (several times
+    faster than splitting time strings afterwards); :func:`_clock_hours` then checks and converts them.
+
+    The fast path (one check of the whole body) applies when every line has a colon, a comma and a comma, in
+    that order, and no other colon or comma. Otherwise each line is split on its own: a time field with exactly
+    one colon gives its two sides, any other a null time (``unparseable_time`` under the row's own variable);
+    blank lines are skipped.
     """
-    n_lines = body.count(b"\n") + 1
-    if (body.count(b":") == n_lines and body.count(b",") == 2 * n_lines and not body.startswith(b"-")
-            and b"\n-" not in body):
+    lines = body.count(b"\n") + 1
+    if body.translate(None, _NOT_SEPARATORS) == b":,,\n" * (lines - 1) + b":,,":
         return body.replace(b":", b",")
     out = []
     for line in body.split(b"\n"):
-        time, _, rest = line.partition(b",")
+        if not line.strip():
+            continue
+        time, comma, rest = line.partition(b",")
         hh, colon, mm = time.partition(b":")
-        if colon and b":" not in mm:
-            out.append(hh + b"," + (b"-" if hh.startswith(b"-") else b"") + mm + b"," + rest)
-        else:
-            out.append(b",," + rest)
+        out.append((hh + b"," + mm if colon and b":" not in mm else b",") + comma + rest)
     return b"\n".join(out)
+
+
+def _clock_hours(hh: pl.Expr, mm: pl.Expr) -> pl.Expr:
+    """Hours from the two text sides of a clock time; null unless ``hh:mm`` is a clock time by the rule of
+    :data:`clinical_lstm.validate.CLOCK_TIME`: ``[-]H+:MM``, minutes 0-59 in one or two digits, a leading minus
+    on the whole time. Checked with integer casts (which refuse blanks, dots, exponents and non-ASCII digits),
+    not the regex itself, which cost a fifth of :func:`physionet_raw`; ``test_hostile_sources`` fuzzes one against
+    the other. (Hours beyond int64 are the one difference: null here.)"""
+    h, m = hh.cast(pl.Int64, strict=False), mm.cast(pl.Int64, strict=False)
+    clock = (~hh.str.starts_with("+") & (mm.str.len_bytes() <= 2) & ~mm.str.starts_with("+")
+             & ~mm.str.starts_with("-") & m.is_between(0, 59))
+    return pl.when(clock).then(pl.when(hh.str.starts_with("-")).then(h - m / 60.0).otherwise(h + m / 60.0))
 
 
 def read_physionet(path: str | Path, outcomes: str | Path | None = None) -> RawData:
     """Read a PhysioNet 2012 set folder or ``.tar.gz`` into :class:`RawData`.
 
-    The ``RecordID`` descriptor rows are dropped (the id is ``stay_id``). ``Outcomes-<x>.txt`` is looked
-    for beside the folder/archive unless ``outcomes`` is given; without it ``outcomes`` is None.
+    The ``RecordID`` descriptor rows are dropped (the id is ``stay_id``; one naming another stay rejects its
+    stay). ``Outcomes-<x>.txt`` is looked for beside the folder/archive unless ``outcomes`` is given; without
+    it ``outcomes`` is None. Raises :class:`DataError` for an archive that does not read to its end.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"data path {path} does not exist")
     files, ignored = [], 0
-    for record_id, data in _iter_stay_files(path):
+    for record_id, data in iter_stay_files(path):
         if record_id is None:
             ignored += 1
         else:
             files.append((record_id, data))
     if not files:
         raise DataError(f"{path} holds no stay files (<RecordID>.txt with header 'Time,Parameter,Value')")
+    ids = pl.Series([rid for rid, _ in files], dtype=pl.Int64)
+    if ids.is_duplicated().any():  # e.g. set-a/1.txt and set-a/old/1.txt: which one is the stay?
+        raise DataError(f"{path}: stay {ids.filter(ids.is_duplicated())[0]} appears more than once (two stay "
+                        f"files with the same RecordID); keep one of them")
     raw = physionet_raw(files, path.name)
     out_path = Path(outcomes) if outcomes else find_outcomes(path)
     raw.outcomes = read_outcomes(out_path) if out_path else None
@@ -173,8 +178,8 @@ def read_physionet(path: str | Path, outcomes: str | Path | None = None) -> RawD
 
 
 def physionet_raw(files, source: str) -> RawData:
-    """``[(record_id, file bytes), ...]`` -> :class:`RawData` (no outcomes). Unparseable files become
-    ``unreadable`` stays; every record id given is a stay."""
+    """``[(record_id, file bytes), ...]`` -> :class:`RawData` (no outcomes). Every record id given is a stay;
+    an unreadable file or a RecordID row naming another stay rejects it (``unreadable``), none of its rows kept."""
     chunks, stays, unreadable = [], [], {}
     for record_id, data in files:
         stays.append(record_id)
@@ -183,7 +188,7 @@ def physionet_raw(files, source: str) -> RawData:
             unreadable[record_id] = "unreadable_file"
         else:
             chunks.append(lines)
-    schema = {"stay_id": pl.Int64, "hh": pl.Float64, "mm": pl.Float64, "variable": pl.String, "value": pl.Float64}
+    schema = {"stay_id": pl.Int64, "hh": pl.String, "mm": pl.String, "variable": pl.String, "value": pl.Float64}
     buf = b"".join(chunks)
     if buf:
         # ignore_errors: an unparseable number becomes null and is counted by validation's rules
@@ -191,8 +196,15 @@ def physionet_raw(files, source: str) -> RawData:
                            quote_char=None, truncate_ragged_lines=True, ignore_errors=True)
     else:
         long = pl.DataFrame(schema=schema)
-    long = long.filter(pl.col("variable") != "RecordID").select(
-        "stay_id", (pl.col("hh") + pl.col("mm") / 60.0).alias("time"), "variable", "value")
+    # a line without a comma has no variable: "" keeps it visible to validation (a null would be dropped below)
+    long = long.with_columns(pl.col("variable").fill_null(""))
+    record_id = long["variable"].str.strip_chars() == "RecordID"
+    agrees = (pl.col("value") == pl.col("stay_id")) | (pl.col("value") == -1)
+    mismatch = long.filter(record_id).filter(~agrees.fill_null(False))["stay_id"].unique().to_list()
+    unreadable.update(dict.fromkeys(mismatch, "record_id_mismatch"))
+    keep = ~record_id & ~long["stay_id"].is_in(mismatch) if mismatch else ~record_id
+    long = long.filter(keep).select(
+        "stay_id", _clock_hours(pl.col("hh"), pl.col("mm")).alias("time"), "variable", "value")
     return RawData(long=long, stays=pl.Series("stay_id", sorted(stays), dtype=pl.Int64), unreadable=unreadable,
                    sources=[source])
 

@@ -79,13 +79,23 @@ def test_folder_and_tar_gz_give_identical_tables(physionet_set):
 
 
 def test_record_id_rows_dropped_and_stay_id_comes_from_file_name(physionet_set):
-    # The RecordID descriptor disagrees with the file name: the file name wins, the row is dropped.
-    path = physionet_set({140003: [("02:00", "HR", "75")]}, descriptors={140003: {"RecordID": 999}})
+    # RecordID rows that agree with the file name (or are absent) are dropped; the id is the file name's.
+    path = physionet_set({140003: [("02:00", "HR", "75")], 140004: [("03:00", "HR", "76")]},
+                         descriptors={140004: {"RecordID": None}})
     raw = read_physionet(path)
     assert "RecordID" not in raw.long["variable"].to_list()
-    assert raw.long["stay_id"].unique().to_list() == [140003]
-    assert 999.0 not in raw.long["value"].to_list()
-    assert raw.long.height == 6  # Age, Gender, Height, ICUType, Weight, HR
+    assert raw.long["stay_id"].unique().sort().to_list() == [140003, 140004]
+    assert raw.long.height == 12  # Age, Gender, Height, ICUType, Weight, HR per stay
+    assert raw.unreadable == {}
+
+
+def test_record_id_row_naming_another_stay_rejects_the_stay(physionet_set):
+    # 140003.txt says it is stay 999: its rows may belong to another stay, so none are used.
+    path = physionet_set({140003: [("02:00", "HR", "75")], **STAYS}, descriptors={140003: {"RecordID": 999}})
+    raw = read_physionet(path)
+    assert raw.unreadable == {140003: "record_id_mismatch"}
+    assert raw.stays.to_list() == [140001, 140002, 140003]
+    assert raw.long.rows() == EXPECTED_ROWS
 
 
 def test_hh_mm_times_become_hours(physionet_set):
