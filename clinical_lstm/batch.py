@@ -17,10 +17,15 @@ How a job runs
    ``<out folder>/.<out name>.partial/`` (temp file + rename), then recorded in ``manifest.json`` (also
    atomic). A job that is killed — even with SIGKILL — and re-run with the same arguments skips the chunks
    the manifest records and produces the same output as an uninterrupted run (``scored_at`` is fixed when
-   the job first starts). Changed inputs, model or options start the job afresh.
-4. **Finish.** The parts are streamed into ``out`` (temp + rename), then ``<stem>.rejects.<ext>`` and
-   ``<stem>.summary.json``. Before reporting success the job checks that stays in = scored + rejected and
-   that no stay appears twice. The working folder is removed last.
+   the job first starts). Changed inputs, model or options start the job afresh. A job that fails before
+   any chunk is recorded removes its working folder; one that fails later keeps it and says so.
+4. **Finish.** The parts are streamed into temporary files beside ``out``, ``<out name>.rejects.<ext>`` and
+   ``<out name>.summary.json``; the job checks that stays in = scored + rejected and that no stay appears
+   twice, then renames them into place (the summary last) and removes the working folder.
+
+Side files are named from the *whole* output name (:func:`side_files`): ``s.parquet`` and ``s.csv`` in one
+folder never share a file, and no path a job writes may be, or lie inside, one of its inputs
+(:func:`clinical_lstm.files.check_not_input`). Every file follows the umask (:mod:`clinical_lstm.files`).
 
 Output columns: ``stay_id, risk, flag, quality_flags, n_observations, [top1_variable, top1_contribution, ...],
 model, model_version, scored_at``.
@@ -32,6 +37,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -41,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from .catalogue import Catalogue, resolve
@@ -54,11 +61,22 @@ from .chunks import (
     read_chunks,
     spill_csv,
 )
-from .files import atomic_path, write_frame, write_json
+from .files import atomic_path, check_not_input, write_frame, write_json
 from .sources import DataError, RawData, is_physionet
 
 MANIFEST_VERSION = 1
 DEFAULT_CHUNK_STAYS = 2000
+NULL_NAME = "<null>"  # the key under which rows with a null variable name are counted
+
+
+def side_files(out: str | Path) -> dict[str, Path]:
+    """The files a job writing ``out`` writes beside it, named from the *whole* output name: for ``s.parquet``,
+    ``s.parquet.rejects.parquet``, ``s.parquet.summary.json`` and the work folder ``.s.parquet.partial/``
+    (parts, manifest, lock, CSV spill). Two jobs with different outputs never share one of these."""
+    out = Path(out)
+    return {"rejects": out.with_name(f"{out.name}.rejects{out.suffix}"),
+            "summary": out.with_name(f"{out.name}.summary.json"),
+            "work": out.with_name(f".{out.name}.partial")}
 
 
 # -- the job -------------------------------------------------------------------------------------------------
@@ -110,16 +128,52 @@ def _conform(df: pl.DataFrame, schema: dict) -> pl.DataFrame:
     return df.select([(pl.col(c) if c in df.columns else pl.lit(None)).cast(t).alias(c) for c, t in schema.items()])
 
 
+class _WriteError(Exception):
+    """A file of the job could not be written (a full disk, a file size limit, a lost mount)."""
+
+    def __init__(self, what, exc: BaseException):
+        super().__init__(f"cannot write {what}: {_os_reason(exc)}")
+
+
+def _os_reason(exc: BaseException) -> str:
+    """The operating system's words for ``exc``; polars wraps them as ``... (os error 28)``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    found = re.search(r"os error (\d+)", str(exc))
+    if found:
+        return os.strerror(int(found.group(1)))
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_os_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) or (isinstance(exc, pl.exceptions.PolarsError) and "os error" in str(exc))
+
+
+@contextlib.contextmanager
+def _writing(what):
+    """Turn an operating-system failure while writing ``what`` (a path) into one :class:`_WriteError` naming it."""
+    try:
+        yield
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        if not _is_os_error(exc):
+            raise
+        raise _WriteError(what, exc) from exc
+
+
 class _Workdir:
     """The job's working folder: a lock, the manifest and the per-chunk parts."""
 
     def __init__(self, out: Path):
-        self.path = out.with_name(f".{out.name}.partial")
+        self.path = side_files(out)["work"]
         self.manifest_path = self.path / "manifest.json"
+        self.locked = False
+        self.manifest: dict = {"done": {}}
+        # files.atomic_path reads the umask by setting and restoring it, which two threads must not do at once
+        self._writes = threading.Lock()
 
     def open(self, job: dict, restart: bool, log) -> dict:
         """Lock the folder; resume its manifest when it belongs to the same job, else start afresh."""
-        self.path.mkdir(parents=True, exist_ok=True)
         self._lock()
         manifest = None
         if self.manifest_path.is_file() and not restart:
@@ -142,50 +196,69 @@ class _Workdir:
         for key in list(manifest["done"]):  # a recorded chunk whose part went missing is scored again
             if not all(self.part(int(key), kind).is_file() for kind in ("scored", "rejects")):
                 del manifest["done"][key]
-        write_json(self.manifest_path, manifest)
         self.manifest = manifest
+        with _writing(self.manifest_path):
+            write_json(self.manifest_path, manifest)
         return manifest
 
     def _lock(self):
+        """Hold an exclusive lock on ``<work>/lock`` for the job's lifetime. A job that finishes removes the
+        folder while still holding the lock, so a lock taken on a file that has since been removed is retried."""
         import fcntl
 
-        self._fh = open(self.path / "lock", "w")  # noqa: SIM115 - held for the job's lifetime
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DataError(f"another scoring job is writing {self.path.parent} right now (lock held on "
-                            f"{self.path / 'lock'}); wait for it or choose another --out") from None
+        while True:
+            with _writing(self.path):
+                self.path.mkdir(parents=True, exist_ok=True)
+                fh = open(self.path / "lock", "a")  # noqa: SIM115 - held for the job's lifetime
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise DataError(f"another scoring job is writing {self.path.parent} right now (lock held on "
+                                f"{self.path / 'lock'}); wait for it or choose another --out") from None
+            try:
+                same = os.stat(self.path / "lock").st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fh, self.locked = fh, True
+                return
+            fh.close()
 
     def part(self, index: int, kind: str) -> Path:
         return self.path / f"{index:06d}.{kind}.parquet"
 
     def write_part(self, index: int, kind: str, df: pl.DataFrame) -> None:
-        write_frame(df, self.part(index, kind))
+        path = self.part(index, kind)
+        with self._writes, _writing(path):
+            write_frame(df, path)
 
     def record(self, index: int, entry: dict) -> None:
         self.manifest["done"][str(index)] = entry
-        write_json(self.manifest_path, self.manifest)
+        with self._writes, _writing(self.manifest_path):
+            write_json(self.manifest_path, self.manifest)
 
     def release(self):
         """Give the lock back (the folder stays for a resume)."""
-        if not self._fh.closed:
+        if self.locked:
             self._fh.close()
+            self.locked = False
 
     def remove(self):
+        """Remove the folder, then give the lock back (a job waiting for it then finds no folder)."""
+        if self.locked:
+            shutil.rmtree(self.path, ignore_errors=True)
         self.release()
-        shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _sink(parts: list[Path], schema: dict, out: Path) -> int:
-    """Stream the parts into ``out`` (Parquet or CSV) atomically; returns the row count."""
-    with atomic_path(out) as tmp:
-        lf = pl.scan_parquet(parts) if parts else pl.DataFrame(schema=schema).lazy()
-        if out.suffix == ".csv":
-            lf.sink_csv(tmp)
-        else:
-            lf.sink_parquet(tmp)
-    return pl.scan_parquet(out).select(pl.len()).collect().item() if out.suffix == ".parquet" else \
-        pl.scan_csv(out).select(pl.len()).collect().item()
+def _sink(parts: list[Path], schema: dict, tmp: Path, csv: bool) -> int:
+    """Stream the parts into the file ``tmp`` (Parquet, or CSV when ``csv``); returns the row count."""
+    lf = pl.scan_parquet(parts) if parts else pl.DataFrame(schema=schema).lazy()
+    if csv:
+        lf.sink_csv(tmp)
+        return pl.scan_csv(tmp).select(pl.len()).collect().item()
+    lf.sink_parquet(tmp)
+    return pl.scan_parquet(tmp).select(pl.len()).collect().item()
 
 
 class _Progress:
@@ -222,8 +295,8 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
     data : path or list of paths
         Long-format ``.parquet`` / ``.csv`` files, PhysioNet set folders or ``.tar.gz`` archives.
     out : path
-        ``.parquet`` (default choice) or ``.csv``. ``<stem>.rejects.<ext>`` and ``<stem>.summary.json`` are
-        written beside it.
+        ``.parquet`` (default choice) or ``.csv``. ``<out name>.rejects.<ext>`` and ``<out name>.summary.json``
+        are written beside it (:func:`side_files`); none of these may be, or lie inside, an input.
     explain : int
         Add each stay's top-K variables with signed SHAP contributions (log-odds); 0 = none.
     chunk_stays : int
@@ -242,23 +315,29 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
     Returns
     -------
     dict
-        The summary (also written to ``<stem>.summary.json``).
+        The summary (also written to ``<out name>.summary.json``).
+
+    Raises
+    ------
+    DataError
+        Before any work for bad options, an output that cannot be written or would touch an input, and a
+        broken input contract; during the job when a file cannot be written (a full disk), saying whether the
+        chunks scored so far are kept for a resume.
     """
     t0 = time.perf_counter()
-    keep_freed_memory()
+    _check_options(explain, chunk_stays, workers)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    given = os.fspath(out)  # the closing line and the summary name the output as the user gave it
     out = Path(out)
-    if out.suffix not in (".parquet", ".csv"):
-        raise DataError(f"--out must end in .parquet or .csv, got {out.name}")
-    if chunk_stays < 1:
-        raise DataError(f"chunk_stays must be at least 1, got {chunk_stays}")
-    workers = workers or min(len(os.sched_getaffinity(0)), 4)
-    paths = [Path(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
+    paths = [Path(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data)]
     if not paths:
         raise DataError("no data path given; pass --data PATH (a PhysioNet set folder/.tar.gz or a .csv/.parquet)")
     for p in paths:
         if not p.exists():
             raise DataError(f"data path {p} does not exist")
+    _check_out(out, paths, model, catalogue)
+    workers = workers or min(len(os.sched_getaffinity(0)), 4)
+    keep_freed_memory()
 
     # 1. the contract, before any work. A model given by path or URI is located and its catalogue read first;
     # the inputs are then indexed (polars, which releases the GIL) while torch imports in the background.
@@ -280,18 +359,76 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
         if provenance:
             model.metadata["source"] = provenance
 
-    job = _Job(model, source, inputs, out, explain, chunk_stays, log)
-    job.work.open(job.fingerprint, restart, log)
+    job = _Job(model, source, inputs, out, given, explain, chunk_stays, log)
     try:
+        job.work.open(job.fingerprint, restart, log)
         job.phases["contract"] = time.perf_counter() - t0
         job.score_chunks(workers, progress)  # 2-3
         job.phases["chunks"] = time.perf_counter() - t0 - job.phases["contract"]
         summary = job.finish(time.perf_counter() - t0)  # 4
         job.work.remove()
+    except BaseException as exc:
+        if not job.work.locked:  # the lock was not taken: nothing of this job's to remove or to resume
+            if isinstance(exc, _WriteError):
+                raise DataError(str(exc)) from exc
+            raise
+        kept = job.failed()  # the work folder goes when no chunk is saved; otherwise it stays for a re-run
+        if isinstance(exc, (_WriteError, DataError)):  # one line, with what a re-run will do
+            raise DataError(f"{exc}; {kept}") from exc
+        job.log(f"interrupted; {kept}" if isinstance(exc, KeyboardInterrupt) else f"the job failed; {kept}")
+        raise
     finally:
         job.work.release()
     log(_closing_line(summary))
     return summary
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_options(explain, chunk_stays, workers) -> None:
+    """Raise :class:`DataError` (a ``ValueError``) for an option out of range, before anything is read."""
+    if not _is_int(chunk_stays) or chunk_stays < 1:
+        raise DataError(f"chunk_stays (--chunk-stays) must be a whole number of at least 1, got {chunk_stays!r}")
+    if not _is_int(explain) or explain < 0:
+        raise DataError(f"explain (--explain) must be a whole number of at least 0 (0 = no explanations), got "
+                        f"{explain!r}")
+    if workers is not None and (not _is_int(workers) or workers < 1):
+        raise DataError(f"workers (--workers) must be a whole number of at least 1, or left out for the default "
+                        f"(the CPU count, at most 4), got {workers!r}")
+
+
+def _check_out(out: Path, paths: list[Path], model, catalogue) -> None:
+    """Refuse, before any work, an output the job could not write or that would touch one of its inputs."""
+    if out.suffix not in (".parquet", ".csv"):
+        raise DataError(f"--out must end in .parquet or .csv, got {out.name}")
+    if re.fullmatch(r".+\.(parquet|csv)\.rejects\.\1", out.name):
+        raise DataError(f"--out {out} is the name of the rejects file of the job writing "
+                        f"{out.name[:out.name.rindex('.rejects.')]}; choose another name")
+    files = side_files(out)
+    written = [out, files["rejects"], files["summary"], files["work"]]
+    for path in written:
+        if path.is_dir() and path != files["work"]:
+            raise DataError(f"--out {out}: {path} is a folder; choose another --out or remove the folder")
+    if files["work"].exists() and not files["work"].is_dir():
+        raise DataError(f"--out {out}: the job's work folder {files['work']} is a file; remove it")
+    folder = next(p for p in [out.parent.absolute(), *out.parent.absolute().parents] if p.exists())
+    if not folder.is_dir():
+        raise DataError(f"--out {out}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"--out {out}: the folder {folder} cannot be written (permission denied)")
+    inputs = list(paths)
+    if isinstance(model, (str, os.PathLike)):
+        from .tracking import is_model_uri
+
+        if not is_model_uri(str(model)):
+            from .bundle import model_dir
+
+            inputs.append(model_dir(model))
+    if isinstance(catalogue, (str, os.PathLike)) and catalogue != "default":
+        inputs.append(Path(catalogue))
+    check_not_input(written, inputs)
 
 
 def keep_freed_memory() -> None:
@@ -325,8 +462,10 @@ def _report_inputs(inputs: list[Input], log) -> None:
 class _Job:
     """One scoring job: its chunks, its working folder and the columns every scored row gets."""
 
-    def __init__(self, model, source: str, inputs: list[Input], out: Path, explain: int, chunk_stays: int, log):
+    def __init__(self, model, source: str, inputs: list[Input], out: Path, given: str, explain: int,
+                 chunk_stays: int, log):
         self.model, self.inputs, self.out, self.explain, self.log = model, inputs, out, explain, log
+        self.given = given
         self.chunks = plan_chunks(inputs, chunk_stays)
         self.n_stays = sum(len(i.stay_ids) for i in inputs)
         provenance = model.metadata.get("source", {})
@@ -336,8 +475,20 @@ class _Job:
         self.version = provenance.get("version")
         self.schema = _scored_schema(explain)
         self.phases: dict[str, float] = {}  # seconds: contract (load, index pass), chunks, finish
-        out.parent.mkdir(parents=True, exist_ok=True)
         self.work = _Workdir(out)
+
+    def failed(self) -> str:
+        """After a failure: remove the work folder when no chunk was recorded (nothing to resume), else keep it.
+        Returns what was kept, for the error message."""
+        done = len(self.manifest["done"])
+        if not done:
+            self.work.remove()
+            return f"nothing was kept (no chunk of {len(self.chunks)} had been scored)"
+        if done == len(self.chunks):
+            return (f"all {done} chunk(s) are scored and saved in {self.work.path}: re-run the same command to "
+                    f"write the output")
+        return (f"{done}/{len(self.chunks)} chunk(s) are saved in {self.work.path}: re-run the same command to "
+                f"resume")
 
     @property
     def manifest(self) -> dict:
@@ -378,8 +529,10 @@ class _Job:
                     todo = {c.index for c in mine if str(c.index) not in self.manifest["done"]}
                     if not todo:
                         continue
-                    spill = spill_csv(inp, self.work.path) if inp.kind == "long" and inp.path.suffix != \
-                        ".parquet" else None
+                    spill = None
+                    if inp.kind == "long" and inp.path.suffix != ".parquet":
+                        with _writing(f"{self.work.path} (a Parquet copy of {inp.name})"):
+                            spill = spill_csv(inp, self.work.path)
                     tr = time.perf_counter()
                     for c, raw in read_chunks(inp, mine, todo, spill):
                         pending.append((c, pool.submit(self.process, c, raw, time.perf_counter() - tr)))
@@ -390,23 +543,41 @@ class _Job:
                         finish_oldest()
                     if spill is not None:
                         spill.unlink(missing_ok=True)
-            except BaseException as exc:
+            except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 bar.close()
-                if isinstance(exc, KeyboardInterrupt):
-                    self.log(f"interrupted; {len(self.manifest['done'])}/{len(self.chunks)} chunk(s) are saved "
-                             f"in {self.work.path}: re-run the same command to resume")
                 raise
         bar.close()
 
     def finish(self, seconds_so_far: float) -> dict:
-        """Stream the parts into the output and rejects files, check the accounting, write the summary."""
+        """Stream the parts into the output and rejects files, check the accounting, write the summary. All
+        three are written to temporary files first and renamed into place only when all are complete, the
+        summary last: a failure here leaves none of them (and the work folder, for a re-run)."""
         t0 = time.perf_counter()
         out, chunks, work = self.out, self.chunks, self.work
-        rejects_path = out.with_name(f"{out.stem}.rejects{out.suffix}")
-        n_rows = _sink([work.part(c.index, "scored") for c in chunks], self.schema, out)
-        n_rejected = _sink([work.part(c.index, "rejects") for c in chunks], REJECT_SCHEMA, rejects_path)
-        parts = [pl.scan_parquet(work.part(c.index, "scored")) for c in chunks]
+        files = side_files(out)
+        csv = out.suffix == ".csv"
+        target = out
+        try:
+            # exits run innermost first: out, then rejects, then the summary are renamed into place
+            with atomic_path(files["summary"]) as summary_tmp, atomic_path(files["rejects"]) as rejects_tmp, \
+                    atomic_path(out) as out_tmp:
+                n_rows = _sink([work.part(c.index, "scored") for c in chunks], self.schema, out_tmp, csv)
+                target = files["rejects"]
+                n_rejected = _sink([work.part(c.index, "rejects") for c in chunks], REJECT_SCHEMA, rejects_tmp, csv)
+                target = files["summary"]
+                summary = self._summary(n_rows, n_rejected, seconds_so_far, t0)
+                write_json(summary_tmp, summary)
+                target = out
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            if not _is_os_error(exc):
+                raise
+            raise _WriteError(target, exc) from exc
+        return summary
+
+    def _summary(self, n_rows: int, n_rejected: int, seconds_so_far: float, t0: float) -> dict:
+        """Check the accounting (stays in = rows out, no stay twice, rejects = rows without a risk); the summary."""
+        parts = [pl.scan_parquet(self.work.part(c.index, "scored")) for c in self.chunks]
         distinct, n_null = pl.concat(parts).select(pl.col("stay_id").n_unique(), pl.col("risk").null_count()).collect(
         ).row(0) if parts else (0, 0)
         n_scored = n_rows - n_rejected
@@ -414,13 +585,12 @@ class _Job:
             raise RuntimeError(f"stay accounting failed: {self.n_stays} stays read, {n_rows} rows out, "
                                f"{distinct} distinct stay ids, {n_null} without a risk but {n_rejected} rejected; "
                                f"nothing is reported as done")
-        done = [self.manifest["done"][str(c.index)] for c in chunks]
+        done = [self.manifest["done"][str(c.index)] for c in self.chunks]
         summary = _summary(self.fingerprint, self.version, self.inputs, done, self.model.threshold,
-                           (n_scored, n_rejected), out, rejects_path, seconds_so_far + time.perf_counter() - t0,
-                           self.manifest["scored_at"])
+                           (n_scored, n_rejected), self.given, str(side_files(self.given)["rejects"]),
+                           seconds_so_far + time.perf_counter() - t0, self.manifest["scored_at"])
         summary["phase_seconds"] = {k: round(v, 2) for k, v in {**self.phases, "finish": time.perf_counter() - t0}
                                     .items()}
-        write_json(out.with_name(f"{out.stem}.summary.json"), summary)
         return summary
 
 
@@ -446,8 +616,18 @@ def _chunk_entry(c: Chunk, scored: pl.DataFrame, rejects: pl.DataFrame, report, 
             "flagged": int(scored["flag"].sum()), "rows_read": report.n_rows_read,
             "rejected_by_reason": dict(zip(by_reason["reason"], by_reason["len"], strict=True)),
             "rows_by_rule": dict(zip(by_rule["rule"], by_rule["rows"], strict=True)),
-            "unknown_variables": dict(zip(unknown["variable"], unknown["rows"], strict=True)),
+            "unknown_variables": _by_name(unknown["variable"], unknown["rows"]),
             "quality_flags": _flag_counts(scored), "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+
+
+def _by_name(names: pl.Series, counts: pl.Series) -> dict[str, int]:
+    """``{name: count}`` with a null name counted under :data:`NULL_NAME`, so that the keys sort and survive the
+    manifest's JSON as they are (a ``None`` key would come back as ``"null"``)."""
+    totals: dict[str, int] = {}
+    for name, n in zip(names.to_list(), counts.to_list(), strict=True):
+        key = NULL_NAME if name is None else str(name)
+        totals[key] = totals.get(key, 0) + int(n)
+    return totals
 
 
 def _flag_counts(scored: pl.DataFrame) -> dict:

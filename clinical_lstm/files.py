@@ -96,3 +96,42 @@ def _strict(obj):
     if isinstance(obj, (list, tuple)):
         return [_strict(v) for v in obj]
     return obj
+
+
+def check_not_input(out, inputs) -> None:
+    """Raise :class:`~clinical_lstm.sources.DataError` when a path a job writes would touch one of its inputs.
+
+    ``out`` is the path, or the paths, the job writes: its output and every side file or work folder beside it.
+    ``inputs`` are the files and folders it reads. Refused, after resolving symlinks and ``..`` (and comparing
+    device and inode numbers, which also catches bind mounts and case-insensitive file systems): a written path
+    that *is* an input, one that lies inside an input folder, and one that is a folder holding an input (a work
+    folder is emptied on a fresh start). Nothing is created; call it before any work.
+    """
+    from .sources import DataError
+
+    outs = [Path(out)] if isinstance(out, (str, os.PathLike)) else [Path(p) for p in out]
+    for i in (Path(p) for p in inputs):
+        real_i = i.resolve()
+        inside_i = {real_i, *real_i.parents}
+        ids_i = _file_ids([real_i])
+        for o in outs:
+            real_o = real_i if o == i else o.resolve()
+            if real_o == real_i or (_file_ids([real_o]) & ids_i):
+                why = "it is the input"
+            elif real_i in real_o.parents or (_file_ids(real_o.parents) & ids_i):
+                why = "it lies inside the input folder"
+            elif real_o in inside_i or (_file_ids([real_o]) & _file_ids(real_i.parents)):
+                why = "it is a folder holding the input"
+            else:
+                continue
+            raise DataError(f"refusing to write {o}: {why} {i}; choose an output outside the inputs")
+
+
+def _file_ids(paths) -> set[tuple[int, int]]:
+    """(device, inode) of each of ``paths`` that exists."""
+    ids = set()
+    for p in paths:
+        with contextlib.suppress(OSError):
+            st = os.stat(p)
+            ids.add((st.st_dev, st.st_ino))
+    return ids

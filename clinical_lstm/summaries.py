@@ -164,29 +164,27 @@ class SummaryHead(nn.Module):
     def numpy_logit(self, lstm_logit: float, summary: np.ndarray) -> float:
         """:meth:`forward` for one stay in numpy: the stream's fast path (one stay per update, where torch's
         fixed cost per operation would dominate), the same arithmetic on the same buffers, checked against
-        :meth:`forward` in the fast tests."""
+        :meth:`forward` in the fast tests. With one stay, every node's decision is taken at once, then each
+        tree's walk only follows them."""
         a = self.__dict__.get("_arrays")
         if a is None:
-            a = self.__dict__["_arrays"] = {k: v.numpy() for k, v in self.state_dict().items()}
+            a = {k: v.numpy().reshape(-1) if k.startswith("trees_") else v.numpy()
+                 for k, v in self.state_dict().items()}
+            a["root"] = np.arange(self.trees_feature.shape[0]) * self.trees_feature.shape[1]  # each tree's first node
+            a["offset"] = np.repeat(a["root"], self.trees_feature.shape[1])  # a node's tree's first node
+            self.__dict__["_arrays"] = a
         s = np.asarray(summary, np.float32)  # (F,)
         missing = np.isnan(s)
         z = np.concatenate([np.where(missing, a["linear_median"], s), missing[a["linear_indicator"]]])
         linear = float(((z - a["linear_mean"]) / a["linear_scale"]) @ a["linear_coef"] + a["linear_intercept"][0])
-        width = a["trees_feature"].shape[1]
-        base = np.arange(a["trees_feature"].shape[0]) * width
-        node = np.zeros(len(base), np.int64)
-        feature, threshold = a["trees_feature"].reshape(-1), a["trees_threshold"].reshape(-1)
-        missing_left, leaf = a["trees_missing_left"].reshape(-1), a["trees_leaf"].reshape(-1)
-        left, right = a["trees_left"].reshape(-1), a["trees_right"].reshape(-1)
-        for _ in range(int(a["trees_depth"])):
-            at = base + node
-            v = s[feature[at]].astype(np.float64)
-            with np.errstate(invalid="ignore"):
-                go_left = np.where(np.isnan(v), missing_left[at], v <= threshold[at])
-            node = np.where(go_left, left[at], right[at])
-            if leaf[base + node].all():
-                break
-        trees = float(a["trees_value"].reshape(-1)[base + node].sum(dtype=np.float32) + a["trees_baseline"][0])
+        v = s[a["trees_feature"]].astype(np.float64)  # (n_trees * width,) each node's split value
+        with np.errstate(invalid="ignore"):
+            go_left = np.where(np.isnan(v), a["trees_missing_left"], v <= a["trees_threshold"])
+        child = np.where(go_left, a["trees_left"], a["trees_right"]) + a["offset"]  # the next node, flat
+        node = a["root"]
+        for _ in range(int(a["trees_depth"][0])):  # leaves are their own children
+            node = child[node]
+        trees = float(a["trees_value"][node].sum(dtype=np.float32) + a["trees_baseline"][0])
         members = np.array([lstm_logit, linear, trees], np.float32)
         return float(members @ a["stack"] + a["bias"][0])
 

@@ -106,7 +106,7 @@ def test_a_crash_mid_job_resumes_without_rescoring_finished_chunks(bundle, tmp_p
     calls = crash_on_call(monkeypatch, 3, MemoryError("simulated crash in the third chunk"))
     with pytest.raises(MemoryError):
         score_batch(bundle, archive, out, chunk_stays=4, log=quiet)
-    assert not out.exists() and not out.with_name("r.summary.json").exists()  # nothing that looks complete
+    assert not out.exists() and not out.with_name("r.parquet.summary.json").exists()  # nothing that looks complete
     manifest = json.loads((tmp_path / ".r.parquet.partial" / "manifest.json").read_text())
     assert sorted(manifest["done"]) == ["0", "1"]
 
@@ -209,7 +209,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_output(bundle, tmp_path):
     done_at_kill = _manifest_chunks(manifest)
     assert proc.returncode == -signal.SIGKILL
     assert 3 <= done_at_kill < 75, "the kill must land mid-job for this test to mean anything"
-    assert not out.exists() and not out.with_name("killed.summary.json").exists()
+    assert not out.exists() and not out.with_name("killed.parquet.summary.json").exists()
 
     rerun = subprocess.run([*CLI, *args, "--out", str(out)], capture_output=True, text=True, timeout=300,
                            env=env)
@@ -218,7 +218,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_output(bundle, tmp_path):
     a, b = pl.read_parquet(tmp_path / "clean.parquet"), pl.read_parquet(out)
     assert b["stay_id"].n_unique() == b.height == 1500
     assert a.drop("scored_at").equals(b.drop("scored_at"))
-    summary = json.loads(out.with_name("killed.summary.json").read_text())
+    summary = json.loads(out.with_name("killed.parquet.summary.json").read_text())
     assert summary["stays_read"] == summary["scored"] + summary["rejected"] == 1500
     assert not manifest.parent.exists()
 
@@ -249,3 +249,69 @@ def test_quality_flags_name_what_stood_behind_each_risk(bundle):
     assert flags[1] == "few_observations;short_record"
     assert flags[2] == "few_observations;short_record;values_removed;no_statics"
     assert flags[3] == ""
+
+
+def test_two_jobs_with_outputs_of_one_stem_in_one_folder_never_share_a_file(bundle, cohort, tmp_path, monkeypatch):
+    """`s.parquet` and `s.csv` side by side, the first interrupted while the second runs to the end: each gets its
+    own rejects, summary and work folder (side files are named from the whole output name)."""
+    path, _ = cohort
+    small = tmp_path / "small.parquet"
+    random_long(30, seed=9, first_id=1000).write_parquet(small)
+    calls = crash_on_call(monkeypatch, 2, MemoryError("crash"))
+    with pytest.raises(MemoryError):
+        score_batch(bundle, path, tmp_path / "s.parquet", chunk_stays=40, workers=1, log=quiet)
+    calls["n"] = 10
+    csv_summary = score_batch(bundle, small, tmp_path / "s.csv", chunk_stays=40, log=quiet)  # while s.parquet waits
+    parquet_summary = score_batch(bundle, path, tmp_path / "s.parquet", chunk_stays=40, log=quiet)  # resumes
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "s.csv", "s.csv.rejects.csv", "s.csv.summary.json", "s.parquet",
+        "s.parquet.rejects.parquet", "s.parquet.summary.json", "small.parquet"]
+    for out, summary, n in (("s.parquet", parquet_summary, 120), ("s.csv", csv_summary, 30)):
+        on_disk = json.loads((tmp_path / f"{out}.summary.json").read_text())
+        assert on_disk == json.loads(json.dumps(summary))
+        assert on_disk["output"] == str(tmp_path / out) and on_disk["stays_read"] == n
+        assert on_disk["rejects"] == str(tmp_path / f"{out}.rejects{Path(out).suffix}")
+    assert pl.read_csv(tmp_path / "s.csv").height == 30 and pl.read_parquet(tmp_path / "s.parquet").height == 120
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_every_file_the_job_writes_follows_the_umask(bundle, cohort, tmp_path, monkeypatch, umask):
+    """Parts, manifest, lock and CSV spill (seen after a crash), then scores, rejects and summary get the mode
+    `open()` would give (0666 minus the umask; folders 0777 minus it), never tempfile's 0600; a job scoring with
+    several threads leaves the process umask as it was."""
+    _, df = cohort
+    src = tmp_path / "in.csv"
+    df.write_csv(src)
+    out = tmp_path / "out" / "u.csv"
+    before = os.umask(umask)
+    try:
+        calls = crash_on_call(monkeypatch, 3, MemoryError("crash"))
+        with pytest.raises(MemoryError):
+            score_batch(bundle, src, out, chunk_stays=20, workers=1, log=quiet)
+        work = tmp_path / "out" / ".u.csv.partial"
+        names = sorted(p.name for p in work.iterdir())
+        assert names[:4] == ["000000.rejects.parquet", "000000.scored.parquet", "000001.rejects.parquet",
+                             "000001.scored.parquet"] and names[4:6] == ["lock", "manifest.json"]
+        assert names[6].startswith("spill-")
+        assert {p.name: p.stat().st_mode & 0o777 for p in work.iterdir()} == dict.fromkeys(names, 0o666 & ~umask)
+        assert work.stat().st_mode & 0o777 == 0o777 & ~umask
+
+        calls["n"] = 10
+        score_batch(bundle, src, out, chunk_stays=20, workers=4, log=quiet)
+        written = {p.name: p.stat().st_mode & 0o777 for p in out.parent.iterdir()}
+        assert written == dict.fromkeys(["u.csv", "u.csv.rejects.csv", "u.csv.summary.json"], 0o666 & ~umask)
+        assert os.umask(umask) == umask
+    finally:
+        os.umask(before)
+
+
+def test_one_closing_line_with_one_rate_and_the_output_path_as_given(bundle, cohort, tmp_path, monkeypatch):
+    path, _ = cohort
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    score_batch(bundle, path, "sub/scores.parquet", chunk_stays=50, progress=True, log=lines.append)
+    assert [line for line in lines if "stays/s" in line] == [lines[-1]]
+    assert lines[-1].count("stays/s") == 1 and lines[-1].endswith(" stays/s) -> sub/scores.parquet")
+    assert json.loads((tmp_path / "sub" / "scores.parquet.summary.json").read_text())["output"] == \
+        "sub/scores.parquet"

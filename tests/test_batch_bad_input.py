@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from helpers import random_long, tiny_model
+from helpers import random_long, tiny_model, write_physionet_set
 
 from clinical_lstm.batch import score_batch
 from clinical_lstm.catalogue import Catalogue
@@ -85,9 +86,9 @@ def run_job(model, tmp_path: Path, paths, **kwargs):
     out = tmp_path / "out" / "scores.parquet"
     lines: list[str] = []
     summary = score_batch(model, [str(p) for p in paths], out, chunk_stays=CHUNK, log=lines.append, **kwargs)
-    assert json.loads((out.parent / "scores.summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert json.loads((out.parent / "scores.parquet.summary.json").read_text()) == json.loads(json.dumps(summary))
     assert not (out.parent / ".scores.parquet.partial").exists()
-    table, rejects = pl.read_parquet(out), pl.read_parquet(out.parent / "scores.rejects.parquet")
+    table, rejects = pl.read_parquet(out), pl.read_parquet(out.parent / "scores.parquet.rejects.parquet")
     assert table["stay_id"].n_unique() == table.height, "every stay is one row of the output"
     assert table.filter(pl.col("risk").is_null()).select("stay_id", "reason").sort("stay_id").rows() == \
         rejects.sort("stay_id").rows(), "the rejects file lists exactly the output's rows without a risk"
@@ -316,3 +317,294 @@ def test_cli_catalogue_mismatch_exits_2(model_dir, tmp_path):
     assert res.returncode == 2, res.stderr
     assert "mismatch" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "s.parquet").exists()
+
+
+# -- null variable names: one key, straight through and resumed ----------------------------------------------
+def crash_on_call(monkeypatch, n: int) -> dict:
+    """Make the ``n``-th chunk's ``RiskModel.score_table`` call raise MemoryError; returns the call counter."""
+    from clinical_lstm.bundle import RiskModel
+
+    calls = {"n": 0}
+    real = RiskModel.score_table
+
+    def failing(self, data, explain=0):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise MemoryError("simulated crash")
+        return real(self, data, explain)
+
+    monkeypatch.setattr(RiskModel, "score_table", failing)
+    return calls
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_null_variable_names_are_counted_under_one_key_straight_and_resumed(model, tmp_path, monkeypatch, fmt):
+    """Rows whose ``variable`` is null are `unknown_variable` rows counted under "<null>", both when the job runs
+    straight through and when it resumes from a manifest (whose JSON once turned a None key into "null" and then
+    failed to sort it against None after writing the output)."""
+    nulls = [("3.0", None, "1"), ("9.0", None, "2")]
+    frame = pl.concat([text(GOOD_A), *(stay(sid, BASE + nulls) for sid in BAD), text(GOOD_B)])
+    path = tmp_path / f"data.{fmt}"
+    frame.write_parquet(path) if fmt == "parquet" else frame.write_csv(path)
+
+    straight, _, summary, _ = run_job(model, tmp_path / "straight", [path])
+    assert summary["unknown_variables"] == {"<null>": 4}
+    assert summary["rows_by_rule"] == {"unknown_variable": 4}
+    assert all(flags(straight, sid) == {"unknown_variables"} for sid in BAD)
+
+    out = tmp_path / "resumed" / "out" / "scores.parquet"
+    calls = crash_on_call(monkeypatch, 2)  # chunk 0 is saved, chunk 1 crashes
+    with pytest.raises(MemoryError):
+        score_batch(model, path, out, chunk_stays=CHUNK, workers=1, log=lambda _: None)
+    assert not out.exists() and (out.parent / ".scores.parquet.partial" / "manifest.json").is_file()
+    calls["n"] = 100  # no more crashes
+    resumed, _, summary_resumed, lines = run_job(model, tmp_path / "resumed", [path], workers=1)
+    assert any("resuming: 1 chunk(s)" in line for line in lines)
+    assert summary_resumed["unknown_variables"] == {"<null>": 4}
+    assert resumed.drop("scored_at").equals(straight.drop("scored_at"))
+
+
+# -- outputs that would touch an input: refused before any work ----------------------------------------------
+def _snapshot(root: Path) -> dict:
+    """Every path under ``root`` with its bytes (files) or None (folders, links to folders)."""
+    return {p.relative_to(root): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def _collision(case: str, root: Path, model_dir: Path) -> tuple[list[Path], Path, dict]:
+    """(data paths, out, extra score_batch arguments) for one way an output can land on an input."""
+    parquet = root / "in.parquet"
+    GOOD.write_parquet(parquet)
+    if case == "out_is_the_parquet_input":
+        return [parquet], parquet, {}
+    if case == "out_is_the_csv_input":
+        return [write_csv(root / "in.csv", GOOD)], root / "in.csv", {}
+    if case == "out_through_dotdot":
+        (root / "sub").mkdir()
+        return [parquet], root / "sub" / ".." / "in.parquet", {}
+    if case == "out_is_a_symlink_to_the_input":
+        (root / "link.parquet").symlink_to(parquet)
+        return [parquet], root / "link.parquet", {}
+    if case == "out_in_a_symlinked_folder":
+        (root / "alias").symlink_to(root, target_is_directory=True)
+        return [parquet], root / "alias" / "in.parquet", {}
+    if case == "out_inside_a_physionet_folder":
+        folder = write_physionet_set(root / "ph", {1001: [("00:30", "HR", 80)]})
+        return [folder], folder / "scores.parquet", {}
+    if case == "rejects_file_is_the_input":
+        (root / "s.parquet.rejects.parquet").write_bytes(parquet.read_bytes())
+        return [root / "s.parquet.rejects.parquet"], root / "s.parquet", {}
+    if case == "work_folder_holds_the_input":
+        (root / ".s.parquet.partial").mkdir()
+        (root / ".s.parquet.partial" / "in.parquet").write_bytes(parquet.read_bytes())
+        return [root / ".s.parquet.partial" / "in.parquet"], root / "s.parquet", {}
+    if case == "out_is_the_catalogue":
+        (root / "cat.csv").write_text(Catalogue.default().to_csv_text())
+        return [parquet], root / "cat.csv", {"catalogue": root / "cat.csv"}
+    assert case == "out_inside_the_model_folder"
+    return [parquet], model_dir / "scores.parquet", {}
+
+
+COLLISIONS = ["out_is_the_parquet_input", "out_is_the_csv_input", "out_through_dotdot",
+              "out_is_a_symlink_to_the_input", "out_in_a_symlinked_folder", "out_inside_a_physionet_folder",
+              "rejects_file_is_the_input", "work_folder_holds_the_input", "out_is_the_catalogue",
+              "out_inside_the_model_folder"]
+
+
+@pytest.mark.parametrize("case", COLLISIONS)
+def test_an_output_that_would_touch_an_input_is_refused_before_any_work(model_dir, tmp_path, case):
+    from clinical_lstm.files import check_not_input  # noqa: F401 - the check lives there, for every writer
+
+    data, out, kwargs = _collision(case, tmp_path, model_dir)
+    before, model_before = _snapshot(tmp_path), _snapshot(model_dir)
+    with pytest.raises(DataError, match=r"refusing to write .*: it (is the input|lies inside the input folder|is a "
+                                        r"folder holding the input) .*; choose an output outside the inputs"):
+        score_batch(model_dir, data, out, chunk_stays=CHUNK, log=lambda _: None, **kwargs)
+    assert _snapshot(tmp_path) == before and _snapshot(model_dir) == model_before  # nothing written or changed
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_cli_out_equal_to_data_exits_2_and_leaves_the_input_alone(model_dir, tmp_path, fmt):
+    path = tmp_path / f"in.{fmt}"
+    GOOD.write_parquet(path) if fmt == "parquet" else GOOD.write_csv(path)
+    before = _snapshot(tmp_path)
+    res = cli("--model", str(model_dir), "--data", str(path), "--out", str(path), cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (f"clinical-lstm score: error: refusing to write {path}: it is the "
+                                                   f"input {path}; choose an output outside the inputs")
+    assert "Traceback" not in res.stderr and _snapshot(tmp_path) == before
+
+
+def test_an_output_named_like_another_jobs_rejects_file_is_refused(model, tmp_path):
+    path = write_csv(tmp_path / "good.csv", GOOD)
+    with pytest.raises(DataError, match=r"s\.parquet\.rejects\.parquet is the name of the rejects file of the job "
+                                        r"writing s\.parquet"):
+        score_batch(model, path, tmp_path / "s.parquet.rejects.parquet", log=lambda _: None)
+
+
+# -- options and output locations that cannot work: one line, before any work -------------------------------
+@pytest.mark.parametrize(("option", "value"), [("workers", -2), ("workers", 0), ("workers", 1.5), ("explain", -1),
+                                               ("explain", True), ("chunk_stays", 0), ("chunk_stays", 2.5)])
+def test_an_option_out_of_range_is_refused_before_anything_is_read(tmp_path, option, value):
+    """Checked first: the model and data paths here do not even exist."""
+    with pytest.raises(ValueError, match=rf"^{option} \(--{option.replace('_', '-')}\) must be a whole number of "
+                                         rf"at least [01]\b.*got {value!r}$"):
+        score_batch(tmp_path / "no-model", tmp_path / "no-data.csv", tmp_path / "s.parquet", log=lambda _: None,
+                    **{option: value})
+    assert not any(tmp_path.iterdir())
+
+
+def _bad_location(case: str, root: Path) -> Path:
+    if case == "parent_is_a_file":
+        (root / "f.txt").write_text("x")
+        return root / "f.txt" / "s.parquet"
+    if case == "grandparent_is_a_file":
+        (root / "f.txt").write_text("x")
+        return root / "f.txt" / "deeper" / "s.parquet"
+    if case == "out_is_a_folder":
+        (root / "s.parquet").mkdir()
+        return root / "s.parquet"
+    if case == "summary_is_a_folder":
+        (root / "s.parquet.summary.json").mkdir()
+        return root / "s.parquet"
+    assert case == "work_folder_is_a_file"
+    (root / ".s.parquet.partial").write_text("x")
+    return root / "s.parquet"
+
+
+@pytest.mark.parametrize("case", ["parent_is_a_file", "grandparent_is_a_file", "out_is_a_folder",
+                                  "summary_is_a_folder", "work_folder_is_a_file"])
+def test_an_output_location_that_cannot_be_written_is_refused_before_any_work(model, tmp_path, case):
+    data = tmp_path / "data"
+    data.mkdir()
+    path = write_csv(data / "good.csv", GOOD)
+    out = _bad_location(case, tmp_path)
+    before = _snapshot(tmp_path)
+    with pytest.raises(DataError, match=r"^--out .*(is a file|is a folder)"):
+        score_batch(model, path, out, chunk_stays=CHUNK, log=lambda _: None)
+    assert _snapshot(tmp_path) == before
+
+
+def _enospc_on_call(monkeypatch, n: int) -> None:
+    """The ``n``-th file batch.py writes through ``write_frame`` (a chunk's part) hits a full disk."""
+    import errno
+
+    import clinical_lstm.batch as batch
+
+    calls = {"n": 0}
+    real = batch.write_frame
+
+    def full(df, path):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(df, path)
+
+    monkeypatch.setattr(batch, "write_frame", full)
+
+
+def _outputs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_a_full_disk_mid_job_keeps_the_saved_chunks_says_so_and_resumes(model, good_alone, tmp_path, monkeypatch):
+    path = write_csv(tmp_path / "good.csv", GOOD)
+    out = tmp_path / "out" / "scores.parquet"
+    _enospc_on_call(monkeypatch, 3)  # chunk 0's two parts are written, chunk 1's scores are not
+    with pytest.raises(DataError, match=r"^cannot write .*000001\.scored\.parquet: No space left on device; 1/3 "
+                                        r"chunk\(s\) are saved in .*\.scores\.parquet\.partial: re-run the same "
+                                        r"command to resume$"):
+        score_batch(model, path, out, chunk_stays=CHUNK, workers=1, log=lambda _: None)
+    assert _outputs(out.parent) == [".scores.parquet.partial"]  # no output, rejects, summary or temporary file
+    monkeypatch.undo()
+    scored, rejects, summary, lines = run_job(model, tmp_path, [path])
+    assert any("resuming: 1 chunk(s)" in line for line in lines)
+    check_accounting(scored, rejects, summary, GOOD_EXPECTED)
+    check_same_scores(scored, good_alone)
+
+
+def test_a_full_disk_before_any_chunk_is_saved_leaves_nothing(model, tmp_path, monkeypatch):
+    path = write_csv(tmp_path / "good.csv", GOOD)
+    out = tmp_path / "out" / "scores.parquet"
+    _enospc_on_call(monkeypatch, 1)
+    with pytest.raises(DataError, match=r"No space left on device; nothing was kept \(no chunk of 3 had been "
+                                        r"scored\)$"):
+        score_batch(model, path, out, chunk_stays=CHUNK, workers=1, log=lambda _: None)
+    assert _outputs(out.parent) == []  # no stale work folder
+
+
+@pytest.mark.parametrize("stage", ["output", "summary"])
+def test_a_full_disk_while_finishing_leaves_no_output_and_finishes_on_a_rerun(model, tmp_path, monkeypatch, stage):
+    """The output, rejects and summary appear together or not at all (the old job wrote the output, then
+    failed on the summary and left a complete-looking file)."""
+    import clinical_lstm.batch as batch
+
+    GOOD.write_parquet(tmp_path / "good.parquet")
+    out = tmp_path / "out" / "scores.parquet"
+    if stage == "output":  # the parts are streamed into the output: polars reports the full disk
+        def sink(*args, **kwargs):
+            raise pl.exceptions.ComputeError("parquet: underlying IO error: No space left on device (os error 28)")
+
+        monkeypatch.setattr(batch, "_sink", sink)
+    else:
+        real = batch.write_json
+
+        def write_json(path, obj, *args, **kwargs):
+            if "summary.json" in Path(path).name:
+                raise OSError(28, "No space left on device", str(path))
+            return real(path, obj, *args, **kwargs)
+
+        monkeypatch.setattr(batch, "write_json", write_json)
+    target = r"scores\.parquet" if stage == "output" else r"scores\.parquet\.summary\.json"
+    with pytest.raises(DataError, match=rf"^cannot write .*{target}: No space left on device; all 3 chunk\(s\) are "
+                                        r"scored and saved in .*: re-run the same command to write the output$"):
+        score_batch(model, tmp_path / "good.parquet", out, chunk_stays=CHUNK, log=lambda _: None)
+    assert _outputs(out.parent) == [".scores.parquet.partial"]
+    monkeypatch.undo()
+    _, _, summary, lines = run_job(model, tmp_path, [tmp_path / "good.parquet"])
+    assert any("resuming: 3 chunk(s)" in line for line in lines) and summary["scored"] == 15
+
+
+def test_cli_real_file_size_limit_exits_2_with_one_line_and_no_stale_work_folder(model_dir, tmp_path):
+    """A real write failure: the process may write files of at most 2,000 bytes (EFBIG, as a full disk would
+    give ENOSPC), so the first chunk's part cannot be written."""
+    import resource
+    import signal
+
+    path = tmp_path / "good.parquet"
+    GOOD.write_parquet(path)
+    out = tmp_path / "out" / "scores.parquet"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONDONTWRITEBYTECODE": "1"}
+    res = subprocess.run([sys.executable, "-m", "clinical_lstm.cli", "score", "--model", str(model_dir), "--data",
+                          str(path), "--out", str(out), "--chunk-stays", str(CHUNK), "--workers", "1"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300, preexec_fn=limit)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert re.fullmatch(r"clinical-lstm score: error: cannot write \S+/000000\.scored\.parquet: File too large; "
+                        r"nothing was kept \(no chunk of 3 had been scored\)", res.stderr.strip().splitlines()[-1]), \
+        res.stderr
+    assert _outputs(out.parent) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_output_folder_without_write_permission_is_refused_before_any_work(model, tmp_path):
+    path = write_csv(tmp_path / "good.csv", GOOD)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(DataError, match=r"^--out .*: the folder .*locked cannot be written \(permission denied\)$"):
+        score_batch(model, path, locked / "sub" / "s.parquet", log=lambda _: None)
+    assert not any(locked.iterdir())
+
+
+def test_cli_option_out_of_range_exits_2_with_one_line(model_dir, tmp_path):
+    path = write_csv(tmp_path / "good.csv", GOOD)
+    res = cli("--model", str(model_dir), "--data", str(path), "--out", str(tmp_path / "s.parquet"), "--workers", "-2",
+              cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == ["clinical-lstm score: error: command line: [job] workers must be >= 1; "
+                                               "got -2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.csv"]
