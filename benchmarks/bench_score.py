@@ -41,7 +41,7 @@ def run_once(cli: list[str], out_dir: Path) -> dict:
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", res.stderr).group(1)
     seconds = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.split(":"))))
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr).group(1))
-    summary = json.loads((out_dir / "scores.summary.json").read_text())
+    summary = json.loads((out_dir / "scores.parquet.summary.json").read_text())
     return {"wall_s": round(seconds, 2), "stays": summary["stays_read"], "scored": summary["scored"],
             "stays_per_s_process": round(summary["stays_read"] / seconds, 1),
             "stays_per_s_job": summary["stays_per_second"], "peak_rss_mb": round(rss_kb / 1024, 1),

@@ -52,6 +52,7 @@ import polars as pl
 
 from .catalogue import Catalogue, resolve
 from .chunks import (
+    NULL_NAME,
     Chunk,
     Input,
     check_unique_ids,
@@ -66,7 +67,6 @@ from .sources import DataError, RawData, is_physionet
 
 MANIFEST_VERSION = 1
 DEFAULT_CHUNK_STAYS = 2000
-NULL_NAME = "<null>"  # the key under which rows with a null variable name are counted
 
 
 def side_files(out: str | Path) -> dict[str, Path]:

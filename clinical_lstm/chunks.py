@@ -21,6 +21,8 @@ from .archives import iter_stay_files
 from .files import atomic_path
 from .sources import LONG_COLUMNS, DataError, RawData, physionet_raw
 
+NULL_NAME = "<null>"  # the key under which rows with a null variable name are counted
+
 
 @dataclass
 class Chunk:
@@ -113,7 +115,7 @@ def index_long(path: Path, catalogue) -> Input:
         return empty
     first, last, n = (stays[c].to_numpy().astype(np.int64) for c in ("first", "last", "n"))
     known = set(catalogue.names)
-    unknown = {str(v): int(k) for v, k in variables.iter_rows() if v not in known}
+    unknown = {NULL_NAME if v is None else str(v): int(k) for v, k in variables.iter_rows() if v not in known}
     return Input(path, "long", stays["stay_id"].to_numpy(), first, n,
                  contiguous=bool(np.all(last - first + 1 == n)), unknown_variables=unknown)
 

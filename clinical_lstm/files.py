@@ -12,10 +12,11 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "dir_mode", "file_mode", "write_frame", "write_json", "write_text"]
+__all__ = ["atomic_path", "check_not_input", "dir_mode", "file_mode", "write_frame", "write_json", "write_text"]
 
 
 def file_mode() -> int:
@@ -28,9 +29,22 @@ def dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """The process umask, read without changing it where the kernel tells (Linux ``/proc``); elsewhere set
+    and restored under a lock (threads writing at once must never see a 0 umask)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return mask
 
 

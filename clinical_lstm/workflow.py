@@ -256,8 +256,9 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
 
 # -- score ------------------------------------------------------------------------------------------------------
 def score(model, data, out: str | Path, explain: int = 0, **options) -> dict:
-    """Score every stay in chunks; write ``out`` (.parquet or .csv), ``<name>.rejects.<ext>`` and
-    ``<name>.summary.json``. Every stay read is a row of ``out``, checked before success.
+    """Score every stay in chunks; write ``out`` (.parquet or .csv) and, named from its whole file name,
+    ``<out>.rejects.<ext>`` and ``<out>.summary.json``. Every stay read is a row of ``out``, checked before
+    success.
 
     ``options`` go to :func:`clinical_lstm.batch.score_batch` (``chunk_stays``, ``catalogue``, ``restart``,
     ``progress``, ``log``, ``workers``): resumable after a crash, memory bounded by the chunk size.

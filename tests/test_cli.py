@@ -64,8 +64,8 @@ def test_score_accounts_for_every_stay(trained, tmp_path):
     res = run("score", "--model", str(root / "run"), "--data", "sample", "--out", str(out))
     assert res.returncode == 0, res.stderr
     scores = pl.read_parquet(out)
-    rejects = pl.read_parquet(tmp_path / "scores.rejects.parquet")
-    summary = json.loads((tmp_path / "scores.summary.json").read_text())
+    rejects = pl.read_parquet(tmp_path / "scores.parquet.rejects.parquet")
+    summary = json.loads((tmp_path / "scores.parquet.summary.json").read_text())
     assert scores.height == SAMPLE_STAYS == summary["stays_read"] == summary["scored"] + rejects.height
     assert scores["stay_id"].n_unique() == scores.height
     assert sorted(scores.filter(pl.col("risk").is_null())["stay_id"].to_list()) == sorted(rejects["stay_id"].to_list())
@@ -87,7 +87,7 @@ def test_score_csv_output(trained, tmp_path):
     res = run("score", "--model", str(root / "run"), "--data", "sample", "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert pl.read_csv(out).height == SAMPLE_STAYS
-    assert (tmp_path / "scores.rejects.csv").is_file()
+    assert (tmp_path / "scores.csv.rejects.csv").is_file()
 
 
 def test_evaluate_writes_metrics_and_plots(trained, tmp_path):
@@ -269,7 +269,7 @@ def test_score_pipeline_job_with_options_and_closing_summary(trained, tmp_path):
     res = subprocess.run([sys.executable, str(script), "--config", str(tmp_path / "job.toml")], capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    summary = json.loads((tmp_path / "night.summary.json").read_text())
+    summary = json.loads((tmp_path / "night.parquet.summary.json").read_text())
     assert summary["chunks"] == 4 and summary["stays_read"] == SAMPLE_STAYS == summary["scored"] + summary["rejected"]
     assert f"{SAMPLE_STAYS} stays read" in res.stderr  # the closing line
     scores = pl.read_parquet(out)

@@ -519,7 +519,7 @@ def test_batch_scorer_accounts_for_every_hostile_stay(tmp_path):
         _add(tf, "set-x/README.txt", b"not a stay\n")
     out = tmp_path / "out" / "scores.parquet"
     summary = score_batch(tiny_model(), path, out, chunk_stays=3, log=lambda _: None)
-    rejects = dict(pl.read_parquet(out.parent / "scores.rejects.parquet").iter_rows())
+    rejects = dict(pl.read_parquet(out.parent / "scores.parquet.rejects.parquet").iter_rows())
     assert rejects == {140006: "unreadable_file", 140007: "unreadable_file", 140008: "unreadable_file",
                        140009: "record_id_mismatch"}
     assert summary["stays_read"] == 9 and summary["scored"] == 5 and summary["rejected"] == 4

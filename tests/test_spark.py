@@ -218,7 +218,7 @@ def test_same_risks_as_the_single_machine_batch_job(scattered, bundle, long, tmp
     long.write_parquet(src)
     score_batch(bundle, src, tmp_path / "scores.parquet", chunk_stays=7, log=lambda _: None)
     batch = pl.read_parquet(tmp_path / "scores.parquet").sort("stay_id")
-    rejects = pl.read_parquet(tmp_path / "scores.rejects.parquet").sort("stay_id")
+    rejects = pl.read_parquet(tmp_path / "scores.parquet.rejects.parquet").sort("stay_id")
     spark_all = got.sort("stay_id")
     assert spark_all.columns == batch.columns[:len(spark_all.columns)]  # one schema family
     assert spark_all["stay_id"].to_list() == batch["stay_id"].to_list()
