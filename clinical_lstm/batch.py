@@ -112,16 +112,15 @@ def check_catalogue(have: Catalogue, expected) -> None:
                     f"or pass the model's catalogue")
 
 
-def _scored_schema(explain: int) -> dict:
-    """:data:`~clinical_lstm.bundle.SCORES`, the top-K contributions, then the model and the scoring time."""
+def _scored_schema(explain: int, id_dtype=pl.Int64) -> dict:
+    """:data:`~clinical_lstm.bundle.SCORES` (``stay_id`` in the inputs' kind of id), the top-K contributions, then
+    the model and the scoring time."""
     from .bundle import SCORES
 
     tops = {f"top{r}_{c}": d for r in range(1, explain + 1) for c, d in (("variable", pl.String),
                                                                          ("contribution", pl.Float64))}
-    return {**SCORES, **tops, "model": pl.String, "model_version": pl.String, "scored_at": pl.Datetime("us", "UTC")}
-
-
-REJECT_SCHEMA = {"stay_id": pl.Int64, "reason": pl.String}
+    return {**SCORES, "stay_id": id_dtype, **tops, "model": pl.String, "model_version": pl.String,
+            "scored_at": pl.Datetime("us", "UTC")}
 
 
 def _conform(df: pl.DataFrame, schema: dict) -> pl.DataFrame:
@@ -473,7 +472,9 @@ class _Job:
                             "model_uri": provenance.get("uri", source), "chunk_stays": chunk_stays,
                             "explain": explain, "catalogue": model.catalogue.digest()}
         self.version = provenance.get("version")
-        self.schema = _scored_schema(explain)
+        self.id_dtype = next((i.id_dtype for i in inputs if not i.empty), pl.Int64)
+        self.schema = _scored_schema(explain, self.id_dtype)
+        self.reject_schema = {"stay_id": self.id_dtype, "reason": pl.String}
         self.phases: dict[str, float] = {}  # seconds: contract (load, index pass), chunks, finish
         self.work = _Workdir(out)
 
@@ -506,7 +507,7 @@ class _Job:
         scored = _conform(scored.with_columns(**{k: pl.lit(v) for k, v in extra.items()}), self.schema)
         tw = time.perf_counter()
         self.work.write_part(c.index, "scored", scored)
-        self.work.write_part(c.index, "rejects", _conform(rejects, REJECT_SCHEMA))
+        self.work.write_part(c.index, "rejects", _conform(rejects, self.reject_schema))
         seconds = {"read": read_s, "score": tw - tc, "write": time.perf_counter() - tw}
         return _chunk_entry(c, scored, rejects, report, seconds)
 
@@ -564,7 +565,7 @@ class _Job:
                     atomic_path(out) as out_tmp:
                 n_rows = _sink([work.part(c.index, "scored") for c in chunks], self.schema, out_tmp, csv)
                 target = files["rejects"]
-                n_rejected = _sink([work.part(c.index, "rejects") for c in chunks], REJECT_SCHEMA, rejects_tmp, csv)
+                n_rejected = _sink([work.part(c.index, "rejects") for c in chunks], self.reject_schema, rejects_tmp, csv)
                 target = files["summary"]
                 summary = self._summary(n_rows, n_rejected, seconds_so_far, t0)
                 write_json(summary_tmp, summary)

@@ -31,15 +31,18 @@ from .calibrate import calibrator_from_dict
 from .catalogue import Catalogue
 from .config import ModelConfig
 from .files import dir_mode, file_mode
+from .grid import ids_series
 from .impute import GridTransformer, Tensors
 from .model import MaskedLSTM
-from .sources import LONG_COLUMNS, DataError, RawData
+from .sources import LONG_COLUMNS, DataError, RawData, checked_ids
 from .validate import QualityReport, stay_quality, validate
 
 FORMAT_VERSION = 1
 
 #: The columns every "risk per stay" output starts with: ``predict``, batch scoring, Spark, the MLflow pyfunc
 #: and the ONNX runtime. A rejected stay has a null risk, flag, n_observations and quality_flags and a reason.
+#: ``stay_id`` is Int64 for integer ids and String for text ids (:func:`clinical_lstm.sources.id_dtype`),
+#: always exactly as the input gave them.
 SCORES = {"stay_id": pl.Int64, "risk": pl.Float64, "flag": pl.Boolean, "reason": pl.String,
           "n_observations": pl.Int64, "quality_flags": pl.String}
 
@@ -58,11 +61,11 @@ def ensemble_logits(networks, head, x, mask, delta, statics, lengths, summary=No
 def scores_table(clean: pl.DataFrame, kept: pl.Series, report: QualityReport, risk: np.ndarray,
                  threshold: float, catalogue: Catalogue) -> pl.DataFrame:
     """The :data:`SCORES` table of validated stays: ``kept`` with their ``risk``, then ``report.rejects``."""
-    scored = (pl.DataFrame({"stay_id": kept, "risk": risk}, schema={"stay_id": pl.Int64, "risk": pl.Float64})
+    scored = (pl.DataFrame({"stay_id": kept, "risk": risk}, schema={"stay_id": kept.dtype, "risk": pl.Float64})
               .with_columns((pl.col("risk") >= threshold).alias("flag"))
               .join(stay_quality(clean, kept, report, catalogue), on="stay_id", how="left", maintain_order="left"))
     table = pl.concat([scored, report.rejects.select("stay_id", "reason")], how="diagonal_relaxed")
-    return table.select([pl.col(c).cast(d) for c, d in SCORES.items()]).sort("stay_id")
+    return table.select([pl.col(c).cast(kept.dtype if c == "stay_id" else d) for c, d in SCORES.items()]).sort("stay_id")
 
 
 def _like(data, out: pl.DataFrame):
@@ -77,7 +80,11 @@ def data_digest(clean: pl.DataFrame, catalogue: Catalogue) -> str:
     df = clean.sort("stay_id", "time", "variable", "value").with_columns(
         pl.col("variable").replace_strict(codes, return_dtype=pl.Int32))
     h = hashlib.sha256()
-    for col in ("stay_id", "time", "variable", "value"):
+    if df.schema["stay_id"] == pl.String:  # text ids: their bytes, each ended by a NUL
+        h.update("\0".join(df["stay_id"].to_list()).encode() + b"\0")
+    else:
+        h.update(np.ascontiguousarray(df["stay_id"].to_numpy()).tobytes())
+    for col in ("time", "variable", "value"):
         h.update(np.ascontiguousarray(df[col].to_numpy()).tobytes())
     return h.hexdigest()
 
@@ -92,6 +99,8 @@ def as_raw(data) -> RawData:
         return load(data)
     if not isinstance(data, pl.DataFrame):
         try:
+            if "stay_id" in getattr(data, "columns", ()) and data["stay_id"].dtype == object:  # e.g. uuid.UUID
+                data = data.assign(stay_id=[None if v is None else str(v) for v in data["stay_id"]])
             data = pl.from_pandas(data)
         except (TypeError, ValueError, ImportError) as exc:
             raise DataError(f"expected a long table (pandas/polars DataFrame with columns {list(LONG_COLUMNS)}) "
@@ -100,10 +109,8 @@ def as_raw(data) -> RawData:
     if missing:
         raise DataError(f"the long table lacks column(s) {missing}; expected {list(LONG_COLUMNS)}, "
                         f"found {data.columns}")
-    df = data.select(LONG_COLUMNS)
-    if df.height and df["stay_id"].null_count():
-        raise DataError("stay_id is null on some rows; every observation needs its stay's integer id")
-    df = df.with_columns(pl.col("stay_id").cast(pl.Int64), pl.col("variable").cast(pl.String))
+    df = checked_ids(data.select(LONG_COLUMNS), "the long table")  # the same contract as files (fractional ids
+    df = df.with_columns(pl.col("variable").cast(pl.String))  # name no stay: never two patients in one row)
     return RawData(long=df, stays=df["stay_id"].unique().sort(), sources=["<dataframe>"])
 
 
@@ -204,14 +211,15 @@ class RiskModel:
         return table, report
 
     def _top_contributions(self, t: Tensors | None, k: int) -> pl.DataFrame:
-        schema = {"stay_id": pl.Int64, **{f"top{r}_{c}": d for r in range(1, k + 1)
+        schema = {"stay_id": pl.Int64 if t is None else ids_series(t.stay_ids).dtype, **{
+            f"top{r}_{c}": d for r in range(1, k + 1)
                                           for c, d in (("variable", pl.String), ("contribution", pl.Float64))}}
         if t is None:
             return pl.DataFrame(schema=schema)
         from .explain import shap_values, table_from
 
         table = table_from(*shap_values(self, t), t.stay_ids)  # the scoring tensors: input validated once
-        wide = pl.DataFrame({"stay_id": t.stay_ids})
+        wide = pl.DataFrame({"stay_id": ids_series(t.stay_ids)})
         for r in range(1, k + 1):
             wide = wide.join(table.filter(pl.col("rank") == r).select(
                 "stay_id", pl.col("variable").alias(f"top{r}_variable"),
@@ -225,14 +233,17 @@ class RiskModel:
         """
         return _like(data, self.score_table(data, explain)[0])
 
-    def explain(self, data, top: int | None = None, n_permutations: int = 8, seed: int = 0):
+    def explain(self, data, top: int | None = None, n_permutations: int = 8, seed: int = 0,
+                as_shap: bool = False):
         """Per-variable SHAP contributions (log-odds) for every scorable stay; see :mod:`clinical_lstm.explain`.
 
-        Returns ``stay_id, variable, contribution, rank, base_value, model_output`` (pandas for pandas input).
+        Returns ``stay_id, variable, contribution, rank, base_value, model_output`` (pandas for pandas input),
+        or with ``as_shap=True`` a ``shap.Explanation`` (:func:`clinical_lstm.explain.explanation`; no ``top``).
         """
-        from .explain import explain_table
+        from .explain import explain_table, explanation
 
-        return _like(data, explain_table(self, data, top, n_permutations, seed))
+        return (explanation(self, data, n_permutations, seed) if as_shap
+                else _like(data, explain_table(self, data, top, n_permutations, seed)))
 
     def stream(self, state=None):
         """A :class:`~clinical_lstm.stream.StayStream` for one stay: ``s.update(rows)`` -> current risk.

@@ -19,7 +19,8 @@ import polars as pl
 
 from .archives import iter_stay_files
 from .files import atomic_path
-from .sources import LONG_COLUMNS, DataError, RawData, physionet_raw
+from .grid import ids_numpy
+from .sources import LONG_COLUMNS, DataError, RawData, id_dtype, physionet_raw, stay_id_key
 
 NULL_NAME = "<null>"  # the key under which rows with a null variable name are counted
 
@@ -42,13 +43,14 @@ class Input:
 
     path: Path
     kind: str  # "long" | "physionet"
-    stay_ids: np.ndarray  # Int64, input order
+    stay_ids: np.ndarray  # input order: int64, or unicode text for text ids
     first_row: np.ndarray | None = None  # long: first row of each stay
     n_rows: np.ndarray | None = None  # long: rows of each stay
     contiguous: bool = True
     unknown_variables: dict[str, int] = field(default_factory=dict)
     ignored_members: int = 0
     empty: bool = False
+    id_dtype: pl.DataType = pl.Int64  # Int64, or String for text ids (clinical_lstm.sources.id_dtype)
 
     @property
     def name(self) -> str:
@@ -65,14 +67,11 @@ def _scan(path: Path) -> pl.LazyFrame:
     return pl.scan_csv(path, infer_schema=False, quote_char='"')  # all text: validation counts bad entries
 
 
-def _stay_id_expr(dtype) -> pl.Expr:
-    """``stay_id`` as Int64; null where it is not an integer (text is stripped first, floats must be whole)."""
-    col = pl.col("stay_id")
-    if dtype.is_integer():
-        return col.cast(pl.Int64)
-    if dtype.is_float():
-        return pl.when(col == col.round()).then(col.cast(pl.Int64, strict=False))
-    return col.cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+def _stay_id_expr(dtype, kind=None) -> pl.Expr:
+    """``stay_id`` as the job reads it: the key of :func:`clinical_lstm.sources.stay_id_key` (null where a row
+    names no stay), in the ids' ``kind`` once the index pass has decided it."""
+    key = stay_id_key(dtype)
+    return key if kind is None else key.cast(kind)
 
 
 def index_long(path: Path, catalogue) -> Input:
@@ -109,15 +108,16 @@ def index_long(path: Path, catalogue) -> Input:
                 "quoting)" if "malformed" in str(exc) else "")
         raise DataError(f"cannot read data file {path}: {_first_line(exc)}{hint}") from None
     if bad.height:
-        raise DataError(f"data file {path}, row {bad['row'][0] + 1}: stay_id {bad['stay_id'][0]!r} is not an "
-                        f"integer; every row needs its stay's integer id (map encounter identifiers first)")
+        raise DataError(f"data file {path}, row {bad['row'][0] + 1}: stay_id {bad['stay_id'][0]!r} names no stay; "
+                        f"every row needs its stay's id (an integer, or text such as an encounter id or UUID)")
     if not stays.height:
         return empty
+    kind = id_dtype(stays["stay_id"])
     first, last, n = (stays[c].to_numpy().astype(np.int64) for c in ("first", "last", "n"))
     known = set(catalogue.names)
     unknown = {NULL_NAME if v is None else str(v): int(k) for v, k in variables.iter_rows() if v not in known}
-    return Input(path, "long", stays["stay_id"].to_numpy(), first, n,
-                 contiguous=bool(np.all(last - first + 1 == n)), unknown_variables=unknown)
+    return Input(path, "long", ids_numpy(stays["stay_id"].cast(kind)), first, n,
+                 contiguous=bool(np.all(last - first + 1 == n)), unknown_variables=unknown, id_dtype=kind)
 
 
 def index_physionet(path: Path) -> Input:
@@ -151,7 +151,7 @@ def read_chunks(inp: Input, chunks: list[Chunk], todo: set[int], spill: Path | N
         yield from _read_physionet_chunks(inp, chunks, todo)
         return
     scan = pl.scan_parquet(spill) if spill is not None else _scan(inp.path)
-    ids = _stay_id_expr(scan.collect_schema()["stay_id"])
+    ids = _stay_id_expr(scan.collect_schema()["stay_id"], inp.id_dtype)
     for c in chunks:
         if c.index not in todo:
             continue
@@ -161,7 +161,7 @@ def read_chunks(inp: Input, chunks: list[Chunk], todo: set[int], spill: Path | N
         else:
             df = scan.filter(ids.is_in(pl.Series(chunk_ids).implode()))
         df = df.select(ids.alias("stay_id"), pl.col("time"), pl.col("variable").cast(pl.String), pl.col("value"))
-        yield c, RawData(long=df.collect(), stays=pl.Series("stay_id", np.sort(chunk_ids), dtype=pl.Int64),
+        yield c, RawData(long=df.collect(), stays=pl.Series("stay_id", np.sort(chunk_ids), dtype=inp.id_dtype),
                          sources=[inp.name])
 
 
@@ -198,13 +198,19 @@ def spill_csv(inp: Input, workdir: Path) -> Path:
 
 
 def check_unique_ids(inputs: list[Input]) -> None:
-    seen: dict[int, str] = {}
+    """Every stay id once across the inputs; inputs with integer ids and inputs with text ids are read with
+    text ids (so that the output has one kind of id)."""
+    if len({inp.id_dtype for inp in inputs if not inp.empty}) > 1:
+        for inp in inputs:
+            inp.stay_ids, inp.id_dtype = inp.stay_ids.astype(str), pl.String
+    seen: dict = {}
     for inp in inputs:
         ids, counts = np.unique(inp.stay_ids, return_counts=True)
         if (counts > 1).any():
             raise DataError(f"{inp.name}: stay {ids[counts > 1][0]} appears more than once (two stay files with "
                             f"the same RecordID)")
-        for sid in ids[np.isin(ids, np.fromiter(seen, np.int64, len(seen)))] if seen else []:
-            raise DataError(f"stay {sid} appears in both {seen[int(sid)]} and {inp.name}; stay ids must be "
-                            f"unique across --data paths")
+        for sid in ids.tolist():
+            if sid in seen:
+                raise DataError(f"stay {sid} appears in both {seen[sid]} and {inp.name}; stay ids must be "
+                                f"unique across --data paths")
         seen.update(dict.fromkeys(ids.tolist(), inp.name))

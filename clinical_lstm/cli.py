@@ -246,16 +246,12 @@ def cmd_explain(a) -> int:
 
     _, job = _job(a, model=a.model, data=a.data, out=a.out)
     _need(job, "model", "data", "out", command="explain")
-    stays = [_stay_id(s) for s in a.stay] if a.stay else None
+    stays = a.stay or None  # compared with the data's ids as text
     files = explain(job.model, _paths(job.data), job.out, stays=stays, top=a.top, n_permutations=a.permutations,
                     fmt=a.format)
     for name, path in files.items():
         print(f"{name:<18} {path}")
     return 0
-
-
-def _stay_id(text: str):
-    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def cmd_export(a) -> int:

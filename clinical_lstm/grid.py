@@ -30,7 +30,7 @@ class Grid:
         Bins up to and including the last bin with any series observation (at least 1).
     statics : ndarray, float32, (N, S)
         Time-0 value of each static variable (``catalogue.statics`` order); NaN where absent.
-    stay_ids : ndarray, int64, (N,)
+    stay_ids : ndarray, (N,): int64, or unicode text for text ids
     """
 
     values: np.ndarray
@@ -119,13 +119,14 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
     """
     T = n_bins(window_hours, resolution_hours)
     series, statics = catalogue.series, catalogue.statics
-    ids = np.asarray(stay_ids, dtype=np.int64)
+    id_series = ids_series(stay_ids)
+    ids = ids_numpy(id_series)
     N, V = len(ids), len(series)
     values = np.full((N, T, V), np.nan, dtype=np.float32)
     obs_time = np.full((N, T, V), np.nan, dtype=np.float32)
     lengths = np.ones(N, dtype=np.int64)
 
-    row, col, t, v = _locate(clean, ids, series, catalogue)
+    row, col, t, v = _locate(clean, id_series, series, catalogue)
     if len(row):
         b = bin_index(t, resolution_hours, T)
         how = aggregation_codes(catalogue, series)
@@ -140,7 +141,7 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
     stat = np.full((N, len(statics)), np.nan, dtype=np.float32)
     if statics:
         at_zero = clean.filter((pl.col("time") == 0) & pl.col("variable").is_in(statics))
-        srow, scol, st, sval = _locate(at_zero, ids, statics, catalogue)
+        srow, scol, st, sval = _locate(at_zero, id_series, statics, catalogue)
         if len(srow):
             how = aggregation_codes(catalogue, statics)
             S = len(statics)
@@ -149,7 +150,22 @@ def to_grid(clean: pl.DataFrame, stay_ids, catalogue: Catalogue, window_hours: f
     return Grid(values, obs_time, lengths, stat, ids, float(resolution_hours))
 
 
-def _locate(clean: pl.DataFrame, ids: np.ndarray, names: list[str], catalogue: Catalogue):
+def ids_series(stay_ids) -> pl.Series:
+    """Stay ids (a polars Series, a numpy array or a list; integers or text) as a polars Series."""
+    if isinstance(stay_ids, pl.Series):
+        return stay_ids
+    arr = np.asarray(stay_ids)
+    if arr.dtype.kind in "iu":
+        return pl.Series("stay_id", arr.astype(np.int64))
+    return pl.Series("stay_id", [str(v) for v in arr.tolist()], dtype=pl.String)
+
+
+def ids_numpy(ids: pl.Series) -> np.ndarray:
+    """Stay ids as numpy: int64, or unicode text (never Python objects, so that polars reads them back as text)."""
+    return ids.to_numpy().astype(np.int64) if ids.dtype.is_integer() else np.asarray(ids.to_list(), dtype=str)
+
+
+def _locate(clean: pl.DataFrame, ids: pl.Series, names: list[str], catalogue: Catalogue):
     """Rows of ``clean`` whose stay is in ``ids`` and variable in ``names``, as (row, col, time, value) arrays."""
     index = {n: i for i, n in enumerate(names)}
     try:  # fast path: catalogue variables only; an Enum's physical value is the position in its list
@@ -157,16 +173,18 @@ def _locate(clean: pl.DataFrame, ids: np.ndarray, names: list[str], catalogue: C
         col = lut[clean["variable"].cast(pl.Enum(catalogue.names)).to_physical().to_numpy()]
     except pl.exceptions.InvalidOperationError:
         col = clean["variable"].replace_strict(index, default=-1, return_dtype=pl.Int64).to_numpy()
-    sid = clean["stay_id"].to_numpy()
-    run = clean["stay_id"].rle_id().to_numpy()
-    if len(sid) and run[-1] + 1 == len(ids) and np.array_equal(sid[np.r_[0, np.flatnonzero(np.diff(run)) + 1]], ids):
+    sid = clean["stay_id"]
+    if ids.dtype != sid.dtype:  # integer ids asked of text rows (or the reverse): compare as text
+        ids, sid = ids.cast(pl.String), sid.cast(pl.String)
+    run = sid.rle_id().to_numpy()
+    starts = np.flatnonzero(np.concatenate([[True], run[1:] != run[:-1]])) if len(run) else run
+    if len(sid) and run[-1] + 1 == len(ids) and sid.gather(starts).equals(ids, check_names=False):
         row, ok = run.astype(np.int64), col >= 0  # grouped by stay in `ids` order, as validate() returns it
     elif len(ids):
-        ascending = bool(np.all(ids[1:] > ids[:-1]))
-        sorter = None if ascending else np.argsort(ids, kind="stable")
-        pos = np.minimum(np.searchsorted(ids, sid, sorter=sorter), len(ids) - 1)
-        row = pos if ascending else sorter[pos]
-        ok = (col >= 0) & (ids[row] == sid)
+        order = ids.arg_sort()
+        pos = ids.gather(order).search_sorted(sid).clip(0, len(ids) - 1)
+        row = order.gather(pos).to_numpy().astype(np.int64)
+        ok = (col >= 0) & (ids.gather(row) == sid).to_numpy()
     else:
         row, ok = np.zeros(len(sid), dtype=np.int64), np.zeros(len(sid), dtype=bool)
     t, v = clean["time"].to_numpy(), clean["value"].to_numpy()

@@ -42,7 +42,7 @@ class Tensors:
     delta: np.ndarray  # (N, T, V) float32, hours since last observation
     lengths: np.ndarray  # (N,) int64, true number of bins
     statics: np.ndarray  # (N, S) float32, standardized statics + missing indicators + one-hots
-    stay_ids: np.ndarray  # (N,) int64
+    stay_ids: np.ndarray  # (N,) int64, or unicode text for text ids
     summary: np.ndarray | None = None  # (N, F) float32 per-stay summaries (clinical_lstm.summaries), NaN = never seen
 
     def __len__(self) -> int:

@@ -61,12 +61,12 @@ class RawData:
     Attributes
     ----------
     long : polars.DataFrame
-        ``stay_id`` Int64, ``time`` (hours: Float64, or String from generic CSV), ``variable`` String,
+        ``stay_id`` Int64 or String (:func:`id_dtype`), ``time`` (hours: Float64, or String from generic CSV), ``variable`` String,
         ``value`` (Float64, or String from generic CSV; null = unparseable). One row per raw observation.
     stays : polars.Series
-        Every stay seen (Int64, sorted), including stays with no rows and unreadable stay files.
+        Every stay seen (the ids' kind, sorted), including stays with no rows and unreadable stay files.
     outcomes : polars.DataFrame or None
-        ``stay_id`` Int64, ``label`` Int8 (0/1), ``saps_i`` Float64 (null when absent).
+        ``stay_id`` (the kind of the data's ids), ``label`` Int8 (0/1), ``saps_i`` Float64 (null when absent).
     unreadable : dict
         ``stay_id -> reason`` (``unreadable_file`` or ``record_id_mismatch``) for stays rejected on reading;
         none of their rows are in ``long``.
@@ -263,23 +263,67 @@ def _read_table(path: Path, kind: str, columns: tuple[str, ...]) -> pl.DataFrame
     return df.select(columns)
 
 
+# -- stay ids -------------------------------------------------------------------------------------------------
+CANONICAL_INT = r"^-?(0|[1-9][0-9]{0,17})$"  # text that is exactly an integer's own spelling
+
+
+def stay_id_key(dtype) -> pl.Expr:
+    """``stay_id`` as a key, before its kind is known: integers as Int64, whole floats as Int64 (a fractional
+    or non-finite float is null: it names no stay), text stripped of surrounding blanks (empty is null)."""
+    col = pl.col("stay_id")
+    if dtype.is_integer():
+        return col.cast(pl.Int64)
+    if dtype.is_float():
+        return pl.when(col.is_finite() & (col == col.round())).then(col.cast(pl.Int64, strict=False))
+    text = col.cast(pl.String).str.strip_chars()
+    return pl.when(text.str.len_chars() > 0).then(text)
+
+
+def id_dtype(keys: pl.Series) -> pl.DataType:
+    """**The kind of a data set's stay ids**: Int64 when every id is an integer (or text spelling exactly one,
+    such as ``"1001"``), else String, and then every id is kept exactly as given (``"007"``, a UUID). Numbers
+    stay numbers, and no text id is ever altered by a conversion."""
+    if keys.dtype == pl.Int64 or keys.len() == 0:
+        return pl.Int64
+    return pl.Int64 if keys.str.contains(CANONICAL_INT).all() else pl.String
+
+
+def as_ids(keys: pl.Series, dtype: pl.DataType) -> pl.Series:
+    """Keys (:func:`stay_id_key`) in the kind ``dtype`` (:func:`id_dtype`)."""
+    return keys.cast(dtype)
+
+
+def checked_ids(df: pl.DataFrame, where: str) -> pl.DataFrame:
+    """``df`` with its ``stay_id`` column in its kind; a null, empty, fractional or non-finite id is a
+    :class:`DataError` naming the row."""
+    keys = df.select(stay_id_key(df.schema["stay_id"]))["stay_id"]
+    bad = keys.is_null()
+    if bad.any():
+        row = int(bad.arg_max())
+        raise DataError(f"{where}, row {row + 1}: stay_id {df['stay_id'][row]!r} names no stay; every row needs its "
+                        f"stay's id (an integer, or text such as an encounter id or UUID)")
+    return df.with_columns(as_ids(keys, id_dtype(keys)).alias("stay_id"))
+
+
+def same_id_kind(frames: list[pl.DataFrame | None]) -> list[pl.DataFrame | None]:
+    """Frames whose ``stay_id`` kinds differ (integers in one, text in another) all get text ids, so they join."""
+    kinds = {f.schema["stay_id"] for f in frames if f is not None}
+    if len(kinds) <= 1:
+        return frames
+    return [None if f is None else f.with_columns(pl.col("stay_id").cast(pl.String)) for f in frames]
+
+
 def read_long(path: str | Path) -> RawData:
     """Read a long-format CSV/Parquet (``stay_id, time, variable, value``) into :class:`RawData`.
 
-    Extra columns are ignored. ``stay_id`` must hold integers: a row whose id does not parse cannot be
-    attributed to a stay and raises an error naming the first bad value.
+    Extra columns are ignored. ``stay_id`` is an integer or text (an encounter id, a UUID), kept as given
+    (:func:`id_dtype`); a row without a usable id cannot be attributed to a stay and raises an error naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data path {path} does not exist")
-    df = _read_table(path, "data", LONG_COLUMNS)
-    ids = df["stay_id"].cast(pl.Int64, strict=False)
-    bad = df.filter(ids.is_null() & df["stay_id"].is_not_null())
-    if df["stay_id"].null_count() or len(bad):
-        example = bad["stay_id"][0] if len(bad) else None
-        raise DataError(f"data file {path}: stay_id must be an integer on every row; found {example!r}. "
-                        f"Map your encounter identifiers to integers first")
-    df = df.with_columns(ids.alias("stay_id"), pl.col("variable").cast(pl.String))
+    df = checked_ids(_read_table(path, "data", LONG_COLUMNS), f"data file {path}")
+    df = df.with_columns(pl.col("variable").cast(pl.String))
     return RawData(long=df, stays=df["stay_id"].unique().sort(), sources=[path.name])
 
 
@@ -288,16 +332,16 @@ def read_labels(path: str | Path) -> pl.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"labels file {path} does not exist")
-    df = _read_table(path, "labels", LABEL_COLUMNS)
-    out = df.select(pl.col("stay_id").cast(pl.Int64, strict=False),
-                    pl.col("label").cast(pl.Int8, strict=False), pl.lit(None, pl.Float64).alias("saps_i"))
+    df = checked_ids(_read_table(path, "labels", LABEL_COLUMNS), f"labels file {path}")
+    out = df.select(pl.col("stay_id"), pl.col("label").cast(pl.Int8, strict=False),
+                    pl.lit(None, pl.Float64).alias("saps_i"))
     return _check_labels(out, path)
 
 
 def _check_labels(out: pl.DataFrame, path: Path) -> pl.DataFrame:
     bad = out.filter(pl.col("stay_id").is_null() | ~pl.col("label").is_in([0, 1]) | pl.col("label").is_null())
     if len(bad):
-        raise DataError(f"labels in {path}: every row needs an integer stay_id and a label of 0 or 1; "
+        raise DataError(f"labels in {path}: every row needs a stay_id and a label of 0 or 1; "
                         f"{len(bad)} row(s) do not")
     dup = out.filter(pl.col("stay_id").is_duplicated())["stay_id"].unique()
     if len(dup):
@@ -338,7 +382,9 @@ def load(paths, labels: str | Path | None = None, outcomes: str | Path | None = 
             parts = list(pool.map(read, paths))
     else:
         parts = [read(paths[0])]
-    seen: dict[int, str] = {}
+    if len({p.stays.dtype for p in parts}) > 1:  # integer ids in one input, text in another: all text
+        parts = [_ids_as_text(p) for p in parts]
+    seen: dict = {}
     for part in parts:
         for sid in part.stays.to_list():
             if sid in seen:
@@ -354,14 +400,25 @@ def load(paths, labels: str | Path | None = None, outcomes: str | Path | None = 
         out = pl.concat(outs)
     else:
         out = None
+    stays = pl.concat([p.stays for p in parts]).sort()
+    if out is not None and out.schema["stay_id"] != stays.dtype:  # e.g. text ids, labels that look like integers
+        long, out = same_id_kind([long, out])
+        stays = stays.cast(pl.String)
     return RawData(
         long=long,
-        stays=pl.concat([p.stays for p in parts]).sort(),
+        stays=stays,
         outcomes=out,
         unreadable={k: v for p in parts for k, v in p.unreadable.items()},
         sources=[s for p in parts for s in p.sources],
         ignored_members=sum(p.ignored_members for p in parts),
     )
+
+
+def _ids_as_text(raw: RawData) -> RawData:
+    long, outcomes = (None if f is None else f.with_columns(pl.col("stay_id").cast(pl.String))
+                      for f in (raw.long, raw.outcomes))
+    return RawData(long, raw.stays.cast(pl.String), outcomes, {str(k): v for k, v in raw.unreadable.items()},
+                   raw.sources, raw.ignored_members)
 
 
 def _as_text(df: pl.DataFrame) -> pl.DataFrame:

@@ -51,18 +51,18 @@ def _require_pyspark():
                           "`pip install 'clinical-lstm[spark]'` (or `pip install pyspark`)") from exc
 
 
-def _types(explain: int) -> dict:
+def _types(explain: int, id_dtype=pl.Int64) -> dict:
     """Output column -> polars type; the single source of the Spark and Arrow schemas."""
     tops = {c: t for k in range(1, explain + 1)
             for c, t in ((f"top{k}_variable", pl.String), (f"top{k}_contribution", pl.Float64))}
-    return {**SCORES, **tops}
+    return {**SCORES, "stay_id": id_dtype, **tops}
 
 
-def output_schema(explain: int = 0) -> str:
+def output_schema(explain: int = 0, id_dtype=pl.Int64) -> str:
     """The DDL schema of :func:`score_spark`'s output, with ``top<k>_variable, top<k>_contribution`` for
-    ``k = 1..explain``."""
+    ``k = 1..explain``; ``stay_id`` is ``long`` for integer ids, ``string`` for text ids."""
     ddl = {pl.Int64: "long", pl.Float64: "double", pl.Boolean: "boolean", pl.String: "string"}
-    return ", ".join(f"{c} {ddl[t]}" for c, t in _types(explain).items())
+    return ", ".join(f"{c} {ddl[t]}" for c, t in _types(explain, id_dtype).items())
 
 
 def stage_bundle(model) -> Path:
@@ -113,16 +113,16 @@ def _worker_model(name: str) -> RiskModel:
     return model
 
 
-def score_frame(model: RiskModel, long: pl.DataFrame, explain: int = 0) -> pl.DataFrame:
+def score_frame(model: RiskModel, long: pl.DataFrame, explain: int = 0, id_dtype=pl.Int64) -> pl.DataFrame:
     """Score whole stays of a polars long frame: one row per stay in :func:`output_schema` order."""
-    out = model.score_table(long, explain)[0].cast(_types(explain))
+    out = model.score_table(long, explain)[0].cast(_types(explain, id_dtype))
     n_in = long["stay_id"].n_unique()
     if out.height != n_in or out["stay_id"].n_unique() != n_in:  # internal invariant
         raise AssertionError(f"stay accounting broken: {n_in} stays in, {out.height} rows out")
     return out
 
 
-def _score_partition(batches, name: str, explain: int, chunk_rows: int):
+def _score_partition(batches, name: str, explain: int, chunk_rows: int, id_dtype=pl.Int64):
     """mapInArrow body: Arrow batches of one partition, sorted by stay_id -> Arrow batches of scored stays.
 
     Rows are gathered until ``chunk_rows`` are pending; every stay before the last one is then complete
@@ -131,13 +131,13 @@ def _score_partition(batches, name: str, explain: int, chunk_rows: int):
     import pyarrow as pa
 
     arrow = {pl.Int64: pa.int64(), pl.Float64: pa.float64(), pl.Boolean: pa.bool_(), pl.String: pa.string()}
-    schema = pa.schema([(c, arrow[t]) for c, t in _types(explain).items()])
+    schema = pa.schema([(c, arrow[t]) for c, t in _types(explain, id_dtype).items()])
     pending: list[pl.DataFrame] = []
     n_pending = 0
     last_id = None
 
     def emit(frame: pl.DataFrame):
-        yield from score_frame(_worker_model(name), frame, explain).to_arrow().cast(schema).to_batches()
+        yield from score_frame(_worker_model(name), frame, explain, id_dtype).to_arrow().cast(schema).to_batches()
 
     for batch in batches:
         frame = pl.from_arrow(batch)
@@ -145,9 +145,8 @@ def _score_partition(batches, name: str, explain: int, chunk_rows: int):
             continue
         ids = frame["stay_id"]
         if ids.null_count():
-            raise DataError(f"stay_id must be an integer on every row; {ids.null_count()} row(s) of one "
-                            f"batch have a null or non-integer stay_id. Map encounter identifiers to "
-                            f"integers first")
+            raise DataError(f"{ids.null_count()} row(s) of one batch have a stay_id that names no stay (null, "
+                            f"empty, or a fractional number); every row needs its stay's id")
         if not ids.is_sorted() or (last_id is not None and ids[0] < last_id):  # internal invariant
             raise AssertionError("rows reached the scorer out of stay_id order: a stay could be split")
         last_id = ids[-1]
@@ -165,11 +164,16 @@ def _score_partition(batches, name: str, explain: int, chunk_rows: int):
 
 
 def _long_columns(df):
-    """Select and type the long columns as the single-machine readers do: ``stay_id`` -> long (null when it
-    is not an integer, reported by the scorer), numeric ``time``/``value`` -> double, text kept as text so
-    that validation parses it (``HH:MM`` times, unparseable values counted by rule)."""
+    """Select and type the long columns as the single-machine readers do; returns ``(frame, id kind)``.
+
+    ``stay_id``: integers as long, whole floats as long (any other float names no stay: null, reported by the
+    scorer), text stripped and kept as text unless every id spells an integer (one Spark aggregation decides,
+    as :func:`clinical_lstm.sources.id_dtype` does on one machine). Numeric ``time``/``value`` -> double, text
+    kept as text so that validation parses it (``HH:MM`` times, unparseable values counted by rule)."""
     from pyspark.sql import functions as F
-    from pyspark.sql.types import NumericType, StringType
+    from pyspark.sql.types import FractionalType, IntegralType, NumericType, StringType
+
+    from .sources import CANONICAL_INT
 
     missing = [c for c in ("stay_id", "time", "variable", "value") if c not in df.columns]
     if missing:
@@ -185,8 +189,21 @@ def _long_columns(df):
         raise DataError(f"column {c!r} is {types[c].simpleString()}; expected a number (hours / value) "
                         f"or text")
 
-    return df.select(F.expr("try_cast(stay_id AS BIGINT)").alias("stay_id"), as_number_or_text("time"),
-                     F.col("variable").cast("string").alias("variable"), as_number_or_text("value"))
+    sid, kind = F.col("stay_id"), pl.Int64
+    if isinstance(types["stay_id"], IntegralType):
+        key = sid.cast("bigint")
+    elif isinstance(types["stay_id"], FractionalType):
+        key = F.when(~F.isnan(sid) & (sid == F.round(sid)), sid.cast("bigint"))
+    else:
+        text = F.trim(sid.cast("string"))
+        key = F.when(F.length(text) > 0, text)
+        if df.select(key.alias("k")).filter(F.col("k").isNotNull() & ~F.col("k").rlike(CANONICAL_INT)).limit(1).count():
+            kind = pl.String
+        else:
+            key = key.cast("bigint")
+    frame = df.select(key.alias("stay_id"), as_number_or_text("time"),
+                      F.col("variable").cast("string").alias("variable"), as_number_or_text("value"))
+    return frame, kind
 
 
 def score_spark(df, model, explain: int = 0, n_partitions: int | None = None, chunk_rows: int = 200_000):
@@ -211,7 +228,7 @@ def score_spark(df, model, explain: int = 0, n_partitions: int | None = None, ch
     Returns
     -------
     pyspark.sql.DataFrame
-        One row per distinct ``stay_id``: ``stay_id long, risk double, flag boolean, reason string,
+        One row per distinct ``stay_id``: ``stay_id long`` (string for text ids), ``risk double, flag boolean, reason string,
         n_observations long, quality_flags string`` (``;``-joined, see
         :data:`clinical_lstm.validate.QUALITY_FLAGS`) + ``top<k>_variable string, top<k>_contribution
         double``. A rejected stay has null ``risk``/``flag``/``n_observations``/``quality_flags`` and its
@@ -221,16 +238,16 @@ def score_spark(df, model, explain: int = 0, n_partitions: int | None = None, ch
     if explain < 0 or n_partitions is not None and n_partitions < 1 or chunk_rows < 1:
         raise ValueError(f"explain must be >= 0, n_partitions >= 1 and chunk_rows >= 1; got "
                          f"explain={explain}, n_partitions={n_partitions}, chunk_rows={chunk_rows}")
-    long = _long_columns(df)
+    long, kind = _long_columns(df)
     staged = stage_bundle(model)
     long.sparkSession.sparkContext.addFile(str(staged), recursive=True)
     name = staged.name
     parts = long.repartition(n_partitions, "stay_id") if n_partitions else long.repartition("stay_id")
 
     def score_partition(batches):
-        return _score_partition(batches, name, explain, chunk_rows)
+        return _score_partition(batches, name, explain, chunk_rows, kind)
 
-    return parts.sortWithinPartitions("stay_id").mapInArrow(score_partition, output_schema(explain))
+    return parts.sortWithinPartitions("stay_id").mapInArrow(score_partition, output_schema(explain, kind))
 
 
 def check_every_stay(df, scored) -> dict:
@@ -238,7 +255,7 @@ def check_every_stay(df, scored) -> dict:
     ``RuntimeError`` unless every stay in is exactly one row out. Returns the counts."""
     from pyspark.sql import functions as F
 
-    ids = _long_columns(df).select("stay_id")
+    ids = _long_columns(df)[0].select("stay_id")
     stays_in = ids.distinct().count()
     out = scored.agg(F.count("*").alias("rows"), F.countDistinct("stay_id").alias("stays")).first()
     counts = {"stays_in": stays_in, "rows_out": out["rows"], "distinct_stays_out": out["stays"]}

@@ -214,10 +214,11 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     Returns
     -------
     clean : polars.DataFrame
-        ``stay_id`` Int64, ``time`` Float64 hours in [0, window], ``variable`` String, ``value`` Float64,
+        ``stay_id`` (Int64 or String, as read), ``time`` Float64 hours in [0, window], ``variable`` String,
+        ``value`` Float64,
         only catalogue variables, only kept stays; sorted by stay, catalogue order of variable, time, value.
     kept : polars.Series
-        The kept stay ids (Int64, sorted). ``kept`` plus ``report.rejects`` is every stay read.
+        The kept stay ids (sorted). ``kept`` plus ``report.rejects`` is every stay read.
     report : QualityReport
     """
     schema = raw.long.schema
@@ -238,7 +239,7 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     row_counts = broken.group_by("rule", "variable").len("rows")
     stay_rules = broken.group_by("stay_id", "rule").len("rows")
     ok = df.filter(pl.Series(rule == 0)).select("stay_id", "time", "variable", "value", "code")
-    clean, dup_conflict = _deduplicate(ok, len(catalogue), window_hours, raw.stays.to_numpy())
+    clean, dup_conflict = _deduplicate(ok, len(catalogue), window_hours, raw.stays)
     row_counts = pl.concat([row_counts.with_columns(pl.col("rows").cast(pl.Int64)), dup_conflict])
 
     # Stay-level rules.
@@ -249,16 +250,16 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     reasons = []
     if raw.unreadable:
         reasons.append(pl.DataFrame({"stay_id": list(raw.unreadable), "reason": list(raw.unreadable.values())},
-                                    schema={"stay_id": pl.Int64, "reason": pl.String}))
+                                    schema={"stay_id": raw.stays.dtype, "reason": pl.String}))
     no_series = all_stays.filter(~all_stays.is_in(has_series.implode()) & ~all_stays.is_in(list(raw.unreadable)))
     reasons.append(pl.DataFrame({"stay_id": no_series, "reason": ["no_time_series"] * len(no_series)},
-                                schema={"stay_id": pl.Int64, "reason": pl.String}))
+                                schema={"stay_id": raw.stays.dtype, "reason": pl.String}))
     if require_labels:
-        labelled = raw.outcomes["stay_id"] if raw.outcomes is not None else pl.Series([], dtype=pl.Int64)
+        labelled = raw.outcomes["stay_id"] if raw.outcomes is not None else pl.Series([], dtype=raw.stays.dtype)
         taken = pl.concat([r["stay_id"] for r in reasons])
         nolab = all_stays.filter(~all_stays.is_in(labelled.implode()) & ~all_stays.is_in(taken.implode()))
         reasons.append(pl.DataFrame({"stay_id": nolab, "reason": ["no_label"] * len(nolab)},
-                                    schema={"stay_id": pl.Int64, "reason": pl.String}))
+                                    schema={"stay_id": raw.stays.dtype, "reason": pl.String}))
     rejects = pl.concat(reasons).sort("stay_id")
     kept = all_stays.filter(~all_stays.is_in(rejects["stay_id"].implode())).sort()
     clean = clean.filter(pl.col("stay_id").is_in(kept.implode()))
@@ -277,16 +278,16 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     return clean, kept, report
 
 
-def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float, stays: np.ndarray | None = None):
+def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float, stays: pl.Series):
     """Order the usable rows by :func:`order_rows`, drop exact duplicates; count duplicates and conflicts.
     Returns the rows (with their ``code``) and the counts."""
     empty = pl.DataFrame(schema={"rule": pl.String, "variable": pl.String, "rows": pl.Int64})
     if ok.height == 0:
         return ok, empty
-    sid = ok["stay_id"].to_numpy()
-    pos = np.searchsorted(stays, sid) if stays is not None and len(stays) else None
-    if pos is None or not np.array_equal(stays[np.minimum(pos, len(stays) - 1)], sid):
-        pos = np.searchsorted(np.unique(sid), sid)
+    sid = ok["stay_id"]
+    if not stays.len() or not (stays.gather(stays.search_sorted(sid).clip(0, stays.len() - 1)) == sid).all():
+        stays = sid.unique().sort()  # rows of stays the caller did not list: rank among the rows' own stays
+    pos = stays.search_sorted(sid).to_numpy().astype(np.int64)  # the stay's rank: integer or text ids alike
     key = time_key(pos, ok["code"].to_numpy(), n_codes, ok["time"].to_numpy(), window_hours)
     order, keep, conflict = order_rows(key, ok["value"].to_numpy())
     ok = ok.select(pl.all().gather(pl.Series(order)))  # columns gathered in parallel
@@ -320,7 +321,7 @@ def stay_quality(clean: pl.DataFrame, kept: pl.Series, report: QualityReport, ca
         pl.col("time").filter(is_series).max().alias("last_hour"),
         (pl.col("variable").is_in(catalogue.statics) & (pl.col("time") == 0)).any().alias("has_static"))
     rules = report.stay_rules if report.stay_rules is not None else pl.DataFrame(
-        schema={"stay_id": pl.Int64, "rule": pl.String, "rows": pl.UInt32})
+        schema={"stay_id": kept.dtype, "rule": pl.String, "rows": pl.UInt32})
     bad = rules.group_by("stay_id").agg(
         pl.col("rows").filter(pl.col("rule").is_in(_VALUE_RULES)).sum().alias("n_bad"),
         (pl.col("rows").filter(pl.col("rule") == "unknown_variable").sum() > 0).alias("has_unknown"))

@@ -285,13 +285,13 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
         raise ValueError(f"--format must be parquet or csv, got {fmt!r}")
     model = load_model(model) if isinstance(model, (str, Path)) else model
     clean, kept, report = model.clean(load(data))
-    rejected = dict(report.rejects.iter_rows())
+    rejected = {str(s): r for s, r in report.rejects.iter_rows()}  # ids compared as text: "007" stays "007"
     if not len(kept):
         reasons = report.to_dict(include_stay_ids=False)["stays"]["rejected_by_reason"]
         raise DataError(f"none of the {report.n_stays_read} stays can be explained: every one is rejected "
                         f"({', '.join(f'{k} {v}' for k, v in reasons.items())})")
-    index = {s: i for i, s in enumerate(kept.to_list())}
-    missing = [s for s in (stays or []) if s not in index]
+    index = {str(s): i for i, s in enumerate(kept.to_list())}
+    missing = [str(s) for s in (stays or []) if str(s) not in index]
     if missing:
         why = ", ".join(f"{s} ({rejected[s]})" if s in rejected else f"{s} (not in the data)" for s in missing)
         raise DataError(f"stay(s) {why} cannot be drawn: not among the scorable stays of the data")
@@ -305,9 +305,16 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
     if stays is None:
         stays = t.stay_ids[np.argsort(-model.logits(t))[:3]].tolist()
     for sid in stays:
-        files[f"stay {sid}"] = plot_stay(model, clean, t, index[sid], full, out / f"stay_{sid}.png")
+        files[f"stay {sid}"] = plot_stay(model, clean, t, index[str(sid)], full, out / f"stay_{_safe(sid)}.png")
     log(f"{len(kept)} stays explained, {report.rejects.height} rejected -> {out}")
     return files
+
+
+def _safe(stay_id) -> str:
+    """A stay id as part of a file name: text ids may hold any character."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(stay_id))
 
 
 # -- sweep ------------------------------------------------------------------------------------------------------

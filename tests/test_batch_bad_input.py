@@ -280,15 +280,36 @@ def test_cli_missing_value_column_exits_2(model_dir, tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-@pytest.mark.parametrize("bad_id", ["P-17", "1.5"])
-def test_non_integer_stay_id_names_the_row(model, tmp_path, bad_id):
+@pytest.mark.parametrize("bad_id", ["", "   "])
+def test_a_row_without_a_stay_id_names_the_row(model, tmp_path, bad_id):
     df = text(GOOD).with_columns(pl.col("stay_id").cast(pl.String))
     fifth_row = pl.int_range(pl.len()) == 4
     df = df.with_columns(pl.when(fifth_row).then(pl.lit(bad_id)).otherwise("stay_id").alias("stay_id"))
     df.write_csv(tmp_path / "data.csv")
-    with pytest.raises(DataError, match=rf"data\.csv, row 5: stay_id '{bad_id}' is not an integer"):
+    with pytest.raises(DataError, match=r"data\.csv, row 5: stay_id .* names no stay"):
         score_batch(model, tmp_path / "data.csv", tmp_path / "s.parquet", chunk_stays=CHUNK,
                     log=lambda _: None)
+
+
+def test_a_fractional_stay_id_in_parquet_names_the_row(model, tmp_path):
+    df = GOOD.with_columns(pl.col("stay_id").cast(pl.Float64))
+    df = df.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(5.5).otherwise("stay_id").alias("stay_id"))
+    df.write_parquet(tmp_path / "data.parquet")
+    with pytest.raises(DataError, match=r"data\.parquet, row 5: stay_id 5\.5 names no stay"):
+        score_batch(model, tmp_path / "data.parquet", tmp_path / "s.parquet", chunk_stays=CHUNK,
+                    log=lambda _: None)
+
+
+def test_text_ids_are_scored_and_returned_exactly(model, tmp_path):
+    """"P-17" or "007" are ids like any other: the output has the same text, and the same risks."""
+    names = {sid: (f"P-{sid:03d}" if sid % 2 else f"{sid:04d}") for sid in GOOD["stay_id"].unique().to_list()}
+    df = text(GOOD).with_columns(pl.col("stay_id").cast(pl.Int64).replace_strict(names, return_dtype=pl.String))
+    df.write_csv(tmp_path / "data.csv")
+    score_batch(model, tmp_path / "data.csv", tmp_path / "s.parquet", chunk_stays=CHUNK, log=lambda _: None)
+    out = pl.read_parquet(tmp_path / "s.parquet").sort("stay_id")
+    want = model.predict(GOOD).with_columns(pl.col("stay_id").replace_strict(names, return_dtype=pl.String))
+    assert out["stay_id"].to_list() == want.sort("stay_id")["stay_id"].to_list()
+    np.testing.assert_allclose(out["risk"].to_numpy(), want.sort("stay_id")["risk"].to_numpy(), atol=TOL)
 
 
 def _changed_catalogue(path: Path) -> Path:

@@ -121,3 +121,61 @@ def test_spark_udf_path(model, cohort, reference, tmp_path):
     finally:
         spark.stop()
     assert_same(got, reference, "spark")
+
+
+# -- any stay id: text ids (UUIDs, zero-padded numbers) come back exactly as given, with the same risks ----------
+def _text_ids(cohort: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    import uuid
+
+    ids = cohort["stay_id"].unique().sort().to_list()
+    names = {sid: (f"{sid:05d}" if sid % 3 == 0 else str(uuid.UUID(int=sid * 7919 + 1))) for sid in ids}
+    return cohort.with_columns(pl.col("stay_id").replace_strict(names, return_dtype=pl.String)), names
+
+
+def _by_text(reference: pl.DataFrame, names: dict) -> pl.DataFrame:
+    return reference.with_columns(pl.col("stay_id").replace_strict(names, return_dtype=pl.String))
+
+
+def test_text_ids_through_predict_batch_and_pyfunc(model, cohort, reference, tmp_path):
+    import mlflow.pyfunc
+
+    from clinical_lstm.batch import score_batch
+    from clinical_lstm.tracking import save_pyfunc
+
+    text, names = _text_ids(cohort)
+    want = _by_text(reference, names)
+    got = model.predict(text)
+    assert got.schema["stay_id"] == pl.String and sorted(got["stay_id"].to_list()) == sorted(names.values())
+    assert_same(got, want, "predict, text ids")
+    bundle = model.save(tmp_path / "model")
+    for suffix in ("parquet", "csv"):
+        src = tmp_path / f"text.{suffix}"
+        text.write_parquet(src) if suffix == "parquet" else text.write_csv(src)
+        score_batch(bundle, src, tmp_path / f"s-{suffix}.parquet", chunk_stays=4, log=lambda _: None)
+        out = pl.read_parquet(tmp_path / f"s-{suffix}.parquet")
+        assert out.schema["stay_id"] == pl.String
+        assert_same(out, want, f"batch, text ids from {suffix}")
+    save_pyfunc(bundle, tmp_path / "pyfunc")
+    out = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc")).predict(text.to_pandas())
+    assert_same(pl.from_pandas(out), want, "pyfunc, text ids")
+
+
+def test_text_ids_on_spark(model, cohort, reference, tmp_path):
+    pytest.importorskip("pyspark")
+    import os
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    from clinical_lstm.spark import score_spark
+
+    text, names = _text_ids(cohort)
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    spark = (SparkSession.builder.master("local[2]").appName("clinical-lstm-text-ids")
+             .config("spark.ui.enabled", "false").config("spark.driver.host", "127.0.0.1")
+             .config("spark.sql.shuffle.partitions", "3").getOrCreate())
+    try:
+        got = pl.from_pandas(score_spark(spark.createDataFrame(text.to_pandas()), model.save(tmp_path / "m")).toPandas())
+    finally:
+        spark.stop()
+    assert_same(got, _by_text(reference, names), "spark, text ids")

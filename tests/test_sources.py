@@ -261,15 +261,38 @@ def test_long_csv_missing_column(tmp_path):
         read_long(path)
 
 
-def test_long_csv_non_integer_stay_id(tmp_path):
-    path = write(tmp_path / "data.csv", "stay_id,time,variable,value\n1,0,HR,80\nP-17,1,HR,81\nQ-2,2,HR,82\n")
-    with pytest.raises(DataError, match=re.escape("stay_id must be an integer on every row; found 'P-17'")):
-        read_long(path)
+def test_text_stay_ids_are_kept_exactly_as_given(tmp_path):
+    path = write(tmp_path / "data.csv", "stay_id,time,variable,value\nP-17,0,HR,80\n007,1,HR,81\n"
+                                      "9b2f1c4e-3d5a-4e0b-8f1c-2a7d6e9b0c11,2,HR,82\n 007 ,3,HR,83\n")
+    raw = read_long(path)
+    assert raw.long.schema["stay_id"] == pl.String  # "007" is not the number 7: every id stays text
+    assert raw.stays.to_list() == ["007", "9b2f1c4e-3d5a-4e0b-8f1c-2a7d6e9b0c11", "P-17"]  # blanks around stripped
 
 
-def test_long_csv_fractional_stay_id(tmp_path):
-    path = write(tmp_path / "data.csv", "stay_id,time,variable,value\n1.5,0,HR,80\n")
-    with pytest.raises(DataError, match=re.escape("found '1.5'")):
+def test_integer_spelled_ids_are_integers(tmp_path):
+    raw = read_long(write(tmp_path / "data.csv", "stay_id,time,variable,value\n12,0,HR,80\n-3,1,HR,81\n"))
+    assert raw.long.schema["stay_id"] == pl.Int64 and raw.stays.to_list() == [-3, 12]
+
+
+@pytest.mark.parametrize("ids, message", [([1.0, 1.5], "stay_id 1.5 names no stay"),
+                                          ([1.0, float("nan")], "stay_id nan names no stay"),
+                                          ([1.0, None], "stay_id None names no stay")])
+def test_a_fractional_missing_or_nan_id_names_no_stay(tmp_path, ids, message):
+    """Two fractional ids (5.5, 5.9) must never become one patient: the same contract for files and frames."""
+    df = pl.DataFrame({"stay_id": ids, "time": [0.0, 1.0], "variable": ["HR", "HR"], "value": [80.0, 81.0]},
+                      schema_overrides={"stay_id": pl.Float64})
+    df.write_parquet(tmp_path / "d.parquet")
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_long(tmp_path / "d.parquet")
+    from clinical_lstm.bundle import as_raw
+
+    with pytest.raises(DataError, match=r"the long table, row 2: stay_id \S+ names no stay"):  # pandas NaN is None
+        as_raw(df.to_pandas())
+
+
+def test_empty_text_id_names_no_stay(tmp_path):
+    path = write(tmp_path / "data.csv", "stay_id,time,variable,value\n1,0,HR,80\n  ,1,HR,81\n")
+    with pytest.raises(DataError, match="row 2: stay_id '  ' names no stay"):
         read_long(path)
 
 
@@ -292,7 +315,7 @@ def test_labels_file_read(tmp_path):
 
 def test_labels_value_two_rejected(tmp_path):
     path = write(tmp_path / "labels.csv", "stay_id,label\n1,0\n2,2\n3,1\n")
-    expected = (f"labels in {path}: every row needs an integer stay_id and a label of 0 or 1; "
+    expected = (f"labels in {path}: every row needs a stay_id and a label of 0 or 1; "
                 f"1 row(s) do not")
     with pytest.raises(DataError, match=re.escape(expected)):
         read_labels(path)

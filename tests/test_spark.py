@@ -176,12 +176,12 @@ def test_partition_scorer_carries_the_unfinished_stay(bundle, long):
     del _MODELS[name]
 
 
-def test_non_integer_stay_id_is_refused(spark, bundle, long):
+def test_a_row_that_names_no_stay_is_refused(spark, bundle, long):
     from pyspark.errors import PythonException
 
-    bad = long.with_columns(pl.col("stay_id").cast(pl.String)).with_columns(
-        pl.when(pl.col("stay_id") == "5").then(pl.lit("bed-5")).otherwise(pl.col("stay_id")).alias("stay_id"))
-    with pytest.raises(PythonException, match=r"must be an integer on every row; \d+ row\(s\) of one"):
+    bad = long.with_columns(pl.col("stay_id").cast(pl.Float64)).with_columns(
+        pl.when(pl.col("stay_id") == 5).then(5.5).otherwise(pl.col("stay_id")).alias("stay_id"))
+    with pytest.raises(PythonException, match=r"\d+ row\(s\) of one batch have a stay_id that names no stay"):
         score_spark(spark.createDataFrame(bad.to_arrow()), bundle).collect()
     with pytest.raises(DataError, match=r"lacks column\(s\) \['variable'\]"):
         score_spark(spark.createDataFrame(long.rename({"variable": "name"}).to_arrow()), bundle)
