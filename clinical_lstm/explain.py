@@ -16,6 +16,12 @@ any number of permutations — each permutation's marginal contributions telesco
 ``f(stay) - f(reference)`` — so ``base_value + sum(contributions) == model_output`` holds to float precision,
 and its error in the individual values shrinks as ``n_permutations`` grows. Variables a stay never observed
 are dummy players (present = absent) and get exactly 0 without being evaluated.
+
+SHAP's own objects at the boundary: :func:`explanation` returns a ``shap.Explanation`` (one row per stay, one
+column per player, ``data`` = what a clinician reads: :func:`readable`) for ``shap.plots.waterfall`` /
+``beeswarm`` / ``bar``; :func:`shap_game` hands SHAP's explainers (``shap.explainers.Exact``, ``Permutation``)
+the same game — model function and coalition masker — that :func:`shap_values` samples, which is how the tests
+check these values against exact Shapley values.
 """
 
 from __future__ import annotations
@@ -77,7 +83,7 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     tr = model.transformer
     V = t.x.shape[2]
     stat = static_players(tr)
-    names = list(tr.catalogue.series) + [n for n, _ in stat]
+    names = player_names(tr)
     static_cols = np.zeros((len(stat), t.statics.shape[1]), dtype=bool)  # static player -> feature columns
     for j, (_, cols) in enumerate(stat):
         static_cols[j, cols] = True
@@ -178,3 +184,140 @@ def table_from(phi, base, output, names, stay_ids) -> pl.DataFrame:
         "stay_id": np.repeat(stay_ids, P), "variable": np.tile(np.array(names), N),
         "contribution": phi.ravel(), "rank": rank.ravel(), "base_value": np.repeat(base, P),
         "model_output": np.repeat(output, P)}).sort("stay_id", "rank")
+
+
+# -- SHAP's objects: Explanation and the game for SHAP's own explainers -----------------------------------------
+def player_names(transformer) -> list[str]:
+    """The P player names: series variables (channel order), then static descriptors (:func:`static_players`)."""
+    return list(transformer.catalogue.series) + [n for n, _ in static_players(transformer)]
+
+
+def readable(transformer, grid) -> np.ndarray:
+    """(N, P) what each player looked like in each stay, in the catalogue's units, players in
+    :func:`player_names` order.
+
+    A series variable's last value in the window (the aggregate of its last observed bin: see
+    :mod:`clinical_lstm.grid`), a static descriptor's raw time-0 value (a category's level); NaN where never
+    observed. ``grid`` is the :class:`~clinical_lstm.grid.Grid` the explained tensors were computed from
+    (``transformer.grid(clean, stay_ids)``).
+    """
+    values = grid.values  # (N, T, V), NaN where unobserved
+    T = values.shape[1]
+    last = T - 1 - np.argmax(~np.isnan(values[:, ::-1, :]), axis=1)  # (N, V) last observed bin (T - 1 if none)
+    series = np.take_along_axis(values, last[:, None, :], axis=1)[:, 0, :]  # (N, V): NaN where never observed
+    assert grid.statics.shape[1] == len(static_players(transformer))
+    return np.concatenate([series, grid.statics], axis=1).astype(np.float64)  # (N, V + S)
+
+
+def display_text(transformer, data: np.ndarray) -> np.ndarray:
+    """(N, P) text for SHAP's plot labels: '7.2 mmol/L', a bare number for categories, flags and scores, or
+    'not measured' / 'missing'. No '=' (SHAP splits labels on it)."""
+    cat = transformer.catalogue
+    players = [(v, "not measured") for v in cat.series] + [(n, "missing") for n in cat.statics]
+    out = np.empty(data.shape, dtype=object)
+    for j, (name, absent) in enumerate(players):
+        unit = cat[name].unit
+        bare = unit in ("category", "flag", "score", "", name)  # '3 = ICUType', '7.31 = pH'
+        for i, v in enumerate(data[:, j]):
+            text = f"{round(float(v), 2):g}"
+            out[i, j] = absent if np.isnan(v) else text if bare else f"{text} {unit}"
+    return out
+
+
+def to_shap(phi: np.ndarray, base: np.ndarray, names: list[str], data: np.ndarray | None = None,
+            display: np.ndarray | None = None, stay_ids=None):
+    """A ``shap.Explanation`` from :func:`shap_values`' arrays.
+
+    Parameters
+    ----------
+    phi : (N, P) contributions in log-odds; ``base`` (N,) the reference's logit
+    names : the P player names (``feature_names``)
+    data : (N, P) float, optional
+        The players' values a reader recognises (:func:`readable`); NaN where never observed.
+    display : (N, P) object, optional
+        Text labels for the same (``display_data``: ``shap.plots.waterfall`` prints them).
+    stay_ids : (N,), optional
+        Kept as ``instance_names`` (text).
+    """
+    import shap
+
+    phi = np.asarray(phi, dtype=np.float64)
+    if phi.ndim != 2 or phi.shape[1] != len(names):
+        raise ValueError(f"phi must be (stays, players) with one column per name; got shape {phi.shape} for "
+                         f"{len(names)} names")
+    for what, a in (("data", data), ("display", display)):
+        if a is not None and np.shape(a) != phi.shape:
+            raise ValueError(f"{what} must have phi's shape {phi.shape}, got {np.shape(a)}")
+    return shap.Explanation(
+        values=phi, base_values=np.asarray(base, dtype=np.float64), data=data, display_data=display,
+        feature_names=list(names),
+        instance_names=None if stay_ids is None else [str(s) for s in np.asarray(stay_ids).tolist()])
+
+
+def explanation(model, data, n_permutations: int = 8, seed: int = 0, progress: bool = False):
+    """Per-variable SHAP values of every scorable stay of ``data`` as a ``shap.Explanation``.
+
+    ``values`` (N, P) in log-odds, ``base_values`` (N,) the reference's logit (so ``base_values +
+    values.sum(1)`` is the model's logit), ``data`` the readable values (:func:`readable`), ``display_data``
+    their text with units, ``feature_names`` the P players, ``instance_names`` the stay ids. Rejected stays
+    are left out (:meth:`RiskModel.predict <clinical_lstm.bundle.RiskModel.predict>` gives their reasons).
+    ``shap.plots.waterfall(e[0])``, ``shap.plots.beeswarm(e)`` and ``shap.plots.bar(e)`` draw it.
+    """
+    clean, kept, _ = model.clean(data)
+    t = model.tensors(clean, kept)
+    grid = model.transformer.grid(clean, kept)  # what the tensors were computed from: the readable values
+    assert np.array_equal(grid.stay_ids, t.stay_ids)
+    phi, base, _, names = shap_values(model, t, n_permutations, seed, progress=progress)
+    shown = readable(model.transformer, grid)
+    return to_shap(phi, base, names, shown, display_text(model.transformer, shown), t.stay_ids)
+
+
+def shap_game(model, t: Tensors, n: int):
+    """The game :func:`shap_values` plays for stay ``n`` of ``t``, in the form SHAP's explainers take.
+
+    Returns ``(f, masker)``: ``masker(mask, x)`` turns a coalition — a boolean (P,) mask over the players of
+    :func:`player_names`; ``x`` is the explained row, whose values it ignores — into the model's inputs for
+    stay ``n``, every absent player's channels (series: values, mask and elapsed hours; static: its feature
+    columns; and their summary columns) taken from :func:`reference`. ``f(*inputs)`` is the model's logit
+    (:meth:`RiskModel.network_logits <clinical_lstm.bundle.RiskModel.network_logits>`), (K,) float64::
+
+        f, masker = shap_game(model, t, 0)
+        e = shap.explainers.Exact(f, masker, feature_names=player_names(model.transformer))(row)  # row: (1, P)
+
+    Exact enumeration costs 2**P model calls per stay: for small catalogues and checks, not for production.
+    """
+    tr = model.transformer
+    one, ref = t.subset([n]), reference(t.subset([n]), tr)
+    L, V = int(one.lengths[0]), t.x.shape[2]
+    stat = [cols for _, cols in static_players(tr)]
+    P = V + len(stat)
+    summary_of = player_columns(V, stat) if model.head is not None else None  # player -> summary columns
+
+    def masker(mask, *_):
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (P,):
+            raise ValueError(f"a coalition is a boolean mask over the {P} players, got shape {mask.shape}")
+        on = mask[None, None, :V]  # (1, 1, V)
+        x, m, d = (np.where(on, s[:, :L], r[:, :L]) for s, r in  # (1, L, V) each
+                   ((one.x, ref.x), (one.mask, ref.mask), (one.delta, ref.delta)))
+        statics = ref.statics.copy()  # (1, S)
+        for j, cols in enumerate(stat):
+            if mask[V + j]:
+                statics[:, cols] = one.statics[:, cols]
+        inputs = (x, m, d, one.lengths.copy(), statics)
+        if summary_of is None:
+            return inputs
+        summary = ref.summary.copy()  # (1, F)
+        for j, cols in enumerate(summary_of):
+            if mask[j]:
+                summary[:, cols] = one.summary[:, cols]
+        return (*inputs, summary)
+
+    @torch.inference_mode()
+    def f(x, mask, delta, lengths, statics, summary=None):
+        to = torch.from_numpy
+        logit = model.network_logits(to(x), to(mask), to(delta), to(statics), to(lengths),
+                                     None if summary is None else to(summary))
+        return logit.numpy().astype(np.float64)  # (K,)
+
+    return f, masker

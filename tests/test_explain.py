@@ -113,3 +113,211 @@ def test_time_map_sums_to_the_logit_difference_and_plot_is_written(trained, tmp_
     clean, _, _ = model.clean(data)
     path = plot_stay(model, clean, t, n, table, tmp_path / "stay.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- SHAP's own objects, and SHAP's exact Shapley values on a 7-player model -----------------------------------
+SMALL_CATALOGUE = """name,unit,lower,upper,aggregation,kind,static,description
+Age,years,0,120,last,static,true,Age at admission
+ICUType,category,1,4,last,static,true,ICU type
+HR,bpm,1,300,mean,vital,false,Heart rate
+MAP,mmHg,10,300,mean,vital,false,Mean arterial pressure
+Temp,degC,25,45,mean,vital,false,Body temperature
+Lactate,mmol/L,0.1,40,last,lab,false,Lactate
+GCS,score,3,15,last,vital,false,Glasgow Coma Score
+"""
+SMALL_SERIES = {"HR": (85, 15), "MAP": (80, 12), "Temp": (37, 0.7), "Lactate": (2.0, 1.0), "GCS": (12, 2)}
+
+
+def small_long(n_stays: int, seed: int = 0) -> pl.DataFrame:
+    """Stays on :data:`SMALL_CATALOGUE` over 24 h; every fifth stay never measures Lactate."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for sid in range(1, n_stays + 1):
+        rows += [(sid, 0.0, "Age", float(rng.integers(20, 90))), (sid, 0.0, "ICUType", float(rng.integers(1, 5)))]
+        for name, (mu, sd) in SMALL_SERIES.items():
+            if name == "Lactate" and sid % 5 == 0:
+                continue
+            for t in np.sort(rng.uniform(0, 24, int(rng.integers(1, 8)))):
+                value = float(np.clip(rng.normal(mu, sd), 3, 15)) if name == "GCS" else abs(rng.normal(mu, sd)) + 0.1
+                rows.append((sid, round(float(t), 3), name, round(float(value), 2)))
+    return pl.DataFrame(rows, schema=["stay_id", "time", "variable", "value"], orient="row")
+
+
+@pytest.fixture(scope="module")
+def small():
+    """An untrained 7-player model (5 series variables, 2 statics; LSTM + summary head), its weights scaled up so
+    that players interact strongly (Shapley values differ from leave-one-out), and 6 stays to explain."""
+    import torch
+
+    from clinical_lstm.bundle import RiskModel
+    from clinical_lstm.calibrate import PlattCalibrator
+    from clinical_lstm.catalogue import Catalogue
+    from clinical_lstm.impute import GridTransformer
+    from clinical_lstm.model import MaskedLSTM, ModelConfig
+    from clinical_lstm.summaries import SummaryHead, fit_members
+
+    torch.manual_seed(0)
+    train_ids = np.arange(1, 41)
+    long = small_long(40)
+    tr = GridTransformer(Catalogue.from_csv_text(SMALL_CATALOGUE), window_hours=24.0).fit(long, train_ids)
+    net = MaskedLSTM(ModelConfig(hidden_size=8), len(tr.catalogue.series), tr.n_static_features).eval()
+    with torch.no_grad():
+        net.lstm.weight_ih_l0.mul_(3)
+        net.head.weight.mul_(6)
+        net.head_static.weight.mul_(4)
+    y = np.random.default_rng(0).permutation(np.tile([0, 1], 20))
+    head = SummaryHead(fit_members(tr.transform(long, train_ids).summary, y, 0), np.array([1.0, 1.0, 1.0]), -0.2)
+    cal = PlattCalibrator().fit(np.linspace(-1, 1, 40), np.tile([0, 1], 20))
+    model = RiskModel(tr, [net], cal, 0.5, {"note": "tiny untrained 7-player test model"}, head)
+    data = long.filter(pl.col("stay_id") <= 6)
+    clean, kept, _ = model.clean(data)
+    return model, data, model.tensors(clean, kept)
+
+
+def game_values(model, t, n: int) -> np.ndarray:
+    """v(S) for every coalition S of stay ``n`` (bit j of the index = player j present), via :func:`shap_game`."""
+    from clinical_lstm.explain import player_names, shap_game
+
+    f, masker = shap_game(model, t, n)
+    P = len(player_names(model.transformer))
+    masks = ((np.arange(2**P)[:, None] >> np.arange(P)) & 1).astype(bool)  # (2^P, P)
+    return f(*(np.concatenate(parts) for parts in zip(*(masker(m) for m in masks), strict=True)))
+
+
+def antithetic_standard_error(v: np.ndarray, P: int, n_permutations: int) -> np.ndarray:
+    """(P,) exact standard error of :func:`shap_values`' estimate for a game table ``v``: the mean of
+    ``n_permutations / 2`` independent antithetic pairs, each the average of one uniform permutation's marginal
+    contributions and its reverse's (a dummy player inserted anywhere leaves this distribution unchanged)."""
+    import itertools
+
+    perms = np.array(list(itertools.permutations(range(P))))  # (P!, P)
+    prefix = np.cumsum(1 << perms, axis=1)  # (P!, P) coalition after the first k + 1 players
+    vals = np.concatenate([np.full((len(perms), 1), v[0]), v[prefix]], axis=1)  # (P!, P + 1)
+    marginal = np.zeros((len(perms), P))
+    np.put_along_axis(marginal, perms, np.diff(vals, axis=1), axis=1)
+    index = {tuple(p): k for k, p in enumerate(perms)}
+    reverse = np.array([index[tuple(p[::-1])] for p in perms])
+    pair = (marginal + marginal[reverse]) / 2  # (P!, P)
+    return pair.std(axis=0) / np.sqrt(n_permutations // 2)
+
+
+def test_values_agree_with_shap_exact_over_the_same_grouped_masker(small):
+    """SHAP's ``Exact`` explainer enumerates all 2^7 coalitions of the project's game (:func:`shap_game`: absent
+    players take the reference). The project's antithetic permutation estimate must match it within 4.5 of its
+    own exact standard errors (computed from the full game table: no guessed noise level), and both add up."""
+    import shap
+
+    from clinical_lstm.explain import player_names, shap_game
+
+    model, _, t = small
+    names = player_names(model.transformer)
+    P, n_perm = len(names), 1024
+    phi, base, output, got_names = shap_values(model, t, n_permutations=n_perm, seed=0)
+    assert got_names == names and P == 7
+    np.testing.assert_allclose(base + phi.sum(axis=1), output, atol=1e-4)  # efficiency, exact by construction
+    np.testing.assert_allclose(output, model.logits(t), atol=1e-5)
+    z, loo_gap = [], 0.0
+    for n in range(len(t)):
+        f, masker = shap_game(model, t, n)
+        exact = shap.explainers.Exact(f, masker, feature_names=names)(np.zeros((1, P)), silent=True)
+        assert list(exact.feature_names) == names
+        np.testing.assert_allclose(exact.base_values[0], base[n], atol=1e-5)  # f(empty coalition) = reference
+        np.testing.assert_allclose(exact.base_values[0] + exact.values[0].sum(), output[n], atol=1e-4)
+        v = game_values(model, t, n)
+        se = antithetic_standard_error(v, P, n_perm)
+        gap = np.abs(phi[n] - exact.values[0])
+        assert np.all(gap <= 4.5 * se + 1e-5), f"stay {n}: |project - exact| {gap} vs 4.5 SE {4.5 * se}"
+        live = se > 0
+        z += list(gap[live] / se[live])
+        never = ~t.mask[n, : t.lengths[n]].any(axis=0)  # dummy players: exactly 0 for both
+        assert np.all(phi[n, : len(never)][never] == 0) and np.all(np.abs(exact.values[0][: len(never)][never]) < 1e-6)
+        loo = v[-1] - v[(2**P - 1) ^ (1 << np.arange(P))]  # leave-one-out: f(all) - f(all but j)
+        loo_gap = max(loo_gap, float(np.abs(loo - exact.values[0]).max()))
+    assert np.sqrt(np.mean(np.square(z))) < 1.5, "errors larger than the sampling noise: a biased estimate"
+    assert loo_gap > 0.1, "the players barely interact: agreement would not test the permutation sampler"
+
+
+def test_explanation_rows_columns_additivity_and_readable_values(small):
+    model, data, t = small
+    e = model.explain(data, as_shap=True, n_permutations=4)
+    names = ["HR", "MAP", "Temp", "Lactate", "GCS", "Age", "ICUType"]
+    assert e.shape == (6, 7) and list(e.feature_names) == names
+    assert list(e.instance_names) == [str(s) for s in range(1, 7)]
+    np.testing.assert_allclose(e.base_values + e.values.sum(axis=1), model.logits(t), atol=1e-4)
+    table = model.explain(data, n_permutations=4)  # the same values as the table, same seed
+    row = table.filter(pl.col("stay_id") == 2).sort("variable")
+    np.testing.assert_allclose(row["contribution"].to_numpy(), e.values[1, np.argsort(names)], atol=1e-12)
+    for k, sid in enumerate(range(1, 7)):
+        stay = data.filter(pl.col("stay_id") == sid)
+        last_bin = stay.filter(pl.col("variable") == "HR").with_columns(b=pl.col("time").floor().clip(0, 23))
+        hr = last_bin.filter(pl.col("b") == last_bin["b"].max())["value"].mean()  # HR: mean of its last bin
+        lactate = stay.filter(pl.col("variable") == "Lactate").sort("time")["value"]  # Lactate: the last value
+        static = dict(stay.filter(pl.col("variable").is_in(["Age", "ICUType"])).select("variable", "value").rows())
+        assert e.data[k, 0] == pytest.approx(hr, rel=1e-6)
+        assert e.data[k, 5] == static["Age"] and e.data[k, 6] == static["ICUType"]
+        assert e.display_data[k, 5] == f"{static['Age']:g} years" and e.display_data[k, 6] == f"{static['ICUType']:g}"
+        if sid == 5:  # never measures Lactate: NaN, said so, and no contribution
+            assert np.isnan(e.data[k, 3]) and e.display_data[k, 3] == "not measured" and e.values[k, 3] == 0
+        else:
+            assert e.data[k, 3] == pytest.approx(lactate[-1], rel=1e-6)
+            assert e.display_data[k, 3] == f"{round(float(e.data[k, 3]), 2):g} mmol/L"
+
+
+def test_shap_plots_draw_the_explanation_headless(small):
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import shap
+
+    model, data, _ = small
+    e = model.explain(data, as_shap=True, n_permutations=4)
+    for draw in (lambda: shap.plots.waterfall(e[0], show=False), lambda: shap.plots.beeswarm(e, show=False),
+                 lambda: shap.plots.bar(e, show=False), lambda: shap.plots.bar(e[4], show=False)):
+        plt.figure()
+        draw()
+        buf = io.BytesIO()
+        plt.gcf().savefig(buf, format="png")
+        plt.close("all")
+        assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_project_plots_are_shaps_and_leave_pyplot_as_they_found_it(small, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import shap
+
+    from clinical_lstm.explain_plots import plot_global, plot_stay
+
+    model, data, t = small
+    drawn = {}
+    for name in ("waterfall", "bar"):
+        real = getattr(shap.plots, name)
+        monkeypatch.setattr(shap.plots, name, lambda ex, _real=real, _name=name, **kw: (
+            drawn.setdefault(_name, []).append(ex), _real(ex, **kw))[1])
+    table = model.explain(data, n_permutations=4)
+    clean, _, _ = model.clean(data)
+    plt.close("all")
+    plt.ion()  # a notebook user's state: SHAP's show=False would turn it off for good
+    try:
+        mine = plt.figure()
+        for path in (plot_global(table, tmp_path / "global.png"),
+                     plot_stay(model, clean, t, 4, table, tmp_path / "stay.png", top=3),
+                     plot_stay(model, clean, t, 0, table.filter(pl.col("rank") <= 2), tmp_path / "top2.png")):
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert plt.isinteractive() and plt.get_fignums() == [mine.number] and plt.gcf() is mine
+    finally:
+        plt.ioff()
+        plt.close("all")
+    (glob,), (stay, top2) = drawn["bar"], drawn["waterfall"]
+    assert glob.shape == (6, 7) and sorted(glob.feature_names) == sorted(model.catalogue.series + ["Age", "ICUType"])
+    out = model.logits(t)
+    assert stay.values.shape == (7,) and np.isnan(stay.data[3]) and stay.display_data[3] == "not measured"
+    assert stay.base_values + stay.values.sum() == pytest.approx(out[4], abs=1e-4)
+    # a top-2 table: the unlisted variables join as one bar, so the waterfall still ends at the stay's logit
+    assert top2.feature_names[-1] == "other variables" and np.count_nonzero(top2.values[:-1]) <= 2
+    assert top2.base_values + top2.values.sum() == pytest.approx(out[0], abs=1e-4)
