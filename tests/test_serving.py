@@ -1,21 +1,23 @@
-"""Serving end to end, all real processes: the CLI trains on the bundled sample and registers the model in a
-temporary SQLite store; ``mlflow models serve`` serves ``models:/clinical-lstm@champion`` over HTTP on 127.0.0.1;
-a fresh Python loads the same URI with ``mlflow.pyfunc.load_model``. Both must give the bundle's own risks.
+"""Serving end to end, with real processes: an untrained two-network model with summary members (no training:
+fast) is logged as the pyfunc that ``train`` logs and registered as ``clinical-lstm@champion`` in a temporary
+SQLite store; ``mlflow models serve`` serves that URI over HTTP on 127.0.0.1; a fresh Python loads the same URI
+with ``mlflow.pyfunc.load_model``. Both must give the bundle's own risks, and the served answer must be strict
+JSON (``null``, never ``NaN``) that Python's strict parse and, where ``node`` is installed, ``JSON.parse`` accept.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import free_port, running_server
+from helpers import free_port, running_server, tiny_model
 
 from clinical_lstm import load_model
 from clinical_lstm.catalogue import Catalogue
@@ -24,66 +26,70 @@ from clinical_lstm.tracking import synthetic_example
 pytestmark = pytest.mark.slow
 
 CHAMPION_URI = "models:/clinical-lstm@champion"
-FAST = """
-[model]
-hidden_size = 8
-
-[train]
-epochs = 2
-
-[evaluation]
-n_boot = 20
-"""
 SERVE_TIMEOUT_S = 120
+SCORED, REJECTED = [101, 202], 303  # stay 303 has only a time-0 Age: rejected as no_time_series
 
 
 def long_rows() -> pd.DataFrame:
-    """Two made-up stays (ids 101 and 202) in the long format; stay 202's vitals are 10 % higher."""
+    """Two made-up stays (ids 101 and 202; 202's vitals 10 % higher) and a statics-only stay 303."""
     df = synthetic_example(Catalogue.default(), n_stays=2)
     df["stay_id"] = df["stay_id"].map({1: 101, 2: 202})
     vitals = (df["stay_id"] == 202) & (df["time"] > 0)
     df.loc[vitals, "value"] = df.loc[vitals, "value"] * 1.1
-    return df
+    statics_only = pd.DataFrame([(REJECTED, 0.0, "Age", 50.0)], columns=df.columns)
+    return pd.concat([df, statics_only], ignore_index=True)
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(body: str):
+    """``body`` parsed as strict JSON: ``NaN``, ``Infinity`` and ``-Infinity`` raise (Python accepts them)."""
+    return json.loads(body, parse_constant=_no_constants)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Train once through the real CLI into a temporary store; yields the store's paths and environment."""
+    """The bundle saved, logged the way ``train`` logs it and registered as champion, in a temporary store."""
+    import mlflow
+
+    from clinical_lstm.tracking import MODEL_ARTIFACT, pyfunc_spec
+
     root = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # nothing from an outer run
-    env.update(MLFLOW_TRACKING_URI=uri, PYTHONUNBUFFERED="1")
-    # `mlflow models serve` starts `uvicorn` by name: the interpreter's scripts must be on PATH (venv or not)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    (root / "fast.toml").write_text(FAST)
-    bundle = root / "model"
+    model = tiny_model(seed=3, n_networks=2, head=True)
+    bundle = model.save(root / "model")
+    previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
             mp.delenv(k, raising=False)
-        done = subprocess.run(
-            [sys.executable, "-m", "clinical_lstm.cli", "train", "--data", "sample", "--out", str(bundle),
-             "--config", str(root / "fast.toml"), "--no-progress"],
-            cwd=root, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "WARNING" not in done.stdout, done.stdout  # tracking worked
-        from mlflow import MlflowClient
-
-        mv = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("clinical-lstm",
-                                                                                         "champion")
-        assert str(mv.version) == "1"
-        yield {"root": root, "uri": uri, "env": env, "bundle": bundle}
+        mlflow.set_tracking_uri(uri)
+        try:
+            exp = mlflow.create_experiment("serving", artifact_location=(root / "artifacts").as_uri())
+            with mlflow.start_run(experiment_id=exp):
+                info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **pyfunc_spec(bundle, model.catalogue))
+            mv = mlflow.register_model(info.model_uri, "clinical-lstm")
+            mlflow.MlflowClient().set_registered_model_alias("clinical-lstm", "champion", mv.version)
+        finally:
+            mlflow.set_tracking_uri(previous)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # nothing from an outer run
+    env.update(MLFLOW_TRACKING_URI=uri, PYTHONUNBUFFERED="1")
+    # `mlflow models serve` starts `uvicorn` by name: the interpreter's scripts must be on PATH (venv or not)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return {"root": root, "uri": uri, "env": env, "bundle": bundle}
 
 
 @pytest.fixture(scope="module")
 def expected(store) -> pd.DataFrame:
-    """The bundle's own predictions, loaded straight from the directory the CLI wrote."""
+    """The bundle's own predictions, loaded straight from its directory."""
     out = load_model(store["bundle"]).predict(long_rows())
-    assert list(out["stay_id"]) == [101, 202] and out["risk"].notna().all()
+    assert list(out["stay_id"]) == [*SCORED, REJECTED] and out["risk"].notna().sum() == 2
     return out.set_index("stay_id")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(store):
     """``mlflow models serve`` of the champion on a free port; killed (its whole process group) afterwards."""
     port = free_port()
@@ -95,22 +101,58 @@ def server(store):
         yield base
 
 
-def test_served_champion_gives_the_bundles_risks(server, expected):
-    rows = long_rows()
+def post(base: str, rows: pd.DataFrame) -> str:
+    """POST ``rows`` as ``dataframe_split`` to ``/invocations``; the raw response body."""
     body = json.dumps({"dataframe_split": {"columns": list(rows.columns),
                                            "data": rows.to_numpy(dtype=object).tolist()}}).encode()
-    req = urllib.request.Request(server + "/invocations", data=body, method="POST",
+    req = urllib.request.Request(base + "/invocations", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
+    with opener.open(req, timeout=60) as resp:
         assert resp.status == 200
-        answer = json.loads(resp.read())
-    got = pd.DataFrame(answer["predictions"])
-    assert sorted(got["stay_id"]) == [101, 202]  # one prediction per stay
-    got = got.set_index("stay_id").loc[[101, 202]]
-    assert got["risk"].between(0, 1).all()
-    assert got["risk"].to_numpy() == pytest.approx(expected["risk"].to_numpy(), abs=1e-6)
-    assert list(got["flag"]) == list(expected["flag"])
-    assert got["reason"].isna().all()
+        return resp.read().decode()
+
+
+def test_served_champion_gives_the_bundles_risks_as_strict_json(server, expected):
+    body = post(server, long_rows())
+    answer = strict_json(body)
+    rows = {r["stay_id"]: r for r in answer["predictions"]}
+    assert sorted(rows) == [*SCORED, REJECTED]  # one prediction per stay, the rejected one included
+    assert all(set(r) == {"stay_id", "risk", "flag", "reason", "n_observations", "quality_flags"}
+               for r in rows.values())
+    for sid in SCORED:
+        r, want = rows[sid], expected.loc[sid]
+        assert r["risk"] == pytest.approx(want["risk"], abs=1e-6) and 0 <= r["risk"] <= 1
+        assert r["flag"] is bool(want["flag"])
+        assert r["reason"] is None
+        assert type(r["n_observations"]) is int and r["n_observations"] == want["n_observations"] > 0
+        assert r["quality_flags"] == want["quality_flags"]
+    assert rows[REJECTED] == {"stay_id": REJECTED, "risk": None, "flag": None, "reason": "no_time_series",
+                              "n_observations": None, "quality_flags": None}
+    assert "NaN" not in body and "Infinity" not in body
+
+
+def test_served_answer_parses_with_javascript_json_parse(server):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: JavaScript's JSON.parse not tried (the strict Python parse ran)")
+    body = post(server, long_rows())
+    script = "const a = JSON.parse(require('fs').readFileSync(0, 'utf8')); process.stdout.write(JSON.stringify(a));"
+    done = subprocess.run([node, "-e", script], input=body, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr  # JSON.parse throws a SyntaxError on NaN
+    assert json.loads(done.stdout) == strict_json(body)
+
+
+def test_served_text_stay_ids_come_back_as_given(server, expected):
+    names = {101: "00101", 202: "5f0c-stay-202", REJECTED: "00303"}
+    rows = long_rows().assign(stay_id=lambda d: d["stay_id"].map(names))
+    got = {r["stay_id"]: r for r in strict_json(post(server, rows))["predictions"]}
+    assert sorted(got) == sorted(names.values())
+    for sid, name in names.items():
+        want = expected.loc[sid]
+        assert got[name]["reason"] == (None if sid in SCORED else "no_time_series")
+        assert (got[name]["risk"] is None) if sid == REJECTED else \
+            got[name]["risk"] == pytest.approx(want["risk"], abs=1e-6)
 
 
 def test_pyfunc_in_a_fresh_process_gives_the_bundles_risks(store, expected):
@@ -124,7 +166,8 @@ def test_pyfunc_in_a_fresh_process_gives_the_bundles_risks(store, expected):
     done = subprocess.run([sys.executable, "-c", code, str(rows_path), str(out_path)], cwd=store["root"],
                           env=store["env"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    got = pd.DataFrame(json.loads(out_path.read_text())).set_index("stay_id")
-    assert list(got.index) == [101, 202]
-    assert got["risk"].between(0, 1).all()
-    assert got["risk"].to_numpy() == pytest.approx(expected["risk"].to_numpy(), abs=1e-6)
+    got = pd.DataFrame(strict_json(out_path.read_text())).set_index("stay_id")
+    assert list(got.index) == [*SCORED, REJECTED]
+    assert got.loc[SCORED, "risk"].between(0, 1).all()
+    assert got.loc[SCORED, "risk"].to_numpy() == pytest.approx(expected.loc[SCORED, "risk"].to_numpy(), abs=1e-6)
+    assert got.loc[REJECTED].isna().drop("reason").all() and got.loc[REJECTED, "reason"] == "no_time_series"
