@@ -26,7 +26,7 @@ _LAZY = {  # public name -> (module, attribute)
     "score_batch": ("clinical_lstm.batch", "score_batch"),
     "score_spark": ("clinical_lstm.spark", "score_spark"),
     "synthetic_cohort": ("clinical_lstm.synthetic", "synthetic_cohort"),
-    "sweep": ("clinical_lstm.workflow", "sweep"),
+    "run_sweep": ("clinical_lstm.sweep", "run_sweep"),
     "Tracker": ("clinical_lstm.tracking", "Tracker"),
     "StayStream": ("clinical_lstm.stream", "StayStream"),
     "bundled_sample": ("clinical_lstm.sample", "bundled_sample"),

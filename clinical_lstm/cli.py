@@ -24,7 +24,8 @@ DESCRIPTIONS = {
     "score": "risk for every stay of a hospital's extract, in resumable chunks; rejects and a summary beside it",
     "explain": "per-variable SHAP contributions, a plot per stay and the global importance",
     "export": "the network as ONNX (or TorchScript) with its input contract, for edge runtimes",
-    "sweep": "train several configurations as nested MLflow runs under one parent run",
+    "sweep": "an Optuna study (TPE, median pruning; workers share one study through --storage), each trial a "
+             "nested MLflow run under one parent run; the best trial's model is registered",
     "demo": "train on the bundled PhysioNet sample, then score it (a first look, in about a minute)",
     "ui": "the MLflow tracking server and UI over the local store, on 127.0.0.1",
 }
@@ -135,8 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
 
     p = command("sweep")
-    config(p, "a [sweep] section (data, out, method, n_trials, [sweep.grid]) and base settings")
-    p.add_argument("--experiment", help="MLflow experiment (default: the config's [tracking] experiment)")
+    config(p, "a [sweep] section (data, out, method, n_trials, seed, [sweep.grid] lists, [sweep.space] ranges) "
+              "and base settings")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage, any SQLAlchemy URL (sqlite:///study.db, "
+                   "postgresql://user@host/db); processes started with the same --storage and --study work on one "
+                   "study together [default: in memory, this process only]")
+    p.add_argument("--study", metavar="NAME", help="Optuna study name; an existing study in --storage is resumed "
+                   "[default: the config file's name]")
+    p.add_argument("--n-trials", type=int, metavar="N", help="trials of the whole study, every worker together "
+                   "[default: the config's n_trials, else the size of the grid]")
+    p.add_argument("--experiment", help="MLflow experiment (default: the config's [tracking] experiment; a worker "
+                                        "joining a study uses its parent run's)")
 
     p = command("demo")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder: model/, report/, scores")
@@ -266,21 +276,21 @@ def cmd_export(a) -> int:
 
 def cmd_sweep(a) -> int:
     from .config import load
-    from .workflow import sweep
+    from .sweep import SweepSpec, run_sweep
 
     if not a.config:
         raise ValueError("sweep needs --config FILE with a [sweep] section")
     cfg, _, other = load(a.config)
-    spec = other.get("sweep")
-    if not spec or "grid" not in spec or "data" not in spec:
-        raise ValueError(f"{a.config} needs a [sweep] section with data = [...] and a [sweep.grid] table")
-    unknown = sorted(set(spec) - {"data", "out", "method", "n_trials", "seed", "labels", "grid"})
-    if unknown:
-        raise ValueError(f"{a.config}: unknown key(s) {unknown} in [sweep]")
-    summary = sweep(_paths(spec["data"]), spec.get("out", "runs/sweep"), cfg, spec["grid"], spec.get("method", "grid"),
-                    spec.get("n_trials"), spec.get("seed", 0), labels=spec.get("labels"), experiment=a.experiment)
-    best = summary["best"]
-    print(f"best trial {best['trial']}: {best['overrides']} out-of-fold AUPRC {best['validation_auprc']:.4f}")
+    spec = SweepSpec.from_toml(other.get("sweep"), cfg, a.config, n_trials=a.n_trials)
+    res = run_sweep(_paths(spec.data), spec.out, cfg, **spec.options(), labels=spec.labels, storage=a.storage,
+                    study_name=a.study or Path(a.config).stem, experiment=a.experiment)
+    states = [t["state"].lower() for t in res.summary["trials"]]
+    print(f"study {res.summary['study']!r}: " + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))))
+    best = res.best
+    if best:
+        print(f"best trial {best['trial']}: {best['overrides']} out-of-fold AUPRC {best['validation_auprc']:.4f}")
+    if res.path:
+        print(f"summary: {res.path}")
     return 0
 
 

@@ -14,7 +14,6 @@ unless ``MLFLOW_TRACKING_URI`` is set.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -319,56 +318,6 @@ class Tracker:
                 "decision": decision}
 
 
-class parent_run:
-    """The parent MLflow run of a sweep (a context manager); trials run as its nested children."""
-
-    def __init__(self, cfg, experiment, n_trials: int, grid: dict, method: str, enabled: bool = True, log=print):
-        self.tracker = Tracker(experiment, log=log)
-        self.cfg, self.n_trials, self.grid, self.method, self.enabled = cfg, n_trials, grid, method, enabled
-
-    @property
-    def active(self) -> bool:
-        return self.tracker.active
-
-    @property
-    def run_id(self):
-        return self.tracker.run_id
-
-    @property
-    def experiment(self):
-        return self.tracker.experiment
-
-    def __enter__(self):
-        if self.enabled:
-            self.tracker.start(self.cfg, [], name=f"sweep-{self.method}-{self.n_trials}-trials")
-            if self.active:
-                import mlflow
-
-                self.tracker._guard("log sweep", mlflow.log_params, {
-                    "sweep.method": self.method, "sweep.n_trials": self.n_trials,
-                    "sweep.grid": json.dumps(self.grid)})
-        return self
-
-    def record_best(self, best: dict) -> dict:
-        """Record the best trial on the parent; register its model (the alias rule decides champion)."""
-        if not self.active or not best.get("model_uri"):
-            return {}
-        import mlflow
-
-        self.tracker._guard("log best", mlflow.log_metric, "best_validation_auprc", best["validation_auprc"])
-        self.tracker._guard("log best", mlflow.set_tags, {
-            "best.run_id": best["run_id"], "best.trial": best["trial"], "best.overrides": json.dumps(best["overrides"])})
-        return self.tracker._guard("register best", self.tracker._register, best["model_uri"],
-                                   best["validation_auprc"]) or {}
-
-    def __exit__(self, exc_type, exc, tb):
-        if self.active:
-            import mlflow
-
-            self.tracker._guard("end run", mlflow.end_run, "FAILED" if exc_type else "FINISHED")
-        return False
-
-
 def pyfunc_spec(bundle_dir: str | Path, catalogue) -> dict:
     """How a bundle becomes an MLflow pyfunc: "models from code" (``pyfunc_model.py``, no pickle) with the bundle
     directory as its only artifact, the signature and a synthetic input example."""
@@ -403,17 +352,26 @@ def _quiet_artifacts():
 
 
 def signature():
-    """Input: the raw long table. Output: one row per stay."""
+    """Input: the raw long table. Output: one row per stay (:data:`clinical_lstm.bundle.SCORES`).
+
+    ``required=False`` marks the output columns that can be null (JSON ``null`` when served, never ``NaN``; see
+    ``pyfunc_model.py``): a rejected stay has a null ``risk``, ``flag``, ``n_observations`` and
+    ``quality_flags``, a scored stay a null ``reason``. ``stay_id`` is ``Any``: integer or text ids (UUIDs,
+    zero-padded numbers) are both accepted and come back as given; a ``long`` spec would refuse text ids.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
 
     return ModelSignature(
-        inputs=Schema([ColSpec("long", "stay_id"), ColSpec("double", "time"), ColSpec("string", "variable"),
+        inputs=Schema([ColSpec(AnyType(), "stay_id"), ColSpec("double", "time"), ColSpec("string", "variable"),
                        ColSpec("double", "value")]),
-        outputs=Schema([ColSpec("long", "stay_id"), ColSpec("double", "risk", required=False),
-                        ColSpec("boolean", "flag", required=False), ColSpec("string", "reason", required=False),
+        outputs=Schema([ColSpec(AnyType(), "stay_id"),
+                        ColSpec("double", "risk", required=False),  # calibrated probability in [0, 1]
+                        ColSpec("boolean", "flag", required=False),  # risk >= the bundle's threshold
+                        ColSpec("string", "reason", required=False),  # why a rejected stay has no risk
                         ColSpec("long", "n_observations", required=False),
-                        ColSpec("string", "quality_flags", required=False)]))
+                        ColSpec("string", "quality_flags", required=False)]))  # ";"-joined, "" when none
 
 
 def synthetic_example(catalogue, n_stays: int = 2):

@@ -23,7 +23,7 @@ import polars as pl
 
 from .catalogue import resolve
 from .config import Config
-from .files import write_frame, write_json
+from .files import write_frame
 from .grid import to_grid
 from .impute import hours_since
 from .report import MODEL_NAME, Evaluation
@@ -315,45 +315,3 @@ def _safe(stay_id) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9._-]", "_", str(stay_id))
-
-
-# -- sweep ------------------------------------------------------------------------------------------------------
-def sweep_configs(base: Config, grid: dict[str, list], method: str = "grid", n_trials: int | None = None,
-                  seed: int = 0) -> list[tuple[dict, Config]]:
-    """Expand ``{"model.hidden_size": [32, 64], ...}`` into ``(overrides, Config)`` trials: every combination
-    (``ParameterGrid``) or ``n_trials`` drawn without replacement (``ParameterSampler``)."""
-    from sklearn.model_selection import ParameterGrid, ParameterSampler
-
-    if method not in ("grid", "random"):
-        raise ValueError(f"sweep method must be 'grid' or 'random', got {method!r}")
-    combos = list(ParameterGrid(grid))
-    if method == "random":
-        combos = list(ParameterSampler(grid, n_iter=min(n_trials or len(combos), len(combos)), random_state=seed))
-    return [(overrides, base.replace(overrides, source="sweep")) for overrides in combos]
-
-
-def sweep(data, out: str | Path, base: Config, grid: dict[str, list], method: str = "grid",
-          n_trials: int | None = None, seed: int = 0, labels=None, outcomes=None, test_data=None,
-          experiment: str | None = None, tracking: bool = True, log=print) -> dict:
-    """Train one model per trial as nested MLflow runs under one parent run, which records the best trial
-    (highest out-of-fold AUPRC); the best trial's model is registered (champion only if it beats the champion).
-    """
-    from .tracking import Tracker, parent_run
-
-    trials = sweep_configs(base, grid, method, n_trials, seed)
-    out = writable_dir(out, "--out")
-    results = []
-    with parent_run(base, experiment, len(trials), grid, method, enabled=tracking, log=log) as parent:
-        for i, (overrides, cfg) in enumerate(trials):
-            log(f"trial {i + 1}/{len(trials)}: {overrides}")
-            tracker = Tracker(experiment=parent.experiment, register=False, nested=True, log=log) \
-                if parent.active else False
-            res = train(data, out / f"trial-{i}", labels, outcomes, cfg, test_data, progress=False, log=log,
-                        tracking=tracker)
-            results.append({"trial": i, "overrides": overrides, "validation_auprc": res.validation_auprc,
-                            "out": str(res.out_dir), **{k: res.tracking.get(k) for k in ("run_id", "model_uri")}})
-        best = max(results, key=lambda r: r["validation_auprc"])
-        summary = {"trials": results, "best": best, "parent_run_id": parent.run_id}
-        summary["registry"] = parent.record_best(best)
-    write_json(out / "sweep.json", summary)
-    return summary

@@ -12,7 +12,7 @@ import pytest
 
 from clinical_lstm.config import Config
 from clinical_lstm.tracking import CHALLENGER, CHAMPION, Tracker
-from clinical_lstm.workflow import sweep, train
+from clinical_lstm.workflow import train
 
 FIRST_ID = 9_300_001  # distinctive stay ids: the privacy test searches the whole store for them
 N_STAYS = 160
@@ -167,32 +167,6 @@ def test_unreachable_server_still_writes_the_bundle(store, tmp_path, monkeypatch
     assert (tmp_path / "m" / "model" / "bundle.json").is_file()
     assert res.tracking["error"].startswith("server unreachable")
     assert any(m.startswith("WARNING: MLflow tracking server") and "still written locally" in m for m in messages)
-
-
-def test_sweep_runs_nested_children_under_a_parent(store, tmp_path):
-    from mlflow import MlflowClient
-
-    summary = sweep(store["data"], tmp_path / "sw", fast_config(8), {"model.hidden_size": [4, 8]},
-                    labels=store["labels"], experiment="test", log=lambda *_: None)
-    client = MlflowClient()
-    parent = client.get_run(summary["parent_run_id"])
-    assert parent.data.tags["best.run_id"] == summary["best"]["run_id"]
-    assert parent.data.metrics["best_validation_auprc"] == pytest.approx(
-        max(t["validation_auprc"] for t in summary["trials"]))
-    for trial in summary["trials"]:
-        child = client.get_run(trial["run_id"])
-        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert (tmp_path / "sw" / "sweep.json").is_file()
-
-
-def test_sweep_rejects_unknown_parameter():
-    from clinical_lstm.workflow import sweep_configs
-
-    with pytest.raises(ValueError, match=r"unknown parameter 'model.hiden'"):
-        sweep_configs(Config(), {"model.hiden": [1]})
-    trials = sweep_configs(Config(), {"model.hidden_size": [4, 8], "model.decay": [True, False]})
-    assert sorted((t[1].model.hidden_size, t[1].model.decay) for t in trials) == [(4, False), (4, True), (8, False),
-                                                                                  (8, True)]
 
 
 def test_unknown_registered_model_is_a_clear_data_error(tmp_path, monkeypatch):
