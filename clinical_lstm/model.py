@@ -34,7 +34,9 @@ class MaskedLSTM(nn.Module):
         self.cfg, self.n_series, self.n_static = cfg, n_series, n_static
         V, S, H = n_series, n_static, cfg.hidden_size
         if cfg.decay:
-            self.decay_w = nn.Parameter(torch.zeros(V))
+            # a small positive rate to start from: at w = b = 0 the ReLU's gradient is 0 and the decay would
+            # never learn (half-life of a carried value at the start: about 14 h)
+            self.decay_w = nn.Parameter(torch.full((V,), 0.05))
             self.decay_b = nn.Parameter(torch.zeros(V))
         self.lstm = nn.LSTM(3 * V + S, H, num_layers=cfg.num_layers, batch_first=True,
                             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)

@@ -140,6 +140,17 @@ def test_without_decay_values_pass_through():
     torch.testing.assert_close(inp[..., :V], x, atol=0, rtol=0)
 
 
+def test_decay_learns_from_its_initial_values():
+    """At w = b = 0 the ReLU's gradient is 0 and the decay never moved (it trained like decay = false)."""
+    torch.manual_seed(0)
+    m = MaskedLSTM(ModelConfig(hidden_size=H, decay=True), V, S).train()
+    x, mask, delta, statics = make_stay(5, seed=13)
+    mask.zero_()
+    logit, _ = m(x, mask, delta, statics, torch.tensor([5]))
+    logit.sum().backward()
+    assert (m.decay_w.grad != 0).all() and (m.decay_b.grad != 0).all()
+
+
 def test_decay_gate_gradient_reaches_parameters():
     m = make_model(decay=True, attention=False).train()
     x, mask, delta, statics = make_stay(5, seed=13)
