@@ -23,7 +23,7 @@ DESCRIPTIONS = {
     "evaluate": "metrics with intervals, subgroups and plots of a trained model on labelled data",
     "score": "risk for every stay of a hospital's extract, in resumable chunks; rejects and a summary beside it",
     "explain": "per-variable SHAP contributions, a plot per stay and the global importance",
-    "export": "the network as ONNX (or TorchScript) with its input contract, for edge runtimes",
+    "export": "the model's logit as ONNX (or TorchScript) with its input contract, for edge runtimes",
     "sweep": "an Optuna study (TPE, median pruning; workers share one study through --storage), each trial a "
              "nested MLflow run under one parent run; the best trial's model is registered",
     "demo": "train on the bundled PhysioNet sample, then score it (a first look, in about a minute)",
@@ -31,8 +31,14 @@ DESCRIPTIONS = {
 }
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default when it has one worth showing (not None, not a flag's False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:

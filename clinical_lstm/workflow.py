@@ -206,6 +206,8 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     model.save(out / "model")
     files = write_report(out / "report", evaluation, ev_clean, ev_ids, catalogue, fitted.history, report, model,
                          cfg.evaluation.explain_stays, cfg.evaluation.seed)
+    files["out_of_fold"] = write_frame(pl.DataFrame({  # held-out risks of the training stays (local: names them)
+        "stay_id": ids, "fold": fitted.fold, "risk": fitted.oof_risk, "label": y}), out / "report" / "out_of_fold.parquet")
     from sklearn.metrics import average_precision_score
 
     result = TrainResult(model, report, evaluation, fitted.history, out, files,

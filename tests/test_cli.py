@@ -44,8 +44,10 @@ def test_train_writes_bundle_and_report_apart_and_prints_comparison(trained):
     assert sorted(p.name for p in (root / "run" / "model").iterdir()) == [
         "bundle.json", "catalogue.csv", "transformer.json", "weights.safetensors"]  # the bundle names no stay
     for name in ("roc.png", "pr.png", "calibration.png", "comparison.png", "subgroups.csv", "metrics.json",
-                 "quality_report.json", "rejects.csv"):
+                 "quality_report.json", "rejects.csv", "out_of_fold.parquet"):
         assert (root / "run" / "report" / name).is_file(), name
+    oof = pl.read_parquet(root / "run" / "report" / "out_of_fold.parquet")
+    assert oof.height == SAMPLE_STAYS and sorted(oof["fold"].unique().to_list()) == [0, 1, 2, 3, 4]
     for model in ("masked LSTM", "logistic regression", "gradient boosting", "SAPS-I", "paired difference"):
         assert model in res.stdout
     assert "(" in res.stdout and "–" in res.stdout  # intervals printed
