@@ -31,16 +31,24 @@ from .sources import DataError, RawData, load
 from .validate import QualityReport, validate
 
 
+def _as_list(value) -> list:
+    return [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
+
+
 def labels_of(raw: RawData, ids) -> np.ndarray:
     lab = pl.DataFrame({"stay_id": np.asarray(ids)}).join(raw.outcomes.select("stay_id", "label"), on="stay_id",
                                                           how="left")
     return lab["label"].to_numpy().astype(np.int64)
 
 
-def writable_dir(path: str | Path, what: str) -> Path:
+def writable_dir(path: str | Path, what: str, writes=(), inputs=()) -> Path:
     """``path`` as a folder that can be written, checked before any work (a parent that is a file, no
-    permission): a one-line error instead of a failure after training."""
+    permission, a file or folder it writes, ``writes``, that would touch one of the ``inputs``): a one-line error
+    instead of a failure after training or an overwritten input."""
+    from .files import check_not_input
+
     path = Path(path)
+    check_not_input([path / w for w in writes], [Path(p) for p in _as_list(inputs) if p is not None])
     parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
     if not parent.is_dir():
         raise DataError(f"{what} {path}: {parent} is a file, not a folder")
@@ -73,7 +81,8 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
     """
     t0 = time.perf_counter()
     cfg = config or Config()
-    out = writable_dir(out, "--out")
+    out = writable_dir(out, "--out", ("grid.parquet", "statics.parquet", "labels.parquet", "quality_report.json",
+                                      "rejects.csv"), [*_as_list(data), labels, outcomes])
     catalogue = resolve(cfg.data.catalogue)
     raw = load(data, labels, outcomes)
     clean, kept, report = validate(raw, catalogue, cfg.data.window_hours)
@@ -166,7 +175,8 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     from .training import fit
 
     cfg = config or Config()
-    out = writable_dir(out, "--out")
+    out = writable_dir(out, "--out", ("model", "report"),
+                       [*_as_list(data), labels, outcomes, *_as_list(test_data), test_labels, cfg.data.catalogue])
     catalogue = resolve(cfg.data.catalogue)
     window = cfg.data.window_hours
     raw = load(data, labels, outcomes)
@@ -245,7 +255,8 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
     from .report import HYBRID_NAME, compare
     from .report import write as write_report
 
-    out = writable_dir(out, "--out")
+    out = writable_dir(out, "--out", ("metrics.json", "quality_report.json", "rejects.csv"),
+                       [*_as_list(data), labels, outcomes])
     model = load_model(model) if isinstance(model, (str, Path)) else model
     clean, ids, y, report = _labelled(load(data, labels, outcomes), model.catalogue,
                                       model.transformer.window_hours, "evaluation data")
@@ -297,7 +308,7 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
     if missing:
         why = ", ".join(f"{s} ({rejected[s]})" if s in rejected else f"{s} (not in the data)" for s in missing)
         raise DataError(f"stay(s) {why} cannot be drawn: not among the scorable stays of the data")
-    out = writable_dir(out, "--out")
+    out = writable_dir(out, "--out", (f"explanations.{fmt}", "rejects.csv", "global_importance.png"), _as_list(data))
     t = model.tensors(clean, kept)
     full = table_from(*shap_values(model, t, n_permutations, progress=True), t.stay_ids)
     files = {"explanations": write_frame(full if top is None else full.filter(pl.col("rank") <= top),

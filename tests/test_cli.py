@@ -284,3 +284,14 @@ def test_score_pipeline_job_with_options_and_closing_summary(trained, tmp_path):
     res = subprocess.run([sys.executable, str(script), "--config", str(tmp_path / "bad.toml")], capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 2 and "mismatch" in res.stderr and "Lactate" in res.stderr
+
+
+@pytest.mark.parametrize("command", ["prepare", "train"])
+def test_an_output_folder_inside_an_input_folder_is_refused(physionet_set, command):
+    """`--out set-x/` would write files among the stay files (and a re-run would read them as members)."""
+    folder = physionet_set({140001: [("01:00", "HR", "80")]})
+    before = sorted(p.name for p in folder.iterdir())
+    res = run(command, "--data", str(folder), "--out", str(folder / "out"), *(["--no-tracking"] if command == "train"
+                                                                                else []))
+    assert res.returncode == 2 and "lies inside the input folder" in res.stderr
+    assert sorted(p.name for p in folder.iterdir()) == before
