@@ -193,29 +193,30 @@ class StepKernel:
         inp = np.concatenate([np.broadcast_to(x, (K, k, self.V)), np.broadcast_to(mask, (K, k, self.V)),
                               np.broadcast_to(np.log1p(delta), (K, k, self.V))], axis=2)  # (K, k, 3V)
         s = np.asarray(statics, np.float32)
-        pre = inp @ self.w_series + (s @ self.w_static + self.bias[0])[:, None]  # (K, k, 4H)
-        h, c = state["h"].copy(), state["c"].copy()  # after `commit` steps, filled in below
-        out = None  # (K, k, H) hidden states of the layer below
-        for layer in range(self.L):
-            if layer:  # layers above the first read the one below (no dropout in eval)
-                pre = out @ self.w_ih[layer] + self.bias[layer][:, None]
-            out = np.empty((K, k, H))  # (K, k, H) this layer's hidden states
-            hl, cl, w_hh = h[:, layer], c[:, layer], self.w_hh[layer]
-            for t in range(k):
-                g = pre[:, t] + (hl[:, None, :] @ w_hh)[:, 0]  # (K, 4H)
+        static_pre = (s @ self.w_static + self.bias[0])[:, None]  # (K, 1, 4H)
+        # Every product below has the shape of one step, whatever k is: a stream resumed from a saved state
+        # (one step) then gets bit for bit the numbers of a stream that ran these steps in one call.
+        h, c = state["h"].copy(), state["c"].copy()
+        pool = {key: state[key] for key in ("att_max", "att_den", "att_num") if key in state}
+        new = {"h": h.copy(), "c": c.copy(), **pool}  # the state after `commit` steps, replaced below
+        for t in range(k):
+            below = None
+            for layer in range(self.L):
+                pre = (inp[:, t:t + 1] @ self.w_series + static_pre if layer == 0
+                       else below @ self.w_ih[layer] + self.bias[layer][:, None])  # (K, 1, 4H)
+                g = (pre + h[:, layer, None, :] @ self.w_hh[layer])[:, 0]  # (K, 4H)
                 i, f, o = _sigmoid(g[:, :H]), _sigmoid(g[:, H:2 * H]), _sigmoid(g[:, 3 * H:])
-                cl = f * cl + i * np.tanh(g[:, 2 * H:3 * H])
-                hl = o * np.tanh(cl)
-                out[:, t] = hl
-                if t == commit - 1:
-                    h[:, layer], c[:, layer] = hl, cl
-        new = {"h": h, "c": c}
+                c[:, layer] = f * c[:, layer] + i * np.tanh(g[:, 2 * H:3 * H])
+                h[:, layer] = o * np.tanh(c[:, layer])
+                below = h[:, layer, None, :]  # (K, 1, H); no dropout in eval
+            if self.attention:
+                score = (np.tanh(below @ self.attn_w1 + self.attn_b1[:, None])[:, 0] * self.attn_w2).sum(axis=1)
+                pool = _softmax_pool(pool, score[:, None], below.astype(np.float64))
+            if t == commit - 1:
+                new = {"h": h.copy(), "c": c.copy(), **pool}
         if not self.attention:
-            return new, np.einsum("kh,kh->k", hl, self.head_w) + self.head_b + self.head_static @ s
-        score = np.einsum("kth,kh->kt", np.tanh(out @ self.attn_w1 + self.attn_b1[:, None]), self.attn_w2)  # (K, k)
-        new.update(_softmax_pool(state, score[:, :commit], out[:, :commit]))
-        pooled = _softmax_pool(state, score, out)
-        pooled = pooled["att_num"] / pooled["att_den"][:, None]  # (K, H)
+            return new, np.einsum("kh,kh->k", h[:, -1], self.head_w) + self.head_b + self.head_static @ s
+        pooled = pool["att_num"] / pool["att_den"][:, None]  # (K, H)
         logits = (np.einsum("kh,kh->k", pooled, self.attn_head_h) + np.einsum("ks,s->k", self.attn_head_s, s)
                   + self.attn_head_b)
         return new, logits

@@ -32,7 +32,7 @@ INSTALL_HINT = "run `bash scripts/ci_extras.sh` (apt chromium + pip playwright i
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 EXPERIMENT = "ui-test"
 HIDDEN = (8, 16)
-RUN_NAMES = {h: f"ffill_median-h{h}-decay" for h in HIDDEN}  # tracking.run_name of the configs below
+RUN_NAMES = {h: f"ffill_median-h{h}-decay-k5" for h in HIDDEN}  # defaults but hidden size: 5 folds, decay
 METRICS = ("auroc", "auprc")
 CONFIG = """
 [model]
