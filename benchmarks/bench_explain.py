@@ -1,10 +1,10 @@
-"""python benchmarks/bench_explain.py --model runs/bench_default/model --stays 1000 --repeats 3
+"""python benchmarks/bench_explain.py --model runs/physionet_a/model --stays 1000 --repeats 3
 
 Per-variable SHAP explanations (grouped permutation SHAP, 8 permutations) for N stays of PhysioNet set B,
 on 2 CPU threads, timed in one process: median stays/s over ``--repeats`` runs. The model is the default
-configuration (one network, hidden 64) trained on set A:
+configuration (5 cross-fitted networks, hidden 64, stacked with the summary members) trained on set A:
 
-    clinical-lstm train --data ../shared/data/physionet2012/set-a.tar.gz --out runs/bench_default/model --no-tracking
+    python pipelines/train.py --config pipelines/configs/physionet_a_to_b.toml --no-tracking  # -> runs/physionet_a/model
 
 Only explanation time is measured (reading and gridding the stays happen once, before timing).
 """

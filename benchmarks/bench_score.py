@@ -1,13 +1,13 @@
-"""python benchmarks/bench_score.py --model runs/bench_default/model --stays 100000 --repeats 3
+"""python benchmarks/bench_score.py --model runs/physionet_a/model --stays 100000 --repeats 3
 
 Batch scoring at hospital scale: ``clinical-lstm score`` over ``--stays`` synthetic stays (48 h, drawn from
 the catalogue's distributions and set-A missingness by :mod:`clinical_lstm.synthetic`, long-format Parquet
 sorted by stay), each run a whole process under ``/usr/bin/time -v``: wall seconds from process start to exit
 (interpreter start-up, imports, model load, the index pass, every chunk, the final output and the
-accounting check all count) and the peak resident memory. The model is the default configuration (one
-network, hidden 64) trained on set A:
+accounting check all count) and the peak resident memory. The model is the default configuration (5
+cross-fitted networks, hidden 64, stacked with the summary members) trained on set A:
 
-    clinical-lstm train --data ../shared/data/physionet2012/set-a.tar.gz --out runs/bench_default/model --no-tracking
+    python pipelines/train.py --config pipelines/configs/physionet_a_to_b.toml --no-tracking  # -> runs/physionet_a/model
 
 Reports, per run and as medians: whole-process stays/s, in-job stays/s (the summary's, without start-up),
 peak RSS, and the summary's stage seconds; the load average before and after each run.
@@ -51,7 +51,7 @@ def run_once(cli: list[str], out_dir: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(REPO / "runs/bench_default/model"))
+    ap.add_argument("--model", default=str(REPO / "runs/physionet_a/model"))
     ap.add_argument("--stays", type=int, default=100_000)
     ap.add_argument("--data", help="existing long Parquet to score (default: generate --stays synthetic stays)")
     ap.add_argument("--repeats", type=int, default=3)

@@ -1,11 +1,11 @@
-"""python benchmarks/bench_spark.py --model runs/bench_default/model --data synth20k.parquet --repeats 3
+"""python benchmarks/bench_spark.py --model runs/physionet_a/model --data synth20k.parquet --repeats 3
 
 (Run from the repository root with the venv active. Make the data with
 ``python -m clinical_lstm.synthetic --stays 20000 --out synth20k.parquet``.)
 
 Stays per second scoring one long Parquet file, medians over ``--repeats`` runs:
 
-* single: ``load_model(dir).score(frame)`` in this process on a frame read once before timing (torch and
+* single: ``load_model(dir).score_table(frame)`` in this process on a frame read once before timing (torch and
   polars on all cores: 2 here);
 * spark: :func:`clinical_lstm.spark.score_spark` in Spark ``local[<cores>]``: read the Parquet, score,
   write nothing (``format("noop")`` runs the whole plan); one untimed warm-up run first (JVM, Python workers,
@@ -37,7 +37,7 @@ def timed(fn, repeats: int) -> list[float]:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="runs/bench_default/model")
+    ap.add_argument("--model", default="runs/physionet_a/model")
     ap.add_argument("--data", required=True)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cores", type=int, default=2)
@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
 
         torch.set_num_threads(args.cores)
         model = load_model(args.model)
-        record("single", timed(lambda: model.score(frame), args.repeats), n_stays)
+        record("single", timed(lambda: model.score_table(frame), args.repeats), n_stays)
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 

@@ -1,13 +1,13 @@
-"""python benchmarks/bench_stream.py --model runs/bench_default/model --stays 200 --threads 2
+"""python benchmarks/bench_stream.py --model runs/physionet_a/model --stays 200 --threads 2
 
 Streaming latency: PhysioNet set-B stays fed hour by hour to ``StayStream.update`` (one update per hour that
 has rows; the time-0 descriptors come with hour 0), against the reference of re-running
 ``RiskModel.predict`` on the whole stay so far after each hour. Both run in the same process on the same
 stays, interleaved stay by stay, on ``--threads`` torch/BLAS threads pinned to as many CPU cores. Every
 update's streaming risk is checked against the reference risk of the same moment (largest difference
-reported). The model is the default configuration (one network, hidden 64) trained on set A:
+reported). The model is the default configuration (5 cross-fitted networks, hidden 64, stacked with the summary members) trained on set A:
 
-    clinical-lstm train --data ../shared/data/physionet2012/set-a.tar.gz --out runs/bench_default/model --no-tracking
+    python pipelines/train.py --config pipelines/configs/physionet_a_to_b.toml --no-tracking  # -> runs/physionet_a/model
 
 Timed: the ``update`` call with a pandas DataFrame of that hour's rows (``stay_id, time, variable, value``),
 and the ``predict`` call on a pandas DataFrame of all rows so far; building those frames is not timed.
@@ -46,7 +46,7 @@ def summary(ms: np.ndarray) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=str(REPO / "runs/bench_default/model"))
+    p.add_argument("--model", default=str(REPO / "runs/physionet_a/model"))
     p.add_argument("--data", default=str(REPO.parent / "shared/data/physionet2012/set-b.tar.gz"))
     p.add_argument("--stays", type=int, default=200, help="first N scorable set-B stays (default 200)")
     p.add_argument("--threads", type=int, default=2, help="torch and BLAS threads, and CPU cores pinned (default 2)")
