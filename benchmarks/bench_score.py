@@ -49,6 +49,19 @@ def run_once(cli: list[str], out_dir: Path) -> dict:
             "load_after": round(os.getloadavg()[0], 2)}
 
 
+def text_ids(src: Path, dst: Path) -> None:
+    """``src`` with every stay id replaced by a UUID (text), one per stay, rows and order unchanged."""
+    import uuid
+
+    import polars as pl
+
+    ids = pl.scan_parquet(src).select(pl.col("stay_id").unique()).collect()["stay_id"]
+    names = pl.DataFrame({"stay_id": ids,
+                          "uuid": [str(uuid.uuid5(uuid.NAMESPACE_OID, str(i))) for i in ids.to_list()]})
+    (pl.scan_parquet(src).join(names.lazy(), on="stay_id", how="left", maintain_order="left")
+     .with_columns(pl.col("uuid").alias("stay_id")).drop("uuid").sink_parquet(dst))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(REPO / "runs/physionet_a/model"))
@@ -57,6 +70,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--chunk-stays", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--ids", choices=["int", "text", "both"], default="int",
+                    help="stay ids as generated (int), as UUID text (text), or both, alternating run by run "
+                         "(side by side: the ratio of the medians says what text ids cost)")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
 
@@ -69,25 +85,38 @@ def main() -> int:
             info = write_cohort(data, a.stays, seed=0)
             print(f"generated {info['stays']:,} stays, {info['rows']:,} rows, {info['bytes'] / 1e6:.0f} MB "
                   f"in {info['seconds']:.1f} s -> {data}")
-        cli = [str(Path(sys.executable).parent / "clinical-lstm"), "score", "--model", a.model, "--data", str(data)]
-        if a.chunk_stays:
-            cli += ["--chunk-stays", str(a.chunk_stays)]
-        if a.workers:
-            cli += ["--workers", str(a.workers)]
-        runs = []
+        inputs = {"int": data}
+        if a.ids != "int":
+            inputs["text"] = tmp / f"{data.stem}-uuid.parquet"
+            text_ids(data, inputs["text"])
+            if a.ids == "text":
+                del inputs["int"]
+        results = {}
         for i in range(a.repeats):
-            r = run_once(cli, tmp / f"run{i}")
-            runs.append(r)
-            print(f"run {i + 1}: {r['wall_s']:.1f} s, {r['stays_per_s_process']:,.0f} stays/s whole process, "
-                  f"{r['stays_per_s_job']:,.0f} in job, peak RSS {r['peak_rss_mb']:,.0f} MB, stages "
-                  f"{r['chunk_seconds']}, load {r['load_before']} -> {r['load_after']}")
-        med = {k: float(np.median([r[k] for r in runs]))
-               for k in ("wall_s", "stays_per_s_process", "stays_per_s_job", "peak_rss_mb")}
-        print(f"median of {a.repeats}: {med['stays_per_s_process']:,.0f} stays/s whole process "
-              f"({med['wall_s']:.1f} s), {med['stays_per_s_job']:,.0f} stays/s in job, peak RSS "
-              f"{med['peak_rss_mb']:,.0f} MB; cores: {len(os.sched_getaffinity(0))}")
+            for kind, path in inputs.items():  # alternating, so drift hits both alike
+                cli = [str(Path(sys.executable).parent / "clinical-lstm"), "score", "--model", a.model, "--data",
+                       str(path)]
+                if a.chunk_stays:
+                    cli += ["--chunk-stays", str(a.chunk_stays)]
+                if a.workers:
+                    cli += ["--workers", str(a.workers)]
+                r = run_once(cli, tmp / f"run{i}-{kind}")
+                results.setdefault(kind, []).append(r)
+                print(f"run {i + 1} ({kind} ids): {r['wall_s']:.1f} s, {r['stays_per_s_process']:,.0f} stays/s whole "
+                      f"process, {r['stays_per_s_job']:,.0f} in job, peak RSS {r['peak_rss_mb']:,.0f} MB, stages "
+                      f"{r['chunk_seconds']}, load {r['load_before']} -> {r['load_after']}")
+        medians = {}
+        for kind, runs in results.items():
+            med = {k: float(np.median([r[k] for r in runs]))
+                   for k in ("wall_s", "stays_per_s_process", "stays_per_s_job", "peak_rss_mb")}
+            medians[kind] = med
+            print(f"median of {a.repeats} ({kind} ids): {med['stays_per_s_process']:,.0f} stays/s whole process "
+                  f"({med['wall_s']:.1f} s), {med['stays_per_s_job']:,.0f} stays/s in job, peak RSS "
+                  f"{med['peak_rss_mb']:,.0f} MB; cores: {len(os.sched_getaffinity(0))}")
+        if len(medians) == 2:
+            print(f"text / int wall time: {medians['text']['wall_s'] / medians['int']['wall_s']:.3f}")
         if a.json:
-            Path(a.json).write_text(json.dumps({"command": cli, "runs": runs, "median": med,
+            Path(a.json).write_text(json.dumps({"runs": results, "median": medians,
                                                 "cores": len(os.sched_getaffinity(0))}, indent=2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -95,21 +95,25 @@ def index_long(path: Path, catalogue) -> Input:
     if missing:
         raise DataError(f"data file {path} lacks column(s) {missing}; expected {list(LONG_COLUMNS)} "
                         f"(extra columns are ignored), found {columns}")
-    ids = _stay_id_expr(scan.collect_schema()["stay_id"])
-    try:
-        bad, stays, variables = pl.collect_all([
-            scan.with_row_index("row").filter(ids.is_null()).select("row", "stay_id").head(1),
-            scan.select(ids.alias("stay_id")).with_row_index("row").group_by("stay_id", maintain_order=True)
-            .agg(pl.col("row").min().alias("first"), pl.col("row").max().alias("last"), pl.len().alias("n")),
+    try:  # runs of equal raw ids (one per stay in a file sorted by stay), not rows, are grouped by key below
+        runs, variables = pl.collect_all([
+            scan.select(pl.col("stay_id").rle()).unnest("stay_id"),
             scan.group_by(pl.col("variable").cast(pl.String).str.strip_chars()).len(),
         ])
     except (pl.exceptions.PolarsError, OSError) as exc:
         hint = (" (an opening quote that is never closed makes the rest of the file one field: check the "
                 "quoting)" if "malformed" in str(exc) else "")
         raise DataError(f"cannot read data file {path}: {_first_line(exc)}{hint}") from None
+    first = runs["len"].cast(pl.Int64).cum_sum() - runs["len"]
+    runs = pl.DataFrame({"stay_id": runs["value"], "first": first, "n": runs["len"].cast(pl.Int64)})
+    runs = runs.with_columns(_stay_id_expr(runs.schema["stay_id"]).alias("key"))
+    bad = runs.filter(pl.col("key").is_null()).head(1)
     if bad.height:
-        raise DataError(f"data file {path}, row {bad['row'][0] + 1}: stay_id {bad['stay_id'][0]!r} names no stay; "
+        raise DataError(f"data file {path}, row {bad['first'][0] + 1}: stay_id {bad['stay_id'][0]!r} names no stay; "
                         f"every row needs its stay's id (an integer, or text such as an encounter id or UUID)")
+    stays = runs.group_by("key", maintain_order=True).agg(  # as grouping the rows: runs are in row order
+        pl.col("first").min(), (pl.col("first") + pl.col("n") - 1).max().alias("last"), pl.col("n").sum(),
+    ).rename({"key": "stay_id"})
     if not stays.height:
         return empty
     kind = id_dtype(stays["stay_id"])

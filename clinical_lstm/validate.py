@@ -284,10 +284,11 @@ def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float, stays: pl.
     empty = pl.DataFrame(schema={"rule": pl.String, "variable": pl.String, "rows": pl.Int64})
     if ok.height == 0:
         return ok, empty
-    sid = ok["stay_id"]
+    runs = ok["stay_id"].rle().struct.unnest()  # rows come grouped by stay: look up each run's id, not each row's
+    sid, length = runs["value"], runs["len"].to_numpy()
     if not stays.len() or not (stays.gather(stays.search_sorted(sid).clip(0, stays.len() - 1)) == sid).all():
         stays = sid.unique().sort()  # rows of stays the caller did not list: rank among the rows' own stays
-    pos = stays.search_sorted(sid).to_numpy().astype(np.int64)  # the stay's rank: integer or text ids alike
+    pos = np.repeat(stays.search_sorted(sid).to_numpy().astype(np.int64), length)  # the stay's rank, any id kind
     key = time_key(pos, ok["code"].to_numpy(), n_codes, ok["time"].to_numpy(), window_hours)
     order, keep, conflict = order_rows(key, ok["value"].to_numpy())
     ok = ok.select(pl.all().gather(pl.Series(order)))  # columns gathered in parallel

@@ -315,3 +315,27 @@ def test_one_closing_line_with_one_rate_and_the_output_path_as_given(bundle, coh
     assert lines[-1].count("stays/s") == 1 and lines[-1].endswith(" stays/s) -> sub/scores.parquet")
     assert json.loads((tmp_path / "sub" / "scores.parquet.summary.json").read_text())["output"] == \
         "sub/scores.parquet"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_index_groups_a_stay_split_into_runs_and_spelled_with_blanks(tmp_path, suffix):
+    """The index pass reads runs of equal raw ids: a stay whose rows come back later, or whose id is written
+    with surrounding blanks in some rows, is still one stay with every row counted."""
+    from clinical_lstm.catalogue import Catalogue
+    from clinical_lstm.chunks import index_long
+
+    ids = ["enc-a", "enc-a", "enc-b", " enc-a ", "enc-b", "enc-c", "enc-c", "enc-b"]
+    frame = pl.DataFrame({"stay_id": ids, "time": [float(i) for i in range(8)], "variable": ["HR"] * 8,
+                          "value": [80.0] * 8})
+    path = tmp_path / f"data{suffix}"
+    frame.write_csv(path) if suffix == ".csv" else frame.write_parquet(path)
+    inp = index_long(path, Catalogue.default())
+    assert inp.stay_ids.tolist() == ["enc-a", "enc-b", "enc-c"]  # first appearance order, blanks stripped
+    assert inp.first_row.tolist() == [0, 2, 5]
+    assert inp.n_rows.tolist() == [3, 3, 2]
+    assert inp.contiguous is False
+
+    tidy = frame.with_columns(pl.col("stay_id").str.strip_chars()).sort("stay_id", maintain_order=True)
+    tidy.write_csv(path) if suffix == ".csv" else tidy.write_parquet(path)
+    inp = index_long(path, Catalogue.default())
+    assert (inp.first_row.tolist(), inp.n_rows.tolist(), inp.contiguous) == ([0, 3, 6], [3, 3, 2], True)
