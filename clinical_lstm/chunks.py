@@ -160,12 +160,14 @@ def read_chunks(inp: Input, chunks: list[Chunk], todo: set[int], spill: Path | N
         if c.index not in todo:
             continue
         chunk_ids = inp.stay_ids[c.first:c.first + c.stays]
-        if inp.contiguous:
-            df = scan.slice(c.offset, c.rows)
+        columns = (pl.col("time"), pl.col("variable").cast(pl.String), pl.col("value"))
+        if inp.contiguous:  # the index pass found these rows to be these stays' runs: ids need no reading
+            df = scan.slice(c.offset, c.rows).select(*columns).collect()
+            run = np.repeat(np.arange(c.stays), inp.n_rows[c.first:c.first + c.stays])
+            df = df.insert_column(0, pl.Series("stay_id", chunk_ids, dtype=inp.id_dtype).gather(run))
         else:
-            df = scan.filter(ids.is_in(pl.Series(chunk_ids).implode()))
-        df = df.select(ids.alias("stay_id"), pl.col("time"), pl.col("variable").cast(pl.String), pl.col("value"))
-        yield c, RawData(long=df.collect(), stays=pl.Series("stay_id", np.sort(chunk_ids), dtype=inp.id_dtype),
+            df = scan.filter(ids.is_in(pl.Series(chunk_ids).implode())).select(ids.alias("stay_id"), *columns).collect()
+        yield c, RawData(long=df, stays=pl.Series("stay_id", np.sort(chunk_ids), dtype=inp.id_dtype),
                          sources=[inp.name])
 
 
