@@ -234,4 +234,4 @@ def _softmax_pool(state: dict, score: np.ndarray, hs: np.ndarray) -> dict:
 
 
 def _sigmoid(z):
-    return 1 / (1 + np.exp(-z))
+    return 1 / (1 + np.exp(-np.maximum(z, -80)))  # float32 exp overflows past 88; at -80 it is 1.8e-35 already
