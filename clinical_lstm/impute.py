@@ -72,14 +72,26 @@ class Carry:
         nan, zero = np.full((N, V), np.nan, np.float32), np.zeros((N, V), np.float32)
         return cls(nan, nan.copy(), nan.copy(), nan.copy(), nan.copy(), zero, zero.copy())
 
-    def advance(self, z: np.ndarray, last_time: np.ndarray) -> Carry:
+    def advance(self, z: np.ndarray, last_time: np.ndarray, every_step: bool = True) -> Carry:
         """The state after each of the bins ``z`` (N, k, V; NaN = unobserved), continuing from this (N, V)
-        state; ``last_time`` (N, k, V) is the forward-filled time of the last observation."""
+        state; ``last_time`` (N, k, V) is the forward-filled time of the last observation.
+
+        With ``every_step=False`` only ``value`` and ``time`` are kept for every bin (what the imputation
+        needs); the running statistics are the state after the last bin alone, (N, 1, V), the same numbers in
+        a seventh of the memory (``at(-1)`` reads either)."""
         def after(start, values):  # (N, 1 + k, V) with this state in front
             return np.concatenate([start[:, None], values], axis=1)
 
         observed = ~np.isnan(z)
         value = carry_forward(after(self.value, z))[:, 1:]
+        if not every_step:
+            first, total, count = self.first.copy(), self.total.copy(), self.count.copy()
+            for t in range(z.shape[1]):  # in bin order, as the cumulative sums below add
+                np.copyto(first, z[:, t], where=np.isnan(first))
+                total += np.where(observed[:, t], z[:, t], np.float32(0))
+                count += observed[:, t]
+            low, high = np.fmin.reduce(after(self.low, z), axis=1), np.fmax.reduce(after(self.high, z), axis=1)
+            return Carry(value, last_time, *(a[:, None] for a in (first, low, high, total, count)))
         first = after(self.first, z)
         for t in range(1, first.shape[1]):  # the first observation, once seen, stays
             cur = first[:, t]
@@ -278,7 +290,7 @@ class GridTransformer:
         z = self.standardize(values)  # (N, k, V)
         mask = (~np.isnan(z)).astype(np.float32)
         delta, last_t = hours_since(obs_time, bin_end, carry.time)
-        track = carry.advance(z, last_t)  # (N, k, V): the state after each bin
+        track = carry.advance(z, last_t, every_step=per_step)  # the state after each bin (statistics: the last)
         fill = (self.median_ if self.imputation != "zero" else np.zeros_like(self.median_)).astype(np.float32)
         x = (track.value if self.imputation == "ffill_median" else z).copy()
         np.copyto(x, np.broadcast_to(fill, x.shape), where=np.isnan(x))

@@ -446,3 +446,22 @@ def test_subset_tensors(cat, clean):
     sub = out.subset([2, 0])
     assert len(sub) == 2 and sub.stay_ids.tolist() == [5, 3]
     np.testing.assert_array_equal(sub.x, out.x[[2, 0]])
+
+
+def test_last_step_statistics_equal_the_tracked_ones_bit_for_bit():
+    """``advance(every_step=False)`` (batch transform: statistics only after the last bin) gives exactly the
+    numbers the per-step track (the stream) ends with, from an empty state and from a mid-stay one."""
+    from clinical_lstm.impute import Carry
+
+    rng = np.random.default_rng(0)
+    N, k, V = 40, 48, 6
+    z = rng.normal(size=(N, k, V)).astype(np.float32)
+    z[rng.random(z.shape) < 0.7] = np.nan
+    last_time = rng.random((N, k, V)).astype(np.float32)
+    mid = Carry.empty(N, V).advance(z[:, :9], last_time[:, :9]).at(-1)
+    for start in (Carry.empty(N, V), mid):
+        tracked, final = start.advance(z, last_time), start.advance(z, last_time, every_step=False)
+        assert np.array_equal(tracked.value, final.value, equal_nan=True)
+        for a, b in zip(tracked.at(-1).fields(), final.at(-1).fields(), strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+        assert final.low.shape == (N, 1, V)  # one step kept, not k
