@@ -109,15 +109,38 @@ def to_torch(t, device: torch.device) -> dict[str, torch.Tensor]:
     return out
 
 
-def batch_of(data: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
+class Rows:
+    """Some stays of a dict of tensors, not copied: :func:`batch_of` gathers each batch from the whole tensors.
+    A cross-fitting fold is one, so k folds cost no copy of the training data."""
+
+    def __init__(self, data: dict[str, torch.Tensor], idx):
+        self.data, self.idx = data, torch.as_tensor(idx, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def batch_of(data: dict[str, torch.Tensor] | Rows, idx) -> dict[str, torch.Tensor]:
+    if isinstance(data, Rows):
+        pos = data.idx[idx.cpu() if isinstance(idx, torch.Tensor) else idx]  # positions in the whole tensors
+        return {k: v[pos.to(v.device)] for k, v in data.data.items()}
     return {k: v[idx] for k, v in data.items()}
+
+
+def n_stays(data: dict[str, torch.Tensor] | Rows) -> int:
+    return len(data) if isinstance(data, Rows) else len(data["lengths"])
+
+
+def whole(data: dict[str, torch.Tensor] | Rows) -> dict[str, torch.Tensor]:
+    """The tensors themselves (for their widths and device), whether ``data`` is a dict or :class:`Rows`."""
+    return data.data if isinstance(data, Rows) else data
 
 
 @torch.no_grad()
 def predict_logits(models, data: dict[str, torch.Tensor], batch_size: int = 1024, steps: bool = False):
     """Mean logit over the ensemble, (N,) — or (N, T) per-step logits with ``steps=True``."""
     models = models if isinstance(models, (list, tuple)) else [models]
-    n = len(data["lengths"])
+    n = n_stays(data)
     outs = []
     for m in models:
         m.eval()

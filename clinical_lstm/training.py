@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import ModelConfig, TrainConfig
 from .impute import Tensors
-from .model import MaskedLSTM, batch_of, predict_logits, to_torch
+from .model import MaskedLSTM, Rows, batch_of, predict_logits, to_torch, whole
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -49,7 +49,7 @@ def loss_fn(logit, step_logits, lengths, y, pos_weight: float, replication: floa
     return final + replication * (steps * valid).sum() / valid.sum()
 
 
-def run_epoch(model, opt, train: dict[str, torch.Tensor], y: torch.Tensor, pos_weight: float, cfg: TrainConfig,
+def run_epoch(model, opt, train: dict[str, torch.Tensor] | Rows, y: torch.Tensor, pos_weight: float, cfg: TrainConfig,
               gen: torch.Generator) -> float:
     """One pass over the training tensors in shuffled mini-batches; returns the mean training loss."""
     model.train()
@@ -77,7 +77,7 @@ def fit_one(train: dict, y_train: np.ndarray, val: dict, y_val: np.ndarray, mode
     from tqdm.auto import tqdm
 
     gen = seed_everything(seed)
-    model = MaskedLSTM(model_cfg, train["x"].shape[2], train["statics"].shape[1]).to(device)
+    model = MaskedLSTM(model_cfg, whole(train)["x"].shape[2], whole(train)["statics"].shape[1]).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     yt = torch.from_numpy(y_train.astype(np.float32)).to(device)
     pw = _pos_weight(y_train, cfg.pos_weight)
@@ -146,10 +146,9 @@ def cross_fit(t: Tensors, y: np.ndarray, model_cfg: ModelConfig, cfg: TrainConfi
     oof = np.zeros(len(y), dtype=np.float32)
     for k in range(cfg.folds):
         train_idx, val_idx = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        net, hist = fit_one(batch_of(data, torch.from_numpy(train_idx).to(device)), y[train_idx],
-                            batch_of(data, torch.from_numpy(val_idx).to(device)), y[val_idx], model_cfg, cfg,
-                            cfg.seed + k, device, progress, on_epoch, tag={"fold": k})
-        oof[val_idx] = predict_logits(net, batch_of(data, torch.from_numpy(val_idx).to(device)))
+        net, hist = fit_one(Rows(data, train_idx), y[train_idx], Rows(data, val_idx), y[val_idx], model_cfg, cfg,
+                            cfg.seed + k, device, progress, on_epoch, tag={"fold": k})  # folds index, never copy
+        oof[val_idx] = predict_logits(net, Rows(data, val_idx))
         networks.append(net.cpu())
         history += hist
     return CrossFit(networks, oof, fold, history)
@@ -215,7 +214,9 @@ def fit(clean, ids, y: np.ndarray, cfg, progress: bool = True, on_epoch=None, lo
     t0 = time.perf_counter()
     d = cfg.data
     transformer = GridTransformer(resolve(d.catalogue), d.window_hours, d.resolution_hours, d.imputation)
-    t = transformer.fit(clean, ids).transform(clean, ids)  # statistics of the training stays only
+    grid = transformer.grid(clean, ids)  # gridded once, for the statistics and the tensors
+    t = transformer.fit_grid(grid).transform_grid(grid)  # statistics of the training stays only
+    del grid
     t1 = time.perf_counter()
     nets = cross_fit(t, y, cfg.model, cfg.train, progress, on_epoch)
     t2 = time.perf_counter()

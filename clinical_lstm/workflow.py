@@ -15,7 +15,7 @@ The CLI, ``pipelines/*.py`` and notebooks call exactly these, with the same defa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -181,11 +181,13 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     window = cfg.data.window_hours
     raw = load(data, labels, outcomes)
     clean, ids, y, report = _labelled(raw, catalogue, window, "training data")
+    raw = replace(raw, long=raw.long.clear())  # validated into `clean`: the raw rows are not read again
     test = None
     if test_data is not None:
         test_raw = load(test_data, test_labels)
         _check_separate(raw, test_raw, log)
-        test = (test_raw, *_labelled(test_raw, catalogue, window, "test data"))
+        labelled = _labelled(test_raw, catalogue, window, "test data")
+        test = (replace(test_raw, long=test_raw.long.clear()), *labelled)
     tracker = _tracker(tracking, log)
     if tracker:
         tracker.start(cfg, raw.sources)

@@ -206,3 +206,17 @@ def test_model_config_to_dict():
     cfg = ModelConfig(hidden_size=16, decay=False, attention=True)
     assert cfg.to_dict() == {"hidden_size": 16, "num_layers": 1, "dropout": 0.2, "decay": False, "attention": True,
                              "summaries": True}
+
+
+def test_rows_batches_are_the_copied_fold_batches():
+    """A fold as :class:`Rows` (indexes into the whole tensors) yields the very batches a copied fold would."""
+    from clinical_lstm.model import Rows, batch_of, n_stays
+
+    g = torch.Generator().manual_seed(0)
+    data = {"x": torch.randn(30, 5, 4, generator=g), "lengths": torch.arange(30), "statics": torch.randn(30, 3, generator=g)}
+    fold = torch.tensor([3, 29, 0, 17, 8, 8])
+    copied, rows = batch_of(data, fold), Rows(data, fold.numpy())
+    assert n_stays(rows) == 6
+    for idx in (torch.tensor([5, 0, 2]), slice(1, 4)):
+        got, want = batch_of(rows, idx), batch_of(copied, idx)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
