@@ -284,7 +284,7 @@ def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float, stays: pl.
     empty = pl.DataFrame(schema={"rule": pl.String, "variable": pl.String, "rows": pl.Int64})
     if ok.height == 0:
         return ok, empty
-    runs = ok["stay_id"].rle().struct.unnest()  # rows come grouped by stay: look up each run's id, not each row's
+    runs = ok["stay_id"].rle().struct.unnest()  # rows mostly come grouped by stay: look up each run, not each row
     sid, length = runs["value"], runs["len"].to_numpy()
     if not stays.len() or not (stays.gather(stays.search_sorted(sid).clip(0, stays.len() - 1)) == sid).all():
         stays = sid.unique().sort()  # rows of stays the caller did not list: rank among the rows' own stays
