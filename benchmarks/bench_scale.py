@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_score import time_v  # this folder is on sys.path when the script runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,9 +36,7 @@ def timed(cmd: list[str], log: Path) -> dict:
     text = log.read_text()
     if done.returncode != 0:
         sys.exit(f"bench_scale: {' '.join(cmd[:3])} ... failed (exit {done.returncode}); see {log}:\n{text[-2000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text).group(1)
-    seconds = sum(float(p) * 60 ** i for i, p in enumerate(reversed(wall.split(":"))))
-    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
+    seconds, rss_kb = time_v(text)
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(rss_kb / 1024)}
 
 

@@ -30,6 +30,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
+def time_v(text: str) -> tuple[float, int]:
+    """(wall seconds, peak RSS in kB) from the report of ``/usr/bin/time -v``."""
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text).group(1)
+    seconds = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.split(":"))))
+    return seconds, int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
+
+
 def run_once(cli: list[str], out_dir: Path) -> dict:
     out = out_dir / "scores.parquet"
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -38,9 +45,7 @@ def run_once(cli: list[str], out_dir: Path) -> dict:
                          text=True, check=False)
     if res.returncode != 0:
         sys.exit(f"scoring failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", res.stderr).group(1)
-    seconds = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.split(":"))))
-    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr).group(1))
+    seconds, rss_kb = time_v(res.stderr)
     summary = json.loads((out_dir / "scores.parquet.summary.json").read_text())
     return {"wall_s": round(seconds, 2), "stays": summary["stays_read"], "scored": summary["scored"],
             "stays_per_s_process": round(summary["stays_read"] / seconds, 1),
@@ -91,15 +96,13 @@ def main() -> int:
             text_ids(data, inputs["text"])
             if a.ids == "text":
                 del inputs["int"]
+        options = (["--chunk-stays", str(a.chunk_stays)] if a.chunk_stays else []) + (
+            ["--workers", str(a.workers)] if a.workers else [])
+        commands = {kind: [str(Path(sys.executable).parent / "clinical-lstm"), "score", "--model", a.model, "--data",
+                           str(path), *options] for kind, path in inputs.items()}
         results = {}
         for i in range(a.repeats):
-            for kind, path in inputs.items():  # alternating, so drift hits both alike
-                cli = [str(Path(sys.executable).parent / "clinical-lstm"), "score", "--model", a.model, "--data",
-                       str(path)]
-                if a.chunk_stays:
-                    cli += ["--chunk-stays", str(a.chunk_stays)]
-                if a.workers:
-                    cli += ["--workers", str(a.workers)]
+            for kind, cli in commands.items():  # alternating, so drift hits both alike
                 r = run_once(cli, tmp / f"run{i}-{kind}")
                 results.setdefault(kind, []).append(r)
                 print(f"run {i + 1} ({kind} ids): {r['wall_s']:.1f} s, {r['stays_per_s_process']:,.0f} stays/s whole "
@@ -116,7 +119,7 @@ def main() -> int:
         if len(medians) == 2:
             print(f"text / int wall time: {medians['text']['wall_s'] / medians['int']['wall_s']:.3f}")
         if a.json:
-            Path(a.json).write_text(json.dumps({"runs": results, "median": medians,
+            Path(a.json).write_text(json.dumps({"commands": commands, "runs": results, "median": medians,
                                                 "cores": len(os.sched_getaffinity(0))}, indent=2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
