@@ -136,13 +136,14 @@ class TrainConfig(Section):
     pos_weight: str = "sqrt"  # class imbalance: "none", "sqrt" (sqrt(neg/pos)) or "balanced" (neg/pos)
     seed: int = 0  # seeds the folds and the networks
     device: str = "auto"  # "auto" picks CUDA when available, else "cpu" or "cuda"
+    in_memory_gb: float = 1.0  # model inputs up to this size are held in memory; larger ones are read from disk
 
     section: ClassVar[str] = "train"
     constraints: ClassVar[dict] = {
         "folds": Range(int, 2, 50), "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "lr": POSITIVE,
         "weight_decay": NON_NEGATIVE, "clip_norm": POSITIVE, "patience": POSITIVE_INT,
         "target_replication": NON_NEGATIVE, "pos_weight": Choice(("none", "sqrt", "balanced")),
-        "seed": Range(int, 0), "device": Choice(("auto", "cpu", "cuda"))}
+        "seed": Range(int, 0), "device": Choice(("auto", "cpu", "cuda")), "in_memory_gb": NON_NEGATIVE}
 
 
 @dataclass

@@ -109,6 +109,11 @@ class Carry:
         return self.value, self.time, self.first, self.low, self.high, self.total, self.count
 
 
+def observed_values(values: np.ndarray) -> list[np.ndarray]:
+    """(N, T, V) aggregated values -> per variable, its observed (non-NaN) values, float32."""
+    return [values[:, :, v][~np.isnan(values[:, :, v])] for v in range(values.shape[2])]
+
+
 def carry_forward(arr: np.ndarray) -> np.ndarray:
     """In place along time (axis 1): a NaN takes the value of the step before; NaN before a first observation.
     One (N, V) slice at a time: never crosses stays or variables."""
@@ -180,15 +185,21 @@ class GridTransformer:
         return self.fit_grid(self.grid(clean, stay_ids))
 
     def fit_grid(self, grid: Grid) -> GridTransformer:
+        return self.fit_observed(observed_values(grid.values), grid.statics)
+
+    def fit_observed(self, observed: list[np.ndarray], statics: np.ndarray) -> GridTransformer:
+        """Learn from the observed (aggregated, non-NaN) values of each series variable in the training stays'
+        bins, and their (N, S) raw statics: what :meth:`fit_grid` reads from one grid, gathered over chunks of
+        stays by :mod:`clinical_lstm.cohort`. The statistics are exact (medians too): only observed values are
+        held, never the grid."""
         self._check_params()
-        V = grid.values.shape[2]
+        V = len(observed)
         self.log_ = np.zeros(V, dtype=bool)
         self.center_ = np.zeros(V)
         self.scale_ = np.ones(V)
         self.median_ = np.zeros(V)
         for v in range(V):
-            obs = grid.values[:, :, v]
-            obs = obs[~np.isnan(obs)].astype(np.float64)
+            obs = np.asarray(observed[v], dtype=np.float64)
             if obs.size < 2:  # never (or once) seen in training: leave the identity scaling
                 continue
             sd = obs.std()
@@ -197,9 +208,9 @@ class GridTransformer:
             f = np.log1p(obs) if self.log_[v] else obs
             self.center_[v], self.scale_[v] = f.mean(), (f.std() if f.std() > 1e-8 else 1.0)
             self.median_[v] = (np.median(f) - self.center_[v]) / self.scale_[v]
-        self._fit_statics(grid.statics)
+        self._fit_statics(statics)
         # mean static feature vector of the training stays: the reference "typical patient" for explanations
-        self.static_mean_ = self.static_features(grid.statics).mean(axis=0) if len(grid.statics) else \
+        self.static_mean_ = self.static_features(statics).mean(axis=0) if len(statics) else \
             np.zeros(len(self.static_features_))
         return self
 

@@ -110,34 +110,39 @@ def to_torch(t, device: torch.device) -> dict[str, torch.Tensor]:
 
 
 class Rows:
-    """Some stays of a dict of tensors, not copied: :func:`batch_of` gathers each batch from the whole tensors.
+    """Some stays of a data source, not copied: :func:`batch_of` gathers each batch from the whole source.
     A cross-fitting fold is one, so k folds cost no copy of the training data."""
 
-    def __init__(self, data: dict[str, torch.Tensor], idx):
+    def __init__(self, data, idx):
         self.data, self.idx = data, torch.as_tensor(idx, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.idx)
 
 
-def batch_of(data: dict[str, torch.Tensor] | Rows, idx) -> dict[str, torch.Tensor]:
+def batch_of(data, idx) -> dict[str, torch.Tensor]:
+    """The batch ``idx`` (a slice, or positions) of a data source: a dict of tensors (:func:`to_torch`), an
+    object with ``batch(positions)`` (:class:`clinical_lstm.cohort.StayFile`, read from disk), or
+    :class:`Rows` of either."""
     if isinstance(data, Rows):
-        pos = data.idx[idx.cpu() if isinstance(idx, torch.Tensor) else idx]  # positions in the whole tensors
-        return {k: v[pos.to(v.device)] for k, v in data.data.items()}
-    return {k: v[idx] for k, v in data.items()}
+        return batch_of(data.data, data.idx[idx.cpu() if isinstance(idx, torch.Tensor) else idx])
+    if isinstance(data, dict):
+        return {k: v[idx.to(v.device) if isinstance(idx, torch.Tensor) else idx] for k, v in data.items()}
+    return data.batch(np.arange(len(data))[idx] if isinstance(idx, slice) else idx)
 
 
-def n_stays(data: dict[str, torch.Tensor] | Rows) -> int:
-    return len(data) if isinstance(data, Rows) else len(data["lengths"])
+def n_stays(data) -> int:
+    return len(data["lengths"]) if isinstance(data, dict) else len(data)
 
 
-def whole(data: dict[str, torch.Tensor] | Rows) -> dict[str, torch.Tensor]:
-    """The tensors themselves (for their widths and device), whether ``data`` is a dict or :class:`Rows`."""
-    return data.data if isinstance(data, Rows) else data
+def widths(data) -> tuple[int, int]:
+    """(V, S): the series and static widths of a data source (see :func:`batch_of`)."""
+    d = data.data if isinstance(data, Rows) else data
+    return (d["x"].shape[2], d["statics"].shape[1]) if isinstance(d, dict) else d.widths
 
 
 @torch.no_grad()
-def predict_logits(models, data: dict[str, torch.Tensor], batch_size: int = 1024, steps: bool = False):
+def predict_logits(models, data, batch_size: int = 1024, steps: bool = False):
     """Mean logit over the ensemble, (N,) — or (N, T) per-step logits with ``steps=True``."""
     models = models if isinstance(models, (list, tuple)) else [models]
     n = n_stays(data)

@@ -144,11 +144,11 @@ def compare(probs: dict, y: np.ndarray, on: str, n_boot: int, seed: int) -> Eval
     return Evaluation(on, y, probs, metrics, diffs)
 
 
-def write(out_dir: Path, evaluation: Evaluation, clean, ids, catalogue, history=None, report=None,
+def write(out_dir: Path, evaluation: Evaluation, cohort, catalogue, history=None, report=None,
           model=None, explain_stays: int = 0, seed: int = 0) -> dict:
-    """Write the report folder; returns ``{name: path}``. ``report`` (the quality report) is written with its
+    """Write the report folder; returns ``{name: path}``. ``cohort`` (:class:`~clinical_lstm.cohort.Cohort`) holds
+    the evaluated stays, in the order of ``evaluation.y``. ``report`` (the quality report) is written with its
     stay ids: this folder is local, and only :data:`SAFE_TO_LOG` files are ever logged."""
-    from .grid import to_grid
     from .metrics import demographic_groups, subgroup_table
     from .plots import plot_calibration, plot_differences, plot_pr, plot_roc
 
@@ -162,8 +162,7 @@ def write(out_dir: Path, evaluation: Evaluation, clean, ids, catalogue, history=
     if evaluation.differences:
         files["comparison"] = plot_differences(evaluation.differences, out_dir / "comparison.png")
     if all(n in catalogue.statics for n in ("Age", "Gender", "ICUType")):
-        statics = to_grid(clean, ids, catalogue).statics
-        col = {n: statics[:, catalogue.statics.index(n)] for n in ("Age", "Gender", "ICUType")}
+        col = {n: cohort.raw_statics[:, catalogue.statics.index(n)] for n in ("Age", "Gender", "ICUType")}
         p, thr = evaluation.probs[evaluation.shipped]
         table = subgroup_table(y, p, thr, demographic_groups(col["Age"], col["Gender"], col["ICUType"]))
         files["subgroups"] = write_frame(pl.from_pandas(table), out_dir / "subgroups.csv")
@@ -172,20 +171,20 @@ def write(out_dir: Path, evaluation: Evaluation, clean, ids, catalogue, history=
     if report is not None:
         files["quality_report"] = report.write(out_dir / "quality_report.json")
         files["rejects"] = write_frame(report.rejects, out_dir / "rejects.csv")
-    if model is not None and explain_stays > 0 and len(ids):
-        files.update(_global_importance(model, clean, ids, explain_stays, seed, out_dir))
+    if model is not None and explain_stays > 0 and len(cohort):
+        files.update(_global_importance(model, cohort, explain_stays, seed, out_dir))
     return files
 
 
-def _global_importance(model, clean, ids, n: int, seed: int, out_dir: Path) -> dict:
+def _global_importance(model, cohort, n: int, seed: int, out_dir: Path) -> dict:
     """Mean |SHAP| per variable over up to ``n`` evaluation stays (4 permutations each: an average over stays
     needs no more): a CSV and a bar plot (aggregates only)."""
     from .explain import shap_values, table_from
     from .explain_plots import plot_global
 
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(np.asarray(ids), size=min(n, len(ids)), replace=False))
-    t = model.tensors(clean.filter(pl.col("stay_id").is_in(pick.tolist())), pick)
+    pick = np.sort(rng.choice(len(cohort), size=min(n, len(cohort)), replace=False))  # stays, read from disk
+    t = cohort.tensors(pick)
     table = table_from(*shap_values(model, t, n_permutations=4), t.stay_ids)
     importance = (table.group_by("variable").agg(pl.col("contribution").abs().mean().alias("mean_abs_shap"))
                   .sort("mean_abs_shap", descending=True))

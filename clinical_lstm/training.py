@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig, TrainConfig
-from .impute import Tensors
-from .model import MaskedLSTM, Rows, batch_of, predict_logits, to_torch, whole
+from .model import MaskedLSTM, Rows, batch_of, predict_logits, to_torch, widths
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -77,7 +76,7 @@ def fit_one(train: dict, y_train: np.ndarray, val: dict, y_val: np.ndarray, mode
     from tqdm.auto import tqdm
 
     gen = seed_everything(seed)
-    model = MaskedLSTM(model_cfg, whole(train)["x"].shape[2], whole(train)["statics"].shape[1]).to(device)
+    model = MaskedLSTM(model_cfg, *widths(train)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     yt = torch.from_numpy(y_train.astype(np.float32)).to(device)
     pw = _pos_weight(y_train, cfg.pos_weight)
@@ -132,16 +131,18 @@ class CrossFit:
     history: list[dict]  # one row per network and epoch
 
 
-def cross_fit(t: Tensors, y: np.ndarray, model_cfg: ModelConfig, cfg: TrainConfig, progress: bool = True,
+def cross_fit(t, y: np.ndarray, model_cfg: ModelConfig, cfg: TrainConfig, progress: bool = True,
               on_epoch=None) -> CrossFit:
-    """Train ``cfg.folds`` networks by k-fold cross-fitting on every labelled stay of ``t``.
+    """Train ``cfg.folds`` networks by k-fold cross-fitting on every labelled stay of ``t``
+    (:class:`~clinical_lstm.impute.Tensors`, or a :class:`~clinical_lstm.cohort.Cohort` read from disk when its
+    inputs exceed ``cfg.in_memory_gb``).
 
     The shipped model is the ensemble of all k networks (each saw (k-1)/k of the stays); the out-of-fold
     logits give honest metrics, calibration and a threshold for every stay.
     """
     fold = fold_of(y, cfg.folds, cfg.seed)
     device = pick_device(cfg.device)
-    data = to_torch(t, device)
+    data = t.source(device, cfg.in_memory_gb) if hasattr(t, "source") else to_torch(t, device)
     networks, history = [], []
     oof = np.zeros(len(y), dtype=np.float32)
     for k in range(cfg.folds):
@@ -200,29 +201,23 @@ class Fitted:
     seconds: dict  # phase -> seconds: networks, summaries, total
 
 
-def fit(clean, ids, y: np.ndarray, cfg, progress: bool = True, on_epoch=None, log=print) -> Fitted:
-    """The estimator: transformer, k cross-fitted networks, summary members, stacking, calibration and the
-    alert threshold, all from the labelled stays ``ids`` of ``clean`` and nothing else."""
+def fit(cohort, cfg, progress: bool = True, on_epoch=None, log=print) -> Fitted:
+    """The estimator: k cross-fitted networks, summary members, stacking, calibration and the alert threshold,
+    from the labelled stays of ``cohort`` (:class:`~clinical_lstm.cohort.Cohort`, whose transformer was fitted on
+    those stays only) and nothing else."""
     import time
 
     from .bundle import RiskModel
     from .calibrate import choose_threshold, make_calibrator
-    from .catalogue import resolve
-    from .impute import GridTransformer
     from .summaries import SummaryHead
 
-    t0 = time.perf_counter()
-    d = cfg.data
-    transformer = GridTransformer(resolve(d.catalogue), d.window_hours, d.resolution_hours, d.imputation)
-    grid = transformer.grid(clean, ids)  # gridded once, for the statistics and the tensors
-    t = transformer.fit_grid(grid).transform_grid(grid)  # statistics of the training stays only
-    del grid
     t1 = time.perf_counter()
-    nets = cross_fit(t, y, cfg.model, cfg.train, progress, on_epoch)
+    y = cohort.y
+    nets = cross_fit(cohort, y, cfg.model, cfg.train, progress, on_epoch)
     t2 = time.perf_counter()
     log(f"{cfg.train.folds} networks in {t2 - t1:.0f} s; summary members (logistic regression, gradient "
         f"boosting) on the same folds")
-    summ = fit_summaries(t.summary, y, nets.fold, nets.oof_logits, cfg.train.seed)
+    summ = fit_summaries(cohort.summary, y, nets.fold, nets.oof_logits, cfg.train.seed)
     t3 = time.perf_counter()
     members = SummaryHead(summ.members, summ.stack, summ.bias)
     head = members if cfg.model.summaries else None
@@ -230,11 +225,10 @@ def fit(clean, ids, y: np.ndarray, cfg, progress: bool = True, on_epoch=None, lo
     calibrator = make_calibrator(cfg.calibration.method).fit(oof, y)
     oof_risk = calibrator.predict(oof)
     threshold = choose_threshold(y, oof_risk, cfg.calibration.threshold_rule)
-    model = RiskModel(transformer, nets.networks, calibrator, threshold, head=head)
+    model = RiskModel(cohort.transformer, nets.networks, calibrator, threshold, head=head)
     log(f"the model: {len(nets.networks)} networks" + (
         f" stacked with the summary members (weights: LSTM {summ.stack[0]:.2f}, logistic regression "
         f"{summ.stack[1]:.2f}, gradient boosting {summ.stack[2]:.2f})" if head else ""))
-    seconds = {"preprocessing": t1 - t0, "networks": t2 - t1, "summaries": t3 - t2,
-               "total": time.perf_counter() - t0}
+    seconds = {"networks": t2 - t1, "summaries": t3 - t2, "total": time.perf_counter() - t1}
     return Fitted(model, nets.fold, oof_risk, nets.oof_logits, members, summ.oof, nets.history,
                   {k: round(v, 1) for k, v in seconds.items()})

@@ -55,6 +55,9 @@ ACTIONS = {
 }
 
 
+_COUNT_SCHEMA = {"rule": pl.String, "action": pl.String, "variable": pl.String, "rows": pl.Int64}
+
+
 @dataclass
 class QualityReport:
     """Counts per rule and variable, plus the rejected stays.
@@ -88,6 +91,29 @@ class QualityReport:
         if include_stay_ids:
             out["rejects"] = self.rejects.to_dicts()
         return out
+
+    @classmethod
+    def merge(cls, parts: list[QualityReport], window_hours: float) -> QualityReport:
+        """One report for stays validated in chunks (each stay in exactly one part): counts added up, rejects
+        and per-stay rules gathered, sources in first-seen order."""
+        if not parts:
+            return cls(pl.DataFrame(schema=_COUNT_SCHEMA), pl.DataFrame(schema={"stay_id": pl.Int64, "reason": pl.String}),
+                       0, 0, 0, 0, window_hours)
+        counts = (pl.concat([p.counts for p in parts]).group_by("rule", "action", "variable")
+                  .agg(pl.col("rows").sum()).sort("rule", "variable", nulls_last=True))
+        rules = [p.stay_rules for p in parts if p.stay_rules is not None]
+        return cls(counts, pl.concat([p.rejects for p in parts]).sort("stay_id"),
+                   sum(p.n_stays_read for p in parts), sum(p.n_stays_kept for p in parts),
+                   sum(p.n_rows_read for p in parts), sum(p.n_rows_kept for p in parts), window_hours,
+                   list(dict.fromkeys(s for p in parts for s in p.sources)), pl.concat(rules) if rules else None)
+
+    @classmethod
+    def from_dict(cls, d: dict, id_dtype=pl.Int64) -> QualityReport:
+        """The report :meth:`to_dict` (with stay ids) wrote; per-stay rules are not kept in it."""
+        counts = pl.DataFrame(d["counts"], schema=_COUNT_SCHEMA)
+        rejects = pl.DataFrame(d.get("rejects", []), schema={"stay_id": id_dtype, "reason": pl.String})
+        return cls(counts, rejects, d["stays"]["read"], d["stays"]["kept"], d["rows"]["read"], d["rows"]["kept"],
+                   d["window_hours"], list(d["sources"]))
 
     def write(self, path: str | Path, include_stay_ids: bool = True) -> Path:
         """Write the report as JSON, atomically."""

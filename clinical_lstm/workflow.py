@@ -15,7 +15,7 @@ The CLI, ``pipelines/*.py`` and notebooks call exactly these, with the same defa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,21 +24,15 @@ import polars as pl
 from .catalogue import resolve
 from .config import Config
 from .files import write_frame
-from .grid import to_grid
+from .grid import Grid
 from .impute import hours_since
 from .report import MODEL_NAME, Evaluation
-from .sources import DataError, RawData, load
-from .validate import QualityReport, validate
+from .sources import DataError, load
+from .validate import QualityReport
 
 
 def _as_list(value) -> list:
     return [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
-
-
-def labels_of(raw: RawData, ids) -> np.ndarray:
-    lab = pl.DataFrame({"stay_id": np.asarray(ids)}).join(raw.outcomes.select("stay_id", "label"), on="stay_id",
-                                                          how="left")
-    return lab["label"].to_numpy().astype(np.int64)
 
 
 def writable_dir(path: str | Path, what: str, writes=(), inputs=()) -> Path:
@@ -71,22 +65,59 @@ class PrepareResult:
     seconds: float
 
 
-def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | None = None) -> PrepareResult:
-    """Read, validate and grid ``data``; write the grid (Parquet) and the quality report to ``out``.
+PREPARED = ("grid.parquet", "statics.parquet", "labels.parquet", "quality_report.json", "rejects.csv", "cohort.json",
+            "parts")
+
+
+def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | None = None,
+            progress: bool = False) -> PrepareResult:
+    """Read, validate and grid ``data`` chunk by chunk (memory bounded by the chunk, not the cohort); write
+    the grid and the quality report to ``out``, which ``train --data <out>`` reads without reading the raw
+    data again (:mod:`clinical_lstm.cohort`).
 
     ``grid.parquet`` has one row per stay and bin (up to the stay's true length): ``stay_id, bin, hour_end``,
     then per series variable its aggregated value (null when unobserved) and ``<variable>__hours_since``,
     the real hours since it was last observed (null before its first observation). ``statics.parquet``
-    holds the time-0 descriptors; ``labels.parquet`` the outcomes when known.
+    holds the time-0 descriptors; ``labels.parquet`` the outcomes when known; ``parts/`` and ``cohort.json`` the
+    same grid as NumPy arrays for training.
     """
+    import pyarrow.parquet as pq
+
+    from .cohort import grid_parts, save_parts
+    from .files import atomic_path
+
     t0 = time.perf_counter()
     cfg = config or Config()
-    out = writable_dir(out, "--out", ("grid.parquet", "statics.parquet", "labels.parquet", "quality_report.json",
-                                      "rejects.csv"), [*_as_list(data), labels, outcomes])
+    out = writable_dir(out, "--out", PREPARED, [*_as_list(data), labels, outcomes])
     catalogue = resolve(cfg.data.catalogue)
-    raw = load(data, labels, outcomes)
-    clean, kept, report = validate(raw, catalogue, cfg.data.window_hours)
-    grid = to_grid(clean, kept.to_numpy(), catalogue, cfg.data.window_hours, cfg.data.resolution_hours)
+    parts = grid_parts(data, out, catalogue, cfg.data.window_hours, cfg.data.resolution_hours, labels, outcomes,
+                       progress=progress)
+    n = 0
+    with atomic_path(out / "grid.parquet") as g_tmp, atomic_path(out / "statics.parquet") as s_tmp:
+        writers = {}
+        for grid in parts.grids():
+            if not len(grid.stay_ids):
+                continue
+            n += len(grid.stay_ids)
+            for name, frame in (("grid", _grid_frame(grid, catalogue)), ("statics", _statics_frame(grid, catalogue))):
+                table = frame.to_arrow()
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(g_tmp if name == "grid" else s_tmp, table.schema)
+                writers[name].write_table(table.cast(writers[name].schema))
+        for w in writers.values():
+            w.close()
+        if not writers:  # every stay rejected: the files exist, with their columns and no rows
+            empty = Grid(*(np.zeros((0, *shape), np.float32) for shape in ((1, len(catalogue.series)),) * 2),
+                         np.zeros(0, np.int64), np.zeros((0, len(catalogue.statics)), np.float32),
+                         np.zeros(0, np.int64), cfg.data.resolution_hours)
+            _grid_frame(empty, catalogue).write_parquet(g_tmp)
+            _statics_frame(empty, catalogue).write_parquet(s_tmp)
+    save_parts(parts, catalogue)
+    return PrepareResult(out, parts.report, n, time.perf_counter() - t0)
+
+
+def _grid_frame(grid: Grid, catalogue) -> pl.DataFrame:
+    """``grid.parquet``'s rows for the stays of ``grid`` (see :func:`prepare`)."""
     N, T, V = grid.values.shape
     since, _ = hours_since(grid.obs_time, grid.bin_end_hours, np.full((N, V), np.nan, np.float32))  # (N, T, V)
     valid = (np.arange(T)[None, :] < grid.lengths[:, None]).ravel()  # (N*T,)
@@ -96,15 +127,12 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
     for j, name in enumerate(catalogue.series):
         cols[name] = flat_v[:, j]
         cols[f"{name}__hours_since"] = flat_s[:, j]
-    write_frame(pl.DataFrame(cols).fill_nan(None), out / "grid.parquet")
-    write_frame(pl.DataFrame({"stay_id": grid.stay_ids, **{n: grid.statics[:, j] for j, n in
-                                                           enumerate(catalogue.statics)}}).fill_nan(None),
-                out / "statics.parquet")
-    if raw.outcomes is not None:
-        write_frame(raw.outcomes.filter(pl.col("stay_id").is_in(kept.implode())), out / "labels.parquet")
-    report.write(out / "quality_report.json")
-    write_frame(report.rejects, out / "rejects.csv")
-    return PrepareResult(out, report, N, time.perf_counter() - t0)
+    return pl.DataFrame(cols).fill_nan(None)
+
+
+def _statics_frame(grid: Grid, catalogue) -> pl.DataFrame:
+    return pl.DataFrame({"stay_id": grid.stay_ids, **{n: grid.statics[:, j] for j, n in
+                                                     enumerate(catalogue.statics)}}).fill_nan(None)
 
 
 # -- train --------------------------------------------------------------------------------------------------
@@ -140,19 +168,32 @@ class TrainResult:
         return self.evaluation.table()
 
 
-def _labelled(raw: RawData, catalogue, window: float, what: str):
-    if raw.outcomes is None:
-        raise DataError(f"no outcome labels found for the {what}: pass --labels FILE (columns stay_id,label) or "
-                        f"keep the PhysioNet Outcomes-<x>.txt beside the set (or pass --outcomes FILE)")
-    clean, kept, report = validate(raw, catalogue, window, require_labels=True)
-    return clean, kept.to_numpy(), labels_of(raw, kept.to_numpy()), report
+def _parts(data, folder: Path, catalogue, cfg: Config, labels, outcomes, what: str, progress: bool):
+    """Pass 1 of :mod:`clinical_lstm.cohort` for ``data`` — or the folder ``prepare`` wrote, read as it is."""
+    from .cohort import Parts, grid_parts, is_cohort
+
+    given = _as_list(data)
+    if len(given) == 1 and is_cohort(given[0]):
+        if outcomes is not None:
+            raise DataError(f"--outcomes applies to raw PhysioNet sets; {given[0]} is prepared: pass --labels FILE, "
+                            f"or prepare it with --outcomes")
+        parts = Parts.open(given[0], catalogue, labels)
+        d = cfg.data
+        if (parts.window_hours, parts.resolution_hours) != (d.window_hours, d.resolution_hours):
+            raise DataError(f"{given[0]} was prepared with a {parts.window_hours:g} h window in "
+                            f"{parts.resolution_hours:g} h bins; the config asks for {d.window_hours:g} h in "
+                            f"{d.resolution_hours:g} h bins: prepare it again with this config")
+    else:
+        parts = grid_parts(data, folder, catalogue, cfg.data.window_hours, cfg.data.resolution_hours, labels, outcomes,
+                           require_labels=True, progress=progress, what=what)
+    return parts.labelled(what)
 
 
-def _check_separate(train_raw: RawData, test_raw: RawData, log) -> None:
+def _check_separate(train_ids: np.ndarray, test_ids: np.ndarray) -> None:
     """Refuse test data that shares stays with the training data: its metrics would not be held out."""
-    shared = np.intersect1d(train_raw.stays.to_numpy(), test_raw.stays.to_numpy())
+    shared = np.intersect1d(train_ids.astype(str), test_ids.astype(str))
     if len(shared):
-        raise DataError(f"the test data shares {len(shared)} of its {test_raw.stays.len()} stays with the training "
+        raise DataError(f"the test data shares {len(shared)} of its {len(test_ids)} stays with the training "
                         f"data; a test set must be separate (pass other stays, or leave out --test to get "
                         f"out-of-fold metrics on the training stays)")
 
@@ -162,6 +203,10 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     """Cross-fit the model on every labelled stay, calibrate it out of fold, compare it with the baselines on
     the same folds, and write the run folder ``out`` (``model/`` and ``report/``).
 
+    ``data`` is raw data (PhysioNet sets, long tables) or a folder :func:`prepare` wrote. Either way the stays
+    are gridded chunk by chunk onto disk (:mod:`clinical_lstm.cohort`, in ``out/.work-*``, removed at the end),
+    so memory does not grow with the number of stays beyond ``[train] in_memory_gb`` and the summaries.
+
     The model (:func:`clinical_lstm.training.fit`): k networks, each early-stopped on its own held-out fold,
     stacked with summary members (logistic regression, boosted trees) on their out-of-fold logits, calibrated and
     thresholded out of fold. Metrics come from ``test_data`` when given, else out of fold on the training stays;
@@ -169,54 +214,75 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     (an MLflow run in the default store, see :mod:`clinical_lstm.tracking`) or a
     :class:`~clinical_lstm.tracking.Tracker`. A tracking failure never stops training.
     """
-    from .bundle import data_digest, environment
-    from .report import evaluate_fit
-    from .report import write as write_report
-    from .training import fit
+    import shutil
+    import tempfile
 
     cfg = config or Config()
     out = writable_dir(out, "--out", ("model", "report"),
                        [*_as_list(data), labels, outcomes, *_as_list(test_data), test_labels, cfg.data.catalogue])
+    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
+    try:
+        return _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progress, on_epoch, log,
+                      tracking)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progress, on_epoch, log,
+           tracking) -> TrainResult:
+    from .bundle import environment
+    from .cohort import Cohort
+    from .impute import GridTransformer
+    from .report import evaluate_fit
+    from .report import write as write_report
+    from .training import fit
+
+    t0 = time.perf_counter()
     catalogue = resolve(cfg.data.catalogue)
-    window = cfg.data.window_hours
-    raw = load(data, labels, outcomes)
-    clean, ids, y, report = _labelled(raw, catalogue, window, "training data")
-    raw = replace(raw, long=raw.long.clear())  # validated into `clean`: the raw rows are not read again
-    test = None
+    d = cfg.data
+    parts = _parts(data, work / "train", catalogue, cfg, labels, outcomes, "training data", progress)
+    test_parts = None
     if test_data is not None:
-        test_raw = load(test_data, test_labels)
-        _check_separate(raw, test_raw, log)
-        labelled = _labelled(test_raw, catalogue, window, "test data")
-        test = (replace(test_raw, long=test_raw.long.clear()), *labelled)
+        test_parts = _parts(test_data, work / "test", catalogue, cfg, test_labels, None, "test data", progress)
+        _check_separate(parts.read_ids, test_parts.read_ids)
+    report = parts.report
+    transformer = GridTransformer(catalogue, d.window_hours, d.resolution_hours, d.imputation)
+    cohort = Cohort.build(parts, transformer, work / "train", progress=progress)  # fits the transformer
+    test = Cohort.build(test_parts, transformer, work / "test", progress=progress) if test_parts else None
+    for p in (parts, test_parts):
+        if p is not None and work in p.folder.parents:  # parts of raw data: the inputs on disk replace them
+            p.remove()
+    preprocessing = time.perf_counter() - t0
     tracker = _tracker(tracking, log)
     if tracker:
-        tracker.start(cfg, raw.sources)
+        tracker.start(cfg, parts.sources)
         on_epoch = _chain(tracker.epoch, on_epoch)
+    ids, y = cohort.ids, cohort.y
     log(f"stays: {report.n_stays_read} read, {report.n_stays_kept} kept, {report.rejects.height} rejected; "
         f"{cfg.train.folds}-fold cross-fitting on {len(ids)} labelled stays ({int(y.sum())} deaths)"
-        + (f"; test {len(test[2])} stays" if test else ""))
+        + (f"; test {len(test)} stays" if test else ""))
 
-    fitted = fit(clean, ids, y, cfg, progress, on_epoch, log)
+    fitted = fit(cohort, cfg, progress, on_epoch, log)
+    fitted.seconds = {"preprocessing": round(preprocessing, 1), **fitted.seconds}
     model = fitted.model
     if test:
-        test_raw, ev_clean, ev_ids, ev_y, _ = test
-        on = f"{', '.join(test_raw.sources)} ({len(ev_ids)} stays, separate test data)"
-        ev = (model.tensors(ev_clean, ev_ids), ev_y, ev_ids, test_raw.outcomes)
+        on = f"{', '.join(test_parts.sources)} ({len(test)} stays, separate test data)"
+        ev = (test.tensors(), test.y, test.ids, test_parts.outcomes)
     else:
-        ev_clean, ev_ids, ev = clean, ids, None
-        on = (f"{', '.join(raw.sources)}, out of fold ({len(ids)} stays; each stay scored by the networks and "
+        ev = None
+        on = (f"{', '.join(parts.sources)}, out of fold ({len(ids)} stays; each stay scored by the networks and "
               f"members that did not train on it)")
-    evaluation = evaluate_fit(fitted, y, cfg.calibration.threshold_rule, raw.outcomes, ids, cfg.evaluation.n_boot,
+    evaluation = evaluate_fit(fitted, y, cfg.calibration.threshold_rule, parts.outcomes, ids, cfg.evaluation.n_boot,
                               cfg.evaluation.seed, on, ev, log)
     model.metadata = {
         "environment": environment(), "config": cfg.to_dict(),
-        "training_data": {"sources": raw.sources, "digest": data_digest(clean, catalogue),
-                          "stays": len(ids), "rows": clean.height, "deaths": int(y.sum())},
+        "training_data": {"sources": parts.sources, "digest": parts.digest,
+                          "stays": len(ids), "rows": report.n_rows_kept, "deaths": int(y.sum())},
         "evaluated_on": on, "train_seconds": fitted.seconds,
         "metrics": evaluation.to_dict()["models"],
     }
     model.save(out / "model")
-    files = write_report(out / "report", evaluation, ev_clean, ev_ids, catalogue, fitted.history, report, model,
+    files = write_report(out / "report", evaluation, test or cohort, catalogue, fitted.history, report, model,
                          cfg.evaluation.explain_stays, cfg.evaluation.seed)
     files["out_of_fold"] = write_frame(pl.DataFrame({  # held-out risks of the training stays (local: names them)
         "stay_id": ids, "fold": fitted.fold, "risk": fitted.oof_risk, "label": y}), out / "report" / "out_of_fold.parquet")
@@ -252,20 +318,32 @@ def _tracker(tracking, log):
 
 # -- evaluate -------------------------------------------------------------------------------------------------
 def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: int = 1000) -> Evaluation:
-    """Metrics with intervals, subgroup table and plots of a trained model on labelled data, written to ``out``."""
+    """Metrics with intervals, subgroup table and plots of a trained model on labelled data, written to ``out``.
+    The stays are gridded chunk by chunk as in :func:`train` (``out/.work-*``, removed at the end)."""
+    import copy
+    import shutil
+    import tempfile
+
     from .bundle import load_model
+    from .cohort import Cohort
     from .report import HYBRID_NAME, compare
     from .report import write as write_report
 
     out = writable_dir(out, "--out", ("metrics.json", "quality_report.json", "rejects.csv"),
                        [*_as_list(data), labels, outcomes])
     model = load_model(model) if isinstance(model, (str, Path)) else model
-    clean, ids, y, report = _labelled(load(data, labels, outcomes), model.catalogue,
-                                      model.transformer.window_hours, "evaluation data")
-    p = model.risk(model.logits(model.tensors(clean, ids)))
-    name = HYBRID_NAME if model.head is not None else MODEL_NAME
-    evaluation = compare({name: (p, model.threshold)}, y, f"{len(ids)} stays", n_boot, 0)
-    write_report(out, evaluation, clean, ids, model.catalogue, report=report)
+    tr = model.transformer
+    cfg = Config.from_dict({"data": {"window_hours": tr.window_hours, "resolution_hours": tr.resolution_hours}})
+    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
+    try:
+        parts = _parts(data, work, model.catalogue, cfg, labels, outcomes, "evaluation data", False)
+        cohort = Cohort.build(parts, copy.copy(tr), work)
+        p = model.risk(model.logits(cohort.tensors()))
+        name = HYBRID_NAME if model.head is not None else MODEL_NAME
+        evaluation = compare({name: (p, model.threshold)}, cohort.y, f"{len(cohort)} stays", n_boot, 0)
+        write_report(out, evaluation, cohort, model.catalogue, report=parts.report)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return evaluation
 
 

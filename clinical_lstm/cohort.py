@@ -1,0 +1,404 @@
+"""Stays gridded on disk: training and evaluation in bounded memory, at any cohort size.
+
+Two passes over chunks of whole stays (:mod:`clinical_lstm.chunks`, the reader batch scoring uses):
+
+1. :func:`grid_parts` reads, validates (:func:`~clinical_lstm.validate.validate`) and grids
+   (:func:`~clinical_lstm.grid.to_grid`) one chunk at a time and writes it as ``parts/part-NNNNN.npz``
+   (values and observation times, (n, T, V) float32; raw statics; lengths; stay ids), with the merged quality
+   report, the outcomes of the kept stays and ``cohort.json`` (written last: a folder without it is not a
+   cohort). ``clinical-lstm prepare`` writes this folder; ``train --data <that folder>`` reads it.
+2. :meth:`Cohort.build` fits the transformer on the labelled stays of the parts (one pass that keeps only the
+   observed values, so even the medians are exact), then transforms each part and appends every stay's inputs,
+   one (3, T, V) float32 record (x, mask, elapsed hours), to ``steps.f32``. The small per-stay arrays (lengths,
+   statics, summaries, labels) stay in memory.
+
+Training reads its batches from ``steps.f32`` — from memory when the records fit ``[train] in_memory_gb`` —
+so its peak memory follows the chunk and batch sizes and the summaries, not the number of stays
+(docs/benchmarks.md, "Scale"). Stays are kept in stay-id order whatever the input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .catalogue import Catalogue
+from .chunks import check_unique_ids, index_long, index_physionet, plan_chunks, read_chunks, spill_csv
+from .files import write_frame, write_json
+from .grid import Grid, to_grid
+from .impute import GridTransformer, Tensors, observed_values
+from .sources import DataError, _ids_as_text, find_outcomes, is_physionet, read_labels, read_outcomes
+from .validate import QualityReport, validate
+
+MANIFEST = "cohort.json"
+LAYOUT = 1
+CHUNK_STAYS = 4000
+NO_LABELS = ("no outcome labels found for the {what}: pass --labels FILE (columns stay_id,label) or keep the "
+             "PhysioNet Outcomes-<x>.txt beside the set (or pass --outcomes FILE)")  # stays per part: ~0.5 GB of working memory at 48 one-hour bins and 37 variables
+
+
+def is_cohort(path) -> bool:
+    """Whether ``path`` is a folder :func:`grid_parts` wrote (``clinical-lstm prepare``'s output)."""
+    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+
+
+# -- pass 1: raw data -> gridded parts ----------------------------------------------------------------------------
+@dataclass
+class Parts:
+    """Gridded chunks of stays on disk, with what validation found (see the module docstring)."""
+
+    folder: Path
+    files: list[str]  # part files, relative to ``folder``
+    window_hours: float
+    resolution_hours: float
+    report: QualityReport
+    outcomes: pl.DataFrame | None  # stay_id, label, saps_i of the kept stays (None: no labels)
+    digest: str  # SHA-256 of the cleaned rows (:class:`StayDigest`)
+    read_ids: np.ndarray  # every stay read: kept and rejected
+
+    @property
+    def sources(self) -> list[str]:
+        return self.report.sources
+
+    def grids(self) -> Iterator[Grid]:
+        for name in self.files:
+            with np.load(self.folder / name) as z:
+                yield Grid(z["values"], z["obs_time"], z["lengths"], z["statics"], z["stay_ids"],
+                           self.resolution_hours)
+
+    def part_ids(self) -> list[np.ndarray]:
+        """The stay ids of each part (read without the grids)."""
+        out = []
+        for name in self.files:
+            with np.load(self.folder / name) as z:
+                out.append(z["stay_ids"])
+        return out
+
+    def labelled(self, what: str = "training data") -> Parts:
+        """These parts for training: every kept stay without an outcome becomes a ``no_label`` reject of the
+        report (:meth:`Cohort.build` leaves it out), so no stay is lost unaccounted for."""
+        if self.outcomes is None:
+            raise DataError(NO_LABELS.format(what=what))
+        ids = np.concatenate(self.part_ids()) if self.files else np.zeros(0, np.int64)
+        missing = pl.Series("stay_id", ids).filter(~pl.Series(ids).is_in(self.outcomes["stay_id"].implode()))
+        if not len(missing):
+            return self
+        rejects = pl.DataFrame({"stay_id": missing, "reason": ["no_label"] * len(missing)})
+        counts = pl.DataFrame({"rule": ["no_label"], "action": ["stay rejected"], "variable": [None],
+                               "rows": [len(missing)]}, schema=self.report.counts.schema)
+        extra = QualityReport(counts, rejects.cast({"stay_id": self.report.rejects.schema["stay_id"]}), 0,
+                              -len(missing), 0, 0, self.window_hours)
+        return replace(self, report=QualityReport.merge([self.report, extra], self.window_hours))
+
+    def remove(self) -> None:
+        for name in self.files:
+            (self.folder / name).unlink(missing_ok=True)
+
+    @classmethod
+    def open(cls, folder, catalogue: Catalogue, labels=None) -> Parts:
+        """A folder :func:`grid_parts` wrote, checked against ``catalogue``; ``labels`` replaces its outcomes."""
+        folder = Path(folder)
+        try:
+            m = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{folder}: cannot read its {MANIFEST} ({exc}); run clinical-lstm prepare again") from None
+        if m.get("layout") != LAYOUT:
+            raise DataError(f"{folder} was prepared in layout {m.get('layout')}; this version reads layout {LAYOUT}: "
+                            f"run clinical-lstm prepare again")
+        if m["series"] != catalogue.series or m["statics"] != catalogue.statics:
+            raise DataError(f"{folder} was prepared with another catalogue (variables differ from "
+                            f"{catalogue.digest()[:12]}'s): prepare it again with this one")
+        kind = pl.String if m["id_kind"] == "text" else pl.Int64
+        report = QualityReport.from_dict(json.loads((folder / "quality_report.json").read_text()), kind)
+        outcomes = read_labels(labels) if labels is not None else (
+            pl.read_parquet(folder / "labels.parquet") if (folder / "labels.parquet").is_file() else None)
+        if outcomes is not None and outcomes.schema["stay_id"] != kind:
+            outcomes = outcomes.with_columns(pl.col("stay_id").cast(pl.String))
+        parts = cls(folder, [p["file"] for p in m["parts"]], m["window_hours"], m["resolution_hours"], report,
+                    outcomes, m["digest"], np.zeros(0))
+        missing = [f for f in parts.files if not (folder / f).is_file()]
+        if missing:
+            raise DataError(f"{folder}: part {missing[0]} is missing ({len(missing)} of {len(parts.files)}); run "
+                            f"clinical-lstm prepare again")
+        kept = np.concatenate(parts.part_ids()) if parts.files else np.zeros(0, np.int64)
+        parts.read_ids = np.concatenate([kept, report.rejects["stay_id"].to_numpy()])
+        return parts
+
+
+def _outcomes_for(paths: list[Path], labels, outcomes) -> pl.DataFrame | None:
+    """The outcomes :func:`clinical_lstm.sources.load` would attach: ``labels`` when given, else each PhysioNet
+    set's ``Outcomes-<x>.txt`` (beside it, or ``outcomes`` for a single set)."""
+    if labels is not None:
+        return read_labels(labels)
+    if outcomes and len(paths) > 1:
+        raise DataError("--outcomes applies to a single --data path; for several sets keep each set's "
+                        "Outcomes-<x>.txt beside it, or pass --labels FILE")
+    found = [Path(outcomes) if outcomes else find_outcomes(p) for p in paths if is_physionet(p)]
+    tables = [read_outcomes(f) for f in found if f is not None]
+    return pl.concat(tables) if tables else None
+
+
+def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resolution_hours: float, labels=None,
+               outcomes=None, require_labels: bool = False, chunk_stays: int = CHUNK_STAYS,
+               progress: bool = False, what: str = "data") -> Parts:
+    """Pass 1 (module docstring): validate and grid ``data`` chunk by chunk into ``folder``.
+
+    ``require_labels`` rejects stays without an outcome (reason ``no_label``), as training does. Raises
+    :class:`DataError` for unreadable inputs, duplicate stay ids and inputs without any stay.
+    """
+    from tqdm.auto import tqdm
+
+    folder = Path(folder)
+    paths = [Path(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
+    if not paths:
+        raise DataError("no data path given; pass --data PATH (a PhysioNet set folder/.tar.gz or a .csv/.parquet)")
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"data path {p} does not exist")
+    inputs = [index_physionet(p) if is_physionet(p) else index_long(p, catalogue) for p in paths]
+    for inp in inputs:
+        if inp.kind == "physionet" and inp.empty:
+            raise DataError(f"{inp.path} holds no stay files (<RecordID>.txt with header 'Time,Parameter,Value')")
+    found = _outcomes_for(paths, labels, outcomes)
+    if require_labels and found is None:
+        raise DataError(NO_LABELS.format(what=what))
+    if found is not None and found.schema["stay_id"] == pl.String:  # text labels: every id is read as text
+        for inp in inputs:
+            inp.stay_ids, inp.id_dtype = inp.stay_ids.astype(str), pl.String
+    check_unique_ids(inputs)
+    n_read = sum(len(inp.stay_ids) for inp in inputs)
+    if not n_read:
+        raise DataError(f"no stays in {', '.join(map(str, paths))} (empty files or headers only)")
+    kind = next(inp.id_dtype for inp in inputs if not inp.empty)
+    if found is not None and found.schema["stay_id"] != kind:
+        found = found.with_columns(pl.col("stay_id").cast(kind))
+    (folder / "parts").mkdir(parents=True, exist_ok=True)
+    chunks = plan_chunks(inputs, chunk_stays)
+    files, reports, part_ids, digest = [], [], [], StayDigest(catalogue)
+    bar = tqdm(total=n_read, desc="validate and grid", unit="stay", disable=not progress, leave=False)
+    for i, inp in enumerate(inputs):
+        mine = [c for c in chunks if c.input == i]
+        spill = spill_csv(inp, folder) if inp.kind == "long" and inp.path.suffix.lower() != ".parquet" and mine \
+            else None
+        for c, raw in read_chunks(inp, mine, {c.index for c in mine}, spill):
+            if raw.stays.dtype != kind:  # a PhysioNet set read with text ids (other inputs or labels are text)
+                raw = _ids_as_text(raw)
+            clean, kept, report = validate(replace(raw, outcomes=found), catalogue, window_hours, require_labels)
+            grid = to_grid(clean, kept.to_numpy(), catalogue, window_hours, resolution_hours)
+            digest.add(clean)
+            name = f"parts/part-{c.index:05d}.npz"
+            np.savez(folder / name, values=grid.values, obs_time=grid.obs_time, lengths=grid.lengths,
+                     statics=grid.statics, stay_ids=grid.stay_ids)
+            files.append(name)
+            part_ids.append(grid.stay_ids)
+            reports.append(report)
+            bar.update(c.stays)
+        if spill is not None:
+            spill.unlink(missing_ok=True)
+    bar.close()
+    report = QualityReport.merge(reports, window_hours)
+    kept_ids = np.concatenate(part_ids) if part_ids else np.zeros(0, np.int64)
+    if found is not None:
+        found = found.filter(pl.col("stay_id").is_in(pl.Series(kept_ids).implode()))
+    read_ids = np.concatenate([kept_ids, report.rejects["stay_id"].to_numpy()])
+    return Parts(folder, files, window_hours, resolution_hours, report, found, digest.hexdigest(), read_ids)
+
+
+def save_parts(parts: Parts, catalogue: Catalogue) -> Path:
+    """Write the report, the outcomes and ``cohort.json`` beside the parts: the folder ``train`` can read."""
+    folder = parts.folder
+    parts.report.write(folder / "quality_report.json")
+    write_frame(parts.report.rejects, folder / "rejects.csv")
+    if parts.outcomes is not None:
+        write_frame(parts.outcomes, folder / "labels.parquet")
+    ids = parts.part_ids()
+    text = any(a.dtype.kind == "U" for a in ids) or parts.report.rejects.schema["stay_id"] == pl.String
+    return write_json(folder / MANIFEST, {
+        "layout": LAYOUT, "window_hours": parts.window_hours, "resolution_hours": parts.resolution_hours,
+        "series": catalogue.series, "statics": catalogue.statics, "catalogue": catalogue.digest(),
+        "id_kind": "text" if text else "int", "digest": parts.digest, "sources": parts.sources,
+        "parts": [{"file": f, "stays": len(a)} for f, a in zip(parts.files, ids, strict=True)]})
+
+
+class StayDigest:
+    """SHA-256 of a cleaned long table that neither row order nor chunking changes: each stay's rows (sorted as
+    :func:`~clinical_lstm.validate.validate` returns them) are hashed with its id, and the stays' hashes are
+    hashed in stay-id order."""
+
+    def __init__(self, catalogue: Catalogue):
+        self.codes = {n: i for i, n in enumerate(catalogue.names)}
+        self.ids: list = []
+        self.hashes: list[bytes] = []
+
+    def add(self, clean: pl.DataFrame) -> None:
+        if not clean.height:
+            return
+        runs = clean["stay_id"].rle().struct.unnest()
+        rows = np.empty(clean.height, dtype=[("code", "<i4"), ("time", "<f8"), ("value", "<f8")])
+        rows["code"] = clean["variable"].replace_strict(self.codes, return_dtype=pl.Int32).to_numpy()
+        rows["time"] = clean["time"].to_numpy()
+        rows["value"] = clean["value"].fill_null(np.nan).to_numpy()
+        buf, size = rows.tobytes(), rows.dtype.itemsize
+        end = np.cumsum(runs["len"].to_numpy())
+        for sid, e, n in zip(runs["value"].to_list(), end.tolist(), runs["len"].to_list(), strict=True):
+            self.ids.append(sid)
+            self.hashes.append(hashlib.sha256(f"{sid}\0".encode() + buf[(e - n) * size:e * size]).digest())
+
+    def hexdigest(self) -> str:
+        h = hashlib.sha256()
+        for i in np.argsort(np.asarray(self.ids), kind="stable"):
+            h.update(self.hashes[i])
+        return h.hexdigest()
+
+
+# -- pass 2: gridded parts -> model inputs on disk ---------------------------------------------------------------
+@dataclass
+class Cohort:
+    """The model inputs of ``N`` stays (stay-id order): ``steps.f32`` on disk plus small per-stay arrays."""
+
+    path: Path  # steps.f32: one (3, T, V) float32 record per stay, in the order the parts gave them
+    record: np.ndarray  # (N,) the record of each stay
+    ids: np.ndarray  # (N,) sorted stay ids
+    y: np.ndarray | None  # (N,) int64 labels, or None
+    lengths: np.ndarray  # (N,)
+    statics: np.ndarray  # (N, S) static features
+    summary: np.ndarray  # (N, F) summaries
+    raw_statics: np.ndarray  # (N, S') the statics as read (subgroups)
+    shape: tuple[int, int]  # (T, V)
+    transformer: GridTransformer
+    parts: Parts
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def record_bytes(self) -> int:
+        T, V = self.shape
+        return 3 * T * V * 4
+
+    @classmethod
+    def build(cls, parts: Parts, transformer: GridTransformer, folder, require_labels: bool = True,
+              progress: bool = False) -> Cohort:
+        """Pass 2 (module docstring): fit ``transformer`` when it is not fitted yet (on the labelled stays when
+        ``require_labels``), then write the inputs of those stays to ``folder/steps.f32``."""
+        from tqdm.auto import tqdm
+
+        labelled = parts.labelled().outcomes["stay_id"] if require_labels else None
+        keep = (lambda g: np.ones(len(g.stay_ids), bool)) if labelled is None else (
+            lambda g: pl.Series(g.stay_ids).is_in(labelled.implode()).to_numpy())
+        if not hasattr(transformer, "center_"):
+            observed, statics = [], []
+            for g in parts.grids():
+                k = keep(g)
+                observed.append(observed_values(g.values[k]))
+                statics.append(g.statics[k])
+            V = len(transformer.catalogue.series)
+            transformer.fit_observed([np.concatenate([o[v] for o in observed]) if observed else np.zeros(0)
+                                      for v in range(V)],
+                                     np.concatenate(statics) if statics else np.zeros((0, len(transformer.catalogue.statics))))
+            del observed
+        path = Path(folder) / "steps.f32"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        T, V = transformer.n_bins, len(transformer.catalogue.series)
+        ids, lengths, statics, summary, raw = [], [], [], [], []
+        bar = tqdm(total=sum(1 for _ in parts.files), desc="model inputs", unit="part", disable=not progress,
+                   leave=False)
+        with path.open("wb") as f:
+            for g in parts.grids():
+                k = keep(g)
+                t = transformer.transform_grid(g)
+                f.write(np.ascontiguousarray(np.stack([t.x[k], t.mask[k], t.delta[k]], axis=1), np.float32).data)
+                ids.append(t.stay_ids[k])
+                lengths.append(t.lengths[k])
+                statics.append(t.statics[k])
+                summary.append(t.summary[k])
+                raw.append(g.statics[k])
+                bar.update(1)
+        bar.close()
+        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        order = np.argsort(ids, kind="stable")
+        y = None
+        if parts.outcomes is not None:
+            lab = pl.DataFrame({"stay_id": ids[order]}).join(parts.outcomes.select("stay_id", "label"), on="stay_id",
+                                                            how="left")["label"]
+            y = lab.fill_null(-1).to_numpy().astype(np.int64) if labelled is None else lab.to_numpy().astype(np.int64)
+        F = transformer.n_static_features
+        cat = lambda parts_, width: np.concatenate(parts_)[order] if parts_ else np.zeros((0, width), np.float32)  # noqa: E731
+        return cls(path, order, ids[order], y, np.concatenate(lengths)[order] if lengths else np.zeros(0, np.int64),
+                   cat(statics, F), cat(summary, 0), cat(raw, len(transformer.catalogue.statics)), (T, V),
+                   transformer, parts)
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def read(self, idx) -> np.ndarray:
+        """(B, 3, T, V) the records of stays ``idx`` (positions in stay-id order); consecutive records are read
+        in one call."""
+        pos = self.record[np.asarray(idx, dtype=np.int64)]
+        T, V = self.shape
+        out = np.empty((len(pos), 3, T, V), np.float32)
+        if not len(pos):
+            return out
+        srt = np.argsort(pos, kind="stable")
+        p = pos[srt]
+        starts = np.flatnonzero(np.r_[True, np.diff(p) != 1])
+        ends = np.r_[starts[1:], len(p)]
+        size = self.record_bytes
+        with self.path.open("rb", buffering=0) as f:
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+                f.seek(int(p[s]) * size)
+                block = np.empty((e - s, 3, T, V), np.float32)
+                if f.readinto(block) != block.nbytes:
+                    raise DataError(f"{self.path} is shorter than its {len(self)} stays: it changed during the job")
+                out[srt[s:e]] = block
+        return out
+
+    def tensors(self, idx=None) -> Tensors:
+        """The :class:`~clinical_lstm.impute.Tensors` of stays ``idx`` (default: all) — in memory."""
+        idx = np.arange(len(self)) if idx is None else np.asarray(idx, dtype=np.int64)
+        steps = self.read(idx)
+        return Tensors(np.ascontiguousarray(steps[:, 0]), np.ascontiguousarray(steps[:, 1]),
+                       np.ascontiguousarray(steps[:, 2]), self.lengths[idx], self.statics[idx], self.ids[idx],
+                       self.summary[idx])
+
+    def source(self, device, in_memory_gb: float = 1.0):
+        """What training iterates over: the tensors themselves on ``device`` when the records fit
+        ``in_memory_gb``, else a :class:`StayFile` that reads each batch from disk."""
+        import torch
+
+        if len(self) * self.record_bytes <= in_memory_gb * 2**30:
+            steps = torch.from_numpy(self.read(np.arange(len(self)))).to(device)
+            return {"x": steps[:, 0], "mask": steps[:, 1], "delta": steps[:, 2],
+                    "statics": torch.from_numpy(self.statics).to(device),
+                    "lengths": torch.from_numpy(self.lengths).to(device)}
+        return StayFile(self, device)
+
+
+class StayFile:
+    """Batches of a :class:`Cohort` read from disk on demand (:func:`clinical_lstm.model.batch_of`)."""
+
+    def __init__(self, cohort: Cohort, device):
+        import torch
+
+        self.cohort, self.device = cohort, device
+        self.statics = torch.from_numpy(cohort.statics)
+        self.lengths = torch.from_numpy(cohort.lengths)
+
+    def __len__(self) -> int:
+        return len(self.cohort)
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        return self.cohort.shape[1], self.cohort.statics.shape[1]
+
+    def batch(self, idx) -> dict:
+        import torch
+
+        idx = np.asarray(idx.cpu() if hasattr(idx, "cpu") else idx, dtype=np.int64)
+        steps = torch.from_numpy(self.cohort.read(idx)).to(self.device)
+        return {"x": steps[:, 0], "mask": steps[:, 1], "delta": steps[:, 2],
+                "statics": self.statics[idx].to(self.device), "lengths": self.lengths[idx].to(self.device)}
