@@ -63,10 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     def config(p, what="library sections and a [job] section; options here win"):
         p.add_argument("--config", metavar="FILE", help=f"TOML config ({what}); see pipelines/configs/")
 
-    def data(p, labels: bool = True, required: bool = False):
+    def data(p, labels: bool = True, required: bool = False, prepared: bool = False):
         p.add_argument("--data", action="append", metavar="PATH", required=required,
                        help="PhysioNet-2012 set folder or .tar.gz, or long-format .csv/.parquet "
-                            "(stay_id,time,variable,value); repeat for several; 'sample' = the bundled sample")
+                            "(stay_id,time,variable,value); repeat for several; 'sample' = the bundled sample"
+                            + ("; or a folder 'clinical-lstm prepare' wrote" if prepared else ""))
         if labels:
             p.add_argument("--labels", metavar="FILE", help="CSV/Parquet with columns stay_id,label (0/1)")
             p.add_argument("--outcomes", metavar="FILE",
@@ -82,11 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("prepare")
     data(p)
-    p.add_argument("--out", metavar="DIR", help="folder for grid.parquet, statics.parquet and the quality report")
+    p.add_argument("--out", metavar="DIR", help="folder for grid.parquet, statics.parquet, the quality report and "
+                                                "the grid as parts/ that 'train --data DIR' reads")
     config(p, "its [data] section applies")
 
     p = command("train")
-    data(p)
+    data(p, prepared=True)
     p.add_argument("--out", metavar="DIR", help="run folder to write: model/ (the bundle) and report/")
     config(p)
     p.add_argument("--test", action="append", metavar="PATH",
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("evaluate")
     model(p)
-    data(p)
+    data(p, prepared=True)
     p.add_argument("--out", metavar="DIR", help="folder for metrics.json, plots and subgroups")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the intervals")
 
@@ -196,7 +198,7 @@ def cmd_prepare(a) -> int:
 
     cfg, job = _job(a, data=a.data, out=a.out, labels=a.labels, outcomes=a.outcomes)
     _need(job, "data", "out", command="prepare")
-    res = prepare(_paths(job.data), job.out, job.labels, job.outcomes, cfg)
+    res = prepare(_paths(job.data), job.out, job.labels, job.outcomes, cfg, progress=sys.stderr.isatty())
     print(res.report)
     print(f"wrote {res.n_stays} stays to {res.out_dir / 'grid.parquet'} in {res.seconds:.2f} s")
     return 0

@@ -59,12 +59,20 @@ class Parts:
     resolution_hours: float
     report: QualityReport
     outcomes: pl.DataFrame | None  # stay_id, label, saps_i of the kept stays (None: no labels)
-    digest: str  # SHA-256 of the cleaned rows (:class:`StayDigest`)
+    stays: pl.DataFrame  # stay_id, sha256, rows: each kept stay's hash and cleaned rows (:class:`StayDigest`)
     read_ids: np.ndarray  # every stay read: kept and rejected
 
     @property
     def sources(self) -> list[str]:
         return self.report.sources
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the kept stays' cleaned rows (:class:`StayDigest`)."""
+        h = hashlib.sha256()
+        for b in self.stays.sort("stay_id")["sha256"].to_list():
+            h.update(b)
+        return h.hexdigest()
 
     def grids(self) -> Iterator[Grid]:
         for name in self.files:
@@ -92,9 +100,11 @@ class Parts:
         rejects = pl.DataFrame({"stay_id": missing, "reason": ["no_label"] * len(missing)})
         counts = pl.DataFrame({"rule": ["no_label"], "action": ["stay rejected"], "variable": [None],
                                "rows": [len(missing)]}, schema=self.report.counts.schema)
+        gone = self.stays.filter(pl.col("stay_id").is_in(missing.implode()))
         extra = QualityReport(counts, rejects.cast({"stay_id": self.report.rejects.schema["stay_id"]}), 0,
-                              -len(missing), 0, 0, self.window_hours)
-        return replace(self, report=QualityReport.merge([self.report, extra], self.window_hours))
+                              -len(missing), 0, -int(gone["rows"].sum()), self.window_hours)
+        return replace(self, report=QualityReport.merge([self.report, extra], self.window_hours),
+                       stays=self.stays.filter(~pl.col("stay_id").is_in(missing.implode())))
 
     def remove(self) -> None:
         for name in self.files:
@@ -121,7 +131,7 @@ class Parts:
         if outcomes is not None and outcomes.schema["stay_id"] != kind:
             outcomes = outcomes.with_columns(pl.col("stay_id").cast(pl.String))
         parts = cls(folder, [p["file"] for p in m["parts"]], m["window_hours"], m["resolution_hours"], report,
-                    outcomes, m["digest"], np.zeros(0))
+                    outcomes, pl.read_parquet(folder / "stays.parquet"), np.zeros(0))
         missing = [f for f in parts.files if not (folder / f).is_file()]
         if missing:
             raise DataError(f"{folder}: part {missing[0]} is missing ({len(missing)} of {len(parts.files)}); run "
@@ -178,7 +188,10 @@ def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resoluti
     kind = next(inp.id_dtype for inp in inputs if not inp.empty)
     if found is not None and found.schema["stay_id"] != kind:
         found = found.with_columns(pl.col("stay_id").cast(kind))
+    (folder / MANIFEST).unlink(missing_ok=True)  # an earlier cohort here is gone from now on, never half-replaced
     (folder / "parts").mkdir(parents=True, exist_ok=True)
+    for stale in (folder / "parts").glob("part-*.npz"):
+        stale.unlink()
     chunks = plan_chunks(inputs, chunk_stays)
     files, reports, part_ids, digest = [], [], [], StayDigest(catalogue)
     bar = tqdm(total=n_read, desc="validate and grid", unit="stay", disable=not progress, leave=False)
@@ -207,7 +220,7 @@ def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resoluti
     if found is not None:
         found = found.filter(pl.col("stay_id").is_in(pl.Series(kept_ids).implode()))
     read_ids = np.concatenate([kept_ids, report.rejects["stay_id"].to_numpy()])
-    return Parts(folder, files, window_hours, resolution_hours, report, found, digest.hexdigest(), read_ids)
+    return Parts(folder, files, window_hours, resolution_hours, report, found, digest.frame(kind), read_ids)
 
 
 def save_parts(parts: Parts, catalogue: Catalogue) -> Path:
@@ -217,6 +230,7 @@ def save_parts(parts: Parts, catalogue: Catalogue) -> Path:
     write_frame(parts.report.rejects, folder / "rejects.csv")
     if parts.outcomes is not None:
         write_frame(parts.outcomes, folder / "labels.parquet")
+    write_frame(parts.stays, folder / "stays.parquet")
     ids = parts.part_ids()
     text = any(a.dtype.kind == "U" for a in ids) or parts.report.rejects.schema["stay_id"] == pl.String
     return write_json(folder / MANIFEST, {
@@ -228,13 +242,14 @@ def save_parts(parts: Parts, catalogue: Catalogue) -> Path:
 
 class StayDigest:
     """SHA-256 of a cleaned long table that neither row order nor chunking changes: each stay's rows (sorted as
-    :func:`~clinical_lstm.validate.validate` returns them) are hashed with its id, and the stays' hashes are
-    hashed in stay-id order."""
+    :func:`~clinical_lstm.validate.validate` returns them) are hashed with its id (:meth:`frame`), and the stays'
+    hashes are hashed in stay-id order (:attr:`Parts.digest`)."""
 
     def __init__(self, catalogue: Catalogue):
         self.codes = {n: i for i, n in enumerate(catalogue.names)}
         self.ids: list = []
         self.hashes: list[bytes] = []
+        self.rows: list[int] = []
 
     def add(self, clean: pl.DataFrame) -> None:
         if not clean.height:
@@ -249,12 +264,11 @@ class StayDigest:
         for sid, e, n in zip(runs["value"].to_list(), end.tolist(), runs["len"].to_list(), strict=True):
             self.ids.append(sid)
             self.hashes.append(hashlib.sha256(f"{sid}\0".encode() + buf[(e - n) * size:e * size]).digest())
+            self.rows.append(n)
 
-    def hexdigest(self) -> str:
-        h = hashlib.sha256()
-        for i in np.argsort(np.asarray(self.ids), kind="stable"):
-            h.update(self.hashes[i])
-        return h.hexdigest()
+    def frame(self, kind) -> pl.DataFrame:
+        return pl.DataFrame({"stay_id": self.ids, "sha256": self.hashes, "rows": self.rows},
+                            schema={"stay_id": kind, "sha256": pl.Binary, "rows": pl.Int64})
 
 
 # -- pass 2: gridded parts -> model inputs on disk ---------------------------------------------------------------
@@ -312,6 +326,8 @@ class Cohort:
         with path.open("wb") as f:
             for g in parts.grids():
                 k = keep(g)
+                if not k.any():
+                    continue
                 t = transformer.transform_grid(g)
                 f.write(np.ascontiguousarray(np.stack([t.x[k], t.mask[k], t.delta[k]], axis=1), np.float32).data)
                 ids.append(t.stay_ids[k])

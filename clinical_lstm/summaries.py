@@ -43,7 +43,7 @@ def summarize(carry, hours: np.ndarray, static_features: np.ndarray) -> np.ndarr
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(carry.count > 0, carry.total / carry.count, np.nan)
     stats = np.stack([carry.first, carry.value, carry.low, carry.high, mean, carry.count, hours], axis=-1)
-    series = stats.reshape(*stats.shape[:-2], -1).astype(np.float32)  # (..., V * 7): variable-major
+    series = stats.reshape(*stats.shape[:-2], stats.shape[-2] * stats.shape[-1]).astype(np.float32)  # (..., V * 7): variable-major
     statics = np.broadcast_to(static_features.reshape(static_features.shape[0], *([1] * (series.ndim - 2)), -1),
                               (*series.shape[:-1], static_features.shape[-1]))
     return np.concatenate([series, statics.astype(np.float32)], axis=-1)

@@ -1,0 +1,134 @@
+"""Tests for clinical_lstm.cohort: stays gridded chunk by chunk onto disk give the inputs, statistics and digest
+of the whole table in memory whatever the chunking and row order; batches read from disk train the same
+networks as batches from memory; ``train --data <prepared folder>`` is ``train`` on the raw data; every stay is
+accounted for; a stale or foreign prepared folder is refused with a reason."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from helpers import random_long
+
+from clinical_lstm.catalogue import Catalogue
+from clinical_lstm.cohort import Cohort, Parts, StayFile, grid_parts, is_cohort
+from clinical_lstm.config import Config, TrainConfig
+from clinical_lstm.impute import GridTransformer
+from clinical_lstm.model import ModelConfig
+from clinical_lstm.sources import DataError, load
+from clinical_lstm.training import cross_fit
+from clinical_lstm.validate import validate
+from clinical_lstm.workflow import prepare, train
+
+CAT = Catalogue.default()
+N = 36
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The same stays twice: a Parquet file sorted by stay and a CSV with its rows shuffled (no stay's rows
+    contiguous), and labels for all but the last three stays."""
+    root = tmp_path_factory.mktemp("cohort")
+    long = random_long(N, seed=5)
+    long.write_parquet(root / "sorted.parquet")
+    long.sample(fraction=1.0, shuffle=True, seed=1).write_csv(root / "shuffled.csv")
+    rng = np.random.default_rng(0)
+    y = rng.permutation(np.tile([0, 1], N // 2))
+    pl.DataFrame({"stay_id": np.arange(1, N - 2), "label": y[:N - 3]}).write_csv(root / "labels.csv")
+    return root, long
+
+
+def _cohort(parts: Parts) -> Cohort:
+    return Cohort.build(parts, GridTransformer(CAT), parts.folder)
+
+
+def test_chunks_and_row_order_change_nothing(data, tmp_path):
+    root, long = data
+    a = grid_parts(root / "sorted.parquet", tmp_path / "a", CAT, 48, 1, root / "labels.csv", require_labels=True,
+                   chunk_stays=4)
+    b = grid_parts(root / "shuffled.csv", tmp_path / "b", CAT, 48, 1, root / "labels.csv", require_labels=True,
+                   chunk_stays=1000)
+    assert len(a.files) == 9 and len(b.files) == 1
+    ca, cb = _cohort(a.labelled()), _cohort(b.labelled())
+    assert a.digest == b.digest
+    assert {**a.report.to_dict(), "sources": None} == {**b.report.to_dict(), "sources": None}
+    assert a.report.n_stays_read == N and sorted(a.report.rejects["reason"].to_list()) == ["no_label"] * 3
+    np.testing.assert_array_equal(ca.ids, np.arange(1, N - 2))
+    np.testing.assert_array_equal(ca.ids, cb.ids)
+
+    # the reference: the whole validated table in memory, fitted and transformed in one go
+    clean, kept, _ = validate(load(root / "sorted.parquet", root / "labels.csv"), CAT, 48, require_labels=True)
+    ref = GridTransformer(CAT).fit(clean, kept.to_numpy())
+    expect = ref.transform(clean, kept.to_numpy())
+    for c in (ca, cb):
+        for name in ("center_", "scale_", "median_", "static_center_", "static_scale_", "static_mean_"):
+            np.testing.assert_allclose(getattr(c.transformer, name), getattr(ref, name), rtol=1e-12, atol=1e-12)
+        got = c.tensors()
+        np.testing.assert_array_equal(got.mask, expect.mask)
+        np.testing.assert_array_equal(got.lengths, expect.lengths)
+        for name in ("x", "delta", "statics", "summary"):
+            np.testing.assert_allclose(getattr(got, name), getattr(expect, name), rtol=1e-5, atol=1e-5)
+    # any subset, in any order, reads the records of those stays
+    pick = np.array([7, 0, 31, 8, 9])
+    np.testing.assert_array_equal(ca.tensors(pick).x, ca.tensors().x[pick])
+    np.testing.assert_array_equal(ca.tensors(pick).stay_ids, ca.ids[pick])
+
+
+def test_disk_batches_train_the_same_networks(data, tmp_path):
+    root, _ = data
+    cohort = _cohort(grid_parts(root / "sorted.parquet", tmp_path, CAT, 48, 1, root / "labels.csv",
+                                require_labels=True, chunk_stays=5))
+    cfg = TrainConfig(folds=2, epochs=2, patience=2, batch_size=8, seed=0, device="cpu")
+    model = ModelConfig(hidden_size=8, attention=True)
+    assert isinstance(cohort.source(torch.device("cpu"), 0), StayFile)
+    assert isinstance(cohort.source(torch.device("cpu"), 1.0), dict)
+    from_disk = cross_fit(cohort, cohort.y, model, replace(cfg, in_memory_gb=0), progress=False)
+    in_memory = cross_fit(cohort, cohort.y, model, cfg, progress=False)
+    np.testing.assert_array_equal(from_disk.oof_logits, in_memory.oof_logits)
+    for a, b in zip(from_disk.networks, in_memory.networks, strict=True):
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(va, vb), k
+
+
+TINY = {"train": {"folds": 2, "epochs": 1, "patience": 1, "batch_size": 16, "device": "cpu"},
+        "model": {"hidden_size": 8}, "evaluation": {"n_boot": 20, "explain_stays": 4}}
+
+
+def test_train_reads_what_prepare_wrote(data, tmp_path):
+    root, _ = data
+    cfg = Config.from_dict(TINY)
+    prepared = prepare(root / "shuffled.csv", tmp_path / "prepared", root / "labels.csv", config=cfg)
+    assert is_cohort(tmp_path / "prepared") and prepared.n_stays == N
+    grid = pl.read_parquet(tmp_path / "prepared" / "grid.parquet")
+    assert grid["stay_id"].n_unique() == N and set(pl.read_parquet(tmp_path / "prepared" / "labels.parquet")
+                                                   ["stay_id"]) == set(range(1, N - 2))
+    from_raw = train(root / "sorted.parquet", tmp_path / "raw", root / "labels.csv", config=cfg, progress=False,
+                     log=lambda *_: None)
+    from_prepared = train(tmp_path / "prepared", tmp_path / "run", config=cfg, progress=False, log=lambda *_: None)
+    a, b = (pl.read_parquet(r.report_dir / "out_of_fold.parquet") for r in (from_raw, from_prepared))
+    assert a.equals(b)
+    # the three stays prepared without a label are training rejects, not silently missing
+    rep = from_prepared.report
+    assert rep.n_stays_read == N and rep.n_stays_kept == N - 3
+    assert rep.rejects.filter(pl.col("reason") == "no_label")["stay_id"].to_list() == [N - 2, N - 1, N]
+    assert (rep.n_rows_read, rep.n_rows_kept) == (from_raw.report.n_rows_read, from_raw.report.n_rows_kept)
+    assert from_prepared.model.metadata["training_data"] == from_raw.model.metadata["training_data"] | {
+        "sources": ["shuffled.csv"]}
+    assert not list((tmp_path / "run").glob(".work-*")), "the work folder is removed"
+
+
+def test_a_prepared_folder_is_checked(data, tmp_path):
+    root, _ = data
+    cfg = Config.from_dict(TINY)
+    prepare(root / "sorted.parquet", tmp_path / "p24", config=Config.from_dict({"data": {"window_hours": 24}}))
+    with pytest.raises(DataError, match=r"prepared with a 24 h window .* asks for 48 h"):
+        train(tmp_path / "p24", tmp_path / "run", root / "labels.csv", config=cfg, progress=False)
+    with pytest.raises(DataError, match="no outcome labels found for the training data"):
+        train(tmp_path / "p24", tmp_path / "run", config=Config.from_dict({**TINY, "data": {"window_hours": 24}}),
+              progress=False)
+    next((tmp_path / "p24" / "parts").glob("part-*.npz")).unlink()
+    with pytest.raises(DataError, match=r"part parts/part-00000.npz is missing"):
+        Parts.open(tmp_path / "p24", CAT)
