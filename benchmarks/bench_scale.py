@@ -2,8 +2,8 @@
 
 How ``prepare`` and ``train`` grow with the cohort: for each size, a synthetic cohort from
 :mod:`clinical_lstm.synthetic` (48 h, set-A profile, planted-signal labels) is written once, then
-``clinical-lstm prepare`` and ``clinical-lstm train`` run on it, each a whole process under
-``/usr/bin/time -v``: wall seconds, peak resident memory (max RSS), and per-stay microseconds. Training runs a
+``clinical-lstm prepare`` runs on it and ``clinical-lstm train --data <the prepared folder>`` on what it wrote
+(``--from raw`` trains on the cohort file itself), each a whole process under ``/usr/bin/time -v``: wall seconds, peak resident memory (max RSS), and per-stay microseconds. Training runs a
 fixed, small amount of work so sizes compare: ``--folds`` folds of ``--epochs`` epochs each (early stopping
 off), no tracking, no progress bars; everything else is the default (summary members, calibration, the report).
 
@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=2, help="epochs per fold (default 2)")
     ap.add_argument("--folds", type=int, default=2, help="cross-fitting folds (default 2)")
     ap.add_argument("--only", choices=["prepare"], help="skip training")
+    ap.add_argument("--from", dest="source", choices=["prepared", "raw"], default="prepared",
+                    help="train on prepare's output (default) or on the raw cohort file")
     ap.add_argument("--work", type=Path, help="keep cohorts and outputs here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="write the results here")
     a = ap.parse_args(argv)
@@ -69,7 +71,9 @@ def main(argv=None) -> int:
             row["prepare"] = timed([*cli, "prepare", "--data", str(cohort), "--labels", str(labels), "--out",
                                     str(work / f"prepared_{n}")], work / f"prepare_{n}.log")
             if a.only != "prepare":
-                row["train"] = timed([*cli, "train", "--data", str(cohort), "--labels", str(labels), "--out",
+                given = ["--data", str(work / f"prepared_{n}")] if a.source == "prepared" else [
+                    "--data", str(cohort), "--labels", str(labels)]
+                row["train"] = timed([*cli, "train", *given, "--out",
                                       str(work / f"run_{n}"), "--config", str(config), "--no-tracking",
                                       "--no-progress", "--quiet"], work / f"train_{n}.log")
             for step in ("prepare", "train"):
@@ -87,7 +91,7 @@ def main(argv=None) -> int:
               f"{t.get('seconds', '-'):>9} {t.get('peak_rss_mb', '-'):>7} {t.get('us_per_stay', '-'):>8}")
     if a.json:
         a.json.write_text(json.dumps({"benchmark": "prepare and train vs cohort size", "epochs": a.epochs,
-                                      "folds": a.folds, "cpus": os.cpu_count(), "rows": rows}, indent=2))
+                                      "folds": a.folds, "train_from": a.source, "command": sys.argv, "cpus": os.cpu_count(), "rows": rows}, indent=2))
     return 0
 
 

@@ -34,7 +34,8 @@ ICU_LEVELS = ("coronary care", "cardiac surgery", "medical", "surgical", "unknow
 
 _N_BINS = 10  # ECE bins
 _N_GROUPS = 10  # Hosmer-Lemeshow risk groups
-_CHUNK = 250  # bootstrap replicates per block: bounds memory at a few (250, n) float arrays
+_CHUNK = 250  # bootstrap replicates per block: bounds memory at a few (250, n) float arrays ...
+_BLOCK_CELLS = 5_000_000  # ... and at a few (B, n) arrays of 5M cells (40 MB) for n above 20,000 stays
 
 __all__ = [
     "AGE_LEVELS",
@@ -387,8 +388,9 @@ def _bootstrap(
     stays = [_SortedStays(y01, p, threshold) for p, threshold in models]
     rng = np.random.default_rng(seed)
     reps: list[dict[str, list[np.ndarray]]] = [{k: [] for k in BOOTSTRAP_METRICS} for _ in models]
-    for start in range(0, n_boot, _CHUNK):
-        w = _resample_counts(rng, min(_CHUNK, n_boot - start), len(y01))  # (B, n), original stay order
+    block = max(1, min(_CHUNK, _BLOCK_CELLS // max(len(y01), 1)))
+    for start in range(0, n_boot, block):
+        w = _resample_counts(rng, min(block, n_boot - start), len(y01))  # (B, n), original stay order
         for s, rep in zip(stays, reps, strict=True):
             out = _replicate_metrics(s, w[:, s.order])
             for k in BOOTSTRAP_METRICS:
