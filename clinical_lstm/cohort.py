@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -156,8 +159,9 @@ def _outcomes_for(paths: list[Path], labels, outcomes) -> pl.DataFrame | None:
 
 def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resolution_hours: float, labels=None,
                outcomes=None, require_labels: bool = False, chunk_stays: int = CHUNK_STAYS,
-               progress: bool = False, what: str = "data") -> Parts:
-    """Pass 1 (module docstring): validate and grid ``data`` chunk by chunk into ``folder``.
+               progress: bool = False, what: str = "data", workers: int | None = None) -> Parts:
+    """Pass 1 (module docstring): validate and grid ``data`` chunk by chunk into ``folder``, ``workers`` chunks
+    at once (default: the CPU count, at most 4; memory grows with ``workers * chunk_stays``).
 
     ``require_labels`` rejects stays without an outcome (reason ``no_label``), as training does. Raises
     :class:`DataError` for unreadable inputs, duplicate stay ids and inputs without any stay.
@@ -193,34 +197,49 @@ def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resoluti
     for stale in (folder / "parts").glob("part-*.npz"):
         stale.unlink()
     chunks = plan_chunks(inputs, chunk_stays)
-    files, reports, part_ids, digest = [], [], [], StayDigest(catalogue)
+
+    def one(c, raw) -> tuple:  # a worker thread: polars and numpy release the GIL
+        if raw.stays.dtype != kind:  # a PhysioNet set read with text ids (other inputs or labels are text)
+            raw = _ids_as_text(raw)
+        clean, kept, report = validate(replace(raw, outcomes=found), catalogue, window_hours, require_labels)
+        grid = to_grid(clean, kept.to_numpy(), catalogue, window_hours, resolution_hours)
+        digest = StayDigest(catalogue)
+        digest.add(clean)
+        name = f"parts/part-{c.index:05d}.npz"
+        np.savez(folder / name, values=grid.values, obs_time=grid.obs_time, lengths=grid.lengths,
+                 statics=grid.statics, stay_ids=grid.stay_ids)
+        return name, grid.stay_ids, report, digest.frame(kind)
+
+    done = []
+    workers = workers or min(len(os.sched_getaffinity(0)), 4)
     bar = tqdm(total=n_read, desc="validate and grid", unit="stay", disable=not progress, leave=False)
-    for i, inp in enumerate(inputs):
-        mine = [c for c in chunks if c.input == i]
-        spill = spill_csv(inp, folder) if inp.kind == "long" and inp.path.suffix.lower() != ".parquet" and mine \
-            else None
-        for c, raw in read_chunks(inp, mine, {c.index for c in mine}, spill):
-            if raw.stays.dtype != kind:  # a PhysioNet set read with text ids (other inputs or labels are text)
-                raw = _ids_as_text(raw)
-            clean, kept, report = validate(replace(raw, outcomes=found), catalogue, window_hours, require_labels)
-            grid = to_grid(clean, kept.to_numpy(), catalogue, window_hours, resolution_hours)
-            digest.add(clean)
-            name = f"parts/part-{c.index:05d}.npz"
-            np.savez(folder / name, values=grid.values, obs_time=grid.obs_time, lengths=grid.lengths,
-                     statics=grid.statics, stay_ids=grid.stay_ids)
-            files.append(name)
-            part_ids.append(grid.stay_ids)
-            reports.append(report)
-            bar.update(c.stays)
-        if spill is not None:
-            spill.unlink(missing_ok=True)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for i, inp in enumerate(inputs):
+            mine = [c for c in chunks if c.input == i]
+            spill = spill_csv(inp, folder) if inp.kind == "long" and inp.path.suffix.lower() != ".parquet" and mine \
+                else None
+            for c, raw in read_chunks(inp, mine, {c.index for c in mine}, spill):  # read here, one chunk ahead
+                pending.append((c, pool.submit(one, c, raw)))
+                while len(pending) > workers:
+                    c0, f = pending.popleft()
+                    done.append(f.result())
+                    bar.update(c0.stays)
+            while pending:
+                c0, f = pending.popleft()
+                done.append(f.result())
+                bar.update(c0.stays)
+            if spill is not None:
+                spill.unlink(missing_ok=True)
     bar.close()
+    files, part_ids, reports, frames = (list(x) for x in zip(*done, strict=True)) if done else ([], [], [], [])
     report = QualityReport.merge(reports, window_hours)
     kept_ids = np.concatenate(part_ids) if part_ids else np.zeros(0, np.int64)
     if found is not None:
         found = found.filter(pl.col("stay_id").is_in(pl.Series(kept_ids).implode()))
     read_ids = np.concatenate([kept_ids, report.rejects["stay_id"].to_numpy()])
-    return Parts(folder, files, window_hours, resolution_hours, report, found, digest.frame(kind), read_ids)
+    stays = pl.concat(frames) if frames else StayDigest(catalogue).frame(kind)
+    return Parts(folder, files, window_hours, resolution_hours, report, found, stays, read_ids)
 
 
 def save_parts(parts: Parts, catalogue: Catalogue) -> Path:
@@ -364,13 +383,19 @@ class Cohort:
         starts = np.flatnonzero(np.r_[True, np.diff(p) != 1])
         ends = np.r_[starts[1:], len(p)]
         size = self.record_bytes
+        most = max(1, (64 << 20) // size)  # records per read: at most 64 MB in flight beside ``out``
         with self.path.open("rb", buffering=0) as f:
-            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-                f.seek(int(p[s]) * size)
-                block = np.empty((e - s, 3, T, V), np.float32)
-                if f.readinto(block) != block.nbytes:
-                    raise DataError(f"{self.path} is shorter than its {len(self)} stays: it changed during the job")
-                out[srt[s:e]] = block
+            for s0, e0 in zip(starts.tolist(), ends.tolist(), strict=True):
+                for s in range(s0, e0, most):
+                    e = min(s + most, e0)
+                    dst = srt[s:e]
+                    inplace = dst[-1] - dst[0] == e - s - 1 and bool(np.all(np.diff(dst) == 1))
+                    block = out[dst[0]:dst[-1] + 1] if inplace else np.empty((e - s, 3, T, V), np.float32)
+                    f.seek(int(p[s]) * size)
+                    if f.readinto(block) != block.nbytes:
+                        raise DataError(f"{self.path} is shorter than its {len(self)} stays: it changed during the job")
+                    if not inplace:
+                        out[dst] = block
         return out
 
     def tensors(self, idx=None) -> Tensors:
