@@ -41,9 +41,9 @@ from .validate import QualityReport, validate
 
 MANIFEST = "cohort.json"
 LAYOUT = 1
-CHUNK_STAYS = 4000
+CHUNK_STAYS = 4000  # stays per part: ~0.5 GB of working memory at 48 one-hour bins and 37 variables
 NO_LABELS = ("no outcome labels found for the {what}: pass --labels FILE (columns stay_id,label) or keep the "
-             "PhysioNet Outcomes-<x>.txt beside the set (or pass --outcomes FILE)")  # stays per part: ~0.5 GB of working memory at 48 one-hour bins and 37 variables
+             "PhysioNet Outcomes-<x>.txt beside the set (or pass --outcomes FILE)")
 
 
 def is_cohort(path) -> bool:
@@ -131,8 +131,8 @@ class Parts:
         report = QualityReport.from_dict(json.loads((folder / "quality_report.json").read_text()), kind)
         outcomes = read_labels(labels) if labels is not None else (
             pl.read_parquet(folder / "labels.parquet") if (folder / "labels.parquet").is_file() else None)
-        if outcomes is not None and outcomes.schema["stay_id"] != kind:
-            outcomes = outcomes.with_columns(pl.col("stay_id").cast(pl.String))
+        if outcomes is not None and outcomes.schema["stay_id"] != kind:  # labels read as the prepared ids' kind
+            outcomes = outcomes.with_columns(pl.col("stay_id").cast(kind, strict=False))
         parts = cls(folder, [p["file"] for p in m["parts"]], m["window_hours"], m["resolution_hours"], report,
                     outcomes, pl.read_parquet(folder / "stays.parquet"), np.zeros(0))
         missing = [f for f in parts.files if not (folder / f).is_file()]
@@ -298,7 +298,7 @@ class Cohort:
     path: Path  # steps.f32: one (3, T, V) float32 record per stay, in the order the parts gave them
     record: np.ndarray  # (N,) the record of each stay
     ids: np.ndarray  # (N,) sorted stay ids
-    y: np.ndarray | None  # (N,) int64 labels, or None
+    y: np.ndarray | None  # (N,) int64 labels; None when built without ``require_labels``
     lengths: np.ndarray  # (N,)
     statics: np.ndarray  # (N, S) static features
     summary: np.ndarray  # (N, F) summaries
@@ -340,10 +340,10 @@ class Cohort:
         path.parent.mkdir(parents=True, exist_ok=True)
         T, V = transformer.n_bins, len(transformer.catalogue.series)
         ids, lengths, statics, summary, raw = [], [], [], [], []
-        bar = tqdm(total=sum(1 for _ in parts.files), desc="model inputs", unit="part", disable=not progress,
-                   leave=False)
+        bar = tqdm(total=len(parts.files), desc="model inputs", unit="part", disable=not progress, leave=False)
         with path.open("wb") as f:
             for g in parts.grids():
+                bar.update(1)
                 k = keep(g)
                 if not k.any():
                     continue
@@ -354,15 +354,11 @@ class Cohort:
                 statics.append(t.statics[k])
                 summary.append(t.summary[k])
                 raw.append(g.statics[k])
-                bar.update(1)
         bar.close()
         ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         order = np.argsort(ids, kind="stable")
-        y = None
-        if parts.outcomes is not None:
-            lab = pl.DataFrame({"stay_id": ids[order]}).join(parts.outcomes.select("stay_id", "label"), on="stay_id",
-                                                            how="left")["label"]
-            y = lab.fill_null(-1).to_numpy().astype(np.int64) if labelled is None else lab.to_numpy().astype(np.int64)
+        y = None if labelled is None else pl.DataFrame({"stay_id": ids[order]}).join(
+            parts.outcomes.select("stay_id", "label"), on="stay_id", how="left")["label"].to_numpy().astype(np.int64)
         F = transformer.n_static_features
         cat = lambda parts_, width: np.concatenate(parts_)[order] if parts_ else np.zeros((0, width), np.float32)  # noqa: E731
         return cls(path, order, ids[order], y, np.concatenate(lengths)[order] if lengths else np.zeros(0, np.int64),

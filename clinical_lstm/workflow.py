@@ -107,8 +107,8 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
         for w in writers.values():
             w.close()
         if not writers:  # every stay rejected: the files exist, with their columns and no rows
-            empty = Grid(*(np.zeros((0, *shape), np.float32) for shape in ((1, len(catalogue.series)),) * 2),
-                         np.zeros(0, np.int64), np.zeros((0, len(catalogue.statics)), np.float32),
+            none = np.zeros((0, 1, len(catalogue.series)), np.float32)  # 0 stays (one bin: columns only)
+            empty = Grid(none, none, np.zeros(0, np.int64), np.zeros((0, len(catalogue.statics)), np.float32),
                          np.zeros(0, np.int64), cfg.data.resolution_hours)
             _grid_frame(empty, catalogue).write_parquet(g_tmp)
             _statics_frame(empty, catalogue).write_parquet(s_tmp)
@@ -214,18 +214,14 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     (an MLflow run in the default store, see :mod:`clinical_lstm.tracking`) or a
     :class:`~clinical_lstm.tracking.Tracker`. A tracking failure never stops training.
     """
-    import shutil
     import tempfile
 
     cfg = config or Config()
     out = writable_dir(out, "--out", ("model", "report"),
                        [*_as_list(data), labels, outcomes, *_as_list(test_data), test_labels, cfg.data.catalogue])
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
-    try:
-        return _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progress, on_epoch, log,
-                      tracking)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=".work-", dir=out, ignore_cleanup_errors=True) as work:
+        return _train(data, out, Path(work), labels, outcomes, cfg, test_data, test_labels, progress, on_epoch,
+                      log, tracking)
 
 
 def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progress, on_epoch, log,
@@ -320,8 +316,6 @@ def _tracker(tracking, log):
 def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: int = 1000) -> Evaluation:
     """Metrics with intervals, subgroup table and plots of a trained model on labelled data, written to ``out``.
     The stays are gridded chunk by chunk as in :func:`train` (``out/.work-*``, removed at the end)."""
-    import copy
-    import shutil
     import tempfile
 
     from .bundle import load_model
@@ -334,16 +328,13 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
     model = load_model(model) if isinstance(model, (str, Path)) else model
     tr = model.transformer
     cfg = Config.from_dict({"data": {"window_hours": tr.window_hours, "resolution_hours": tr.resolution_hours}})
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
-    try:
-        parts = _parts(data, work, model.catalogue, cfg, labels, outcomes, "evaluation data", False)
-        cohort = Cohort.build(parts, copy.copy(tr), work)
+    with tempfile.TemporaryDirectory(prefix=".work-", dir=out, ignore_cleanup_errors=True) as work:
+        parts = _parts(data, Path(work), model.catalogue, cfg, labels, outcomes, "evaluation data", False)
+        cohort = Cohort.build(parts, tr, work)  # fitted: only transforms
         p = model.risk(model.logits(cohort.tensors()))
         name = HYBRID_NAME if model.head is not None else MODEL_NAME
         evaluation = compare({name: (p, model.threshold)}, cohort.y, f"{len(cohort)} stays", n_boot, 0)
         write_report(out, evaluation, cohort, model.catalogue, report=parts.report)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return evaluation
 
 
