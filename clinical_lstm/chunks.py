@@ -10,8 +10,9 @@ rows: a row slice for contiguous Parquet, a filter otherwise, the chunk's member
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,30 @@ def index_physionet(path: Path) -> Input:
         else:
             ids.append(record_id)
     return Input(path, "physionet", np.asarray(ids, dtype=np.int64), ignored_members=ignored, empty=not ids)
+
+
+def stream_physionet(inp: Input, number: int, chunk_stays: int, first_index: int) -> Iterator[tuple[Chunk, Callable]]:
+    """The stays of PhysioNet input ``inp`` (the job's input ``number``) read in ONE pass, without the index pass:
+    ``(chunk, parse)`` for every ``chunk_stays`` stay entries in folder/archive order, where ``parse()`` gives the
+    chunk's :class:`RawData` (parsing is left to the caller's worker thread), chunks numbered from
+    ``first_index``. When it ends, ``inp`` holds what :func:`index_physionet` would have found. A damaged archive
+    raises :class:`DataError` only when the damage is reached, after the chunks before it: a caller that writes
+    chunks as they come must discard them then (``prepare`` and ``train`` do; batch scoring indexes first)."""
+    ids, files, ignored = [], [], 0
+    for record_id, data in iter_stay_files(inp.path):
+        if record_id is None:
+            ignored += 1
+            continue
+        files.append((record_id, data))
+        ids.append(record_id)
+        if len(files) == chunk_stays:
+            yield (Chunk(first_index + (len(ids) - 1) // chunk_stays, number, len(ids) - len(files), len(files)),
+                   partial(physionet_raw, files, inp.name))
+            files = []
+    if files:
+        yield (Chunk(first_index + (len(ids) - 1) // chunk_stays, number, len(ids) - len(files), len(files)),
+               partial(physionet_raw, files, inp.name))
+    inp.stay_ids, inp.ignored_members, inp.empty = np.asarray(ids, dtype=np.int64), ignored, not ids
 
 
 def plan_chunks(inputs: list[Input], chunk_stays: int) -> list[Chunk]:

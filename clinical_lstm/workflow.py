@@ -66,7 +66,7 @@ class PrepareResult:
 
 
 PREPARED = ("grid.parquet", "statics.parquet", "labels.parquet", "quality_report.json", "rejects.csv", "cohort.json",
-            "parts")
+            "parts", ".parts-partial")  # the last two: clinical_lstm.cohort.PARTS, STAGING
 
 
 def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | None = None,
@@ -81,8 +81,6 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
     holds the time-0 descriptors; ``labels.parquet`` the outcomes when known; ``parts/`` and ``cohort.json`` the
     same grid as NumPy arrays for training.
     """
-    import pyarrow.parquet as pq
-
     from .cohort import grid_parts, save_parts
     from .files import atomic_path
 
@@ -90,30 +88,46 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
     cfg = config or Config()
     out = writable_dir(out, "--out", PREPARED, [*_as_list(data), labels, outcomes])
     catalogue = resolve(cfg.data.catalogue)
-    parts = grid_parts(data, out, catalogue, cfg.data.window_hours, cfg.data.resolution_hours, labels, outcomes,
-                       progress=progress)
-    n = 0
     with atomic_path(out / "grid.parquet") as g_tmp, atomic_path(out / "statics.parquet") as s_tmp:
-        writers = {}
-        for grid in parts.grids():
-            if not len(grid.stay_ids):
-                continue
-            n += len(grid.stay_ids)
-            for name, frame in (("grid", _grid_frame(grid, catalogue)), ("statics", _statics_frame(grid, catalogue))):
-                table = frame.to_arrow()
-                if name not in writers:
-                    writers[name] = pq.ParquetWriter(g_tmp if name == "grid" else s_tmp, table.schema)
-                writers[name].write_table(table.cast(writers[name].schema))
-        for w in writers.values():
-            w.close()
-        if not writers:  # every stay rejected: the files exist, with their columns and no rows
-            none = np.zeros((0, 1, len(catalogue.series)), np.float32)  # 0 stays (one bin: columns only)
-            empty = Grid(none, none, np.zeros(0, np.int64), np.zeros((0, len(catalogue.statics)), np.float32),
-                         np.zeros(0, np.int64), cfg.data.resolution_hours)
-            _grid_frame(empty, catalogue).write_parquet(g_tmp)
-            _statics_frame(empty, catalogue).write_parquet(s_tmp)
+        sink = _GridFiles(catalogue, g_tmp, s_tmp)
+        parts = grid_parts(data, out, catalogue, cfg.data.window_hours, cfg.data.resolution_hours, labels, outcomes,
+                           progress=progress, sink=sink)
+        sink.close(cfg.data.resolution_hours)
     save_parts(parts, catalogue)
-    return PrepareResult(out, parts.report, n, time.perf_counter() - t0)
+    return PrepareResult(out, parts.report, sink.stays, time.perf_counter() - t0)
+
+
+class _GridFiles:
+    """``grid.parquet`` and ``statics.parquet`` written part by part as :func:`~clinical_lstm.cohort.grid_parts`
+    makes the parts (its ``sink``)."""
+
+    def __init__(self, catalogue, grid_path: Path, statics_path: Path):
+        self.catalogue, self.paths, self.writers, self.stays = catalogue, (grid_path, statics_path), [], 0
+
+    def convert(self, grid: Grid):  # in a worker thread
+        return (_grid_frame(grid, self.catalogue).to_arrow(), _statics_frame(grid, self.catalogue).to_arrow(),
+                len(grid.stay_ids))
+
+    def write(self, converted) -> None:  # in part order
+        import pyarrow.parquet as pq
+
+        *tables, n = converted
+        if not self.writers:
+            self.writers = [pq.ParquetWriter(p, t.schema) for p, t in zip(self.paths, tables, strict=True)]
+        for w, t in zip(self.writers, tables, strict=True):
+            w.write_table(t.cast(w.schema))
+        self.stays += n
+
+    def close(self, resolution_hours: float) -> None:
+        for w in self.writers:
+            w.close()
+        if not self.writers:  # every stay rejected: the files exist, with their columns and no rows
+            V = len(self.catalogue.series)
+            none = np.zeros((0, 1, V), np.float32)  # 0 stays (one bin: columns only)
+            empty = Grid(none, none, np.zeros(0, np.int64), np.zeros((0, len(self.catalogue.statics)), np.float32),
+                         np.zeros(0, np.int64), resolution_hours)
+            _grid_frame(empty, self.catalogue).write_parquet(self.paths[0])
+            _statics_frame(empty, self.catalogue).write_parquet(self.paths[1])
 
 
 def _grid_frame(grid: Grid, catalogue) -> pl.DataFrame:

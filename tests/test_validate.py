@@ -387,3 +387,26 @@ def test_report_str_summarises(identified_report):
     text = str(identified_report)
     assert text.splitlines()[0] == "stays: 3 read, 1 kept, 2 rejected; rows: 3 read, 1 kept"
     assert "unknown_variable" in text
+
+
+def test_order_rows_is_the_key_then_value_order_with_duplicates_and_conflicts_marked():
+    """Against the definition, not the implementation: rows sorted by (key, value) with ties kept in input
+    order (a stable two-key sort, written out in Python), exact duplicates after their first copy dropped."""
+    import numpy as np
+
+    from clinical_lstm.validate import order_rows
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 7, 500):
+        key = rng.integers(0, max(n // 3, 1), n).astype(np.int64)  # many ties
+        value = rng.choice([-1.0, 0.0, 2.5, np.nan], n)
+        order, keep, conflict = order_rows(key, value)
+        nan_last = lambda x: (np.isnan(x), 0.0 if np.isnan(x) else x)  # noqa: E731 (numpy's order: NaN last)
+        expected = sorted(range(n), key=lambda i: (key[i], *nan_last(value[i])))  # Python's sort is stable
+        assert order.tolist() == expected
+        k, v = key[order], value[order]
+        for i in range(n):
+            same_key = i > 0 and k[i] == k[i - 1]
+            same_value = i > 0 and (v[i] == v[i - 1])
+            assert keep[i] == (not (same_key and same_value))
+            assert conflict[i] == (same_key and keep[i])
