@@ -24,6 +24,10 @@ average before and after; ``--json FILE`` writes the same. Run it on an otherwis
 slow down when other work competes for the cores, and a warning is printed when the load average is high
 before timing starts.
 
+``--floor`` adds a third process to the interleaved runs, ``python benchmarks/bench_prepare.py --polars-floor
+--out TMP`` (:func:`polars_floor`): the reference's work and nothing more, done as fast as Python, polars and numpy
+go here. It is not a pipeline to ship; it says what ratio a Python ``prepare`` could reach at best.
+
 Only the standard library is imported at module level, so the reference process pays for exactly the
 imports it uses (pandas, numpy, pyarrow), as ``clinical-lstm prepare`` pays for its own.
 """
@@ -97,6 +101,65 @@ def pandas_reference(paths: list[Path], out: Path) -> int:
     return n
 
 
+# -- the floor: the reference's work as fast as Python + polars + numpy go (runs in its own process) -----------
+def polars_floor(paths: list[Path], out: Path) -> int:
+    """The pandas reference's work with none of ``prepare``'s: no validation, no quality report, no digests, no
+    parts, mean only. Each archive is decompressed whole in its own thread (zlib releases the GIL) and split into
+    members by reading the tar headers' name and size fields directly (no checksum or type checks), all members'
+    bytes go to ONE polars CSV parse (each member's header line marks where the next stay starts), hours, window
+    and bin are one expression, the mean per (stay, bin, parameter) is a group-by over one integer key, the dense
+    grid is filled and forward-filled in numpy and written as Parquet. Not a pipeline anyone should ship (a
+    damaged or unusual archive is silently misread): it measures how fast the reference's work can go here."""
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import polars as pl
+
+    def members(path: Path) -> list[tuple[int, bytes]]:
+        tar, found, offset = zlib.decompress(path.read_bytes(), 31), [], 0
+        while offset + 512 <= len(tar) and tar[offset:offset + 512] != bytes(512):
+            name = tar[offset:offset + 100].rstrip(b"\0").decode()
+            size = int(tar[offset + 124:offset + 136].rstrip(b"\0 ") or b"0", 8)
+            m = _STAY_FILE.match(PurePosixPath(name).name)
+            if m and tar[offset + 156:offset + 157] in (b"0", b"\0"):
+                found.append((int(m.group(1)), tar[offset + 512:offset + 512 + size]))
+            offset += 512 + (size + 511) // 512 * 512
+        return found
+
+    with ThreadPoolExecutor(len(paths)) as pool:
+        files = [f for found in pool.map(members, paths) for f in found]
+    ids = np.array([i for i, _ in files], dtype=np.int64)
+    text = pl.read_csv(b"".join(d if d.endswith(b"\n") else d + b"\n" for _, d in files), has_header=False,
+                       new_columns=["time", "parameter", "value"], schema_overrides=[pl.String] * 3)
+    header = text["time"] == "Time"
+    long = text.with_columns(stay=header.cum_sum() - 1).filter(~header & (pl.col("parameter") != "RecordID"))
+    names = long["parameter"].unique().sort()
+    hours = (pl.col("time").str.slice(0, 2).cast(pl.Int64, strict=False)
+             + pl.col("time").str.slice(3, 2).cast(pl.Int64, strict=False) / 60.0)
+    long = long.select(
+        "stay", hours.alias("hours"), pl.col("value").cast(pl.Float64, strict=False),
+        pl.col("parameter").cast(pl.Enum(names.to_list())).to_physical().cast(pl.Int64).alias("p"),
+    ).filter(pl.col("hours").is_between(0, WINDOW_BINS))
+    P = len(names)
+    b = pl.col("hours").floor().clip(0, WINDOW_BINS - 1).cast(pl.Int64)
+    cells = long.group_by(((pl.col("stay") * WINDOW_BINS + b) * P + pl.col("p")).alias("key")).agg(
+        pl.col("value").mean())
+    grid = np.full(len(ids) * WINDOW_BINS * P, np.nan)
+    grid[cells["key"].to_numpy()] = cells["value"].to_numpy()
+    grid = grid.reshape(len(ids), WINDOW_BINS, P)
+    seen = np.where(np.isnan(grid), 0, np.arange(WINDOW_BINS)[None, :, None])  # forward fill along the bins
+    grid = np.take_along_axis(grid, np.maximum.accumulate(seen, axis=1), axis=1)
+    frame = pl.DataFrame({"stay_id": np.repeat(ids, WINDOW_BINS), "bin": np.tile(np.arange(WINDOW_BINS), len(ids)),
+                          **{n: grid[:, :, j].ravel() for j, n in enumerate(names)}}).fill_nan(None)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(out / "grid.parquet")
+    (out / "reference_summary.json").write_text(json.dumps({"stays": len(ids), "rows": frame.height,
+                                                            "columns": frame.width - 2}))
+    print(f"polars floor: {len(ids)} stays, grid {frame.height} x {frame.width - 2} -> {out / 'grid.parquet'}")
+    return len(ids)
+
+
 # -- the benchmark driver --------------------------------------------------------------------------------------
 def _clinical_lstm_exe() -> str:
     exe = Path(sys.executable).parent / "clinical-lstm"  # the venv's own entry point
@@ -112,6 +175,8 @@ def _commands(data_dir: Path, out: Path) -> dict[str, list[str]]:
         "pandas": [sys.executable, str(Path(__file__).resolve()), "--pandas-reference", "--data-dir",
                    str(data_dir), "--out", str(out)],
         "ours": [_clinical_lstm_exe(), "prepare", "--data", data[0], "--data", data[1], "--out", str(out)],
+        "floor": [sys.executable, str(Path(__file__).resolve()), "--polars-floor", "--data-dir", str(data_dir),
+                  "--out", str(out)],
     }
 
 
@@ -170,17 +235,19 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each command (default 3)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
     ap.add_argument("--pandas-reference", action="store_true", help="run the pandas reference (needs --out)")
-    ap.add_argument("--out", type=Path, metavar="DIR", help="output folder of --pandas-reference")
+    ap.add_argument("--polars-floor", action="store_true", help="run the floor (see polars_floor; needs --out)")
+    ap.add_argument("--floor", action="store_true", help="time the floor too, interleaved with the other two")
+    ap.add_argument("--out", type=Path, metavar="DIR", help="output folder of --pandas-reference / --polars-floor")
     a = ap.parse_args(argv)
 
     data_dir = a.data_dir.resolve()
     missing = [s for s in SETS if not (data_dir / s).is_file()]
     if missing:
         sys.exit(f"bench_prepare: {', '.join(missing)} not found in {data_dir}; pass --data-dir")
-    if a.pandas_reference:
+    if a.pandas_reference or a.polars_floor:
         if a.out is None:
-            sys.exit("bench_prepare: --pandas-reference needs --out DIR")
-        pandas_reference([data_dir / s for s in SETS], a.out)
+            sys.exit("bench_prepare: --pandas-reference and --polars-floor need --out DIR")
+        (pandas_reference if a.pandas_reference else polars_floor)([data_dir / s for s in SETS], a.out)
         return 0
     if a.repeats < 1:
         sys.exit("bench_prepare: --repeats must be at least 1")
@@ -189,12 +256,13 @@ def main(argv=None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
         counts = _stay_counts(scratch, data_dir)
-        times: dict[str, list[float]] = {"pandas": [], "ours": []}
-        cpu: dict[str, list[float]] = {"pandas": [], "ours": []}
+        names = ("pandas", "ours", "floor") if a.floor else ("pandas", "ours")
+        times: dict[str, list[float]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}
         print(f"\n{'run':>4} {'pandas s':>10} {'ours s':>10} {'pandas/ours':>12} {'pandas cpu s':>13} "
-              f"{'ours cpu s':>11}")
+              f"{'ours cpu s':>11}" + (f" {'floor s':>8} {'pandas/floor':>13}" if a.floor else ""))
         for r in range(a.repeats):
-            for name in ("pandas", "ours"):  # interleaved: pandas, ours, pandas, ours, ...
+            for name in names:  # interleaved: pandas, ours, [floor,] pandas, ours, ...
                 out = scratch / f"{name}-{r}"
                 wall, c = _run(_commands(data_dir, out)[name])
                 times[name].append(wall)
@@ -202,7 +270,8 @@ def main(argv=None) -> int:
                 shutil.rmtree(out, ignore_errors=True)
             print(f"{r + 1:>4} {times['pandas'][-1]:>10.2f} {times['ours'][-1]:>10.2f} "
                   f"{times['pandas'][-1] / times['ours'][-1]:>12.2f} {cpu['pandas'][-1]:>13.2f} "
-                  f"{cpu['ours'][-1]:>11.2f}")
+                  f"{cpu['ours'][-1]:>11.2f}" + (f" {times['floor'][-1]:>8.2f} "
+                                                 f"{times['pandas'][-1] / times['floor'][-1]:>13.2f}" if a.floor else ""))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -214,13 +283,16 @@ def main(argv=None) -> int:
           f"pandas/ours {ratio:.2f}")
     print(f"median CPU (user+sys): pandas {med_cpu['pandas']:.2f} s, ours {med_cpu['ours']:.2f} s, "
           f"pandas/ours {med_cpu['pandas'] / med_cpu['ours']:.2f}")
+    if a.floor:
+        print(f"floor (the reference's work, no validation): {med['floor']:.2f} s, pandas/floor "
+              f"{med['pandas'] / med['floor']:.2f}, CPU {med_cpu['floor']:.2f} s")
     if a.json:
         import pandas as pd
         import polars as pl
 
         result = {
             "benchmark": "prepare, whole process, PhysioNet 2012 sets A+B",
-            "commands": {k: " ".join(v) for k, v in _commands(data_dir, Path("TMP")).items()},
+            "commands": {k: " ".join(v) for k, v in _commands(data_dir, Path("TMP")).items() if k in names},
             "repeats": a.repeats, "seconds": times, "median_seconds": med, "ratio_pandas_over_ours": ratio,
             "cpu_seconds": cpu, "median_cpu_seconds": med_cpu,
             "ratio_cpu_pandas_over_ours": med_cpu["pandas"] / med_cpu["ours"],

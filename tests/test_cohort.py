@@ -132,3 +132,42 @@ def test_a_prepared_folder_is_checked(data, tmp_path):
     next((tmp_path / "p24" / "parts").glob("part-*.npz")).unlink()
     with pytest.raises(DataError, match=r"part parts/part-00000.npz is missing"):
         Parts.open(tmp_path / "p24", CAT)
+
+
+def _stays(first: int, n: int) -> dict:
+    """``n`` PhysioNet stays with a few heart rates each (ids from ``first``)."""
+    return {rid: [(f"{h:02d}:{m:02d}", "HR", 60 + (rid * 7 + h) % 50) for h in range(0, 40, 6) for m in (0, 30)]
+            for rid in range(first, first + n)}
+
+
+def test_physionet_sets_are_read_once_in_chunks(physionet_set, tmp_path):
+    """A folder and an archive read in one pass each: chunks of 3 stays give the parts, ids, report and digest
+    of one chunk per set, numbered in order across the sets."""
+    sets = [physionet_set(_stays(100, 7), name="a"), physionet_set(_stays(200, 7), name="b", archive=True)]
+    small = grid_parts(sets, tmp_path / "small", CAT, 48, 1, chunk_stays=3)
+    whole = grid_parts(sets, tmp_path / "whole", CAT, 48, 1, chunk_stays=1000)
+    assert small.files == [f"parts/part-{i:05d}.npz" for i in range(6)] and len(whole.files) == 2
+    assert [len(a) for a in small.part_ids()] == [3, 3, 1, 3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate(small.part_ids()), [*range(100, 107), *range(200, 207)])
+    assert small.digest == whole.digest and small.report.to_dict() == whole.report.to_dict()
+    assert small.report.n_stays_read == 14 and not list((tmp_path / "small").glob(".parts-partial"))
+
+
+def test_a_failed_prepare_keeps_the_cohort_that_was_there(physionet_set, tmp_path):
+    """The damage at the end of the second archive is found after the first set's chunks were gridded: the
+    error names it, and the folder still holds the earlier cohort, whole (nothing half-replaced, no staging left)."""
+    good = physionet_set(_stays(100, 5), name="a")
+    out = tmp_path / "prepared"
+    prepare(good, out)
+    before = Parts.open(out, CAT)
+    damaged = physionet_set(_stays(300, 5), name="c", archive=True)
+    damaged.write_bytes(damaged.read_bytes()[:-12])  # the gzip trailer cut off: its checksum cannot be verified
+    with pytest.raises(DataError, match=r"set-c\.tar\.gz: the archive is damaged after \d+ stay files"):
+        prepare([good, damaged], out)
+    twice = physionet_set(_stays(100, 2), name="d", archive=True)  # stays 100 and 101 again
+    with pytest.raises(DataError, match="stay 100 appears in both"):
+        prepare([good, twice], out)
+    after = Parts.open(out, CAT)
+    assert after.files == before.files and after.digest == before.digest
+    np.testing.assert_array_equal(np.concatenate(after.part_ids()), range(100, 105))
+    assert not (out / ".parts-partial").exists()
