@@ -4,6 +4,7 @@
 * :func:`evaluate` -- the same with 95% bias-corrected bootstrap intervals (stays resampled with
   replacement) that always contain their point estimate, and a ``note`` when a class is too small.
 * :func:`paired_difference` -- metric(a) - metric(b) for two models on the same stays, paired bootstrap.
+* :func:`compare_models` -- both for several models from one bootstrap (a report's comparison table).
   The bootstrap is vectorised: each replicate is a vector of resampling counts over the stays sorted
   once by ``p``, so AUROC, AP, decile edges and bin sums for all replicates come from cumulative sums
   and matrix products instead of one scikit-learn call per replicate.
@@ -15,6 +16,7 @@ A stay is flagged when ``p >= threshold`` throughout.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +37,8 @@ ICU_LEVELS = ("coronary care", "cardiac surgery", "medical", "surgical", "unknow
 _N_BINS = 10  # ECE bins
 _N_GROUPS = 10  # Hosmer-Lemeshow risk groups
 _CHUNK = 250  # bootstrap replicates per block: bounds memory at a few (250, n) float arrays ...
-_BLOCK_CELLS = 5_000_000  # ... and at a few (B, n) arrays of 5M cells (40 MB) for n above 20,000 stays
+_BLOCK_CELLS = 500_000  # ... and (B, n) arrays of 500k cells (4 MB: cache-friendly, 1.4-2x faster than 40 MB) above 2,000 stays
+_PARALLEL_CELLS = 250_000  # blocks at least this large bootstrap their models in threads (smaller: not worth it)
 
 __all__ = [
     "AGE_LEVELS",
@@ -48,6 +51,7 @@ __all__ = [
     "Estimate",
     "binary_metrics",
     "check_binary_inputs",
+    "compare_models",
     "demographic_groups",
     "evaluate",
     "expected_calibration_error",
@@ -385,16 +389,21 @@ def _bootstrap(
     Returns one dict per model: arrays of shape (n_valid,) keyed by :data:`BOOTSTRAP_METRICS`, over the
     replicates that drew both classes (the same replicates for every model).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     stays = [_SortedStays(y01, p, threshold) for p, threshold in models]
     rng = np.random.default_rng(seed)
     reps: list[dict[str, list[np.ndarray]]] = [{k: [] for k in BOOTSTRAP_METRICS} for _ in models]
     block = max(1, min(_CHUNK, _BLOCK_CELLS // max(len(y01), 1)))
-    for start in range(0, n_boot, block):
-        w = _resample_counts(rng, min(block, n_boot - start), len(y01))  # (B, n), original stay order
-        for s, rep in zip(stays, reps, strict=True):
-            out = _replicate_metrics(s, w[:, s.order])
-            for k in BOOTSTRAP_METRICS:
-                rep[k].append(out[k][out["valid"]])
+    # the models of a block in parallel threads (numpy releases the GIL); the draws stay in this thread, in order
+    threads = min(len(models), len(os.sched_getaffinity(0))) if len(y01) * block >= _PARALLEL_CELLS else 1
+    with ThreadPoolExecutor(threads) as pool:
+        for start in range(0, n_boot, block):
+            w = _resample_counts(rng, min(block, n_boot - start), len(y01))  # (B, n), original stay order
+            outs = pool.map(lambda s, w=w: _replicate_metrics(s, w[:, s.order]), stays)
+            for out, rep in zip(outs, reps, strict=True):
+                for k in BOOTSTRAP_METRICS:
+                    rep[k].append(out[k][out["valid"]])
     return [{k: np.concatenate(v) for k, v in rep.items()} for rep in reps]
 
 
@@ -471,11 +480,21 @@ def evaluate(
     y01, p = check_binary_inputs(y, p, both_classes=True)
     threshold, n_boot = _check_bootstrap_args(threshold, n_boot, alpha)
     note = _small_class_note(y01, "evaluate")
-    point = binary_metrics(y01, p, threshold)
     (reps,) = _bootstrap(y01, [(p, threshold)], n_boot, seed)
-    return {
-        k: Estimate(point[k], *_bc_interval(reps[k], point[k], alpha), note=note) for k in BOOTSTRAP_METRICS
-    }
+    return _estimates(binary_metrics(y01, p, threshold), reps, alpha, note)
+
+
+def _estimates(point: dict, reps: dict, alpha: float, note: str) -> dict[str, Estimate]:
+    return {k: Estimate(point[k], *_bc_interval(reps[k], point[k], alpha), note=note) for k in BOOTSTRAP_METRICS}
+
+
+def _differences(point_a: dict, point_b: dict, reps_a: dict, reps_b: dict, alpha: float,
+                 note: str) -> dict[str, Estimate]:
+    out = {}
+    for k in DIFFERENCE_METRICS:
+        diff = point_a[k] - point_b[k]
+        out[k] = Estimate(diff, *_bc_interval(reps_a[k] - reps_b[k], diff, alpha), note=note)
+    return out
 
 
 def paired_difference(
@@ -519,11 +538,34 @@ def paired_difference(
     note = _small_class_note(y01, "paired_difference")
     point_a, point_b = binary_metrics(y01, p_a, threshold_a), binary_metrics(y01, p_b, threshold_b)
     reps_a, reps_b = _bootstrap(y01, [(p_a, threshold_a), (p_b, threshold_b)], n_boot, seed)
-    result = {}
-    for k in DIFFERENCE_METRICS:
-        diff = point_a[k] - point_b[k]
-        result[k] = Estimate(diff, *_bc_interval(reps_a[k] - reps_b[k], diff, alpha), note=note)
-    return result
+    return _differences(point_a, point_b, reps_a, reps_b, alpha, note)
+
+
+def compare_models(
+    y: Any, models: dict[str, tuple[Any, float]], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[dict[str, dict[str, Estimate]], dict[str, dict[str, Estimate]]]:
+    """:func:`evaluate` of every model and :func:`paired_difference` of the first model minus each other one,
+    from ONE bootstrap of all of them: the very numbers those calls give one by one (with one seed they draw
+    the same resamples), at a fraction of the cost — ``k`` models are bootstrapped ``k`` times, not ``3k - 2``.
+
+    ``models`` maps a name to ``(p, threshold)``, all for the stays of ``y`` in the same order. Returns
+    ``(metrics, differences)``: ``metrics[name]`` as :func:`evaluate` returns it, ``differences[name]`` for each
+    model but the first as :func:`paired_difference` (first, name) returns it.
+    """
+    names = list(models)
+    if not names:
+        raise ValueError("compare_models needs at least one model")
+    y01, _ = check_binary_inputs(y, models[names[0]][0], name=f"p of {names[0]!r}", both_classes=True)
+    checked = [(check_binary_inputs(y01, p, name=f"p of {n!r}")[1], _check_threshold(t))
+               for n, (p, t) in models.items()]
+    _, n_boot = _check_bootstrap_args(checked[0][1], n_boot, alpha)
+    note = _small_class_note(y01, "evaluate")
+    points = [binary_metrics(y01, p, t) for p, t in checked]
+    reps = _bootstrap(y01, checked, n_boot, seed)
+    metrics = {n: _estimates(pt, r, alpha, note) for n, pt, r in zip(names, points, reps, strict=True)}
+    diffs = {n: _differences(points[0], pt, reps[0], r, alpha, note)
+             for n, pt, r in zip(names[1:], points[1:], reps[1:], strict=True)}
+    return metrics, diffs
 
 
 # ---------------------------------------------------------------------------------------- subgroups

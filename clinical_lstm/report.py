@@ -130,15 +130,11 @@ def compare(probs: dict, y: np.ndarray, on: str, n_boot: int, seed: int) -> Eval
     the shipped model)."""
     import warnings
 
-    from .metrics import evaluate, paired_difference
+    from .metrics import compare_models
 
     with warnings.catch_warnings(record=True) as caught:  # one small-class warning per report, not per model
         warnings.simplefilter("always")
-        metrics = {name: evaluate(y, p, thr, n_boot=n_boot, seed=seed) for name, (p, thr) in probs.items()}
-        shipped = next(iter(probs))
-        p_model, thr_model = probs[shipped]
-        diffs = {name: paired_difference(y, p_model, p, thr_model, thr, n_boot=n_boot, seed=seed)
-                 for name, (p, thr) in probs.items() if name != shipped}
+        metrics, diffs = compare_models(y, probs, n_boot=n_boot, seed=seed)
     for message in dict.fromkeys(str(w.message) for w in caught):
         warnings.warn(message, UserWarning, stacklevel=2)
     return Evaluation(on, y, probs, metrics, diffs)

@@ -432,3 +432,20 @@ def test_demographic_groups_labels():
 def test_demographic_groups_rejects_unequal_lengths():
     with pytest.raises(ValueError, match="equal length"):
         demographic_groups([50, 60], [0], [1, 2])
+
+
+def test_compare_models_gives_what_evaluate_and_paired_difference_give():
+    """One bootstrap of three models (threads on: 1,000 stays x 250 replicates) = the calls one by one."""
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 1000)
+    models = {name: (np.clip(0.5 * y + rng.normal(0.25, s, 1000), 0, 1), t)
+              for name, s, t in (("a", 0.2, 0.5), ("b", 0.3, 0.4), ("c", 0.5, 0.6))}
+    got, diffs = metrics.compare_models(y, models, n_boot=300, seed=3)
+    assert list(got) == ["a", "b", "c"] and list(diffs) == ["b", "c"]
+    for name, (p, t) in models.items():
+        assert got[name] == metrics.evaluate(y, p, t, n_boot=300, seed=3)
+    for name in ("b", "c"):
+        (pa, ta), (pb, tb) = models["a"], models[name]
+        assert diffs[name] == metrics.paired_difference(y, pa, pb, ta, tb, n_boot=300, seed=3)
+    with pytest.raises(ValueError, match="p of 'b'"):
+        metrics.compare_models(y, {"a": models["a"], "b": (np.full(999, 0.5), 0.5)})
