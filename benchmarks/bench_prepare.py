@@ -145,13 +145,13 @@ def polars_floor(paths: list[Path], out: Path) -> int:
     b = pl.col("hours").floor().clip(0, WINDOW_BINS - 1).cast(pl.Int64)
     cells = long.group_by(((pl.col("stay") * WINDOW_BINS + b) * P + pl.col("p")).alias("key")).agg(
         pl.col("value").mean())
-    grid = np.full(len(ids) * WINDOW_BINS * P, np.nan)
-    grid[cells["key"].to_numpy()] = cells["value"].to_numpy()
-    grid = grid.reshape(len(ids), WINDOW_BINS, P)
-    seen = np.where(np.isnan(grid), 0, np.arange(WINDOW_BINS)[None, :, None])  # forward fill along the bins
-    grid = np.take_along_axis(grid, np.maximum.accumulate(seen, axis=1), axis=1)
+    grid = np.full((len(ids), WINDOW_BINS, P), np.nan)
+    grid.reshape(-1)[cells["key"].to_numpy()] = cells["value"].to_numpy()
+    for t in range(1, WINDOW_BINS):  # forward fill along the bins
+        np.copyto(grid[:, t], grid[:, t - 1], where=np.isnan(grid[:, t]))
+    columns = np.ascontiguousarray(grid.reshape(-1, P).T)  # (P, stays x bins): one contiguous row per parameter
     frame = pl.DataFrame({"stay_id": np.repeat(ids, WINDOW_BINS), "bin": np.tile(np.arange(WINDOW_BINS), len(ids)),
-                          **{n: grid[:, :, j].ravel() for j, n in enumerate(names)}}).fill_nan(None)
+                          **{n: columns[j] for j, n in enumerate(names)}}).fill_nan(None)
     out.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(out / "grid.parquet")
     (out / "reference_summary.json").write_text(json.dumps({"stays": len(ids), "rows": frame.height,

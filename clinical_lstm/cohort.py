@@ -188,6 +188,10 @@ def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resoluti
     text = (found is not None and found.schema["stay_id"] == pl.String) or any(
         inp.id_dtype == pl.String for inp in inputs if not inp.empty)
     kind = pl.String if text else pl.Int64  # every id is read as text when labels or any input has text ids
+    if text:  # long inputs read their ids as text; PhysioNet chunks are turned to text in the workers
+        for inp in inputs:
+            if inp.kind == "long":
+                inp.stay_ids, inp.id_dtype = inp.stay_ids.astype(str), pl.String
     if found is not None and found.schema["stay_id"] != kind:
         found = found.with_columns(pl.col("stay_id").cast(kind))
     check_unique_ids([inp for inp in inputs if inp.kind == "long"])  # before reading; PhysioNet ids after
