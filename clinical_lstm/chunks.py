@@ -5,6 +5,8 @@ An *index pass* finds every stay of an input without reading its values: for lon
 contiguous, the variable names not in the catalogue); for PhysioNet folders and archives the stay files'
 names. :func:`plan_chunks` cuts the stays into chunks in input order and :func:`read_chunks` reads a chunk's
 rows: a row slice for contiguous Parquet, a filter otherwise, the chunk's members for PhysioNet sets.
+:func:`stream_physionet` reads a PhysioNet set in chunks without the index pass (``prepare`` and ``train``, which
+stage what they write and keep nothing of a failed job; batch scoring, which resumes, indexes first).
 """
 
 from __future__ import annotations

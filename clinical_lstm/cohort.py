@@ -236,15 +236,17 @@ def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resoluti
             for i, inp in enumerate(inputs):
                 spill = spill_csv(inp, folder) if inp.kind == "long" and inp.path.suffix.lower() != ".parquet" \
                     and not inp.empty else None
-                for c, raw in chunks_of(i, inp, first, spill):  # read here, one chunk ahead of the workers
-                    pending.append((c, pool.submit(one, c, raw)))
-                    first = c.index + 1
-                    while len(pending) > workers:
+                try:
+                    for c, raw in chunks_of(i, inp, first, spill):  # read here, one chunk ahead of the workers
+                        pending.append((c, pool.submit(one, c, raw)))
+                        first = c.index + 1
+                        while len(pending) > workers:
+                            finish(*pending.popleft())
+                    while pending:
                         finish(*pending.popleft())
-                while pending:
-                    finish(*pending.popleft())
-                if spill is not None:
-                    spill.unlink(missing_ok=True)
+                finally:
+                    if spill is not None:
+                        spill.unlink(missing_ok=True)
                 if inp.kind == "physionet" and inp.empty:
                     raise DataError(f"{inp.path} holds no stay files (<RecordID>.txt with header "
                                     f"'Time,Parameter,Value')")
