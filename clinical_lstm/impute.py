@@ -191,7 +191,9 @@ class GridTransformer:
         """Learn from the observed (aggregated, non-NaN) values of each series variable in the training stays'
         bins, and their (N, S) raw statics: what :meth:`fit_grid` reads from one grid, gathered over chunks of
         stays by :mod:`clinical_lstm.cohort`. The statistics are exact (medians too): only observed values are
-        held, never the grid."""
+        held, never the grid. They are computed over the values sorted (statics too), an order that depends on the
+        values alone: chunking, input order and stay order cannot change a bit of them (a sum's rounding depends
+        on its order, and training magnifies a last-bit difference into another model)."""
         self._check_params()
         V = len(observed)
         self.log_ = np.zeros(V, dtype=bool)
@@ -199,7 +201,7 @@ class GridTransformer:
         self.scale_ = np.ones(V)
         self.median_ = np.zeros(V)
         for v in range(V):
-            obs = np.asarray(observed[v], dtype=np.float64)
+            obs = np.sort(np.asarray(observed[v], dtype=np.float64))
             if obs.size < 2:  # never (or once) seen in training: leave the identity scaling
                 continue
             sd = obs.std()
@@ -210,7 +212,7 @@ class GridTransformer:
             self.median_[v] = (np.median(f) - self.center_[v]) / self.scale_[v]
         self._fit_statics(statics)
         # mean static feature vector of the training stays: the reference "typical patient" for explanations
-        self.static_mean_ = self.static_features(statics).mean(axis=0) if len(statics) else \
+        self.static_mean_ = np.sort(self.static_features(statics), axis=0).mean(axis=0) if len(statics) else \
             np.zeros(len(self.static_features_))
         return self
 
@@ -223,7 +225,7 @@ class GridTransformer:
             if var.unit == "category":  # one-hot over the catalogue's integer levels
                 cats[name] = list(range(int(var.lower), int(var.upper) + 1))
                 continue
-            col = statics[:, j][~np.isnan(statics[:, j])]
+            col = np.sort(statics[:, j][~np.isnan(statics[:, j])])
             if col.size >= 2:
                 self.static_center_[j] = np.median(col)  # median imputation -> 0 after centering
                 self.static_scale_[j] = col.std() if col.std() > 1e-8 else 1.0

@@ -98,7 +98,8 @@ def evaluate_fit(fitted, y: np.ndarray, rule: str, outcomes, ids, n_boot: int, s
     """Every row of the comparison on the same stays: the shipped model, the networks alone (when the model
     stacks summary members), the summary members as the logistic-regression and gradient-boosting baselines,
     and SAPS-I. Out of fold on the training stays (``y``, ``ids``), or on separate test data
-    ``test = (tensors, y, ids, outcomes)``; every threshold is chosen out of fold."""
+    ``test = (cohort, y, ids, outcomes)`` (a :class:`~clinical_lstm.cohort.Cohort`, scored block by block); every
+    threshold is chosen out of fold."""
     import torch
 
     from .calibrate import choose_threshold, make_calibrator
@@ -108,13 +109,14 @@ def evaluate_fit(fitted, y: np.ndarray, rule: str, outcomes, ids, n_boot: int, s
     alone = make_calibrator(type(model.calibrator).kind).fit(fitted.lstm_oof, y) if model.head is not None else None
     members_test = None
     if test:
-        t, ev_y = test[0], test[1]
-        risk = model.risk(model.logits(t))
+        cohort, ev_y = test[0], test[1]
+        risk = model.risk(cohort.logits(model))
         with torch.inference_mode():
-            s = torch.from_numpy(t.summary)
+            s = torch.from_numpy(cohort.summary)
             members_test = {"logistic regression": fitted.members.linear(s).numpy(),
                             "gradient boosting": fitted.members.trees(s).numpy()}
-            lstm = predict_logits(model.networks, to_torch(t, torch.device("cpu"))) if alone else None
+            lstm = np.concatenate([predict_logits(model.networks, to_torch(t, torch.device("cpu")))
+                                   for t in cohort.blocks()] or [np.zeros(0)]) if alone else None
     else:
         ev_y, risk, lstm = y, fitted.oof_risk, fitted.lstm_oof
     probs = {(HYBRID_NAME if alone else MODEL_NAME): (risk, model.threshold)}

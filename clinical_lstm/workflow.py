@@ -277,7 +277,7 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
     model = fitted.model
     if test:
         on = f"{', '.join(test_parts.sources)} ({len(test)} stays, separate test data)"
-        ev = (test.tensors(), test.y, test.ids, test_parts.outcomes)
+        ev = (test, test.y, test.ids, test_parts.outcomes)
     else:
         ev = None
         on = (f"{', '.join(parts.sources)}, out of fold ({len(ids)} stays; each stay scored by the networks and "
@@ -345,7 +345,7 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
     with tempfile.TemporaryDirectory(prefix=".work-", dir=out, ignore_cleanup_errors=True) as work:
         parts = _parts(data, Path(work), model.catalogue, cfg, labels, outcomes, "evaluation data", False)
         cohort = Cohort.build(parts, tr, work)  # fitted: only transforms
-        p = model.risk(model.logits(cohort.tensors()))
+        p = model.risk(cohort.logits(model))
         name = HYBRID_NAME if model.head is not None else MODEL_NAME
         evaluation = compare({name: (p, model.threshold)}, cohort.y, f"{len(cohort)} stays", n_boot, 0)
         write_report(out, evaluation, cohort, model.catalogue, report=parts.report)

@@ -465,3 +465,21 @@ def test_last_step_statistics_equal_the_tracked_ones_bit_for_bit():
         for a, b in zip(tracked.at(-1).fields(), final.at(-1).fields(), strict=True):
             assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
         assert final.low.shape == (N, 1, V)  # one step kept, not k
+
+
+def test_fitted_statistics_depend_on_the_values_not_their_order():
+    """The same observed values and statics in another order (as other chunks or another input order give them)
+    fit the very same transformer, to the last bit: a last-bit difference would train another model."""
+    from clinical_lstm.catalogue import Catalogue
+
+    cat = Catalogue.default()
+    rng = np.random.default_rng(11)
+    V, S = len(cat.series), len(cat.statics)
+    observed = [rng.lognormal(3, 1, 5000 + 100 * v).astype(np.float32) for v in range(V)]
+    statics = rng.normal(60, 15, (3000, S)).astype(np.float32)
+    statics[rng.random((3000, S)) < 0.1] = np.nan
+    a = GridTransformer(cat).fit_observed(observed, statics)
+    shuffled = [np.concatenate([o[len(o) // 3:], o[:len(o) // 3]])[rng.permutation(len(o))] for o in observed]
+    b = GridTransformer(cat).fit_observed(shuffled, statics[rng.permutation(len(statics))])
+    for name in ("center_", "scale_", "median_", "log_", "static_center_", "static_scale_", "static_mean_"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
