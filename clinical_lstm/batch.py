@@ -62,6 +62,7 @@ from .chunks import (
     read_chunks,
     spill_csv,
 )
+from .config import usable_cpus
 from .files import atomic_path, check_not_input, write_frame, write_json
 from .sources import DataError, RawData, is_physionet
 
@@ -335,7 +336,7 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
         if not p.exists():
             raise DataError(f"data path {p} does not exist")
     _check_out(out, paths, model, catalogue)
-    workers = workers or min(len(os.sched_getaffinity(0)), 4)
+    workers = workers or min(usable_cpus(), 4)
     keep_freed_memory()
 
     # 1. the contract, before any work. A model given by path or URI is located and its catalogue read first;

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections import deque
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ import polars as pl
 
 from .catalogue import Catalogue
 from .chunks import Input, check_unique_ids, index_long, plan_chunks, read_chunks, spill_csv, stream_physionet
+from .config import usable_cpus
 from .files import write_frame, write_json
 from .grid import Grid, to_grid
 from .impute import GridTransformer, Tensors, observed_values
@@ -228,7 +228,7 @@ def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resoluti
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     done, first = [], 0
-    workers = workers or min(len(os.sched_getaffinity(0)), 4)
+    workers = workers or min(usable_cpus(), 4)
     known = None if any(inp.kind == "physionet" for inp in inputs) else sum(len(inp.stay_ids) for inp in inputs)
     bar = tqdm(total=known, desc="validate and grid", unit="stay", disable=not progress, leave=False)
     try:

@@ -16,7 +16,6 @@ A stay is flagged when ``p >= threshold`` throughout.
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
+
+from .config import usable_cpus
 
 BOOTSTRAP_METRICS = ("auroc", "auprc", "brier", "ece", "hosmer_lemeshow", "min_se_ppv")
 METRIC_KEYS = (*BOOTSTRAP_METRICS, "sensitivity", "ppv", "prevalence", "n")
@@ -37,7 +38,7 @@ ICU_LEVELS = ("coronary care", "cardiac surgery", "medical", "surgical", "unknow
 _N_BINS = 10  # ECE bins
 _N_GROUPS = 10  # Hosmer-Lemeshow risk groups
 _CHUNK = 250  # bootstrap replicates per block: bounds memory at a few (250, n) float arrays ...
-_BLOCK_CELLS = 500_000  # ... and (B, n) arrays of 500k cells (4 MB: cache-friendly, 1.4-2x faster than 40 MB) above 2,000 stays
+_BLOCK_CELLS = 500_000  # ... and (B, n) arrays of 4 MB above 2,000 stays (1.4x faster than 40 MB: bench_bootstrap.py)
 _PARALLEL_CELLS = 250_000  # blocks at least this large bootstrap their models in threads (smaller: not worth it)
 
 __all__ = [
@@ -396,7 +397,7 @@ def _bootstrap(
     reps: list[dict[str, list[np.ndarray]]] = [{k: [] for k in BOOTSTRAP_METRICS} for _ in models]
     block = max(1, min(_CHUNK, _BLOCK_CELLS // max(len(y01), 1)))
     # the models of a block in parallel threads (numpy releases the GIL); the draws stay in this thread, in order
-    threads = min(len(models), len(os.sched_getaffinity(0))) if len(y01) * block >= _PARALLEL_CELLS else 1
+    threads = min(len(models), usable_cpus()) if len(y01) * block >= _PARALLEL_CELLS else 1
     with ThreadPoolExecutor(threads) as pool:
         for start in range(0, n_boot, block):
             w = _resample_counts(rng, min(block, n_boot - start), len(y01))  # (B, n), original stay order
