@@ -6,7 +6,9 @@ Two passes over chunks of whole stays (:mod:`clinical_lstm.chunks`, the reader b
    (:func:`~clinical_lstm.grid.to_grid`) one chunk at a time and writes it as ``parts/part-NNNNN.npz``
    (values and observation times, (n, T, V) float32; raw statics; lengths; stay ids), with the merged quality
    report, the outcomes of the kept stays and ``cohort.json`` (written last: a folder without it is not a
-   cohort). ``clinical-lstm prepare`` writes this folder; ``train --data <that folder>`` reads it.
+   cohort). ``clinical-lstm prepare`` writes this folder; ``train --data <that folder>`` reads it. The parts go to
+   ``.parts-partial/`` first and replace ``parts/`` only once every input has been read whole, so a job that
+   fails (a damaged archive, a stay in two inputs) leaves the cohort that was there as it was.
 2. :meth:`Cohort.build` fits the transformer on the labelled stays of the parts (one pass that keeps only the
    observed values, so even the medians are exact), then transforms each part and appends every stay's inputs,
    one (3, T, V) float32 record (x, mask, elapsed hours), to ``steps.f32``. The small per-stay arrays (lengths,
