@@ -186,3 +186,18 @@ def test_a_cohort_is_scored_block_by_block_as_in_one_call(data, tmp_path):
                                atol=1e-6)  # other batch sizes may sum in another order
     np.testing.assert_array_equal(np.concatenate([t.stay_ids for t in cohort.blocks(8)]), cohort.ids)
     np.testing.assert_array_equal(cohort.logits(model), whole)
+
+
+def test_usable_cpus_where_the_os_has_no_affinity(monkeypatch):
+    """Linux reads the affinity mask (what the process may use); macOS and Windows have none: the CPU count."""
+    import os
+
+    from clinical_lstm.config import usable_cpus
+
+    if hasattr(os, "sched_getaffinity"):
+        assert usable_cpus() == len(os.sched_getaffinity(0))
+        monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+    assert usable_cpus() == 7
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # "undetermined"
+    assert usable_cpus() == 1
