@@ -147,6 +147,11 @@ def stream_physionet(inp: Input, number: int, chunk_stays: int, first_index: int
     raises :class:`DataError` only when the damage is reached, after the chunks before it: a caller that writes
     chunks as they come must discard them then (``prepare`` and ``train`` do; batch scoring indexes first)."""
     ids, files, ignored = [], [], 0
+
+    def chunk():
+        return (Chunk(first_index + (len(ids) - 1) // chunk_stays, number, len(ids) - len(files), len(files)),
+                partial(physionet_raw, files, inp.name))
+
     for record_id, data in iter_stay_files(inp.path):
         if record_id is None:
             ignored += 1
@@ -154,12 +159,10 @@ def stream_physionet(inp: Input, number: int, chunk_stays: int, first_index: int
         files.append((record_id, data))
         ids.append(record_id)
         if len(files) == chunk_stays:
-            yield (Chunk(first_index + (len(ids) - 1) // chunk_stays, number, len(ids) - len(files), len(files)),
-                   partial(physionet_raw, files, inp.name))
+            yield chunk()
             files = []
     if files:
-        yield (Chunk(first_index + (len(ids) - 1) // chunk_stays, number, len(ids) - len(files), len(files)),
-               partial(physionet_raw, files, inp.name))
+        yield chunk()
     inp.stay_ids, inp.ignored_members, inp.empty = np.asarray(ids, dtype=np.int64), ignored, not ids
 
 

@@ -443,9 +443,9 @@ class Cohort:
         for start in range(0, len(self), size):
             yield self.tensors(np.arange(start, min(start + size, len(self))))
 
-    def logits(self, model) -> np.ndarray:
-        """(N,) ``model``'s logits (:meth:`~clinical_lstm.bundle.RiskModel.logits`) of every stay, block by block."""
-        return np.concatenate([model.logits(t) for t in self.blocks()]) if len(self) else np.zeros(0)
+    def apply(self, fn) -> np.ndarray:
+        """(N,) ``fn(tensors)`` of every stay (e.g. a model's logits), computed block by block (:meth:`blocks`)."""
+        return np.concatenate([fn(t) for t in self.blocks()]) if len(self) else np.zeros(0)
 
     def source(self, device, in_memory_gb: float = 1.0):
         """What training iterates over: the tensors themselves on ``device`` when the records fit

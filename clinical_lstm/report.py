@@ -110,13 +110,13 @@ def evaluate_fit(fitted, y: np.ndarray, rule: str, outcomes, ids, n_boot: int, s
     members_test = None
     if test:
         cohort, ev_y = test[0], test[1]
-        risk = model.risk(cohort.logits(model))
+        risk = model.risk(cohort.apply(model.logits))
         with torch.inference_mode():
             s = torch.from_numpy(cohort.summary)
             members_test = {"logistic regression": fitted.members.linear(s).numpy(),
                             "gradient boosting": fitted.members.trees(s).numpy()}
-            lstm = np.concatenate([predict_logits(model.networks, to_torch(t, torch.device("cpu")))
-                                   for t in cohort.blocks()] or [np.zeros(0)]) if alone else None
+            lstm = cohort.apply(lambda t: predict_logits(model.networks, to_torch(t, torch.device("cpu")))) \
+                if alone else None
     else:
         ev_y, risk, lstm = y, fitted.oof_risk, fitted.lstm_oof
     probs = {(HYBRID_NAME if alone else MODEL_NAME): (risk, model.threshold)}

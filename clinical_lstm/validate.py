@@ -233,7 +233,7 @@ def order_rows(key: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarr
         idx = np.flatnonzero(np.concatenate([[False], tie]) | np.concatenate([tie, [False]]))
         order[idx] = order[idx][np.lexsort((value[order[idx]], k[idx]))]
     v = value[order]
-    same_key = np.concatenate([[False], k[1:] == k[:-1]])
+    same_key = np.concatenate([[False], tie])
     keep = ~(same_key & np.concatenate([[False], v[1:] == v[:-1]]))
     return order, keep, same_key & keep
 

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from .catalogue import resolve
+from .cohort import MANIFEST, PARTS, STAGING
 from .config import Config
 from .files import write_frame
 from .grid import Grid
@@ -65,8 +66,8 @@ class PrepareResult:
     seconds: float
 
 
-PREPARED = ("grid.parquet", "statics.parquet", "labels.parquet", "quality_report.json", "rejects.csv", "cohort.json",
-            "parts", ".parts-partial")  # the last two: clinical_lstm.cohort.PARTS, STAGING
+PREPARED = ("grid.parquet", "statics.parquet", "labels.parquet", "quality_report.json", "rejects.csv", MANIFEST, PARTS,
+            STAGING)
 
 
 def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | None = None,
@@ -345,7 +346,7 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
     with tempfile.TemporaryDirectory(prefix=".work-", dir=out, ignore_cleanup_errors=True) as work:
         parts = _parts(data, Path(work), model.catalogue, cfg, labels, outcomes, "evaluation data", False)
         cohort = Cohort.build(parts, tr, work)  # fitted: only transforms
-        p = model.risk(cohort.logits(model))
+        p = model.risk(cohort.apply(model.logits))
         name = HYBRID_NAME if model.head is not None else MODEL_NAME
         evaluation = compare({name: (p, model.threshold)}, cohort.y, f"{len(cohort)} stays", n_boot, 0)
         write_report(out, evaluation, cohort, model.catalogue, report=parts.report)

@@ -185,7 +185,7 @@ def test_a_cohort_is_scored_block_by_block_as_in_one_call(data, tmp_path):
     np.testing.assert_allclose(np.concatenate([model.logits(t) for t in cohort.blocks(8)]), whole, rtol=1e-6,
                                atol=1e-6)  # other batch sizes may sum in another order
     np.testing.assert_array_equal(np.concatenate([t.stay_ids for t in cohort.blocks(8)]), cohort.ids)
-    np.testing.assert_array_equal(cohort.logits(model), whole)
+    np.testing.assert_array_equal(cohort.apply(model.logits), whole)
 
 
 def test_usable_cpus_where_the_os_has_no_affinity(monkeypatch):
