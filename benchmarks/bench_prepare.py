@@ -28,6 +28,11 @@ before timing starts.
 --out TMP`` (:func:`polars_floor`): the reference's work and nothing more, done as fast as Python, polars and numpy
 go here. It is not a pipeline to ship; it says what ratio a Python ``prepare`` could reach at best.
 
+``--compiled`` adds a fourth (:func:`compiled_floor`): the same work with its per-row part in C
+(``compiled_floor.c``, built with gcc into the scratch folder before timing, called through ctypes). It measures
+the issue's question: how far a compiled piece would take ``prepare``. Before timing, each floor's ``grid.parquet``
+is checked against the reference's (same stays, bins, columns, nulls; values to 1e-12 relative).
+
 Only the standard library is imported at module level, so the reference process pays for exactly the
 imports it uses (pandas, numpy, pyarrow), as ``clinical-lstm prepare`` pays for its own.
 """
@@ -160,6 +165,84 @@ def polars_floor(paths: list[Path], out: Path) -> int:
     return len(ids)
 
 
+# -- the compiled floor: the reference's work as one C pass per archive (runs in its own process) --------------
+COMPILED_SOURCE = Path(__file__).resolve().with_name("compiled_floor.c")
+
+
+def build_compiled(build_dir: Path) -> Path:
+    """``gcc -O2 -shared -fPIC compiled_floor.c`` into ``build_dir``: a build step, done once, outside the timing."""
+    lib = build_dir / "compiled_floor.so"
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if not cc:
+        sys.exit("bench_prepare: --compiled needs a C compiler (gcc or cc)")
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(lib), str(COMPILED_SOURCE), "-lm"], check=True)
+    return lib
+
+
+def compiled_floor(paths: list[Path], out: Path, lib: Path) -> int:
+    """The reference's work with its per-row part in C (``compiled_floor.c``): each archive decompressed whole by
+    zlib and gridded by one C call in its own thread (ctypes releases the GIL), the two archives' columns joined
+    by parameter name, ``grid.parquet`` written by pyarrow. Only numpy and pyarrow are imported. Like the polars
+    floor it checks nothing; it measures what a compiled piece of ``prepare`` could reach."""
+    import ctypes
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ptr, long = ctypes.c_void_p, ctypes.c_long
+    c = ctypes.CDLL(str(lib))
+    c.list_members.argtypes, c.list_members.restype = [ctypes.c_char_p, long, ptr, ptr, ptr, long], long
+    c.grid_members.argtypes = [ctypes.c_char_p, ptr, ptr, long, ptr, ctypes.c_char_p]
+    c.grid_members.restype = ctypes.c_int
+    bins, max_params, name_len = WINDOW_BINS, 64, 32  # as in compiled_floor.c
+
+    def grid(path: Path):
+        tar = zlib.decompress(path.read_bytes(), 31)
+        n = c.list_members(tar, len(tar), None, None, None, 0)
+        ids, offsets, sizes = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+        c.list_members(tar, len(tar), ids.ctypes.data, offsets.ctypes.data, sizes.ctypes.data, n)
+        values = np.empty((max_params, n * bins))  # only the planes of the parameters found are written
+        names = ctypes.create_string_buffer(max_params * name_len)
+        k = c.grid_members(tar, offsets.ctypes.data, sizes.ctypes.data, n, values.ctypes.data, names)
+        if k < 0:
+            sys.exit(f"compiled floor: more than {max_params} parameters in {path}")
+        found = [names.raw[j * name_len:(j + 1) * name_len].split(b"\0")[0].decode() for j in range(k)]
+        return ids, dict(zip(found, values[:k], strict=True))
+
+    with ThreadPoolExecutor(len(paths)) as pool:
+        parts = list(pool.map(grid, paths))
+    def arrow(values, valid=None):  # not pa.array: given numpy data it imports pandas (0.16 s) to look for it
+        valid = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [valid, pa.py_buffer(values)])
+
+    def nullable(values):  # NaN -> null, as pandas writes it (pa.array's from_pandas=True: 50x slower here)
+        return arrow(values, ~np.isnan(values))
+
+    ids = np.concatenate([i for i, _ in parts])
+    order = np.argsort(ids, kind="stable")  # the reference's rows are in stay-id order
+    names = sorted(set().union(*(cols for _, cols in parts)))
+    columns = {"stay_id": arrow(np.repeat(ids[order], WINDOW_BINS)),
+               "bin": arrow(np.tile(np.arange(WINDOW_BINS, dtype=np.int64), len(ids)))}
+    in_order = bool(np.all(order == np.arange(len(ids))))  # one archive's stays after the other's: no reordering
+    rows = None if in_order else (order[:, None] * WINDOW_BINS + np.arange(WINDOW_BINS)).reshape(-1)
+    for name in names:
+        chunks = [cols[name] if name in cols else np.full(len(i) * WINDOW_BINS, np.nan) for i, cols in parts]
+        if in_order:
+            columns[name] = pa.chunked_array([nullable(c) for c in chunks])
+        else:
+            columns[name] = nullable(np.concatenate(chunks)[rows])
+    table = pa.table(columns)
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out / "grid.parquet")
+    (out / "reference_summary.json").write_text(json.dumps({"stays": len(ids), "rows": table.num_rows,
+                                                            "columns": table.num_columns - 2}))
+    print(f"compiled floor: {len(ids)} stays, grid {table.num_rows} x {table.num_columns - 2} -> {out / 'grid.parquet'}")
+    return len(ids)
+
+
 # -- the benchmark driver --------------------------------------------------------------------------------------
 def _clinical_lstm_exe() -> str:
     exe = Path(sys.executable).parent / "clinical-lstm"  # the venv's own entry point
@@ -169,14 +252,14 @@ def _clinical_lstm_exe() -> str:
     return found
 
 
-def _commands(data_dir: Path, out: Path) -> dict[str, list[str]]:
+def _commands(data_dir: Path, out: Path, lib: Path | None = None) -> dict[str, list[str]]:
     data = [str(data_dir / s) for s in SETS]
+    script = [sys.executable, str(Path(__file__).resolve())]
     return {
-        "pandas": [sys.executable, str(Path(__file__).resolve()), "--pandas-reference", "--data-dir",
-                   str(data_dir), "--out", str(out)],
+        "pandas": [*script, "--pandas-reference", "--data-dir", str(data_dir), "--out", str(out)],
         "ours": [_clinical_lstm_exe(), "prepare", "--data", data[0], "--data", data[1], "--out", str(out)],
-        "floor": [sys.executable, str(Path(__file__).resolve()), "--polars-floor", "--data-dir", str(data_dir),
-                  "--out", str(out)],
+        "floor": [*script, "--polars-floor", "--data-dir", str(data_dir), "--out", str(out)],
+        "compiled": [*script, "--compiled-floor", str(lib), "--data-dir", str(data_dir), "--out", str(out)],
     }
 
 
@@ -219,6 +302,45 @@ def _stay_counts(scratch: Path, data_dir: Path) -> dict:
     return counts
 
 
+_LABELS = {"floor": "polars floor", "compiled": "compiled floor"}
+
+
+def grid_differences(reference: Path, other: Path) -> list[str]:
+    """How the grid in Parquet file ``other`` differs from the one in ``reference`` (empty: the same grid): the
+    same (stay, bin) rows in any order, the same columns by name, nulls in the same cells, values equal to 1e-12
+    relative (the order of summing a cell's values may differ in the last bit)."""
+    import numpy as np
+    import polars as pl
+
+    ref, got = (pl.read_parquet(path).sort("stay_id", "bin") for path in (reference, other))
+    if sorted(ref.columns) != sorted(got.columns) or ref.height != got.height:
+        return [f"shape/columns differ: {ref.shape} {sorted(ref.columns)} vs {got.shape} {sorted(got.columns)}"]
+    problems = []
+    for col in ref.columns:
+        x, y = ref[col], got[col]
+        if not x.is_null().equals(y.is_null()):
+            problems.append(f"{col}: nulls in other cells")
+            continue
+        x, y = x.drop_nulls().cast(pl.Float64).to_numpy(), y.drop_nulls().cast(pl.Float64).to_numpy()
+        if not np.allclose(x, y, rtol=1e-12, atol=0):
+            problems.append(f"{col}: values differ (max |diff| {np.max(np.abs(x - y)):.3g})")
+    return problems
+
+
+def _check_same_grid(scratch: Path, data_dir: Path, name: str, lib: Path | None) -> None:
+    """Run the pandas reference and floor ``name`` once (untimed); exit unless they write the same grid."""
+    out_p, out_f = scratch / "same-pandas", scratch / f"same-{name}"
+    _run(_commands(data_dir, out_p)["pandas"])
+    _run(_commands(data_dir, out_f, lib)[name])
+    problems = grid_differences(out_p / "grid.parquet", out_f / "grid.parquet")
+    if problems:
+        sys.exit(f"bench_prepare: the {_LABELS[name]} does not write the reference's grid; not timing it:\n  "
+                 + "\n  ".join(problems[:10]))
+    print(f"{_LABELS[name]}: grid.parquet equals the reference's")
+    shutil.rmtree(out_p)
+    shutil.rmtree(out_f)
+
+
 def _check_load(warn: bool) -> list[float]:
     """The 1/5/15-minute load averages; with ``warn``, say so when other work is likely competing for cores."""
     load = list(os.getloadavg())
@@ -236,7 +358,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
     ap.add_argument("--pandas-reference", action="store_true", help="run the pandas reference (needs --out)")
     ap.add_argument("--polars-floor", action="store_true", help="run the floor (see polars_floor; needs --out)")
-    ap.add_argument("--floor", action="store_true", help="time the floor too, interleaved with the other two")
+    ap.add_argument("--compiled-floor", type=Path, metavar="LIB",
+                    help="run the compiled floor with the library LIB built by build_compiled (needs --out)")
+    ap.add_argument("--floor", action="store_true", help="time the floor too, interleaved with the others")
+    ap.add_argument("--compiled", action="store_true",
+                    help="build compiled_floor.c (gcc) and time the compiled floor too, interleaved with the others")
     ap.add_argument("--out", type=Path, metavar="DIR", help="output folder of --pandas-reference / --polars-floor")
     a = ap.parse_args(argv)
 
@@ -244,10 +370,14 @@ def main(argv=None) -> int:
     missing = [s for s in SETS if not (data_dir / s).is_file()]
     if missing:
         sys.exit(f"bench_prepare: {', '.join(missing)} not found in {data_dir}; pass --data-dir")
-    if a.pandas_reference or a.polars_floor:
+    if a.pandas_reference or a.polars_floor or a.compiled_floor:
         if a.out is None:
-            sys.exit("bench_prepare: --pandas-reference and --polars-floor need --out DIR")
-        (pandas_reference if a.pandas_reference else polars_floor)([data_dir / s for s in SETS], a.out)
+            sys.exit("bench_prepare: --pandas-reference, --polars-floor and --compiled-floor need --out DIR")
+        paths = [data_dir / s for s in SETS]
+        if a.compiled_floor:
+            compiled_floor(paths, a.out, a.compiled_floor)
+        else:
+            (pandas_reference if a.pandas_reference else polars_floor)(paths, a.out)
         return 0
     if a.repeats < 1:
         sys.exit("bench_prepare: --repeats must be at least 1")
@@ -255,23 +385,27 @@ def main(argv=None) -> int:
     load_before = _check_load(warn=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
+        lib = build_compiled(scratch) if a.compiled else None
         counts = _stay_counts(scratch, data_dir)
-        names = ("pandas", "ours", "floor") if a.floor else ("pandas", "ours")
+        names = ("pandas", "ours") + (("floor",) if a.floor else ()) + (("compiled",) if a.compiled else ())
+        for name in names[2:]:  # a floor must write the reference's grid, or its time means nothing
+            _check_same_grid(scratch, data_dir, name, lib)
         times: dict[str, list[float]] = {n: [] for n in names}
         cpu: dict[str, list[float]] = {n: [] for n in names}
+        extra = names[2:]
         print(f"\n{'run':>4} {'pandas s':>10} {'ours s':>10} {'pandas/ours':>12} {'pandas cpu s':>13} "
-              f"{'ours cpu s':>11}" + (f" {'floor s':>8} {'pandas/floor':>13}" if a.floor else ""))
+              f"{'ours cpu s':>11}" + "".join(f" {n + ' s':>11} {'pandas/' + n:>16}" for n in extra))
         for r in range(a.repeats):
             for name in names:  # interleaved: pandas, ours, [floor,] pandas, ours, ...
                 out = scratch / f"{name}-{r}"
-                wall, c = _run(_commands(data_dir, out)[name])
+                wall, c = _run(_commands(data_dir, out, lib)[name])
                 times[name].append(wall)
                 cpu[name].append(c)
                 shutil.rmtree(out, ignore_errors=True)
             print(f"{r + 1:>4} {times['pandas'][-1]:>10.2f} {times['ours'][-1]:>10.2f} "
                   f"{times['pandas'][-1] / times['ours'][-1]:>12.2f} {cpu['pandas'][-1]:>13.2f} "
-                  f"{cpu['ours'][-1]:>11.2f}" + (f" {times['floor'][-1]:>8.2f} "
-                                                 f"{times['pandas'][-1] / times['floor'][-1]:>13.2f}" if a.floor else ""))
+                  f"{cpu['ours'][-1]:>11.2f}" + "".join(f" {times[n][-1]:>11.2f} "
+                                                        f"{times['pandas'][-1] / times[n][-1]:>16.2f}" for n in extra))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -283,16 +417,16 @@ def main(argv=None) -> int:
           f"pandas/ours {ratio:.2f}")
     print(f"median CPU (user+sys): pandas {med_cpu['pandas']:.2f} s, ours {med_cpu['ours']:.2f} s, "
           f"pandas/ours {med_cpu['pandas'] / med_cpu['ours']:.2f}")
-    if a.floor:
-        print(f"floor (the reference's work, no validation): {med['floor']:.2f} s, pandas/floor "
-              f"{med['pandas'] / med['floor']:.2f}, CPU {med_cpu['floor']:.2f} s")
+    for n in names[2:]:
+        print(f"{_LABELS[n]} (the reference's work, no validation): {med[n]:.2f} s, pandas/{n} "
+              f"{med['pandas'] / med[n]:.2f}, CPU {med_cpu[n]:.2f} s")
     if a.json:
         import pandas as pd
         import polars as pl
 
         result = {
             "benchmark": "prepare, whole process, PhysioNet 2012 sets A+B",
-            "commands": {k: " ".join(v) for k, v in _commands(data_dir, Path("TMP")).items() if k in names},
+            "commands": {k: " ".join(v) for k, v in _commands(data_dir, Path("TMP"), lib).items() if k in names},
             "repeats": a.repeats, "seconds": times, "median_seconds": med, "ratio_pandas_over_ours": ratio,
             "cpu_seconds": cpu, "median_cpu_seconds": med_cpu,
             "ratio_cpu_pandas_over_ours": med_cpu["pandas"] / med_cpu["ours"],
