@@ -91,8 +91,12 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
     catalogue = resolve(cfg.data.catalogue)
     with atomic_path(out / "grid.parquet") as g_tmp, atomic_path(out / "statics.parquet") as s_tmp:
         sink = _GridFiles(catalogue, g_tmp, s_tmp)
-        parts = grid_parts(data, out, catalogue, cfg.data.window_hours, cfg.data.resolution_hours, labels, outcomes,
-                           progress=progress, sink=sink)
+        try:
+            parts = grid_parts(data, out, catalogue, cfg.data.window_hours, cfg.data.resolution_hours, labels,
+                               outcomes, progress=progress, sink=sink)
+        except BaseException:
+            sink.abort()  # the half-written files are closed here and removed by atomic_path
+            raise
         sink.close(cfg.data.resolution_hours)
     save_parts(parts, catalogue)
     return PrepareResult(out, parts.report, sink.stays, time.perf_counter() - t0)
@@ -118,6 +122,11 @@ class _GridFiles:
         for w, t in zip(self.writers, tables, strict=True):
             w.write_table(t.cast(w.schema))
         self.stays += n
+
+    def abort(self) -> None:
+        for w in self.writers:
+            w.close()
+        self.writers = []
 
     def close(self, resolution_hours: float) -> None:
         for w in self.writers:

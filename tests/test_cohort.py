@@ -158,6 +158,7 @@ def test_a_failed_prepare_keeps_the_cohort_that_was_there(physionet_set, tmp_pat
     out = tmp_path / "prepared"
     prepare(good, out)
     before = Parts.open(out, CAT)
+    files_before = {f: f.read_bytes() for f in (out / "grid.parquet", out / "statics.parquet")}
     damaged = physionet_set(_stays(300, 5), name="c", archive=True)
     damaged.write_bytes(damaged.read_bytes()[:-12])  # the gzip trailer cut off: its checksum cannot be verified
     with pytest.raises(DataError, match=r"set-c\.tar\.gz: the archive is damaged after \d+ stay files"):
@@ -169,6 +170,8 @@ def test_a_failed_prepare_keeps_the_cohort_that_was_there(physionet_set, tmp_pat
     assert after.files == before.files and after.digest == before.digest
     np.testing.assert_array_equal(np.concatenate(after.part_ids()), range(100, 105))
     assert not (out / ".parts-partial").exists()
+    assert {f: f.read_bytes() for f in files_before} == files_before  # the grid files written as the parts came
+    assert not list(out.glob(".*.tmp"))  # were closed and removed
 
 
 def test_a_cohort_is_scored_block_by_block_as_in_one_call(data, tmp_path):
