@@ -17,8 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +28,7 @@ from . import __version__
 from .calibrate import calibrator_from_dict
 from .catalogue import Catalogue
 from .config import ModelConfig
-from .files import dir_mode, file_mode
+from .files import atomic_dir, file_mode
 from .grid import ids_series
 from .impute import GridTransformer, Tensors
 from .model import MaskedLSTM
@@ -277,10 +275,7 @@ class RiskModel:
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        try:
-            os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; the bundle gets the folder mode the umask gives
+        with atomic_dir(directory) as tmp:
             (tmp / "catalogue.csv").write_text(self.catalogue.to_csv_text())
             (tmp / "transformer.json").write_text(json.dumps(self.transformer.to_dict(), indent=1))
             save_file(self._weights(), str(tmp / "weights.safetensors"))
@@ -292,16 +287,6 @@ class RiskModel:
                     "threshold": float(self.threshold), "catalogue_digest": self.catalogue.digest(),
                     "model_digest": self.digest(), "files": {f: _sha256(tmp / f) for f in BUNDLE_FILES[1:]}}
             (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return directory
 
     @classmethod

@@ -68,7 +68,12 @@ class Catalogue:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"catalogue file {path} does not exist")
-        return cls.from_csv_text(path.read_text(), source=str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"catalogue file {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                             f"a catalogue is a CSV with columns {list(COLUMNS)}") from None
+        return cls.from_csv_text(text, source=str(path))
 
     @classmethod
     def from_csv_text(cls, text: str, source: str = "catalogue") -> Catalogue:

@@ -108,7 +108,7 @@ def plot_stay(model, clean: pl.DataFrame, t, n: int, table: pl.DataFrame, path, 
     (log-odds, from the reference's logit E[f(X)] to the stay's f(x)), the rest as one bar."""
     import shap
 
-    sid = int(t.stay_ids[n])
+    sid = t.stay_ids[n].item()  # a Python int or str: text ids are drawn too
     L, res = int(t.lengths[n]), model.transformer.resolution_hours
     hours = (np.arange(L) + 1) * res
     risk = model.trajectory(clean.filter(pl.col("stay_id") == sid))["risk"].to_numpy()[:L]

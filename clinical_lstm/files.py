@@ -16,7 +16,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "check_not_input", "dir_mode", "file_mode", "write_frame", "write_json", "write_text"]
+__all__ = ["atomic_dir", "atomic_path", "check_not_input", "dir_mode", "file_mode", "publish", "write_frame", "write_json",
+           "write_text"]
 
 
 def file_mode() -> int:
@@ -65,6 +66,49 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole, so that no file of an
+    earlier run is left beside the new ones (a model bundle, a run's ``report/``); on error it is removed and
+    ``path`` is as it was. The swap is two renames: a reader may find ``path`` missing for that instant, never
+    half-written."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; the folder gets the mode the umask gives
+        yield tmp
+        if path.exists() or path.is_symlink():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(staged: Path, out: Path, owned: tuple[str, ...]) -> dict[Path, Path]:
+    """Move every file of the folder ``staged`` into the folder ``out`` (each rename atomic) and remove the files
+    of ``out`` that match one of the glob patterns ``owned`` (the names the job writes) but were not written this
+    time: an output folder that also holds other files is never left with a stale file of an earlier run beside
+    the new ones. Returns ``{staged path: published path}``."""
+    moved = {}
+    fresh = {f.name for f in staged.iterdir()}
+    for pattern in owned:
+        for old in out.glob(pattern):
+            if old.name not in fresh and (old.is_file() or old.is_symlink()):
+                old.unlink()
+    for f in sorted(staged.iterdir()):
+        moved[f] = out / f.name
+        os.replace(f, moved[f])
+    return moved
 
 
 def write_text(path: str | Path, text: str) -> Path:

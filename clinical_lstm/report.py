@@ -25,6 +25,7 @@ HYBRID_NAME = "masked LSTM + summaries"  # the default shipped model: the networ
 #: Report files free of stay identifiers: the only ones tracking logs.
 SAFE_TO_LOG = ("metrics.json", "roc.png", "pr.png", "calibration.png", "comparison.png", "subgroups.csv",
                "history.csv", "global_importance.png", "global_importance.csv")
+REPORT_FILES = (*SAFE_TO_LOG, "quality_report.json", "rejects.csv")  # every file :func:`write` may write
 KEYS = ("auroc", "auprc", "brier", "ece", "min_se_ppv")
 
 

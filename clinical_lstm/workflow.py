@@ -24,7 +24,7 @@ import polars as pl
 from .catalogue import resolve
 from .cohort import MANIFEST, PARTS, STAGING
 from .config import Config
-from .files import write_frame
+from .files import atomic_dir, publish, write_frame
 from .grid import Grid
 from .impute import hours_since
 from .report import MODEL_NAME, Evaluation
@@ -301,11 +301,13 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
         "evaluated_on": on, "train_seconds": fitted.seconds,
         "metrics": evaluation.to_dict()["models"],
     }
-    model.save(out / "model")
-    files = write_report(out / "report", evaluation, test or cohort, catalogue, fitted.history, report, model,
-                         cfg.evaluation.explain_stays, cfg.evaluation.seed)
-    files["out_of_fold"] = write_frame(pl.DataFrame({  # held-out risks of the training stays (local: names them)
-        "stay_id": ids, "fold": fitted.fold, "risk": fitted.oof_risk, "label": y}), out / "report" / "out_of_fold.parquet")
+    with atomic_dir(out / "report") as staged:  # model/ and report/ replace an earlier run's whole: nothing stale
+        files = write_report(staged, evaluation, test or cohort, catalogue, fitted.history, report, model,
+                             cfg.evaluation.explain_stays, cfg.evaluation.seed)
+        files["out_of_fold"] = write_frame(pl.DataFrame({  # held-out risks of the training stays (local: names them)
+            "stay_id": ids, "fold": fitted.fold, "risk": fitted.oof_risk, "label": y}), staged / "out_of_fold.parquet")
+        model.save(out / "model")
+    files = {k: out / "report" / Path(f).relative_to(staged) for k, f in files.items()}
     from sklearn.metrics import average_precision_score
 
     result = TrainResult(model, report, evaluation, fitted.history, out, files,
@@ -344,11 +346,11 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
 
     from .bundle import load_model
     from .cohort import Cohort
-    from .report import HYBRID_NAME, compare
+    from .report import HYBRID_NAME, REPORT_FILES, compare
     from .report import write as write_report
 
     out = writable_dir(out, "--out", ("metrics.json", "quality_report.json", "rejects.csv"),
-                       [*_as_list(data), labels, outcomes])
+                       [*_as_list(data), labels, outcomes, *_model_path(model)])
     model = load_model(model) if isinstance(model, (str, Path)) else model
     tr = model.transformer
     cfg = Config.from_dict({"data": {"window_hours": tr.window_hours, "resolution_hours": tr.resolution_hours}})
@@ -358,7 +360,10 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
         p = model.risk(cohort.apply(model.logits))
         name = HYBRID_NAME if model.head is not None else MODEL_NAME
         evaluation = compare({name: (p, model.threshold)}, cohort.y, f"{len(cohort)} stays", n_boot, 0)
-        write_report(out, evaluation, cohort, model.catalogue, report=parts.report)
+        staged = Path(work) / "report"
+        staged.mkdir()
+        write_report(staged, evaluation, cohort, model.catalogue, report=parts.report)
+        publish(staged, out, REPORT_FILES)  # only once every file is made; no stale file of an earlier run kept
     return evaluation
 
 
@@ -381,10 +386,13 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
     """Write the per-variable SHAP table (every scorable stay), ``rejects.csv`` (every other stay, with its
     reason), a plot per requested stay and the global importance plot. Everything is checked before any file is
     written: the options, the requested stays, and that at least one stay can be explained."""
+    import tempfile
+
     from .bundle import load_model
     from .explain import shap_values, table_from
     from .explain_plots import plot_global, plot_stay
 
+    model_dir = _model_path(model)  # an input: no output may touch it
     if top is not None and top < 1:
         raise ValueError(f"--top must be at least 1 (or left out for every variable), got {top}")
     if n_permutations < 2:
@@ -403,23 +411,46 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
     if missing:
         why = ", ".join(f"{s} ({rejected[s]})" if s in rejected else f"{s} (not in the data)" for s in missing)
         raise DataError(f"stay(s) {why} cannot be drawn: not among the scorable stays of the data")
-    out = writable_dir(out, "--out", (f"explanations.{fmt}", "rejects.csv", "global_importance.png"), _as_list(data))
+    out = writable_dir(out, "--out", (f"explanations.{fmt}", "rejects.csv", "global_importance.png"),
+                       [*_as_list(data), *model_dir])
     t = model.tensors(clean, kept)
     full = table_from(*shap_values(model, t, n_permutations, progress=True), t.stay_ids)
-    files = {"explanations": write_frame(full if top is None else full.filter(pl.col("rank") <= top),
-                                         out / f"explanations.{fmt}"),
-             "rejects": write_frame(report.rejects, out / "rejects.csv")}
-    files["global_importance"] = plot_global(full, out / "global_importance.png")
     if stays is None:
         stays = t.stay_ids[np.argsort(-model.logits(t))[:3]].tolist()
-    for sid in stays:
-        files[f"stay {sid}"] = plot_stay(model, clean, t, index[str(sid)], full, out / f"stay_{_safe(sid)}.png")
+    with tempfile.TemporaryDirectory(prefix=".explain-", dir=out, ignore_cleanup_errors=True) as staged:
+        staged = Path(staged)  # every file is made here first: a failure leaves --out as it was
+        files = {"explanations": write_frame(full if top is None else full.filter(pl.col("rank") <= top),
+                                             staged / f"explanations.{fmt}"),
+                 "rejects": write_frame(report.rejects, staged / "rejects.csv")}
+        files["global_importance"] = plot_global(full, staged / "global_importance.png")
+        for sid in dict.fromkeys(stays):
+            files[f"stay {sid}"] = plot_stay(model, clean, t, index[str(sid)], full, staged / f"{stay_file(sid)}.png")
+        moved = publish(staged, out, EXPLAIN_FILES)
     log(f"{len(kept)} stays explained, {report.rejects.height} rejected -> {out}")
-    return files
+    return {k: moved[f] for k, f in files.items()}
 
 
-def _safe(stay_id) -> str:
-    """A stay id as part of a file name: text ids may hold any character."""
+EXPLAIN_FILES = ("explanations.parquet", "explanations.csv", "rejects.csv", "global_importance.png", "stay_*.png")
+
+
+def _model_path(model) -> list[Path]:
+    """The model's bundle folder, when ``model`` names one on disk (not an MLflow URI, not a loaded model): an
+    input that no output may touch. A run folder's ``model/`` is the bundle: ``--out run/explain`` is fine."""
+    from .bundle import model_dir
+    from .tracking import is_model_uri
+
+    return [model_dir(model)] if isinstance(model, (str, Path)) and not is_model_uri(str(model)) else []
+
+
+def stay_file(stay_id) -> str:
+    """``stay_<id>``: a stay id as a file name stem. Text ids may hold any character: one with a character other
+    than letters, digits, ``.``, ``_`` and ``-`` is spelled with ``_`` for each and a digest of the id, so that
+    ``a,b``, ``a/b`` and ``a_b`` get different files."""
+    import hashlib
     import re
 
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(stay_id))
+    text = str(stay_id)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", text)
+    if safe != text or not safe.strip("."):
+        safe += "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"stay_{safe}"

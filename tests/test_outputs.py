@@ -1,0 +1,113 @@
+"""What a job leaves in its output folder: whole replacements (no file of an earlier run beside the new ones), no
+output inside the model it reads, distinct files for distinct stays, and nothing written when it fails."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from clinical_lstm.config import Config
+from clinical_lstm.files import atomic_dir, publish
+from clinical_lstm.sources import DataError
+from clinical_lstm.synthetic import synthetic_cohort, synthetic_labels
+from clinical_lstm.workflow import evaluate, explain, stay_file, train
+
+TINY = {"train": {"folds": 2, "epochs": 1, "patience": 1, "batch_size": 16, "device": "cpu"},
+        "model": {"hidden_size": 8}, "evaluation": {"n_boot": 20, "explain_stays": 4}}
+TEXT_IDS = ["a,b", "a/b", "a_b", "..", "ENC-7"]  # the first three once shared one plot file
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    long = synthetic_cohort(40, seed=5)
+    labels = synthetic_labels(long, seed=5)
+    long.write_csv(root / "data.csv")
+    labels.write_csv(root / "labels.csv")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(cohort):
+    out = cohort / "run"
+    train(cohort / "data.csv", out, cohort / "labels.csv", config=Config.from_dict(TINY), progress=False,
+          log=lambda *_: None)
+    return out
+
+
+def test_atomic_dir_replaces_the_folder_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "report"
+    target.mkdir()
+    (target / "stale.png").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "metrics.json").write_text("{}")
+        raise RuntimeError("the job failed")
+    assert [p.name for p in target.iterdir()] == ["stale.png"]  # untouched
+    with atomic_dir(target) as tmp:
+        (tmp / "metrics.json").write_text("{}")
+    assert [p.name for p in target.iterdir()] == ["metrics.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary or old folder left
+
+
+def test_publish_removes_only_the_stale_files_the_job_owns(tmp_path):
+    out, staged = tmp_path / "out", tmp_path / "staged"
+    out.mkdir()
+    staged.mkdir()
+    for name in ("stay_1.png", "stay_2.png", "notes.txt", "rejects.csv"):
+        (out / name).write_text("old")
+    (staged / "stay_2.png").write_text("new")
+    (staged / "rejects.csv").write_text("new")
+    moved = publish(staged, out, ("stay_*.png", "rejects.csv"))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "rejects.csv", "stay_2.png"]
+    assert (out / "stay_2.png").read_text() == "new" and (out / "notes.txt").read_text() == "old"
+    assert moved == {staged / "rejects.csv": out / "rejects.csv", staged / "stay_2.png": out / "stay_2.png"}
+
+
+def test_stay_files_differ_for_ids_that_differ():
+    names = [stay_file(s) for s in TEXT_IDS + [12, "12"]]
+    assert names[-2:] == ["stay_12", "stay_12"]  # one id, written as text or integer
+    assert len(set(names[:-2])) == len(TEXT_IDS)
+    assert all("/" not in n and n not in ("stay_.", "stay_..") for n in names)
+
+
+def test_a_second_train_in_the_same_folder_leaves_nothing_of_the_first(cohort, tmp_path):
+    out = tmp_path / "run"
+    cfg = Config.from_dict(TINY)
+    train(cohort / "data.csv", out, cohort / "labels.csv", config=cfg, progress=False, log=lambda *_: None)
+    assert (out / "report" / "global_importance.png").is_file()
+    quiet = Config.from_dict({**TINY, "evaluation": {"n_boot": 20, "explain_stays": 0}})
+    result = train(cohort / "data.csv", out, cohort / "labels.csv", config=quiet, progress=False, log=lambda *_: None)
+    names = {p.name for p in (out / "report").iterdir()}
+    assert not names & {"global_importance.png", "global_importance.csv"}  # the first run's, now stale
+    assert names == {p.name for p in result.files.values()}  # every file in report/ is this run's
+    assert all(p.is_file() for p in result.files.values())
+    assert sorted(p.name for p in out.iterdir()) == ["model", "report"]
+
+
+def test_evaluate_and_explain_never_write_into_the_model(run, cohort):
+    for job, kwargs in ((evaluate, {"labels": cohort / "labels.csv", "n_boot": 20}), (explain, {})):
+        before = {p.name: p.read_bytes() for p in (run / "model").iterdir()}
+        with pytest.raises(DataError, match="inside the input folder"):
+            job(str(run), cohort / "data.csv", run / "model", **kwargs)
+        assert {p.name: p.read_bytes() for p in (run / "model").iterdir()} == before
+    explain(str(run), cohort / "data.csv", run / "explained", stays=[3], n_permutations=2, log=lambda *_: None)
+    assert (run / "explained" / "stay_3.png").is_file()  # beside the model, in the run folder: fine
+
+
+def test_explain_draws_text_ids_each_in_its_own_file_and_replaces_an_earlier_explain(run, cohort, tmp_path):
+    long = pl.read_csv(cohort / "data.csv")
+    first = long["stay_id"].unique().sort().head(len(TEXT_IDS)).to_list()
+    text = long.filter(pl.col("stay_id").is_in(first)).with_columns(
+        pl.col("stay_id").replace_strict(first, TEXT_IDS, return_dtype=pl.String))
+    text.write_csv(tmp_path / "text.csv")
+    out = tmp_path / "ex"
+    out.mkdir()
+    (out / "stay_old.png").write_text("a plot of an earlier explain")
+    (out / "notes.txt").write_text("the user's")
+    files = explain(str(run), tmp_path / "text.csv", out, stays=TEXT_IDS, n_permutations=2, log=lambda *_: None)
+    plots = sorted(p.name for p in out.glob("stay_*.png"))
+    assert plots == sorted(f"{stay_file(s)}.png" for s in TEXT_IDS) and len(plots) == len(TEXT_IDS)
+    assert all(files[f"stay {s}"].read_bytes()[:4] == b"\x89PNG" for s in TEXT_IDS)
+    assert (out / "notes.txt").read_text() == "the user's"
+    assert sorted(pl.read_parquet(out / "explanations.parquet")["stay_id"].unique()) == sorted(TEXT_IDS)
+    assert not list(out.glob(".explain-*"))
