@@ -28,10 +28,28 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from .sources import checked_ids, stay_id_key
+
 SERIES_STATS = ("first", "last", "min", "max", "mean", "count")
 ICU_TYPES = (1, 2, 3, 4)
 ICU_VARIABLE = "ICUType"
 MODEL_NAMES = ("logistic regression", "gradient boosting")
+MIN_SAMPLES_LEAF = 20  # the boosting's smallest leaf (scikit-learn's default), stated: the column guard relies on it
+
+
+# -- stay ids ----------------------------------------------------------------------------------------
+def _join_ids(stay_ids, dtype: pl.DataType) -> tuple[pl.Series, pl.Expr]:
+    """``stay_ids`` (shape (n,)) and a table's ``stay_id`` column (of type ``dtype``) as keys of one kind.
+
+    Each is keyed as :mod:`~clinical_lstm.sources` keys ids (integers as Int64, text as given, see
+    :func:`~clinical_lstm.sources.checked_ids`); when one is integer and the other text, both become text, as
+    in :func:`~clinical_lstm.sources.same_id_kind`. A text id (an encounter id) is never cast to an integer.
+    """
+    ids = checked_ids(pl.DataFrame({"stay_id": np.asarray(stay_ids).reshape(-1)}), "stay_ids")["stay_id"]
+    key = stay_id_key(dtype).alias("stay_id")
+    if ids.dtype != (pl.Int64 if dtype.is_numeric() else pl.String):
+        ids, key = ids.cast(pl.String), key.cast(pl.String)
+    return ids, key
 
 
 # -- features ----------------------------------------------------------------------------------------
@@ -50,18 +68,18 @@ def feature_names(catalogue) -> list[str]:
 
 
 def summary_features(long: pl.DataFrame, catalogue,
-                     stay_ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, list[str]]:
+                     stay_ids: Sequence[int | str] | np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Per-stay summary statistics of the cleaned long table.
 
     Parameters
     ----------
     long : polars.DataFrame
-        Canonical cleaned long table: ``stay_id`` Int64, ``time`` Float64 (hours since admission),
+        Canonical cleaned long table: ``stay_id`` Int64 or text, ``time`` Float64 (hours since admission),
         ``variable`` String, ``value`` Float64. Static descriptors are rows at ``time == 0``.
         Rows need not be sorted; variables not in the catalogue are ignored.
     catalogue : Catalogue
         Gives the series variables (``catalogue.series``) and statics (``catalogue.statics``).
-    stay_ids : sequence of int, shape (n_stays,)
+    stay_ids : sequence of int or str, shape (n_stays,)
         Stays to describe, in output row order. A stay without rows gets count 0 and NaN elsewhere.
 
     Returns
@@ -78,7 +96,7 @@ def summary_features(long: pl.DataFrame, catalogue,
     """
     series, statics = list(catalogue.series), list(catalogue.statics)
     names = feature_names(catalogue)
-    ids = np.asarray(stay_ids, dtype=np.int64).reshape(-1)
+    ids, key = _join_ids(stay_ids, long.schema["stay_id"])
     n, n_stats = len(ids), len(SERIES_STATS)
     X = np.full((n, len(names)), np.nan)
     X[:, n_stats - 1:len(series) * n_stats:n_stats] = 0.0  # counts: never observed means 0, not unknown
@@ -101,7 +119,7 @@ def summary_features(long: pl.DataFrame, catalogue,
         at0 = pl.col("time") == 0.0
         agg = (
             long.lazy()
-            .select(pl.col("stay_id").cast(pl.Int64), pl.col("time").cast(pl.Float64),
+            .select(key, pl.col("time").cast(pl.Float64),
                     pl.col("variable").cast(pl.String), pl.col("value").cast(pl.Float64))
             .with_row_index("_i")
             .join(slots.lazy(), on="variable", how="inner")
@@ -162,6 +180,10 @@ class SummaryBaselines:
     inflate every predicted risk (good for nothing but ranking) and make the baselines' Brier score
     and calibration curves incomparable with the LSTM's calibrated scores. Without it the
     probabilities stay calibrated and AUROC/AUPRC are essentially unchanged.
+
+    Gradient boosting is given only the columns observed in every training stay or in at least
+    :data:`MIN_SAMPLES_LEAF` of them: a sparser column (a lab ordered for a handful of stays) could never
+    be split on, so leaving it out changes nothing, while keeping it can crash scikit-learn's binning.
     """
 
     def __init__(self, seed: int = 0, C: float = 0.1, n_threads: int | None = 1):
@@ -174,7 +196,7 @@ class SummaryBaselines:
             return nullcontext()
         return threadpool_limits(limits=self.n_threads, user_api="openmp")
 
-    def _build(self, observed: np.ndarray) -> dict[str, Pipeline]:
+    def _build(self, usable: np.ndarray) -> dict[str, Pipeline]:
         logistic = make_pipeline(
             # add_indicator: missingness itself is informative in ICU data (a lab not ordered).
             # keep_empty_features: a variable never seen in training gets a constant column rather
@@ -184,14 +206,12 @@ class SummaryBaselines:
             LogisticRegression(C=self.C, max_iter=2000),
         )
         boosting = make_pipeline(
-            # HistGradientBoosting's binning crashes on a column that is NaN in every training row
-            # (scikit-learn 1.9: "window shape cannot be larger than input array shape"), and such a
-            # column cannot be split on anyway: pass only the columns observed at least once, so the
-            # pipeline still takes the full feature matrix.
-            ColumnTransformer([("observed", "passthrough", np.flatnonzero(observed))], remainder="drop"),
+            # Only the `usable` columns (see fit), so the pipeline still takes the full feature matrix.
+            ColumnTransformer([("observed", "passthrough", np.flatnonzero(usable))], remainder="drop"),
             HistGradientBoostingClassifier(
                 max_iter=300, learning_rate=0.05, early_stopping=True, validation_fraction=0.15,
-                n_iter_no_change=20, random_state=self.seed,  # NaN handled natively: no imputation
+                n_iter_no_change=20, min_samples_leaf=MIN_SAMPLES_LEAF,
+                random_state=self.seed,  # NaN handled natively: no imputation
             ),
         )
         return {MODEL_NAMES[0]: logistic, MODEL_NAMES[1]: boosting}
@@ -217,10 +237,20 @@ class SummaryBaselines:
         classes = np.unique(y)
         if not np.array_equal(classes, [0, 1]):
             raise ValueError(f"y must contain both classes 0 and 1; got {classes.tolist()}")
-        observed = ~np.isnan(X).all(axis=0)
-        if not observed.any():
+        # Gradient boosting sees a column only when it is observed in every training stay or in at least
+        # MIN_SAMPLES_LEAF of them. A sparser column can never be split on (a split leaves that many stays
+        # on each side, one side holding observed values only), so leaving it out changes no tree; kept, it
+        # can be all-NaN in the rows the boosting bins (its internal early-stopping split), where
+        # scikit-learn crashes ("window shape cannot be larger than input array shape").
+        n_observed = (~np.isnan(X)).sum(axis=0)
+        if not n_observed.any():
             raise ValueError("every feature is missing (NaN) for every training stay; nothing to fit")
-        models = self._build(observed)
+        usable = n_observed >= min(MIN_SAMPLES_LEAF, X.shape[0])
+        if not usable.any():
+            raise ValueError(f"no feature is observed in every training stay or in at least {MIN_SAMPLES_LEAF} "
+                             f"of them ({X.shape[0]} stays; at most {n_observed.max()} observed): gradient "
+                             f"boosting could split on none; fit on more stays")
+        models = self._build(usable)
         with self._threads():
             for model in models.values():
                 model.fit(X, y.astype(np.int64))
@@ -251,15 +281,15 @@ class SummaryBaselines:
 
 
 # -- SAPS-I ------------------------------------------------------------------------------------------
-def saps_scores(outcomes: pl.DataFrame | None, stay_ids: Sequence[int] | np.ndarray) -> np.ndarray | None:
+def saps_scores(outcomes: pl.DataFrame | None, stay_ids: Sequence[int | str] | np.ndarray) -> np.ndarray | None:
     """SAPS-I scores aligned to ``stay_ids``.
 
     Parameters
     ----------
     outcomes : polars.DataFrame or None
         Has ``stay_id`` and (optionally) ``saps_i``; null or negative (PhysioNet's ``-1``) means
-        missing. A stay listed twice keeps its first row.
-    stay_ids : sequence of int, shape (n_stays,)
+        missing. A stay listed twice keeps its first row. Integer or text ids; either kind joins ``stay_ids``.
+    stay_ids : sequence of int or str, shape (n_stays,)
         Output order.
 
     Returns
@@ -270,13 +300,11 @@ def saps_scores(outcomes: pl.DataFrame | None, stay_ids: Sequence[int] | np.ndar
     """
     if outcomes is None or "saps_i" not in outcomes.columns or "stay_id" not in outcomes.columns:
         return None
-    ids = np.asarray(stay_ids, dtype=np.int64).reshape(-1)
+    ids, key = _join_ids(stay_ids, outcomes.schema["stay_id"])
     score = pl.col("saps_i").cast(pl.Float64, strict=False)
-    table = (outcomes.select(pl.col("stay_id").cast(pl.Int64),
-                             pl.when(score >= 0).then(score).otherwise(None).alias("saps_i"))
+    table = (outcomes.select(key, pl.when(score >= 0).then(score).otherwise(None).alias("saps_i"))
              .unique("stay_id", keep="first", maintain_order=True))
-    aligned = (pl.DataFrame({"stay_id": ids}, schema={"stay_id": pl.Int64})
-               .join(table, on="stay_id", how="left", maintain_order="left"))
+    aligned = ids.to_frame().join(table, on="stay_id", how="left", maintain_order="left")
     out = aligned["saps_i"].fill_null(np.nan).to_numpy().astype(np.float64)
     if out.size == 0 or np.isnan(out).all():
         return None

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from clinical_lstm.baselines import (
+    MIN_SAMPLES_LEAF,
     MODEL_NAMES,
     SERIES_STATS,
     SummaryBaselines,
@@ -18,6 +20,7 @@ from clinical_lstm.baselines import (
     summary_features,
 )
 from clinical_lstm.catalogue import Catalogue
+from clinical_lstm.sources import DataError
 
 SCHEMA = {"stay_id": pl.Int64, "time": pl.Float64, "variable": pl.String, "value": pl.Float64}
 
@@ -214,6 +217,44 @@ def test_deterministic_given_seed(cat):
         np.testing.assert_array_equal(a[name], b[name])
 
 
+def test_boosting_trains_with_columns_seen_in_a_few_stays():
+    """A lab ordered for one stay only (here: one such column per stay) is all-NaN in the boosting's internal
+    early-stopping split, which crashed scikit-learn's binning ("window shape cannot be larger than input
+    array shape"). Such a column can never be split on, so the fit is the one without it."""
+    rng = np.random.default_rng(0)
+    n = 120
+    signal = rng.normal(size=n)
+    y = (signal + rng.normal(0.0, 0.5, n) > 0.8).astype(np.int64)
+    dense = np.column_stack([signal, rng.normal(size=n)])
+    once = np.where(np.eye(n, dtype=bool), 1.0, np.nan)  # column j observed in stay j only
+    rare = np.full((n, 1), np.nan)
+    rare[:MIN_SAMPLES_LEAF - 1, 0] = y[:MIN_SAMPLES_LEAF - 1]  # observed in 19 stays, and telling
+    X = np.column_stack([dense, once, rare])
+    got = SummaryBaselines(seed=0).fit(X, y).predict_proba(X)
+    alone = SummaryBaselines(seed=0).fit(dense, y).predict_proba(dense)
+    np.testing.assert_array_equal(got["gradient boosting"], alone["gradient boosting"])
+    assert roc_auc_score(y, got["gradient boosting"]) > 0.8
+
+
+def test_boosting_unchanged_where_every_column_is_well_observed(cat):
+    X, y = planted_cohort(cat, n=300, seed=2)
+    observed = ~np.isnan(X).all(axis=0)
+    assert ((~np.isnan(X[:, observed])).sum(axis=0) >= MIN_SAMPLES_LEAF).all()  # normal data: no sparse column
+    got = SummaryBaselines(seed=4).fit(X, y).predict_proba(X)["gradient boosting"]
+    plain = HistGradientBoostingClassifier(
+        max_iter=300, learning_rate=0.05, early_stopping=True, validation_fraction=0.15, n_iter_no_change=20,
+        random_state=4).fit(X[:, observed], y)  # the model as it was: every observed column, default leaves
+    np.testing.assert_array_equal(got, plain.predict_proba(X[:, observed])[:, 1])
+
+
+def test_no_column_boosting_could_split_on():
+    X = np.full((40, 2), np.nan)
+    X[:10, 0], X[10:25, 1] = 1.0, np.arange(15.0)
+    with pytest.raises(ValueError, match=r"no feature is observed in every training stay or in at least 20 of "
+                                         r"them \(40 stays; at most 15 observed\)"):
+        SummaryBaselines().fit(X, np.tile([0, 1], 20))
+
+
 def test_not_fitted_and_bad_inputs():
     model = SummaryBaselines()
     assert vars(model) == {"seed": 0, "C": 0.1, "n_threads": 1}  # __init__ stores parameters only
@@ -239,6 +280,29 @@ def test_saps_scores_alignment():
     assert saps_scores(None, [10]) is None
     all_missing = outcomes.with_columns(pl.lit(None, pl.Float64).alias("saps_i"))
     assert saps_scores(all_missing, [10, 11]) is None
+
+
+def test_text_stay_ids_are_keys_never_cast_to_int(cat, example):
+    """Encounter ids such as "ENC-000002-ZQ" (a hospital's export) join as text: same features and scores as
+    the integer ids, in the requested order; integer ids asked of a text table compare as text."""
+    X_int, names = example
+    rows = [(1, 1.0, "HR", 80.0), (1, 3.0, "HR", 90.0), (2, 2.0, "HR", 60.0), (2, 0.0, "Age", 40.0)]
+    text = pl.DataFrame([(f"ENC-{s:06d}-ZQ", t, v, x) for s, t, v, x in rows],
+                        schema={**SCHEMA, "stay_id": pl.String}, orient="row")
+    want, _ = summary_features(long_frame(rows), cat, [2, 99, 1])
+    got, _ = summary_features(text, cat, np.array(["ENC-000002-ZQ", "ENC-000099-ZQ", "ENC-000001-ZQ"]))
+    np.testing.assert_array_equal(got, want)
+    assert got[2, col(names, "HR_mean")] == 85.0 and got[0, col(names, "static_Age")] == 40.0
+    spelled = text.with_columns(pl.col("stay_id").str.slice(4, 6).str.strip_chars_start("0"))  # "1", "2"
+    np.testing.assert_array_equal(summary_features(spelled, cat, [2, 99, 1])[0], want)
+
+    outcomes = pl.DataFrame({"stay_id": ["ENC-10", "ENC-11", "ENC-13"], "saps_i": [15.0, -1.0, 20.0]})
+    np.testing.assert_array_equal(saps_scores(outcomes, ["ENC-13", "ENC-12", "ENC-10", "ENC-11"]),
+                                  [20.0, np.nan, 15.0, np.nan])
+    numbered = pl.DataFrame({"stay_id": ["10", "13"], "saps_i": [15.0, 20.0]})
+    np.testing.assert_array_equal(saps_scores(numbered, np.array([13, 10])), [20.0, 15.0])
+    with pytest.raises(DataError, match=r"stay_ids, row 2: stay_id nan names no stay"):
+        saps_scores(outcomes, [10.0, np.nan])
 
 
 def test_saps_probability():
