@@ -26,6 +26,11 @@ and calibration of the logit plus the alert threshold. The contract (JSON) holds
 transformer's fitted state, the calibrator and threshold; it is embedded in the file (ONNX
 ``metadata_props`` key ``clinical_lstm.contract``; TorchScript extra file ``clinical_lstm_contract.json``)
 and written beside it as ``<file>.json``. :class:`ExportedModel` is a reference runtime over it.
+
+The file ends in its format's suffix (``.onnx``, TorchScript ``.pt``), and neither it nor ``<file>.json`` may
+touch the model's folder or files (:func:`check_out`, before any work). Both are written to temporary siblings,
+checked there (the graph run against PyTorch), and only then renamed into place: a failed export leaves
+nothing at the destination and an earlier file there as it was.
 """
 
 from __future__ import annotations
@@ -37,16 +42,41 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_path, write_text
+from .files import atomic_path, check_not_input
 from .sources import MissingDependency
 
 CONTRACT_FORMAT = "clinical-lstm-export/1"
 CONTRACT_KEY = "clinical_lstm.contract"
 TORCHSCRIPT_CONTRACT_FILE = "clinical_lstm_contract.json"
 FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}  # the file a format is written to must end so
 INPUTS = ("x", "mask", "delta", "statics", "lengths")
 OUTPUTS = ("logit", "step_logits")
 DEFAULT_OPSET = 17
+
+
+def sidecar(path: str | Path) -> Path:
+    """``<file>.json``: the contract written beside an exported file."""
+    return Path(f"{path}.json")
+
+
+def check_out(out: str | Path, fmt: str, inputs=()) -> Path:
+    """``out`` as the file a ``fmt`` export writes, checked before any work: it must end in the format's suffix
+    (so that an unrelated file of another kind is never replaced by mistake), must not be a folder, and neither it
+    nor its :func:`sidecar` may touch ``inputs`` (the model's bundle folder: the file, its contract, nothing inside
+    it). Raises ValueError, or :class:`~clinical_lstm.sources.DataError` for an input."""
+    out = Path(out)
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    suffix = SUFFIXES[fmt]
+    if out.suffix != suffix:
+        raise ValueError(f"--out {out}: {fmt} exports are written to a {suffix} file, got {out.name!r}; name it "
+                         f"e.g. {out.with_suffix(suffix).name}")
+    for path in (out, sidecar(out)):
+        if path.is_dir():
+            raise ValueError(f"--out {out}: {path} is a folder; choose another --out")
+    check_not_input([out, sidecar(out)], inputs)
+    return out
 
 
 def _wrapper(model):
@@ -157,22 +187,25 @@ def contract(model, fmt: str = "onnx", opset: int | None = None) -> dict:
 def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, check: bool = True) -> Path:
     """Write ``model``'s networks (ensemble averaged) as ONNX with the contract embedded and beside it.
 
-    ``check`` runs the file in onnxruntime (when installed) against PyTorch on random inputs of two lengths
-    and raises if any output differs by more than 1e-4.
+    ``check`` runs the file in onnxruntime against PyTorch on random inputs of two lengths before it is put in
+    place, and raises ValueError (nothing written) if it does not run or any output differs by more than 1e-4.
     """
     import torch
 
+    out = check_out(out, "onnx")
     try:
         import onnx
+
+        if check:
+            import onnxruntime  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependency("ONNX export needs the 'onnx' package: pip install 'clinical-lstm[onnx]'") from exc
-    out = Path(out)
+        raise MissingDependency(f"ONNX export needs '{exc.name}': pip install 'clinical-lstm[onnx]'") from exc
     wrapper = _wrapper(model)
     dyn = {"x": {0: "B", 1: "T"}, "mask": {0: "B", 1: "T"}, "delta": {0: "B", 1: "T"}, "statics": {0: "B"},
            "lengths": {0: "B"}, "summary": {0: "B"}, "logit": {0: "B"}, "step_logits": {0: "B", 1: "T"}}
     names = list(inputs_of(model))
     text = json.dumps(contract(model, "onnx", opset), indent=1)
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, atomic_path(sidecar(out)) as side:  # both renamed into place only if all passes
         with warnings.catch_warnings(), torch.no_grad():
             # the torch.export-based exporter (the default since torch 2.9) needs onnxscript; the TorchScript-based
             # one exports nn.LSTM as the ONNX LSTM op with dynamic batch and time axes
@@ -189,16 +222,24 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, check: bool 
         proto.doc_string = "in-hospital mortality logit; see metadata " + CONTRACT_KEY
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-    write_text(f"{out}.json", text)
-    if check:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:  # pragma: no cover
-            return out
-        diff = max_difference(model, out)
-        if diff > 1e-4:
-            raise RuntimeError(f"the exported ONNX graph differs from PyTorch by {diff:.2e} (> 1e-4)")
+        side.write_text(text)
+        if check:
+            try:
+                diff = max_difference(model, tmp)
+            except Exception as exc:  # noqa: BLE001 -- onnxruntime's errors are plain Exceptions: one sentence
+                import onnxruntime
+
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"{out}: the exported ONNX graph does not run in onnxruntime "
+                                 f"{onnxruntime.__version__} ({first}); nothing was written") from exc
+            _refuse_difference(out, "ONNX graph", diff)
     return out
+
+
+def _refuse_difference(out: Path, what: str, diff: float) -> None:
+    if diff > 1e-4:
+        raise ValueError(f"{out}: the exported {what} differs from PyTorch by {diff:.2e} (> 1e-4) on random "
+                         f"inputs; nothing was written")
 
 
 def export_torchscript(model, out: str | Path, check: bool = True) -> Path:
@@ -209,37 +250,35 @@ def export_torchscript(model, out: str | Path, check: bool = True) -> Path:
     """
     import torch
 
-    out = Path(out)
+    out = check_out(out, "torchscript")
     wrapper = _wrapper(model)
     text = json.dumps(contract(model, "torchscript"), indent=1)
-    with warnings.catch_warnings(), torch.no_grad(), atomic_path(out) as tmp:
+    with warnings.catch_warnings(), torch.no_grad(), atomic_path(out) as tmp, atomic_path(sidecar(out)) as side:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(wrapper, example_inputs(model), check_trace=False)
         torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_CONTRACT_FILE: text})
-    write_text(f"{out}.json", text)
-    if check:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            loaded = torch.jit.load(str(out))
+        side.write_text(text)
+        if check:  # the saved file, before it is put in place
+            loaded = torch.jit.load(str(tmp))
             for steps in (None, 5):
                 args = example_inputs(model, batch=3, steps=steps, seed=1)
                 diff = max(float((a - b).abs().max()) for a, b in zip(loaded(*args), wrapper(*args), strict=True))
-                if diff > 1e-4:
-                    raise RuntimeError(f"the traced TorchScript module differs from PyTorch by {diff:.2e}")
+                _refuse_difference(out, "TorchScript module", diff)
     return out
 
 
 def export_model(model, out: str | Path, fmt: str = "onnx", opset: int = DEFAULT_OPSET) -> dict:
     """``clinical-lstm export``: a RiskModel or a bundle directory / MLflow URI -> file; returns a summary."""
-    from .bundle import RiskModel, load_model
+    from .bundle import RiskModel, load_model, model_dir
+    from .tracking import is_model_uri
 
-    if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    local = not isinstance(model, RiskModel) and not is_model_uri(str(model))
+    check_out(out, fmt, [model_dir(model)] if local else [])  # before the model is read
     if not isinstance(model, RiskModel):
         model = load_model(model)
     path = export_onnx(model, out, opset) if fmt == "onnx" else export_torchscript(model, out)
-    return {"format": fmt, "file": str(path), "contract": f"{path}.json", "n_networks": len(model.networks),
+    return {"format": fmt, "file": str(path), "contract": str(sidecar(path)), "n_networks": len(model.networks),
             "inputs": {"x/mask/delta": ["B", "T", model.networks[0].n_series], "statics": ["B", model.networks[0].n_static],
                        "lengths": ["B"]}, "outputs": {"logit": ["B"], "step_logits": ["B", "T"]},
             "bytes": path.stat().st_size}
@@ -274,7 +313,7 @@ def _session(path):
 def read_contract(path: str | Path) -> dict:
     """The contract of an exported file: ``<file>.json`` beside it, else the one embedded in the file."""
     path = Path(path)
-    side = Path(f"{path}.json")
+    side = sidecar(path)
     if side.is_file():
         return json.loads(side.read_text())
     if path.suffix == ".onnx":

@@ -153,8 +153,9 @@ class SummaryHead(nn.Module):
         for _ in range(int(self.trees_depth)):
             at = base + node  # (B, n_trees)
             v = torch.gather(x, 1, feature[at])  # (B, n_trees) the split feature's value
-            # float64, as scikit-learn compares; a missing value goes where training sent missing values
-            go_left = torch.where(torch.isnan(v), missing_left[at], v.double() <= threshold[at])
+            # float64, as scikit-learn compares; a missing value goes where training sent missing values (NaN <=
+            # threshold is False). Logical operators, not torch.where on booleans: onnxruntime has no kernel for that
+            go_left = (v.double() <= threshold[at]) | (torch.isnan(v) & missing_left[at])
             node = torch.where(go_left, left[at], right[at])
             if not torch.jit.is_tracing() and bool(leaf[base + node].all()):  # every walk has ended (an
                 break  # exported graph always takes the full depth)
@@ -178,8 +179,8 @@ class SummaryHead(nn.Module):
         z = np.concatenate([np.where(missing, a["linear_median"], s), missing[a["linear_indicator"]]])
         linear = float(((z - a["linear_mean"]) / a["linear_scale"]) @ a["linear_coef"] + a["linear_intercept"][0])
         v = s[a["trees_feature"]].astype(np.float64)  # (n_trees * width,) each node's split value
-        with np.errstate(invalid="ignore"):
-            go_left = np.where(np.isnan(v), a["trees_missing_left"], v <= a["trees_threshold"])
+        with np.errstate(invalid="ignore"):  # as in trees()
+            go_left = (v <= a["trees_threshold"]) | (np.isnan(v) & a["trees_missing_left"])
         child = np.where(go_left, a["trees_left"], a["trees_right"]) + a["offset"]  # the next node, flat
         node = a["root"]
         for _ in range(int(a["trees_depth"][0])):  # leaves are their own children

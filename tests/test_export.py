@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
@@ -18,11 +22,13 @@ from clinical_lstm.export import (
     export_onnx,
     export_torchscript,
     read_contract,
+    summary_names,
 )
 from clinical_lstm.impute import Tensors
 from clinical_lstm.model import MaskedLSTM
 from clinical_lstm.sample import bundled_sample
-from clinical_lstm.sources import load
+from clinical_lstm.sources import DataError, load
+from clinical_lstm.summaries import SummaryHead, fit_members
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -30,6 +36,7 @@ torch = pytest.importorskip("torch")
 
 
 TOL = 1e-4
+CLI = [sys.executable, "-m", "clinical_lstm.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +48,21 @@ def bundle_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(bundle_dir) -> RiskModel:
     return load_model(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def stacked(model) -> RiskModel:
+    """The default model's shape (``summaries = true``): the networks stacked with summary members whose boosted
+    trees truly split (tiny_model's head, fitted to 40 random labels, is one leaf per tree: no walk to export), and
+    send missing values both ways."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, len(summary_names(model)))).astype(np.float32)  # (N, F)
+    X[rng.random(X.shape) < 0.3] = np.nan
+    y = (np.nan_to_num(X[:, 0], nan=2.0) + np.nan_to_num(X[:, 1], nan=-2.0) > 0).astype(int)
+    head = SummaryHead(fit_members(X, y, 0), np.array([1.0, 0.5, 0.5]), -0.2)
+    assert int(head.trees_depth) >= 2
+    assert set(head.trees_missing_left[~head.trees_leaf].tolist()) == {False, True}
+    return RiskModel(model.transformer, model.networks, model.calibrator, model.threshold, {}, head)
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +187,88 @@ def test_cli_export(bundle_dir, tmp_path, capsys):
 def test_export_model_rejects_unknown_format(model, tmp_path):
     with pytest.raises(ValueError, match="format"):
         export_model(model, tmp_path / "x", fmt="tflite")
+
+
+def test_stacked_model_exports_and_runs_in_onnxruntime(stacked, tensors, long, tmp_path):
+    """The shipped model has summary members: their tree walk must export to a graph onnxruntime can run (a
+    ``Where`` on booleans has no onnxruntime kernel), and score as the model does."""
+    path = export_onnx(stacked, tmp_path / "stacked.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["x", "mask", "delta", "statics", "lengths", "summary"]
+    assert np.isnan(tensors.summary).any()  # never-observed variables: the missing-value routing is exercised
+    feeds = {"x": tensors.x, "mask": tensors.mask, "delta": tensors.delta, "statics": tensors.statics,
+             "lengths": tensors.lengths.astype(np.int64), "summary": tensors.summary}
+    logit = sess.run(["logit"], feeds)[0]
+    np.testing.assert_allclose(logit, stacked.logits(tensors), atol=TOL, rtol=0)
+    assert not np.allclose(logit, run_torch(stacked.networks, feeds)[0], atol=1e-2)  # the head is in the graph
+    got = ExportedModel(path).predict(long).sort("stay_id")
+    want = stacked.predict(long).filter(pl.col("risk").is_not_null()).sort("stay_id")
+    assert got["stay_id"].to_list() == want["stay_id"].to_list()
+    np.testing.assert_allclose(got["risk"].to_numpy(), want["risk"].to_numpy(), atol=TOL, rtol=0)
+
+
+def snapshot(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("fmt", "out", "error"), [
+    ("torchscript", "m1/bundle", "a .pt file"),  # its contract would have been m1/bundle.json, the manifest
+    ("onnx", "m1/weights.safetensors", "a .onnx file"),
+    ("torchscript", "m1/bundle.pt", "refusing to write"),
+    ("onnx", "m1/edge.onnx", "refusing to write"),
+    ("onnx", "run/model/edge.onnx", "refusing to write"),
+    ("onnx", "link.onnx", "refusing to write"),  # a link to the weights
+], ids=["manifest", "weights", "in_bundle", "in_bundle_onnx", "in_run_model", "link_to_weights"])
+def test_cli_export_never_writes_into_the_model(bundle_dir, tmp_path, capsys, fmt, out, error):
+    from clinical_lstm.cli import main
+
+    shutil.copytree(bundle_dir, tmp_path / "m1")
+    shutil.copytree(bundle_dir, tmp_path / "run" / "model")  # a run folder as `train --out run` writes it
+    (tmp_path / "link.onnx").symlink_to(tmp_path / "m1" / "weights.safetensors")
+    model = tmp_path / ("run" if out.startswith("run/") else "m1")
+    before = snapshot(tmp_path)
+    assert main(["export", "--model", str(model), "--format", fmt, "--out", str(tmp_path / out)]) == 2
+    assert error in capsys.readouterr().err
+    assert snapshot(tmp_path) == before  # nothing replaced, nothing added
+    assert load_model(model).digest() == load_model(bundle_dir).digest()
+    with pytest.raises(DataError, match="inside the input folder"):  # the API refuses it too
+        export_model(str(tmp_path / "m1"), tmp_path / "m1" / "sub" / "edge.onnx")
+
+
+def test_export_refuses_an_out_of_another_kind(model, tmp_path):
+    bom = tmp_path / "bom.csv"
+    bom.write_text("id,qty\n1,2\n")
+    with pytest.raises(ValueError, match=r"onnx exports are written to a \.onnx file, got 'bom.csv'; name it e\.g\. "
+                                         r"bom\.onnx"):
+        export_model(model, bom, "onnx")
+    with pytest.raises(ValueError, match=r"torchscript exports are written to a \.pt file, got 'm\.onnx'"):
+        export_torchscript(model, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match=r"\.onnx file, got 'm\.pt'"):
+        export_onnx(model, tmp_path / "m.pt")
+    (tmp_path / "edge.onnx").mkdir()
+    with pytest.raises(ValueError, match="edge.onnx is a folder"):
+        export_onnx(model, tmp_path / "edge.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bom.csv", "edge.onnx"]
+    assert bom.read_text() == "id,qty\n1,2\n" and not any((tmp_path / "edge.onnx").iterdir())
+
+
+def test_failed_check_leaves_the_destination_as_it_was(model, tmp_path):
+    """A graph that does not reproduce PyTorch is refused before it is put in place: a one-line error, no file and
+    no contract at the destination, an earlier file there untouched. (Output weights scaled by 1e6 turn the
+    LSTM's float32 rounding differences between onnxruntime and PyTorch into logit differences > 1e-4.)"""
+    nets = copy.deepcopy(model.networks)
+    with torch.no_grad():
+        for net in nets:
+            net.head.weight.mul_(1e6)
+    bad = RiskModel(model.transformer, nets, model.calibrator, model.threshold).save(tmp_path / "bad")
+    edge = tmp_path / "edge"
+    edge.mkdir()
+    (edge / "m.onnx").write_bytes(b"an earlier export")
+    for out in (edge / "m.onnx", tmp_path / "fresh" / "m.onnx"):
+        proc = subprocess.run([*CLI, "export", "--model", str(bad), "--out", str(out)], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert "differs from PyTorch by" in proc.stderr and "nothing was written" in proc.stderr
+    assert snapshot(edge) == {"m.onnx": b"an earlier export"}
+    assert snapshot(tmp_path / "fresh") == {}
