@@ -225,7 +225,9 @@ def random_long(n_stays: int, seed: int = 0, first_id: int = 1, hours: float = 4
 def tiny_model(seed: int = 0, n_networks: int = 1, head: bool = False, **model_cfg):
     """An untrained :class:`~clinical_lstm.bundle.RiskModel` (hidden 8, ``model_cfg`` overrides) on the default
     catalogue: its risks differ from stay to stay, which is all that equality and accounting tests need.
-    ``head=True`` adds summary members (logistic regression and boosted trees) fitted to random labels."""
+    ``head=True`` adds summary members (logistic regression and boosted trees) fitted to 300 other stays whose
+    label is planted in their highest lactate, a third of them without any lactate (mostly deaths): the trees
+    split, several levels deep, and send missing values both ways, so a tree walk is really exercised."""
     import numpy as np
     import torch
 
@@ -245,9 +247,16 @@ def tiny_model(seed: int = 0, n_networks: int = 1, head: bool = False, **model_c
     if head:
         from clinical_lstm.summaries import SummaryHead, fit_members
 
-        X = tr.transform(long, np.arange(1, 41)).summary
-        y = np.random.default_rng(seed).permutation(np.tile([0, 1], 20))
-        summary_head = SummaryHead(fit_members(X, y, seed), np.array([1.0, 0.5, 0.5]), -0.2)
+        rng = np.random.default_rng(seed)
+        ids = np.arange(1001, 1301)
+        no_lactate = rng.random(len(ids)) < 1 / 3
+        big = random_long(len(ids), seed=seed + 1, first_id=int(ids[0])).filter(
+            ~((pl.col("variable") == "Lactate") & pl.col("stay_id").is_in(ids[no_lactate].tolist())))
+        top = dict(big.filter(pl.col("variable") == "Lactate").group_by("stay_id").agg(pl.col("value").max()).iter_rows())
+        lactate = np.array([top.get(int(i), np.nan) for i in ids])
+        y = np.where(no_lactate, rng.random(len(ids)) < 0.7, lactate + rng.normal(0, 0.3, len(ids)) > 2.4)
+        X = tr.transform(big, ids).summary
+        summary_head = SummaryHead(fit_members(X, y.astype(np.int64), seed), np.array([1.0, 0.5, 0.5]), -0.2)
     return RiskModel(tr, nets, cal, 0.5, {"note": "tiny untrained test model"}, summary_head)
 
 
