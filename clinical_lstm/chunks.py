@@ -23,7 +23,17 @@ import polars as pl
 from .archives import iter_stay_files
 from .files import atomic_path
 from .grid import ids_numpy
-from .sources import LONG_COLUMNS, DataError, RawData, id_dtype, physionet_raw, stay_id_key
+from .sources import (
+    LONG_COLUMNS,
+    DataError,
+    RawData,
+    check_header,
+    id_dtype,
+    no_stay,
+    physionet_raw,
+    read_error,
+    stay_id_key,
+)
 
 NULL_NAME = "<null>"  # the key under which rows with a null variable name are counted
 
@@ -54,14 +64,25 @@ class Input:
     ignored_members: int = 0
     empty: bool = False
     id_dtype: pl.DataType = pl.Int64  # Int64, or String for text ids (clinical_lstm.sources.id_dtype)
+    spellings: pl.Series | None = None  # long: each stay's raw ids as read (a list: "1" and "1.0" are one stay)
 
     @property
     def name(self) -> str:
         return self.path.name
 
     def fingerprint(self) -> dict:
+        """What makes a resumed job the same job: the path, size and modification time of the input and, for a
+        set folder, of every entry in it (a member rewritten in place changes neither the folder's size nor its
+        modification time). Entries are stat-ed, not read, and not followed (links are never read as stays)."""
         st = self.path.stat()
-        return {"name": str(self.path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        out = {"name": str(self.path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if self.path.is_dir():
+            members = hashlib.sha256()
+            for entry in sorted(self.path.iterdir()):
+                est = entry.lstat()
+                members.update(f"{entry.name}\0{est.st_size}\0{est.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+            out["members"] = members.hexdigest()
+        return out
 
 
 def _scan(path: Path) -> pl.LazyFrame:
@@ -93,11 +114,12 @@ def index_long(path: Path, catalogue) -> Input:
     except pl.exceptions.NoDataError:
         return empty
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise DataError(f"cannot read data file {path}: {_first_line(exc)}") from None
+        raise DataError(f"cannot read data file {path}: {read_error(path, exc)}") from None
     missing = [c for c in LONG_COLUMNS if c not in columns]
     if missing:
         raise DataError(f"data file {path} lacks column(s) {missing}; expected {list(LONG_COLUMNS)} "
                         f"(extra columns are ignored), found {columns}")
+    check_header(path, "data", LONG_COLUMNS)
     try:  # runs of equal raw ids (one per stay in a file sorted by stay), not rows, are grouped by key below
         runs, variables = pl.collect_all([
             scan.select(pl.col("stay_id").rle()).unnest("stay_id"),
@@ -106,16 +128,16 @@ def index_long(path: Path, catalogue) -> Input:
     except (pl.exceptions.PolarsError, OSError) as exc:
         hint = (" (an opening quote that is never closed makes the rest of the file one field: check the "
                 "quoting)" if "malformed" in str(exc) else "")
-        raise DataError(f"cannot read data file {path}: {_first_line(exc)}{hint}") from None
+        raise DataError(f"cannot read data file {path}: {read_error(path, exc)}{hint}") from None
     first = runs["len"].cast(pl.Int64).cum_sum() - runs["len"]
     runs = pl.DataFrame({"stay_id": runs["value"], "first": first, "n": runs["len"].cast(pl.Int64)})
     runs = runs.with_columns(_stay_id_expr(runs.schema["stay_id"]).alias("key"))
     bad = runs.filter(pl.col("key").is_null()).head(1)
     if bad.height:
-        raise DataError(f"data file {path}, row {bad['first'][0] + 1}: stay_id {bad['stay_id'][0]!r} names no stay; "
-                        f"every row needs its stay's id (an integer, or text such as an encounter id or UUID)")
+        raise no_stay(f"data file {path}", bad["first"][0] + 1, bad["stay_id"][0])
     stays = runs.group_by("key", maintain_order=True).agg(  # as grouping the rows: runs are in row order
         pl.col("first").min(), (pl.col("first") + pl.col("n") - 1).max().alias("last"), pl.col("n").sum(),
+        pl.col("stay_id").unique().alias("spellings"),
     ).rename({"key": "stay_id"})
     if not stays.height:
         return empty
@@ -124,7 +146,8 @@ def index_long(path: Path, catalogue) -> Input:
     known = set(catalogue.names)
     unknown = {NULL_NAME if v is None else str(v): int(k) for v, k in variables.iter_rows() if v not in known}
     return Input(path, "long", ids_numpy(stays["stay_id"].cast(kind)), first, n,
-                 contiguous=bool(np.all(last - first + 1 == n)), unknown_variables=unknown, id_dtype=kind)
+                 contiguous=bool(np.all(last - first + 1 == n)), unknown_variables=unknown, id_dtype=kind,
+                 spellings=stays["spellings"])
 
 
 def index_physionet(path: Path) -> Input:
@@ -195,8 +218,10 @@ def read_chunks(inp: Input, chunks: list[Chunk], todo: set[int], spill: Path | N
             df = scan.slice(c.offset, c.rows).select(*columns).collect()
             run = np.repeat(np.arange(c.stays), inp.n_rows[c.first:c.first + c.stays])
             df = df.insert_column(0, pl.Series("stay_id", chunk_ids, dtype=inp.id_dtype).gather(run))
-        else:
-            df = scan.filter(ids.is_in(pl.Series(chunk_ids).implode())).select(ids.alias("stay_id"), *columns).collect()
+        else:  # the rows whose raw id is one of the chunk's stays' spellings: the key is computed on those only
+            spellings = inp.spellings.slice(c.first, c.stays).explode()
+            df = (scan.filter(pl.col("stay_id").is_in(spellings.implode())).select(ids.alias("stay_id"), *columns)
+                  .collect())
         yield c, RawData(long=df, stays=pl.Series("stay_id", np.sort(chunk_ids), dtype=inp.id_dtype),
                          sources=[inp.name])
 
@@ -218,11 +243,6 @@ def _read_physionet_chunks(inp: Input, chunks: list[Chunk], todo: set[int]):
         if len(files) == c.stays:
             yield c, physionet_raw(files, inp.name)
             files = []
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def spill_csv(inp: Input, workdir: Path) -> Path:

@@ -6,9 +6,10 @@ Two layouts are read, both with polars:
   from the archive, with ``Outcomes-<x>.txt`` found beside it (or given explicitly). ``stay_id`` is the
   RecordID from the file name; ``HH:MM`` times become hours. Which entries are stays, what becomes of links
   and of a damaged archive: :mod:`clinical_lstm.archives`.
-* **Generic long format** (how a hospital brings its own data): CSV or Parquet with the columns
-  ``stay_id`` (integer), ``time`` (hours since admission), ``variable``, ``value``. Static descriptors are
-  rows at time 0. Labels come from a separate file with ``stay_id, label``.
+* **Generic long format** (how a hospital brings its own data): CSV (UTF-8) or Parquet with the columns
+  ``stay_id`` (an integer or text; one rule for every reader: :func:`stay_id_key`), ``time`` (hours since
+  admission), ``variable``, ``value``, each once. Static descriptors are rows at time 0. Labels come from a
+  separate file with ``stay_id, label``.
 
 Each PhysioNet stay file is either read or its stay rejected with a reason (``RawData.unreadable``):
 
@@ -35,6 +36,7 @@ nulls from PhysioNet files) so that :mod:`clinical_lstm.validate` counts every o
 from __future__ import annotations
 
 import codecs
+import contextlib
 import io
 import re
 from dataclasses import dataclass, field
@@ -50,6 +52,12 @@ LABEL_COLUMNS = ("stay_id", "label")
 PHYSIONET_HEADER = b"Time,Parameter,Value"
 # Outcome columns that leak the label or are scores, never model inputs. Only SAPS-I is kept, as a baseline.
 _OUTCOME_LABEL = "In-hospital_death"
+# A label is 0 or 1, and as with stay ids an integral number is that integer: 1, "1", "1.0", " 1 ". Anything else
+# (2, 0.5, "true", "yes", empty) is null, refused by _check_labels.
+_LABEL = (pl.col("label").cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+          .replace_strict({0.0: 0, 1.0: 1}, default=None, return_dtype=pl.Int8))
+
+
 class MissingDependency(ImportError):
     """An optional package a feature needs is not installed; the message names the install command."""
 
@@ -226,18 +234,24 @@ def read_outcomes(path: str | Path) -> pl.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"outcomes file {path} does not exist")
-    df = pl.read_csv(path, infer_schema_length=0)
+    try:
+        df = pl.read_csv(path, infer_schema_length=0)
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"cannot read outcomes file {path}: {read_error(path, exc)}") from None
     need = {"RecordID", _OUTCOME_LABEL}
     if not need <= set(df.columns):
         raise DataError(f"outcomes file {path} must have columns {sorted(need)} (PhysioNet 2012 layout); "
                         f"found {df.columns}. For other data use --labels FILE with columns stay_id,label")
+    check_header(path, "outcomes", ("RecordID", _OUTCOME_LABEL))
+    df = checked_ids(df.rename({"RecordID": "stay_id", _OUTCOME_LABEL: "label"}), f"outcomes file {path}")
+    if df.schema["stay_id"] != pl.Int64:  # a PhysioNet RecordID is a number, never text
+        row = int((~df["stay_id"].str.contains(CANONICAL_INT)).arg_max())
+        raise DataError(f"outcomes file {path}, row {row + 1}: RecordID {df['stay_id'][row]!r} is not a PhysioNet "
+                        f"RecordID (the number of a stay file)")
     saps = pl.col("SAPS-I").cast(pl.Float64, strict=False) if "SAPS-I" in df.columns else pl.lit(None)
-    out = df.select(
-        pl.col("RecordID").cast(pl.Int64, strict=False).alias("stay_id"),
-        pl.col(_OUTCOME_LABEL).cast(pl.Int8, strict=False).alias("label"),
-        saps.cast(pl.Float64).alias("saps_i"),
-    ).with_columns(pl.when(pl.col("saps_i") < 0).then(None).otherwise(pl.col("saps_i")).alias("saps_i"))
-    return _check_labels(out, path)
+    out = df.select("stay_id", _LABEL.alias("label"), saps.cast(pl.Float64).alias("saps_i"))
+    out = out.with_columns(pl.when(pl.col("saps_i") < 0).then(None).otherwise(pl.col("saps_i")).alias("saps_i"))
+    return _check_labels(out, df, path, _OUTCOME_LABEL)
 
 
 # -- generic long format ------------------------------------------------------------------------------
@@ -250,39 +264,94 @@ def _read_table(path: Path, kind: str, columns: tuple[str, ...]) -> pl.DataFrame
             df = pl.read_csv(path, infer_schema_length=0)  # all String: validation counts bad entries
         else:
             raise DataError(f"{kind} file {path} must be .csv or .parquet (got '{suffix}')")
-    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, OSError) as exc:
+    except (pl.exceptions.PolarsError, OSError) as exc:
         if isinstance(exc, pl.exceptions.NoDataError):
             df = pl.DataFrame(schema={c: pl.String for c in columns})
         else:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"cannot read {kind} file {path}: {first}") from None
+            raise DataError(f"cannot read {kind} file {path}: {read_error(path, exc)}") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"{kind} file {path} lacks column(s) {missing}; expected exactly {list(columns)}, "
                         f"found {df.columns}")
+    check_header(path, kind, columns)
     return df.select(columns)
+
+
+def check_header(path: Path, kind: str, columns: tuple[str, ...]) -> None:
+    """Refuse a CSV header that names one of ``columns`` twice: polars would rename the second copy
+    (``value_duplicated_0``) and it would be ignored as an extra column, whichever copy held the data.
+    (Parquet refuses duplicated names itself, on reading.)"""
+    if path.suffix.lower() == ".parquet":
+        return
+    with path.open("rb") as f:  # the first line only: polars would check the whole file's encoding first
+        first = f.readline()
+    try:
+        header = pl.read_csv(io.BytesIO(first), has_header=False, infer_schema_length=0).row(0)
+    except pl.exceptions.PolarsError:  # not text: the reader says so
+        return
+    twice = [c for c in columns if header.count(c) > 1]
+    if twice:
+        raise DataError(f"{kind} file {path} has the column {twice[0]!r} {header.count(twice[0])} times; "
+                        f"expected each of {list(columns)} once: keep the one that holds the data")
+
+
+def read_error(path: Path, exc: Exception) -> str:
+    """The first line of a reader's error; for text that is not UTF-8, where (polars does not say) and the fix."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "utf-8" not in first.lower():
+        return first
+    decoder, start, lines = codecs.getincrementaldecoder("utf-8")(), 0, 1  # file offset of a block, its line
+    with contextlib.suppress(OSError), path.open("rb") as f:
+        while block := f.read(1 << 20):
+            pending = decoder.getstate()[0]  # the start of a character cut by the block's end (never a newline)
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as err:
+                at = start - len(pending) + err.start
+                line = lines + (pending + block).count(b"\n", 0, err.start)
+                return (f"{first} at line {line} (byte {at}: 0x{(pending + block)[err.start]:02x}); the file must "
+                        f"be UTF-8: re-save or export it as UTF-8")
+            start, lines = start + len(block), lines + block.count(b"\n")
+    return f"{first}; the file must be UTF-8: re-save or export it as UTF-8"
 
 
 # -- stay ids -------------------------------------------------------------------------------------------------
 CANONICAL_INT = r"^-?(0|[1-9][0-9]{0,17})$"  # text that is exactly an integer's own spelling
+# Text that reads as a number: decimal notation, an optional sign, no leading zero ("007" is text, as MRNs are),
+# no exponent ("12e4" is text, as hexadecimal ids are); then integral ("12", "12.0", "+12", "12.") or not.
+NUMBER_TEXT = r"^[+-]?((0|[1-9][0-9]*)(\.[0-9]*)?|\.[0-9]+)$"
+INTEGRAL_TEXT = r"^[+-]?((0|[1-9][0-9]*)(\.0*)?|\.0+)$"
+NON_FINITE_TEXT = r"(?i)^[+-]?(nan|inf|infinity)$"
 
 
 def stay_id_key(dtype) -> pl.Expr:
-    """``stay_id`` as a key, before its kind is known: integers as Int64, whole floats as Int64 (a fractional
-    or non-finite float is null: it names no stay), text stripped of surrounding blanks (empty is null)."""
+    """**The stay-id key**, for every reader (CSV text, Parquet numbers, labels, outcomes, the batch index pass).
+
+    A number is its value: an integer, or an integral float (``12.0``), is the integer (Int64). Text is
+    stripped of surrounding blanks; text that reads as a number (:data:`NUMBER_TEXT`) is that number, so
+    ``"12"``, ``"12.0"``, ``"+12"`` and ``" 12 "`` are all the key ``"12"`` (an integral number's canonical
+    text: its integer digits, which is also what an Int64 id becomes when a job's ids are text). Other text
+    (``"P-17"``, a UUID, ``"007"``: a leading zero makes text, never a number) is kept as given.
+    A fractional or non-finite number (``2.5``, ``"2.5"``, ``nan``, ``"inf"``) names no stay, nor does empty
+    text: null, which :func:`checked_ids` and the batch index pass report with the row. The key's kind
+    (Int64 or String) is then decided for the whole input by :func:`id_dtype`."""
     col = pl.col("stay_id")
     if dtype.is_integer():
         return col.cast(pl.Int64)
     if dtype.is_float():
         return pl.when(col.is_finite() & (col == col.round())).then(col.cast(pl.Int64, strict=False))
     text = col.cast(pl.String).str.strip_chars()
-    return pl.when(text.str.len_chars() > 0).then(text)
+    digits = text.str.extract(r"^[+-]?([0-9]*)", 1).str.strip_chars_start("0").replace("", "0")
+    integral = pl.when(text.str.starts_with("-") & (digits != "0")).then("-" + digits).otherwise(digits)
+    return (pl.when(text.str.contains(INTEGRAL_TEXT)).then(integral)
+            .when((text.str.len_chars() == 0) | text.str.contains(NUMBER_TEXT) | text.str.contains(NON_FINITE_TEXT))
+            .then(None).otherwise(text)).alias("stay_id")
 
 
 def id_dtype(keys: pl.Series) -> pl.DataType:
-    """**The kind of a data set's stay ids**: Int64 when every id is an integer (or text spelling exactly one,
-    such as ``"1001"``), else String, and then every id is kept exactly as given (``"007"``, a UUID). Numbers
-    stay numbers, and no text id is ever altered by a conversion."""
+    """**The kind of a data set's stay ids**: Int64 when every key (:func:`stay_id_key`) is an integer (or an
+    integral number's text, such as ``"1001"`` or ``"1001.0"``), else String, and then every text id is kept
+    exactly as given (``"007"``, a UUID) and every number is its integer digits (``"1001"``)."""
     if keys.dtype == pl.Int64 or keys.len() == 0:
         return pl.Int64
     return pl.Int64 if keys.str.contains(CANONICAL_INT).all() else pl.String
@@ -293,6 +362,13 @@ def as_ids(keys: pl.Series, dtype: pl.DataType) -> pl.Series:
     return keys.cast(dtype)
 
 
+def no_stay(where: str, row: int, value) -> DataError:
+    """The error for a row whose ``stay_id`` names no stay (``row`` counts data rows from 1)."""
+    return DataError(f"{where}, row {row}: stay_id {value!r} names no stay; every row needs its stay's id (an "
+                     f"integer, or text such as an encounter id or UUID; a fractional or non-finite number is "
+                     f"neither)")
+
+
 def checked_ids(df: pl.DataFrame, where: str) -> pl.DataFrame:
     """``df`` with its ``stay_id`` column in its kind; a null, empty, fractional or non-finite id is a
     :class:`DataError` naming the row."""
@@ -300,8 +376,7 @@ def checked_ids(df: pl.DataFrame, where: str) -> pl.DataFrame:
     bad = keys.is_null()
     if bad.any():
         row = int(bad.arg_max())
-        raise DataError(f"{where}, row {row + 1}: stay_id {df['stay_id'][row]!r} names no stay; every row needs its "
-                        f"stay's id (an integer, or text such as an encounter id or UUID)")
+        raise no_stay(where, row + 1, df["stay_id"][row])
     return df.with_columns(as_ids(keys, id_dtype(keys)).alias("stay_id"))
 
 
@@ -333,16 +408,19 @@ def read_labels(path: str | Path) -> pl.DataFrame:
     if not path.is_file():
         raise DataError(f"labels file {path} does not exist")
     df = checked_ids(_read_table(path, "labels", LABEL_COLUMNS), f"labels file {path}")
-    out = df.select(pl.col("stay_id"), pl.col("label").cast(pl.Int8, strict=False),
-                    pl.lit(None, pl.Float64).alias("saps_i"))
-    return _check_labels(out, path)
+    out = df.select("stay_id", _LABEL.alias("label"), pl.lit(None, pl.Float64).alias("saps_i"))
+    return _check_labels(out, df, path, "label")
 
 
-def _check_labels(out: pl.DataFrame, path: Path) -> pl.DataFrame:
-    bad = out.filter(pl.col("stay_id").is_null() | ~pl.col("label").is_in([0, 1]) | pl.col("label").is_null())
-    if len(bad):
-        raise DataError(f"labels in {path}: every row needs a stay_id and a label of 0 or 1; "
-                        f"{len(bad)} row(s) do not")
+def _check_labels(out: pl.DataFrame, given: pl.DataFrame, path: Path, column: str) -> pl.DataFrame:
+    """``out`` (``stay_id, label, ...``), refused unless every row has a stay and a label of 0 or 1 and no stay
+    has two; ``given`` holds the rows as read (ids as keys), row for row, so that the error can quote them."""
+    bad = out["stay_id"].is_null() | out["label"].is_null()
+    if bad.any():
+        row = int(bad.arg_max())
+        raise DataError(f"labels in {path}, row {row + 1}: stay_id {given['stay_id'][row]!r}, {column} "
+                        f"{given['label'][row]!r}: every row needs a stay_id and a label of 0 or 1 (1.0 counts "
+                        f"as 1); {int(bad.sum())} row(s) do not")
     dup = out.filter(pl.col("stay_id").is_duplicated())["stay_id"].unique()
     if len(dup):
         raise DataError(f"labels in {path}: stay_id {dup[0]} has more than one label")

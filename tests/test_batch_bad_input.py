@@ -280,7 +280,7 @@ def test_cli_missing_value_column_exits_2(model_dir, tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-@pytest.mark.parametrize("bad_id", ["", "   "])
+@pytest.mark.parametrize("bad_id", ["", "   ", "2.5", "nan", "inf"])
 def test_a_row_without_a_stay_id_names_the_row(model, tmp_path, bad_id):
     df = text(GOOD).with_columns(pl.col("stay_id").cast(pl.String))
     fifth_row = pl.int_range(pl.len()) == 4
@@ -310,6 +310,55 @@ def test_text_ids_are_scored_and_returned_exactly(model, tmp_path):
     want = model.predict(GOOD).with_columns(pl.col("stay_id").replace_strict(names, return_dtype=pl.String))
     assert out["stay_id"].to_list() == want.sort("stay_id")["stay_id"].to_list()
     np.testing.assert_allclose(out["risk"].to_numpy(), want.sort("stay_id")["risk"].to_numpy(), atol=TOL)
+
+
+def _respelled(fmt: str, where: str, text_id: bool) -> pl.DataFrame:
+    """GOOD as text, the second half of stay 1's rows spelled ``1.0`` (in place, or moved to the end of the file);
+    with ``text_id`` stay 2 is ``P-2``, which makes every id text."""
+    df = text(GOOD).with_columns(pl.col("stay_id").cast(pl.String))
+    second_half = (pl.col("stay_id") == "1") & (pl.int_range(pl.len()).over("stay_id") >= pl.len().over("stay_id") // 2)
+    df = df.with_columns(pl.when(second_half).then(pl.lit("1.0")).otherwise("stay_id").alias("stay_id"))
+    if text_id:
+        df = df.with_columns(pl.col("stay_id").replace("2", "P-2"))
+    if where == "end":
+        df = pl.concat([df.filter(pl.col("stay_id") != "1.0"), df.filter(pl.col("stay_id") == "1.0")])
+    return df
+
+
+@pytest.mark.parametrize("text_id", [False, True], ids=["integer_ids", "with_a_text_id"])
+@pytest.mark.parametrize("where", ["inline", "end"])
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_one_stay_spelled_two_ways_is_one_stay(model, good_alone, tmp_path, fmt, where, text_id):
+    """``1`` and ``1.0`` are one patient: one row out, with the risk of the stay spelled one way."""
+    path = tmp_path / f"data.{fmt}"
+    df = _respelled(fmt, where, text_id)
+    df.write_parquet(path) if fmt == "parquet" else df.write_csv(path)
+    scored, rejects, summary, _ = run_job(model, tmp_path, [path])
+    if text_id:
+        scored = scored.with_columns(pl.col("stay_id").replace("P-2", "2").cast(pl.Int64))
+        rejects = rejects.with_columns(pl.col("stay_id").cast(pl.Int64))
+    check_accounting(scored, rejects, summary, GOOD_EXPECTED)
+    check_same_scores(scored, good_alone)
+    assert summary["inputs"][0]["contiguous"] is (where == "inline")
+
+
+def test_a_required_column_twice_is_refused_in_the_index_pass(model, tmp_path):
+    csv = tmp_path / "data.csv"
+    text(GOOD).with_columns(pl.col("value").alias("value_")).write_csv(csv)
+    csv.write_text(csv.read_text().replace("value_", "value", 1))  # header: stay_id,time,variable,value,value
+    with pytest.raises(DataError, match=re.escape(f"data file {csv} has the column 'value' 2 times")):
+        score_batch(model, csv, tmp_path / "s.parquet", chunk_stays=CHUNK, log=lambda _: None)
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_a_csv_that_is_not_utf8_names_the_line(model, tmp_path):
+    csv = tmp_path / "data.csv"
+    write_csv(csv, GOOD)
+    lines = csv.read_bytes().split(b"\n")
+    lines[4] += b"\xe9"  # a Latin-1 e-acute ending line 5 (the 4th data row)
+    csv.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=r"invalid utf-8 sequence at line 5 \(byte \d+: 0xe9\); the file must be UTF-8"):
+        score_batch(model, csv, tmp_path / "s.parquet", chunk_stays=CHUNK, log=lambda _: None)
 
 
 def _changed_catalogue(path: Path) -> Path:
@@ -383,6 +432,31 @@ def test_null_variable_names_are_counted_under_one_key_straight_and_resumed(mode
     assert any("resuming: 1 chunk(s)" in line for line in lines)
     assert summary_resumed["unknown_variables"] == {"<null>": 4}
     assert resumed.drop("scored_at").equals(straight.drop("scored_at"))
+
+
+def test_a_member_rewritten_in_place_restarts_a_resumed_folder_job(model, tmp_path, physionet_set, monkeypatch):
+    """A folder's own size and modification time do not change when a member is rewritten in place: the job's
+    fingerprint covers every member, so the re-run starts afresh instead of keeping the stale risk."""
+    folder = physionet_set(physionet_rows(GOOD_A, 1001))  # 1001-1006: chunk 0 is 1001 and 1002
+    out = tmp_path / "out" / "scores.parquet"
+    calls = crash_on_call(monkeypatch, 2)  # chunk 0 is saved, chunk 1 crashes
+    with pytest.raises(MemoryError):
+        score_batch(model, folder, out, chunk_stays=2, workers=1, log=lambda _: None)
+    member, folder_stat = folder / "1001.txt", folder.stat()
+    before = member.read_text()
+    member.write_text(re.sub(r"(,HR,)[2-9]", r"\g<1>1", before))  # HR 77.87 -> 17.87: the same size
+    assert member.stat().st_size == len(before) and member.read_text() != before
+    os.utime(folder, ns=(folder_stat.st_atime_ns, folder_stat.st_mtime_ns))
+    assert folder.stat().st_size == folder_stat.st_size and folder.stat().st_mtime_ns == folder_stat.st_mtime_ns
+    calls["n"] = 100  # no more crashes
+    lines_logged: list[str] = []
+    score_batch(model, folder, out, chunk_stays=2, workers=1, log=lines_logged.append)
+    assert any("changed since the unfinished run; starting afresh" in line for line in lines_logged)
+    fresh = model.predict(folder).sort("stay_id")
+    resumed = pl.read_parquet(out).sort("stay_id")
+    np.testing.assert_allclose(resumed["risk"].to_numpy(), fresh["risk"].to_numpy(), rtol=0, atol=TOL)
+    old = model.predict(physionet_set(physionet_rows(GOOD_A, 1001))).sort("stay_id")
+    assert abs(old["risk"][0] - fresh["risk"][0]) > TOL, "the edit must change stay 1001's risk"
 
 
 # -- outputs that would touch an input: refused before any work ----------------------------------------------

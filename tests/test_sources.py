@@ -296,6 +296,69 @@ def test_empty_text_id_names_no_stay(tmp_path):
         read_long(path)
 
 
+@pytest.mark.parametrize("spelling", ["1.0", " 1 ", "+1", "1.", "1.000"])
+def test_text_that_spells_an_integer_is_that_integer(tmp_path, spelling):
+    """Half of stay 1's rows spelled another way are still stay 1: one patient is never two stays."""
+    path = write(tmp_path / "data.csv", f"stay_id,time,variable,value\n1,0,HR,80\n{spelling},1,HR,81\n2,0,HR,90\n")
+    raw = read_long(path)
+    assert raw.long.schema["stay_id"] == pl.Int64 and raw.stays.to_list() == [1, 2]
+    assert raw.long["stay_id"].to_list() == [1, 1, 2]
+
+
+def test_csv_and_parquet_read_a_whole_number_as_the_same_integer(tmp_path):
+    pl.DataFrame({"stay_id": [12.0], "time": [0.0], "variable": ["HR"], "value": [80.0]}).write_parquet(
+        tmp_path / "a.parquet")
+    csv = write(tmp_path / "b.csv", "stay_id,time,variable,value\n12.0,0,HR,80\n")
+    assert read_long(tmp_path / "a.parquet").stays.to_list() == read_long(csv).stays.to_list() == [12]
+    with pytest.raises(DataError, match=re.escape("stay 12 appears in both a.parquet and b.csv")):
+        load([tmp_path / "a.parquet", csv])
+
+
+@pytest.mark.parametrize("bad", ["2.5", ".5", "nan", "NaN", "inf", "-Infinity"])
+def test_a_fractional_or_non_finite_text_id_names_the_file_and_row(tmp_path, bad):
+    path = write(tmp_path / "data.csv", f"stay_id,time,variable,value\n1,0,HR,80\nP-17,1,HR,81\n{bad},2,HR,82\n")
+    with pytest.raises(DataError, match=re.escape(f"data file {path}, row 3: stay_id '{bad}' names no stay")):
+        read_long(path)
+
+
+def test_mixed_ids_are_text_and_a_number_is_one_stay_whatever_its_spelling(tmp_path):
+    """With one text id every id is text; ``1`` and ``1.0`` are still the one stay "1" (an integral number's
+    text is its digits), and a leading zero makes text: ``007`` is not ``7``."""
+    path = write(tmp_path / "data.csv", "stay_id,time,variable,value\n1.0,0,HR,80\n1,1,HR,81\nP-17,0,HR,82\n"
+                                      "007,0,HR,83\n7,0,HR,84\n 7.0 ,1,HR,85\n")
+    raw = read_long(path)
+    assert raw.long.schema["stay_id"] == pl.String
+    assert raw.stays.to_list() == ["007", "1", "7", "P-17"]
+    assert raw.long["stay_id"].to_list() == ["1", "1", "P-17", "007", "7", "7"]
+
+
+def test_a_required_column_twice_is_refused(tmp_path):
+    for header, twice in [("stay_id,time,variable,value,value", "value"), ("stay_id,time,variable,value,stay_id", "stay_id")]:
+        path = write(tmp_path / f"{twice}.csv", f"{header}\n1,0,HR,80,2\n")
+        with pytest.raises(DataError, match=re.escape(f"data file {path} has the column '{twice}' 2 times")):
+            read_long(path)
+    labels = write(tmp_path / "labels.csv", "stay_id,label,label\n1,0,1\n")
+    with pytest.raises(DataError, match=re.escape(f"labels file {labels} has the column 'label' 2 times")):
+        read_labels(labels)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "data.parquet"
+    pq.write_table(pa.table([[1], [0.0], ["HR"], [80.0], [81.0]], names=[*LONG_COLUMNS, "value"]), parquet)
+    with pytest.raises(DataError, match=re.escape(f"cannot read data file {parquet}: column with name 'value' has "
+                                                  f"more than one occurrence")):
+        read_long(parquet)
+
+
+def test_a_file_that_is_not_utf8_names_the_line_and_byte(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_bytes("stay_id,time,variable,value\n1,0,HR,80\n2,0,Temp\u00e9,37\n".encode("latin-1"))
+    # line 3 starts at byte 38; "2,0,Temp" is 8 bytes, then the Latin-1 e-acute
+    with pytest.raises(DataError, match=re.escape(f"cannot read data file {path}: invalid utf-8 sequence at line 3 "
+                                                  f"(byte 46: 0xe9); the file must be UTF-8")):
+        read_long(path)
+
+
 def test_xlsx_rejected(tmp_path):
     path = tmp_path / "data.xlsx"
     path.write_bytes(b"PK\x03\x04 not really a workbook")
@@ -313,12 +376,43 @@ def test_labels_file_read(tmp_path):
     assert out.schema == {"stay_id": pl.Int64, "label": pl.Int8, "saps_i": pl.Float64}
 
 
-def test_labels_value_two_rejected(tmp_path):
-    path = write(tmp_path / "labels.csv", "stay_id,label\n1,0\n2,2\n3,1\n")
-    expected = (f"labels in {path}: every row needs a stay_id and a label of 0 or 1; "
-                f"1 row(s) do not")
+@pytest.mark.parametrize("label", ["2", "0.5", "true", "yes", "nan", ""])
+def test_a_label_other_than_0_or_1_names_the_row(tmp_path, label):
+    path = write(tmp_path / "labels.csv", f"stay_id,label\n1,0\n2,{label}\n3,1\n4,{label}\n")
+    expected = (f"labels in {path}, row 2: stay_id 2, label {label or None!r}: every row needs a stay_id and a "
+                f"label of 0 or 1 (1.0 counts as 1); 2 row(s) do not")
     with pytest.raises(DataError, match=re.escape(expected)):
         read_labels(path)
+
+
+def test_labels_written_as_floats_match_integer_stays(tmp_path):
+    """pandas writes a column with a missing value as floats: ``1.0,1.0`` is stay 1, died."""
+    labels = write(tmp_path / "labels.csv", "stay_id,label\n1.0,1.0\n2.0, 0 \n")
+    assert read_labels(labels).rows() == [(1, 1, None), (2, 0, None)]
+    data = write(tmp_path / "data.csv", "stay_id,time,variable,value\n1,0,HR,80\n2,0,HR,90\nP-17,0,HR,85\n")
+    raw = load(data, labels=labels)  # text ids in the data: the labels' integers are their digits
+    assert raw.stays.to_list() == ["1", "2", "P-17"]
+    assert raw.outcomes.select("stay_id", "label").rows() == [("1", 1), ("2", 0)]
+
+
+def test_two_spellings_of_one_stay_in_labels_are_one_stay(tmp_path):
+    path = write(tmp_path / "labels.csv", "stay_id,label\n1,0\n1.0,1\n")
+    with pytest.raises(DataError, match=re.escape(f"labels in {path}: stay_id 1 has more than one label")):
+        read_labels(path)
+
+
+def test_outcomes_record_ids_written_as_floats(tmp_path):
+    path = write(tmp_path / "Outcomes-f.txt", "RecordID,SAPS-I,In-hospital_death\n132592.0,10,1.0\n132593,-1,0\n")
+    assert read_outcomes(path).rows() == [(132592, 1, 10.0), (132593, 0, None)]
+    bad = write(tmp_path / "Outcomes-g.txt", "RecordID,In-hospital_death\n132592,1\n132593,true\n")
+    expected = (f"labels in {bad}, row 2: stay_id 132593, In-hospital_death 'true': every row needs a stay_id "
+                f"and a label of 0 or 1")
+    with pytest.raises(DataError, match=re.escape(expected)):
+        read_outcomes(bad)
+    text = write(tmp_path / "Outcomes-h.txt", "RecordID,In-hospital_death\n132592,1\nP-1,0\n")
+    with pytest.raises(DataError, match=re.escape(f"outcomes file {text}, row 2: RecordID 'P-1' is not a PhysioNet "
+                                                  f"RecordID")):
+        read_outcomes(text)
 
 
 def test_labels_duplicated_stay_rejected(tmp_path):
