@@ -37,7 +37,7 @@ from .catalogue import Catalogue
 from .chunks import Input, check_unique_ids, index_long, plan_chunks, read_chunks, spill_csv, stream_physionet
 from .config import usable_cpus
 from .files import write_frame, write_json
-from .grid import Grid, to_grid
+from .grid import Grid, ids_numpy, to_grid
 from .impute import GridTransformer, Tensors, observed_values
 from .sources import DataError, _ids_as_text, find_outcomes, is_physionet, read_labels, read_outcomes
 from .validate import QualityReport, validate
@@ -49,6 +49,24 @@ BLOCK_STAYS = 4096  # stays scored at a time (Cohort.blocks): ~90 MB of inputs a
 CHUNK_STAYS = 1000  # stays per part: small enough that reading overlaps validating (A+B: 4000 -> 1000 took 4.2 -> 2.8 s)
 NO_LABELS = ("no outcome labels found for the {what}: pass --labels FILE (columns stay_id,label) or keep the "
              "PhysioNet Outcomes-<x>.txt beside the set (or pass --outcomes FILE)")
+
+
+def no_ids(kind) -> np.ndarray:
+    """(0,) stay ids of ``kind`` (Int64 or String): what no stay concatenates to, so that an empty selection
+    still joins and compares with the job's other ids and labels."""
+    return ids_numpy(pl.Series("stay_id", [], dtype=kind))
+
+
+def check_labels_match(labels: pl.DataFrame, read_ids: np.ndarray, given: str) -> None:
+    """Refuse labels of which none names a stay read (ids compared as written): labels of other data, or ids
+    written another way (``1.0`` or ``X1`` for stay ``1``), would otherwise reject every stay ``no_label``."""
+    ids = pl.Series("stay_id", read_ids).cast(pl.String)
+    if not len(ids) or labels["stay_id"].cast(pl.String).is_in(ids.implode()).any():
+        return
+    example = f", {labels['stay_id'][0]!r} in the labels" if labels.height else ""
+    raise DataError(f"no label matches a stay: {len(ids)} stays read, {labels.height} labels given ({given}), none "
+                    f"with a stay in the data (e.g. stay_id {read_ids[:1].tolist()[0]!r} in the data{example}); the "
+                    f"labels' stay_id must be the data's stay ids, written the same way")
 
 
 def is_cohort(path) -> bool:
@@ -69,6 +87,11 @@ class Parts:
     outcomes: pl.DataFrame | None  # stay_id, label, saps_i of the kept stays (None: no labels)
     stays: pl.DataFrame  # stay_id, sha256, rows: each kept stay's hash and cleaned rows (:class:`StayDigest`)
     read_ids: np.ndarray  # every stay read: kept and rejected
+
+    @property
+    def id_kind(self) -> pl.DataType:
+        """Int64 or String: the kind of the stay ids (:func:`clinical_lstm.sources.id_dtype`)."""
+        return self.stays.schema["stay_id"]
 
     @property
     def sources(self) -> list[str]:
@@ -101,7 +124,7 @@ class Parts:
         report (:meth:`Cohort.build` leaves it out), so no stay is lost unaccounted for."""
         if self.outcomes is None:
             raise DataError(NO_LABELS.format(what=what))
-        ids = np.concatenate(self.part_ids()) if self.files else np.zeros(0, np.int64)
+        ids = np.concatenate(self.part_ids()) if self.files else no_ids(self.id_kind)
         missing = pl.Series("stay_id", ids).filter(~pl.Series(ids).is_in(self.outcomes["stay_id"].implode()))
         if not len(missing):
             return self
@@ -134,7 +157,7 @@ class Parts:
                             f"{catalogue.digest()[:12]}'s): prepare it again with this one")
         kind = pl.String if m["id_kind"] == "text" else pl.Int64
         report = QualityReport.from_dict(json.loads((folder / "quality_report.json").read_text()), kind)
-        outcomes = read_labels(labels) if labels is not None else (
+        given = outcomes = read_labels(labels) if labels is not None else (
             pl.read_parquet(folder / "labels.parquet") if (folder / "labels.parquet").is_file() else None)
         if outcomes is not None and outcomes.schema["stay_id"] != kind:  # labels read as the prepared ids' kind
             outcomes = outcomes.with_columns(pl.col("stay_id").cast(kind, strict=False))
@@ -144,8 +167,10 @@ class Parts:
         if missing:
             raise DataError(f"{folder}: part {missing[0]} is missing ({len(missing)} of {len(parts.files)}); run "
                             f"clinical-lstm prepare again")
-        kept = np.concatenate(parts.part_ids()) if parts.files else np.zeros(0, np.int64)
+        kept = np.concatenate(parts.part_ids()) if parts.files else no_ids(kind)
         parts.read_ids = np.concatenate([kept, report.rejects["stay_id"].to_numpy()])
+        if labels is not None:
+            check_labels_match(given, parts.read_ids, f"labels file {labels}")  # as written, before the cast
         return parts
 
 
@@ -221,17 +246,27 @@ def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resoluti
         bar.update(c.stays)
 
     def chunks_of(i: int, inp: Input, first: int, spill: Path | None):
+        if inp.empty:  # a long file of 0 bytes or a header only: no stay, and maybe no schema, to read
+            return ()
         if inp.kind == "physionet":
             return stream_physionet(inp, i, chunk_stays, first)
         mine = [replace(c, index=first + c.index, input=i) for c in plan_chunks([inp], chunk_stays)]
         return read_chunks(inp, mine, {c.index for c in mine}, spill)
 
+    known = None if any(inp.kind == "physionet" for inp in inputs) else sum(len(inp.stay_ids) for inp in inputs)
+    given = f"labels file {labels}" if labels is not None else "the PhysioNet outcomes"
+
+    def labels_match() -> None:  # once every input's ids are known
+        if found is not None:
+            check_labels_match(found, np.concatenate([inp.stay_ids for inp in inputs]), given)
+
+    if known is not None:  # long inputs only: their ids are known before any is read
+        labels_match()
     stage = folder / STAGING  # parts are written here and replace parts/ only once every input has been read
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     done, first = [], 0
     workers = workers or min(usable_cpus(), 4)
-    known = None if any(inp.kind == "physionet" for inp in inputs) else sum(len(inp.stay_ids) for inp in inputs)
     bar = tqdm(total=known, desc="validate and grid", unit="stay", disable=not progress, leave=False)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -259,6 +294,8 @@ def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resoluti
         check_unique_ids(inputs)
         if not sum(len(inp.stay_ids) for inp in inputs):
             raise DataError(f"no stays in {', '.join(map(str, paths))} (empty files or headers only)")
+        if known is None:
+            labels_match()
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -269,7 +306,7 @@ def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resoluti
     stage.rename(folder / PARTS)
     files, part_ids, reports, frames = (list(x) for x in zip(*done, strict=True)) if done else ([], [], [], [])
     report = QualityReport.merge(reports, window_hours)
-    kept_ids = np.concatenate(part_ids) if part_ids else np.zeros(0, np.int64)
+    kept_ids = np.concatenate(part_ids) if part_ids else no_ids(kind)
     if found is not None:
         found = found.filter(pl.col("stay_id").is_in(pl.Series(kept_ids).implode()))
     read_ids = np.concatenate([kept_ids, report.rejects["stay_id"].to_numpy()])
@@ -390,7 +427,7 @@ class Cohort:
                 summary.append(t.summary[k])
                 raw.append(g.statics[k])
         bar.close()
-        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        ids = np.concatenate(ids) if ids else no_ids(parts.id_kind)  # every stay left out: still the labels' kind
         order = np.argsort(ids, kind="stable")
         y = None if labelled is None else pl.DataFrame({"stay_id": ids[order]}).join(
             parts.outcomes.select("stay_id", "label"), on="stay_id", how="left")["label"].to_numpy().astype(np.int64)

@@ -204,3 +204,42 @@ def test_usable_cpus_where_the_os_has_no_affinity(monkeypatch):
     assert usable_cpus() == 7
     monkeypatch.setattr(os, "cpu_count", lambda: None)  # "undetermined"
     assert usable_cpus() == 1
+
+
+def test_labels_that_name_no_stay_are_refused(data, physionet_set, tmp_path):
+    """Labels of which none names a stay read (other data, or ids written another way) are refused with both
+    counts and an id of each, whether the data are raw long files, a PhysioNet set or a prepared folder — not
+    every stay rejected ``no_label`` and a training error about 0 deaths and 0 survivors."""
+    root, _ = data
+    (tmp_path / "text.csv").write_text("stay_id,label\nX1,1\nX2,0\n")
+    (tmp_path / "other.csv").write_text("stay_id,label\n101,1\n102,0\n103,1\n")
+    with pytest.raises(DataError, match=rf"^no label matches a stay: {N} stays read, 2 labels given \(labels file "
+                                        r".*text\.csv\), none with a stay in the data \(e\.g\. stay_id '1' in the "
+                                        r"data, 'X1' in the labels\)"):
+        grid_parts(root / "sorted.parquet", tmp_path / "a", CAT, 48, 1, tmp_path / "text.csv", require_labels=True)
+    with pytest.raises(DataError, match=rf"{N} stays read, 3 labels given .* stay_id 1 in the data, 101 in the labels"):
+        grid_parts(root / "sorted.parquet", tmp_path / "b", CAT, 48, 1, tmp_path / "other.csv", require_labels=True)
+    with pytest.raises(DataError, match=rf"{N} stays read, 3 labels given"):  # prepare does not keep them either
+        prepare(root / "sorted.parquet", tmp_path / "c", tmp_path / "other.csv")
+    assert not is_cohort(tmp_path / "c") and not (tmp_path / "c" / ".parts-partial").exists()
+    prepare(root / "sorted.parquet", tmp_path / "p")
+    with pytest.raises(DataError, match=rf"{N} stays read, 2 labels given .* stay_id 1 in the data, 'X1' in the labels"):
+        train(tmp_path / "p", tmp_path / "run", tmp_path / "text.csv", config=Config.from_dict(TINY), progress=False)
+    s = physionet_set(_stays(100, 3), name="a")  # ids known only once the set is read
+    (tmp_path / "far.csv").write_text("stay_id,label\n900,1\n")
+    with pytest.raises(DataError, match=r"3 stays read, 1 labels given .* stay_id 100 in the data, 900 in the labels"):
+        grid_parts(s, tmp_path / "d", CAT, 48, 1, tmp_path / "far.csv", require_labels=True)
+    assert not (tmp_path / "d" / ".parts-partial").exists()
+
+
+def test_a_cohort_without_a_kept_stay_keeps_the_id_kind(tmp_path):
+    """Text ids whose labels match, every stay rejected by validation (no time series): the cohort is empty and
+    its ids are still text, so joining the (text) labels works and training can say what is wrong."""
+    pl.DataFrame({"stay_id": ["A", "B"], "time": [0.0, 0.0], "variable": ["Age", "Age"],
+                  "value": [50.0, 60.0]}).write_csv(tmp_path / "statics_only.csv")
+    (tmp_path / "labels.csv").write_text("stay_id,label\nA,1\nB,0\n")
+    parts = grid_parts(tmp_path / "statics_only.csv", tmp_path / "p", CAT, 48, 1, tmp_path / "labels.csv",
+                       require_labels=True).labelled()
+    assert parts.report.rejects.rows() == [("A", "no_time_series"), ("B", "no_time_series")]
+    cohort = _cohort(parts)
+    assert len(cohort) == 0 and cohort.ids.dtype.kind == "U" and cohort.y.dtype == np.int64 and not len(cohort.y)
