@@ -167,13 +167,14 @@ def _long_columns(df):
     """Select and type the long columns as the single-machine readers do; returns ``(frame, id kind)``.
 
     ``stay_id``: integers as long, whole floats as long (any other float names no stay: null, reported by the
-    scorer), text stripped and kept as text unless every id spells an integer (one Spark aggregation decides,
+    scorer), text keyed as :func:`clinical_lstm.sources.stay_id_key` keys it and kept as text unless every id
+    spells an integer (one Spark aggregation decides,
     as :func:`clinical_lstm.sources.id_dtype` does on one machine). Numeric ``time``/``value`` -> double, text
     kept as text so that validation parses it (``HH:MM`` times, unparseable values counted by rule)."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import FractionalType, IntegralType, NumericType, StringType
 
-    from .sources import CANONICAL_INT
+    from .sources import CANONICAL_INT, INTEGRAL_TEXT, NON_FINITE_TEXT, NUMBER_TEXT
 
     missing = [c for c in ("stay_id", "time", "variable", "value") if c not in df.columns]
     if missing:
@@ -195,8 +196,15 @@ def _long_columns(df):
     elif isinstance(types["stay_id"], FractionalType):
         key = F.when(~F.isnan(sid) & (sid == F.round(sid)), sid.cast("bigint"))
     else:
+        # clinical_lstm.sources.stay_id_key's rule for text, in Spark SQL: a number's text is its integer digits
+        # ("12.0", "+12" -> "12"), a fractional or non-finite one names no stay (null), other text is kept
         text = F.trim(sid.cast("string"))
-        key = F.when(F.length(text) > 0, text)
+        digits = F.regexp_replace(F.regexp_extract(text, r"^[+-]?([0-9]*)", 1), "^0+", "")
+        digits = F.when(digits == "", F.lit("0")).otherwise(digits)
+        integral = F.when(text.startswith("-") & (digits != "0"), F.concat(F.lit("-"), digits)).otherwise(digits)
+        key = (F.when(text.rlike(INTEGRAL_TEXT), integral)
+               .when((F.length(text) == 0) | text.rlike(NUMBER_TEXT) | text.rlike(NON_FINITE_TEXT), F.lit(None))
+               .otherwise(text))
         if df.select(key.alias("k")).filter(F.col("k").isNotNull() & ~F.col("k").rlike(CANONICAL_INT)).limit(1).count():
             kind = pl.String
         else:

@@ -154,6 +154,21 @@ def test_text_columns_are_parsed_as_the_file_readers_do(spark, bundle, long):
     assert_same_as_predict(got, load_model(bundle).predict(text))
 
 
+def test_stay_ids_are_keyed_as_the_file_readers_key_them(spark, bundle, long):
+    # stay 1 written three ways is one stay; beside a text id every id is text, a number as its digits
+    few = long.filter(pl.col("stay_id") <= 4).with_columns(pl.col("stay_id").cast(pl.String))
+    row = pl.int_range(pl.len())
+    spelled = few.with_columns(
+        pl.when((pl.col("stay_id") == "1") & (row % 3 == 1)).then(pl.lit("1.0"))
+        .when((pl.col("stay_id") == "1") & (row % 3 == 2)).then(pl.lit(" +1 "))
+        .when(pl.col("stay_id") == "4").then(pl.lit("P-4")).otherwise(pl.col("stay_id")).alias("stay_id"))
+    got = collect(score_spark(spark.createDataFrame(spelled.to_arrow()), bundle))
+    assert sorted(got["stay_id"].to_list()) == ["1", "2", "3", "P-4"]
+    assert_same_as_predict(got, load_model(bundle).predict(spelled))
+    expected = load_model(bundle).predict(few.filter(pl.col("stay_id") == "1"))["risk"][0]
+    assert got.filter(pl.col("stay_id") == "1")["risk"][0] == pytest.approx(expected, abs=1e-6)
+
+
 def test_explain_adds_the_same_top_contributions(spark, bundle, long):
     few = long.filter(pl.col("stay_id") <= 4)
     got = collect(score_spark(spark.createDataFrame(few.to_arrow()), bundle, explain=1)).sort("stay_id")
