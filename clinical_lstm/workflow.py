@@ -36,6 +36,31 @@ def _as_list(value) -> list:
     return [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
 
 
+def removes_new_out(job):
+    """Decorate a job with an ``out`` folder: when the job fails, the folders that did not exist before it (``out``
+    and any parents it made) are removed again if they are empty, so a failed command leaves no empty folder."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(job)
+
+    @functools.wraps(job)
+    def run(*args, **kwargs):
+        out = Path(signature.bind(*args, **kwargs).arguments["out"]).absolute()
+        new = [p for p in [out, *out.parents] if not p.exists() and not p.is_symlink()]  # innermost first
+        try:
+            return job(*args, **kwargs)
+        except BaseException:
+            for folder in new:
+                try:
+                    folder.rmdir()  # only an empty folder; one that holds anything stays, with its parents
+                except OSError:
+                    break
+            raise
+
+    return run
+
+
 def writable_dir(path: str | Path, what: str, writes=(), inputs=()) -> Path:
     """``path`` as a folder that can be written, checked before any work (a parent that is a file, no
     permission, a file or folder it writes, ``writes``, that would touch one of the ``inputs``): a one-line error
@@ -70,6 +95,7 @@ PREPARED = ("grid.parquet", "statics.parquet", "labels.parquet", "quality_report
             STAGING)
 
 
+@removes_new_out
 def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | None = None,
             progress: bool = False) -> PrepareResult:
     """Read, validate and grid ``data`` chunk by chunk (memory bounded by the chunk, not the cohort); write
@@ -222,6 +248,7 @@ def _check_separate(train_ids: np.ndarray, test_ids: np.ndarray) -> None:
                         f"out-of-fold metrics on the training stays)")
 
 
+@removes_new_out
 def train(data, out: str | Path, labels=None, outcomes=None, config: Config | None = None, test_data=None,
           test_labels=None, progress: bool = True, on_epoch=None, log=print, tracking=False) -> TrainResult:
     """Cross-fit the model on every labelled stay, calibrate it out of fold, compare it with the baselines on
@@ -339,6 +366,7 @@ def _tracker(tracking, log):
 
 
 # -- evaluate -------------------------------------------------------------------------------------------------
+@removes_new_out
 def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: int = 1000) -> Evaluation:
     """Metrics with intervals, subgroup table and plots of a trained model on labelled data, written to ``out``.
     The stays are gridded chunk by chunk as in :func:`train` (``out/.work-*``, removed at the end)."""
@@ -381,6 +409,7 @@ def score(model, data, out: str | Path, explain: int = 0, **options) -> dict:
     return score_batch(model, data, out, explain=explain, **options)
 
 
+@removes_new_out
 def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_permutations: int = 8,
             fmt: str = "parquet", log=print) -> dict:
     """Write the per-variable SHAP table (every scorable stay), ``rejects.csv`` (every other stay, with its

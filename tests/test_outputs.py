@@ -10,7 +10,7 @@ from clinical_lstm.config import Config
 from clinical_lstm.files import atomic_dir, publish
 from clinical_lstm.sources import DataError
 from clinical_lstm.synthetic import synthetic_cohort, synthetic_labels
-from clinical_lstm.workflow import evaluate, explain, stay_file, train
+from clinical_lstm.workflow import evaluate, explain, prepare, stay_file, train
 
 TINY = {"train": {"folds": 2, "epochs": 1, "patience": 1, "batch_size": 16, "device": "cpu"},
         "model": {"hidden_size": 8}, "evaluation": {"n_boot": 20, "explain_stays": 4}}
@@ -111,3 +111,22 @@ def test_explain_draws_text_ids_each_in_its_own_file_and_replaces_an_earlier_exp
     assert (out / "notes.txt").read_text() == "the user's"
     assert sorted(pl.read_parquet(out / "explanations.parquet")["stay_id"].unique()) == sorted(TEXT_IDS)
     assert not list(out.glob(".explain-*"))
+
+
+def test_a_failed_job_leaves_no_folder_it_made(run, cohort, tmp_path):
+    (tmp_path / "header.csv").write_text("stay_id,time,variable,value\n")
+    (tmp_path / "labels.csv").write_text("stay_id,label\nX1,1\nX2,0\n")
+    jobs = [lambda out: prepare(tmp_path / "header.csv", out),
+            lambda out: train(cohort / "data.csv", out, tmp_path / "labels.csv", config=Config.from_dict(TINY),
+                              progress=False, log=lambda *_: None),
+            lambda out: evaluate(str(run), tmp_path / "header.csv", out, cohort / "labels.csv"),
+            lambda out: explain(str(run), tmp_path / "header.csv", out)]
+    for k, job in enumerate(jobs):
+        with pytest.raises(DataError):
+            job(tmp_path / f"new-{k}" / "deeper" / "out")
+        assert not (tmp_path / f"new-{k}").exists()
+        kept = tmp_path / f"kept-{k}"
+        kept.mkdir()
+        with pytest.raises(DataError):
+            job(kept)
+        assert kept.is_dir() and not list(kept.iterdir())  # a folder the user made stays
