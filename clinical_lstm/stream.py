@@ -4,7 +4,7 @@
 
     m = load_model("model/")            # a bundle directory or an MLflow URI
     s = m.stream()                      # one stream per stay
-    s.update(rows)                      # DataFrame: time, variable, value (other columns ignored) -> risk
+    s.update(rows)                      # DataFrame: time, variable, value (+ stay_id, checked) -> risk
     state = s.state()                   # JSON-able; RiskModel.stream(state) resumes the stay
 
 The stream holds **state only**; every rule and formula is the batch path's own function:
@@ -34,7 +34,9 @@ uncommitted step on the open bin; since ``predict``'s stay length is "up to the 
 observation", that is exactly ``predict``'s last step, so after all of a stay's rows (in any chunking) the
 stream's risk is ``predict``'s.
 
-Contract: usable rows arrive in non-decreasing ``time`` (a usable row earlier than one already fed raises
+Contract: one stream is one stay: rows with a ``stay_id`` column must all carry the stay's id (the first
+id fed is kept in the state); rows of another stay raise ``ValueError`` naming both ids and change nothing.
+Usable rows arrive in non-decreasing ``time`` (a usable row earlier than one already fed raises
 ``ValueError`` naming both times and changes nothing). A row that breaks a row rule (out of the window,
 unparseable, out of range, ...) is counted in :attr:`StayStream.dropped` and ignored, as in batch, and does
 not move the stream's clock. Until the stay has a usable series observation its risk is ``None``
@@ -56,7 +58,7 @@ from .grid import aggregate_cells, aggregation_codes, bin_index
 from .impute import Carry
 from .model import StepKernel
 from .summaries import summarize
-from .validate import ROW_RULES, RuleTable, order_rows, parse_time, row_rules, time_key
+from .validate import ROW_RULES, RuleTable, order_rows, parse_time, row_rules, time_hours, time_key
 
 STATE_FORMAT = 2
 _COLUMNS = ("time", "variable", "value")
@@ -141,6 +143,11 @@ class StayStream:
         return self._open + 1 if self._has_series else 0
 
     @property
+    def stay_id(self) -> int | str | None:
+        """The stay's id, from the first rows that had a ``stay_id`` column; None before."""
+        return self._stay_id
+
+    @property
     def dropped(self) -> dict[str, int]:
         """Rows dropped so far, by validation rule (as :class:`~clinical_lstm.validate.QualityReport`)."""
         out = Counter(self._dropped)
@@ -151,17 +158,24 @@ class StayStream:
         """Feed new observations and return the current calibrated risk.
 
         ``rows``: a pandas or polars DataFrame (or anything ``polars.DataFrame`` accepts) with columns
-        ``time`` (hours since admission, or ``HH:MM``), ``variable``, ``value``; other columns (``stay_id``...)
-        are ignored. ``None`` or no rows returns the current risk. Usable rows must not go back in time.
+        ``time`` (hours since admission, ``HH:MM``, or a timedelta), ``variable``, ``value``, and optionally
+        ``stay_id``, which must be this stream's stay in every row; other columns are ignored. ``None`` or no
+        rows returns the current risk. Usable rows must not go back in time.
         """
         cols = _columns(rows)
         if cols is None:
             return self._risk
         e = self._e
-        time, code, value = cols[0], e.code_of(cols[1]), cols[2]
+        time, code, value, stay = cols[0], e.code_of(cols[1]), cols[2], self._stay_of(cols[3])
+        if stay is not None and self._stay_id is not None and stay != self._stay_id:
+            raise ValueError(f"this stream scores stay {self._stay_id!r}; rows of stay {stay!r} belong to "
+                             f"another stream (RiskModel.stream() per stay); nothing of this update was "
+                             f"applied")
         rule = row_rules(time, code, value, e.rules)
         ok = rule == 0
         self._check_order(time[ok])
+        if stay is not None:
+            self._stay_id = stay
         self._dropped.update(ROW_RULES[r - 1] for r in rule[~ok])
         if ok.any():
             self._ingest(time[ok], code[ok], value[ok])
@@ -174,6 +188,7 @@ class StayStream:
         return {
             "format": STATE_FORMAT,
             "model": self._e.digest,
+            "stay_id": self._stay_id,
             "last_time": self._last_time,
             "open": self._open,
             "has_series": self._has_series,
@@ -221,6 +236,8 @@ class StayStream:
     # -- internals ------------------------------------------------------------------------------------
     def _reset(self):
         e = self._e
+        self._stay_id: int | str | None = None
+        self._stay_seen = None  # (raw stay_id key, its id) of the last update: not state, a cache
         self._last_time: float | None = None
         self._open = 0  # the open bin; bins before it have been run through the networks
         self._has_series = False
@@ -245,6 +262,7 @@ class StayStream:
         if state.get("model") != e.digest:
             raise ValueError("this stream state was saved from a different model (catalogue, transformer, "
                              "weights or calibrator differ); resume it with the model that produced it")
+        self._stay_id = state.get("stay_id")
         self._last_time = None if state["last_time"] is None else float(state["last_time"])
         self._open, self._has_series = int(state["open"]), bool(state["has_series"])
         code, time, value = state["rows"]
@@ -259,6 +277,21 @@ class StayStream:
             self._net["att_max"] = np.nan_to_num(self._net["att_max"], nan=-np.inf)
         self._dropped = Counter({str(k): int(v) for k, v in state.get("dropped", {}).items()})
         self._refresh()
+
+    def _stay_of(self, ids) -> int | str | None:
+        """The one stay of an update's ``stay_id`` column (None: no such column). The last single value as
+        given is remembered, so that the next update of the same stay is not read again."""
+        if ids is None:
+            return None
+        pandas = _is_pandas(ids)
+        first = ids.iloc[0] if pandas else ids[0]
+        same = ids.nunique(dropna=False) == 1 if pandas else ids.n_unique() == 1
+        key = (type(first), first)
+        if same and self._stay_seen is not None and self._stay_seen[0] == key:
+            return self._stay_seen[1]
+        stay = _one_stay(ids)
+        self._stay_seen = (key, stay) if same else None
+        return stay
 
     def _check_order(self, times: np.ndarray):
         if not len(times):
@@ -356,7 +389,8 @@ class StayStream:
 
 
 def _columns(rows):
-    """``rows`` -> (time float64, variable list, value float64) arrays, or None when there are no rows."""
+    """``rows`` -> (time float64, variable list, value float64, the ``stay_id`` column or None without one),
+    or None when there are no rows."""
     if rows is None:
         return None
     if not isinstance(rows, pl.DataFrame) and not _is_pandas(rows):
@@ -369,18 +403,45 @@ def _columns(rows):
 
         raise DataError(f"stream rows lack column(s) {missing}; expected {list(_COLUMNS)} (others are ignored), "
                         f"got {list(rows.columns)}")
+    stay = rows["stay_id"] if "stay_id" in rows.columns else None
     if _is_pandas(rows):
         time, value = rows["time"].to_numpy(), rows["value"].to_numpy()
         names = rows["variable"].tolist()
-        time = time.astype(np.float64) if time.dtype.kind in "fiu" else _parse_text(time, "time")
+        if time.dtype.kind in "fiu":
+            time = time.astype(np.float64)
+        elif rows["time"].dtype.kind == "O":  # text, or mixed objects: each as its text
+            time = _parse_text(time, "time")
+        else:  # timedelta, datetime, bool: polars' own type, read by validate's rule
+            time = _hours(pl.Series("time", rows["time"]))
         value = value.astype(np.float64) if value.dtype.kind in "fiu" else _parse_text(value, "value")
-        return time, names, value
-    out = []
-    for col in ("time", "value"):
-        s = rows[col]
-        out.append(s.cast(pl.Float64).fill_null(np.nan).to_numpy() if s.dtype.is_numeric()
-                   else _parse_text(s.to_list(), col))
-    return out[0], rows["variable"].cast(pl.String).to_list(), out[1]
+        return time, names, value, stay
+    s = rows["value"]
+    value = (s.cast(pl.Float64).fill_null(np.nan).to_numpy() if s.dtype.is_numeric()
+             else _parse_text(s.to_list(), "value"))
+    return _hours(rows["time"]), rows["variable"].cast(pl.String).to_list(), value, stay
+
+
+def _one_stay(ids) -> int | str:
+    """The one stay of an update's ``stay_id`` column (pandas or polars), its ids read as
+    :func:`clinical_lstm.sources.checked_ids` reads a file's; more than one stay raises ``ValueError``."""
+    from .sources import checked_ids
+
+    if _is_pandas(ids):
+        if ids.dtype == object:  # mixed kinds (17, "17", a uuid.UUID): as text, as bundle.as_raw reads them
+            ids = ids.astype(str).where(ids.notna(), None)
+        ids = pl.from_pandas(ids.rename("stay_id"))
+    ids = checked_ids(ids.rename("stay_id").to_frame(), "stream rows")["stay_id"].unique(maintain_order=True)
+    if len(ids) > 1:
+        raise ValueError(f"stream rows of one update hold more than one stay: stay_id {ids[0]!r} and "
+                         f"{ids[1]!r}; a stream scores one stay (RiskModel.stream() per stay); nothing of "
+                         f"this update was applied")
+    return ids[0]
+
+
+def _hours(time: pl.Series) -> np.ndarray:
+    """A ``time`` column as float64 hours (NaN: unparseable), by :func:`clinical_lstm.validate.time_hours`."""
+    hours = pl.DataFrame([time]).select(time_hours(time.dtype, "stream rows").alias("time"))["time"]
+    return hours.fill_null(np.nan).to_numpy().astype(np.float64)
 
 
 def _parse_text(values, column: str) -> np.ndarray:

@@ -8,9 +8,10 @@ table's stay list or in ``report.rejects`` with its reason.
 =========================  ==================  ======================================================
 rule                       action              meaning
 =========================  ==================  ======================================================
-unparseable_time           row dropped         time is neither hours (float) nor ``HH:MM``
+unparseable_time           row dropped         time is neither hours (a number) nor ``HH:MM`` text
 unparseable_value          value -> missing    value is not a number
-unknown_variable           row dropped         variable not in the catalogue (counted by its name)
+unknown_variable           row dropped         variable not in the catalogue (counted by its name; logged to
+                                               tracking by number only: a name is input text)
 negative_time              row dropped         time < 0 h
 past_window                row dropped         time > window (a row at exactly the window end is kept)
 static_after_admission     row dropped         a static-only descriptor (e.g. Age) at time > 0
@@ -23,6 +24,10 @@ record_id_mismatch         stay rejected       the file's RecordID row names ano
 no_time_series             stay rejected       no usable time-series observation in the window
 no_label                   stay rejected       training only: the stay has no outcome label
 =========================  ==================  ======================================================
+
+``time`` is hours since admission (:func:`time_hours`): a number, ``HH:MM`` text, or a duration (a Parquet
+Duration, a pandas timedelta), converted exactly to hours. A timestamp (Datetime, Date, Time) is an error: the
+long format carries no admission time to measure it from.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import polars as pl
 
 from .catalogue import Catalogue
 from .files import write_json
-from .sources import RawData
+from .sources import DataError, RawData
 
 ACTIONS = {
     "unparseable_time": "row dropped",
@@ -63,6 +68,8 @@ class QualityReport:
     """Counts per rule and variable, plus the rejected stays.
 
     ``counts`` is a polars frame ``rule, action, variable, rows``; ``rejects`` is ``stay_id, reason``.
+    ``known_variables`` are the catalogue's names (set by :func:`validate`): the only variable names the
+    tracking-safe :meth:`to_dict` writes; None names none.
     """
 
     counts: pl.DataFrame
@@ -74,9 +81,13 @@ class QualityReport:
     window_hours: float
     sources: list[str] = field(default_factory=list)
     stay_rules: pl.DataFrame | None = None  # stay_id, rule, rows: per-stay row rules (never logged: has ids)
+    known_variables: tuple[str, ...] | None = None
 
     def to_dict(self, include_stay_ids: bool = True) -> dict:
-        """A JSON-able dict. ``include_stay_ids=False`` gives the version safe to log to tracking."""
+        """A JSON-able dict. ``include_stay_ids=False`` gives the version safe to log to tracking: no stay ids
+        and no free text from the input. Counts of names outside :attr:`known_variables` (an unknown
+        variable's name may be anything: an id, a patient's name) become one entry per rule with a null
+        ``variable``, the rows and the number of distinct ``names``."""
         by_reason = self.rejects.group_by("reason").len().sort("reason")
         out = {
             "sources": self.sources,
@@ -86,11 +97,22 @@ class QualityReport:
                       "rejected_by_reason": dict(zip(by_reason["reason"], by_reason["len"], strict=True))},
             "rows": {"read": self.n_rows_read, "kept": self.n_rows_kept},
             "rules": [{"rule": r, "action": a} for r, a in ACTIONS.items()],
-            "counts": self.counts.to_dicts(),
+            "counts": self.counts.to_dicts() if include_stay_ids else self._counts_without_input_names(),
         }
         if include_stay_ids:
             out["rejects"] = self.rejects.to_dicts()
         return out
+
+    def _counts_without_input_names(self) -> list[dict]:
+        # a row rule's count whose name is not the catalogue's (null included) names something from the input
+        known = pl.col("variable").is_in(list(self.known_variables or ())).fill_null(False)
+        named = pl.col("rule").is_in(ROW_RULES) & ~known
+        hidden = (self.counts.filter(named).group_by("rule", "action")
+                  .agg(pl.lit(None, pl.String).alias("variable"), pl.col("rows").sum(),
+                       pl.col("variable").n_unique().cast(pl.Int64).alias("names")))
+        rows = (pl.concat([self.counts.filter(~named), hidden], how="diagonal")
+                .sort("rule", "variable", nulls_last=True).to_dicts())
+        return [{k: v for k, v in r.items() if k != "names" or v is not None} for r in rows]
 
     @classmethod
     def merge(cls, parts: list[QualityReport], window_hours: float) -> QualityReport:
@@ -102,18 +124,25 @@ class QualityReport:
         counts = (pl.concat([p.counts for p in parts]).group_by("rule", "action", "variable")
                   .agg(pl.col("rows").sum()).sort("rule", "variable", nulls_last=True))
         rules = [p.stay_rules for p in parts if p.stay_rules is not None]
+        # a name is known when every part that names variables knows it
+        naming = [p.known_variables for p in parts if p.counts["variable"].is_not_null().any()]
+        known = (None if not naming or None in naming
+                 else tuple(v for v in naming[0] if all(v in k for k in naming)))
         return cls(counts, pl.concat([p.rejects for p in parts]).sort("stay_id"),
                    sum(p.n_stays_read for p in parts), sum(p.n_stays_kept for p in parts),
                    sum(p.n_rows_read for p in parts), sum(p.n_rows_kept for p in parts), window_hours,
-                   list(dict.fromkeys(s for p in parts for s in p.sources)), pl.concat(rules) if rules else None)
+                   list(dict.fromkeys(s for p in parts for s in p.sources)),
+                   pl.concat(rules) if rules else None, known)
 
     @classmethod
-    def from_dict(cls, d: dict, id_dtype=pl.Int64) -> QualityReport:
-        """The report :meth:`to_dict` (with stay ids) wrote; per-stay rules are not kept in it."""
+    def from_dict(cls, d: dict, id_dtype=pl.Int64, known_variables=None) -> QualityReport:
+        """The report :meth:`to_dict` (with stay ids) wrote; per-stay rules are not kept in it.
+        ``known_variables``: the catalogue's names it was validated with (:attr:`known_variables`)."""
         counts = pl.DataFrame(d["counts"], schema=_COUNT_SCHEMA)
         rejects = pl.DataFrame(d.get("rejects", []), schema={"stay_id": id_dtype, "reason": pl.String})
         return cls(counts, rejects, d["stays"]["read"], d["stays"]["kept"], d["rows"]["read"], d["rows"]["kept"],
-                   d["window_hours"], list(d["sources"]))
+                   d["window_hours"], list(d["sources"]),
+                   known_variables=None if known_variables is None else tuple(known_variables))
 
     def write(self, path: str | Path, include_stay_ids: bool = True) -> Path:
         """Write the report as JSON, atomically."""
@@ -149,6 +178,33 @@ def parse_time(col: pl.Expr) -> pl.Expr:
              + parts.struct.field("3").cast(pl.Float64, strict=False) / 60.0)
     clock = pl.when(parts.struct.field("1") == "-").then(-hours).otherwise(hours)
     return pl.when(s.str.contains(":", literal=True)).then(clock).otherwise(s.cast(pl.Float64, strict=False))
+
+
+_TIME_UNITS_PER_HOUR = {"ns": 3_600_000_000_000, "us": 3_600_000_000, "ms": 3_600_000}
+
+
+def time_hours(dtype: pl.DataType, where: str = "the data") -> pl.Expr:
+    """**The rule for reading a ``time`` column**, for every path: ``pl.col("time")`` as Float64 hours.
+
+    Numbers are hours; text (String, Categorical) goes through :func:`parse_time`; a Duration is elapsed time
+    since admission, converted exactly (integer ticks over ticks per hour). Any other dtype, a timestamp
+    (Datetime, Date, Time) in particular, raises :class:`~clinical_lstm.sources.DataError` naming ``where``:
+    an absolute time would need each stay's admission time, which the long format does not have.
+    """
+    col = pl.col("time")
+    if dtype.is_numeric() or dtype == pl.Null:
+        return col.cast(pl.Float64)
+    if dtype == pl.String or isinstance(dtype, (pl.Categorical, pl.Enum)):
+        return parse_time(col)
+    if isinstance(dtype, pl.Duration):  # numpy divides exactly; polars multiplies by the literal's reciprocal
+        per_hour = _TIME_UNITS_PER_HOUR[dtype.time_unit]
+        return col.cast(pl.Int64).map_batches(
+            lambda s: pl.Series(s.to_numpy().astype(np.float64) / per_hour, nan_to_null=True),
+            return_dtype=pl.Float64, is_elementwise=True)
+    why = (", a timestamp: the long format has no admission time per stay to measure it from (subtract each "
+           "stay's admission time first)" if dtype.is_temporal() else "")
+    raise DataError(f"{where}: column 'time' has type {dtype}{why}; time must be hours since ICU admission "
+                    f"(a number, HH:MM text, or a duration such as a Parquet Duration or pandas timedelta)")
 
 
 # -- row rules ----------------------------------------------------------------------------------------------
@@ -253,7 +309,7 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     report : QualityReport
     """
     schema = raw.long.schema
-    time = parse_time(pl.col("time")) if schema["time"] == pl.String else pl.col("time").cast(pl.Float64)
+    time = time_hours(schema["time"], ", ".join(raw.sources) or "the data")
     value = (pl.col("value").str.strip_chars() if schema["value"] == pl.String else pl.col("value"))
     codes = pl.DataFrame({"variable": catalogue.names, "code": np.arange(len(catalogue), dtype=np.int64)})
     df = raw.long.lazy().select(
@@ -303,7 +359,8 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
               .sort("rule", "variable", nulls_last=True))
     report = QualityReport(counts=counts, rejects=rejects, n_stays_read=len(all_stays), n_stays_kept=len(kept),
                            n_rows_read=raw.long.height, n_rows_kept=clean.height, window_hours=window_hours,
-                           sources=list(raw.sources), stay_rules=stay_rules)
+                           sources=list(raw.sources), stay_rules=stay_rules,
+                           known_variables=tuple(catalogue.names))
     if report.n_stays_kept + report.rejects.height != report.n_stays_read:  # internal invariant, never user error
         raise AssertionError("stay accounting broken: kept + rejected != read")
     return clean, kept, report

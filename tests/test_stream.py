@@ -315,3 +315,53 @@ def test_save_is_atomic_and_follows_the_umask(model, stays, tmp_path):
         os.umask(old)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json", "s.safetensors"]  # no temporary file left
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in paths)
+
+
+# -- time types and stays: the same rules as validate -------------------------------------------------------
+def test_duration_times_score_as_hours_and_timestamps_are_refused_like_predict(model):
+    """A polars Duration or pandas timedelta ``time`` is elapsed hours, as in ``validate``; a timestamp is the
+    same DataError ``predict`` raises (it was read as microseconds, or counted unparseable_time)."""
+    rows = edge_stay()
+    want = expected_risk(model, rows)
+    dur = rows.with_columns((pl.col("time") * 3_600_000_000).round().cast(pl.Int64).cast(pl.Duration("us")))
+    assert expected_risk(model, dur) == want
+    for name, chunks in chunkings(dur, seed=5, hour=rows["time"].floor()):
+        assert_close(feed(model, chunks), want, f"Duration {name}")
+        assert_close(feed(model, chunks, as_pandas=True), want, f"timedelta {name}")
+    assert _dropped(model, dur.to_pandas()) == _dropped(model, rows) == _dropped(model, dur)
+    stamps = rows.with_columns((pl.datetime(2024, 3, 1) + pl.duration(hours="time")).alias("time"))
+    message = r"column 'time' has type Datetime.*a timestamp.*hours since ICU admission"
+    with pytest.raises(DataError, match=message):
+        model.predict(stamps)
+    for frame in (stamps, stamps.to_pandas()):
+        with pytest.raises(DataError, match=message):
+            model.stream().update(frame)
+
+
+def _dropped(m: RiskModel, rows) -> dict:
+    s = m.stream()
+    s.update(rows)
+    return s.dropped
+
+
+def test_rows_of_another_stay_are_refused(model, stays):
+    """One stream is one stay: an update mixing stays, or rows of another stay than the one already fed (also
+    after a save and restore), raises naming both ids and changes nothing."""
+    (a, rows_a), (b, rows_b) = list(stays.items())[:2]
+    mixed = pl.concat([rows_a.filter(pl.col("time") < 5), rows_b.filter(pl.col("time") < 5)])
+    for frame in (mixed, mixed.to_pandas()):
+        with pytest.raises(ValueError, match=rf"more than one stay: stay_id {a} and {b}"):
+            model.stream().update(frame)
+    s = model.stream()
+    s.update(rows_a.filter(pl.col("time") < 10))
+    assert s.stay_id == a
+    before = s.state()
+    with pytest.raises(ValueError, match=rf"this stream scores stay {a}; rows of stay {b} belong to another"):
+        s.update(rows_b.filter(pl.col("time") >= 10))
+    assert s.state() == before
+    restored = model.stream(json.loads(json.dumps(before)))
+    with pytest.raises(ValueError, match=rf"scores stay {a}; rows of stay {b}"):
+        restored.update(rows_b.filter(pl.col("time") >= 10).to_pandas())
+    rest = rows_a.filter(pl.col("time") >= 10).with_columns(pl.col("stay_id").cast(pl.String))  # "123" is 123
+    restored.update(rest.head(3).drop("stay_id"))  # rows without ids are the stream's stay's
+    assert_close(restored.update(rest.slice(3)), expected_risk(model, rows_a))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -19,6 +20,7 @@ N_STAYS = 160
 
 
 N_REJECTED = 6  # stays that training rejects (no time series, no label): their ids must not reach MLflow either
+PLANTED = (str(FIRST_ID + 7), "Doe^John MRN 4471123")  # as variable names: another stay's id, a patient
 
 
 def cohort(tmp: Path) -> tuple[Path, Path, list[int]]:
@@ -36,6 +38,8 @@ def cohort(tmp: Path) -> tuple[Path, Path, list[int]]:
             rows.append((sid, float(t), "HR", float(rng.normal(110 if y else 80, 8))))
         for t in np.sort(rng.uniform(0, 24, 5)):
             rows.append((sid, float(t), "MAP", float(rng.normal(75, 10))))
+        if k < 2:  # free text where a variable name belongs: counted locally, never sent to MLflow
+            rows += [(sid, 1.0, PLANTED[0], 1.0), (sid, 2.0, PLANTED[1], 1.0)]
     statics_only = [FIRST_ID + N_STAYS + k for k in range(3)]
     unlabelled = [FIRST_ID + N_STAYS + 3 + k for k in range(3)]
     rows += [(sid, 0.0, "Age", 70.0) for sid in statics_only]
@@ -154,6 +158,29 @@ def test_no_stay_id_anywhere_in_the_store(store):
         blob = path.read_bytes()
         leaked = [n.decode() for n in needles if n in blob]
         assert not leaked, f"stay ids {leaked[:3]} found in {path}"
+
+
+def test_no_input_free_text_anywhere_in_the_store(store, tmp_path):
+    """Unknown variable names are input free text (here another stay's id and a patient's name): the local
+    quality report counts them by name; no param, tag, metric or artifact byte of the store holds them."""
+    res = store["runs"][0]
+    unknown = res.report.counts.filter(pl.col("rule") == "unknown_variable")
+    assert dict(unknown.select("variable", "rows").rows()) == {PLANTED[0]: 2, PLANTED[1]: 2}
+    from mlflow.artifacts import download_artifacts
+
+    logged = download_artifacts(run_id=res.tracking["run_id"], artifact_path="report/quality_report.json",
+                                dst_path=str(tmp_path))
+    safe = json.loads(Path(logged).read_text())  # counted, not named
+    assert {"rule": "unknown_variable", "action": "row dropped", "variable": None, "rows": 4, "names": 2} in (
+        safe["counts"])
+    needles = [n.encode() for n in (*PLANTED, "4471123", "Doe^John")]
+    artifacts = (p for p in (store["root"] / "artifacts").rglob("*") if p.is_file())
+    files = [store["root"] / "mlflow.db", *artifacts]
+    assert len(files) > 10
+    for path in files:
+        blob = path.read_bytes()
+        leaked = [n.decode() for n in needles if n in blob]
+        assert not leaked, f"input free text {leaked} found in {path}"
 
 
 def test_unreachable_server_still_writes_the_bundle(store, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from helpers import raw_data
 
 from clinical_lstm.catalogue import Catalogue
 from clinical_lstm.sources import RawData, read_physionet
-from clinical_lstm.validate import ACTIONS, validate
+from clinical_lstm.validate import ACTIONS, QualityReport, validate
 
 HR_OK = "80"  # a plausible heart rate, so a stay has a usable time series
 
@@ -375,7 +375,8 @@ def test_report_write_is_atomic_json(identified_report, tmp_path):
     loaded = json.loads(target.read_text())
     assert loaded["stays"] == {"read": 3, "kept": 1, "rejected": 2,
                                "rejected_by_reason": {"no_time_series": 1, "unreadable_file": 1}}
-    assert {"rule": "unknown_variable", "action": "row dropped", "variable": "Lactat", "rows": 1} in loaded["counts"]
+    assert {"rule": "unknown_variable", "action": "row dropped", "variable": None, "rows": 1, "names": 1} in (
+        loaded["counts"])  # the input's own name for it ("Lactat") stays local: see the next test
     assert "884213" not in target.read_text()
     # overwriting replaces the file whole, still leaving no temporary file behind
     identified_report.write(target)
@@ -410,3 +411,89 @@ def test_order_rows_is_the_key_then_value_order_with_duplicates_and_conflicts_ma
             same_value = i > 0 and (v[i] == v[i - 1])
             assert keep[i] == (not (same_key and same_value))
             assert conflict[i] == (same_key and keep[i])
+
+
+# -- time column types -------------------------------------------------------------------------------------
+def as_duration(long: pl.DataFrame, unit: str) -> pl.DataFrame:
+    """``long`` with its float-hour ``time`` as a Duration, the way a hospital's Parquet export holds it."""
+    ticks = {"ns": 3_600_000_000_000, "us": 3_600_000_000, "ms": 3_600_000}[unit]
+    return long.with_columns((pl.col("time") * ticks).round().cast(pl.Int64).cast(pl.Duration(unit)))
+
+
+@pytest.mark.parametrize("unit", ["us", "ns", "ms"])
+def test_duration_time_is_elapsed_hours_exactly(cat, tmp_path, unit):
+    """A Duration ``time`` (Parquet, polars) is hours since admission: the same clean rows, report and risks
+    as the float hours it came from, bit for bit (not microseconds read as hours)."""
+    from helpers import tiny_model
+
+    from clinical_lstm.sources import read_long
+    from clinical_lstm.synthetic import synthetic_cohort
+
+    long = synthetic_cohort(5, seed=4, dirt=0.05)
+    path = tmp_path / "dur.parquet"
+    as_duration(long, unit).write_parquet(path)
+    raw = read_long(path)
+    assert raw.long.schema["time"] == pl.Duration(unit)
+    clean, kept, report = validate(raw, cat)
+    floats = RawData(long=long, stays=long["stay_id"].unique().sort())
+    want_clean, want_kept, want_report = validate(floats, cat)
+    assert clean.equals(want_clean) and kept.equals(want_kept)
+    assert report.counts.equals(want_report.counts) and kept.len() == 5
+    assert "past_window" not in report.counts["rule"].to_list()
+    model = tiny_model(seed=1)
+    assert model.predict(path)["risk"].to_list() == model.predict(long)["risk"].to_list()
+
+
+@pytest.mark.parametrize("dtype", [pl.Datetime("us"), pl.Datetime("ns", "UTC"), pl.Date()])
+def test_timestamp_time_is_a_clear_error(cat, tmp_path, dtype):
+    """An absolute time cannot be hours since admission without each stay's admission time: refused, naming
+    the file, the column and its type, instead of every row read as microseconds since 1970."""
+    from clinical_lstm.sources import DataError, read_long
+
+    long = pl.DataFrame({"stay_id": [1, 1], "time": [0.0, 3.0], "variable": ["Age", "HR"],
+                         "value": [60.0, 80.0]})
+    path = tmp_path / "stamps.parquet"
+    stamp = pl.datetime(2024, 3, 1) + pl.duration(hours="time")
+    long.with_columns(stamp.cast(dtype).alias("time")).write_parquet(path)
+    with pytest.raises(DataError, match=r"stamps\.parquet: column 'time' has type (Datetime|Date).*a "
+                                        r"timestamp.*no admission time.*hours since ICU admission"):
+        validate(read_long(path), cat)
+
+
+def test_categorical_time_is_read_as_text(cat):
+    raw = raw_data([(1, "01:30", "HR", HR_OK), (1, "2.5", "HR", "81"), (1, "25:99", "HR", "82")])
+    want = validate(raw, cat)
+    cat_raw = RawData(long=raw.long.with_columns(pl.col("time").cast(pl.Categorical)), stays=raw.stays)
+    got = validate(cat_raw, cat)
+    assert got[0].equals(want[0]) and got[2].counts.equals(want[2].counts)
+
+
+# -- the tracking-safe report --------------------------------------------------------------------------------
+PLANTED = ("700040", "Doe^John MRN 4471123")  # another stay's id and a patient's name, as variable names
+
+
+def test_safe_report_carries_no_variable_name_from_the_input(cat):
+    """Names outside the catalogue (counted unknown_variable, or unparseable_time when the time is bad too)
+    are counted, never named, in the form logged to tracking; the catalogue's names stay."""
+    raw = raw_data([
+        (1, "01:00", "HR", HR_OK), (1, "02:00", PLANTED[0], "1"), (1, "03:00", PLANTED[1], "1"),
+        (1, "04:00", PLANTED[1], "2"), (1, "later", PLANTED[1], "3"), (1, "later", "HR", "81"),
+        (1, "05:00", None, "4"), (1, "06:00", "HR", "900"),
+    ])
+    report = validate(raw, cat)[2]
+    local = report.counts.filter(pl.col("rule") == "unknown_variable").select("variable", "rows").rows()
+    assert {(PLANTED[1], 2), (PLANTED[0], 1)} <= set(local)  # the local report names them
+    text = json.dumps(report.to_dict(include_stay_ids=False))
+    assert not [n for n in (*PLANTED, "4471123", "Doe") if n in text]
+    safe = {(r["rule"], r["variable"]): (r["rows"], r.get("names")) for r in json.loads(text)["counts"]}
+    assert safe == {("unknown_variable", None): (4, 3),  # 700040, Doe^John... and a null name
+                    ("unparseable_time", "HR"): (1, None), ("unparseable_time", None): (1, 1),
+                    ("out_of_range", "HR"): (1, None)}
+    # chunked validation merges reports: still nameless; a report read back without its catalogue names none
+    merged = QualityReport.merge([report, validate(raw_data([(2, "1", "HR", HR_OK)]), cat)[2]], 48.0)
+    assert not [n for n in PLANTED if n in json.dumps(merged.to_dict(include_stay_ids=False))]
+    assert merged.to_dict(include_stay_ids=False)["counts"] == json.loads(text)["counts"]
+    back = QualityReport.from_dict(report.to_dict())
+    assert "HR" not in json.dumps(back.to_dict(include_stay_ids=False))
+    back = QualityReport.from_dict(report.to_dict(), known_variables=cat.names)
+    assert back.to_dict(include_stay_ids=False)["counts"] == json.loads(text)["counts"]
