@@ -34,6 +34,7 @@ from .sources import (
     read_error,
     stay_id_key,
 )
+from .validate import time_hours
 
 NULL_NAME = "<null>"  # the key under which rows with a null variable name are counted
 
@@ -120,6 +121,7 @@ def index_long(path: Path, catalogue) -> Input:
         raise DataError(f"data file {path} lacks column(s) {missing}; expected {list(LONG_COLUMNS)} "
                         f"(extra columns are ignored), found {columns}")
     check_header(path, "data", LONG_COLUMNS)
+    time_hours(scan.collect_schema()["time"], f"data file {path}")  # a timestamp column fails here, before any chunk
     try:  # runs of equal raw ids (one per stay in a file sorted by stay), not rows, are grouped by key below
         runs, variables = pl.collect_all([
             scan.select(pl.col("stay_id").rle()).unnest("stay_id"),

@@ -156,7 +156,8 @@ class Parts:
             raise DataError(f"{folder} was prepared with another catalogue (variables differ from "
                             f"{catalogue.digest()[:12]}'s): prepare it again with this one")
         kind = pl.String if m["id_kind"] == "text" else pl.Int64
-        report = QualityReport.from_dict(json.loads((folder / "quality_report.json").read_text()), kind)
+        report = QualityReport.from_dict(json.loads((folder / "quality_report.json").read_text()), kind,
+                                         known_variables=catalogue.names)
         given = outcomes = read_labels(labels) if labels is not None else (
             pl.read_parquet(folder / "labels.parquet") if (folder / "labels.parquet").is_file() else None)
         if outcomes is not None and outcomes.schema["stay_id"] != kind:  # labels read as the prepared ids' kind

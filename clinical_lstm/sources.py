@@ -470,7 +470,7 @@ def load(paths, labels: str | Path | None = None, outcomes: str | Path | None = 
                                 f"stay ids must be unique across --data paths")
             seen[sid] = part.sources[0]
     same = all(p.long.schema == parts[0].long.schema for p in parts)
-    long = pl.concat([p.long if same else _as_text(p.long) for p in parts], how="vertical")
+    long = pl.concat([p.long if same else _as_text(p.long, p.sources[0]) for p in parts], how="vertical")
     outs = [p.outcomes for p in parts if p.outcomes is not None]
     if labels is not None:
         out = read_labels(labels)
@@ -499,6 +499,12 @@ def _ids_as_text(raw: RawData) -> RawData:
                    raw.sources, raw.ignored_members)
 
 
-def _as_text(df: pl.DataFrame) -> pl.DataFrame:
-    """Mixed sources concatenate as text; validation parses once, uniformly."""
-    return df.with_columns(pl.col("time").cast(pl.String), pl.col("value").cast(pl.String))
+def _as_text(df: pl.DataFrame, source: str) -> pl.DataFrame:
+    """Mixed sources concatenate as text; validation parses once, uniformly. A ``time`` that is neither text nor
+    a number (a duration) is read as hours first, by the one rule for time (a timestamp is refused there)."""
+    from .validate import time_hours  # validate imports this module
+
+    time = pl.col("time")
+    if not (df.schema["time"].is_numeric() or df.schema["time"] in (pl.String, pl.Null)):
+        time = time_hours(df.schema["time"], f"data file {source}")
+    return df.with_columns(time.cast(pl.String).alias("time"), pl.col("value").cast(pl.String))

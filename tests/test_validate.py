@@ -497,3 +497,24 @@ def test_safe_report_carries_no_variable_name_from_the_input(cat):
     assert "HR" not in json.dumps(back.to_dict(include_stay_ids=False))
     back = QualityReport.from_dict(report.to_dict(), known_variables=cat.names)
     assert back.to_dict(include_stay_ids=False)["counts"] == json.loads(text)["counts"]
+
+
+def test_a_duration_input_beside_a_float_one_and_a_timestamp_in_the_index_pass(cat, tmp_path):
+    """Two inputs of different schemas are joined as text: a Duration ``time`` is read as hours first (it was
+    a polars error). The batch index pass refuses a timestamp ``time`` before any chunk, naming the file."""
+    from clinical_lstm.chunks import index_long
+    from clinical_lstm.sources import DataError, load
+    from clinical_lstm.synthetic import synthetic_cohort
+
+    long = synthetic_cohort(6, seed=2)
+    first, second = long.filter(pl.col("stay_id") <= 3), long.filter(pl.col("stay_id") > 3)
+    first.write_csv(tmp_path / "first.csv")
+    as_duration(second, "us").write_parquet(tmp_path / "second.parquet")
+    second.write_parquet(tmp_path / "floats.parquet")
+    mixed = validate(load([tmp_path / "first.csv", tmp_path / "second.parquet"]), cat)
+    want = validate(load([tmp_path / "first.csv", tmp_path / "floats.parquet"]), cat)
+    assert mixed[0].equals(want[0]) and mixed[1].len() == 6
+    second.with_columns((pl.datetime(2026, 1, 1) + pl.duration(hours=pl.col("time"))).alias("time")).write_parquet(
+        tmp_path / "stamps.parquet")
+    with pytest.raises(DataError, match=r"stamps\.parquet: column 'time' has type Datetime"):
+        index_long(tmp_path / "stamps.parquet", cat)
