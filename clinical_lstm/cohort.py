@@ -307,6 +307,7 @@ def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resoluti
     stage.rename(folder / PARTS)
     files, part_ids, reports, frames = (list(x) for x in zip(*done, strict=True)) if done else ([], [], [], [])
     report = QualityReport.merge(reports, window_hours)
+    report.empty_sources = [inp.name for inp in inputs if inp.empty]  # said, never silently left out
     kept_ids = np.concatenate(part_ids) if part_ids else no_ids(kind)
     if found is not None:
         found = found.filter(pl.col("stay_id").is_in(pl.Series(kept_ids).implode()))

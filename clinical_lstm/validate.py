@@ -82,6 +82,7 @@ class QualityReport:
     sources: list[str] = field(default_factory=list)
     stay_rules: pl.DataFrame | None = None  # stay_id, rule, rows: per-stay row rules (never logged: has ids)
     known_variables: tuple[str, ...] | None = None
+    empty_sources: list[str] = field(default_factory=list)  # inputs without a stay (0 bytes, a header only)
 
     def to_dict(self, include_stay_ids: bool = True) -> dict:
         """A JSON-able dict. ``include_stay_ids=False`` gives the version safe to log to tracking: no stay ids
@@ -91,6 +92,7 @@ class QualityReport:
         by_reason = self.rejects.group_by("reason").len().sort("reason")
         out = {
             "sources": self.sources,
+            "empty_sources": self.empty_sources,
             "window_hours": self.window_hours,
             "stays": {"read": self.n_stays_read, "kept": self.n_stays_kept,
                       "rejected": self.n_stays_read - self.n_stays_kept,
@@ -132,7 +134,8 @@ class QualityReport:
                    sum(p.n_stays_read for p in parts), sum(p.n_stays_kept for p in parts),
                    sum(p.n_rows_read for p in parts), sum(p.n_rows_kept for p in parts), window_hours,
                    list(dict.fromkeys(s for p in parts for s in p.sources)),
-                   pl.concat(rules) if rules else None, known)
+                   pl.concat(rules) if rules else None, known,
+                   list(dict.fromkeys(s for p in parts for s in p.empty_sources)))
 
     @classmethod
     def from_dict(cls, d: dict, id_dtype=pl.Int64, known_variables=None) -> QualityReport:
@@ -142,7 +145,8 @@ class QualityReport:
         rejects = pl.DataFrame(d.get("rejects", []), schema={"stay_id": id_dtype, "reason": pl.String})
         return cls(counts, rejects, d["stays"]["read"], d["stays"]["kept"], d["rows"]["read"], d["rows"]["kept"],
                    d["window_hours"], list(d["sources"]),
-                   known_variables=None if known_variables is None else tuple(known_variables))
+                   known_variables=None if known_variables is None else tuple(known_variables),
+                   empty_sources=list(d.get("empty_sources", [])))
 
     def write(self, path: str | Path, include_stay_ids: bool = True) -> Path:
         """Write the report as JSON, atomically."""
@@ -158,6 +162,8 @@ class QualityReport:
                  f"{self.n_stays_read - self.n_stays_kept} rejected; rows: {self.n_rows_read} read, "
                  f"{self.n_rows_kept} kept"]
         lines += [f"  {r['rule']:<24} {r['action']:<26} {r['rows']:>9,}" for r in totals.iter_rows(named=True)]
+        if self.empty_sources:
+            lines.append(f"  no stays in {', '.join(self.empty_sources)} (empty file or header only)")
         return "\n".join(lines)
 
 

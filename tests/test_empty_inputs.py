@@ -57,8 +57,11 @@ def test_an_input_without_stays_beside_a_good_one(files, empty, tmp_path):
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "p" / "quality_report.json").read_text())
     assert report["stays"]["read"] == N and report["sources"] == ["good.csv"]
+    assert report["empty_sources"] == [empty.name]  # said in the report and on screen, not silently left out
+    assert f"no stays in {empty.name} (empty file or header only)" in res.stdout
     assert pl.read_parquet(tmp_path / "p" / "grid.parquet")["stay_id"].n_unique() == N
     res = run("evaluate", "--model", str(files / "model"), "--data", str(empty), "--data", str(files / "good.csv"),
               "--labels", str(files / "labels.csv"), "--out", str(tmp_path / "ev"), "--n-boot", "10", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["evaluated_on"] == f"{N} stays"
+    assert json.loads((tmp_path / "ev" / "quality_report.json").read_text())["empty_sources"] == [empty.name]
