@@ -204,6 +204,8 @@ def compiled_floor(paths: list[Path], out: Path, lib: Path) -> int:
         n = c.list_members(tar, len(tar), None, None, None, 0)
         ids, offsets, sizes = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
         c.list_members(tar, len(tar), ids.ctypes.data, offsets.ctypes.data, sizes.ctypes.data, n)
+        by_id = np.argsort(ids, kind="stable")  # gridded in stay order: no reordering of the columns after
+        ids, offsets, sizes = ids[by_id], np.ascontiguousarray(offsets[by_id]), np.ascontiguousarray(sizes[by_id])
         values = np.empty((max_params, n * bins))  # only the planes of the parameters found are written
         names = ctypes.create_string_buffer(max_params * name_len)
         k = c.grid_members(tar, offsets.ctypes.data, sizes.ctypes.data, n, values.ctypes.data, names)
@@ -226,7 +228,7 @@ def compiled_floor(paths: list[Path], out: Path, lib: Path) -> int:
     names = sorted(set().union(*(cols for _, cols in parts)))
     columns = {"stay_id": arrow(np.repeat(ids[order], WINDOW_BINS)),
                "bin": arrow(np.tile(np.arange(WINDOW_BINS, dtype=np.int64), len(ids)))}
-    in_order = bool(np.all(order == np.arange(len(ids))))  # one archive's stays after the other's: no reordering
+    in_order = bool(np.all(order == np.arange(len(ids))))  # one archive's stay ids above the other's: no reordering
     rows = None if in_order else (order[:, None] * WINDOW_BINS + np.arange(WINDOW_BINS)).reshape(-1)
     for name in names:
         chunks = [cols[name] if name in cols else np.full(len(i) * WINDOW_BINS, np.nan) for i, cols in parts]

@@ -36,15 +36,23 @@ def _odd_stay() -> bytes:
     return ("\r\n".join(rows) + "\r\n").encode()
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, bench) -> Path:
+@pytest.fixture(scope="module", params=["interleaved", "apart"])
+def data_dir(tmp_path_factory, bench, request) -> Path:
+    """Members dealt alternately (the two archives' ids interleave: the floors reorder rows) or split at the
+    median id (one archive's ids above the other's: the compiled floor's columns are joined as they are)."""
     archive = bundled_sample()
     out = tmp_path_factory.mktemp("sets")
     with tarfile.open(archive, "r:gz") as tf:
         members = [(m, tf.extractfile(m).read()) for m in tf if m.isfile()]
     odd = tarfile.TarInfo("set-b/999001.txt")
     odd.size = len(_odd_stay())
-    halves = {"set-a.tar.gz": members[0::2], "set-b.tar.gz": members[1::2] + [(odd, _odd_stay())]}
+    if request.param == "apart":
+        members.sort(key=lambda m: m[0].name, reverse=True)  # archive order unlike id order, as PhysioNet's
+        cut = sorted(m[0].name for m in members)[len(members) // 2]
+        first, second = [m for m in members if m[0].name < cut], [m for m in members if m[0].name >= cut]
+    else:
+        first, second = members[0::2], members[1::2]
+    halves = {"set-a.tar.gz": first, "set-b.tar.gz": second + [(odd, _odd_stay())]}
     assert list(halves) == list(bench.SETS)
     for name, part in halves.items():
         with tarfile.open(out / name, "w:gz") as tf:
