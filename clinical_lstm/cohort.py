@@ -69,6 +69,12 @@ def check_labels_match(labels: pl.DataFrame, read_ids: np.ndarray, given: str) -
                     f"labels' stay_id must be the data's stay ids, written the same way")
 
 
+def count_without_stay(labels: pl.DataFrame, read_ids: np.ndarray) -> int:
+    """How many ``labels`` name no stay that was read: said in the quality report, since labels of stays missing
+    from the data may mean data lost upstream (a partial extract)."""
+    return int((~labels["stay_id"].is_in(pl.Series(read_ids).implode())).sum())
+
+
 def is_cohort(path) -> bool:
     """Whether ``path`` is a folder :func:`grid_parts` wrote (``clinical-lstm prepare``'s output)."""
     return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
@@ -172,6 +178,7 @@ class Parts:
         parts.read_ids = np.concatenate([kept, report.rejects["stay_id"].to_numpy()])
         if labels is not None:
             check_labels_match(given, parts.read_ids, f"labels file {labels}")  # as written, before the cast
+            report.labels_without_stay = count_without_stay(outcomes, parts.read_ids)
         return parts
 
 
@@ -309,9 +316,10 @@ def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resoluti
     report = QualityReport.merge(reports, window_hours)
     report.empty_sources = [inp.name for inp in inputs if inp.empty]  # said, never silently left out
     kept_ids = np.concatenate(part_ids) if part_ids else no_ids(kind)
-    if found is not None:
-        found = found.filter(pl.col("stay_id").is_in(pl.Series(kept_ids).implode()))
     read_ids = np.concatenate([kept_ids, report.rejects["stay_id"].to_numpy()])
+    if found is not None:
+        report.labels_without_stay = count_without_stay(found, read_ids)
+        found = found.filter(pl.col("stay_id").is_in(pl.Series(kept_ids).implode()))
     stays = pl.concat(frames) if frames else StayDigest(catalogue).frame(kind)
     return Parts(folder, files, window_hours, resolution_hours, report, found, stays, read_ids)
 

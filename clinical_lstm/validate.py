@@ -83,6 +83,7 @@ class QualityReport:
     stay_rules: pl.DataFrame | None = None  # stay_id, rule, rows: per-stay row rules (never logged: has ids)
     known_variables: tuple[str, ...] | None = None
     empty_sources: list[str] = field(default_factory=list)  # inputs without a stay (0 bytes, a header only)
+    labels_without_stay: int = 0  # labels (or outcomes) naming a stay that is not in the data
 
     def to_dict(self, include_stay_ids: bool = True) -> dict:
         """A JSON-able dict. ``include_stay_ids=False`` gives the version safe to log to tracking: no stay ids
@@ -93,6 +94,7 @@ class QualityReport:
         out = {
             "sources": self.sources,
             "empty_sources": self.empty_sources,
+            "labels_without_stay": self.labels_without_stay,
             "window_hours": self.window_hours,
             "stays": {"read": self.n_stays_read, "kept": self.n_stays_kept,
                       "rejected": self.n_stays_read - self.n_stays_kept,
@@ -135,7 +137,8 @@ class QualityReport:
                    sum(p.n_rows_read for p in parts), sum(p.n_rows_kept for p in parts), window_hours,
                    list(dict.fromkeys(s for p in parts for s in p.sources)),
                    pl.concat(rules) if rules else None, known,
-                   list(dict.fromkeys(s for p in parts for s in p.empty_sources)))
+                   list(dict.fromkeys(s for p in parts for s in p.empty_sources)),
+                   sum(p.labels_without_stay for p in parts))
 
     @classmethod
     def from_dict(cls, d: dict, id_dtype=pl.Int64, known_variables=None) -> QualityReport:
@@ -146,7 +149,8 @@ class QualityReport:
         return cls(counts, rejects, d["stays"]["read"], d["stays"]["kept"], d["rows"]["read"], d["rows"]["kept"],
                    d["window_hours"], list(d["sources"]),
                    known_variables=None if known_variables is None else tuple(known_variables),
-                   empty_sources=list(d.get("empty_sources", [])))
+                   empty_sources=list(d.get("empty_sources", [])),
+                   labels_without_stay=int(d.get("labels_without_stay", 0)))
 
     def write(self, path: str | Path, include_stay_ids: bool = True) -> Path:
         """Write the report as JSON, atomically."""
@@ -164,6 +168,9 @@ class QualityReport:
         lines += [f"  {r['rule']:<24} {r['action']:<26} {r['rows']:>9,}" for r in totals.iter_rows(named=True)]
         if self.empty_sources:
             lines.append(f"  no stays in {', '.join(self.empty_sources)} (empty file or header only)")
+        if self.labels_without_stay:
+            lines.append(f"  {self.labels_without_stay:,} label(s) name a stay that is not in the data (a partial "
+                         f"extract?)")
         return "\n".join(lines)
 
 

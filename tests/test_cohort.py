@@ -243,3 +243,18 @@ def test_a_cohort_without_a_kept_stay_keeps_the_id_kind(tmp_path):
     assert parts.report.rejects.rows() == [("A", "no_time_series"), ("B", "no_time_series")]
     cohort = _cohort(parts)
     assert len(cohort) == 0 and cohort.ids.dtype.kind == "U" and cohort.y.dtype == np.int64 and not len(cohort.y)
+
+
+def test_labels_of_stays_missing_from_the_data_are_counted(data, tmp_path):
+    """Labels for stays the data lacks (a partial extract) are said in the quality report and its summary: on
+    raw data and on a prepared folder given --labels; labels that all match count 0."""
+    root, _ = data
+    labels = pl.read_csv(root / "labels.csv")
+    extra = pl.concat([labels, pl.DataFrame({"stay_id": [9001, 9002, 9003], "label": [0, 1, 0]})])
+    extra.write_csv(tmp_path / "extra.csv")
+    res = prepare(root / "shuffled.csv", tmp_path / "p", tmp_path / "extra.csv")
+    assert res.report.labels_without_stay == 3 and "3 label(s) name a stay that is not in the data" in str(res.report)
+    assert res.report.to_dict(include_stay_ids=False)["labels_without_stay"] == 3
+    assert Parts.open(tmp_path / "p", CAT).report.labels_without_stay == 3  # kept with the prepared folder
+    assert Parts.open(tmp_path / "p", CAT, tmp_path / "extra.csv").report.labels_without_stay == 3
+    assert prepare(root / "shuffled.csv", tmp_path / "q", root / "labels.csv").report.labels_without_stay == 0
