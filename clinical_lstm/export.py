@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_path, check_not_input
+from .files import atomic_path, check_not_input, removes_new_out
 from .sources import MissingDependency
 
 CONTRACT_FORMAT = "clinical-lstm-export/1"
@@ -268,6 +268,7 @@ def export_torchscript(model, out: str | Path, check: bool = True) -> Path:
     return out
 
 
+@removes_new_out
 def export_model(model, out: str | Path, fmt: str = "onnx", opset: int = DEFAULT_OPSET) -> dict:
     """``clinical-lstm export``: a RiskModel or a bundle directory / MLflow URI -> file; returns a summary."""
     from .bundle import RiskModel, load_model, model_dir

@@ -16,8 +16,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "check_not_input", "dir_mode", "file_mode", "publish", "write_frame", "write_json",
-           "write_text"]
+__all__ = ["atomic_dir", "atomic_path", "check_not_input", "dir_mode", "file_mode", "publish", "removes_new_out",
+           "write_frame", "write_json", "write_text"]
 
 
 def file_mode() -> int:
@@ -109,6 +109,34 @@ def publish(staged: Path, out: Path, owned: tuple[str, ...]) -> dict[Path, Path]
         moved[f] = out / f.name
         os.replace(f, moved[f])
     return moved
+
+
+def removes_new_out(job):
+    """Decorate a job with an ``out`` argument (a folder, or a file): when the job fails, the folders that did not
+    exist before it (``out`` and any parents it made) are removed again if they are empty, so that a failed
+    command leaves no empty folder behind."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(job)
+
+    @functools.wraps(job)
+    def run(*args, **kwargs):
+        out = Path(signature.bind(*args, **kwargs).arguments["out"]).absolute()
+        new = [p for p in [out, *out.parents] if not p.exists() and not p.is_symlink()]  # innermost first
+        try:
+            return job(*args, **kwargs)
+        except BaseException:
+            for folder in new:
+                if not folder.is_dir():  # the output file was never made
+                    continue
+                try:
+                    folder.rmdir()  # only an empty folder; one that holds anything stays, with its parents
+                except OSError:
+                    break
+            raise
+
+    return run
 
 
 def write_text(path: str | Path, text: str) -> Path:

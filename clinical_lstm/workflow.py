@@ -24,7 +24,7 @@ import polars as pl
 from .catalogue import resolve
 from .cohort import MANIFEST, PARTS, STAGING
 from .config import Config
-from .files import atomic_dir, publish, write_frame
+from .files import atomic_dir, publish, removes_new_out, write_frame
 from .grid import Grid
 from .impute import hours_since
 from .report import MODEL_NAME, Evaluation
@@ -34,31 +34,6 @@ from .validate import QualityReport
 
 def _as_list(value) -> list:
     return [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
-
-
-def removes_new_out(job):
-    """Decorate a job with an ``out`` folder: when the job fails, the folders that did not exist before it (``out``
-    and any parents it made) are removed again if they are empty, so a failed command leaves no empty folder."""
-    import functools
-    import inspect
-
-    signature = inspect.signature(job)
-
-    @functools.wraps(job)
-    def run(*args, **kwargs):
-        out = Path(signature.bind(*args, **kwargs).arguments["out"]).absolute()
-        new = [p for p in [out, *out.parents] if not p.exists() and not p.is_symlink()]  # innermost first
-        try:
-            return job(*args, **kwargs)
-        except BaseException:
-            for folder in new:
-                try:
-                    folder.rmdir()  # only an empty folder; one that holds anything stays, with its parents
-                except OSError:
-                    break
-            raise
-
-    return run
 
 
 def writable_dir(path: str | Path, what: str, writes=(), inputs=()) -> Path:
