@@ -279,10 +279,12 @@ def export_model(model, out: str | Path, fmt: str = "onnx", opset: int = DEFAULT
     if not isinstance(model, RiskModel):
         model = load_model(model)
     path = export_onnx(model, out, opset) if fmt == "onnx" else export_torchscript(model, out)
+    net = model.networks[0]
+    inputs = {"x/mask/delta": ["B", "T", net.n_series], "statics": ["B", net.n_static], "lengths": ["B"]}
+    if "summary" in inputs_of(model):  # a model with summary members takes its summaries as one more input
+        inputs["summary"] = ["B", len(summary_names(model))]
     return {"format": fmt, "file": str(path), "contract": str(sidecar(path)), "n_networks": len(model.networks),
-            "inputs": {"x/mask/delta": ["B", "T", model.networks[0].n_series], "statics": ["B", model.networks[0].n_static],
-                       "lengths": ["B"]}, "outputs": {"logit": ["B"], "step_logits": ["B", "T"]},
-            "bytes": path.stat().st_size}
+            "inputs": inputs, "outputs": {"logit": ["B"], "step_logits": ["B", "T"]}, "bytes": path.stat().st_size}
 
 
 def max_difference(model, path: str | Path) -> float:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -192,9 +193,11 @@ def test_export_model_rejects_unknown_format(model, tmp_path):
 def test_stacked_model_exports_and_runs_in_onnxruntime(stacked, tensors, long, tmp_path):
     """The shipped model has summary members: their tree walk must export to a graph onnxruntime can run (a
     ``Where`` on booleans has no onnxruntime kernel), and score as the model does."""
-    path = export_onnx(stacked, tmp_path / "stacked.onnx")
+    summary = export_model(stacked, tmp_path / "stacked.onnx")
+    path = Path(summary["file"])
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["x", "mask", "delta", "statics", "lengths", "summary"]
+    assert summary["inputs"]["summary"] == ["B", tensors.summary.shape[1]]  # what the command prints says so
     assert np.isnan(tensors.summary).any()  # never-observed variables: the missing-value routing is exercised
     feeds = {"x": tensors.x, "mask": tensors.mask, "delta": tensors.delta, "statics": tensors.statics,
              "lengths": tensors.lengths.astype(np.int64), "summary": tensors.summary}
