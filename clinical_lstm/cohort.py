@@ -76,8 +76,19 @@ def count_without_stay(labels: pl.DataFrame, read_ids: np.ndarray) -> int:
 
 
 def is_cohort(path) -> bool:
-    """Whether ``path`` is a folder :func:`grid_parts` wrote (``clinical-lstm prepare``'s output)."""
-    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+    """Whether ``path`` is a folder :func:`grid_parts` wrote (``clinical-lstm prepare``'s output). A folder that
+    holds what ``prepare`` writes but not its manifest, which it writes last, is a ``prepare`` that did not
+    finish: a :class:`DataError`, rather than reading it as a PhysioNet set without stay files."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if (path / MANIFEST).is_file():
+        return True
+    made = [n for n in (PARTS, STAGING, "grid.parquet", "stays.parquet", "quality_report.json") if (path / n).exists()]
+    if made:
+        raise DataError(f"{path} holds {', '.join(made)} but no {MANIFEST}: a clinical-lstm prepare that did not "
+                        f"finish (interrupted, or failed); run prepare again")
+    return False
 
 
 # -- pass 1: raw data -> gridded parts ----------------------------------------------------------------------------
@@ -331,6 +342,8 @@ def save_parts(parts: Parts, catalogue: Catalogue) -> Path:
     write_frame(parts.report.rejects, folder / "rejects.csv")
     if parts.outcomes is not None:
         write_frame(parts.outcomes, folder / "labels.parquet")
+    else:  # an earlier prepare's labels would be read as this cohort's
+        (folder / "labels.parquet").unlink(missing_ok=True)
     write_frame(parts.stays, folder / "stays.parquet")
     ids = parts.part_ids()
     text = any(a.dtype.kind == "U" for a in ids) or parts.report.rejects.schema["stay_id"] == pl.String

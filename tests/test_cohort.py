@@ -258,3 +258,28 @@ def test_labels_of_stays_missing_from_the_data_are_counted(data, tmp_path):
     assert Parts.open(tmp_path / "p", CAT).report.labels_without_stay == 3  # kept with the prepared folder
     assert Parts.open(tmp_path / "p", CAT, tmp_path / "extra.csv").report.labels_without_stay == 3
     assert prepare(root / "shuffled.csv", tmp_path / "q", root / "labels.csv").report.labels_without_stay == 0
+
+
+def test_a_second_prepare_never_keeps_the_first_ones_labels(data, tmp_path):
+    """prepare with labels, then another cohort without labels into the same folder: the first cohort's
+    labels.parquet would have been read as the second's (a silent wrong result)."""
+    root, long = data
+    out = tmp_path / "p"
+    prepare(root / "shuffled.csv", out, root / "labels.csv")
+    assert Parts.open(out, CAT).outcomes is not None
+    other = long.with_columns(pl.col("value") * 1.01)
+    other.write_parquet(tmp_path / "other.parquet")
+    prepare(tmp_path / "other.parquet", out)
+    assert not (out / "labels.parquet").exists() and Parts.open(out, CAT).outcomes is None
+    with pytest.raises(DataError, match="no outcome labels"):
+        train(out, tmp_path / "run", config=Config.from_dict(TINY), progress=False, log=lambda *_: None)
+
+
+def test_a_prepare_that_did_not_finish_is_named_as_such(data, tmp_path):
+    root, _ = data
+    out = tmp_path / "p"
+    prepare(root / "shuffled.csv", out, root / "labels.csv")
+    (out / "cohort.json").unlink()  # written last: a prepare killed before the end has none
+    with pytest.raises(DataError, match="no cohort.json: a clinical-lstm prepare that did not finish"):
+        train(out, tmp_path / "run", config=Config.from_dict(TINY), progress=False, log=lambda *_: None)
+    assert not is_cohort(tmp_path / "nothing-here") and not (tmp_path / "run").exists()
