@@ -10,9 +10,12 @@ traceback. Heavy libraries load only in the commands that need them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -350,7 +353,11 @@ def run(command: str, job) -> int:
     from .sources import DataError, MissingDependency
 
     try:
-        return job()
+        with _terminate_as_interrupt():
+            return job()
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (DataError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
             MissingDependency) as exc:  # bad input, configs and parameters: the message says what and the fix
         print(f"clinical-lstm {command}: error: {exc}", file=sys.stderr)
@@ -362,6 +369,27 @@ def run(command: str, job) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job, ``kill``): unwound like Ctrl-C, so that every ``finally`` runs — work
+    folders and temporary files removed, a batch job's finished chunks kept for its resume."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

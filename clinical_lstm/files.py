@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "check_not_input", "dir_mode", "file_mode", "publish", "removes_new_out",
-           "write_frame", "write_json", "write_text"]
+__all__ = ["atomic_dir", "atomic_path", "check_not_input", "dir_mode", "file_mode", "publish", "remove_leftovers",
+           "removes_new_out", "temp_prefix", "write_frame", "write_json", "write_text"]
 
 
 def file_mode() -> int:
@@ -49,6 +50,49 @@ def _umask() -> int:
     return mask
 
 
+def temp_prefix(name: str) -> str:
+    """``.<name>.<pid>.``: the prefix of every temporary file and folder this process makes beside ``name`` (the
+    rest is random). The pid lets :func:`remove_leftovers` tell what a killed process left from what a running one
+    is still writing."""
+    return f".{name}.{os.getpid()}."
+
+
+_LEFTOVER = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+(\.tmp)?$")  # temp_prefix(name) + a random part [+ .tmp]
+
+
+def remove_leftovers(folder: str | Path) -> list[Path]:
+    """Remove from ``folder`` the temporary files and folders (named by :func:`temp_prefix`) of processes that no
+    longer run: a job killed by SIGKILL or a power cut runs no ``finally`` and leaves them, holding patients'
+    data. A running process's are left alone (also another user's: not ours to judge). Returns what was removed."""
+    import shutil
+
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = _LEFTOVER.match(entry.name)
+        if m and not _running(int(m.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
@@ -57,7 +101,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:
@@ -78,7 +122,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path.name)))
     try:
         os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; the folder gets the mode the umask gives
         yield tmp
@@ -112,7 +156,8 @@ def publish(staged: Path, out: Path, owned: tuple[str, ...]) -> dict[Path, Path]
 
 
 def removes_new_out(job):
-    """Decorate a job with an ``out`` argument (a folder, or a file): when the job fails, the folders that did not
+    """Decorate a job with an ``out`` argument (a folder, or a file): before it starts, a killed earlier run's
+    temporary files there are removed (:func:`remove_leftovers`); when the job fails, the folders that did not
     exist before it (``out`` and any parents it made) are removed again if they are empty, so that a failed
     command leaves no empty folder behind."""
     import functools
@@ -124,6 +169,7 @@ def removes_new_out(job):
     def run(*args, **kwargs):
         out = Path(signature.bind(*args, **kwargs).arguments["out"]).absolute()
         new = [p for p in [out, *out.parents] if not p.exists() and not p.is_symlink()]  # innermost first
+        remove_leftovers(out if out.is_dir() else out.parent)  # of an earlier run of it that was killed
         try:
             return job(*args, **kwargs)
         except BaseException:

@@ -24,7 +24,7 @@ import polars as pl
 from .catalogue import resolve
 from .cohort import MANIFEST, PARTS, STAGING
 from .config import Config
-from .files import atomic_dir, publish, removes_new_out, write_frame
+from .files import atomic_dir, publish, removes_new_out, temp_prefix, write_frame
 from .grid import Grid
 from .impute import hours_since
 from .report import MODEL_NAME, Evaluation
@@ -230,7 +230,7 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     the same folds, and write the run folder ``out`` (``model/`` and ``report/``).
 
     ``data`` is raw data (PhysioNet sets, long tables) or a folder :func:`prepare` wrote. Either way the stays
-    are gridded chunk by chunk onto disk (:mod:`clinical_lstm.cohort`, in ``out/.work-*``, removed at the end),
+    are gridded chunk by chunk onto disk (:mod:`clinical_lstm.cohort`, in ``out/.work.<pid>.*``, removed at the end),
     so memory does not grow with the number of stays beyond ``[train] in_memory_gb`` and the summaries.
 
     The model (:func:`clinical_lstm.training.fit`): k networks, each early-stopped on its own held-out fold,
@@ -245,7 +245,7 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     cfg = config or Config()
     out = writable_dir(out, "--out", ("model", "report"),
                        [*_as_list(data), labels, outcomes, *_as_list(test_data), test_labels, cfg.data.catalogue])
-    with tempfile.TemporaryDirectory(prefix=".work-", dir=out, ignore_cleanup_errors=True) as work:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("work"), dir=out, ignore_cleanup_errors=True) as work:
         return _train(data, out, Path(work), labels, outcomes, cfg, test_data, test_labels, progress, on_epoch,
                       log, tracking)
 
@@ -344,7 +344,7 @@ def _tracker(tracking, log):
 @removes_new_out
 def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: int = 1000) -> Evaluation:
     """Metrics with intervals, subgroup table and plots of a trained model on labelled data, written to ``out``.
-    The stays are gridded chunk by chunk as in :func:`train` (``out/.work-*``, removed at the end)."""
+    The stays are gridded chunk by chunk as in :func:`train` (``out/.work.<pid>.*``, removed at the end)."""
     import tempfile
 
     from .bundle import load_model
@@ -357,7 +357,7 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
     model = load_model(model) if isinstance(model, (str, Path)) else model
     tr = model.transformer
     cfg = Config.from_dict({"data": {"window_hours": tr.window_hours, "resolution_hours": tr.resolution_hours}})
-    with tempfile.TemporaryDirectory(prefix=".work-", dir=out, ignore_cleanup_errors=True) as work:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("work"), dir=out, ignore_cleanup_errors=True) as work:
         parts = _parts(data, Path(work), model.catalogue, cfg, labels, outcomes, "evaluation data", False)
         cohort = Cohort.build(parts, tr, work)  # fitted: only transforms
         p = model.risk(cohort.apply(model.logits))
@@ -421,7 +421,7 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
     full = table_from(*shap_values(model, t, n_permutations, progress=True), t.stay_ids)
     if stays is None:
         stays = t.stay_ids[np.argsort(-model.logits(t))[:3]].tolist()
-    with tempfile.TemporaryDirectory(prefix=".explain-", dir=out, ignore_cleanup_errors=True) as staged:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("explain"), dir=out, ignore_cleanup_errors=True) as staged:
         staged = Path(staged)  # every file is made here first: a failure leaves --out as it was
         files = {"explanations": write_frame(full if top is None else full.filter(pl.col("rank") <= top),
                                              staged / f"explanations.{fmt}"),

@@ -115,7 +115,7 @@ def test_train_reads_what_prepare_wrote(data, tmp_path):
     assert (rep.n_rows_read, rep.n_rows_kept) == (from_raw.report.n_rows_read, from_raw.report.n_rows_kept)
     assert from_prepared.model.metadata["training_data"] == from_raw.model.metadata["training_data"] | {
         "sources": ["shuffled.csv"]}
-    assert not list((tmp_path / "run").glob(".work-*")), "the work folder is removed"
+    assert not list((tmp_path / "run").glob(".work.*")), "the work folder is removed"
 
 
 def test_a_prepared_folder_is_checked(data, tmp_path):

@@ -3,11 +3,17 @@ output inside the model it reads, distinct files for distinct stays, and nothing
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import polars as pl
 import pytest
 
 from clinical_lstm.config import Config
-from clinical_lstm.files import atomic_dir, publish
+from clinical_lstm.files import atomic_dir, publish, remove_leftovers, temp_prefix
 from clinical_lstm.sources import DataError
 from clinical_lstm.synthetic import synthetic_cohort, synthetic_labels
 from clinical_lstm.workflow import evaluate, explain, prepare, stay_file, train
@@ -110,7 +116,7 @@ def test_explain_draws_text_ids_each_in_its_own_file_and_replaces_an_earlier_exp
     assert all(files[f"stay {s}"].read_bytes()[:4] == b"\x89PNG" for s in TEXT_IDS)
     assert (out / "notes.txt").read_text() == "the user's"
     assert sorted(pl.read_parquet(out / "explanations.parquet")["stay_id"].unique()) == sorted(TEXT_IDS)
-    assert not list(out.glob(".explain-*"))
+    assert not list(out.glob(".explain.*"))
 
 
 def test_a_failed_job_leaves_no_folder_it_made(run, cohort, tmp_path):
@@ -130,3 +136,58 @@ def test_a_failed_job_leaves_no_folder_it_made(run, cohort, tmp_path):
         with pytest.raises(DataError):
             job(kept)
         assert kept.is_dir() and not list(kept.iterdir())  # a folder the user made stays
+
+
+def test_remove_leftovers_removes_only_what_dead_processes_left(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    pid = int(dead.stdout)  # a process that has ended
+    (tmp_path / f".grid.parquet.{pid}.k2j_9x.tmp").write_text("half a grid")
+    (tmp_path / f".work.{pid}.ab12cd").mkdir()
+    (tmp_path / f".work.{pid}.ab12cd" / "steps.f32").write_text("patients' inputs")
+    mine = tmp_path / f"{temp_prefix('grid.parquet')}zz9.tmp"
+    mine.write_text("being written")
+    for name in (".hidden", "grid.parquet", ".report.old"):
+        (tmp_path / name).write_text("not a leftover")
+    removed = remove_leftovers(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f".grid.parquet.{pid}.k2j_9x.tmp", f".work.{pid}.ab12cd"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, ".hidden", "grid.parquet", ".report.old"])
+
+
+def _cli(*args):
+    return subprocess.Popen([sys.executable, "-m", "clinical_lstm.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def _started(out, proc, timeout=120):
+    """Wait until the job has made its work folder (it is gridding the stays)."""
+    t0 = time.monotonic()
+    while not list(out.glob(".work.*")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < timeout, "the job never started"
+        time.sleep(0.02)
+
+
+def test_a_stopped_or_killed_train_leaves_no_patient_data_behind(cohort, tmp_path):
+    """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C: exit 143, the work folder removed. SIGKILL runs
+    nothing; the next run into the folder removes what the killed one left, then trains as usual."""
+    (tmp_path / "tiny.toml").write_text('[train]\nfolds = 2\nepochs = 1\npatience = 1\ndevice = "cpu"\n'
+                                        '[model]\nhidden_size = 8\n[evaluation]\nn_boot = 20\nexplain_stays = 0\n')
+    out = tmp_path / "run"
+    args = ("train", "--data", str(cohort / "data.csv"), "--labels", str(cohort / "labels.csv"), "--out", str(out),
+            "--config", str(tmp_path / "tiny.toml"), "--no-tracking", "--no-progress")
+    proc = _cli(*args)
+    _started(out, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().endswith("terminated"), err
+    assert not list(out.glob(".*")) and not (out / "model").exists()
+    proc = _cli(*args)
+    _started(out, proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert [p.name.split(".")[2] for p in out.glob(".work.*")] == [str(proc.pid)]  # what SIGKILL leaves
+    proc = _cli(*args)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert not list(out.glob(".*")) and (out / "model" / "bundle.json").is_file()
