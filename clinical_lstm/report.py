@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +46,20 @@ class Evaluation:
 
     def table(self) -> str:
         """Plain text: each model's metrics with intervals, then the paired differences."""
+        notes: dict[str, None] = {}
+
+        def cells(row: dict) -> str:  # a cell holds the estimate; its note (the same for a whole block) goes below
+            notes.update({row[k].note: None for k in KEYS if k in row and row[k].note})
+            return "".join(f"{str(replace(row[k], note='')):>24}" if k in row else f"{'-':>24}" for k in KEYS)
+
         lines = [f"evaluated on {self.on}", f"{'model':<22}" + "".join(f"{k:>24}" for k in KEYS)]
         for name, m in self.metrics.items():
-            lines.append(f"{name:<22}" + "".join(f"{str(m[k]):>24}" if k in m else f"{'-':>24}" for k in KEYS))
+            lines.append(f"{name:<22}" + cells(m))
         if self.differences:
             lines.append(f"paired difference, {self.shipped} minus (95 % paired bootstrap interval):")
             for name, d in self.differences.items():
-                lines.append(f"  {name:<20}" + "".join(f"{str(d[k]):>24}" if k in d else f"{'-':>24}" for k in KEYS))
+                lines.append(f"  {name:<20}" + cells(d))
+        lines += [f"note: {n}" for n in notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

@@ -449,3 +449,21 @@ def test_compare_models_gives_what_evaluate_and_paired_difference_give():
         assert diffs[name] == metrics.paired_difference(y, pa, pb, ta, tb, n_boot=300, seed=3)
     with pytest.raises(ValueError, match="p of 'b'"):
         metrics.compare_models(y, {"a": models["a"], "b": (np.full(999, 0.5), 0.5)})
+
+
+def test_the_printed_table_keeps_its_columns_when_intervals_carry_a_note():
+    """With few deaths every estimate carries a note; printed in each cell it ran the columns together. The cells
+    hold the estimates, the note is said once below."""
+    from clinical_lstm.report import compare
+
+    rng = np.random.default_rng(0)
+    y = np.zeros(60, int)
+    y[:7] = 1
+    probs = {"shipped": (np.clip(y * 0.4 + rng.random(60) * 0.5, 0, 1), 0.5), "other": (rng.random(60), 0.5)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        text = compare(probs, y, "60 stays", 50, 0).table()
+    rows = [line for line in text.splitlines() if line.startswith(("shipped", "other", "  other"))]
+    assert len(rows) == 3 and len({len(r) for r in rows}) == 1  # aligned
+    assert text.count("only 7 deaths: interval not meaningful") == 1
+    assert text.splitlines()[-1] == "note: only 7 deaths: interval not meaningful"
