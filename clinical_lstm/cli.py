@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="folder for grid.parquet, statics.parquet, the quality report and "
                                                 "the grid as parts/ that 'train --data DIR' reads")
     config(p, "its [data] section applies")
+    quiet(p)
 
     p = command("train")
     data(p, prepared=True)
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     data(p, prepared=True)
     p.add_argument("--out", metavar="DIR", help="folder for metrics.json, plots and subgroups")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the intervals")
+    quiet(p)
 
     p = command("score")
     model(p)
@@ -138,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, metavar="K", help="keep the K largest contributions per stay [default: all]")
     p.add_argument("--permutations", type=int, default=8, help="permutations per stay (antithetic pairs)")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="format of the table")
+    quiet(p)
 
     p = command("export")
     model(p)
@@ -145,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="output file (.onnx or .pt); the input contract is embedded and "
                                                  "also written to FILE.json")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    quiet(p)
 
     p = command("sweep")
     config(p, "a [sweep] section (data, out, method, n_trials, seed, [sweep.grid] lists, [sweep.space] ranges) "
@@ -158,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "[default: the config's n_trials, else the size of the grid]")
     p.add_argument("--experiment", help="MLflow experiment (default: the config's [tracking] experiment; a worker "
                                         "joining a study uses its parent run's)")
+    quiet(p)
 
     p = command("demo")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder: model/, report/, scores")
@@ -201,9 +206,11 @@ def cmd_prepare(a) -> int:
 
     cfg, job = _job(a, data=a.data, out=a.out, labels=a.labels, outcomes=a.outcomes)
     _need(job, "data", "out", command="prepare")
-    res = prepare(_paths(job.data), job.out, job.labels, job.outcomes, cfg, progress=sys.stderr.isatty())
-    print(res.report)
-    print(f"wrote {res.n_stays} stays to {res.out_dir / 'grid.parquet'} in {res.seconds:.2f} s")
+    log = _printer(a)
+    res = prepare(_paths(job.data), job.out, job.labels, job.outcomes, cfg,
+                  progress=not a.quiet and sys.stderr.isatty())
+    log(str(res.report))
+    log(f"wrote {res.n_stays} stays to {res.out_dir / 'grid.parquet'} in {res.seconds:.2f} s")
     return 0
 
 
@@ -236,10 +243,11 @@ def cmd_evaluate(a) -> int:
 
     _, job = _job(a, model=a.model, data=a.data, out=a.out, labels=a.labels, outcomes=a.outcomes)
     _need(job, "model", "data", "out", command="evaluate")
+    log = _printer(a)
     ev = evaluate(job.model, _paths(job.data), job.out, job.labels, job.outcomes, a.n_boot)
     for k, e in ev.metrics[ev.shipped].items():
-        print(f"{k:<16} {e}")
-    print(f"wrote metrics, subgroups and plots to {job.out}")
+        log(f"{k:<16} {e}")
+    log(f"wrote metrics, subgroups and plots to {job.out}")
     return 0
 
 
@@ -268,10 +276,11 @@ def cmd_explain(a) -> int:
     _, job = _job(a, model=a.model, data=a.data, out=a.out)
     _need(job, "model", "data", "out", command="explain")
     stays = a.stay or None  # compared with the data's ids as text
+    log = _printer(a)
     files = explain(job.model, _paths(job.data), job.out, stays=stays, top=a.top, n_permutations=a.permutations,
-                    fmt=a.format)
+                    fmt=a.format, log=log, progress=not a.quiet and sys.stderr.isatty())
     for name, path in files.items():
-        print(f"{name:<18} {path}")
+        log(f"{name:<18} {path}")
     return 0
 
 
@@ -281,7 +290,7 @@ def cmd_export(a) -> int:
     if not a.model or not a.out:
         raise ValueError("export needs --model and --out")
     summary = export_model(a.model, a.out, a.format, a.opset)
-    print(json.dumps(summary, indent=2))
+    _printer(a)(json.dumps(summary, indent=2))
     return 0
 
 
@@ -295,13 +304,14 @@ def cmd_sweep(a) -> int:
     spec = SweepSpec.from_toml(other.get("sweep"), cfg, a.config, n_trials=a.n_trials)
     res = run_sweep(_paths(spec.data), spec.out, cfg, **spec.options(), labels=spec.labels, storage=a.storage,
                     study_name=a.study or Path(a.config).stem, experiment=a.experiment)
+    log = _printer(a)
     states = [t["state"].lower() for t in res.summary["trials"]]
-    print(f"study {res.summary['study']!r}: " + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))))
+    log(f"study {res.summary['study']!r}: " + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))))
     best = res.best
     if best:
-        print(f"best trial {best['trial']}: {best['overrides']} out-of-fold AUPRC {best['validation_auprc']:.4f}")
+        log(f"best trial {best['trial']}: {best['overrides']} out-of-fold AUPRC {best['validation_auprc']:.4f}")
     if res.path:
-        print(f"summary: {res.path}")
+        log(f"summary: {res.path}")
     return 0
 
 

@@ -386,7 +386,7 @@ def score(model, data, out: str | Path, explain: int = 0, **options) -> dict:
 
 @removes_new_out
 def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_permutations: int = 8,
-            fmt: str = "parquet", log=print) -> dict:
+            fmt: str = "parquet", log=print, progress: bool = True) -> dict:
     """Write the per-variable SHAP table (every scorable stay), ``rejects.csv`` (every other stay, with its
     reason), a plot per requested stay and the global importance plot. Everything is checked before any file is
     written: the options, the requested stays, and that at least one stay can be explained."""
@@ -418,7 +418,7 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
     out = writable_dir(out, "--out", (f"explanations.{fmt}", "rejects.csv", "global_importance.png"),
                        [*_as_list(data), *model_dir])
     t = model.tensors(clean, kept)
-    full = table_from(*shap_values(model, t, n_permutations, progress=True), t.stay_ids)
+    full = table_from(*shap_values(model, t, n_permutations, progress=progress), t.stay_ids)
     if stays is None:
         stays = t.stay_ids[np.argsort(-model.logits(t))[:3]].tolist()
     with tempfile.TemporaryDirectory(prefix=temp_prefix("explain"), dir=out, ignore_cleanup_errors=True) as staged:

@@ -295,3 +295,17 @@ def test_an_output_folder_inside_an_input_folder_is_refused(physionet_set, comma
                                                                                 else []))
     assert res.returncode == 2 and "lies inside the input folder" in res.stderr
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_quiet_is_a_general_option_that_prints_nothing(trained, tmp_path):
+    root, _ = trained
+    jobs = [("prepare", "--data", "sample", "--out", str(tmp_path / "p")),
+            ("evaluate", "--model", str(root / "run"), "--data", "sample", "--out", str(tmp_path / "ev"),
+             "--n-boot", "20"),
+            ("explain", "--model", str(root / "run"), "--data", "sample", "--out", str(tmp_path / "ex"),
+             "--stay", "132592", "--permutations", "2")]
+    for args in jobs:
+        res = run(*args, "--quiet")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == "" and res.stderr == "", (args[0], res.stdout[-300:], res.stderr[-300:])
+    assert (tmp_path / "p" / "cohort.json").is_file() and (tmp_path / "ex" / "stay_132592.png").is_file()
