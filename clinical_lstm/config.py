@@ -2,8 +2,9 @@
 
 A config file only lists what it changes; everything else keeps the defaults below. Every value is checked
 when the config is built (in Python or from a file): an unknown section or key, a wrong type, a choice not on
-the list or a number out of range is a one-line ``ValueError`` before any data is read (the command line
-turns it into exit code 2). A typo never falls back to a default.
+the list, a number out of range, empty text (every text setting is a name or a path) or a grid of more than
+``MAX_BINS`` bins per stay is a one-line ``ValueError`` before any data is read (the command line turns it
+into exit code 2). A typo never falls back to a default.
 
 One TOML dialect serves every entry point: the library sections below, plus an optional ``[job]`` section
 with what the command works on (:class:`JobConfig`: data, output, model, ...) and, for sweeps, ``[sweep]``.
@@ -59,6 +60,20 @@ class Choice:
 
 
 @dataclass(frozen=True)
+class Text:
+    """Text, not empty or blank (a name or a path: ``""`` names nothing); also ``None`` if ``optional``."""
+
+    optional: bool = False
+
+    def check(self, value) -> str | None:
+        if value is None and self.optional:
+            return None
+        if not isinstance(value, str):
+            return "must be text" + (" or left out" if self.optional else "")
+        return None if value.strip() else "must be non-empty text"
+
+
+@dataclass(frozen=True)
 class Kind:
     """A value of one of ``types`` (``None`` allowed when listed)."""
 
@@ -72,7 +87,15 @@ class Kind:
 
 POSITIVE_INT, POSITIVE = Range(int, 1), Range(float, 0, open_low=True)
 FRACTION, NON_NEGATIVE = Range(float, 0, 1), Range(float, 0)
-BOOL, TEXT, OPTIONAL_TEXT = Kind((bool,)), Kind((str,)), Kind((str, type(None)))
+BOOL, TEXT, OPTIONAL_TEXT = Kind((bool,)), Text(), Text(optional=True)  # no setting may be empty text
+
+# The grid of one stay is (bins, series) and is held five times as float32: values and obs_time (the grid),
+# x, mask and delta (the model's inputs). Both bounds catch a unit slip (minutes as hours) before any data
+# are read, far above any real design (PhysioNet: 48 bins of 37 series, 35 KiB a stay):
+MAX_BINS = 10_000  # window_hours / resolution_hours; 30 days at 5-minute bins is 8,640
+MAX_STAY_MIB = 16  # bins * series * STAY_BYTES_PER_CELL; the default 37 series at MAX_BINS take 7.1 MiB, and
+#                    a 1,000-stay prepare chunk of 16 MiB stays holds about 6 GiB of grid (values, obs_time)
+STAY_BYTES_PER_CELL = 5 * 4
 
 
 class Section:
@@ -108,9 +131,28 @@ class DataConfig(Section):
     def __post_init__(self):
         super().__post_init__()
         n = self.window_hours / self.resolution_hours
+        if n > MAX_BINS:
+            raise ValueError(f"[data] window_hours / resolution_hours = {self.window_hours:g} / "
+                             f"{self.resolution_hours:g} = {n:,.0f} bins per stay, more than the "
+                             f"{MAX_BINS:,} allowed (30 days at 5-minute bins is 8,640); are both in hours?")
         if abs(n - round(n)) > 1e-9:
             raise ValueError(f"[data] window_hours ({self.window_hours:g}) must be a whole multiple of "
                              f"resolution_hours ({self.resolution_hours:g})")
+
+    @property
+    def n_bins(self) -> int:
+        """Grid bins per stay: ``window_hours / resolution_hours``."""
+        return round(self.window_hours / self.resolution_hours)
+
+    def check_stay_size(self, n_series: int, catalogue: str = "the catalogue") -> None:
+        """Refuse a grid whose one stay would exceed ``MAX_STAY_MIB``: call it once the catalogue is read
+        (``n_series = len(catalogue.series)``), before any data are."""
+        mib = self.n_bins * n_series * STAY_BYTES_PER_CELL / 2**20
+        if mib > MAX_STAY_MIB:
+            raise ValueError(f"[data] window_hours / resolution_hours = {self.n_bins:,} bins of the "
+                             f"{n_series:,} time-series variables of {catalogue} take {mib:,.1f} MiB per "
+                             f"stay, more than the {MAX_STAY_MIB} MiB allowed; use a coarser resolution_hours, "
+                             f"a shorter window_hours or fewer variables")
 
 
 @dataclass
@@ -263,9 +305,9 @@ class JobConfig(Section):
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"[job] workers must be >= 1; got {self.workers!r}")
         for name in ("data", "test"):
-            bad = [p for p in getattr(self, name) if not isinstance(p, str)]
+            bad = [p for p in getattr(self, name) if TEXT.check(p)]
             if bad:
-                raise ValueError(f"[job] {name} must be a list of paths (text); got {bad[0]!r}")
+                raise ValueError(f"[job] {name} must be a list of paths (non-empty text); got {bad[0]!r}")
 
 
 def load(path: str | Path | None, job: dict | None = None) -> tuple[Config, JobConfig, dict]:

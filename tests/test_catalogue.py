@@ -146,3 +146,80 @@ def test_digest_changes_with_a_range():
     assert base.digest() == same.digest()
     assert wider.digest() != base.digest()
     assert wider != base
+
+
+# -- values that used to pass silently (audit F11) ---------------------------------------------------------
+@pytest.mark.parametrize("bounds, got", [("nan,300", "nan/300.0"), ("1,inf", "1.0/inf"),
+                                         ("-inf,300", "-inf/300.0"), ("NaN,NaN", "nan/nan")])
+def test_non_finite_bound_names_the_line(bounds, got):
+    text = GOOD + f"K,mEq/L,{bounds},last,lab,false,\n"
+    expected = f"cat.csv line 4 ('K'): lower/upper must be finite numbers, got {got}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        Catalogue.from_csv_text(text, source="cat.csv")
+
+
+def test_empty_bound_is_not_no_bound():
+    text = GOOD + "K,mEq/L,,15,last,lab,false,\n"
+    expected = "line 4 ('K'): lower/upper must be numbers, got ''/'15'; an empty bound is not 'no bound'"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        Catalogue.from_csv_text(text)
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_empty_name_names_the_line(name):
+    text = GOOD + f"{name},mEq/L,1,15,last,lab,false,\n"
+    with pytest.raises(ValueError, match=re.escape("catalogue line 4 (''): name must be non-empty text")):
+        Catalogue.from_csv_text(text)
+
+
+@pytest.mark.parametrize("spelling", ["maybe", "yes", "1", "", "t"])
+def test_static_takes_only_true_or_false(spelling):
+    text = GOOD + f"K,mEq/L,1,15,last,lab,{spelling},\n"
+    expected = f"catalogue line 4 ('K'): static must be true or false, got {spelling!r}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        Catalogue.from_csv_text(text)
+
+
+def test_static_spellings_any_case():
+    text = HEADER + "HR,bpm,1,300,mean,vital,FALSE,\nWeight,kg,20,300,mean,vital, True ,\n"
+    assert Catalogue.from_csv_text(text).statics == ["Weight"]
+
+
+def test_header_only_is_no_variables_not_a_traceback(tmp_path):
+    path = tmp_path / "cat.csv"
+    path.write_text(HEADER)
+    with pytest.raises(ValueError, match=re.escape(f"{path} lists no variables; a catalogue has a header")):
+        Catalogue.from_csv(path)
+
+
+def test_statics_only_is_refused_up_front():
+    text = HEADER + "Age,years,0,120,last,static,true,\nGender,category,0,1,last,static,true,\n"
+    expected = "my.csv lists no time-series variable (kind 'vital' or 'lab'), only statics ['Age', 'Gender']"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        Catalogue.from_csv_text(text, source="my.csv")
+
+
+def test_python_construction_is_checked_the_same_way():
+    with pytest.raises(ValueError, match=re.escape("lower/upper must be finite numbers, got nan/1.0")):
+        Variable("HR", "bpm", float("nan"), 1.0, "mean", "vital", False)
+    with pytest.raises(ValueError, match=re.escape("aggregation must be one of")):
+        Variable("HR", "bpm", 0.0, 1.0, "median", "vital", False)
+    with pytest.raises(ValueError, match=re.escape("catalogue lists no variables")):
+        Catalogue([])
+    with pytest.raises(ValueError, match=re.escape("catalogue lists no time-series variable")):
+        Catalogue([Variable("Age", "years", 0.0, 120.0, "last", "static", True)])
+
+
+def test_ragged_lines_name_the_line():
+    expected = "catalogue line 4 ('K'): 9 fields but the header has 8; quote a value"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        Catalogue.from_csv_text(GOOD + "K,mEq/L,1,15,last,lab,false,Potassium, serum\n")
+    expected = "catalogue line 4 ('K'): too few fields, ['kind', 'static'] missing"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        Catalogue.from_csv_text(GOOD + "K,mEq/L,1,15,last\n")
+
+
+def test_byte_order_mark_of_a_spreadsheet_export(tmp_path):
+    path = tmp_path / "cat.csv"
+    path.write_text(GOOD, encoding="utf-8-sig")
+    assert Catalogue.from_csv(path) == Catalogue.from_csv_text(GOOD)
