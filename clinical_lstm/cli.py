@@ -228,7 +228,7 @@ def train_job(cfg, job, progress: bool = True, log=print):
 def cmd_train(a) -> int:
     cfg, job = _job(a, data=a.data, out=a.out, labels=a.labels, outcomes=a.outcomes, test=a.test,
                     test_labels=a.test_labels, tracking=False if a.no_tracking else None)
-    if a.experiment:
+    if a.experiment is not None:  # "" is refused by the config, not ignored
         cfg = cfg.replace({"tracking.experiment": a.experiment})
     log = _printer(a)
     res = train_job(cfg, job, progress=not (a.quiet or a.no_progress) and sys.stderr.isatty(), log=log)

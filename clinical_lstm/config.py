@@ -98,6 +98,25 @@ MAX_STAY_MIB = 16  # bins * series * STAY_BYTES_PER_CELL; the default 37 series 
 STAY_BYTES_PER_CELL = 5 * 4
 
 
+def grid_bins(window_hours: float, resolution_hours: float) -> int:
+    """**The number of bins of a stay's grid**, ``window_hours / resolution_hours``, for every path (the config,
+    :mod:`clinical_lstm.grid`, the transformer): both positive, the window a whole multiple of the resolution, and at
+    most :data:`MAX_BINS`, so that a unit slip (minutes for hours) is an error before any data are read, not an
+    allocation of terabytes after."""
+    if not (resolution_hours > 0 and window_hours > 0):
+        raise ValueError(f"window_hours and resolution_hours must be positive, got {window_hours} and "
+                         f"{resolution_hours}")
+    n = window_hours / resolution_hours
+    if not n <= MAX_BINS:
+        raise ValueError(f"window_hours / resolution_hours = {window_hours:g} / {resolution_hours:g} = {n:,.0f} "
+                         f"bins per stay, more than the {MAX_BINS:,} allowed (30 days at 5-minute bins is 8,640); "
+                         f"are both in hours?")
+    if abs(n - round(n)) > 1e-9:
+        raise ValueError(f"window_hours ({window_hours:g}) must be a whole multiple of resolution_hours "
+                         f"({resolution_hours:g})")
+    return int(round(n))
+
+
 class Section:
     """A config section: checks every field against ``constraints`` when built (scikit-learn's
     ``_parameter_constraints`` idea), so a bad value fails at once with the section and key named."""
@@ -130,19 +149,15 @@ class DataConfig(Section):
 
     def __post_init__(self):
         super().__post_init__()
-        n = self.window_hours / self.resolution_hours
-        if n > MAX_BINS:
-            raise ValueError(f"[data] window_hours / resolution_hours = {self.window_hours:g} / "
-                             f"{self.resolution_hours:g} = {n:,.0f} bins per stay, more than the "
-                             f"{MAX_BINS:,} allowed (30 days at 5-minute bins is 8,640); are both in hours?")
-        if abs(n - round(n)) > 1e-9:
-            raise ValueError(f"[data] window_hours ({self.window_hours:g}) must be a whole multiple of "
-                             f"resolution_hours ({self.resolution_hours:g})")
+        try:
+            grid_bins(self.window_hours, self.resolution_hours)
+        except ValueError as exc:
+            raise ValueError(f"[data] {exc}") from None
 
     @property
     def n_bins(self) -> int:
         """Grid bins per stay: ``window_hours / resolution_hours``."""
-        return round(self.window_hours / self.resolution_hours)
+        return grid_bins(self.window_hours, self.resolution_hours)
 
     def check_stay_size(self, n_series: int, catalogue: str = "the catalogue") -> None:
         """Refuse a grid whose one stay would exceed ``MAX_STAY_MIB``: call it once the catalogue is read

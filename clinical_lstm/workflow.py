@@ -90,6 +90,7 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
     cfg = config or Config()
     out = writable_dir(out, "--out", PREPARED, [*_as_list(data), labels, outcomes])
     catalogue = resolve(cfg.data.catalogue)
+    cfg.data.check_stay_size(len(catalogue.series), cfg.data.catalogue or "the default catalogue")  # before the data
     with atomic_path(out / "grid.parquet") as g_tmp, atomic_path(out / "statics.parquet") as s_tmp:
         sink = _GridFiles(catalogue, g_tmp, s_tmp)
         try:
@@ -261,6 +262,7 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
 
     t0 = time.perf_counter()
     catalogue = resolve(cfg.data.catalogue)
+    cfg.data.check_stay_size(len(catalogue.series), cfg.data.catalogue or "the default catalogue")  # before the data
     d = cfg.data
     parts = _parts(data, work / "train", catalogue, cfg, labels, outcomes, "training data", progress)
     test_parts = None

@@ -64,7 +64,7 @@ def test_n_bins_rejects_non_positive(window, res):
 
 def test_to_grid_rejects_window_not_multiple_of_resolution(cat):
     clean = long([(1, 0.5, "HR", 80)])
-    with pytest.raises(ValueError, match=r"window_hours \(5\.0\) must be a whole multiple of resolution_hours"):
+    with pytest.raises(ValueError, match=r"window_hours \(5\) must be a whole multiple of resolution_hours \(2\)"):
         to_grid(clean, [1], cat, window_hours=5.0, resolution_hours=2.0)
 
 
@@ -253,3 +253,16 @@ def test_simultaneous_time_zero_statics_combine_like_a_bin(cat):
         g = to_grid(long([rows[i] for i in order]), [1], cat, window_hours=2, resolution_hours=1)
         np.testing.assert_array_equal(g.statics[0], [60, 80])
         assert g.values[0, 0, WT] == 80  # the bin-0 value of the series Wt agrees with its static
+
+
+def test_a_grid_of_too_many_bins_is_refused_on_every_path():
+    """The bins bound is one rule (config.grid_bins): the config, to_grid and the transformer all refuse it before
+    allocating anything (48 h in 1e-6 h bins is 48 million bins per stay)."""
+    from clinical_lstm.config import DataConfig
+    from clinical_lstm.impute import GridTransformer
+
+    for make in (lambda: DataConfig(resolution_hours=1e-6),
+                 lambda: GridTransformer(Catalogue.default(), 48.0, 1e-6).n_bins,  # checked at fit (sklearn)
+                 lambda: n_bins(48.0, 1e-6)):
+        with pytest.raises(ValueError, match="48,000,000 bins per stay, more than the 10,000 allowed"):
+            make()
