@@ -31,6 +31,11 @@ ends ``KILLED`` with ``optuna.state = PRUNED``.
 **Several workers.** With a ``storage`` (any SQLAlchemy URL) every process started with the same study name
 works on one study; trial numbers are unique in the storage, so no trial runs twice, and the study stops at
 ``n_trials`` trials in total (a trial asked for after that is failed without running and marked ``skipped``).
+A trial whose worker died (``kill -9``, a lost machine) is failed and does not count: at once when the lock its
+worker held on ``<out>/.trial-<number>.lock`` can be taken (the process is gone), else once the worker has not
+beaten for ``5 × HEARTBEAT_S`` (Optuna's heartbeat). Its MLflow run ends ``FAILED``, its ``.work.<pid>.*`` folder is
+removed and its parameters are queued to run again, so a study resumed with the same command ends as an
+uninterrupted one would, with the dead trial listed as failed.
 The worker that creates the study makes the parent run and writes its id into the study
 (user attribute ``clinical_lstm.mlflow_parent_run_id``); the others wait for it and resume that run, so all
 trials of the study, from every worker and from later resumptions, are children of one parent run (its status
@@ -42,20 +47,24 @@ worker the same grid; TPE and random workers after the first draw from their own
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
+import sqlite3
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from .config import OPTIONAL_TEXT, TEXT, Choice, Config, Kind, Range, Section
-from .files import write_json
-from .sources import load
+from .files import check_not_input, remove_leftovers, removes_new_out, write_json
+from .sources import DataError, load
 from .tracking import Tracker, run_name, tracking_uri
-from .workflow import train, writable_dir
+from .workflow import _as_list, train, writable_dir
 
 METHODS = ("tpe", "random", "grid")
 PRUNERS = ("median", "none")
@@ -66,7 +75,7 @@ SPACE_ATTR = "clinical_lstm.search_space"
 PARENT_ATTR = "clinical_lstm.mlflow_parent_run_id"
 REGISTERED_ATTR = "clinical_lstm.registered"
 PARENT_WAIT_S = 120.0  # how long a worker waits for the study's creator to start the parent run
-HEARTBEAT_S = 60  # RDB storages: a worker that stops beating for 5 minutes has its running trial failed
+HEARTBEAT_S = 60  # RDB storages: a worker that stops beating for 5 × HEARTBEAT_S has its running trial failed
 
 
 # -- what to search ---------------------------------------------------------------------------------------
@@ -249,6 +258,7 @@ class SweepResult:
         return self.summary["best"]
 
 
+@removes_new_out
 def run_sweep(data, out: str | Path, base: Config, grid: dict | None = None, space: dict | None = None,
               method: str = "tpe", n_trials: int | None = None, seed: int = 0, *, labels=None, outcomes=None,
               test_data=None, storage: str | None = None, study_name: str | None = None,
@@ -265,12 +275,13 @@ def run_sweep(data, out: str | Path, base: Config, grid: dict | None = None, spa
     search = SearchSpace.parse(base, grid, space, method)
     n = _n_trials(search, method, n_trials)
     pruner = _pruner(pruner, startup_trials, warmup_epochs)
-    _redact(storage)  # a malformed URL fails here, before any folder is made
+    _check_storage(storage, [*_as_list(data), labels, outcomes, *_as_list(test_data)])  # before anything is made
     load(data, labels, outcomes)  # a bad path, format or column: one line now, not a failed trial
     out = writable_dir(out, "--out")
     name = study_name or DEFAULT_STUDY
     described = {"method": method, "seed": seed, "grid": search.grid, "space": search.ranges}
-    study, created = _open_study(storage, name, method, search, seed, pruner)
+    reaper = _Reaper(tracking, log)
+    study, created = _open_study(storage, name, method, search, seed, pruner, reaper)
     if created:
         study.set_user_attr(SPACE_ATTR, described)
     else:
@@ -282,13 +293,15 @@ def run_sweep(data, out: str | Path, base: Config, grid: dict | None = None, spa
                            log)
     with _ParentRun(study, created, base, experiment, described, n, storage, tracking, log) as parent:
         objective.parent = parent
-        stop, there = _StopAt(n, storage is not None), _counted(study)
-        log(f"study {name!r} ({_redact(storage)}): {n} trials, {there} already there; {method} sampler, "
+        reaper.reap(study)  # a trial an earlier, killed run left "running" is failed now and not counted
+        stop = _StopAt(n, storage is not None, reaper)
+        log(f"study {name!r} ({_redact(storage)}): {n} trials, {_counted(study)} already there; {method} sampler, "
             f"{type(pruner).__name__}")
-        if not stop.full(study):
-            study.optimize(objective, n_trials=n - there, callbacks=[stop])
+        while not stop.full(study):  # again if a dead worker's trial was failed meanwhile: it no longer counts
+            study.optimize(objective, n_trials=n - _counted(study), callbacks=[stop])
+            if objective.ran_last:
+                _wait_for_running(study, reaper, log)
         if objective.ran_last:
-            _wait_for_running(study, log)
             _register_best(study, parent, log)
         summary = summarize(study, parent.run_id, storage)
         path = None
@@ -326,15 +339,16 @@ def _sampler(method: str, search: SearchSpace, seed: int | None, grid_seed: int)
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
-def _open_study(storage: str | None, name: str, method: str, search: SearchSpace, seed: int, pruner):
+def _open_study(storage: str | None, name: str, method: str, search: SearchSpace, seed: int, pruner,
+                on_stale=None):
     """``(study, created)``: exactly one of the workers started together creates the study (the storage's
-    unique study name decides); the others load it and draw from fresh seeds."""
+    unique study name decides); the others load it and draw from fresh seeds. ``on_stale``: see :func:`_rdb`."""
     import optuna
 
     if storage is None:
         return optuna.create_study(study_name=name, direction="maximize", pruner=pruner,
                                    sampler=_sampler(method, search, seed, seed)), True
-    rdb = _rdb(storage)
+    rdb = _rdb(storage, on_stale)
     try:
         return optuna.create_study(storage=rdb, study_name=name, direction="maximize", pruner=pruner,
                                    sampler=_sampler(method, search, seed, seed)), True
@@ -347,8 +361,10 @@ def _open_study(storage: str | None, name: str, method: str, search: SearchSpace
     return study, False
 
 
-def _rdb(url: str):
-    """Optuna's RDB storage on ``url``, with a heartbeat (a dead worker's trial is failed, not left running)."""
+def _rdb(url: str, on_stale=None):
+    """Optuna's RDB storage on ``url``, with a heartbeat (a dead worker's trial is failed, not left running);
+    ``on_stale(study, trial)`` is called for each trial the heartbeat fails. A storage that cannot be opened is
+    a :class:`~clinical_lstm.sources.DataError` (see :func:`_check_storage` for what is refused before)."""
     import optuna
     import sqlalchemy
 
@@ -361,15 +377,71 @@ def _rdb(url: str):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
-                                                  grace_period=5 * HEARTBEAT_S)
+                                                  grace_period=5 * HEARTBEAT_S,
+                                                  heartbeat_stale_trial_callback=on_stale)
         except ImportError as exc:
             raise MissingDependency(f"--storage {_redact(url)} needs a database driver: {exc}") from None
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
             # workers started together race to create the tables ("table studies already exists"): retry
             if attempt == 5:
-                first = str(exc.orig if getattr(exc, "orig", None) else exc).splitlines()[0]
-                raise ValueError(f"--storage {_redact(url)} cannot be opened: {first}") from None
+                raise DataError(f"--storage {_redact(url)} cannot be opened: {_first_line(exc)}") from None
             time.sleep(0.2 + random.random())
+        except (sqlalchemy.exc.DatabaseError, RuntimeError) as exc:  # not a database; another schema's version
+            raise DataError(f"--storage {_redact(url)} cannot be opened: {_first_line(exc)}; give the study its "
+                            f"own database, e.g. sqlite:///study.db") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
+def _check_storage(url: str | None, inputs) -> None:
+    """Refuse an SQLite ``url`` that holds what another tool or the user owns, before anything is written: the
+    MLflow tracking store (:func:`~clinical_lstm.tracking.tracking_uri`), an input of the sweep, a file that is
+    not a database, a database with tables but none of Optuna's (Optuna would add its tables, then fail on the
+    schema version both tools keep in ``alembic_version``). The file is only opened read-only. A malformed URL is
+    refused too; other databases are left to :func:`_rdb`."""
+    if url is None:
+        return
+    where = f"--storage {_redact(url)}"
+    parsed = _url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database)
+    tracking = tracking_uri()
+    if _same_file(path, _sqlite_file(tracking)):
+        raise DataError(f"{where} is the MLflow tracking store ({tracking}); the study needs a database of its own, "
+                        f"e.g. sqlite:///study.db")
+    check_not_input(path, [p for p in inputs if isinstance(p, (str, os.PathLike))])
+    if path.is_dir():
+        raise DataError(f"{where}: {path} is a folder, not a database file; give a file, e.g. sqlite:///study.db")
+    if not path.parent.is_dir():
+        raise DataError(f"{where}: the folder {path.parent} does not exist; make it or give another path")
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # a new study database
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{where}: {path} is not an SQLite database ({exc}); give the study its own database, "
+                        f"e.g. sqlite:///study.db") from None
+    from optuna.storages._rdb.models import BaseModel
+
+    if tables and not set(tables) & set(BaseModel.metadata.tables):
+        raise DataError(f"{where}: {path} is a database of another tool (tables {', '.join(tables[:3])}, ...) "
+                        f"with none of Optuna's; the study needs a database of its own, e.g. sqlite:///study.db")
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _same_file(a: Path, b: Path | None) -> bool:
+    if b is None:
+        return False
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
 
 
 def _url(url: str):
@@ -400,24 +472,28 @@ def _wait_for(study, key: str, timeout: float, log):
 
 
 def _counted(study, before: int | None = None) -> int:
-    """Trials that count toward ``n_trials``: all but failed ones (only those numbered below ``before``)."""
+    """Trials that count toward ``n_trials``: running, complete or pruned ones (only those numbered below
+    ``before``). Failed ones do not, nor a waiting one (a dead trial's point queued again) until it runs."""
     from optuna.trial import TrialState
 
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state != TrialState.FAIL and (before is None or t.number < before))
+    counted = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=counted) if before is None or t.number < before)
 
 
 class _StopAt:
-    """Optuna callback: stop this worker once the study has ``n`` trials, running ones of any worker included.
+    """Optuna callback: stop this worker once the study has ``n`` trials, running ones of any worker included
+    (dead workers' trials are failed first, see :class:`_Reaper`).
 
     Workers that finish together would all claim the last trial (the one that loses is failed unrun, see
     ``_Objective``); with a shared storage each waits a random fraction of a second and looks again first.
     """
 
-    def __init__(self, n: int, shared: bool):
-        self.n, self.shared = n, shared
+    def __init__(self, n: int, shared: bool, reaper: _Reaper | None = None):
+        self.n, self.shared, self.reaper = n, shared, reaper
 
     def full(self, study) -> bool:
+        if self.reaper is not None:
+            self.reaper.reap(study)
         if self.shared and _counted(study) == self.n - 1:
             time.sleep(random.uniform(0.0, 1.0))
         return _counted(study) >= self.n
@@ -425,6 +501,162 @@ class _StopAt:
     def __call__(self, study, trial) -> None:
         if self.full(study):
             study.stop()
+
+
+class _TrialLock:
+    """``<out>/.trial-<number>.lock``: the worker that runs a trial holds an exclusive ``flock`` on it while the
+    trial runs, and removes it when the trial stops. The kernel lets a lock go when its process dies, ``kill -9``
+    included, so a worker that can take the lock of a trial still marked running knows that trial is dead (on this
+    machine, or any that shares the folder). The file holds a token, also kept in the trial's user attribute
+    ``lock``, so that the file of another study's trial in the same folder is never mistaken for it."""
+
+    def __init__(self, trial_dir: Path, fh, token: str):
+        self.trial_dir, self.fh, self.token = trial_dir, fh, token
+
+    @staticmethod
+    def path(trial_dir: Path) -> Path:
+        return trial_dir.parent / f".{trial_dir.name}.lock"
+
+    @classmethod
+    def hold(cls, trial_dir: Path) -> _TrialLock:
+        """Take the lock to run the trial of ``trial_dir`` (a fresh token); a one-line error if a live process
+        holds it."""
+        trial_dir.parent.mkdir(parents=True, exist_ok=True)
+        fh = cls._take(cls.path(trial_dir), create=True)
+        if fh is None:
+            raise DataError(f"another sweep is running {trial_dir} right now (lock held on {cls.path(trial_dir)}); "
+                            f"wait for it, or give this sweep another out folder")
+        token = uuid.uuid4().hex
+        fh.seek(0)
+        fh.truncate()
+        fh.write(token)
+        fh.flush()
+        return cls(trial_dir, fh, token)
+
+    @classmethod
+    def of_dead(cls, trial) -> _TrialLock | None:
+        """The lock of ``trial`` (a trial marked running) if its owner is gone, else None: the lock is held, or
+        its file cannot be seen here, or holds another token (then only the heartbeat can tell)."""
+        mark = trial.user_attrs.get("lock")
+        if not mark:
+            return None
+        trial_dir = Path(mark["dir"])
+        fh = cls._take(cls.path(trial_dir), create=False)
+        if fh is None:
+            return None
+        fh.seek(0)
+        if fh.read() != mark["token"]:
+            fh.close()
+            return None
+        return cls(trial_dir, fh, mark["token"])
+
+    @staticmethod
+    def _take(path: Path, create: bool):
+        import fcntl
+
+        while True:
+            try:
+                fh = open(path, "a+" if create else "r+")  # noqa: SIM115 - held while the trial runs
+            except FileNotFoundError:
+                if create:
+                    raise
+                return None
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                return None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fh
+            fh.close()  # its owner removed it as the trial stopped: a fresh file, or nothing to judge by
+            if not create:
+                return None
+
+    def remove_work(self) -> None:
+        """Remove what the trial's dead process left in its folder: its ``.work.<pid>.*`` (patients' model inputs)
+        and temporary files (:func:`~clinical_lstm.files.remove_leftovers`)."""
+        remove_leftovers(self.trial_dir)
+
+    def release(self) -> None:
+        """Remove the file, then give the lock back (a process waiting on the old file then finds none)."""
+        with contextlib.suppress(OSError):
+            self.path(self.trial_dir).unlink()
+        self.fh.close()
+
+
+class _Reaper:
+    """Fails the trials of dead workers, so that they no longer count toward ``n_trials``, and cleans up after them.
+
+    A trial marked running is dead when the lock of its trial folder can be taken (:class:`_TrialLock`: its
+    worker's process is gone), which a worker resuming after ``kill -9`` sees at once; where that lock cannot be
+    seen (another machine's folder), when its worker has not beaten for ``5 × HEARTBEAT_S`` (Optuna's heartbeat
+    on an RDB storage, which calls this object for each trial it fails). A dead trial's MLflow run ends
+    ``FAILED``, its ``.work.<pid>.*`` folder is removed (only once its lock is taken) and its parameters are queued to
+    run again (a waiting trial, as Optuna's ``RetryHeartbeatStaleTrialCallback`` adds), so the resumed study evaluates the same points as an uninterrupted one.
+    """
+
+    def __init__(self, tracking: bool, log):
+        self.tracking, self.log = tracking, log
+
+    def reap(self, study) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            lock = _TrialLock.of_dead(trial)
+            if lock is None:
+                continue
+            try:  # the lock is ours: no worker runs this trial now
+                if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                    self.bury(study, trial, lock, "its process is gone")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # it finished after all (its owner released the lock as it stopped)
+            finally:
+                lock.release()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # the heartbeat rule; calls self for each trial it fails
+
+    def __call__(self, study, trial) -> None:
+        lock = _TrialLock.of_dead(trial)
+        try:
+            self.bury(study, trial, lock, f"its worker has not beaten for {5 * HEARTBEAT_S} s")
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def bury(self, study, trial, lock: _TrialLock | None, why: str) -> None:
+        """``trial`` has just been failed: end its run, remove its work folder if ``lock``, queue its point again."""
+        self.log(f"trial {trial.number} failed: {why}; it does not count toward n_trials"
+                 + ("; its parameters run again" if trial.params else ""))
+        run_id = trial.user_attrs.get("run_id")
+        if run_id and self.tracking:
+            _end_dead_run(run_id, self.log)
+        if lock is not None:
+            lock.remove_work()
+        if trial.params:  # as Optuna's RetryHeartbeatStaleTrialCallback, without the dead trial's run and lock
+            from optuna.trial import TrialState, create_trial
+
+            study.add_trial(create_trial(state=TrialState.WAITING, params=trial.params,
+                                         distributions=trial.distributions, user_attrs={"retry_of": trial.number},
+                                         system_attrs=trial.system_attrs))  # the grid sampler's point
+
+
+def _end_dead_run(run_id: str, log) -> None:
+    """End a dead trial's MLflow run ``FAILED`` (tagged ``optuna.state = FAIL``); a failure is only a warning."""
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri())
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "FAILED")
+        client.set_tag(run_id, "optuna.state", "FAIL")
+    except Exception as exc:  # noqa: BLE001 -- tracking must never stop the sweep
+        log(f"WARNING: the MLflow run {run_id} of a dead trial could not be ended ({_first_line(exc)})")
 
 
 class _PruneOnFirstFold:
@@ -498,16 +730,22 @@ class _Objective:
         overrides = self.search.suggest(trial)
         cfg = self.base.replace(overrides, source=f"trial {trial.number}")
         self.log(f"trial {trial.number} ({earlier + 1}/{self.n}): {overrides}")
-        run = _TrialRun(trial, experiment=self.parent.experiment, register=False, nested=True, log=self.log) \
-            if self.parent.active else False
-        trial.set_user_attr("out", str(self.out / f"trial-{trial.number}"))
-        try:
-            res = train(self.data, self.out / f"trial-{trial.number}", config=cfg, progress=False,
-                        on_epoch=_PruneOnFirstFold(trial), log=self.log, tracking=run, **self.train_kwargs)
-        except BaseException as exc:  # pruned, failed or interrupted: the nested run must not stay open
-            if run:
-                run.close("PRUNED" if isinstance(exc, optuna.TrialPruned) else "FAIL")
-            raise
+        trial_dir = self.out / f"trial-{trial.number}"
+        lock = _TrialLock.hold(trial_dir)
+        try:  # (train removes what a killed earlier run left in the folder: an in-memory study, another study)
+            trial.set_user_attr("lock", {"dir": str(trial_dir.absolute()), "token": lock.token})
+            trial.set_user_attr("out", str(trial_dir))
+            run = _TrialRun(trial, experiment=self.parent.experiment, register=False, nested=True, log=self.log) \
+                if self.parent.active else False
+            try:
+                res = train(self.data, trial_dir, config=cfg, progress=False, on_epoch=_PruneOnFirstFold(trial),
+                            log=self.log, tracking=run, **self.train_kwargs)
+            except BaseException as exc:  # pruned, failed or interrupted: the nested run must not stay open
+                if run:
+                    run.close("PRUNED" if isinstance(exc, optuna.TrialPruned) else "FAIL")
+                raise
+        finally:
+            lock.release()
         if run:
             run.close("COMPLETE")
         if res.tracking.get("model_uri"):
@@ -611,20 +849,20 @@ class _ParentRun:
         return False
 
 
-def _wait_for_running(study, log) -> None:
-    """Wait until no trial of the study is running (other workers'); stale ones are failed by the heartbeat."""
-    import optuna
+def _wait_for_running(study, reaper: _Reaper, log) -> None:
+    """Wait until no trial of the study is running (other workers'); dead ones are failed (:class:`_Reaper`)."""
     from optuna.trial import TrialState
 
     told = False
-    while running := study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    while True:
+        reaper.reap(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return
         if not told:
             log(f"waiting for trial(s) {[t.number for t in running]} of other workers to finish")
             told = True
         time.sleep(2)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
 
 
 def _best(study):

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,127 @@ def test_config_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, se
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
     assert not (tmp_path / "out").exists()  # failed before any folder, study or training
+
+
+# -- the storage ----------------------------------------------------------------------------------------------
+def sweep_toml(tmp_path: Path, data: Path, labels: Path, epochs: int = 2) -> Path:
+    """A 2-point grid sweep of the tiny config on ``data``, out = tmp_path/out."""
+    path = tmp_path / "sweep.toml"
+    path.write_text(f'[sweep]\ndata = ["{data}"]\nlabels = "{labels}"\nout = "{tmp_path / "out"}"\nmethod = "grid"\n'
+                    f'pruner = "none"\n[sweep.grid]\n"model.hidden_size" = [4, 8]\n'
+                    + TINY_TOML.replace("epochs = 2", f"epochs = {epochs}\npatience = {epochs}"))
+    return path
+
+
+@pytest.mark.parametrize("what, message", [
+    ("tracking", r"is the MLflow tracking store \(sqlite:///.*mlflow\.db\)"),
+    ("mlflow copy", r"copy\.db is a database of another tool \(tables alembic_version, .*\) with none of Optuna's"),
+    ("csv", r"notes\.csv is not an SQLite database \(file is not a database\)"),
+    ("input", r"refusing to write .*long\.csv: it is the input"),
+])
+def test_a_storage_another_tool_owns_is_refused_untouched(tmp_path, store, monkeypatch, capsys, what, message):
+    """The MLflow store, a copy of one, a CSV and the sweep's own input as --storage: one line, exit 2, the file
+    byte for byte as it was, no output folder (Optuna once wrote its tables into the MLflow database, then failed
+    with a traceback)."""
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    data, labels = cohort(tmp_path)
+    MlflowClient().search_experiments()  # the MLflow store's tables
+    (tmp_path / "copy.db").write_bytes((tmp_path / "mlflow.db").read_bytes())
+    (tmp_path / "notes.csv").write_text("stay_id,note\n1,ok\n")
+    target = {"tracking": tmp_path / "mlflow.db", "mlflow copy": tmp_path / "copy.db", "csv": tmp_path / "notes.csv",
+              "input": data}[what]
+    before = target.read_bytes()
+    config = sweep_toml(tmp_path, data, labels)
+    capsys.readouterr()  # MLflow's own messages as it made its store
+    assert main(["sweep", "--config", str(config), "--storage", f"sqlite:///{target}", "--study", "s"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert target.read_bytes() == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_sweep_leaves_no_folder_it_made(tmp_path, capsys):
+    """A study made for another [sweep] section is refused after the output folder was checked: it is removed."""
+    data, labels = cohort(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(storage=storage, study_name="s", direction="maximize").set_user_attr(
+        "clinical_lstm.search_space", {"method": "grid", "seed": 0, "grid": {"model.hidden_size": [16]}, "space": {}})
+    config = sweep_toml(tmp_path, data, labels)
+    assert main(["sweep", "--config", str(config), "--storage", storage, "--study", "s"]) == 2
+    assert "was made for another [sweep] section" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# -- dead workers ---------------------------------------------------------------------------------------------
+def test_a_sweep_killed_mid_trial_resumes_to_the_study_it_would_have_given(tmp_path):
+    """`kill -9` during trial 0, then the same command: the dead trial is failed at once (its lock is free; no
+    wait for the heartbeat's grace period), does not count, and its grid point runs again: both points complete.
+    Its MLflow run ends FAILED and its work folder (the patients' model inputs) is gone."""
+    from mlflow import MlflowClient
+
+    data, labels = cohort(tmp_path)
+    config = sweep_toml(tmp_path, data, labels, epochs=10)
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'study.db'}"
+    cmd = [sys.executable, "-m", "clinical_lstm.cli", "sweep", "--config", str(config), "--storage", storage,
+           "--study", "k9"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (list((tmp_path / "out").glob("trial-0/.work.*/train/steps.f32")) and (tmp_path / "study.db").exists()
+                   and "run_id" in optuna.load_study(study_name="k9", storage=storage).trials[0].user_attrs):
+            assert first.poll() is None and time.monotonic() < deadline, "trial 0 never started training"
+            time.sleep(0.1)
+    finally:
+        first.kill()  # SIGKILL: nothing of the sweep's own runs
+        first.wait()
+    killed = optuna.load_study(study_name="k9", storage=storage).trials[0]
+    assert killed.state == TrialState.RUNNING and "run_id" in killed.user_attrs
+
+    second = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = second.communicate(timeout=150)[0]  # the old code waited 5 minutes for the grace period
+    finally:
+        second.kill()
+    assert second.returncode == 0, log
+    assert "waiting for trial(s)" not in log and "trial 0 failed: its process is gone" in log
+    trials = optuna.load_study(study_name="k9", storage=storage).trials
+    assert trials[0].state == TrialState.FAIL
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 2 and sorted(t.params["model.hidden_size"] for t in done) == [4, 8]
+    assert done[0].params == killed.params and done[0].user_attrs["retry_of"] == 0
+    run = MlflowClient(uri).get_run(killed.user_attrs["run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+    assert not list((tmp_path / "out").rglob(".work.*")) and not list((tmp_path / "out").glob(".*.lock"))
+    summary = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert [t["state"] for t in summary["trials"]] == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
+def test_a_trial_whose_worker_stopped_beating_is_failed_and_not_counted(tmp_path, store, monkeypatch):
+    """A running trial of a worker elsewhere (its lock not visible here) that has not beaten for the grace
+    period (5 × HEARTBEAT_S, shortened to 5 s) is failed by Optuna's heartbeat and not counted: the study still
+    gets its 2 trials; its MLflow run ends FAILED."""
+    from mlflow import MlflowClient
+
+    import clinical_lstm.sweep as sweep
+
+    monkeypatch.setattr(sweep, "HEARTBEAT_S", 1)
+    data, labels = cohort(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    kwargs = dict(method="grid", labels=labels, storage=storage, study_name="hb", pruner="none", **QUIET)
+    run_sweep(data, tmp_path / "out", tiny(), {"model.hidden_size": [4, 8]}, n_trials=1, tracking=False, **kwargs)
+    study = optuna.load_study(study_name="hb", storage=storage)
+    client = MlflowClient()
+    lost = study.ask()  # another machine's trial: its lock lies in a folder this one cannot see
+    lost.set_user_attr("lock", {"dir": str(tmp_path / "elsewhere" / "trial-1"), "token": "x"})
+    lost.set_user_attr("run_id", client.create_run(client.create_experiment("lost")).info.run_id)
+    study._storage.record_heartbeat(lost._trial_id)
+    time.sleep(6)
+    res = run_sweep(data, tmp_path / "out", tiny(), {"model.hidden_size": [4, 8]}, n_trials=2, **kwargs)
+    states = {t.number: t.state for t in res.study.trials}
+    assert states[lost.number] == TrialState.FAIL
+    assert sum(s == TrialState.COMPLETE for s in states.values()) == 2
+    run = client.get_run(lost.user_attrs["run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
