@@ -349,9 +349,9 @@ def test_a_trial_whose_worker_stopped_beating_is_failed_and_not_counted(tmp_path
     gets its 2 trials; its MLflow run ends FAILED."""
     from mlflow import MlflowClient
 
-    import clinical_lstm.sweep as sweep
+    import clinical_lstm.sweep_storage as sweep_storage
 
-    monkeypatch.setattr(sweep, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(sweep_storage, "HEARTBEAT_S", 1)
     data, labels = cohort(tmp_path)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     kwargs = dict(method="grid", labels=labels, storage=storage, study_name="hb", pruner="none", **QUIET)
