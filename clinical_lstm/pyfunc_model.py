@@ -21,6 +21,8 @@ a float ``NaN`` (float64 columns, an integer column with a gap, pandas 3's defau
 which is not JSON and makes strict parsers (``JSON.parse``, Java and .NET) reject the whole answer. So every
 column leaves here in a dtype whose missing value is ``pd.NA``, and a non-finite float becomes ``pd.NA`` too.
 The signature (:func:`clinical_lstm.tracking.signature`) records the same types and which columns may be null.
+Its input columns are ``Any`` and optional, so the input is checked by the bundle's own reader, as ``score``'s
+is, whose errors name a column or a row number and never quote the rows (MLflow's enforcement error would).
 """
 
 import mlflow.pyfunc
@@ -54,10 +56,11 @@ class ClinicalLSTMPyfunc(mlflow.pyfunc.PythonModel):
         self.model = RiskModel.load(context.artifacts["bundle"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        import polars as pl
-
+        # the frame as given goes to the model's own reader (``bundle.as_raw``), the one every path uses: it turns
+        # an object column of ids (ints and text mixed, UUIDs) into text, and its errors name the column, never
+        # a row (the signature lets everything through to it; see ``tracking.signature``)
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return nullable_frame(self.model.predict(pl.from_pandas(frame)))
+        return nullable_frame(self.model.score_table(frame)[0])
 
 
 set_model(ClinicalLSTMPyfunc())

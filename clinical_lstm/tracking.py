@@ -14,6 +14,7 @@ unless ``MLFLOW_TRACKING_URI`` is set.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -47,12 +48,16 @@ def serve_ui(store: str | Path = ".", port: int = 5000, host: str = "127.0.0.1",
              allow_remote: bool = False) -> int:
     """Run ``mlflow server`` over the local store; print its URL once it answers; Ctrl-C stops it.
 
-    The server has no authentication: a host other than loopback is refused unless ``allow_remote``.
+    The server has no authentication: a host other than loopback is refused unless ``allow_remote``. A port that
+    cannot be bound (:func:`check_bindable`), or a server that exits before it answers, is a
+    :class:`~clinical_lstm.sources.DataError` naming ``host:port``; the server's exit status is returned.
     """
     import ipaddress
     import subprocess
     import sys
     import time
+
+    from .sources import DataError
 
     try:
         loopback = host in LOOPBACK or ipaddress.ip_address(host).is_loopback
@@ -64,28 +69,83 @@ def serve_ui(store: str | Path = ".", port: int = 5000, host: str = "127.0.0.1",
                          f"server behind authentication)")
     if not 0 < port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {port}")
+    check_bindable(host, port)  # before the store is made: a refused port creates nothing
     backend, artifacts = local_store(store)
+    where = f"{host}:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
                              "--default-artifact-root", artifacts, "--host", host, "--port", str(port),
                              "--workers", str(workers)])
-    url = f"http://{'127.0.0.1' if host in LOOPBACK else host}:{port}"
+    url = f"http://{'127.0.0.1' if host == 'localhost' else f'[{host}]' if ':' in host else host}:{port}"
     print(f"starting the MLflow UI over {backend} ...", file=sys.stderr, flush=True)
+    answered = False
     try:
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
             if _reachable(url) is None:
                 print(f"MLflow UI on {url} (Ctrl-C stops it)", flush=True)
+                answered = True
                 break
             time.sleep(0.5)
-        return proc.wait()
+        status = proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(timeout=20)
         return 130
+    if not answered:  # it never served: even a status of 0 is a failure to start
+        raise DataError(f"the MLflow server on {where} exited with status {status} before it answered; its log "
+                        f"above says why")
+    if status != 0:
+        print(f"the MLflow server on {where} stopped with status {status}; its log above says why", file=sys.stderr)
+    return status
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or local_store()[0]
+def check_bindable(host: str, port: int) -> None:
+    """Raise :class:`~clinical_lstm.sources.DataError` naming ``host:port`` unless a server could listen there.
+
+    Bound as uvicorn binds (IPv6 for a host with a colon, else IPv4; ``SO_REUSEADDR``, so a port held only by
+    closed connections in ``TIME_WAIT`` is free, a listening one is not)."""
+    import socket
+
+    from .sources import DataError
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        hint = ("; choose another --port or stop what listens there" if exc.errno == errno.EADDRINUSE else "")
+        raise DataError(f"cannot listen on {host}:{port}: {why}{hint}") from None
+
+
+def tracking_uri(create: bool = False) -> str:
+    """``MLFLOW_TRACKING_URI``, else the local store under ``./mlflow``; its folder is made only with ``create``
+    (a run about to be logged): a read-only lookup creates nothing."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_store(create=create)[0]
+
+
+def existing_store(uri: str) -> str:
+    """``uri`` if its store exists; a SQLite database or store folder that does not exist is a
+    :class:`~clinical_lstm.sources.DataError` saying which store was looked at. MLflow would create an empty store
+    there on first use, and a lookup must leave nothing behind."""
+    from urllib.parse import urlparse
+
+    from .sources import DataError
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    elif parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else uri)
+    else:
+        return uri  # a server or database decides for itself
+    if path is None or path.exists():
+        return uri
+    where = ("MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI")
+             else f"the default local store of {Path.cwd()}, as MLFLOW_TRACKING_URI is not set")
+    raise DataError(f"no MLflow tracking store at {path} ({where}); set MLFLOW_TRACKING_URI to the store that "
+                    f"holds the model (e.g. sqlite:///PATH/mlflow/mlflow.db or http://HOST:PORT), or run from the "
+                    f"folder whose mlflow/ holds it")
 
 
 def is_model_uri(source) -> bool:
@@ -176,7 +236,7 @@ class Tracker:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self, cfg, sources: list[str], name: str | None = None) -> None:
-        self.uri = self.uri or tracking_uri()
+        self.uri = self.uri or tracking_uri(create=True)
         self.experiment = self.experiment or cfg.tracking.experiment
         self.model_name = cfg.tracking.registered_model
         problem = _reachable(self.uri)
@@ -354,18 +414,26 @@ def _quiet_artifacts():
 def signature():
     """Input: the raw long table. Output: one row per stay (:data:`clinical_lstm.bundle.SCORES`).
 
+    Every input column is ``Any`` and optional: the package's own reader (:func:`clinical_lstm.bundle.as_raw`,
+    the rules of ``clinical_lstm/validate.py``) checks the table, as it does for files. It accepts what MLflow's
+    strict types would refuse (integer or text ids, ``HH:MM`` text or timedelta times, text values counted as
+    ``unparseable_value``), and it names a missing column or a bad type without quoting rows: MLflow's own
+    enforcement error prints the input frame, stay ids and values, into the message that ``mlflow models serve``
+    logs and answers. The columns hold: ``stay_id`` integer or text; ``time`` hours since ICU admission (a
+    number, ``HH:MM`` text or a timedelta); ``variable`` a catalogue name; ``value`` a number.
+
     ``required=False`` marks the output columns that can be null (JSON ``null`` when served, never ``NaN``; see
     ``pyfunc_model.py``): a rejected stay has a null ``risk``, ``flag``, ``n_observations`` and
-    ``quality_flags``, a scored stay a null ``reason``. ``stay_id`` is ``Any``: integer or text ids (UUIDs,
-    zero-padded numbers) are both accepted and come back as given; a ``long`` spec would refuse text ids.
+    ``quality_flags``, a scored stay a null ``reason``. The output ``stay_id`` comes back as given.
     """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
     from mlflow.types.schema import AnyType
 
+    from .sources import LONG_COLUMNS
+
     return ModelSignature(
-        inputs=Schema([ColSpec(AnyType(), "stay_id"), ColSpec("double", "time"), ColSpec("string", "variable"),
-                       ColSpec("double", "value")]),
+        inputs=Schema([ColSpec(AnyType(), name, required=False) for name in LONG_COLUMNS]),
         outputs=Schema([ColSpec(AnyType(), "stay_id"),
                         ColSpec("double", "risk", required=False),  # calibrated probability in [0, 1]
                         ColSpec("boolean", "flag", required=False),  # risk >= the bundle's threshold
@@ -399,16 +467,19 @@ def pip_requirements() -> list[str]:
 def download_bundle(uri: str, dst: str | Path | None = None) -> tuple[Path, dict]:
     """Fetch the bundle inside an MLflow model (``models:/name@alias``, ``models:/name/3``, ``runs:/id/model``).
 
-    Returns the bundle directory and ``{"uri": ..., "version": ...}`` for provenance.
+    Returns the bundle directory and ``{"uri": ..., "version": ...}`` for provenance. Without ``dst`` the model is
+    downloaded into this process's temporary folder (:func:`_downloads`), removed when the process exits: the
+    bundle stays readable until then and nothing is left behind. A ``dst`` is the caller's to remove. The store
+    must exist: a lookup never creates one (:func:`existing_store`).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from .sources import DataError
 
-    store = tracking_uri()
+    store = existing_store(tracking_uri())
     mlflow.set_tracking_uri(store)
-    dst = Path(dst or tempfile.mkdtemp(prefix="clinical-lstm-model-"))
+    dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="model-", dir=_downloads()))
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except MlflowException as exc:  # an unknown model, alias, version or run: the caller's input, not a crash
@@ -421,6 +492,27 @@ def download_bundle(uri: str, dst: str | Path | None = None) -> tuple[Path, dict
         shutil.rmtree(dst, ignore_errors=True)
         raise FileNotFoundError(f"{uri} holds no clinical-lstm bundle (no bundle.json among its artifacts)")
     return bundle, {"uri": uri, "version": _version_of(uri)}
+
+
+_DOWNLOADS: dict[int, str] = {}  # process id -> its temporary folder for downloaded models, made on first use
+
+
+def _downloads() -> str:
+    """``<tmp>/clinical-lstm-models-*``: every model this process downloads, removed whole when it exits.
+
+    A forked child gets a folder of its own and, exiting, leaves its parent's alone (it inherits the exit hook)."""
+    import atexit
+
+    pid = os.getpid()
+    if pid not in _DOWNLOADS:
+        _DOWNLOADS[pid] = tempfile.mkdtemp(prefix="clinical-lstm-models-")
+        atexit.register(_remove_downloads, _DOWNLOADS[pid], pid)
+    return _DOWNLOADS[pid]
+
+
+def _remove_downloads(folder: str, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _version_of(uri: str) -> str | None:

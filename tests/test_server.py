@@ -42,3 +42,37 @@ def test_ui_prints_its_url_once_it_answers(tmp_path):
             time.sleep(0.2)
         assert f"MLflow UI on http://127.0.0.1:{port}" in log.read_text()
     assert (tmp_path / "mlflow" / "mlflow.db").is_file()
+
+
+def _ui(store: Path, port: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clinical_lstm.cli", "ui", "--store", str(store), "--port",
+                           str(port)], capture_output=True, text=True, timeout=120)
+
+
+def test_ui_on_an_occupied_port_is_a_one_line_error(tmp_path):
+    """A port something already listens on: refused before the server starts or the store is made, exit 2."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = _ui(tmp_path, port)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.splitlines() == [f"clinical-lstm ui: error: cannot listen on 127.0.0.1:{port}: Address "
+                                       f"already in use; choose another --port or stop what listens there"]
+    assert res.stdout == ""
+    assert not (tmp_path / "mlflow").exists()
+
+
+def test_ui_whose_server_exits_before_answering_is_an_error(tmp_path):
+    """The server starts but dies (here: its store is not a database): not exit 0, not a bare status: exit 2 with
+    one line naming host:port, after the server's own log."""
+    (tmp_path / "mlflow").mkdir()
+    (tmp_path / "mlflow" / "mlflow.db").write_text("not an SQLite database, just text that fills a page " * 20)
+    port = free_port()
+    res = _ui(tmp_path, port)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.splitlines()[-1] == (f"clinical-lstm ui: error: the MLflow server on 127.0.0.1:{port} exited "
+                                           f"with status 1 before it answered; its log above says why")
+    assert "MLflow UI on" not in res.stdout

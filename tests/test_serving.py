@@ -171,3 +171,58 @@ def test_pyfunc_in_a_fresh_process_gives_the_bundles_risks(store, expected):
     assert got.loc[SCORED, "risk"].between(0, 1).all()
     assert got.loc[SCORED, "risk"].to_numpy() == pytest.approx(expected.loc[SCORED, "risk"].to_numpy(), abs=1e-6)
     assert got.loc[REJECTED].isna().drop("reason").all() and got.loc[REJECTED, "reason"] == "no_time_series"
+
+
+def _bad_inputs() -> dict[str, pd.DataFrame]:
+    """What a caller may send: (a) no ``value`` column, (b) values as text (one not a number), (c) times as
+    timedeltas, (d) an object ``stay_id`` column mixing integers and text."""
+    rows = long_rows()
+    text = rows["value"].map(repr).astype(object)
+    text.iloc[3] = "n/a"  # counted as unparseable_value by the reader
+    mixed = pd.Series([str(s) if s == 202 else s for s in rows["stay_id"]], dtype=object)
+    return {"no value column": rows.drop(columns="value"), "text values": rows.assign(value=text),
+            "timedelta times": rows.assign(time=pd.to_timedelta(rows["time"], unit="h")),
+            "mixed ids": rows.assign(stay_id=mixed)}
+
+
+@pytest.fixture(scope="module")
+def champion_pyfunc(store):
+    """The champion loaded with ``mlflow.pyfunc.load_model`` from the store, as a user would."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", store["uri"])
+        mlflow.set_tracking_uri(store["uri"])
+        try:
+            yield mlflow.pyfunc.load_model(CHAMPION_URI)
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+
+def test_pyfunc_missing_column_is_our_error_naming_it_and_no_row(champion_pyfunc):
+    """MLflow's schema enforcement prints the whole input frame into its error (which `mlflow models serve` logs
+    and answers): the signature leaves the checking to our reader, whose error names the column and no row."""
+    with pytest.raises(Exception) as err:  # noqa: PT011 -- which class raises is part of what is tested
+        champion_pyfunc.predict(_bad_inputs()["no value column"])
+    message = str(err.value)
+    assert type(err.value).__name__ == "DataError", message[:300]
+    assert "lacks column(s) ['value']" in message
+    rows = long_rows()
+    leaked = [s for s in {*map(str, rows["stay_id"]), *map(repr, rows["value"])} if s in message]
+    assert not leaked, f"{leaked} in the error: {message[:300]}"
+
+
+@pytest.mark.parametrize("case", ["text values", "timedelta times", "mixed ids"])
+def test_pyfunc_scores_what_the_reader_accepts_as_predict_does(champion_pyfunc, store, case):
+    """Inputs that `clinical-lstm score` and `RiskModel.predict` accept are scored by the pyfunc, identically (no
+    MLflow enforcement error quoting rows, no raw ArrowTypeError from an object column of mixed ids)."""
+    rows = _bad_inputs()[case]
+    want = load_model(store["bundle"]).predict(rows)
+    got = champion_pyfunc.predict(rows)
+    assert list(got["stay_id"]) == list(want["stay_id"])
+    assert got["risk"].astype("float64").to_numpy() == pytest.approx(want["risk"].to_numpy(), abs=1e-6,
+                                                                     nan_ok=True)
+    assert list(got["reason"].astype(object).where(got["reason"].notna(), None)) == \
+        list(want["reason"].astype(object).where(want["reason"].notna(), None))
+    assert got["risk"].notna().sum() == 2

@@ -198,9 +198,68 @@ def test_unreachable_server_still_writes_the_bundle(store, tmp_path, monkeypatch
 
 def test_unknown_registered_model_is_a_clear_data_error(tmp_path, monkeypatch):
     """`models:/...` that does not resolve (no such model or alias) is the caller's input error, not a crash."""
+    from mlflow import MlflowClient
+
     from clinical_lstm.bundle import load_model
     from clinical_lstm.sources import DataError
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    MlflowClient(uri).search_experiments()  # an existing, empty store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(DataError, match=r"models:/no-such-model@champion cannot be resolved.*no-such-model"):
         load_model("models:/no-such-model@champion")
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # nothing from an outer run
+    return {**env, **extra}
+
+
+def test_model_lookup_never_creates_a_store(tmp_path, monkeypatch):
+    """`score --model models:/...` where no store exists (MLFLOW_TRACKING_URI unset, an empty folder; or set to a
+    database that does not exist) fails with one line naming the store looked at, and creates nothing."""
+    import subprocess
+    import sys
+
+    from clinical_lstm.bundle import load_model
+    from clinical_lstm.sources import DataError
+
+    work = tmp_path / "empty"
+    work.mkdir()
+    res = subprocess.run([sys.executable, "-m", "clinical_lstm.cli", "score", "--model",
+                          "models:/clinical-lstm@champion", "--data", "sample", "--out", "scores.parquet"],
+                         cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.splitlines() == [
+        f"clinical-lstm score: error: no MLflow tracking store at {work.resolve() / 'mlflow' / 'mlflow.db'} (the "
+        f"default local store of {work.resolve()}, as MLFLOW_TRACKING_URI is not set); set MLFLOW_TRACKING_URI to "
+        f"the store that holds the model (e.g. sqlite:///PATH/mlflow/mlflow.db or http://HOST:PORT), or run from "
+        f"the folder whose mlflow/ holds it"]
+    assert list(work.iterdir()) == []
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'missing.db'}")
+    with pytest.raises(DataError, match=r"^no MLflow tracking store at .*missing\.db \(MLFLOW_TRACKING_URI\)"):
+        load_model("models:/clinical-lstm@champion")
+    assert list(tmp_path.iterdir()) == [work]
+
+
+@pytest.mark.parametrize("how", ["score", "load_model"])
+def test_model_uri_leaves_no_temporary_folder(store, tmp_path, how):
+    """Scoring with an MLflow URI downloads the model into the process's temporary folder, which is gone once the
+    process ends; the model was usable after the download returned (load_model loads it afterwards)."""
+    import subprocess
+    import sys
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    uri = "models:/clinical-lstm/1"
+    cmd = ([sys.executable, "-m", "clinical_lstm.cli", "score", "--model", uri, "--data", str(store["data"]),
+            "--out", str(tmp_path / "scores.parquet"), "--quiet"] if how == "score" else
+           [sys.executable, "-c", f"from clinical_lstm import load_model; "
+                                  f"print(load_model({uri!r}).predict({str(store['data'])!r}).height)"])
+    res = subprocess.run(cmd, env=_env(MLFLOW_TRACKING_URI=store["uri"], TMPDIR=str(temp)), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    if how == "load_model":
+        assert res.stdout.strip() == str(N_STAYS + N_REJECTED)
+    assert [p.name for p in temp.iterdir()] == []
