@@ -96,13 +96,21 @@ def as_raw(data) -> RawData:
     if isinstance(data, (str, Path, list, tuple)):
         return load(data)
     if not isinstance(data, pl.DataFrame):
+        columns = list(getattr(data, "columns", ()))
         try:
-            if "stay_id" in getattr(data, "columns", ()) and data["stay_id"].dtype == object:  # e.g. uuid.UUID
-                data = data.assign(stay_id=[None if v is None else str(v) for v in data["stay_id"]])
-            data = pl.from_pandas(data)
-        except (TypeError, ValueError, ImportError) as exc:
+            if "stay_id" in columns and data["stay_id"].dtype == object:  # e.g. uuid.UUID
+                data = data.assign(stay_id=[_as_text(v) for v in data["stay_id"]])
+            try:
+                data = pl.from_pandas(data)
+            except (TypeError, ValueError):  # an object column mixing kinds (1.5 and "n/a", 0.5 and "00:30"):
+                mixed = [c for c in LONG_COLUMNS if c in columns and data[c].dtype == object]
+                data = data.assign(**{c: [_as_text(v) for v in data[c]] for c in mixed})  # text, as a CSV is read
+                data = pl.from_pandas(data)
+        except (TypeError, ValueError, ImportError):  # the reader's message may quote cells: not repeated here
+            odd = [c for c in columns if str(getattr(data[c], "dtype", "")) == "object"]
             raise DataError(f"expected a long table (pandas/polars DataFrame with columns {list(LONG_COLUMNS)}) "
-                            f"or a data path, got {type(data).__name__}") from exc
+                            f"or a data path, got {type(data).__name__}"
+                            + (f" whose column(s) {odd} cannot be read" if odd else "")) from None
     missing = [c for c in LONG_COLUMNS if c not in data.columns]
     if missing:
         raise DataError(f"the long table lacks column(s) {missing}; expected {list(LONG_COLUMNS)}, "
@@ -110,6 +118,13 @@ def as_raw(data) -> RawData:
     df = checked_ids(data.select(LONG_COLUMNS), "the long table")  # the same contract as files (fractional ids
     df = df.with_columns(pl.col("variable").cast(pl.String))  # name no stay: never two patients in one row)
     return RawData(long=df, stays=df["stay_id"].unique().sort(), sources=["<dataframe>"])
+
+
+def _as_text(value) -> str | None:
+    """One cell of a pandas object column as text (None and NaN: missing), as the CSV reader would have read it."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return str(value)
 
 
 @dataclass

@@ -194,3 +194,19 @@ def test_bundle_files_follow_the_umask(model, tmp_path):
     assert (tmp_path / "b").stat().st_mode & 0o777 == 0o755
     assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "b").iterdir()} == dict.fromkeys(
         ["bundle.json", "catalogue.csv", "transformer.json", "weights.safetensors"], 0o644)
+
+
+def test_pandas_object_columns_mixing_kinds_are_read_as_text_like_a_csv(model):
+    """A pandas frame whose value column mixes numbers and "n/a" and whose time column mixes hours and "HH:MM"
+    (object columns) is read as a CSV's text would be, not refused as "not a long table"."""
+    m, long = model
+    text = long.with_columns(pl.col("time").cast(pl.String), pl.col("value").cast(pl.String))
+    text = text.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(pl.lit("n/a")).otherwise("value").alias("value"),
+                             pl.when(pl.int_range(pl.len()) == 5).then(pl.lit("01:30")).otherwise("time").alias("time"))
+    frame = text.to_pandas()
+    frame["value"] = [v if v == "n/a" else float(v) for v in frame["value"]]  # numbers and text in one column
+    frame["time"] = [t if ":" in t else float(t) for t in frame["time"]]
+    assert frame["value"].dtype == object and frame["time"].dtype == object
+    got, want = m.predict(frame), m.predict(text)
+    np.testing.assert_allclose(got["risk"].to_numpy(), want["risk"].to_numpy(), rtol=0, atol=1e-7)
+    assert got["stay_id"].tolist() == want["stay_id"].to_list()
