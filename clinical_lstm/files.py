@@ -57,13 +57,15 @@ def temp_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}."
 
 
-_LEFTOVER = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+(\.tmp)?$")  # temp_prefix(name) + a random part [+ .tmp]
+# temp_prefix(name) + tempfile's 8 random characters [+ ".tmp"]
+_LEFTOVER = re.compile(r"^\.(.+)\.(\d+)\.[a-z0-9_]{8}(\.tmp)?$")
 
 
-def remove_leftovers(folder: str | Path) -> list[Path]:
+def remove_leftovers(folder: str | Path, names=None) -> list[Path]:
     """Remove from ``folder`` the temporary files and folders (named by :func:`temp_prefix`) of processes that no
-    longer run: a job killed by SIGKILL or a power cut runs no ``finally`` and leaves them, holding patients'
-    data. A running process's are left alone (also another user's: not ours to judge). Returns what was removed."""
+    longer run — a job killed by SIGKILL or a power cut runs no ``finally`` and leaves them, holding patients'
+    data — only those made beside one of ``names`` when given. A running process's are left alone (also another
+    user's: not ours to judge). Returns what was removed."""
     import shutil
 
     removed = []
@@ -72,7 +74,7 @@ def remove_leftovers(folder: str | Path) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         m = _LEFTOVER.match(entry.name)
-        if m and not _running(int(m.group(1))):
+        if m and (names is None or m.group(1) in names) and not _running(int(m.group(2))):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -169,7 +171,10 @@ def removes_new_out(job):
     def run(*args, **kwargs):
         out = Path(signature.bind(*args, **kwargs).arguments["out"]).absolute()
         new = [p for p in [out, *out.parents] if not p.exists() and not p.is_symlink()]  # innermost first
-        remove_leftovers(out if out.is_dir() else out.parent)  # of an earlier run of it that was killed
+        if out.is_dir():  # what a killed earlier run of the job left: in its folder, or beside its file
+            remove_leftovers(out)
+        else:
+            remove_leftovers(out.parent, {out.name, f"{out.name}.json"})
         try:
             return job(*args, **kwargs)
         except BaseException:

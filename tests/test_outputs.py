@@ -142,16 +142,18 @@ def test_remove_leftovers_removes_only_what_dead_processes_left(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
     pid = int(dead.stdout)  # a process that has ended
-    (tmp_path / f".grid.parquet.{pid}.k2j_9x.tmp").write_text("half a grid")
-    (tmp_path / f".work.{pid}.ab12cd").mkdir()
-    (tmp_path / f".work.{pid}.ab12cd" / "steps.f32").write_text("patients' inputs")
-    mine = tmp_path / f"{temp_prefix('grid.parquet')}zz9.tmp"
+    (tmp_path / f".grid.parquet.{pid}.k2j_9x0a.tmp").write_text("half a grid")
+    (tmp_path / f".work.{pid}.ab12cd34").mkdir()
+    (tmp_path / f".work.{pid}.ab12cd34" / "steps.f32").write_text("patients' inputs")
+    mine = tmp_path / f"{temp_prefix('grid.parquet')}zz9zz9zz.tmp"
     mine.write_text("being written")
-    for name in (".hidden", "grid.parquet", ".report.old"):
+    users = (".hidden", "grid.parquet", ".report.old", f".bashrc.{pid}.bak", f".notes.{pid}.abcdefg")
+    for name in users:
         (tmp_path / name).write_text("not a leftover")
+    assert remove_leftovers(tmp_path, {"m.onnx"}) == []  # only those beside the names given
     removed = remove_leftovers(tmp_path)
-    assert sorted(p.name for p in removed) == sorted([f".grid.parquet.{pid}.k2j_9x.tmp", f".work.{pid}.ab12cd"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, ".hidden", "grid.parquet", ".report.old"])
+    assert sorted(p.name for p in removed) == sorted([f".grid.parquet.{pid}.k2j_9x0a.tmp", f".work.{pid}.ab12cd34"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, *users])
 
 
 def _cli(*args):
