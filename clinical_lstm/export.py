@@ -314,34 +314,60 @@ def _session(path):
 
 
 def read_contract(path: str | Path) -> dict:
-    """The contract of an exported file: ``<file>.json`` beside it, else the one embedded in the file."""
+    """The contract embedded in an exported file. ``<file>.json`` beside it (for runtimes that cannot read the
+    file's metadata) must say the same, or it is refused: a contract edited, or copied from another export, would
+    preprocess and calibrate for another model and give wrong risks without any error."""
     path = Path(path)
+    embedded = _embedded_contract(path)
     side = sidecar(path)
     if side.is_file():
-        return json.loads(side.read_text())
-    if path.suffix == ".onnx":
-        import onnx
+        try:
+            given = json.loads(side.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{side} is not a readable contract ({type(exc).__name__}); delete it or export "
+                             f"again (the contract embedded in {path.name} is the one that counts)") from None
+        if embedded is None:
+            return given
+        if given != embedded:
+            raise ValueError(f"{side} does not match the contract embedded in {path.name} (edited, or another "
+                             f"export's): delete it or export again")
+    if embedded is None:
+        raise ValueError(f"{path} carries no clinical-lstm contract (no {side.name} and none embedded)")
+    return embedded
 
-        for p in onnx.load(str(path), load_external_data=False).metadata_props:
-            if p.key == CONTRACT_KEY:
-                return json.loads(p.value)
-    else:
+
+def _embedded_contract(path: Path) -> dict | None:
+    """The contract in the file's own metadata (ONNX ``metadata_props``, TorchScript's extra file), or None."""
+    try:
+        if path.suffix == ".onnx":
+            import onnx
+
+            for p in onnx.load(str(path), load_external_data=False).metadata_props:
+                if p.key == CONTRACT_KEY:
+                    return json.loads(p.value)
+            return None
         import torch
 
         extra = {TORCHSCRIPT_CONTRACT_FILE: ""}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.load(str(path), _extra_files=extra)
-        if extra[TORCHSCRIPT_CONTRACT_FILE]:
-            return json.loads(extra[TORCHSCRIPT_CONTRACT_FILE])
-    raise ValueError(f"{path} carries no clinical-lstm contract (no {side.name} and none embedded)")
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path} cannot be read as an exported {path.suffix.lstrip('.') or 'model'} file "
+                         f"({type(exc).__name__}): export it again") from None
+    except Exception as exc:  # onnx's protobuf DecodeError is no ValueError
+        if type(exc).__name__ != "DecodeError":
+            raise
+        raise ValueError(f"{path} is not an ONNX file (it does not parse): export it again") from None
+    return json.loads(extra[TORCHSCRIPT_CONTRACT_FILE]) if extra[TORCHSCRIPT_CONTRACT_FILE] else None
 
 
 class ExportedModel:
     """Reference runtime for an exported ONNX file: the preprocessing outside the graph, rebuilt from the
     contract (catalogue, transformer state, calibrator, threshold), around an onnxruntime session.
 
-    ``predict(data)`` returns ``stay_id, risk, flag`` for the scorable stays, like ``RiskModel.score``.
+    ``predict(data)`` returns every stay, like ``RiskModel.predict`` (``risk`` null and ``reason`` set for the stays
+    it rejects). The contract is the one embedded in the file (:func:`read_contract`).
     """
 
     def __init__(self, path: str | Path):

@@ -275,3 +275,34 @@ def test_failed_check_leaves_the_destination_as_it_was(model, tmp_path):
         assert "differs from PyTorch by" in proc.stderr and "nothing was written" in proc.stderr
     assert snapshot(edge) == {"m.onnx": b"an earlier export"}
     assert not (tmp_path / "fresh").exists()  # the folder the failed export made is gone again
+
+
+def test_a_contract_that_is_not_the_files_own_is_refused(model, stacked, long, tmp_path):
+    """The contract embedded in the file is the truth: a sidecar edited or copied from another export, or an
+    exported file swapped under a sidecar, used to preprocess and calibrate for another model (wrong risks, no
+    error). A file swapped alone scores as the model it came from."""
+    a = Path(export_model(model, tmp_path / "a.onnx")["file"])
+    b = Path(export_model(stacked, tmp_path / "b.onnx")["file"])
+    contract = json.loads(sidecar_of(a).read_text())
+    edited = {**contract, "threshold": contract["threshold"] / 2}
+    sidecar_of(a).write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=r"a\.onnx\.json does not match the contract embedded in a\.onnx"):
+        ExportedModel(a)
+    shutil.copy(sidecar_of(b), sidecar_of(a))  # another export's sidecar
+    with pytest.raises(ValueError, match="does not match the contract embedded"):
+        ExportedModel(a)
+    sidecar_of(a).write_text(json.dumps(contract)[:100])  # truncated
+    with pytest.raises(ValueError, match=r"a\.onnx\.json is not a readable contract"):
+        ExportedModel(a)
+    sidecar_of(a).unlink()
+    shutil.copy(b, a)  # b's graph under a's name, no sidecar: b's own embedded contract
+    got = ExportedModel(a).predict(long).filter(pl.col("risk").is_not_null()).sort("stay_id")
+    want = stacked.predict(long).filter(pl.col("risk").is_not_null()).sort("stay_id")
+    np.testing.assert_allclose(got["risk"].to_numpy(), want["risk"].to_numpy(), atol=TOL, rtol=0)
+    (tmp_path / "c.onnx").write_bytes(b"not a graph at all")
+    with pytest.raises(ValueError, match=r"c\.onnx is not an ONNX file|c\.onnx cannot be read"):
+        ExportedModel(tmp_path / "c.onnx")
+
+
+def sidecar_of(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
