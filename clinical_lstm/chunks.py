@@ -30,6 +30,7 @@ from .sources import (
     check_header,
     id_dtype,
     no_stay,
+    no_stay_files,
     physionet_raw,
     read_error,
     stay_id_key,
@@ -161,7 +162,9 @@ def index_physionet(path: Path) -> Input:
             ignored += 1
         else:
             ids.append(record_id)
-    return Input(path, "physionet", np.asarray(ids, dtype=np.int64), ignored_members=ignored, empty=not ids)
+    if not ids:  # as every other reader: an empty set is an error, never an input that quietly adds no stay
+        raise no_stay_files(path)
+    return Input(path, "physionet", np.asarray(ids, dtype=np.int64), ignored_members=ignored)
 
 
 def stream_physionet(inp: Input, number: int, chunk_stays: int, first_index: int) -> Iterator[tuple[Chunk, Callable]]:

@@ -39,7 +39,15 @@ from .config import usable_cpus
 from .files import write_frame, write_json
 from .grid import Grid, ids_numpy, to_grid
 from .impute import GridTransformer, Tensors, observed_values
-from .sources import DataError, _ids_as_text, find_outcomes, is_physionet, read_labels, read_outcomes
+from .sources import (
+    DataError,
+    _ids_as_text,
+    find_outcomes,
+    is_physionet,
+    no_stay_files,
+    read_labels,
+    read_outcomes,
+)
 from .validate import QualityReport, validate
 
 MANIFEST = "cohort.json"
@@ -305,8 +313,7 @@ def grid_parts(data, folder, catalogue: Catalogue, window_hours: float, resoluti
                     if spill is not None:
                         spill.unlink(missing_ok=True)
                 if inp.kind == "physionet" and inp.empty:
-                    raise DataError(f"{inp.path} holds no stay files (<RecordID>.txt with header "
-                                    f"'Time,Parameter,Value')")
+                    raise no_stay_files(inp.path)
         if kind == pl.String:
             for inp in inputs:
                 inp.stay_ids, inp.id_dtype = inp.stay_ids.astype(str), pl.String

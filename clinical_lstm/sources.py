@@ -173,7 +173,7 @@ def read_physionet(path: str | Path, outcomes: str | Path | None = None) -> RawD
         else:
             files.append((record_id, data))
     if not files:
-        raise DataError(f"{path} holds no stay files (<RecordID>.txt with header 'Time,Parameter,Value')")
+        raise no_stay_files(path)
     ids = pl.Series([rid for rid, _ in files], dtype=pl.Int64)
     if ids.is_duplicated().any():  # e.g. set-a/1.txt and set-a/old/1.txt: which one is the stay?
         raise DataError(f"{path}: stay {ids.filter(ids.is_duplicated())[0]} appears more than once (two stay "
@@ -215,6 +215,16 @@ def physionet_raw(files, source: str) -> RawData:
         "stay_id", _clock_hours(pl.col("hh"), pl.col("mm")).alias("time"), "variable", "value")
     return RawData(long=long, stays=pl.Series("stay_id", sorted(stays), dtype=pl.Int64), unreadable=unreadable,
                    sources=[source])
+
+
+def no_stay_files(path: Path) -> DataError:
+    """The error for a PhysioNet set (folder or archive) without a stay file; a folder of long-format files gets
+    the fix (each file is its own ``--data``), since it would otherwise read as an empty set."""
+    path = Path(path)
+    long = sorted(f.name for f in path.iterdir() if f.suffix.lower() in (".csv", ".parquet")) if path.is_dir() else []
+    hint = (f"; it holds {len(long):,} long-format file(s) ({', '.join(long[:3])}{', ...' if len(long) > 3 else ''}):"
+            f" pass each as its own --data, a folder is read as a PhysioNet set" if long else "")
+    return DataError(f"{path} holds no stay files (<RecordID>.txt with header 'Time,Parameter,Value'){hint}")
 
 
 def find_outcomes(path: Path) -> Path | None:

@@ -209,6 +209,26 @@ def test_file_without_stays_beside_a_good_file(model, good_alone, tmp_path, cont
     assert any("nothing.csv holds no stays" in line for line in lines)
 
 
+def test_a_folder_of_long_format_files_is_an_error_that_says_how_to_pass_them(model, tmp_path):
+    """A folder is read as a PhysioNet set: one holding long-format files had no stay file, and batch scoring
+    wrote an empty output with exit 0 (every stay lost), where prepare and predict refused it. Now every reader
+    refuses it, naming the files and the fix, and writes nothing."""
+    from clinical_lstm.sources import load
+    from clinical_lstm.workflow import prepare
+
+    folder = tmp_path / "extract"
+    folder.mkdir()
+    for k in range(4):
+        write_csv(folder / f"part-{k}.csv", GOOD)
+    fix = r"holds 4 long-format file\(s\) \(part-0\.csv, part-1\.csv, part-2\.csv, \.\.\.\): pass each as its own --data"
+    with pytest.raises(DataError, match=fix):
+        score_batch(model, [str(folder)], tmp_path / "out" / "s.parquet", chunk_stays=CHUNK, log=lambda _: None)
+    assert not (tmp_path / "out" / "s.parquet").exists()
+    for read in (lambda: load(folder), lambda: prepare(folder, tmp_path / "p")):
+        with pytest.raises(DataError, match=fix):
+            read()
+
+
 # -- PhysioNet archives with unparseable members -------------------------------------------------------------
 def physionet_rows(long: pl.DataFrame, first_id: int) -> dict[int, list]:
     """``random_long`` stays -> PhysioNet stay rows (``HH:MM`` times), renumbered from ``first_id``."""
