@@ -245,6 +245,7 @@ def cmd_evaluate(a) -> int:
     _need(job, "model", "data", "out", command="evaluate")
     log = _printer(a)
     ev = evaluate(job.model, _paths(job.data), job.out, job.labels, job.outcomes, a.n_boot)
+    log(f"evaluated on {ev.on}")
     for k, e in ev.metrics[ev.shipped].items():
         log(f"{k:<16} {e}")
     log(f"wrote metrics, subgroups and plots to {job.out}")

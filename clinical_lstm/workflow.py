@@ -364,7 +364,10 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
         cohort = Cohort.build(parts, tr, work)  # fitted: only transforms
         p = model.risk(cohort.apply(model.logits))
         name = HYBRID_NAME if model.head is not None else MODEL_NAME
-        evaluation = compare({name: (p, model.threshold)}, cohort.y, f"{len(cohort)} stays", n_boot, 0)
+        on = f"{len(cohort)} stays"
+        if parts.digest == (model.metadata.get("training_data") or {}).get("digest"):  # train refuses such --test
+            on += " — the model's own training stays: in-sample, not held-out performance"
+        evaluation = compare({name: (p, model.threshold)}, cohort.y, on, n_boot, 0)
         staged = Path(work) / "report"
         staged.mkdir()
         write_report(staged, evaluation, cohort, model.catalogue, report=parts.report)

@@ -100,6 +100,10 @@ def test_evaluate_writes_metrics_and_plots(trained, tmp_path):
     assert "auroc" in res.stdout
     for name in ("metrics.json", "roc.png", "subgroups.csv"):
         assert (tmp_path / "ev" / name).is_file()
+    # the model was trained on these very stays: said, in the output and in metrics.json (train refuses a --test
+    # that shares stays; evaluate cannot tell a partial overlap, but the same cohort it can)
+    said = "the model's own training stays: in-sample, not held-out performance"
+    assert said in res.stdout and said in json.loads((tmp_path / "ev" / "metrics.json").read_text())["evaluated_on"]
 
 
 def test_prepare_writes_grid_and_report(tmp_path):
