@@ -95,6 +95,12 @@ def as_raw(data) -> RawData:
         return data
     if isinstance(data, (str, Path, list, tuple)):
         return load(data)
+    if isinstance(data, dict):  # columns by name, as the stream takes them
+        try:
+            data = pl.DataFrame(data)
+        except (TypeError, ValueError, pl.exceptions.PolarsError):
+            raise DataError(f"a dict given as the long table must map {list(LONG_COLUMNS)} to equal-length "
+                            f"columns; got keys {list(data)[:10]}") from None
     if not isinstance(data, pl.DataFrame):
         columns = list(getattr(data, "columns", ()))
         try:

@@ -210,3 +210,11 @@ def test_pandas_object_columns_mixing_kinds_are_read_as_text_like_a_csv(model):
     got, want = m.predict(frame), m.predict(text)
     np.testing.assert_allclose(got["risk"].to_numpy(), want["risk"].to_numpy(), rtol=0, atol=1e-7)
     assert got["stay_id"].tolist() == want["stay_id"].to_list()
+
+
+def test_a_dict_of_columns_is_a_long_table_as_for_the_stream(model):
+    m, long = model
+    got = m.predict(long.to_dict(as_series=False))
+    assert got.equals(m.predict(long))
+    with pytest.raises(DataError, match="must map"):
+        m.predict({"stay_id": [1, 2], "time": [0.0]})
