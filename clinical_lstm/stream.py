@@ -183,9 +183,10 @@ class StayStream:
         return self._risk
 
     def state(self) -> dict:
-        """The whole stream state as a JSON-able dict (strict JSON: no NaN; float32 values round-trip)."""
+        """The whole stream state as a JSON-able dict (strict JSON: no NaN; float32 values round-trip), with the
+        SHA-256 of its content (``digest``): a state edited or damaged in storage is refused on resume."""
         net = {k: _listed(v) for k, v in self._net.items()}
-        return {
+        st = {
             "format": STATE_FORMAT,
             "model": self._e.digest,
             "stay_id": self._stay_id,
@@ -198,6 +199,7 @@ class StayStream:
             "networks": net,
             "dropped": dict(sorted(self._dropped.items())),
         }
+        return {**st, "digest": _state_digest(st)}
 
     def to_json(self) -> str:
         return json.dumps(self.state(), separators=(",", ":"), allow_nan=False)
@@ -221,7 +223,7 @@ class StayStream:
         """Resume from a file written by :meth:`save`."""
         path = Path(path)
         if path.suffix != ".safetensors":
-            return cls(model, path.read_text())
+            return cls(model, path)  # read by _restore, which names the file in its errors
         from safetensors import safe_open
 
         with safe_open(str(path), framework="numpy") as f:
@@ -252,11 +254,30 @@ class StayStream:
         self._logit: float | None = None
 
     def _restore(self, state):
-        e = self._e
+        where = "the stream state"
         if isinstance(state, Path) or (isinstance(state, str) and not state.lstrip().startswith("{")):
+            where = f"stream state {state}"
             state = Path(state).read_text()
         if isinstance(state, str):
-            state = json.loads(state)
+            try:
+                state = json.loads(state)
+            except ValueError:
+                raise ValueError(f"{where} is not JSON (truncated or damaged)") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{where} is a {type(state).__name__}, not what StayStream.state() returns")
+        given = state.get("digest")
+        if given is not None and given != _state_digest({k: v for k, v in state.items() if k != "digest"}):
+            raise ValueError(f"{where} does not match its digest: edited or damaged since it was saved")
+        try:
+            self._restore_checked(state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            if isinstance(exc, ValueError) and str(exc).startswith(("stream state format", "this stream state")):
+                raise
+            raise ValueError(f"{where} is not one StayStream.state() wrote ({type(exc).__name__}: "
+                             f"{str(exc)[:120]})") from None
+
+    def _restore_checked(self, state):
+        e = self._e
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"stream state format {state.get('format')!r} is not {STATE_FORMAT}")
         if state.get("model") != e.digest:
@@ -455,6 +476,13 @@ def _parse_text(values, column: str) -> np.ndarray:
 
 def _is_pandas(obj) -> bool:
     return type(obj).__module__.startswith("pandas") and hasattr(obj, "iloc")
+
+
+def _state_digest(state: dict) -> str:
+    """SHA-256 of a state's canonical JSON (sorted keys): the same for its JSON and safetensors forms."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(state, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
 
 
 def _listed(a) -> list:

@@ -365,3 +365,26 @@ def test_rows_of_another_stay_are_refused(model, stays):
     rest = rows_a.filter(pl.col("time") >= 10).with_columns(pl.col("stay_id").cast(pl.String))  # "123" is 123
     restored.update(rest.head(3).drop("stay_id"))  # rows without ids are the stream's stay's
     assert_close(restored.update(rest.slice(3)), expected_risk(model, rows_a))
+
+
+def test_an_edited_damaged_or_foreign_state_is_one_clear_error(model, stays, tmp_path):
+    """A state carries the SHA-256 of its content: an edit (last_time cleared let earlier rows in, a silent wrong
+    risk) or damage is refused; a state that is not one at all is one ValueError naming it, never a bare
+    KeyError or numpy error."""
+    rows = next(iter(stays.values()))
+    s = model.stream()
+    s.update(rows.filter(pl.col("time") < 10))
+    state = s.state()
+    for key, value in (("last_time", None), ("open", 1000), ("rows", [[0], [1.0], [2.0]])):
+        with pytest.raises(ValueError, match="does not match its digest: edited or damaged"):
+            model.stream({**state, key: value})
+    path = s.save(tmp_path / "state.json")
+    path.write_text(path.read_text()[:200])
+    with pytest.raises(ValueError, match=r"state\.json is not JSON \(truncated or damaged\)"):
+        StayStream.load(model, path)
+    with pytest.raises(ValueError, match="is a list, not what StayStream.state"):
+        model.stream([1, 2])
+    old = {k: v for k, v in state.items() if k != "digest"}  # saved before states carried a digest
+    assert model.stream(old).risk == s.risk
+    with pytest.raises(ValueError, match="is not one StayStream.state"):
+        model.stream({**old, "open": -3, "carry": []})
