@@ -295,7 +295,8 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
     else:
         ev = None
         on = (f"{', '.join(parts.sources)}, out of fold ({len(ids)} stays; each stay scored by the networks and "
-              f"members that did not train on it)")
+              f"members that did not train on it; the stacking, calibrator and threshold are fitted on these same "
+              f"out-of-fold scores: a small optimism for the shipped row's Brier, ECE and min(Se, +P))")
     evaluation = evaluate_fit(fitted, y, cfg.calibration.threshold_rule, parts.outcomes, ids, cfg.evaluation.n_boot,
                               cfg.evaluation.seed, on, ev, log)
     model.metadata = {
