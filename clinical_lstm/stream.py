@@ -90,8 +90,10 @@ class _Engine:
 
 
 def engine(model) -> _Engine:
-    """The model's cached :class:`_Engine` (rebuilt if its networks, transformer or calibrator were replaced)."""
-    key = (id(model.transformer), id(model.calibrator), tuple(id(n) for n in model.networks))
+    """The model's cached :class:`_Engine` (rebuilt if its networks, transformer, calibrator, summary head or
+    threshold were replaced: its digest, stamped on every state, must be the model's)."""
+    key = (id(model.transformer), id(model.calibrator), tuple(id(n) for n in model.networks), id(model.head),
+           float(model.threshold))
     cached = model.__dict__.get("_stream_engine")
     if cached is None or cached[0] != key:
         cached = (key, _Engine(model))

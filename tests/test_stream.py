@@ -388,3 +388,17 @@ def test_an_edited_damaged_or_foreign_state_is_one_clear_error(model, stays, tmp
     assert model.stream(old).risk == s.risk
     with pytest.raises(ValueError, match="is not one StayStream.state"):
         model.stream({**old, "open": -3, "carry": []})
+
+
+def test_a_changed_threshold_gives_the_stream_the_models_new_digest(stays):
+    from helpers import tiny_model
+
+    m = tiny_model(seed=3)
+    rows = next(iter(stays.values()))
+    before = m.stream()
+    before.update(rows.filter(pl.col("time") < 5))
+    m.threshold = 0.01  # the model's digest covers its threshold
+    after = m.stream()
+    assert after.state()["model"] == m.digest() != before.state()["model"]
+    with pytest.raises(ValueError, match="different model"):
+        m.stream(before.state())
