@@ -44,6 +44,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -106,11 +107,16 @@ def check_catalogue(have: Catalogue, expected) -> None:
     added = sorted(set(cat.names) - set(have.names))
     removed = sorted(set(have.names) - set(cat.names))
     changed = sorted(n for n in set(cat.names) & set(have.names) if cat[n] != have[n])
+    if not (added or removed or changed):  # the same definitions: only the order differs
+        why = "the same variables in another order (a catalogue's order is the model's input layout)"
+    else:
+        described = [n for n in changed if replace(cat[n], description="") == replace(have[n], description="")]
+        why = (f"only in the job's: {added or 'none'}; only in the model's: {removed or 'none'}; defined "
+               f"differently: {changed or 'none'}"
+               + (f" (of which only the description differs: {described})" if described else ""))
     raise DataError(f"model/catalogue version mismatch: the model was trained on catalogue "
-                    f"{have.digest()[:12]}, the job expects {cat.digest()[:12]} ({expected}); "
-                    f"only in the job's: {added or 'none'}; only in the model's: {removed or 'none'}; "
-                    f"defined differently: {changed or 'none'}. Score with a model trained on this catalogue, "
-                    f"or pass the model's catalogue")
+                    f"{have.digest()[:12]}, the job expects {cat.digest()[:12]} ({expected}); {why}. Score with a "
+                    f"model trained on this catalogue, or pass the model's catalogue")
 
 
 def _scored_schema(explain: int, id_dtype=pl.Int64) -> dict:

@@ -399,6 +399,19 @@ def test_catalogue_mismatch_is_refused(model, tmp_path):
     score_batch(model, good, tmp_path / "s.parquet", catalogue="default", log=lambda _: None)  # its own: fine
 
 
+def test_a_catalogue_that_differs_in_order_or_description_only_says_so(model, tmp_path):
+    good = write_csv(tmp_path / "good.csv", GOOD)
+    header, *rows = Catalogue.default().to_csv_text().splitlines(keepends=True)
+    (tmp_path / "reordered.csv").write_text(header + "".join(reversed(rows)))
+    with pytest.raises(DataError, match="the same variables in another order"):
+        score_batch(model, good, tmp_path / "s.parquet", catalogue=tmp_path / "reordered.csv", log=lambda _: None)
+    described = [r.replace("Heart rate", "Pulse") if r.startswith("HR,") else r for r in rows]
+    assert described != rows
+    (tmp_path / "described.csv").write_text(header + "".join(described))
+    with pytest.raises(DataError, match=r"defined differently: \['HR'\] \(of which only the description differs"):
+        score_batch(model, good, tmp_path / "s.parquet", catalogue=tmp_path / "described.csv", log=lambda _: None)
+
+
 def test_cli_catalogue_mismatch_exits_2(model_dir, tmp_path):
     good = write_csv(tmp_path / "good.csv", GOOD)
     catalogue = _changed_catalogue(tmp_path / "catalogue.csv")
