@@ -365,6 +365,14 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
         if provenance:
             model.metadata["source"] = provenance
 
+    if explain:
+        from .explain import player_names
+
+        players = len(player_names(model.transformer))
+        if explain > players:  # no stay has more contributions than the model has variables
+            log(f"warning: --explain {explain} exceeds the model's {players} explained variables; "
+                f"the top {players} are written")
+            explain = players
     job = _Job(model, source, inputs, out, given, explain, chunk_stays, log)
     try:
         job.work.open(job.fingerprint, restart, log)

@@ -412,6 +412,16 @@ def test_a_catalogue_that_differs_in_order_or_description_only_says_so(model, tm
         score_batch(model, good, tmp_path / "s.parquet", catalogue=tmp_path / "described.csv", log=lambda _: None)
 
 
+def test_explain_beyond_the_models_variables_is_capped_and_said(model, tmp_path):
+    from clinical_lstm.explain import player_names
+
+    players = len(player_names(model.transformer))
+    scored, _, _, lines = run_job(model, tmp_path, [write_csv(tmp_path / "good.csv", GOOD)], explain=players + 50)
+    tops = [c for c in scored.columns if c.startswith("top") and c.endswith("_variable")]
+    assert len(tops) == players and scored[f"top{players}_variable"].null_count() < scored.height
+    assert any(f"exceeds the model's {players} explained variables" in line for line in lines)
+
+
 def test_cli_catalogue_mismatch_exits_2(model_dir, tmp_path):
     good = write_csv(tmp_path / "good.csv", GOOD)
     catalogue = _changed_catalogue(tmp_path / "catalogue.csv")
