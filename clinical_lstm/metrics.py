@@ -30,6 +30,7 @@ BOOTSTRAP_METRICS = ("auroc", "auprc", "brier", "ece", "hosmer_lemeshow", "min_s
 METRIC_KEYS = (*BOOTSTRAP_METRICS, "sensitivity", "ppv", "prevalence", "n")
 DIFFERENCE_METRICS = ("auroc", "auprc", "brier", "ece", "min_se_ppv")  # a difference of H-L means nothing
 MIN_CLASS_FOR_INTERVAL = 10  # fewer deaths (or survivors) than this: intervals get a note and a warning
+MIN_REPLICATES_FOR_INTERVAL = 100  # fewer bootstrap replicates than this: the interval's tails are a few draws
 SUBGROUP_COLUMNS = ("group", "level", "n", "deaths", "auroc", "auprc", "brier", "min_se_ppv")
 SEX_LEVELS = ("female", "male", "unknown")
 AGE_LEVELS = ("<50", "50-64", "65-79", "80+", "unknown")
@@ -429,6 +430,13 @@ def _bc_interval(values: np.ndarray, estimate: float, alpha: float) -> tuple[flo
     return float(min(lower, estimate)), float(max(upper, estimate))
 
 
+def _notes(class_note: str, n_boot: int) -> str:
+    """An interval's note: the small-class one, and one when there are too few replicates for its tails."""
+    few = (f"only {n_boot} bootstrap replicate{'s' if n_boot != 1 else ''}: interval rough"
+           if n_boot < MIN_REPLICATES_FOR_INTERVAL else "")
+    return "; ".join(n for n in (class_note, few) if n)
+
+
 def _small_class_note(y01: np.ndarray, where: str) -> str:
     """``"only 1 death: interval not meaningful"`` (and a UserWarning) when a class is under the minimum."""
     n_pos = int(y01.sum())
@@ -480,7 +488,7 @@ def evaluate(
     """
     y01, p = check_binary_inputs(y, p, both_classes=True)
     threshold, n_boot = _check_bootstrap_args(threshold, n_boot, alpha)
-    note = _small_class_note(y01, "evaluate")
+    note = _notes(_small_class_note(y01, "evaluate"), n_boot)
     (reps,) = _bootstrap(y01, [(p, threshold)], n_boot, seed)
     return _estimates(binary_metrics(y01, p, threshold), reps, alpha, note)
 
@@ -536,7 +544,7 @@ def paired_difference(
     _, p_b = check_binary_inputs(y01, p_b, name="p_b")
     threshold_a, n_boot = _check_bootstrap_args(threshold_a, n_boot, alpha)
     threshold_b = _check_threshold(threshold_b)
-    note = _small_class_note(y01, "paired_difference")
+    note = _notes(_small_class_note(y01, "paired_difference"), n_boot)
     point_a, point_b = binary_metrics(y01, p_a, threshold_a), binary_metrics(y01, p_b, threshold_b)
     reps_a, reps_b = _bootstrap(y01, [(p_a, threshold_a), (p_b, threshold_b)], n_boot, seed)
     return _differences(point_a, point_b, reps_a, reps_b, alpha, note)
@@ -560,7 +568,7 @@ def compare_models(
     checked = [(check_binary_inputs(y01, p, name=f"p of {n!r}")[1], _check_threshold(t))
                for n, (p, t) in models.items()]
     _, n_boot = _check_bootstrap_args(checked[0][1], n_boot, alpha)
-    note = _small_class_note(y01, "evaluate")
+    note = _notes(_small_class_note(y01, "evaluate"), n_boot)
     points = [binary_metrics(y01, p, t) for p, t in checked]
     reps = _bootstrap(y01, checked, n_boot, seed)
     metrics = {n: _estimates(pt, r, alpha, note) for n, pt, r in zip(names, points, reps, strict=True)}

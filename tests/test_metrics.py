@@ -298,7 +298,7 @@ def test_small_class_note_names_the_counts(deaths, survivors, note):
     p = np.linspace(0.1, 0.9, len(y))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        est = evaluate(y, p, 0.5, n_boot=50, seed=0)
+        est = evaluate(y, p, 0.5, n_boot=100, seed=0)
     assert {e.note for e in est.values()} == {note}
     assert len(record) == (1 if note else 0)
 
@@ -462,8 +462,26 @@ def test_the_printed_table_keeps_its_columns_when_intervals_carry_a_note():
     probs = {"shipped": (np.clip(y * 0.4 + rng.random(60) * 0.5, 0, 1), 0.5), "other": (rng.random(60), 0.5)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        text = compare(probs, y, "60 stays", 50, 0).table()
+        text = compare(probs, y, "60 stays", 100, 0).table()
     rows = [line for line in text.splitlines() if line.startswith(("shipped", "other", "  other"))]
     assert len(rows) == 3 and len({len(r) for r in rows}) == 1  # aligned
     assert text.count("only 7 deaths: interval not meaningful") == 1
     assert text.splitlines()[-1] == "note: only 7 deaths: interval not meaningful"
+
+
+def test_too_few_replicates_is_said_on_every_interval():
+    """An interval from a handful of bootstrap replicates (evaluate --n-boot 1 printed one as "95 %") carries a
+    note, alone or after the small-class one; from 100 on, none."""
+    y, p = simulated(400, seed=4)
+    assert {e.note for e in evaluate(y, p, 0.3, n_boot=20, seed=0).values()} == {
+        "only 20 bootstrap replicates: interval rough"}
+    assert {e.note for e in evaluate(y, p, 0.3, n_boot=1, seed=0).values()} == {
+        "only 1 bootstrap replicate: interval rough"}
+    assert {e.note for e in evaluate(y, p, 0.3, n_boot=100, seed=0).values()} == {""}
+    y1 = np.zeros(60, int)
+    y1[0] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        both = paired_difference(y1, np.linspace(0.9, 0.1, 60), np.linspace(0.1, 0.9, 60), 0.5, 0.5, n_boot=20)
+    assert {e.note for e in both.values()} == {
+        "only 1 death: interval not meaningful; only 20 bootstrap replicates: interval rough"}
