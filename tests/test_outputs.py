@@ -173,23 +173,26 @@ def _started(out, proc, timeout=120):
 def test_a_stopped_or_killed_train_leaves_no_patient_data_behind(cohort, tmp_path):
     """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C: exit 143, the work folder removed. SIGKILL runs
     nothing; the next run into the folder removes what the killed one left, then trains as usual."""
-    (tmp_path / "tiny.toml").write_text('[train]\nfolds = 2\nepochs = 1\npatience = 1\ndevice = "cpu"\n'
-                                        '[model]\nhidden_size = 8\n[evaluation]\nn_boot = 20\nexplain_stays = 0\n')
+    for name, epochs in (("tiny", 1), ("slow", 500)):  # slow: still training when the signal comes, however busy
+        (tmp_path / f"{name}.toml").write_text(  # the machine is (a job that had ended could not be stopped)
+            f'[train]\nfolds = 2\nepochs = {epochs}\npatience = {epochs}\ndevice = "cpu"\n'
+            '[model]\nhidden_size = 8\n[evaluation]\nn_boot = 20\nexplain_stays = 0\n')
     out = tmp_path / "run"
     args = ("train", "--data", str(cohort / "data.csv"), "--labels", str(cohort / "labels.csv"), "--out", str(out),
-            "--config", str(tmp_path / "tiny.toml"), "--no-tracking", "--no-progress")
-    proc = _cli(*args)
+            "--no-tracking", "--no-progress", "--config")
+    proc = _cli(*args, str(tmp_path / "slow.toml"))
     _started(out, proc)
+    assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and err.strip().endswith("terminated"), err
     assert not list(out.glob(".*")) and not (out / "model").exists()
-    proc = _cli(*args)
+    proc = _cli(*args, str(tmp_path / "slow.toml"))
     _started(out, proc)
     proc.kill()
     proc.wait(timeout=60)
     assert [p.name.split(".")[2] for p in out.glob(".work.*")] == [str(proc.pid)]  # what SIGKILL leaves
-    proc = _cli(*args)
+    proc = _cli(*args, str(tmp_path / "tiny.toml"))
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert not list(out.glob(".*")) and (out / "model" / "bundle.json").is_file()
