@@ -105,12 +105,12 @@ def as_raw(data) -> RawData:
         columns = list(getattr(data, "columns", ()))
         try:
             if "stay_id" in columns and data["stay_id"].dtype == object:  # e.g. uuid.UUID
-                data = data.assign(stay_id=[_as_text(v) for v in data["stay_id"]])
+                data = data.assign(stay_id=[_cell_text(v) for v in data["stay_id"]])
             try:
                 data = pl.from_pandas(data)
             except (TypeError, ValueError):  # an object column mixing kinds (1.5 and "n/a", 0.5 and "00:30"):
                 mixed = [c for c in LONG_COLUMNS if c in columns and data[c].dtype == object]
-                data = data.assign(**{c: [_as_text(v) for v in data[c]] for c in mixed})  # text, as a CSV is read
+                data = data.assign(**{c: [_cell_text(v) for v in data[c]] for c in mixed})  # text, as a CSV is read
                 data = pl.from_pandas(data)
         except (TypeError, ValueError, ImportError):  # the reader's message may quote cells: not repeated here
             odd = [c for c in columns if str(getattr(data[c], "dtype", "")) == "object"]
@@ -126,7 +126,7 @@ def as_raw(data) -> RawData:
     return RawData(long=df, stays=df["stay_id"].unique().sort(), sources=["<dataframe>"])
 
 
-def _as_text(value) -> str | None:
+def _cell_text(value) -> str | None:
     """One cell of a pandas object column as text (None and NaN: missing), as the CSV reader would have read it."""
     if value is None or (isinstance(value, float) and value != value):
         return None

@@ -338,27 +338,24 @@ def read_contract(path: str | Path) -> dict:
 
 def _embedded_contract(path: Path) -> dict | None:
     """The contract in the file's own metadata (ONNX ``metadata_props``, TorchScript's extra file), or None."""
+    if path.suffix == ".onnx":
+        import onnx
+        from google.protobuf.message import DecodeError  # onnx's parser (protobuf is onnx's own dependency)
+
+        try:
+            props = onnx.load(str(path), load_external_data=False).metadata_props
+        except (OSError, DecodeError) as exc:
+            raise ValueError(f"{path} is not an ONNX file ({type(exc).__name__}): export it again") from None
+        return next((json.loads(p.value) for p in props if p.key == CONTRACT_KEY), None)
+    import torch
+
+    extra = {TORCHSCRIPT_CONTRACT_FILE: ""}
     try:
-        if path.suffix == ".onnx":
-            import onnx
-
-            for p in onnx.load(str(path), load_external_data=False).metadata_props:
-                if p.key == CONTRACT_KEY:
-                    return json.loads(p.value)
-            return None
-        import torch
-
-        extra = {TORCHSCRIPT_CONTRACT_FILE: ""}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.load(str(path), _extra_files=extra)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{path} cannot be read as an exported {path.suffix.lstrip('.') or 'model'} file "
-                         f"({type(exc).__name__}): export it again") from None
-    except Exception as exc:  # onnx's protobuf DecodeError is no ValueError
-        if type(exc).__name__ != "DecodeError":
-            raise
-        raise ValueError(f"{path} is not an ONNX file (it does not parse): export it again") from None
+        raise ValueError(f"{path} is not a TorchScript file ({type(exc).__name__}): export it again") from None
     return json.loads(extra[TORCHSCRIPT_CONTRACT_FILE]) if extra[TORCHSCRIPT_CONTRACT_FILE] else None
 
 

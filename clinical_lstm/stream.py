@@ -270,21 +270,19 @@ class StayStream:
         given = state.get("digest")
         if given is not None and given != _state_digest({k: v for k, v in state.items() if k != "digest"}):
             raise ValueError(f"{where} does not match its digest: edited or damaged since it was saved")
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"stream state format {state.get('format')!r} is not {STATE_FORMAT}")
+        if state.get("model") != self._e.digest:
+            raise ValueError("this stream state was saved from a different model (catalogue, transformer, "
+                             "weights or calibrator differ); resume it with the model that produced it")
         try:
-            self._restore_checked(state)
+            self._restore_fields(state)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            if isinstance(exc, ValueError) and str(exc).startswith(("stream state format", "this stream state")):
-                raise
             raise ValueError(f"{where} is not one StayStream.state() wrote ({type(exc).__name__}: "
                              f"{str(exc)[:120]})") from None
 
-    def _restore_checked(self, state):
+    def _restore_fields(self, state):
         e = self._e
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"stream state format {state.get('format')!r} is not {STATE_FORMAT}")
-        if state.get("model") != e.digest:
-            raise ValueError("this stream state was saved from a different model (catalogue, transformer, "
-                             "weights or calibrator differ); resume it with the model that produced it")
         self._stay_id = state.get("stay_id")
         self._last_time = None if state["last_time"] is None else float(state["last_time"])
         self._open, self._has_series = int(state["open"]), bool(state["has_series"])

@@ -272,3 +272,13 @@ def with_conflicts(long: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
         extra += [(sid, 0.0, "Age", 47.0), dup, (dup[0], dup[1], dup[2], dup[3] + 3.0)]
     out = pl.concat([long, pl.DataFrame(extra, schema=long.schema, orient="row")])
     return out.sample(fraction=1.0, shuffle=True, seed=seed)
+
+
+def run_cli(*args, cwd=None, timeout: int = 600):
+    """``clinical-lstm ARGS`` in a real subprocess (``python -m clinical_lstm.cli``), output captured as text."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "clinical_lstm.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import run_cli
 
 SAMPLE_STAYS = 500  # clinical_lstm/data/sample/set-a500.tar.gz
 FAST = """
@@ -23,10 +23,7 @@ n_boot = 100
 """
 
 
-def run(*args, cwd=None):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "clinical_lstm.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+run = run_cli
 
 
 @pytest.fixture(scope="module")

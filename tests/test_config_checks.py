@@ -5,12 +5,10 @@ when the config is built, before any data are read."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import subprocess
-import sys
 
 import pytest
+from helpers import run_cli
 
 from clinical_lstm import config
 from clinical_lstm.config import Config, DataConfig, JobConfig, Section, load
@@ -53,8 +51,7 @@ def test_a_huge_grid_exits_2_before_any_data_is_read(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[data]\nresolution_hours = 1e-6\n")
     argv = ["prepare", "--data", "sample", "--out", str(tmp_path / "p"), "--config", str(cfg)]
-    res = subprocess.run([sys.executable, "-m", "clinical_lstm.cli", *argv], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    res = run_cli(*argv, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     assert "48,000,000 bins per stay, more than the 10,000 allowed" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "p").exists()

@@ -5,21 +5,12 @@ good file's stays are prepared and evaluated."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import polars as pl
 import pytest
-from helpers import random_long, tiny_model
+from helpers import random_long, run_cli, tiny_model
 
 N = 40
-
-
-def run(*args, cwd):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "clinical_lstm.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +34,7 @@ def empty(request, tmp_path):
 def test_an_input_without_stays_is_a_one_line_error(files, empty, command, tmp_path):
     options = {"prepare": [], "train": ["--labels", str(files / "labels.csv"), "--no-tracking"],
                "evaluate": ["--model", str(files / "model"), "--labels", str(files / "labels.csv")]}[command]
-    res = run(command, "--data", str(empty), "--out", str(tmp_path / "out"), *options, cwd=tmp_path)
+    res = run_cli(command, "--data", str(empty), "--out", str(tmp_path / "out"), *options, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     assert res.stderr.splitlines() == [f"clinical-lstm {command}: error: no stays in {empty} (empty files or "
                                        f"headers only)"]
@@ -52,7 +43,7 @@ def test_an_input_without_stays_is_a_one_line_error(files, empty, command, tmp_p
 
 def test_an_input_without_stays_beside_a_good_one(files, empty, tmp_path):
     """The good file's stays are prepared (and evaluated) whole; the empty input adds none."""
-    res = run("prepare", "--data", str(files / "good.csv"), "--data", str(empty), "--out", str(tmp_path / "p"),
+    res = run_cli("prepare", "--data", str(files / "good.csv"), "--data", str(empty), "--out", str(tmp_path / "p"),
               cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "p" / "quality_report.json").read_text())
@@ -60,7 +51,7 @@ def test_an_input_without_stays_beside_a_good_one(files, empty, tmp_path):
     assert report["empty_sources"] == [empty.name]  # said in the report and on screen, not silently left out
     assert f"no stays in {empty.name} (empty file or header only)" in res.stdout
     assert pl.read_parquet(tmp_path / "p" / "grid.parquet")["stay_id"].n_unique() == N
-    res = run("evaluate", "--model", str(files / "model"), "--data", str(empty), "--data", str(files / "good.csv"),
+    res = run_cli("evaluate", "--model", str(files / "model"), "--data", str(empty), "--data", str(files / "good.csv"),
               "--labels", str(files / "labels.csv"), "--out", str(tmp_path / "ev"), "--n-boot", "10", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["evaluated_on"] == f"{N} stays"

@@ -300,7 +300,7 @@ def test_a_contract_that_is_not_the_files_own_is_refused(model, stacked, long, t
     want = stacked.predict(long).filter(pl.col("risk").is_not_null()).sort("stay_id")
     np.testing.assert_allclose(got["risk"].to_numpy(), want["risk"].to_numpy(), atol=TOL, rtol=0)
     (tmp_path / "c.onnx").write_bytes(b"not a graph at all")
-    with pytest.raises(ValueError, match=r"c\.onnx is not an ONNX file|c\.onnx cannot be read"):
+    with pytest.raises(ValueError, match=r"c\.onnx is not an ONNX file \(DecodeError\)"):
         ExportedModel(tmp_path / "c.onnx")
 
 
