@@ -216,7 +216,7 @@ class SummaryBaselines:
         )
         return {MODEL_NAMES[0]: logistic, MODEL_NAMES[1]: boosting}
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> SummaryBaselines:
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> SummaryBaselines:
         """Fit both models.
 
         Parameters
@@ -225,6 +225,11 @@ class SummaryBaselines:
             Summary features (NaN = missing).
         y : numpy.ndarray, shape (n_stays,)
             0/1 labels; both classes must be present.
+        groups : numpy.ndarray, shape (n_stays,), optional
+            The stay of each row when a stay gives several rows (landmark snapshots). The boosting's early
+            stopping then holds out whole stays (:meth:`_boosting_rounds`): rows of one stay on both sides of
+            its validation split would let it overfit unchecked (its out-of-fold risks came out 0.02 for a
+            death rate of 0.14 on the bundled sample).
 
         Returns
         -------
@@ -252,11 +257,35 @@ class SummaryBaselines:
                              f"boosting could split on none; fit on more stays")
         models = self._build(usable)
         with self._threads():
+            if groups is not None:  # leaves of MIN_SAMPLES_LEAF stays, not rows: a leaf of 20 rows could be 2 stays
+                hgb = models[MODEL_NAMES[1]].steps[-1][1]
+                rows_per_stay = len(groups) / max(1, len(np.unique(groups)))
+                hgb.set_params(min_samples_leaf=int(round(MIN_SAMPLES_LEAF * rows_per_stay)))
+                hgb.set_params(early_stopping=False, max_iter=self._boosting_rounds(models[MODEL_NAMES[1]], X, y,
+                                                                                      np.asarray(groups)))
             for model in models.values():
                 model.fit(X, y.astype(np.int64))
         self.models_ = models
         self.n_features_in_ = X.shape[1]
         return self
+
+    def _boosting_rounds(self, pipe: Pipeline, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> int:
+        """The boosting rounds by early stopping on whole stays: a copy fitted for the most rounds on the rows of
+        85 % of the stays, its validation log-loss on the rest after every round; the best round count."""
+        from sklearn.base import clone
+        from sklearn.metrics import log_loss
+
+        unique = np.unique(groups)
+        rng = np.random.default_rng(self.seed)
+        held = np.isin(groups, rng.choice(unique, size=max(1, int(round(0.15 * len(unique)))), replace=False))
+        if y[held].min() == y[held].max() or y[~held].min() == y[~held].max():
+            return int(pipe.steps[-1][1].max_iter)  # too few stays to hold some out: every round
+        trial = clone(pipe)
+        trial.steps[-1][1].set_params(early_stopping=False)
+        trial.fit(X[~held], y[~held].astype(np.int64))
+        Xv = trial[:-1].transform(X[held])
+        losses = [log_loss(y[held], p[:, 1], labels=[0, 1]) for p in trial.steps[-1][1].staged_predict_proba(Xv)]
+        return int(np.argmin(losses)) + 1
 
     def predict_proba(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Positive-class probability of each model.

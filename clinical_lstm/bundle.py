@@ -35,7 +35,7 @@ from .model import MaskedLSTM
 from .sources import LONG_COLUMNS, DataError, RawData, checked_ids
 from .validate import QualityReport, stay_quality, validate
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: summaries end with the hour; the stacking weights vary with it
 
 #: The columns every "risk per stay" output starts with: ``predict``, batch scoring, Spark, the MLflow pyfunc
 #: and the ONNX runtime. A rejected stay has a null risk, flag, n_observations and quality_flags and a reason.

@@ -408,6 +408,8 @@ class Cohort:
     shape: tuple[int, int]  # (T, V)
     transformer: GridTransformer
     parts: Parts
+    landmark_step: np.ndarray | None = None  # (N, L) the bin of each landmark snapshot, -1 where none
+    landmark_summary: np.ndarray | None = None  # (N, L, F) the summaries at those bins (NaN rows where none)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -419,9 +421,12 @@ class Cohort:
 
     @classmethod
     def build(cls, parts: Parts, transformer: GridTransformer, folder, require_labels: bool = True,
-              progress: bool = False) -> Cohort:
+              progress: bool = False, landmarks=None, final: bool = True) -> Cohort:
         """Pass 2 (module docstring): fit ``transformer`` when it is not fitted yet (on the labelled stays when
-        ``require_labels``), then write the inputs of those stays to ``folder/steps.f32``."""
+        ``require_labels``), then write the inputs of those stays to ``folder/steps.f32``. With ``landmarks``
+        (hours), also keep each stay's summaries at those hours and, with ``final``, at its last bin
+        (:meth:`~clinical_lstm.impute.GridTransformer.landmark_steps`): the snapshots the summary members are
+        fitted on, or a report's hours."""
         from tqdm.auto import tqdm
 
         labelled = parts.labelled().outcomes["stay_id"] if require_labels else None
@@ -441,7 +446,7 @@ class Cohort:
         path = Path(folder) / "steps.f32"
         path.parent.mkdir(parents=True, exist_ok=True)
         T, V = transformer.n_bins, len(transformer.catalogue.series)
-        ids, lengths, statics, summary, raw = [], [], [], [], []
+        ids, lengths, statics, summary, raw, lm_step, lm_summary = [], [], [], [], [], [], []
         bar = tqdm(total=len(parts.files), desc="model inputs", unit="part", disable=not progress, leave=False)
         with path.open("wb") as f:
             for g in parts.grids():
@@ -456,6 +461,10 @@ class Cohort:
                 statics.append(t.statics[k])
                 summary.append(t.summary[k])
                 raw.append(g.statics[k])
+                if landmarks is not None:
+                    steps = transformer.landmark_steps(g.lengths, landmarks, final)
+                    lm_step.append(steps[k])
+                    lm_summary.append(transformer.landmark_summaries(g, steps)[k])
         bar.close()
         ids = np.concatenate(ids) if ids else no_ids(parts.id_kind)  # every stay left out: still the labels' kind
         order = np.argsort(ids, kind="stable")
@@ -463,9 +472,14 @@ class Cohort:
             parts.outcomes.select("stay_id", "label"), on="stay_id", how="left")["label"].to_numpy().astype(np.int64)
         F = transformer.n_static_features
         cat = lambda parts_, width: np.concatenate(parts_)[order] if parts_ else np.zeros((0, width), np.float32)  # noqa: E731
+        lm = (None, None)
+        if landmarks is not None:
+            L = len(landmarks) + bool(final)
+            lm = (np.concatenate(lm_step)[order] if lm_step else np.zeros((0, L), np.int64),
+                  np.concatenate(lm_summary)[order] if lm_summary else np.zeros((0, L, 0), np.float32))
         return cls(path, order, ids[order], y, np.concatenate(lengths)[order] if lengths else np.zeros(0, np.int64),
                    cat(statics, F), cat(summary, 0), cat(raw, len(transformer.catalogue.statics)), (T, V),
-                   transformer, parts)
+                   transformer, parts, *lm)
 
     # -- reading ------------------------------------------------------------------------------------------------
     def read(self, idx) -> np.ndarray:

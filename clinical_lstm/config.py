@@ -85,6 +85,19 @@ class Kind:
         return None if isinstance(value, self.types) else f"must be {' or '.join(t.__name__ for t in self.types)}"
 
 
+@dataclass(frozen=True)
+class Hours:
+    """A non-empty list of positive, finite hours (a TOML array of numbers)."""
+
+    def check(self, value) -> str | None:
+        if not isinstance(value, (list, tuple)) or not value:
+            return "must be a non-empty list of hours"
+        for h in value:
+            if isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h <= 0:
+                return f"must hold positive, finite hours only (not {h!r})"
+        return None
+
+
 POSITIVE_INT, POSITIVE = Range(int, 1), Range(float, 0, open_low=True)
 FRACTION, NON_NEGATIVE = Range(float, 0, 1), Range(float, 0)
 BOOL, TEXT, OPTIONAL_TEXT = Kind((bool,)), Text(), Text(optional=True)  # no setting may be empty text
@@ -179,11 +192,13 @@ class ModelConfig(Section):
     attention: bool = False  # attention pooling over steps instead of the last state
     summaries: bool = True  # stack the networks with logistic regression and boosted trees on per-variable
     #                         summaries (clinical_lstm.summaries); false ships the masked LSTM alone
+    stack_knots: list = field(default_factory=lambda: [2.0, 6.0, 12.0, 24.0, 48.0])  # hours at which the stacking
+    #                         weights are fitted, linear in between, constant beyond (those inside the window)
 
     section: ClassVar[str] = "model"
     constraints: ClassVar[dict] = {"hidden_size": Range(int, 1, 4096), "num_layers": Range(int, 1, 8),
                                    "dropout": Range(float, 0, 0.95), "decay": BOOL, "attention": BOOL,
-                                   "summaries": BOOL}
+                                   "summaries": BOOL, "stack_knots": Hours()}
 
 
 @dataclass
@@ -200,13 +215,19 @@ class TrainConfig(Section):
     seed: int = 0  # seeds the folds and the networks
     device: str = "auto"  # "auto" picks CUDA when available, else "cpu" or "cuda"
     in_memory_gb: float = 1.0  # model inputs up to this size are held in memory; larger ones are read from disk
+    stop_fraction: float = 0.15  # of each network's training folds, set aside to early-stop on (its held-out fold
+    #                              is never looked at before it is final)
+    landmarks: list = field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 30.0, 36.0,
+                                                     42.0, 48.0])  # hours at which every training stay is
+    #                              summarized for the summary members and the stacking (plus its last bin)
 
     section: ClassVar[str] = "train"
     constraints: ClassVar[dict] = {
         "folds": Range(int, 2, 50), "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "lr": POSITIVE,
         "weight_decay": NON_NEGATIVE, "clip_norm": POSITIVE, "patience": POSITIVE_INT,
         "target_replication": NON_NEGATIVE, "pos_weight": Choice(("none", "sqrt", "balanced")),
-        "seed": Range(int, 0), "device": Choice(("auto", "cpu", "cuda")), "in_memory_gb": NON_NEGATIVE}
+        "seed": Range(int, 0), "device": Choice(("auto", "cpu", "cuda")), "in_memory_gb": NON_NEGATIVE,
+        "stop_fraction": Range(float, 0.05, 0.5), "landmarks": Hours()}
 
 
 @dataclass
@@ -224,10 +245,12 @@ class EvaluationConfig(Section):
     n_boot: int = 1000  # bootstrap replicates for the 95 % intervals
     seed: int = 0  # seed of the bootstrap
     explain_stays: int = 100  # evaluation stays explained for the global SHAP importance plot; 0 = none
+    hours: list = field(default_factory=lambda: [6.0, 12.0, 24.0, 36.0, 48.0])  # the report's every-hour table:
+    #                  each model's risk from the rows up to that hour, on the stays whose grid reaches it
 
     section: ClassVar[str] = "evaluation"
     constraints: ClassVar[dict] = {"n_boot": Range(int, 1, 100_000), "seed": Range(int, 0),
-                                   "explain_stays": Range(int, 0)}
+                                   "explain_stays": Range(int, 0), "hours": Hours()}
 
 
 @dataclass

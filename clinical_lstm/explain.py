@@ -61,7 +61,8 @@ def reference(t: Tensors, transformer) -> Tensors:
     hours = ((np.arange(T) + 1) * transformer.resolution_hours).astype(np.float32)
     delta = np.broadcast_to(np.where(valid, hours[None, :, None], 0), (N, T, V)).astype(np.float32)
     statics = np.broadcast_to(transformer.static_mean_.astype(np.float32), t.statics.shape).copy()
-    summary = summarize(Carry.empty(N, V), np.repeat(hours[t.lengths - 1][:, None], V, axis=1), statics)
+    now = hours[t.lengths - 1]  # (N,) the stay's hour: context, shared by the stay and its reference
+    summary = summarize(Carry.empty(N, V), np.repeat(now[:, None], V, axis=1), statics, now)
     return Tensors(x, np.zeros_like(t.mask), delta, t.lengths.copy(), statics, t.stay_ids.copy(), summary)
 
 

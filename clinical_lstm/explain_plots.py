@@ -41,8 +41,9 @@ def time_attributions(model, t, n: int, n_samples: int = 32, seed: int = 0) -> n
     lengths = torch.full((n_samples,), L, dtype=torch.int64)
     with torch.enable_grad():
         logit = torch.stack([net.eval()(*inputs, statics, lengths)[0] for net in model.networks]).mean(0)
-        if model.head is not None:
-            logit = logit * model.head.stack[0]
+        if model.head is not None:  # the LSTM's stacking weight at the stay's hour
+            hour = torch.tensor(L * model.transformer.resolution_hours, dtype=torch.float32)
+            logit = logit * model.head.weights(hour)[0][0]
         grads = torch.autograd.grad(logit.sum(), inputs)
     attr = sum((g.mean(0) * (s[0] - b[0])) for g, s, b in zip(grads, stay, base, strict=True))  # (L, V)
     return attr.detach().numpy()

@@ -249,7 +249,8 @@ class GridTransformer:
         x, mask, delta, carry = self.steps(grid.values, grid.obs_time, grid.bin_end_hours, Carry.empty(N, V))
         statics = self.static_features(grid.statics)
         last = delta[np.arange(N), grid.lengths - 1]  # (N, V) hours since each variable's last observation
-        summary = summarize(carry, last, statics)  # nothing is observed past a stay's length: its state then
+        now = np.asarray(grid.bin_end_hours, np.float32)[grid.lengths - 1]  # (N,) the end of the stay's last bin
+        summary = summarize(carry, last, statics, now)  # nothing is observed past a stay's length: its state then
         pad = np.arange(T)[None, :] >= grid.lengths[:, None]  # (N, T) past the true length
         for a in (x, delta):
             a[pad] = 0.0
@@ -262,7 +263,30 @@ class GridTransformer:
         N, T, V = grid.values.shape
         *_, delta, _, track = self.steps(grid.values, grid.obs_time, grid.bin_end_hours, Carry.empty(N, V),
                                          per_step=True)
-        return summarize(track, delta, self.static_features(grid.statics))
+        return summarize(track, delta, self.static_features(grid.statics),
+                         np.asarray(grid.bin_end_hours, np.float32)[None, :])
+
+    def landmark_steps(self, lengths: np.ndarray, hours, final: bool = True) -> np.ndarray:
+        """(N, L [+ 1]) the bin after which each stay is summarized at each of ``hours`` (the bin ending at that
+        hour), -1 where the stay's grid does not reach it; with ``final`` one more column, the stay's last bin
+        (-1 where it is one of the hours already, so no snapshot is taken twice)."""
+        T = self.n_bins
+        at = np.asarray([int(round(float(h) / self.resolution_hours)) - 1 for h in hours], np.int64)
+        at = np.clip(at, 0, T - 1)
+        lengths = np.asarray(lengths, np.int64)
+        steps = np.where(at[None, :] < lengths[:, None], at[None, :], -1)  # (N, L)
+        if final:
+            last = lengths - 1
+            last = np.where((last[:, None] == at[None, :]).any(axis=1), -1, last)
+            steps = np.concatenate([steps, last[:, None]], axis=1)
+        return steps
+
+    def landmark_summaries(self, grid: Grid, steps: np.ndarray) -> np.ndarray:
+        """(N, L, F) the summaries after bins ``steps`` (N, L) (:meth:`landmark_steps`; NaN rows where -1)."""
+        every = self.summary_steps(grid)  # (N, T, F)
+        out = np.take_along_axis(every, np.maximum(steps, 0)[:, :, None], axis=1)
+        out[steps < 0] = np.nan
+        return out
 
     def standardize(self, raw: np.ndarray) -> np.ndarray:
         """Aggregated values (..., V) -> standardized float32 (log1p first where ``log_``); NaN stays NaN."""

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,12 @@ from .files import write_frame, write_json
 
 MODEL_NAME = "masked LSTM"  # the network alone (the shipped model when it has no summary head)
 HYBRID_NAME = "masked LSTM + summaries"  # the default shipped model: the networks stacked with the summary members
+SUMMARIES_NAME = "summaries-only stack"  # the summary members stacked without the networks: what they add is the
+#                                          shipped model's lead over this row
 #: Report files free of stay identifiers: the only ones tracking logs.
 SAFE_TO_LOG = ("metrics.json", "roc.png", "pr.png", "calibration.png", "comparison.png", "subgroups.csv",
-               "history.csv", "global_importance.png", "global_importance.csv")
+               "history.csv", "global_importance.png", "global_importance.csv", "hours.png", "hours.csv",
+               "stacking.csv")
 REPORT_FILES = (*SAFE_TO_LOG, "quality_report.json", "rejects.csv")  # every file :func:`write` may write
 KEYS = ("auroc", "auprc", "brier", "ece", "min_se_ppv")
 
@@ -38,6 +41,7 @@ class Evaluation:
     probs: dict  # model name -> ((N,) probabilities, alert threshold); the shipped model first
     metrics: dict  # model name -> metric -> Estimate
     differences: dict  # baseline name -> metric -> Estimate of (model - baseline)
+    hours: dict = field(default_factory=dict)  # hour -> Evaluation of the risks from the rows up to that hour
 
     @property
     def shipped(self) -> str:
@@ -60,12 +64,48 @@ class Evaluation:
             for name, d in self.differences.items():
                 lines.append(f"  {name:<20}" + cells(d))
         lines += [f"note: {n}" for n in notes]
+        if self.hours:
+            lines += ["", self.hours_table()]
+        return "\n".join(lines)
+
+    def hours_table(self) -> str:
+        """Plain text: AUROC / AUPRC / mean risk of every model at every reported hour, then the shipped model's
+        paired lead over the summaries-only stack (what the networks add) there."""
+        names = list(next(iter(self.hours.values())).metrics)
+        lines = [f"every hour: the risk from the rows up to that hour, on the stays whose grid reaches it "
+                 f"(AUROC / AUPRC / mean risk; event rate in the header)", f"{'model':<24}" + "".join(
+                     f"{f'{h:g} h (n {len(e.y)}, {e.y.mean():.3f})':>24}" for h, e in self.hours.items())]
+        for name in names:
+            lines.append(f"{name:<24}" + "".join(
+                f"{_cell(e.metrics[name]['auroc'].value, e.metrics[name]['auprc'].value, e.probs[name][0].mean()):>24}"
+                for e in self.hours.values()))
+        for other in (SUMMARIES_NAME, MODEL_NAME):
+            if other in names and other != names[0]:
+                lines.append(f"lead over {other} (AUROC, AUPRC; 95 % paired interval):")
+                for h, e in self.hours.items():
+                    d = e.differences[other]
+                    lines.append(f"  {h:g} h  AUROC {d['auroc']}   AUPRC {d['auprc']}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"evaluated_on": self.on, "shipped": self.shipped,
-                "models": {n: {k: e.to_dict() for k, e in m.items()} for n, m in self.metrics.items()},
-                "differences": {n: {k: e.to_dict() for k, e in d.items()} for n, d in self.differences.items()}}
+        out = {"evaluated_on": self.on, "shipped": self.shipped,
+               "models": {n: {k: e.to_dict() for k, e in m.items()} for n, m in self.metrics.items()},
+               "differences": {n: {k: e.to_dict() for k, e in d.items()} for n, d in self.differences.items()}}
+        if self.hours:
+            out["hours"] = {f"{h:g}": {"stays": len(e.y), "deaths": int(e.y.sum()), "event_rate": float(e.y.mean()),
+                                       "mean_risk": {n: float(p.mean()) for n, (p, _) in e.probs.items()},
+                                       **{k: v for k, v in e.to_dict().items() if k in ("models", "differences")}}
+                            for h, e in self.hours.items()}
+            out["hours_rule"] = HOURS_RULE
+        return out
+
+
+HOURS_RULE = ("at hour h each model scores a stay from its rows up to h (the risk a stream or trajectory shows at "
+              "h); a stay counts at h when its grid reaches h, i.e. it has an observation after h - 1 bin")
+
+
+def _cell(auroc: float, auprc: float, mean: float) -> str:
+    return f"{auroc:.3f} / {auprc:.3f} / {mean:.3f}"
 
 
 def baselines(y: np.ndarray, fold: np.ndarray, members_oof: dict, rule: str, outcomes, ids,
@@ -101,8 +141,84 @@ def baselines(y: np.ndarray, fold: np.ndarray, members_oof: dict, rule: str, out
     return {name: ((on_test[name] if test else p), choose_threshold(y, p, rule)) for name, p in oof.items()}
 
 
+def hour_rows(fitted, test=None, hours=()) -> dict:
+    """``{hour: (stays (n,), {model: (n,) calibrated risk})}`` at each reported hour: every row of the report
+    (the shipped model, the networks alone, the summaries-only stack, each summary member). Out of fold from
+    the training snapshots, or on the test cohort ``test`` (built with ``landmarks=hours``, no final column)."""
+    model = fitted.model
+    shipped = HYBRID_NAME if model.head is not None else MODEL_NAME
+    order = [shipped] + [n for n in (MODEL_NAME, SUMMARIES_NAME, "logistic regression", "gradient boosting")
+                         if n != shipped]
+    out = {}
+    if test is None:
+        snaps = fitted.snapshots
+        for h in hours:
+            rows = np.flatnonzero(np.isclose(snaps.hour, h))  # report hours are landmarks: one row per stay
+            if len(rows):
+                out[h] = (snaps.stay[rows], {n: fitted.rows_oof[n][rows] for n in order})
+        return out
+    lstm, summary, step = test_step_logits(model, test), test.landmark_summary, test.landmark_step
+    for j, h in enumerate(hours):
+        stays = np.flatnonzero(step[:, j] >= 0)
+        if not len(stays):
+            continue
+        out[h] = (stays, member_risks(fitted, lstm[stays, j], summary[stays, j], order))
+    return out
+
+
+def test_step_logits(model, cohort) -> np.ndarray:
+    """(N, H) the networks' mean step logit of each stay of ``cohort`` at its ``landmark_step`` bins (NaN where -1),
+    block by block."""
+    import torch
+
+    from .model import predict_logits, to_torch
+
+    parts, start = [], 0
+    for t in cohort.blocks():
+        at = cohort.landmark_step[start:start + len(t)]
+        start += len(t)
+        with torch.inference_mode():
+            steps = predict_logits(model.networks, to_torch(t, torch.device("cpu")), steps=True)  # (b, T)
+        parts.append(np.where(at >= 0, np.take_along_axis(steps, np.maximum(at, 0), axis=1), np.nan))
+    return np.concatenate(parts) if parts else np.zeros(cohort.landmark_step.shape, np.float32)
+
+
+def member_risks(fitted, lstm: np.ndarray, summary: np.ndarray, order) -> dict:
+    """``{model: (n,) calibrated risk}`` of each report row from the networks' logit and the summaries."""
+    import torch
+    from scipy.special import expit
+
+    from .summaries import stack_logit
+
+    model, head = fitted.model, fitted.members
+    with torch.inference_mode():
+        s = torch.from_numpy(np.ascontiguousarray(summary, np.float32))
+        lin, trees = head.linear(s).numpy().astype(np.float64), head.trees(s).numpy().astype(np.float64)
+        shipped = head(torch.from_numpy(lstm.astype(np.float32)), s).numpy() if model.head is not None else lstm
+    hour = summary[:, -1]
+    knots = head.knots.numpy()
+    risks = {HYBRID_NAME: model.risk(shipped) if model.head is not None else None,
+             MODEL_NAME: fitted.lstm_calibrator.predict(lstm),
+             SUMMARIES_NAME: fitted.summaries_calibrator.predict(
+                 stack_logit(np.column_stack([lin, trees]), hour, *fitted.summaries_stack, knots)),
+             "logistic regression": expit(lin), "gradient boosting": expit(trees)}
+    return {n: risks[n] for n in order}
+
+
+def hourly(rows: dict, y: np.ndarray, thresholds: dict, n_boot: int, seed: int) -> dict:
+    """``{hour: Evaluation}`` from :func:`hour_rows` (thresholds: each model's end-of-stay alert threshold)."""
+    out = {}
+    for h, (stays, risks) in rows.items():
+        yh = y[stays]
+        if yh.min() == yh.max():  # one class only: no ranking metric at this hour
+            continue
+        out[h] = compare({n: (p, thresholds.get(n, 0.5)) for n, p in risks.items()}, yh, f"{len(stays)} stays at "
+                         f"{h:g} h", n_boot, seed)
+    return out
+
+
 def evaluate_fit(fitted, y: np.ndarray, rule: str, outcomes, ids, n_boot: int, seed: int, on: str,
-                 test: tuple | None = None, log=print) -> Evaluation:
+                 test: tuple | None = None, log=print, hours=()) -> Evaluation:
     """Every row of the comparison on the same stays: the shipped model, the networks alone (when the model
     stacks summary members), the summary members as the logistic-regression and gradient-boosting baselines,
     and SAPS-I. Out of fold on the training stays (``y``, ``ids``), or on separate test data
@@ -114,25 +230,35 @@ def evaluate_fit(fitted, y: np.ndarray, rule: str, outcomes, ids, n_boot: int, s
     from .model import predict_logits, to_torch
 
     model = fitted.model
-    alone = make_calibrator(type(model.calibrator).kind).fit(fitted.lstm_oof, y) if model.head is not None else None
+    snaps = fitted.snapshots
+    end = np.zeros(len(y), np.int64)
+    end[snaps.stay[snaps.final]] = np.flatnonzero(snaps.final)  # each training stay's end-of-stay row
+    shipped = HYBRID_NAME if model.head is not None else MODEL_NAME
+    names = [shipped] + [n for n in (MODEL_NAME, SUMMARIES_NAME) if n != shipped]
+    oof_end = {n: fitted.rows_oof[n][end] for n in names}
+    thresholds = {n: model.threshold if n == shipped else choose_threshold(y, oof_end[n], rule) for n in names}
     members_test = None
     if test:
         cohort, ev_y = test[0], test[1]
-        risk = model.risk(cohort.apply(model.logits))
         with torch.inference_mode():
+            lstm = cohort.apply(lambda t: predict_logits(model.networks, to_torch(t, torch.device("cpu"))))
             s = torch.from_numpy(cohort.summary)
             members_test = {"logistic regression": fitted.members.linear(s).numpy(),
                             "gradient boosting": fitted.members.trees(s).numpy()}
-            lstm = cohort.apply(lambda t: predict_logits(model.networks, to_torch(t, torch.device("cpu")))) \
-                if alone else None
+        at_end = member_risks(fitted, lstm, cohort.summary, names)
+        at_end[shipped] = model.risk(cohort.apply(model.logits))  # the shipped model's own definition
     else:
-        ev_y, risk, lstm = y, fitted.oof_risk, fitted.lstm_oof
-    probs = {(HYBRID_NAME if alone else MODEL_NAME): (risk, model.threshold)}
-    if alone:
-        probs[MODEL_NAME] = (alone.predict(lstm), choose_threshold(y, alone.predict(fitted.lstm_oof), rule))
-    probs.update(baselines(y, fitted.fold, fitted.members_oof, rule, outcomes, ids, members_test,
-                           (test[2], test[3]) if test else None, log))
-    return compare(probs, ev_y, on, n_boot, seed)
+        ev_y, at_end = y, oof_end
+    probs = {n: (at_end[n], thresholds[n]) for n in names}
+    base = baselines(y, fitted.fold, fitted.members_oof, rule, outcomes, ids, members_test,
+                     (test[2], test[3]) if test else None, log)
+    probs.update(base)
+    evaluation = compare(probs, ev_y, on, n_boot, seed)
+    if hours:
+        rows = hour_rows(fitted, test[0] if test else None, hours)
+        thresholds.update({n: t for n, (_, t) in base.items()})
+        evaluation.hours = hourly(rows, ev_y, thresholds, n_boot, seed)
+    return evaluation
 
 
 def compare(probs: dict, y: np.ndarray, on: str, n_boot: int, seed: int) -> Evaluation:

@@ -404,7 +404,8 @@ class StayStream:
             self._carry, self._net, self._closed = track.at(k - 1), net, []
         z = np.float32(logits.mean())  # the ensemble mean, as RiskModel.network_logits
         if self.model.head is not None:  # the summary members on the summaries so far, in the model's own head
-            z = np.float32(self.model.head.numpy_logit(z, summarize(carry, delta[:, -1], features[None])[0]))
+            now = e.bin_end[self._open]  # the open bin's end: the hour predict's last step is taken at
+            z = np.float32(self.model.head.numpy_logit(z, summarize(carry, delta[:, -1], features[None], now)[0]))
         self._logit = float(z)
         self._risk = float(self.model.risk(np.array([z]))[0])
 

@@ -11,14 +11,23 @@ export all compute them with :func:`summarize`. Per series variable, in standard
 ``<v>:hours``       hours since the last observation (since admission while never observed)
 ==================  ============================================================================
 
-then the static features of the transformer. NaN marks a statistic of a variable never observed.
+then the static features of the transformer, then ``hour``: the hours since admission at which the summary is
+taken (the end of the bin it follows). NaN marks a statistic of a variable never observed. ``hour`` is the
+*context* of a risk, not a measurement: it is no SHAP player (a stay and its "nothing measured" reference share
+it), and it lets the members and the stacking tell a 6-hour summary from a 48-hour one.
 
 **The members**: a regularized logistic regression (median imputation with missing indicators, standard
 scaling) and histogram gradient boosting, fitted with scikit-learn and then *exported* to plain arrays:
 :class:`SummaryHead` evaluates them in torch (the trees by a vectorized walk from the root), so the model's
 logit has one definition for ``predict``, the stream, SHAP and ONNX, and the bundle holds no pickle. They are
-also the report's logistic-regression and gradient-boosting baselines (same features, same folds): the
-shipped model's lead over them is the LSTM's contribution.
+fitted on *landmark snapshots* (each training stay summarized at many hours, :mod:`clinical_lstm.training`), so
+what they see in training is what they see at every hour of use.
+
+**The stacking** weighs the members' logits with weights that vary with the hour: piecewise linear between
+``knots`` (:func:`hour_basis`), fitted by one logistic regression on the out-of-fold snapshot logits
+(:func:`fit_stack`). The LSTM can carry the early hours and the summaries the late ones. What the networks add
+is the shipped model against the *summaries-only stack* (the same stacking without the LSTM logit), which every
+report shows.
 """
 
 from __future__ import annotations
@@ -28,15 +37,18 @@ import torch
 from torch import nn
 
 SERIES_STATS = ("first", "last", "min", "max", "mean", "count", "hours")
+HOUR = "hour"  # the last summary column: hours since admission at which the summary is taken
 
 
 def feature_names(series: list[str], static_features: list[str]) -> list[str]:
-    return [f"{v}:{s}" for v in series for s in SERIES_STATS] + list(static_features)
+    return [f"{v}:{s}" for v in series for s in SERIES_STATS] + list(static_features) + [HOUR]
 
 
-def summarize(carry, hours: np.ndarray, static_features: np.ndarray) -> np.ndarray:
+def summarize(carry, hours: np.ndarray, static_features: np.ndarray, now) -> np.ndarray:
     """The summary features: ``(..., V)`` running statistics (a :class:`~clinical_lstm.impute.Carry`) and hours
-    since each variable's last observation, plus ``(N, F_s)`` static features -> ``(..., 7V + F_s)`` float32.
+    since each variable's last observation, plus ``(N, F_s)`` static features, plus ``now`` (the hour since
+    admission the summary is taken at: a number, or an array broadcastable to the leading dimensions)
+    -> ``(..., 7V + F_s + 1)`` float32.
 
     Leading dimensions are ``(N,)`` for a stay's summary or ``(N, T)`` for one after every bin.
     """
@@ -46,7 +58,8 @@ def summarize(carry, hours: np.ndarray, static_features: np.ndarray) -> np.ndarr
     series = stats.reshape(*stats.shape[:-2], stats.shape[-2] * stats.shape[-1]).astype(np.float32)  # (..., V * 7): variable-major
     statics = np.broadcast_to(static_features.reshape(static_features.shape[0], *([1] * (series.ndim - 2)), -1),
                               (*series.shape[:-1], static_features.shape[-1]))
-    return np.concatenate([series, statics.astype(np.float32)], axis=-1)
+    hour = np.broadcast_to(np.asarray(now, np.float32), series.shape[:-1])[..., None]
+    return np.concatenate([series, statics.astype(np.float32), hour], axis=-1)
 
 
 def player_columns(n_series: int, static_players: list[list[int]]) -> list[list[int]]:
@@ -58,11 +71,12 @@ def player_columns(n_series: int, static_players: list[list[int]]) -> list[list[
 
 
 # -- fitting ---------------------------------------------------------------------------------------------------
-def fit_members(X: np.ndarray, y: np.ndarray, seed: int = 0):
-    """Fit the logistic-regression and gradient-boosting members on summaries ``X`` (N, F) -> their arrays."""
+def fit_members(X: np.ndarray, y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None):
+    """Fit the logistic-regression and gradient-boosting members on summaries ``X`` (N, F) -> their arrays;
+    ``groups``: the stay of each row when stays give several (early stopping then holds out whole stays)."""
     from .baselines import SummaryBaselines
 
-    fitted = SummaryBaselines(seed=seed).fit(X, y)
+    fitted = SummaryBaselines(seed=seed).fit(X, y, groups)
     return {"linear": export_linear(fitted.models_["logistic regression"]),
             "trees": export_trees(fitted.models_["gradient boosting"], X.shape[1])}
 
@@ -102,16 +116,62 @@ def export_trees(pipe, n_features: int) -> dict:
     return out
 
 
+# -- the stacking over the hours ------------------------------------------------------------------------------
+def knots_for(knots, window_hours: float) -> np.ndarray:
+    """The stacking knots that fall inside the window (sorted, unique), or the window's end when none does."""
+    k = sorted({float(h) for h in knots if 0 < float(h) <= window_hours})
+    return np.asarray(k or [float(window_hours)], np.float32)
+
+
+def hour_basis(hour: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """(...,) hours -> (..., M) piecewise-linear "hat" weights of the M knots: 1 at its knot, falling linearly to 0
+    at the neighbouring knots, constant beyond the first and last knot; each row sums to 1. A weight per knot
+    interpolated this way is a weight that changes linearly with the hour between knots."""
+    knots = np.asarray(knots, np.float64)
+    h = np.clip(np.asarray(hour, np.float64), knots[0], knots[-1])[..., None]
+    lo, lo_w, hi, hi_w = _hat_edges(knots)
+    return np.clip(np.minimum((h - lo) / lo_w, (hi - h) / hi_w), 0, 1)
+
+
+def _hat_edges(knots: np.ndarray):
+    """For each knot, the knot before it and the distance to it, the knot after it and the distance to it (an
+    outer knot gets a neighbour 1 h beyond it, which the clipped hour never passes)."""
+    knots = np.asarray(knots, np.float64)
+    lo = np.r_[knots[0] - 1, knots[:-1]]
+    hi = np.r_[knots[1:], knots[-1] + 1]
+    return lo, knots - lo, hi, hi - knots
+
+
+def fit_stack(Z: np.ndarray, hour: np.ndarray, y: np.ndarray, knots: np.ndarray, C: float = 1.0):
+    """Stacking weights that vary with the hour: one logistic regression of ``y`` on every member logit of ``Z``
+    (n, m) times every knot's :func:`hour_basis` weight, plus the basis itself (a per-knot intercept, so the
+    stacked logit is calibrated at every hour). Returns ``(weights (M, m), bias (M,))``."""
+    from sklearn.linear_model import LogisticRegression
+
+    B = hour_basis(hour, knots)  # (n, M)
+    design = np.concatenate([(B[:, :, None] * Z[:, None, :]).reshape(len(Z), -1), B], axis=1)  # (n, M*m + M)
+    lr = LogisticRegression(C=C, fit_intercept=False, max_iter=2000).fit(design, y)
+    M, m = B.shape[1], Z.shape[1]
+    return lr.coef_[0, :M * m].reshape(M, m), lr.coef_[0, M * m:].copy()
+
+
+def stack_logit(Z: np.ndarray, hour: np.ndarray, weights: np.ndarray, bias: np.ndarray, knots: np.ndarray):
+    """(n, m) member logits at ``hour`` (n,) -> (n,) the stacked logit of :func:`fit_stack`'s weights."""
+    B = hour_basis(hour, knots)  # (n, M)
+    return ((B @ weights) * Z).sum(axis=1) + B @ bias
+
+
 # -- the head ----------------------------------------------------------------------------------------------------
 class SummaryHead(nn.Module):
-    """The shipped logit: ``stack . (LSTM logit, linear(summary), trees(summary)) + bias``.
+    """The shipped logit: ``w(hour) . (LSTM logit, linear(summary), trees(summary)) + b(hour)``.
 
-    Buffers hold the exported members (:func:`fit_members`) and the stacking weights, fitted on out-of-fold
-    logits of all three. ``forward`` takes the ensemble-mean LSTM logit (B,) and the summaries (B, F), or
-    per step (B, T) and (B, T, F).
+    Buffers hold the exported members (:func:`fit_members`), the stacking ``knots`` (M,), ``stack`` (M, 3) and
+    ``bias`` (M,) (:func:`fit_stack`, fitted on out-of-fold snapshot logits of all three); the weights at an hour
+    are the knots' interpolated by :func:`hour_basis`, the hour being the summary's last column. ``forward``
+    takes the ensemble-mean LSTM logit (B,) and the summaries (B, F), or per step (B, T) and (B, T, F).
     """
 
-    def __init__(self, members: dict, stack: np.ndarray, bias: float):
+    def __init__(self, members: dict, stack: np.ndarray, bias, knots=None):
         super().__init__()
         trees = dict(members["trees"])
         node = np.arange(trees["leaf"].shape[1])[None, :]
@@ -120,8 +180,14 @@ class SummaryHead(nn.Module):
         for group, arrays in {**members, "trees": trees}.items():
             for name, value in arrays.items():
                 self.register_buffer(f"{group}_{name}", torch.as_tensor(np.asarray(value)))
-        self.register_buffer("stack", torch.as_tensor(np.asarray(stack, np.float32)).reshape(3))
-        self.register_buffer("bias", torch.as_tensor(np.asarray(bias, np.float32)).reshape(1))
+        knots = np.asarray([48.0] if knots is None else knots, np.float32).reshape(-1)
+        M = len(knots)
+        self.register_buffer("knots", torch.as_tensor(knots))
+        self.register_buffer("stack", torch.as_tensor(np.asarray(stack, np.float32)).reshape(M, 3))
+        self.register_buffer("bias", torch.as_tensor(np.asarray(bias, np.float32)).reshape(M))
+        lo, lo_w, hi, hi_w = _hat_edges(knots)
+        for name, value in (("lo", lo), ("lo_w", lo_w), ("hi", hi), ("hi_w", hi_w)):  # derived: not saved
+            self.register_buffer(f"_hat_{name}", torch.as_tensor(value.astype(np.float32)), persistent=False)
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> SummaryHead:
@@ -131,7 +197,13 @@ class SummaryHead(nn.Module):
             group, _, name = key.partition("_")
             if group in ("linear", "trees"):
                 members.setdefault(group, {})[name] = value.numpy()
-        return cls(members, state["stack"].numpy(), float(state["bias"][0]))
+        return cls(members, state["stack"].numpy(), state["bias"].numpy(), state["knots"].numpy())
+
+    def weights(self, hour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(...,) hours -> the stacking weights (..., 3) of (LSTM, linear, trees) and the bias (...,) there."""
+        h = torch.minimum(torch.maximum(hour.float(), self.knots[0]), self.knots[-1])[..., None]  # (..., 1)
+        basis = torch.minimum((h - self._hat_lo) / self._hat_lo_w, (self._hat_hi - h) / self._hat_hi_w).clamp(0, 1)
+        return basis @ self.stack, basis @ self.bias
 
     def linear(self, s: torch.Tensor) -> torch.Tensor:
         """(..., F) summaries -> (...,) logit of the logistic-regression member."""
@@ -170,7 +242,8 @@ class SummaryHead(nn.Module):
         a = self.__dict__.get("_arrays")
         if a is None:
             a = {k: v.numpy().reshape(-1) if k.startswith("trees_") else v.numpy()
-                 for k, v in self.state_dict().items()}
+                 for k, v in self.state_dict(keep_vars=False).items()}
+            a.update({k: v.numpy() for k, v in self.named_buffers() if k.startswith("_hat_")})
             a["root"] = np.arange(self.trees_feature.shape[0]) * self.trees_feature.shape[1]  # each tree's first node
             a["offset"] = np.repeat(a["root"], self.trees_feature.shape[1])  # a node's tree's first node
             self.__dict__["_arrays"] = a
@@ -187,9 +260,12 @@ class SummaryHead(nn.Module):
             node = child[node]
         trees = float(a["trees_value"][node].sum(dtype=np.float32) + a["trees_baseline"][0])
         members = np.array([lstm_logit, linear, trees], np.float32)
-        return float(members @ a["stack"] + a["bias"][0])
+        h = np.float32(min(max(s[-1], a["knots"][0]), a["knots"][-1]))  # as weights()
+        basis = np.clip(np.minimum((h - a["_hat_lo"]) / a["_hat_lo_w"], (a["_hat_hi"] - h) / a["_hat_hi_w"]), 0, 1)
+        return float(members @ (basis @ a["stack"]) + basis @ a["bias"])
 
     def forward(self, lstm_logit: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         s = summary.float()
         members = torch.stack([lstm_logit.float(), self.linear(s), self.trees(s)], dim=-1)  # (..., 3)
-        return members @ self.stack + self.bias[0]
+        w, b = self.weights(s[..., -1])
+        return (members * w).sum(-1) + b

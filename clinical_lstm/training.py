@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -121,70 +121,142 @@ def fold_of(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return out
 
 
+def stop_split(train_idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``train_idx`` split into the stays a network is fitted on and the stays it early-stops on (a stratified
+    ``fraction``): the network's held-out fold is never looked at by any choice made in training it."""
+    from sklearn.model_selection import train_test_split
+
+    n_stop = max(2, int(round(fraction * len(train_idx))))
+    counts = np.bincount(y[train_idx], minlength=2)
+    strat = y[train_idx] if counts.min() >= 2 and n_stop >= 2 else None
+    fit_idx, stop_idx = train_test_split(train_idx, test_size=n_stop, stratify=strat, random_state=seed)
+    return np.sort(fit_idx), np.sort(stop_idx)
+
+
 @dataclass
 class CrossFit:
-    """k networks, each trained on k-1 folds and early-stopped on its own held-out fold."""
+    """k networks, each trained on k-1 folds (less its early-stopping split) and scored on its held-out fold."""
 
     networks: list[MaskedLSTM]
     oof_logits: np.ndarray  # (N,) each stay's logit from the network that never saw it
     fold: np.ndarray  # (N,) the fold of each stay
     history: list[dict]  # one row per network and epoch
+    oof_steps: np.ndarray | None = None  # (N, L) the same network's step logits at ``steps_at`` (NaN where -1)
 
 
 def cross_fit(t, y: np.ndarray, model_cfg: ModelConfig, cfg: TrainConfig, progress: bool = True,
-              on_epoch=None) -> CrossFit:
+              on_epoch=None, steps_at: np.ndarray | None = None) -> CrossFit:
     """Train ``cfg.folds`` networks by k-fold cross-fitting on every labelled stay of ``t``
     (:class:`~clinical_lstm.impute.Tensors`, or a :class:`~clinical_lstm.cohort.Cohort` read from disk when its
     inputs exceed ``cfg.in_memory_gb``).
 
-    The shipped model is the ensemble of all k networks (each saw (k-1)/k of the stays); the out-of-fold
-    logits give honest metrics, calibration and a threshold for every stay.
+    Network k trains on the other folds less a stratified ``cfg.stop_fraction`` of them, on which it early-stops
+    (:func:`stop_split`): its held-out fold is scored only once it is final. The shipped model is the ensemble of
+    all k networks; the out-of-fold logits — at the stay's end, and with ``steps_at`` (N, L) at those bins —
+    give honest evidence for the stacking, calibration, threshold and report.
     """
     fold = fold_of(y, cfg.folds, cfg.seed)
     device = pick_device(cfg.device)
     data = t.source(device, cfg.in_memory_gb) if hasattr(t, "source") else to_torch(t, device)
     networks, history = [], []
     oof = np.zeros(len(y), dtype=np.float32)
+    oof_steps = None if steps_at is None else np.full(steps_at.shape, np.nan, np.float32)
     for k in range(cfg.folds):
         train_idx, val_idx = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        net, hist = fit_one(Rows(data, train_idx), y[train_idx], Rows(data, val_idx), y[val_idx], model_cfg, cfg,
+        fit_idx, stop_idx = stop_split(train_idx, y, cfg.stop_fraction, cfg.seed + k)
+        net, hist = fit_one(Rows(data, fit_idx), y[fit_idx], Rows(data, stop_idx), y[stop_idx], model_cfg, cfg,
                             cfg.seed + k, device, progress, on_epoch, tag={"fold": k})  # folds index, never copy
         oof[val_idx] = predict_logits(net, Rows(data, val_idx))
+        if steps_at is not None:
+            at = steps_at[val_idx]
+            per_step = predict_logits(net, Rows(data, val_idx), steps=True)  # (n, T)
+            oof_steps[val_idx] = np.where(at >= 0, np.take_along_axis(per_step, np.maximum(at, 0), axis=1), np.nan)
         networks.append(net.cpu())
         history += hist
-    return CrossFit(networks, oof, fold, history)
+    return CrossFit(networks, oof, fold, history, oof_steps)
+
+
+@dataclass
+class Snapshots:
+    """The landmark snapshots of the training stays: one row per stay and hour it was summarized at."""
+
+    stay: np.ndarray  # (R,) the stay (position in the cohort) of each row
+    step: np.ndarray  # (R,) the bin after which it was taken
+    hour: np.ndarray  # (R,) hours since admission (the end of that bin)
+    final: np.ndarray  # (R,) True on the row at the stay's last bin (the end-of-stay score)
+    summary: np.ndarray  # (R, F)
+    lstm: np.ndarray  # (R,) the networks' out-of-fold step logit there
+
+    @classmethod
+    def of(cls, cohort, lstm_steps: np.ndarray, resolution_hours: float) -> Snapshots:
+        step = cohort.landmark_step  # (N, L)
+        stay, col = np.nonzero(step >= 0)
+        s = step[stay, col]
+        return cls(stay, s, ((s + 1) * resolution_hours).astype(np.float32), s == cohort.lengths[stay] - 1,
+                   cohort.landmark_summary[stay, col], lstm_steps[stay, col].astype(np.float64))
+
+    def __len__(self) -> int:
+        return len(self.stay)
 
 
 @dataclass
 class SummaryFit:
-    """The summary members cross-fitted on the LSTM's folds, refitted on every stay, and the stacking."""
+    """The summary members cross-fitted on the LSTM's folds over the snapshots, refitted on every snapshot, and
+    the stackings (with and without the LSTM) whose weights vary with the hour."""
 
-    members: dict  # the shipped members' arrays (fitted on every stay), for SummaryHead
-    oof: dict  # member name -> (N,) out-of-fold logits: "logistic regression", "gradient boosting"
-    stack: np.ndarray  # (3,) weights of (LSTM, linear, trees) logits, fitted on the out-of-fold logits
-    bias: float
+    members: dict  # the shipped members' arrays (fitted on every snapshot), for SummaryHead
+    oof: dict  # member name -> (R,) out-of-fold logits of every snapshot row
+    stack: tuple  # (weights (M, 3), bias (M,)) of (LSTM, linear, trees), fitted on every out-of-fold row
+    summaries_stack: tuple  # (weights (M, 2), bias (M,)) of (linear, trees) alone
+    knots: np.ndarray  # (M,)
 
 
-def fit_summaries(summary: np.ndarray, y: np.ndarray, fold: np.ndarray, lstm_oof: np.ndarray,
+def fit_summaries(snaps: Snapshots, y_rows: np.ndarray, fold_rows: np.ndarray, knots: np.ndarray,
                   seed: int) -> SummaryFit:
-    """Logistic regression and gradient boosting on the summaries, on the same folds as the networks (their
-    out-of-fold logits are the report's baselines), then the stacking weights of the three out-of-fold logits
-    (a logistic regression, as in stacked generalization)."""
-    from sklearn.linear_model import LogisticRegression
+    """Logistic regression and gradient boosting on the snapshot summaries, on the same folds as the networks
+    (their out-of-fold logits are the report's baselines), then the hour-dependent stackings of the out-of-fold
+    logits (:func:`~clinical_lstm.summaries.fit_stack`, as in stacked generalization)."""
+    from .summaries import SummaryHead, fit_members, fit_stack
 
-    from .summaries import SummaryHead, fit_members
-
-    oof = {"logistic regression": np.zeros(len(y)), "gradient boosting": np.zeros(len(y))}
-    for k in range(int(fold.max()) + 1):
-        fit, held = fold != k, fold == k
-        head = SummaryHead(fit_members(summary[fit], y[fit], seed), np.zeros(3), 0.0)
+    oof = {"logistic regression": np.zeros(len(y_rows)), "gradient boosting": np.zeros(len(y_rows))}
+    for k in range(int(fold_rows.max()) + 1):
+        fit, held = fold_rows != k, fold_rows == k
+        head = SummaryHead(fit_members(snaps.summary[fit], y_rows[fit], seed, snaps.stay[fit]), np.zeros(3), 0.0)
         with torch.inference_mode():
-            s = torch.from_numpy(summary[held])
+            s = torch.from_numpy(snaps.summary[held])
             oof["logistic regression"][held] = head.linear(s).numpy()
             oof["gradient boosting"][held] = head.trees(s).numpy()
-    Z = np.column_stack([lstm_oof, oof["logistic regression"], oof["gradient boosting"]])
-    stacker = LogisticRegression(C=1.0, max_iter=1000).fit(Z, y)
-    return SummaryFit(fit_members(summary, y, seed), oof, stacker.coef_[0], float(stacker.intercept_[0]))
+    Z = np.column_stack([snaps.lstm, oof["logistic regression"], oof["gradient boosting"]])
+    return SummaryFit(fit_members(snaps.summary, y_rows, seed, snaps.stay), oof, fit_stack(Z, snaps.hour, y_rows, knots),
+                      fit_stack(Z[:, 1:], snaps.hour, y_rows, knots), knots)
+
+
+def cross_fit_stacks(Z: np.ndarray, hour: np.ndarray, y: np.ndarray, fold: np.ndarray, knots: np.ndarray,
+                     method: str) -> np.ndarray:
+    """(R,) out-of-fold calibrated risks of a stacking: for each fold, the stacking weights and the calibrator
+    fitted on the other folds' rows only (as the shipped ones are on all), applied to this fold's rows. So the
+    report's risks come from stays that no fitted choice looked at."""
+    from .calibrate import make_calibrator
+    from .summaries import fit_stack, stack_logit
+
+    risk = np.zeros(len(y))
+    for k in range(int(fold.max()) + 1):
+        fit, held = fold != k, fold == k
+        w, b = fit_stack(Z[fit], hour[fit], y[fit], knots)
+        cal = make_calibrator(method).fit(stack_logit(Z[fit], hour[fit], w, b, knots), y[fit])
+        risk[held] = cal.predict(stack_logit(Z[held], hour[held], w, b, knots))
+    return risk
+
+
+def cross_fit_calibration(z: np.ndarray, y: np.ndarray, fold: np.ndarray, method: str) -> np.ndarray:
+    """(R,) out-of-fold calibrated risks of one logit: each fold's calibrator fitted on the other folds."""
+    from .calibrate import make_calibrator
+
+    risk = np.zeros(len(y))
+    for k in range(int(fold.max()) + 1):
+        fit, held = fold != k, fold == k
+        risk[held] = make_calibrator(method).fit(z[fit], y[fit]).predict(z[held])
+    return risk
 
 
 @dataclass
@@ -193,42 +265,74 @@ class Fitted:
 
     model: object  # RiskModel
     fold: np.ndarray  # (N,) each stay's fold
-    oof_risk: np.ndarray  # (N,) the shipped model's calibrated risk, out of fold
+    oof_risk: np.ndarray  # (N,) the shipped model's calibrated risk at the stay's end, out of fold
     lstm_oof: np.ndarray  # (N,) the networks' logit, out of fold
-    members: object  # SummaryHead holding the summary members fitted on every stay
-    members_oof: dict  # member name -> (N,) out-of-fold logits
+    members: object  # SummaryHead holding the summary members fitted on every snapshot
+    members_oof: dict  # member name -> (N,) out-of-fold logits at the stay's end
     history: list[dict]
     seconds: dict  # phase -> seconds: networks, summaries, total
+    snapshots: Snapshots | None = None  # the landmark snapshots of the training stays
+    rows_oof: dict = field(default_factory=dict)  # model name -> (R,) out-of-fold calibrated risk per snapshot
+    summaries_stack: tuple | None = None  # (weights, bias) of the summaries-only stacking, fitted on every row
+    lstm_calibrator: object = None  # the networks' own calibrator (the LSTM-alone row)
+    summaries_calibrator: object = None  # the summaries-only stacking's calibrator
 
 
 def fit(cohort, cfg, progress: bool = True, on_epoch=None, log=print) -> Fitted:
-    """The estimator: k cross-fitted networks, summary members, stacking, calibration and the alert threshold,
-    from the labelled stays of ``cohort`` (:class:`~clinical_lstm.cohort.Cohort`, whose transformer was fitted on
-    those stays only) and nothing else."""
+    """The estimator: k cross-fitted networks, summary members and their hour-dependent stacking fitted on
+    landmark snapshots, calibration and the alert threshold, from the labelled stays of ``cohort``
+    (:class:`~clinical_lstm.cohort.Cohort` built with ``landmarks``, whose transformer was fitted on those stays
+    only) and nothing else."""
     import time
 
     from .bundle import RiskModel
     from .calibrate import choose_threshold, make_calibrator
-    from .summaries import SummaryHead
+    from .summaries import SummaryHead, knots_for, stack_logit
 
     t1 = time.perf_counter()
     y = cohort.y
-    nets = cross_fit(cohort, y, cfg.model, cfg.train, progress, on_epoch)
+    tr = cohort.transformer
+    nets = cross_fit(cohort, y, cfg.model, cfg.train, progress, on_epoch, steps_at=cohort.landmark_step)
     t2 = time.perf_counter()
+    snaps = Snapshots.of(cohort, nets.oof_steps, tr.resolution_hours)
+    y_rows, fold_rows = y[snaps.stay], nets.fold[snaps.stay]
+    method = cfg.calibration.method
     log(f"{cfg.train.folds} networks in {t2 - t1:.0f} s; summary members (logistic regression, gradient "
-        f"boosting) on the same folds")
-    summ = fit_summaries(cohort.summary, y, nets.fold, nets.oof_logits, cfg.train.seed)
+        f"boosting) on {len(snaps):,} landmark snapshots of the same folds")
+    knots = knots_for(cfg.model.stack_knots, tr.window_hours)
+    lstm_cal = make_calibrator(method).fit(snaps.lstm, y_rows)  # the networks alone, calibrated over the hours
+    rows_oof = {"masked LSTM": cross_fit_calibration(snaps.lstm, y_rows, fold_rows, method)}
+    from scipy.special import expit
+
+    # the summary members are fitted whatever ships: they are the report's baselines (summaries = false ships
+    # the networks alone, and the report still shows what the summaries reach)
+    summ = fit_summaries(snaps, y_rows, fold_rows, knots, cfg.train.seed)
+    Z = np.column_stack([snaps.lstm, *summ.oof.values()])
+    summ_cal = make_calibrator(method).fit(stack_logit(Z[:, 1:], snaps.hour, *summ.summaries_stack, knots), y_rows)
+    rows_oof["masked LSTM + summaries"] = cross_fit_stacks(Z, snaps.hour, y_rows, fold_rows, knots, method)
+    rows_oof["summaries-only stack"] = cross_fit_stacks(Z[:, 1:], snaps.hour, y_rows, fold_rows, knots, method)
+    rows_oof.update({name: expit(z) for name, z in summ.oof.items()})
+    members = SummaryHead(summ.members, *summ.stack, knots)
+    if cfg.model.summaries:
+        head, shipped = members, "masked LSTM + summaries"
+        calibrator = make_calibrator(method).fit(stack_logit(Z, snaps.hour, *summ.stack, knots), y_rows)
+    else:
+        head, shipped, calibrator = None, "masked LSTM", lstm_cal
     t3 = time.perf_counter()
-    members = SummaryHead(summ.members, summ.stack, summ.bias)
-    head = members if cfg.model.summaries else None
-    oof = summ.stack @ np.vstack([nets.oof_logits, *summ.oof.values()]) + summ.bias if head else nets.oof_logits
-    calibrator = make_calibrator(cfg.calibration.method).fit(oof, y)
-    oof_risk = calibrator.predict(oof)
+    final = np.zeros(len(y), np.int64)
+    final[snaps.stay[snaps.final]] = np.flatnonzero(snaps.final)  # each stay's end-of-stay row
+    oof_risk = rows_oof[shipped][final]
     threshold = choose_threshold(y, oof_risk, cfg.calibration.threshold_rule)
-    model = RiskModel(cohort.transformer, nets.networks, calibrator, threshold, head=head)
-    log(f"the model: {len(nets.networks)} networks" + (
-        f" stacked with the summary members (weights: LSTM {summ.stack[0]:.2f}, logistic regression "
-        f"{summ.stack[1]:.2f}, gradient boosting {summ.stack[2]:.2f})" if head else ""))
+    model = RiskModel(tr, nets.networks, calibrator, threshold, head=head)
+    if head is not None:
+        w = summ.stack[0]
+        log(f"the model: {len(nets.networks)} networks stacked with the summary members; weights (LSTM, logistic "
+            f"regression, gradient boosting) by hour: " + "; ".join(
+                f"{h:g} h {w[j, 0]:.2f}/{w[j, 1]:.2f}/{w[j, 2]:.2f}" for j, h in enumerate(knots)))
+    else:
+        log(f"the model: {len(nets.networks)} networks")
+    members_oof = {name: z[final] for name, z in summ.oof.items()}
     seconds = {"networks": t2 - t1, "summaries": t3 - t2, "total": time.perf_counter() - t1}
-    return Fitted(model, nets.fold, oof_risk, nets.oof_logits, members, summ.oof, nets.history,
-                  {k: round(v, 1) for k, v in seconds.items()})
+    return Fitted(model, nets.fold, oof_risk, nets.oof_logits, members, members_oof, nets.history,
+                  {k: round(v, 1) for k, v in seconds.items()}, snaps, rows_oof, summ.summaries_stack, lstm_cal,
+                  summ_cal)

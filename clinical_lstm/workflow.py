@@ -271,8 +271,12 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
         _check_separate(parts.read_ids, test_parts.read_ids)
     report = parts.report
     transformer = GridTransformer(catalogue, d.window_hours, d.resolution_hours, d.imputation)
-    cohort = Cohort.build(parts, transformer, work / "train", progress=progress)  # fits the transformer
-    test = Cohort.build(test_parts, transformer, work / "test", progress=progress) if test_parts else None
+    hours = report_hours(cfg.evaluation.hours, d.window_hours)
+    landmarks = sorted({float(h) for h in [*cfg.train.landmarks, *hours] if h <= d.window_hours})
+    cohort = Cohort.build(parts, transformer, work / "train", progress=progress,  # fits the transformer
+                          landmarks=landmarks)
+    test = Cohort.build(test_parts, transformer, work / "test", progress=progress, landmarks=hours,
+                        final=False) if test_parts else None
     for p in (parts, test_parts):
         if p is not None and work in p.folder.parents:  # parts of raw data: the inputs on disk replace them
             p.remove()
@@ -294,11 +298,11 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
         ev = (test, test.y, test.ids, test_parts.outcomes)
     else:
         ev = None
-        on = (f"{', '.join(parts.sources)}, out of fold ({len(ids)} stays; each stay scored by the networks and "
-              f"members that did not train on it; the stacking, calibrator and threshold are fitted on these same "
-              f"out-of-fold scores: a small optimism for the shipped row's Brier, ECE and min(Se, +P))")
+        on = (f"{', '.join(parts.sources)}, out of fold ({len(ids)} stays; each stay scored by networks and members "
+              f"that did not train on it, early-stopped without it, and stacked and calibrated on the other folds "
+              f"only; the alert threshold is chosen on these scores: a small optimism for min(Se, +P))")
     evaluation = evaluate_fit(fitted, y, cfg.calibration.threshold_rule, parts.outcomes, ids, cfg.evaluation.n_boot,
-                              cfg.evaluation.seed, on, ev, log)
+                              cfg.evaluation.seed, on, ev, log, hours)
     model.metadata = {
         "environment": environment(), "config": cfg.to_dict(),
         "training_data": {"sources": parts.sources, "digest": parts.digest,
@@ -321,6 +325,11 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
         result.tracking = tracker.finish(result, result.validation_auprc)
         result.tracking["error"] = tracker.error
     return result
+
+
+def report_hours(hours, window_hours: float) -> list[float]:
+    """The reported hours inside the window, sorted and unique."""
+    return sorted({float(h) for h in hours if 0 < float(h) <= window_hours})
 
 
 def _chain(first, second):

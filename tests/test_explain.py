@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import polars as pl
 import pytest
 
@@ -104,7 +105,8 @@ def test_time_map_sums_to_the_logit_difference_and_plot_is_written(trained, tmp_
     ref.statics[:] = one.statics  # the map varies the series channels only
     from clinical_lstm.model import predict_logits, to_torch
 
-    weight = 1.0 if model.head is None else float(model.head.stack[0])  # the networks' share of the logit
+    hour = torch.tensor(float(one.lengths[0]) * model.transformer.resolution_hours)
+    weight = 1.0 if model.head is None else float(model.head.weights(hour)[0][0])  # the networks' share there
     gap = weight * float(predict_logits(model.networks, to_torch(one, "cpu"))[0]
                          - predict_logits(model.networks, to_torch(ref, "cpu"))[0])
     # integrated gradients are complete: the map sums to f(stay) - f(reference), up to sampling error

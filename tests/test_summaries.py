@@ -36,7 +36,8 @@ def test_summaries_by_hand():
     assert [got[f"A:{s}"] for s in SERIES_STATS] == [-1.0, 1.0, -1.0, 1.0, 0.0, 2.0, 0.5]
     assert np.isnan([got[f"B:{s}"] for s in SERIES_STATS[:5]]).all()
     assert (got["B:count"], got["B:hours"]) == (0.0, 3.0)  # never observed: hours since admission
-    assert t.summary.shape == (1, 7 * 2 + len(tr.static_features_))
+    assert t.summary.shape == (1, 7 * 2 + len(tr.static_features_) + 1)
+    assert got["hour"] == 3.0  # the hour the summary is taken at: the end of the stay's last bin (bin 2)
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +91,61 @@ def test_shap_adds_up_with_the_summary_head():
     np.testing.assert_allclose(out, model.logits(t), atol=1e-5)
     never = [i for i, n in enumerate(names[:len(model.catalogue.series)]) if not t.mask[:, :, i].any()]
     assert never and np.all(phi[:, never] == 0)  # a variable no stay measured contributes exactly nothing
+
+
+def test_hour_basis_interpolates_between_knots_and_sums_to_one():
+    from clinical_lstm.summaries import hour_basis
+
+    knots = np.array([2.0, 6.0, 12.0, 48.0])
+    hours = np.array([0.5, 2.0, 4.0, 9.0, 30.0, 48.0, 100.0])
+    B = hour_basis(hours, knots)
+    np.testing.assert_allclose(B.sum(axis=1), 1.0)
+    np.testing.assert_allclose(B[0], [1, 0, 0, 0])  # before the first knot: the first knot's weights
+    np.testing.assert_allclose(B[2], [0.5, 0.5, 0, 0])  # half way from 2 h to 6 h
+    np.testing.assert_allclose(B[3], [0, 0.5, 0.5, 0])
+    np.testing.assert_allclose(B[4], [0, 0, 0.5, 0.5])
+    np.testing.assert_allclose(B[6], [0, 0, 0, 1])  # past the last knot: the last knot's weights
+
+
+def test_stacking_weights_follow_the_hour_a_member_is_informative_at():
+    """Planted: member 0 carries the outcome early (2 h), member 1 late (48 h). Hour-dependent stacking must give
+    member 0 the larger weight at the first knot and member 1 at the last."""
+    from clinical_lstm.summaries import fit_stack, stack_logit
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    hour = rng.choice([2.0, 48.0], n)
+    truth = rng.normal(0, 1.5, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-truth))).astype(int)
+    early = np.where(hour == 2, truth, 0) + rng.normal(0, 1, n)
+    late = np.where(hour == 48, truth, 0) + rng.normal(0, 1, n)
+    Z = np.column_stack([early, late])
+    knots = np.array([2.0, 48.0])
+    w, b = fit_stack(Z, hour, y, knots)
+    assert w[0, 0] > 0.5 > abs(w[0, 1]) and w[1, 1] > 0.5 > abs(w[1, 0])
+    # the stacked logit is calibrated at each hour: mean risk within 0.02 of the event rate there
+    p = 1 / (1 + np.exp(-stack_logit(Z, hour, w, b, knots)))
+    for h in (2.0, 48.0):
+        assert abs(p[hour == h].mean() - y[hour == h].mean()) < 0.02
+
+
+def test_head_weights_vary_with_the_hour_column_in_torch_and_numpy(fitted):
+    X, y = fitted
+    knots = np.array([6.0, 24.0, 48.0])
+    stack = np.array([[1.0, 0.1, 0.2], [0.5, 0.3, 0.4], [0.2, 0.5, 0.6]])
+    bias = np.array([-1.0, -0.5, 0.0])
+    head = SummaryHead(fit_members(X, y, seed=0), stack, bias, knots)
+    rng = np.random.default_rng(1)
+    S = X.copy()
+    S[:, -1] = rng.uniform(0, 60, len(S))  # the hour column
+    lstm = torch.linspace(-2, 2, len(S))
+    with torch.inference_mode():
+        s = torch.from_numpy(S)
+        h = np.clip(S[:, -1], 6, 48)
+        w = np.stack([np.interp(h, knots, stack[:, j]) for j in range(3)], axis=1)
+        members = np.stack([lstm.numpy(), head.linear(s).numpy(), head.trees(s).numpy()], axis=1)
+        want = (members * w).sum(1) + np.interp(h, knots, bias)
+        np.testing.assert_allclose(head(lstm, s).numpy(), want, atol=1e-5)
+        np.testing.assert_allclose(SummaryHead.from_state(head.state_dict())(lstm, s).numpy(), want, atol=1e-5)
+    fast = [head.numpy_logit(float(lstm[i]), S[i]) for i in range(len(S))]
+    np.testing.assert_allclose(fast, want, atol=1e-5)
