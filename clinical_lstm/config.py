@@ -192,7 +192,7 @@ class ModelConfig(Section):
     attention: bool = False  # attention pooling over steps instead of the last state
     summaries: bool = True  # stack the networks with logistic regression and boosted trees on per-variable
     #                         summaries (clinical_lstm.summaries); false ships the masked LSTM alone
-    stack_knots: list = field(default_factory=lambda: [2.0, 6.0, 12.0, 24.0, 48.0])  # hours at which the stacking
+    stack_knots: list = field(default_factory=lambda: [4.0, 12.0, 24.0, 48.0])  # hours at which the stacking
     #                         weights are fitted, linear in between, constant beyond (those inside the window)
 
     section: ClassVar[str] = "model"
@@ -217,9 +217,9 @@ class TrainConfig(Section):
     in_memory_gb: float = 1.0  # model inputs up to this size are held in memory; larger ones are read from disk
     stop_fraction: float = 0.15  # of each network's training folds, set aside to early-stop on (its held-out fold
     #                              is never looked at before it is final)
-    landmarks: list = field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 30.0, 36.0,
-                                                     42.0, 48.0])  # hours at which every training stay is
-    #                              summarized for the summary members and the stacking (plus its last bin)
+    landmarks: list = field(default_factory=lambda: [4.0, 8.0, 12.0, 24.0, 36.0, 48.0])  # hours at which every
+    #                              training stay is summarized for the summary members and the stacking (with the
+    #                              report's hours and the stay's last bin)
 
     section: ClassVar[str] = "train"
     constraints: ClassVar[dict] = {

@@ -266,3 +266,35 @@ def plot_differences(
         ``diffs`` is empty, ``metrics`` is empty, or a row lacks one of ``metrics``.
     """
     return _save_png(_differences_figure(diffs, metrics), path)
+
+
+def plot_hours(hours: Mapping[float, Any], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Metric against hour since admission, one line per model with its 95 % bootstrap band: AUROC, AUPRC, and
+    mean risk against the event rate (calibration over the stay). ``hours`` maps an hour to the
+    :class:`~clinical_lstm.report.Evaluation` of the risks from the rows up to it."""
+    if not hours:
+        raise ValueError("hours must map at least one hour to its evaluation")
+    hs = sorted(hours)
+    names = list(hours[hs[0]].metrics)
+    fig = _new_figure((13.5, 4.2))
+    axes = fig.subplots(1, 3)
+    for ax, key, label in ((axes[0], "auroc", "AUROC"), (axes[1], "auprc", "AUPRC")):
+        for name in names:
+            est = [hours[h].metrics[name][key] for h in hs]
+            line, = ax.plot(hs, [e.value for e in est], marker="o", lw=2.2 if name == names[0] else 1.2,
+                            label=name + (" (shipped)" if name == names[0] else ""))
+            ax.fill_between(hs, [e.lower for e in est], [e.upper for e in est], color=line.get_color(), alpha=0.12)
+        ax.set(xlabel="hours since admission (rows up to then)", ylabel=label, title=f"{label} at every hour")
+        ax.grid(alpha=0.3)
+    ax = axes[2]
+    ax.plot(hs, [float(hours[h].y.mean()) for h in hs], color="black", lw=2.5, ls="--", label="event rate")
+    for name in names:
+        ax.plot(hs, [float(hours[h].probs[name][0].mean()) for h in hs], marker="o", label=name)
+    ax.set(xlabel="hours since admission (rows up to then)", ylabel="mean risk",
+           title="mean risk vs event rate", ylim=(0, None))
+    ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small", loc="lower right")
+    axes[2].legend(fontsize="x-small", loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    return _save_png(fig, path)

@@ -183,6 +183,27 @@ def test_step_logits(model, cohort) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(cohort.landmark_step.shape, np.float32)
 
 
+def shipped_hour_risks(model, cohort, hours) -> dict:
+    """``{hour: (stays, {name: risk})}`` of a trained model alone (``evaluate``): its own risk at each hour, from
+    the cohort's landmark snapshots (built with ``landmarks=hours``, no final column)."""
+    import torch
+
+    lstm, summary, step = test_step_logits(model, cohort), cohort.landmark_summary, cohort.landmark_step
+    name = HYBRID_NAME if model.head is not None else MODEL_NAME
+    out = {}
+    for j, h in enumerate(hours):
+        stays = np.flatnonzero(step[:, j] >= 0)
+        if not len(stays):
+            continue
+        z = lstm[stays, j]
+        if model.head is not None:
+            with torch.inference_mode():
+                z = model.head(torch.from_numpy(z.astype(np.float32)),
+                               torch.from_numpy(np.ascontiguousarray(summary[stays, j], np.float32))).numpy()
+        out[h] = (stays, {name: model.risk(z)})
+    return out
+
+
 def member_risks(fitted, lstm: np.ndarray, summary: np.ndarray, order) -> dict:
     """``{model: (n,) calibrated risk}`` of each report row from the networks' logit and the summaries."""
     import torch
@@ -293,6 +314,13 @@ def write(out_dir: Path, evaluation: Evaluation, cohort, catalogue, history=None
     files["calibration"] = plot_calibration(curves, out_dir / "calibration.png")
     if evaluation.differences:
         files["comparison"] = plot_differences(evaluation.differences, out_dir / "comparison.png")
+    if evaluation.hours:
+        from .plots import plot_hours
+
+        files["hours"] = plot_hours(evaluation.hours, out_dir / "hours.png", f"evaluated on {evaluation.on}"[:140])
+        files["hours_table"] = write_frame(hours_frame(evaluation), out_dir / "hours.csv")
+    if model is not None and model.head is not None:
+        files["stacking"] = write_frame(stacking_frame(model.head), out_dir / "stacking.csv")
     if all(n in catalogue.statics for n in ("Age", "Gender", "ICUType")):
         col = {n: cohort.raw_statics[:, catalogue.statics.index(n)] for n in ("Age", "Gender", "ICUType")}
         p, thr = evaluation.probs[evaluation.shipped]
@@ -306,6 +334,31 @@ def write(out_dir: Path, evaluation: Evaluation, cohort, catalogue, history=None
     if model is not None and explain_stays > 0 and len(cohort):
         files.update(_global_importance(model, cohort, explain_stays, seed, out_dir))
     return files
+
+
+def hours_frame(evaluation: Evaluation) -> pl.DataFrame:
+    """The every-hour table in long form: ``hour, model, metric, value, lower, upper`` (metrics with intervals,
+    the mean risk and event rate as points, and ``lead over <model>`` rows of paired differences)."""
+    rows = []
+    for h, e in evaluation.hours.items():
+        for name, m in e.metrics.items():
+            rows += [(h, name, k, est.value, est.lower, est.upper) for k, est in m.items()]
+            rows.append((h, name, "mean_risk", float(e.probs[name][0].mean()), None, None))
+        rows.append((h, "observed", "event_rate", float(e.y.mean()), None, None))
+        rows.append((h, "observed", "stays", float(len(e.y)), None, None))
+        for name, d in e.differences.items():
+            rows += [(h, f"lead over {name}", k, est.value, est.lower, est.upper) for k, est in d.items()]
+    return pl.DataFrame(rows, schema={"hour": pl.Float64, "model": pl.String, "metric": pl.String,
+                                      "value": pl.Float64, "lower": pl.Float64, "upper": pl.Float64}, orient="row")
+
+
+def stacking_frame(head) -> pl.DataFrame:
+    """The stacking weights of the shipped head at each knot (linear in between): ``hour, lstm, logistic
+    regression, gradient boosting, bias``."""
+    w, b = head.stack.numpy(), head.bias.numpy()
+    return pl.DataFrame({"hour": head.knots.numpy().astype(float), "lstm": w[:, 0].astype(float),
+                         "logistic regression": w[:, 1].astype(float), "gradient boosting": w[:, 2].astype(float),
+                         "bias": b.astype(float)})
 
 
 def _global_importance(model, cohort, n: int, seed: int, out_dir: Path) -> dict:

@@ -354,14 +354,16 @@ def _tracker(tracking, log):
 
 # -- evaluate -------------------------------------------------------------------------------------------------
 @removes_new_out
-def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: int = 1000) -> Evaluation:
-    """Metrics with intervals, subgroup table and plots of a trained model on labelled data, written to ``out``.
+def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: int = 1000,
+             hours=None) -> Evaluation:
+    """Metrics with intervals, subgroup table and plots of a trained model on labelled data, written to ``out``,
+    also at every one of ``hours`` (default: the model's ``[evaluation] hours``) from the rows up to it.
     The stays are gridded chunk by chunk as in :func:`train` (``out/.work.<pid>.*``, removed at the end)."""
     import tempfile
 
     from .bundle import load_model
     from .cohort import Cohort
-    from .report import HYBRID_NAME, REPORT_FILES, compare
+    from .report import HYBRID_NAME, REPORT_FILES, compare, hourly, shipped_hour_risks
     from .report import write as write_report
 
     out = writable_dir(out, "--out", ("metrics.json", "quality_report.json", "rejects.csv"),
@@ -371,13 +373,18 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
     cfg = Config.from_dict({"data": {"window_hours": tr.window_hours, "resolution_hours": tr.resolution_hours}})
     with tempfile.TemporaryDirectory(prefix=temp_prefix("work"), dir=out, ignore_cleanup_errors=True) as work:
         parts = _parts(data, Path(work), model.catalogue, cfg, labels, outcomes, "evaluation data", False)
-        cohort = Cohort.build(parts, tr, work)  # fitted: only transforms
+        hours = report_hours(hours if hours is not None else
+                             (model.metadata.get("config") or {}).get("evaluation", {}).get("hours",
+                                                                                               [6, 12, 24, 36, 48]),
+                             tr.window_hours)
+        cohort = Cohort.build(parts, tr, work, landmarks=hours, final=False)  # fitted: only transforms
         p = model.risk(cohort.apply(model.logits))
         name = HYBRID_NAME if model.head is not None else MODEL_NAME
         on = f"{len(cohort)} stays"
         if parts.digest == (model.metadata.get("training_data") or {}).get("digest"):  # train refuses such --test
             on += " — the model's own training stays: in-sample, not held-out performance"
         evaluation = compare({name: (p, model.threshold)}, cohort.y, on, n_boot, 0)
+        evaluation.hours = hourly(shipped_hour_risks(model, cohort, hours), cohort.y, {name: model.threshold}, n_boot, 0)
         staged = Path(work) / "report"
         staged.mkdir()
         write_report(staged, evaluation, cohort, model.catalogue, report=parts.report)

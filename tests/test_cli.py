@@ -52,8 +52,19 @@ def test_train_writes_bundle_and_report_apart_and_prints_comparison(trained):
     auroc = metrics["models"]["masked LSTM"]["auroc"]
     assert auroc["lower"] <= auroc["value"] <= auroc["upper"]
     assert metrics["shipped"] == "masked LSTM + summaries"
-    assert set(metrics["differences"]) == {"masked LSTM", "logistic regression", "gradient boosting", "SAPS-I"}
+    assert set(metrics["differences"]) == {"masked LSTM", "summaries-only stack", "logistic regression",
+                                           "gradient boosting", "SAPS-I"}
     assert "out of fold" in metrics["evaluated_on"]
+    # every hour: each row of the report at 6 ... 48 h, with the lead over the summaries-only stack, a plot, a table
+    assert list(metrics["hours"]) == ["6", "12", "24", "36", "48"]
+    for h, row in metrics["hours"].items():
+        assert set(row["models"]) == {"masked LSTM + summaries", "masked LSTM", "summaries-only stack",
+                                      "logistic regression", "gradient boosting"}, h
+        assert "summaries-only stack" in row["differences"] and 0 < row["stays"] <= SAMPLE_STAYS
+        assert abs(row["mean_risk"]["masked LSTM + summaries"] - row["event_rate"]) < 0.05, h  # calibrated there
+    for name in ("hours.png", "hours.csv", "stacking.csv"):
+        assert (root / "run" / "report" / name).is_file(), name
+    assert "every hour" in res.stdout
     assert not list((root / "run").glob(".model.*")), "temporary bundle directory left behind"
 
 
