@@ -192,13 +192,15 @@ class ModelConfig(Section):
     attention: bool = False  # attention pooling over steps instead of the last state
     summaries: bool = True  # stack the networks with logistic regression and boosted trees on per-variable
     #                         summaries (clinical_lstm.summaries); false ships the masked LSTM alone
+    end_members: bool = True  # also stack logistic regression and gradient boosting fitted on each stay's last-bin
+    #                           summary only (end-of-stay specialists, weighed in late in a stay by the stacking)
     stack_knots: list = field(default_factory=lambda: [4.0, 12.0, 24.0, 48.0])  # hours at which the stacking
     #                         weights are fitted, linear in between, constant beyond (those inside the window)
 
     section: ClassVar[str] = "model"
     constraints: ClassVar[dict] = {"hidden_size": Range(int, 1, 4096), "num_layers": Range(int, 1, 8),
                                    "dropout": Range(float, 0, 0.95), "decay": BOOL, "attention": BOOL,
-                                   "summaries": BOOL, "stack_knots": Hours()}
+                                   "summaries": BOOL, "end_members": BOOL, "stack_knots": Hours()}
 
 
 @dataclass

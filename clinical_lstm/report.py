@@ -72,8 +72,8 @@ class Evaluation:
         """Plain text: AUROC / AUPRC / mean risk of every model at every reported hour, then the shipped model's
         paired lead over the summaries-only stack (what the networks add) there."""
         names = list(next(iter(self.hours.values())).metrics)
-        lines = [f"every hour: the risk from the rows up to that hour, on the stays whose grid reaches it "
-                 f"(AUROC / AUPRC / mean risk; event rate in the header)", f"{'model':<24}" + "".join(
+        lines = ["every hour: the risk from the rows up to that hour, on the stays whose grid reaches it "
+                 "(AUROC / AUPRC / mean risk; event rate in the header)", f"{'model':<24}" + "".join(
                      f"{f'{h:g} h (n {len(e.y)}, {e.y.mean():.3f})':>24}" for h, e in self.hours.items())]
         for name in names:
             lines.append(f"{name:<24}" + "".join(
@@ -157,7 +157,7 @@ def hour_rows(fitted, test=None, hours=()) -> dict:
             if len(rows):
                 out[h] = (snaps.stay[rows], {n: fitted.rows_oof[n][rows] for n in order})
         return out
-    lstm, summary, step = test_step_logits(model, test), test.landmark_summary, test.landmark_step
+    lstm, summary, step = step_logits_at(model, test), test.landmark_summary, test.landmark_step
     for j, h in enumerate(hours):
         stays = np.flatnonzero(step[:, j] >= 0)
         if not len(stays):
@@ -166,7 +166,7 @@ def hour_rows(fitted, test=None, hours=()) -> dict:
     return out
 
 
-def test_step_logits(model, cohort) -> np.ndarray:
+def step_logits_at(model, cohort) -> np.ndarray:
     """(N, H) the networks' mean step logit of each stay of ``cohort`` at its ``landmark_step`` bins (NaN where -1),
     block by block."""
     import torch
@@ -188,7 +188,7 @@ def shipped_hour_risks(model, cohort, hours) -> dict:
     the cohort's landmark snapshots (built with ``landmarks=hours``, no final column)."""
     import torch
 
-    lstm, summary, step = test_step_logits(model, cohort), cohort.landmark_summary, cohort.landmark_step
+    lstm, summary, step = step_logits_at(model, cohort), cohort.landmark_summary, cohort.landmark_step
     name = HYBRID_NAME if model.head is not None else MODEL_NAME
     out = {}
     for j, h in enumerate(hours):
@@ -214,14 +214,15 @@ def member_risks(fitted, lstm: np.ndarray, summary: np.ndarray, order) -> dict:
     model, head = fitted.model, fitted.members
     with torch.inference_mode():
         s = torch.from_numpy(np.ascontiguousarray(summary, np.float32))
-        lin, trees = head.linear(s).numpy().astype(np.float64), head.trees(s).numpy().astype(np.float64)
+        logits = [z.numpy().astype(np.float64) for z in head.member_logits(s)]  # in head.groups order
+        lin, trees = logits[0], logits[1]
         shipped = head(torch.from_numpy(lstm.astype(np.float32)), s).numpy() if model.head is not None else lstm
     hour = summary[:, -1]
     knots = head.knots.numpy()
     risks = {HYBRID_NAME: model.risk(shipped) if model.head is not None else None,
              MODEL_NAME: fitted.lstm_calibrator.predict(lstm),
              SUMMARIES_NAME: fitted.summaries_calibrator.predict(
-                 stack_logit(np.column_stack([lin, trees]), hour, *fitted.summaries_stack, knots)),
+                 stack_logit(np.column_stack(logits), hour, *fitted.summaries_stack, knots)),
              "logistic regression": expit(lin), "gradient boosting": expit(trees)}
     return {n: risks[n] for n in order}
 
@@ -247,7 +248,7 @@ def evaluate_fit(fitted, y: np.ndarray, rule: str, outcomes, ids, n_boot: int, s
     threshold is chosen out of fold."""
     import torch
 
-    from .calibrate import choose_threshold, make_calibrator
+    from .calibrate import choose_threshold
     from .model import predict_logits, to_torch
 
     model = fitted.model
@@ -353,12 +354,13 @@ def hours_frame(evaluation: Evaluation) -> pl.DataFrame:
 
 
 def stacking_frame(head) -> pl.DataFrame:
-    """The stacking weights of the shipped head at each knot (linear in between): ``hour, lstm, logistic
-    regression, gradient boosting, bias``."""
-    w, b = head.stack.numpy(), head.bias.numpy()
-    return pl.DataFrame({"hour": head.knots.numpy().astype(float), "lstm": w[:, 0].astype(float),
-                         "logistic regression": w[:, 1].astype(float), "gradient boosting": w[:, 2].astype(float),
-                         "bias": b.astype(float)})
+    """The stacking weights of the shipped head at each knot (linear in between): ``hour, lstm``, one column per
+    summary member, ``bias``."""
+    from .summaries import MEMBER_NAMES
+
+    w, b = head.stack.numpy().astype(float), head.bias.numpy().astype(float)
+    return pl.DataFrame({"hour": head.knots.numpy().astype(float), "lstm": w[:, 0],
+                         **{MEMBER_NAMES[g]: w[:, 1 + i] for i, g in enumerate(head.groups)}, "bias": b})
 
 
 def _global_importance(model, cohort, n: int, seed: int, out_dir: Path) -> dict:

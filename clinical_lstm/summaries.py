@@ -162,6 +162,12 @@ def stack_logit(Z: np.ndarray, hour: np.ndarray, weights: np.ndarray, bias: np.n
 
 
 # -- the head ----------------------------------------------------------------------------------------------------
+#: The head's summary members, in stacking order after the LSTM: logistic regression and gradient boosting fitted on
+#: the landmark snapshots of every hour, then (when the model has them) the same two fitted on each stay's summary at
+#: its last bin only — the end-of-stay specialists that the stacking weighs in late in a stay.
+MEMBER_GROUPS = ("linear", "trees", "elinear", "etrees")
+MEMBER_NAMES = {"linear": "logistic regression", "trees": "gradient boosting",
+                "elinear": "logistic regression, end of stay", "etrees": "gradient boosting, end of stay"}
 class SummaryHead(nn.Module):
     """The shipped logit: ``w(hour) . (LSTM logit, linear(summary), trees(summary)) + b(hour)``.
 
@@ -173,17 +179,23 @@ class SummaryHead(nn.Module):
 
     def __init__(self, members: dict, stack: np.ndarray, bias, knots=None):
         super().__init__()
-        trees = dict(members["trees"])
-        node = np.arange(trees["leaf"].shape[1])[None, :]
-        for side in ("left", "right"):  # a leaf's children are itself: a walk that reached it stays there
-            trees[side] = np.where(trees["leaf"], node, trees[side])
-        for group, arrays in {**members, "trees": trees}.items():
+        unknown = sorted(set(members) - set(MEMBER_GROUPS))
+        if unknown or not {"linear", "trees"} <= set(members):
+            raise ValueError(f"a summary head needs members 'linear' and 'trees' (optionally 'elinear', 'etrees'); "
+                             f"got {sorted(members)}")
+        self.groups = [g for g in MEMBER_GROUPS if g in members]
+        for group in self.groups:
+            arrays = dict(members[group])
+            if group.endswith("trees"):
+                node = np.arange(arrays["leaf"].shape[1])[None, :]
+                for side in ("left", "right"):  # a leaf's children are itself: a walk that reached it stays there
+                    arrays[side] = np.where(arrays["leaf"], node, arrays[side])
             for name, value in arrays.items():
                 self.register_buffer(f"{group}_{name}", torch.as_tensor(np.asarray(value)))
         knots = np.asarray([48.0] if knots is None else knots, np.float32).reshape(-1)
         M = len(knots)
         self.register_buffer("knots", torch.as_tensor(knots))
-        self.register_buffer("stack", torch.as_tensor(np.asarray(stack, np.float32)).reshape(M, 3))
+        self.register_buffer("stack", torch.as_tensor(np.asarray(stack, np.float32)).reshape(M, 1 + len(self.groups)))
         self.register_buffer("bias", torch.as_tensor(np.asarray(bias, np.float32)).reshape(M))
         lo, lo_w, hi, hi_w = _hat_edges(knots)
         for name, value in (("lo", lo), ("lo_w", lo_w), ("hi", hi), ("hi_w", hi_w)):  # derived: not saved
@@ -195,34 +207,41 @@ class SummaryHead(nn.Module):
         members: dict[str, dict] = {}
         for key, value in state.items():
             group, _, name = key.partition("_")
-            if group in ("linear", "trees"):
+            if group in MEMBER_GROUPS:
                 members.setdefault(group, {})[name] = value.numpy()
         return cls(members, state["stack"].numpy(), state["bias"].numpy(), state["knots"].numpy())
 
     def weights(self, hour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(...,) hours -> the stacking weights (..., 3) of (LSTM, linear, trees) and the bias (...,) there."""
+        """(...,) hours -> the stacking weights (..., 1 + members) of (LSTM, *members) and the bias (...,) there."""
         h = torch.minimum(torch.maximum(hour.float(), self.knots[0]), self.knots[-1])[..., None]  # (..., 1)
         basis = torch.minimum((h - self._hat_lo) / self._hat_lo_w, (self._hat_hi - h) / self._hat_hi_w).clamp(0, 1)
         return basis @ self.stack, basis @ self.bias
 
-    def linear(self, s: torch.Tensor) -> torch.Tensor:
-        """(..., F) summaries -> (...,) logit of the logistic-regression member."""
+    def linear(self, s: torch.Tensor, group: str = "linear") -> torch.Tensor:
+        """(..., F) summaries -> (...,) logit of a logistic-regression member (``linear`` or ``elinear``)."""
+        b = lambda name: getattr(self, f"{group}_{name}")  # noqa: E731
         missing = torch.isnan(s)
-        filled = torch.where(missing, self.linear_median, s)
-        z = torch.cat([filled, missing[..., self.linear_indicator].to(s.dtype)], dim=-1)  # (..., F + I)
-        return ((z - self.linear_mean) / self.linear_scale) @ self.linear_coef + self.linear_intercept[0]
+        filled = torch.where(missing, b("median"), s)
+        z = torch.cat([filled, missing[..., b("indicator")].to(s.dtype)], dim=-1)  # (..., F + I)
+        return ((z - b("mean")) / b("scale")) @ b("coef") + b("intercept")[0]
 
-    def trees(self, s: torch.Tensor) -> torch.Tensor:
-        """(..., F) summaries -> (...,) raw score of the boosted trees: every tree walked from its root at once."""
+    def member_logits(self, s: torch.Tensor) -> list[torch.Tensor]:
+        """(..., F) summaries -> each summary member's (...,) logit, in :attr:`groups` order."""
+        return [self.trees(s, g) if g.endswith("trees") else self.linear(s, g) for g in self.groups]
+
+    def trees(self, s: torch.Tensor, group: str = "trees") -> torch.Tensor:
+        """(..., F) summaries -> (...,) raw score of a boosted-trees member (``trees`` or ``etrees``): every tree
+        walked from its root at once."""
+        b = lambda name: getattr(self, f"{group}_{name}")  # noqa: E731
         shape = s.shape[:-1]
         x = s.reshape(-1, s.shape[-1])  # (B, F)
-        n_trees, width = self.trees_feature.shape
+        n_trees, width = b("feature").shape
         base = (torch.arange(n_trees, device=s.device) * width)[None, :]  # (1, n_trees) flat offset of each tree
         node = torch.zeros(x.shape[0], n_trees, dtype=torch.long, device=s.device)  # (B, n_trees)
-        feature, threshold = self.trees_feature.reshape(-1), self.trees_threshold.reshape(-1)
-        missing_left, leaf = self.trees_missing_left.reshape(-1), self.trees_leaf.reshape(-1)
-        left, right = self.trees_left.reshape(-1), self.trees_right.reshape(-1)
-        for _ in range(int(self.trees_depth)):
+        feature, threshold = b("feature").reshape(-1), b("threshold").reshape(-1)
+        missing_left, leaf = b("missing_left").reshape(-1), b("leaf").reshape(-1)
+        left, right = b("left").reshape(-1), b("right").reshape(-1)
+        for _ in range(int(b("depth"))):
             at = base + node  # (B, n_trees)
             v = torch.gather(x, 1, feature[at])  # (B, n_trees) the split feature's value
             # float64, as scikit-learn compares; a missing value goes where training sent missing values (NaN <=
@@ -231,7 +250,7 @@ class SummaryHead(nn.Module):
             node = torch.where(go_left, left[at], right[at])
             if not torch.jit.is_tracing() and bool(leaf[base + node].all()):  # every walk has ended (an
                 break  # exported graph always takes the full depth)
-        raw = self.trees_value.reshape(-1)[base + node].sum(dim=1) + self.trees_baseline[0]  # (B,)
+        raw = b("value").reshape(-1)[base + node].sum(dim=1) + b("baseline")[0]  # (B,)
         return raw.reshape(shape)
 
     def numpy_logit(self, lstm_logit: float, summary: np.ndarray) -> float:
@@ -241,31 +260,37 @@ class SummaryHead(nn.Module):
         tree's walk only follows them."""
         a = self.__dict__.get("_arrays")
         if a is None:
-            a = {k: v.numpy().reshape(-1) if k.startswith("trees_") else v.numpy()
-                 for k, v in self.state_dict(keep_vars=False).items()}
+            a = {k: v.numpy().reshape(-1) if k.split("_")[0].endswith("trees") else v.numpy()
+                 for k, v in self.state_dict().items()}
             a.update({k: v.numpy() for k, v in self.named_buffers() if k.startswith("_hat_")})
-            a["root"] = np.arange(self.trees_feature.shape[0]) * self.trees_feature.shape[1]  # each tree's first node
-            a["offset"] = np.repeat(a["root"], self.trees_feature.shape[1])  # a node's tree's first node
+            for g in self.groups:
+                if g.endswith("trees"):
+                    n_trees, width = getattr(self, f"{g}_feature").shape
+                    a[f"{g}_root"] = np.arange(n_trees) * width  # each tree's first node
+                    a[f"{g}_offset"] = np.repeat(a[f"{g}_root"], width)  # a node's tree's first node
             self.__dict__["_arrays"] = a
         s = np.asarray(summary, np.float32)  # (F,)
         missing = np.isnan(s)
-        z = np.concatenate([np.where(missing, a["linear_median"], s), missing[a["linear_indicator"]]])
-        linear = float(((z - a["linear_mean"]) / a["linear_scale"]) @ a["linear_coef"] + a["linear_intercept"][0])
-        v = s[a["trees_feature"]].astype(np.float64)  # (n_trees * width,) each node's split value
-        with np.errstate(invalid="ignore"):  # as in trees()
-            go_left = (v <= a["trees_threshold"]) | (np.isnan(v) & a["trees_missing_left"])
-        child = np.where(go_left, a["trees_left"], a["trees_right"]) + a["offset"]  # the next node, flat
-        node = a["root"]
-        for _ in range(int(a["trees_depth"][0])):  # leaves are their own children
-            node = child[node]
-        trees = float(a["trees_value"][node].sum(dtype=np.float32) + a["trees_baseline"][0])
-        members = np.array([lstm_logit, linear, trees], np.float32)
+        members = [np.float32(lstm_logit)]
+        for g in self.groups:
+            if not g.endswith("trees"):
+                z = np.concatenate([np.where(missing, a[f"{g}_median"], s), missing[a[f"{g}_indicator"]]])
+                members.append(float(((z - a[f"{g}_mean"]) / a[f"{g}_scale"]) @ a[f"{g}_coef"] + a[f"{g}_intercept"][0]))
+                continue
+            v = s[a[f"{g}_feature"]].astype(np.float64)  # (n_trees * width,) each node's split value
+            with np.errstate(invalid="ignore"):  # as in trees()
+                go_left = (v <= a[f"{g}_threshold"]) | (np.isnan(v) & a[f"{g}_missing_left"])
+            child = np.where(go_left, a[f"{g}_left"], a[f"{g}_right"]) + a[f"{g}_offset"]  # the next node, flat
+            node = a[f"{g}_root"]
+            for _ in range(int(a[f"{g}_depth"][0])):  # leaves are their own children
+                node = child[node]
+            members.append(float(a[f"{g}_value"][node].sum(dtype=np.float32) + a[f"{g}_baseline"][0]))
         h = np.float32(min(max(s[-1], a["knots"][0]), a["knots"][-1]))  # as weights()
         basis = np.clip(np.minimum((h - a["_hat_lo"]) / a["_hat_lo_w"], (a["_hat_hi"] - h) / a["_hat_hi_w"]), 0, 1)
-        return float(members @ (basis @ a["stack"]) + basis @ a["bias"])
+        return float(np.array(members, np.float32) @ (basis @ a["stack"]) + basis @ a["bias"])
 
     def forward(self, lstm_logit: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         s = summary.float()
-        members = torch.stack([lstm_logit.float(), self.linear(s), self.trees(s)], dim=-1)  # (..., 3)
+        members = torch.stack([lstm_logit.float(), *self.member_logits(s)], dim=-1)  # (..., 1 + members)
         w, b = self.weights(s[..., -1])
         return (members * w).sum(-1) + b

@@ -320,7 +320,7 @@ class Tracker:
         head = result.model.head
         if head is not None:  # the stacking weights at each knot (linear in between)
             for j, h in enumerate(head.knots.tolist()):
-                for i, member in enumerate(("lstm", "logreg", "gbm")):
+                for i, member in enumerate(["lstm", *head.groups]):
                     metrics[f"stack_weight_{member}_h{h:g}"] = float(head.stack[j, i])
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})  # NaN-free
         mlflow.set_tag("evaluated_on", result.evaluated_on)

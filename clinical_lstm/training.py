@@ -212,22 +212,33 @@ class SummaryFit:
 
 
 def fit_summaries(snaps: Snapshots, y_rows: np.ndarray, fold_rows: np.ndarray, knots: np.ndarray,
-                  seed: int) -> SummaryFit:
-    """Logistic regression and gradient boosting on the snapshot summaries, on the same folds as the networks
-    (their out-of-fold logits are the report's baselines), then the hour-dependent stackings of the out-of-fold
-    logits (:func:`~clinical_lstm.summaries.fit_stack`, as in stacked generalization)."""
-    from .summaries import SummaryHead, fit_members, fit_stack
+                  seed: int, end_members: bool = True) -> SummaryFit:
+    """The summary members on the same folds as the networks (their out-of-fold logits of every snapshot row are
+    the report's baselines and the stacking's inputs): logistic regression and gradient boosting fitted on the
+    snapshots of every hour, and with ``end_members`` the same two fitted on each stay's last-bin summary only (the
+    end-of-stay specialists). Then the hour-dependent stackings of the out-of-fold logits
+    (:func:`~clinical_lstm.summaries.fit_stack`, as in stacked generalization)."""
+    from .summaries import MEMBER_NAMES, SummaryHead, fit_members, fit_stack
 
-    oof = {"logistic regression": np.zeros(len(y_rows)), "gradient boosting": np.zeros(len(y_rows))}
+    groups = ["linear", "trees"] + (["elinear", "etrees"] if end_members else [])
+    oof = {MEMBER_NAMES[g]: np.zeros(len(y_rows)) for g in groups}
+
+    def fitted(rows) -> dict:
+        both = fit_members(snaps.summary[rows], y_rows[rows], seed, snaps.stay[rows])
+        if end_members:
+            last = rows & snaps.final
+            both.update({f"e{k}": v for k, v in fit_members(snaps.summary[last], y_rows[last], seed).items()})
+        return both
+
     for k in range(int(fold_rows.max()) + 1):
-        fit, held = fold_rows != k, fold_rows == k
-        head = SummaryHead(fit_members(snaps.summary[fit], y_rows[fit], seed, snaps.stay[fit]), np.zeros(3), 0.0)
+        held = fold_rows == k
+        head = SummaryHead(fitted(~held), np.zeros(1 + len(groups)), 0.0)
         with torch.inference_mode():
-            s = torch.from_numpy(snaps.summary[held])
-            oof["logistic regression"][held] = head.linear(s).numpy()
-            oof["gradient boosting"][held] = head.trees(s).numpy()
-    Z = np.column_stack([snaps.lstm, oof["logistic regression"], oof["gradient boosting"]])
-    return SummaryFit(fit_members(snaps.summary, y_rows, seed, snaps.stay), oof, fit_stack(Z, snaps.hour, y_rows, knots),
+            for g, z in zip(head.groups, head.member_logits(torch.from_numpy(snaps.summary[held])), strict=True):
+                oof[MEMBER_NAMES[g]][held] = z.numpy()
+    Z = np.column_stack([snaps.lstm, *oof.values()])
+    every = np.ones(len(y_rows), bool)
+    return SummaryFit(fitted(every), oof, fit_stack(Z, snaps.hour, y_rows, knots),
                       fit_stack(Z[:, 1:], snaps.hour, y_rows, knots), knots)
 
 
@@ -306,12 +317,12 @@ def fit(cohort, cfg, progress: bool = True, on_epoch=None, log=print) -> Fitted:
 
     # the summary members are fitted whatever ships: they are the report's baselines (summaries = false ships
     # the networks alone, and the report still shows what the summaries reach)
-    summ = fit_summaries(snaps, y_rows, fold_rows, knots, cfg.train.seed)
+    summ = fit_summaries(snaps, y_rows, fold_rows, knots, cfg.train.seed, cfg.model.end_members)
     Z = np.column_stack([snaps.lstm, *summ.oof.values()])
     summ_cal = make_calibrator(method).fit(stack_logit(Z[:, 1:], snaps.hour, *summ.summaries_stack, knots), y_rows)
     rows_oof["masked LSTM + summaries"] = cross_fit_stacks(Z, snaps.hour, y_rows, fold_rows, knots, method)
     rows_oof["summaries-only stack"] = cross_fit_stacks(Z[:, 1:], snaps.hour, y_rows, fold_rows, knots, method)
-    rows_oof.update({name: expit(z) for name, z in summ.oof.items()})
+    rows_oof.update({name: expit(summ.oof[name]) for name in ("logistic regression", "gradient boosting")})
     members = SummaryHead(summ.members, *summ.stack, knots)
     if cfg.model.summaries:
         head, shipped = members, "masked LSTM + summaries"
@@ -326,12 +337,12 @@ def fit(cohort, cfg, progress: bool = True, on_epoch=None, log=print) -> Fitted:
     model = RiskModel(tr, nets.networks, calibrator, threshold, head=head)
     if head is not None:
         w = summ.stack[0]
-        log(f"the model: {len(nets.networks)} networks stacked with the summary members; weights (LSTM, logistic "
-            f"regression, gradient boosting) by hour: " + "; ".join(
-                f"{h:g} h {w[j, 0]:.2f}/{w[j, 1]:.2f}/{w[j, 2]:.2f}" for j, h in enumerate(knots)))
+        log(f"the model: {len(nets.networks)} networks stacked with the summary members; weights (LSTM, "
+            f"{', '.join(summ.oof)}) by hour: " + "; ".join(
+                f"{h:g} h " + "/".join(f"{v:.2f}" for v in w[j]) for j, h in enumerate(knots)))
     else:
         log(f"the model: {len(nets.networks)} networks")
-    members_oof = {name: z[final] for name, z in summ.oof.items()}
+    members_oof = {name: summ.oof[name][final] for name in ("logistic regression", "gradient boosting")}
     seconds = {"networks": t2 - t1, "summaries": t3 - t2, "total": time.perf_counter() - t1}
     return Fitted(model, nets.fold, oof_risk, nets.oof_logits, members, members_oof, nets.history,
                   {k: round(v, 1) for k, v in seconds.items()}, snaps, rows_oof, summ.summaries_stack, lstm_cal,

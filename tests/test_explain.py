@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 import polars as pl
 import pytest
+import torch
 
 from clinical_lstm.config import Config
 from clinical_lstm.explain import reference, shap_values

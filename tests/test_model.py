@@ -205,7 +205,7 @@ def test_logit_without_attention_is_step_logit_at_last_valid_step():
 def test_model_config_to_dict():
     cfg = ModelConfig(hidden_size=16, decay=False, attention=True)
     assert cfg.to_dict() == {"hidden_size": 16, "num_layers": 1, "dropout": 0.2, "decay": False, "attention": True,
-                             "summaries": True}
+                             "summaries": True, "end_members": True, "stack_knots": [4.0, 12.0, 24.0, 48.0]}
 
 
 def test_rows_batches_are_the_copied_fold_batches():

@@ -149,3 +149,29 @@ def test_head_weights_vary_with_the_hour_column_in_torch_and_numpy(fitted):
         np.testing.assert_allclose(SummaryHead.from_state(head.state_dict())(lstm, s).numpy(), want, atol=1e-5)
     fast = [head.numpy_logit(float(lstm[i]), S[i]) for i in range(len(S))]
     np.testing.assert_allclose(fast, want, atol=1e-5)
+
+
+def test_head_with_end_of_stay_members_matches_in_torch_numpy_and_after_a_round_trip(fitted):
+    """Five members (LSTM, the snapshot members, the end-of-stay members): forward, the stream's numpy path and a
+    head rebuilt from its state give one logit."""
+    X, y = fitted
+    members = fit_members(X, y, seed=0)
+    members.update({f"e{k}": v for k, v in fit_members(X[::2], y[::2], seed=1).items()})
+    knots = np.array([4.0, 48.0])
+    stack = np.array([[0.3, 0.2, 0.4, -0.1, 0.1], [0.2, 0.1, 0.2, 0.2, 0.5]])
+    head = SummaryHead(members, stack, np.array([-0.5, 0.1]), knots)
+    assert head.groups == ["linear", "trees", "elinear", "etrees"]
+    S = X.copy()
+    S[:, -1] = np.linspace(0, 60, len(S))
+    lstm = torch.linspace(-2, 2, len(S))
+    with torch.inference_mode():
+        s = torch.from_numpy(S)
+        logits = [lstm.numpy(), head.linear(s).numpy(), head.trees(s).numpy(), head.linear(s, "elinear").numpy(),
+                  head.trees(s, "etrees").numpy()]
+        assert not np.allclose(logits[2], logits[4])  # the end-of-stay trees are another model
+        h = np.clip(S[:, -1], 4, 48)
+        w = np.stack([np.interp(h, knots, stack[:, j]) for j in range(5)], axis=1)
+        want = (np.stack(logits, axis=1) * w).sum(1) + np.interp(h, knots, [-0.5, 0.1])
+        np.testing.assert_allclose(head(lstm, s).numpy(), want, atol=1e-5)
+        np.testing.assert_allclose(SummaryHead.from_state(head.state_dict())(lstm, s).numpy(), want, atol=1e-5)
+    np.testing.assert_allclose([head.numpy_logit(float(lstm[i]), S[i]) for i in range(len(S))], want, atol=1e-5)

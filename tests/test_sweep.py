@@ -193,7 +193,7 @@ def test_median_pruner_stops_a_clearly_bad_trial_early(tmp_path, store):
     from mlflow import MlflowClient
 
     data, labels = cohort(tmp_path)
-    base = tiny(epochs=5, batch_size=8, patience=5)
+    base = tiny(epochs=5, batch_size=8, patience=5, stop_fraction=0.4)  # early-stopping splits of ~20 stays, not 8
     search = SearchSpace.parse(base, {"train.lr": [0.01, 1e-6]})
     study = optuna.create_study(direction="maximize",
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))
