@@ -256,7 +256,11 @@ def tiny_model(seed: int = 0, n_networks: int = 1, head: bool = False, **model_c
         lactate = np.array([top.get(int(i), np.nan) for i in ids])
         y = np.where(no_lactate, rng.random(len(ids)) < 0.7, lactate + rng.normal(0, 0.3, len(ids)) > 2.4)
         X = tr.transform(big, ids).summary
-        summary_head = SummaryHead(fit_members(X, y.astype(np.int64), seed), np.array([1.0, 0.5, 0.5]), -0.2)
+        members = fit_members(X, y.astype(np.int64), seed)
+        # the default head's shape: end-of-stay members too, and stacking weights that change with the hour
+        members.update({f"e{k}": v for k, v in fit_members(X[::2], y[::2].astype(np.int64), seed + 1).items()})
+        summary_head = SummaryHead(members, np.array([[1.0, 0.5, 0.5, 0.0, 0.1], [0.6, 0.3, 0.4, 0.2, 0.3]]),
+                                   np.array([-0.4, -0.2]), np.array([4.0, 24.0]))
     return RiskModel(tr, nets, cal, 0.5, {"note": "tiny untrained test model"}, summary_head)
 
 
