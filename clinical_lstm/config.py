@@ -205,7 +205,7 @@ class ModelConfig(Section):
 
 @dataclass
 class TrainConfig(Section):
-    folds: int = 5  # k of k-fold cross-fitting: k networks, each early-stopped on its own held-out fold
+    folds: int = 5  # k of k-fold cross-fitting: k networks, each scored on its held-out fold
     epochs: int = 40  # upper bound; early stopping usually ends sooner
     batch_size: int = 64
     lr: float = 2e-3  # AdamW learning rate

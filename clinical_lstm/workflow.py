@@ -234,9 +234,10 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     are gridded chunk by chunk onto disk (:mod:`clinical_lstm.cohort`, in ``out/.work.<pid>.*``, removed at the end),
     so memory does not grow with the number of stays beyond ``[train] in_memory_gb`` and the summaries.
 
-    The model (:func:`clinical_lstm.training.fit`): k networks, each early-stopped on its own held-out fold,
-    stacked with summary members (logistic regression, boosted trees) on their out-of-fold logits, calibrated and
-    thresholded out of fold. Metrics come from ``test_data`` when given, else out of fold on the training stays;
+    The model (:func:`clinical_lstm.training.fit`): k networks, each early-stopped on a split of its own training
+    folds, stacked with summary members (logistic regression, boosted trees) fitted on landmark snapshots of every
+    stay, with weights that change with the hour, on their out-of-fold logits; calibrated over the hours and
+    thresholded out of fold. The report shows every model at the stay's end and at ``[evaluation] hours``. Metrics come from ``test_data`` when given, else out of fold on the training stays;
     every row of the comparison (:func:`clinical_lstm.report.evaluate_fit`) is on the same stays. ``tracking``: False, True
     (an MLflow run in the default store, see :mod:`clinical_lstm.tracking`) or a
     :class:`~clinical_lstm.tracking.Tracker`. A tracking failure never stops training.
@@ -309,6 +310,7 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
                           "stays": len(ids), "rows": report.n_rows_kept, "deaths": int(y.sum())},
         "evaluated_on": on, "train_seconds": fitted.seconds,
         "metrics": evaluation.to_dict()["models"],
+        "hours": evaluation.to_dict().get("hours", {}),  # every model at each reported hour (aggregates only)
     }
     with atomic_dir(out / "report") as staged:  # model/ and report/ replace an earlier run's whole: nothing stale
         files = write_report(staged, evaluation, test or cohort, catalogue, fitted.history, report, model,

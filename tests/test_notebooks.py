@@ -46,6 +46,8 @@ assert trajectory.height == int(tensors.lengths[0]) and trajectory["risk"].is_be
 assert abs(base + explanation["contribution"].sum() - output) < 1e-3
 assert attribution.shape == (int(tensors.lengths[0]), len(series))
 assert many["stay_id"].n_unique() == 100
+assert set(table["hour"].to_list()) == {6.0, 12.0, 24.0, 36.0, 48.0}
+assert {"masked LSTM + summaries", "summaries-only stack", "masked LSTM"} <= set(table["model"].to_list())
 """,
 }
 # What a notebook may import from the package: the top-level public API and these documented submodules.
