@@ -270,21 +270,34 @@ class SummaryBaselines:
         return self
 
     def _boosting_rounds(self, pipe: Pipeline, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> int:
-        """The boosting rounds by early stopping on whole stays: a copy fitted for the most rounds on the rows of
-        85 % of the stays, its validation log-loss on the rest after every round; the best round count."""
+        """The boosting rounds by early stopping on whole stays: a copy grown 10 rounds at a time (warm start) on
+        the rows of 85 % of the stays until its log-loss on the rest has not improved for 20 rounds (the
+        boosting's own ``n_iter_no_change``), or the most rounds; the round count at the lowest loss."""
         from sklearn.base import clone
         from sklearn.metrics import log_loss
 
         unique = np.unique(groups)
         rng = np.random.default_rng(self.seed)
         held = np.isin(groups, rng.choice(unique, size=max(1, int(round(0.15 * len(unique)))), replace=False))
+        most = int(pipe.steps[-1][1].max_iter)
         if y[held].min() == y[held].max() or y[~held].min() == y[~held].max():
-            return int(pipe.steps[-1][1].max_iter)  # too few stays to hold some out: every round
+            return most  # too few stays to hold some out: every round
         trial = clone(pipe)
-        trial.steps[-1][1].set_params(early_stopping=False)
-        trial.fit(X[~held], y[~held].astype(np.int64))
-        Xv = trial[:-1].transform(X[held])
-        losses = [log_loss(y[held], p[:, 1], labels=[0, 1]) for p in trial.steps[-1][1].staged_predict_proba(Xv)]
+        hgb = trial.steps[-1][1]
+        hgb.set_params(early_stopping=False, warm_start=True)
+        fit_X, fit_y = X[~held], y[~held].astype(np.int64)
+        losses: list[float] = []
+        rounds = 0
+        while rounds < most:
+            rounds = min(most, rounds + 10)
+            hgb.set_params(max_iter=rounds)
+            trial.fit(fit_X, fit_y)
+            Xv = trial[:-1].transform(X[held])
+            done = len(losses)
+            losses += [log_loss(y[held], p[:, 1], labels=[0, 1]) for i, p in enumerate(hgb.staged_predict_proba(Xv))
+                       if i >= done]
+            if len(losses) - 1 - int(np.argmin(losses)) >= 20:
+                break
         return int(np.argmin(losses)) + 1
 
     def predict_proba(self, X: np.ndarray) -> dict[str, np.ndarray]:

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     data(p, prepared=True)
     p.add_argument("--out", metavar="DIR", help="folder for metrics.json, plots and subgroups")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the intervals")
+    p.add_argument("--hours", type=float, nargs="+", metavar="H",
+                   help="also score each stay from its rows up to each of these hours (default: the model's "
+                        "[evaluation] hours, 6 12 24 36 48)")
     quiet(p)
 
     p = command("score")
@@ -244,10 +247,14 @@ def cmd_evaluate(a) -> int:
     _, job = _job(a, model=a.model, data=a.data, out=a.out, labels=a.labels, outcomes=a.outcomes)
     _need(job, "model", "data", "out", command="evaluate")
     log = _printer(a)
-    ev = evaluate(job.model, _paths(job.data), job.out, job.labels, job.outcomes, a.n_boot)
+    if a.hours is not None and not all(h > 0 and h == h and h != float("inf") for h in a.hours):
+        raise ValueError(f"--hours must be positive, finite hours; got {a.hours}")
+    ev = evaluate(job.model, _paths(job.data), job.out, job.labels, job.outcomes, a.n_boot, hours=a.hours)
     log(f"evaluated on {ev.on}")
     for k, e in ev.metrics[ev.shipped].items():
         log(f"{k:<16} {e}")
+    if ev.hours:
+        log(ev.hours_table())
     log(f"wrote metrics, subgroups and plots to {job.out}")
     return 0
 

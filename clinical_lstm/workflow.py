@@ -272,7 +272,7 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
         _check_separate(parts.read_ids, test_parts.read_ids)
     report = parts.report
     transformer = GridTransformer(catalogue, d.window_hours, d.resolution_hours, d.imputation)
-    hours = report_hours(cfg.evaluation.hours, d.window_hours)
+    hours = report_hours(cfg.evaluation.hours, d.window_hours, d.resolution_hours)
     landmarks = sorted({float(h) for h in [*cfg.train.landmarks, *hours] if h <= d.window_hours})
     cohort = Cohort.build(parts, transformer, work / "train", progress=progress,  # fits the transformer
                           landmarks=landmarks)
@@ -329,9 +329,11 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
     return result
 
 
-def report_hours(hours, window_hours: float) -> list[float]:
-    """The reported hours inside the window, sorted and unique."""
-    return sorted({float(h) for h in hours if 0 < float(h) <= window_hours})
+def report_hours(hours, window_hours: float, resolution_hours: float) -> list[float]:
+    """The reported hours inside the window, each moved to the end of the bin it falls in the nearest (a risk
+    is given at the end of a bin), sorted and unique."""
+    snapped = {max(1, round(float(h) / resolution_hours)) * resolution_hours for h in hours if 0 < float(h)}
+    return sorted(h for h in snapped if h <= window_hours + 1e-9)
 
 
 def _chain(first, second):
@@ -378,7 +380,7 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
         hours = report_hours(hours if hours is not None else
                              (model.metadata.get("config") or {}).get("evaluation", {}).get("hours",
                                                                                                [6, 12, 24, 36, 48]),
-                             tr.window_hours)
+                             tr.window_hours, tr.resolution_hours)
         cohort = Cohort.build(parts, tr, work, landmarks=hours, final=False)  # fitted: only transforms
         p = model.risk(cohort.apply(model.logits))
         name = HYBRID_NAME if model.head is not None else MODEL_NAME

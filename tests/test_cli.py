@@ -111,7 +111,21 @@ def test_evaluate_writes_metrics_and_plots(trained, tmp_path):
     # the model was trained on these very stays: said, in the output and in metrics.json (train refuses a --test
     # that shares stays; evaluate cannot tell a partial overlap, but the same cohort it can)
     said = "the model's own training stays: in-sample, not held-out performance"
-    assert said in res.stdout and said in json.loads((tmp_path / "ev" / "metrics.json").read_text())["evaluated_on"]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert said in res.stdout and said in metrics["evaluated_on"]
+    # every hour of the model's [evaluation] hours, from the rows up to it: the same risks the trajectory gives
+    assert list(metrics["hours"]) == ["6", "12", "24", "36", "48"] and (tmp_path / "ev" / "hours.png").is_file()
+    from clinical_lstm import bundled_sample, load_data, load_model
+
+    model = load_model(root / "run")
+    traj = model.trajectory(load_data(bundled_sample())).filter(pl.col("hour") == 12.0)
+    assert metrics["hours"]["12"]["stays"] == traj.height
+    assert metrics["hours"]["12"]["mean_risk"]["masked LSTM + summaries"] == pytest.approx(traj["risk"].mean(),
+                                                                                          abs=1e-9)
+    other = run("evaluate", "--model", str(root / "run"), "--data", "sample", "--out", str(tmp_path / "ev2"),
+                "--n-boot", "20", "--hours", "3", "30", "500")  # 500 h lies past the 48-hour window: left out
+    assert other.returncode == 0, other.stderr
+    assert list(json.loads((tmp_path / "ev2" / "metrics.json").read_text())["hours"]) == ["3", "30"]
 
 
 def test_prepare_writes_grid_and_report(tmp_path):
