@@ -31,7 +31,8 @@ SELECTION_METRIC = "validation_auprc"
 #: metric-name prefix of each row of the comparison; the shipped model's metrics have none (``auroc``)
 BASELINE_PREFIX = {"masked LSTM": "lstm_", "logistic regression": "logreg_", "gradient boosting": "gbm_",
                    "SAPS-I": "saps_", "summaries-only stack": "stack_"}
-HOUR_KEYS = ("auroc", "auprc", "brier", "ece")  # the every-hour metrics logged as <prefix><key>_h<hour>
+HOUR_KEYS = ("auroc", "auprc", "brier", "ece")  # the every-hour metrics logged as hours/<prefix><key>_h<hour>
+HOURS = "hours/"  # the UI's section of the every-hour metrics
 
 
 def local_store(root: str | Path | None = None, create: bool = True) -> tuple[str, str]:
@@ -305,15 +306,17 @@ class Tracker:
             for key, est in diffs.items():
                 metrics.update({f"{prefix}{key}": est.value, f"{prefix}{key}_lower": est.lower,
                                 f"{prefix}{key}_upper": est.upper})
-        for h, e in result.evaluation.hours.items():  # every hour: auroc_h12, lstm_auroc_h12, lead_over_stack_auroc_h12
+        # every hour in its own section of the UI ("hours/auroc_h12", "hours/lead_over_stack_auroc_h12", ...), the
+        # stacking weights in another ("stacking/weight_lstm_h48"): the headline metrics stay first in every list
+        for h, e in result.evaluation.hours.items():
             suffix = f"_h{h:g}"
             for name, ests in e.metrics.items():
-                prefix = "" if name == e.shipped else BASELINE_PREFIX[name]
+                prefix = HOURS + ("" if name == e.shipped else BASELINE_PREFIX[name])
                 metrics.update({f"{prefix}{k}{suffix}": ests[k].value for k in HOUR_KEYS if k in ests})
                 metrics[f"{prefix}mean_risk{suffix}"] = float(e.probs[name][0].mean())
-            metrics[f"event_rate{suffix}"] = float(e.y.mean())
+            metrics[f"{HOURS}event_rate{suffix}"] = float(e.y.mean())
             for name, diffs in e.differences.items():
-                prefix = "lead_over_" + BASELINE_PREFIX[name]
+                prefix = HOURS + "lead_over_" + BASELINE_PREFIX[name]
                 for k in ("auroc", "auprc"):
                     metrics.update({f"{prefix}{k}{suffix}": diffs[k].value, f"{prefix}{k}{suffix}_lower": diffs[k].lower,
                                     f"{prefix}{k}{suffix}_upper": diffs[k].upper})
@@ -321,7 +324,7 @@ class Tracker:
         if head is not None:  # the stacking weights at each knot (linear in between)
             for j, h in enumerate(head.knots.tolist()):
                 for i, member in enumerate(["lstm", *head.groups]):
-                    metrics[f"stack_weight_{member}_h{h:g}"] = float(head.stack[j, i])
+                    metrics[f"stacking/weight_{member}_h{h:g}"] = float(head.stack[j, i])
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})  # NaN-free
         mlflow.set_tag("evaluated_on", result.evaluated_on)
         self._log_dataset(result)

@@ -94,15 +94,25 @@ def test_run_holds_config_metrics_data_and_artifacts(store):
     assert m["lstm_auroc"] == pytest.approx(res.metrics["masked LSTM"]["auroc"].value)
     epochs = client.get_metric_history(run.info.run_id, "val_auprc_fold0")
     assert [e.step for e in epochs] == [h["epoch"] for h in res.history if h["fold"] == 0]
-    for key in ("lead_over_logreg_auroc", "lead_over_gbm_auprc_lower", "lead_over_gbm_auprc_upper"):
+    for key in ("lead_over_logreg_auroc", "lead_over_gbm_auprc_lower", "lead_over_gbm_auprc_upper",
+                "lead_over_stack_auroc"):
         assert key in m, key  # the paired differences, model minus baseline
+    # every hour of the 24-hour window, in the UI's "hours/" section; the stacking weights at each knot
+    assert sorted(res.evaluation.hours) == [6.0, 12.0, 24.0]
+    at12 = res.evaluation.hours[12.0]
+    assert m["hours/auroc_h12"] == pytest.approx(at12.metrics["masked LSTM + summaries"]["auroc"].value)
+    assert m["hours/stack_auroc_h12"] == pytest.approx(at12.metrics["summaries-only stack"]["auroc"].value)
+    assert m["hours/lead_over_stack_auroc_h24_lower"] <= m["hours/lead_over_stack_auroc_h24"]
+    assert m["hours/event_rate_h6"] == pytest.approx(float(res.evaluation.hours[6.0].y.mean()))
+    assert {f"stacking/weight_{k}_h{h}" for k in ("lstm", "trees", "etrees") for h in (4, 12, 24)} <= set(m)
     assert run.data.tags["clinical_lstm.version"]
     (ds,) = run.inputs.dataset_inputs
     assert ds.dataset.digest == res.model.metadata["training_data"]["digest"][:16]
     assert {t.key: t.value for t in ds.tags}["stays"] == str(N_STAYS)  # the kept, labelled stays
     names = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/roc.png", "report/pr.png", "report/calibration.png", "report/quality_report.json",
-            "report/subgroups.csv", "report/global_importance.png", "report/global_importance.csv"} <= names
+            "report/subgroups.csv", "report/global_importance.png", "report/global_importance.csv",
+            "report/hours.png", "report/hours.csv", "report/stacking.csv"} <= names
     assert "config.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 

@@ -161,6 +161,20 @@ def _row_numbers(label) -> list[float]:
     return [float(t) for t in texts]
 
 
+def _row_numbers_when(label, want, seconds: float = 10.0) -> list[float]:
+    """:func:`_row_numbers` once they equal ``want`` or ``seconds`` have passed (then as last read). The compare
+    view scrolls its metric names and its values in two panes kept in step by the page's own script: with the
+    every-hour metrics the list is long, and just after a scroll the values pane can still show other rows."""
+    import time
+
+    end = time.monotonic() + seconds
+    while True:
+        shown = _row_numbers(label)
+        if shown == pytest.approx(want, abs=1e-3) or time.monotonic() > end:
+            return shown
+        label.page.wait_for_timeout(200)
+
+
 def test_run_list_shows_both_runs_with_auroc_and_auprc(browser, server, store, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
@@ -212,8 +226,8 @@ def test_compare_view_shows_both_runs_and_their_metrics(browser, server, store, 
         for metric in METRICS:
             label = page.get_by_role("link", name=metric, exact=True)
             expect(label).to_be_visible()
-            shown = _row_numbers(label)
             want = [store["metrics"][h][metric] for h in HIDDEN]
+            shown = _row_numbers_when(label, want)
             assert shown == pytest.approx(want, abs=1e-3), f"{metric}: page shows {shown}, the store has {want}"
 
         # for the screenshot: the parallel-coordinates plot over AUROC/AUPRC, only what differs, no artifacts
