@@ -272,6 +272,10 @@ def plot_hours(hours: Mapping[float, Any], path: str | os.PathLike[str], title: 
     """Metric against hour since admission, one line per model with its 95 % bootstrap band: AUROC, AUPRC, and
     mean risk against the event rate (calibration over the stay). ``hours`` maps an hour to the
     :class:`~clinical_lstm.report.Evaluation` of the risks from the rows up to it."""
+    return _save_png(_hours_figure(hours, title), path)
+
+
+def _hours_figure(hours: Mapping[float, Any], title: str = "") -> Any:
     if not hours:
         raise ValueError("hours must map at least one hour to its evaluation")
     hs = sorted(hours)
@@ -287,14 +291,18 @@ def plot_hours(hours: Mapping[float, Any], path: str | os.PathLike[str], title: 
         ax.set(xlabel="hours since admission (rows up to then)", ylabel=label, title=f"{label} at every hour")
         ax.grid(alpha=0.3)
     ax = axes[2]
-    ax.plot(hs, [float(hours[h].y.mean()) for h in hs], color="black", lw=2.5, ls="--", label="event rate")
+    rate = [float(hours[h].y.mean()) for h in hs]
+    ax.plot(hs, rate, color="black", lw=2.5, ls="--", label="event rate")
+    top = max(rate)
     for name in names:
-        ax.plot(hs, [float(hours[h].probs[name][0].mean()) for h in hs], marker="o", label=name)
+        mean = [float(hours[h].probs[name][0].mean()) for h in hs]
+        top = max(top, *mean)
+        ax.plot(hs, mean, marker="o", label=name)
     ax.set(xlabel="hours since admission (rows up to then)", ylabel="mean risk",
-           title="mean risk vs event rate", ylim=(0, None))
+           title="mean risk vs event rate", ylim=(0, 1.25 * top))
     ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small", loc="lower right")
     axes[2].legend(fontsize="x-small", loc="lower right")
     if title:
         fig.suptitle(title, fontsize="medium")
-    return _save_png(fig, path)
+    return fig

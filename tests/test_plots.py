@@ -137,3 +137,34 @@ def test_importing_plots_imports_neither_matplotlib_nor_sklearn():
         "sys.exit(any(m in sys.modules for m in ('matplotlib', 'sklearn')))"
     )
     assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
+
+
+def test_hours_plot_draws_each_models_metric_and_mean_risk_at_every_hour(tmp_path):
+    """Two models whose ranking we set per hour: the AUROC panel's lines are those AUROCs, the calibration panel's
+    the mean risks and the event rate, in hour order."""
+    from sklearn.metrics import roc_auc_score
+
+    from clinical_lstm.report import compare
+
+    rng = np.random.default_rng(4)
+    hours = {}
+    for h, signal in ((24.0, 1.0), (6.0, 0.2), (48.0, 2.0)):  # out of order on purpose
+        y = (rng.random(400) < 0.2).astype(int)
+        good = 1 / (1 + np.exp(-(signal * y * 2 - 1 + rng.normal(0, 1, 400))))
+        flat = rng.random(400)
+        hours[h] = compare({"model": (good, 0.5), "noise": (flat, 0.5)}, y, f"{h} h", n_boot=20, seed=0)
+    fig = plots._hours_figure(hours, "a title")
+    auroc_ax, _, calibration_ax = fig.axes
+    lines = {line.get_label().replace(" (shipped)", ""): line for line in auroc_ax.get_lines()}
+    for name in ("model", "noise"):
+        assert list(lines[name].get_xdata()) == [6.0, 24.0, 48.0]
+        want = [roc_auc_score(hours[h].y, hours[h].probs[name][0]) for h in (6.0, 24.0, 48.0)]
+        np.testing.assert_allclose(lines[name].get_ydata(), want)
+    assert np.diff(lines["model"].get_ydata()).min() > 0  # the planted signal grows with the hour
+    calibration = {line.get_label(): line.get_ydata() for line in calibration_ax.get_lines()}
+    np.testing.assert_allclose(calibration["event rate"], [hours[h].y.mean() for h in (6.0, 24.0, 48.0)])
+    np.testing.assert_allclose(calibration["noise"], [hours[h].probs["noise"][0].mean() for h in (6.0, 24.0, 48.0)])
+    assert calibration_ax.get_ylim()[1] > max(max(v) for v in calibration.values())  # nothing drawn off the top
+    assert_png(plots.plot_hours(hours, tmp_path / "hours.png"))
+    with pytest.raises(ValueError, match="at least one hour"):
+        plots.plot_hours({}, tmp_path / "none.png")
