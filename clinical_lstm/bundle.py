@@ -148,6 +148,10 @@ class RiskModel:
     threshold: float
     metadata: dict = field(default_factory=dict)
     head: object = None
+    #: the report's reference rows, so ``evaluate`` shows them at every hour too (never used to score):
+    #: ``lstm_calibrator`` (the networks alone), ``summaries_weights``/``summaries_bias``/``summaries_calibrator``
+    #: (the summaries-only stack over the head's members, at the head's knots). JSON; covered by :meth:`digest`.
+    references: dict | None = None
 
     @property
     def catalogue(self) -> Catalogue:
@@ -165,6 +169,8 @@ class RiskModel:
             h.update(p.numpy().tobytes())
         for net in self.networks:
             h.update(json.dumps(net.cfg.to_dict(), sort_keys=True).encode())
+        if self.references is not None:
+            h.update(json.dumps(self.references, sort_keys=True, default=float).encode())
         return h.hexdigest()
 
     def _weights(self) -> dict:
@@ -305,6 +311,7 @@ class RiskModel:
             meta = {**self.metadata, "format_version": FORMAT_VERSION, "model_config": net.cfg.to_dict(),
                     "n_series": net.n_series, "n_static": net.n_static, "n_networks": len(self.networks),
                     "summary_head": self.head is not None, "calibrator": self.calibrator.to_dict(),
+                    "references": self.references,
                     "threshold": float(self.threshold), "catalogue_digest": self.catalogue.digest(),
                     "model_digest": self.digest(), "files": {f: _sha256(tmp / f) for f in BUNDLE_FILES[1:]}}
             (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -356,7 +363,7 @@ class RiskModel:
         head = SummaryHead.from_state({n[5:]: w for n, w in weights.items() if n.startswith("head.")}) \
             if meta.get("summary_head") else None
         model = cls(transformer, networks, calibrator_from_dict(meta["calibrator"]), float(meta["threshold"]), meta,
-                    head)
+                    head, meta.get("references"))
         if model.digest() != meta.get("model_digest"):
             raise DataError(f"bundle {directory}: bundle.json was edited (its threshold, calibrator, configs or "
                             f"network count no longer match the model it was saved with); re-train or restore it")

@@ -184,23 +184,36 @@ def step_logits_at(model, cohort) -> np.ndarray:
 
 
 def shipped_hour_risks(model, cohort, hours) -> dict:
-    """``{hour: (stays, {name: risk})}`` of a trained model alone (``evaluate``): its own risk at each hour, from
-    the cohort's landmark snapshots (built with ``landmarks=hours``, no final column)."""
-    import torch
+    """``{hour: (stays, {name: risk})}`` of a trained model (``evaluate``) at each hour, from the cohort's landmark
+    snapshots (built with ``landmarks=hours``, no final column): the shipped model and, from the bundle's
+    ``references``, the networks alone, the summaries-only stack and the two snapshot members."""
+    from types import SimpleNamespace
+
+    from .calibrate import calibrator_from_dict
 
     lstm, summary, step = step_logits_at(model, cohort), cohort.landmark_summary, cohort.landmark_step
-    name = HYBRID_NAME if model.head is not None else MODEL_NAME
+    shipped = HYBRID_NAME if model.head is not None else MODEL_NAME
+    refs = model.references or {}
+    order = [shipped]
+    if "lstm_calibrator" in refs and model.head is not None:
+        order.append(MODEL_NAME)
+    if "summaries_calibrator" in refs and model.head is not None:
+        order += [SUMMARIES_NAME, "logistic regression", "gradient boosting"]
+    fitted = SimpleNamespace(
+        model=model, members=model.head,
+        lstm_calibrator=calibrator_from_dict(refs["lstm_calibrator"]) if "lstm_calibrator" in refs else None,
+        summaries_calibrator=calibrator_from_dict(refs["summaries_calibrator"]) if "summaries_calibrator" in refs
+        else None,
+        summaries_stack=(np.asarray(refs.get("summaries_weights", [])), np.asarray(refs.get("summaries_bias", []))))
     out = {}
     for j, h in enumerate(hours):
         stays = np.flatnonzero(step[:, j] >= 0)
         if not len(stays):
             continue
-        z = lstm[stays, j]
-        if model.head is not None:
-            with torch.inference_mode():
-                z = model.head(torch.from_numpy(z.astype(np.float32)),
-                               torch.from_numpy(np.ascontiguousarray(summary[stays, j], np.float32))).numpy()
-        out[h] = (stays, {name: model.risk(z)})
+        if model.head is None:
+            out[h] = (stays, {shipped: model.risk(lstm[stays, j])})
+        else:
+            out[h] = (stays, member_risks(fitted, lstm[stays, j], summary[stays, j], order))
     return out
 
 
@@ -219,12 +232,11 @@ def member_risks(fitted, lstm: np.ndarray, summary: np.ndarray, order) -> dict:
         shipped = head(torch.from_numpy(lstm.astype(np.float32)), s).numpy() if model.head is not None else lstm
     hour = summary[:, -1]
     knots = head.knots.numpy()
-    risks = {HYBRID_NAME: model.risk(shipped) if model.head is not None else None,
-             MODEL_NAME: fitted.lstm_calibrator.predict(lstm),
-             SUMMARIES_NAME: fitted.summaries_calibrator.predict(
+    risks = {HYBRID_NAME: lambda: model.risk(shipped), MODEL_NAME: lambda: fitted.lstm_calibrator.predict(lstm),
+             SUMMARIES_NAME: lambda: fitted.summaries_calibrator.predict(
                  stack_logit(np.column_stack(logits), hour, *fitted.summaries_stack, knots)),
-             "logistic regression": expit(lin), "gradient boosting": expit(trees)}
-    return {n: risks[n] for n in order}
+             "logistic regression": lambda: expit(lin), "gradient boosting": lambda: expit(trees)}
+    return {n: risks[n]() for n in order}
 
 
 def hourly(rows: dict, y: np.ndarray, thresholds: dict, n_boot: int, seed: int) -> dict:

@@ -334,7 +334,12 @@ def fit(cohort, cfg, progress: bool = True, on_epoch=None, log=print) -> Fitted:
     final[snaps.stay[snaps.final]] = np.flatnonzero(snaps.final)  # each stay's end-of-stay row
     oof_risk = rows_oof[shipped][final]
     threshold = choose_threshold(y, oof_risk, cfg.calibration.threshold_rule)
-    model = RiskModel(tr, nets.networks, calibrator, threshold, head=head)
+    references = {"lstm_calibrator": lstm_cal.to_dict()}
+    if head is not None:
+        references.update(summaries_weights=np.asarray(summ.summaries_stack[0]).tolist(),
+                          summaries_bias=np.asarray(summ.summaries_stack[1]).tolist(),
+                          summaries_calibrator=summ_cal.to_dict())
+    model = RiskModel(tr, nets.networks, calibrator, threshold, head=head, references=references)
     if head is not None:
         w = summ.stack[0]
         log(f"the model: {len(nets.networks)} networks stacked with the summary members; weights (LSTM, "

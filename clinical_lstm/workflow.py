@@ -389,6 +389,7 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
             on += " — the model's own training stays: in-sample, not held-out performance"
         evaluation = compare({name: (p, model.threshold)}, cohort.y, on, n_boot, 0)
         evaluation.hours = hourly(shipped_hour_risks(model, cohort, hours), cohort.y, {name: model.threshold}, n_boot, 0)
+        # (the reference rows' alert thresholds are not kept: their min(Se, +P) at each hour uses 0.5)
         staged = Path(work) / "report"
         staged.mkdir()
         write_report(staged, evaluation, cohort, model.catalogue, report=parts.report)

@@ -218,3 +218,22 @@ def test_a_dict_of_columns_is_a_long_table_as_for_the_stream(model):
     assert got.equals(m.predict(long))
     with pytest.raises(DataError, match="must map"):
         m.predict({"stay_id": [1, 2], "time": [0.0]})
+
+
+def test_reference_rows_travel_with_the_bundle_and_an_edit_is_refused(tmp_path):
+    """The report's reference rows (the networks alone, the summaries-only stack) are saved with the model, so that
+    `evaluate` shows them at every hour; bundle.json's copy is covered by the model digest."""
+    from helpers import tiny_model
+
+    model = tiny_model(seed=2, head=True)
+    model.references = {"lstm_calibrator": {"kind": "platt", "a": 0.9, "b": -0.1},
+                        "summaries_weights": [[0.5, 0.4, 0.1, 0.2], [0.3, 0.3, 0.2, 0.4]],
+                        "summaries_bias": [-1.0, -0.5], "summaries_calibrator": {"kind": "platt", "a": 1.0, "b": 0.0}}
+    model.save(tmp_path / "m")
+    again = RiskModel.load(tmp_path / "m")
+    assert again.references == model.references and again.digest() == model.digest()
+    meta = json.loads((tmp_path / "m" / "bundle.json").read_text())
+    meta["references"]["lstm_calibrator"]["b"] = 2.0
+    (tmp_path / "m" / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="edited"):
+        RiskModel.load(tmp_path / "m")

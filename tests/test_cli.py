@@ -115,6 +115,8 @@ def test_evaluate_writes_metrics_and_plots(trained, tmp_path):
     assert said in res.stdout and said in metrics["evaluated_on"]
     # every hour of the model's [evaluation] hours, from the rows up to it: the same risks the trajectory gives
     assert list(metrics["hours"]) == ["6", "12", "24", "36", "48"] and (tmp_path / "ev" / "hours.png").is_file()
+    assert set(metrics["hours"]["12"]["models"]) == {"masked LSTM + summaries", "masked LSTM", "summaries-only stack",
+                                                     "logistic regression", "gradient boosting"}  # the bundle's references
     from clinical_lstm import bundled_sample, load_data, load_model
 
     model = load_model(root / "run")
