@@ -154,7 +154,9 @@ def contract(model, fmt: str = "onnx", opset: int | None = None) -> dict:
              "meaning": "bins up to and including the last bin with a series observation (>= 1)"},
             *([{"name": "summary", "shape": ["B", "F"], "dtype": "float32",
                 "meaning": "per-variable summaries at the stay's last bin, in summary_features order "
-                           "(clinical_lstm.summaries.summarize); NaN where a variable was never observed"}]
+                           "(clinical_lstm.summaries.summarize); NaN where a variable was never observed; the last "
+                           "column, 'hour', is the end of that bin in hours since admission (the stacking weights "
+                           "depend on it)"}]
               if model.head is not None else []),
         ],
         "outputs": [
