@@ -265,8 +265,7 @@ def evaluate_fit(fitted, y: np.ndarray, rule: str, outcomes, ids, n_boot: int, s
 
     model = fitted.model
     snaps = fitted.snapshots
-    end = np.zeros(len(y), np.int64)
-    end[snaps.stay[snaps.final]] = np.flatnonzero(snaps.final)  # each training stay's end-of-stay row
+    end = snaps.end_rows(len(y))  # each training stay's end-of-stay row
     shipped = HYBRID_NAME if model.head is not None else MODEL_NAME
     names = [shipped] + [n for n in (MODEL_NAME, SUMMARIES_NAME) if n != shipped]
     oof_end = {n: fitted.rows_oof[n][end] for n in names}

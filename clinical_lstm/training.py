@@ -181,7 +181,6 @@ class Snapshots:
     """The landmark snapshots of the training stays: one row per stay and hour it was summarized at."""
 
     stay: np.ndarray  # (R,) the stay (position in the cohort) of each row
-    step: np.ndarray  # (R,) the bin after which it was taken
     hour: np.ndarray  # (R,) hours since admission (the end of that bin)
     final: np.ndarray  # (R,) True on the row at the stay's last bin (the end-of-stay score)
     summary: np.ndarray  # (R, F)
@@ -192,11 +191,17 @@ class Snapshots:
         step = cohort.landmark_step  # (N, L)
         stay, col = np.nonzero(step >= 0)
         s = step[stay, col]
-        return cls(stay, s, ((s + 1) * resolution_hours).astype(np.float32), s == cohort.lengths[stay] - 1,
+        return cls(stay, ((s + 1) * resolution_hours).astype(np.float32), s == cohort.lengths[stay] - 1,
                    cohort.landmark_summary[stay, col], lstm_steps[stay, col].astype(np.float64))
 
     def __len__(self) -> int:
         return len(self.stay)
+
+    def end_rows(self, n_stays: int) -> np.ndarray:
+        """(N,) the row of each stay's end-of-stay snapshot (one per stay: its last bin)."""
+        end = np.zeros(n_stays, np.int64)
+        end[self.stay[self.final]] = np.flatnonzero(self.final)
+        return end
 
 
 @dataclass
@@ -206,9 +211,8 @@ class SummaryFit:
 
     members: dict  # the shipped members' arrays (fitted on every snapshot), for SummaryHead
     oof: dict  # member name -> (R,) out-of-fold logits of every snapshot row
-    stack: tuple  # (weights (M, 3), bias (M,)) of (LSTM, linear, trees), fitted on every out-of-fold row
-    summaries_stack: tuple  # (weights (M, 2), bias (M,)) of (linear, trees) alone
-    knots: np.ndarray  # (M,)
+    stack: tuple  # (weights (M, 1 + members), bias (M,)) of (LSTM, *members), fitted on every out-of-fold row
+    summaries_stack: tuple  # (weights (M, members), bias (M,)) of the members alone
 
 
 def fit_summaries(snaps: Snapshots, y_rows: np.ndarray, fold_rows: np.ndarray, knots: np.ndarray,
@@ -239,7 +243,7 @@ def fit_summaries(snaps: Snapshots, y_rows: np.ndarray, fold_rows: np.ndarray, k
     Z = np.column_stack([snaps.lstm, *oof.values()])
     every = np.ones(len(y_rows), bool)
     return SummaryFit(fitted(every), oof, fit_stack(Z, snaps.hour, y_rows, knots),
-                      fit_stack(Z[:, 1:], snaps.hour, y_rows, knots), knots)
+                      fit_stack(Z[:, 1:], snaps.hour, y_rows, knots))
 
 
 def cross_fit_stacks(Z: np.ndarray, hour: np.ndarray, y: np.ndarray, fold: np.ndarray, knots: np.ndarray,
@@ -296,6 +300,8 @@ def fit(cohort, cfg, progress: bool = True, on_epoch=None, log=print) -> Fitted:
     only) and nothing else."""
     import time
 
+    from scipy.special import expit
+
     from .bundle import RiskModel
     from .calibrate import choose_threshold, make_calibrator
     from .summaries import SummaryHead, knots_for, stack_logit
@@ -313,8 +319,6 @@ def fit(cohort, cfg, progress: bool = True, on_epoch=None, log=print) -> Fitted:
     knots = knots_for(cfg.model.stack_knots, tr.window_hours)
     lstm_cal = make_calibrator(method).fit(snaps.lstm, y_rows)  # the networks alone, calibrated over the hours
     rows_oof = {"masked LSTM": cross_fit_calibration(snaps.lstm, y_rows, fold_rows, method)}
-    from scipy.special import expit
-
     # the summary members are fitted whatever ships: they are the report's baselines (summaries = false ships
     # the networks alone, and the report still shows what the summaries reach)
     summ = fit_summaries(snaps, y_rows, fold_rows, knots, cfg.train.seed, cfg.model.end_members)
@@ -330,8 +334,7 @@ def fit(cohort, cfg, progress: bool = True, on_epoch=None, log=print) -> Fitted:
     else:
         head, shipped, calibrator = None, "masked LSTM", lstm_cal
     t3 = time.perf_counter()
-    final = np.zeros(len(y), np.int64)
-    final[snaps.stay[snaps.final]] = np.flatnonzero(snaps.final)  # each stay's end-of-stay row
+    final = snaps.end_rows(len(y))
     oof_risk = rows_oof[shipped][final]
     threshold = choose_threshold(y, oof_risk, cfg.calibration.threshold_rule)
     references = {"lstm_calibrator": lstm_cal.to_dict()}
