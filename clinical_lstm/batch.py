@@ -267,6 +267,27 @@ def _sink(parts: list[Path], schema: dict, tmp: Path, csv: bool) -> int:
     return pl.scan_parquet(tmp).select(pl.len()).collect().item()
 
 
+def progress_line(done: int, total: int, seconds: float) -> str:
+    """``scored 2,000/4,000 stays (50 %), 310 stays/s, about 6 s left``: a job log's progress line, with the rate
+    so far and the time left at that rate (what tqdm's bar shows on a terminal)."""
+    line = f"scored {done:,}/{total:,} stays ({100 * done / max(total, 1):.0f} %)"
+    if done and seconds > 0:
+        rate = done / seconds
+        line += f", {rate:,.0f} stays/s" if rate >= 10 else f", {rate:.1f} stays/s"
+        if done < total:
+            left = (total - done) / rate
+            line += f", about {_duration(left)} left"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class _Progress:
     """A tqdm bar on a terminal; otherwise one log line per chunk, at most every 10 s (for job logs)."""
 
@@ -283,7 +304,7 @@ class _Progress:
         self.bar.update(n)
         now = time.perf_counter()
         if self.enabled and not self.tty and (now - self.last >= 10 or self.done == self.total):
-            self.log(f"scored {self.done:,}/{self.total:,} stays ({100 * self.done / max(self.total, 1):.0f} %)")
+            self.log(progress_line(self.done, self.total, now - self.t0))
             self.last = now
 
     def close(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -228,8 +229,18 @@ def test_progress_in_a_log_is_one_line_per_chunk_and_one_closing_line(bundle, co
     lines = []
     score_batch(bundle, path, tmp_path / "p.parquet", chunk_stays=50, progress=True, log=lines.append)
     progress = [line for line in lines if line.startswith("scored ")]
-    assert progress and progress[-1] == "scored 120/120 stays (100 %)"
+    assert progress and progress[-1].startswith("scored 120/120 stays (100 %), ")
+    assert re.fullmatch(r"scored 120/120 stays \(100 %\), [\d,.]+ stays/s", progress[-1])
     assert lines[-1].startswith("120 stays read: 120 scored")  # the closing line
+
+
+def test_a_progress_line_says_the_rate_and_the_time_left_at_that_rate():
+    from clinical_lstm.batch import progress_line
+
+    assert progress_line(0, 4000, 0.0) == "scored 0/4,000 stays (0 %)"
+    assert progress_line(1000, 4000, 125.0) == "scored 1,000/4,000 stays (25 %), 8.0 stays/s, about 6 min left"
+    assert progress_line(2000, 4000, 10.0) == "scored 2,000/4,000 stays (50 %), 200 stays/s, about 10 s left"
+    assert progress_line(100, 1_000_000, 10.0).endswith("10 stays/s, about 27.8 h left")
 
 
 def test_an_unclosed_quote_in_a_csv_names_the_file_and_the_likely_cause(bundle, tmp_path):
