@@ -88,13 +88,9 @@ def _locate_bundle(source: str) -> tuple[Path, dict | None]:
 
     if is_model_uri(source):
         return download_bundle(source)
-    from .bundle import model_dir
+    from .bundle import checked_model_dir
 
-    directory = model_dir(source)
-    if not (directory / "bundle.json").is_file() or not (directory / "catalogue.csv").is_file():
-        raise DataError(f"{directory} is not a clinical-lstm model bundle (no bundle.json); pass the directory "
-                        f"that `clinical-lstm train --out DIR` wrote, or an MLflow model URI")
-    return directory, None
+    return checked_model_dir(source), None
 
 
 def check_catalogue(have: Catalogue, expected) -> None:

@@ -321,10 +321,7 @@ class RiskModel:
     def load(cls, directory: str | Path) -> RiskModel:
         """Read a bundle, verifying every file against ``bundle.json``; any problem is one :class:`DataError`
         naming the bundle and what is wrong (a damaged, truncated or edited file never scores)."""
-        directory = model_dir(directory)
-        if not (directory / "bundle.json").is_file():
-            raise DataError(f"{directory} is not a clinical-lstm model bundle (no bundle.json); pass the run "
-                            f"folder or model/ that `clinical-lstm train --out DIR` wrote")
+        directory = checked_model_dir(directory)
         try:
             return cls._load(directory)
         except DataError:
@@ -387,6 +384,23 @@ def model_dir(path: str | Path) -> Path:
     if not (path / "bundle.json").exists() and (path / "model" / "bundle.json").exists():
         return path / "model"
     return path
+
+
+def checked_model_dir(path: str | Path) -> Path:
+    """:func:`model_dir`, refused in one line that says what is wrong with the path: it does not exist, it is a
+    file, or it is a folder without a bundle."""
+    given = Path(path)
+    if not given.exists():
+        raise DataError(f"model {given} does not exist; pass the run folder (or its model/) that `clinical-lstm "
+                        f"train --out DIR` wrote, or an MLflow model URI such as models:/clinical-lstm@champion")
+    if not given.is_dir():
+        raise DataError(f"model {given} is a file, not a bundle folder; pass the run folder (or its model/) that "
+                        f"`clinical-lstm train --out DIR` wrote")
+    directory = model_dir(given)
+    if not (directory / "bundle.json").is_file() or not (directory / "catalogue.csv").is_file():
+        raise DataError(f"{directory} is not a clinical-lstm model bundle (no bundle.json); pass the run folder or "
+                        f"model/ that `clinical-lstm train --out DIR` wrote, or an MLflow model URI")
+    return directory
 
 
 def load_model(source: str | Path) -> RiskModel:

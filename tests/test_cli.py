@@ -151,10 +151,14 @@ def test_prepare_does_not_import_torch(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["prepare", "--data", "no/such/set", "--out", "x"], "data path no/such/set does not exist"),
-    (["score", "--model", "no/such/model", "--data", "sample", "--out", "s.parquet"], "is not a clinical-lstm model bundle"),
+    (["score", "--model", "no/such/model", "--data", "sample", "--out", "s.parquet"],
+     "model no/such/model does not exist"),
+    (["explain", "--model", "no/such/model", "--data", "sample", "--out", "e"], "model no/such/model does not exist"),
+    (["score", "--model", "empty", "--data", "sample", "--out", "s.parquet"], "empty is not a clinical-lstm model bundle"),
     (["train", "--data", "sample", "--out", "m", "--config", "missing.toml"], "config file missing.toml does not exist"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
     res = run(*args, cwd=tmp_path)
     assert res.returncode == 2
     assert message in res.stderr
