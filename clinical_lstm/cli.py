@@ -31,6 +31,8 @@ DESCRIPTIONS = {
              "nested MLflow run under one parent run; the best trial's model is registered",
     "demo": "train on the bundled PhysioNet sample, then score it (a first look, in about a minute)",
     "ui": "the MLflow tracking server and UI over the local store, on 127.0.0.1",
+    "promote": "make a registered model version the champion by hand (train moves the alias itself only between "
+               "versions validated on the same training data)",
 }
 
 
@@ -55,13 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clinical-lstm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    parser.commands = sub.choices  # each command's parser: its usage and options for a mistyped option
+
     def command(name: str) -> argparse.ArgumentParser:
-        # `ui` has no -h: "-h 0.0.0.0" must never read as anything but an error next to a --host option
-        p = sub.add_parser(name, help=DESCRIPTIONS[name], description=DESCRIPTIONS[name], formatter_class=_Help,
-                           add_help=name != "ui")
-        if name == "ui":
-            p.add_argument("--help", action="help", help="show this help message and exit")
-        return p
+        return sub.add_parser(name, help=DESCRIPTIONS[name], description=DESCRIPTIONS[name], formatter_class=_Help)
 
     def config(p, what="library sections and a [job] section; options here win"):
         p.add_argument("--config", metavar="FILE", help=f"TOML config ({what}); see pipelines/configs/")
@@ -119,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="output .parquet or .csv (rejects and summary beside it)")
     config(p, "a [job] section: model, data, out, catalogue, chunk_stays, workers, explain")
     p.add_argument("--explain", type=int, metavar="K", help="add each stay's top-K variables with signed SHAP "
-                   "contributions (log-odds) [default: 0]")
+                   "contributions (log-odds) [default: 0]. Costly: SHAP evaluates the model on many coalitions "
+                   "per stay, so scoring runs about 50-70x slower (see README 'Explanations'); for a few stays "
+                   "use 'clinical-lstm explain --stay ID'")
     p.add_argument("--chunk-stays", type=int, metavar="N", help="stays per chunk: bounds memory and is the unit "
                    "of resume [default: 2000]")
     p.add_argument("--catalogue", metavar="FILE", help="catalogue CSV the data follow ('default' = the built-in "
@@ -179,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "--allow-remote (the server has no authentication)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
+
+    p = command("promote")
+    p.add_argument("version", type=int, help="the registered model version to make champion")
+    p.add_argument("--name", default="clinical-lstm", help="registered model name (the config's [tracking] "
+                                                           "registered_model)")
     return parser
 
 
@@ -345,6 +351,13 @@ def cmd_ui(a) -> int:
     return serve_ui(a.store, a.port, a.host, a.workers, a.allow_remote)
 
 
+def cmd_promote(a) -> int:
+    from .tracking import promote
+
+    print(promote(a.version, a.name))
+    return 0
+
+
 def _quiet(a) -> bool:
     if getattr(a, "quiet", False):
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
@@ -358,12 +371,48 @@ def _printer(a):
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score,
-            "explain": cmd_explain, "export": cmd_export, "sweep": cmd_sweep, "demo": cmd_demo, "ui": cmd_ui}
+            "explain": cmd_explain, "export": cmd_export, "sweep": cmd_sweep, "demo": cmd_demo, "ui": cmd_ui,
+            "promote": cmd_promote}
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _check_command(parser, sys.argv[1:] if argv is None else list(argv))
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the command's own usage line, and the option meant, not the top-level usage
+        command = parser.commands[args.command]
+        command.error(unrecognized(extra, command))
     return run(args.command, lambda: COMMANDS[args.command](args))
+
+
+def unrecognized(extra: list[str], parser: argparse.ArgumentParser) -> str:
+    """``unrecognized arguments: --explian 3 (did you mean --explain?)``: each unknown option with the closest of
+    the command's options, when one is close."""
+    import difflib
+
+    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    hints = {}
+    for arg in extra:
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, options, n=1, cutoff=0.6) if name.startswith("-") else []
+        if close:
+            hints[name] = close[0]
+    if len(hints) == 1:
+        return f"unrecognized arguments: {' '.join(extra)} (did you mean {next(iter(hints.values()))}?)"
+    said = "; ".join(f"{k}: did you mean {v}?" for k, v in hints.items())
+    return f"unrecognized arguments: {' '.join(extra)}" + (f" ({said})" if said else "")
+
+
+def _check_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A mistyped command names the closest one (``scroe``: did you mean ``score``?)."""
+    import difflib
+
+    given = next((a for a in argv if not a.startswith("-")), None)
+    if given is not None and given not in parser.commands and not any(a in ("-h", "--help", "--version")
+                                                                      for a in argv[:argv.index(given)]):
+        close = difflib.get_close_matches(given, list(parser.commands), n=1, cutoff=0.6)
+        parser.error(f"unknown command {given!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                     + f"; choose from {', '.join(parser.commands)}")
 
 
 def run(command: str, job) -> int:

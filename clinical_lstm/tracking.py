@@ -370,33 +370,93 @@ class Tracker:
                                                                               result.model.catalogue))
 
     def _register(self, model_uri: str, score: float) -> dict:
-        """Register a new version; ``champion`` moves to it only if it beats the champion's validation AUPRC."""
+        """Register a new version. ``champion`` moves to it only when the two versions were measured on the same
+        stays — the same training-data digest, so that their out-of-fold AUPRCs compare — and it beats the
+        champion's; a version trained on other data is registered as ``challenger`` with the reason, for the user
+        to promote by hand (:func:`promote`, ``clinical-lstm promote VERSION``)."""
         import mlflow
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
         client = MlflowClient()
         mv = mlflow.register_model(model_uri, self.model_name)
+        data = _data_digest(client, mv.run_id)
         client.set_model_version_tag(self.model_name, mv.version, SELECTION_METRIC, repr(float(score)))
+        client.set_model_version_tag(self.model_name, mv.version, SELECTION_DATA, data or "unknown")
         try:
             champ = client.get_model_version_by_alias(self.model_name, CHAMPION)
             best = float(champ.tags.get(SELECTION_METRIC, "nan"))
+            champ_data = champ.tags.get(SELECTION_DATA) or _data_digest(client, champ.run_id)
         except MlflowException:
-            champ, best = None, float("nan")
-        if champ is None or not best >= score:  # NaN (no recorded score) never defends the title
-            alias = CHAMPION
-            decision = (f"version {mv.version} becomes champion: validation AUPRC {score:.4f}"
-                        + (f" beats version {champ.version}'s {best:.4f}" if champ is not None else " (first version)"))
-        else:
-            alias = CHALLENGER
-            decision = (f"version {mv.version} is challenger: validation AUPRC {score:.4f} does not beat "
-                        f"champion version {champ.version}'s {best:.4f}")
+            champ, best, champ_data = None, float("nan"), None
+        alias, decision = champion_decision(mv.version, score, data, champ and champ.version, best, champ_data)
         client.set_registered_model_alias(self.model_name, alias, mv.version)
         mlflow.set_tags({"registry.model": self.model_name, "registry.version": mv.version,
                          "registry.alias": alias, "registry.decision": decision})
         self.log(decision)
         return {"registered_model": self.model_name, "version": int(mv.version), "alias": alias,
                 "decision": decision}
+
+
+SELECTION_DATA = "validation_data_digest"  # a version tag: the digest of the stays its validation AUPRC is on
+
+
+def _data_digest(client, run_id: str | None) -> str | None:
+    """The training-data digest a run logged (``data.digest``), or None."""
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id).data.params.get("data.digest")
+    except Exception:  # noqa: BLE001 -- a deleted run: its digest is unknown, which never compares equal
+        return None
+
+
+def champion_decision(version, score: float, data: str | None, champion, best: float,
+                      champion_data: str | None) -> tuple[str, str]:
+    """``(alias, why)`` for a new version: ``champion`` when there is none, or when both versions' validation
+    AUPRCs are on the same data (equal, known digests) and the new one is higher; else ``challenger``. A metric on
+    one cohort says nothing about a model on another: different or unknown data never move the champion."""
+    if champion is None:
+        return CHAMPION, f"version {version} becomes champion: validation AUPRC {score:.4f} (first version)"
+    if not data or data != champion_data:
+        return CHALLENGER, (
+            f"version {version} is challenger: validation AUPRC {score:.4f} is on other data than champion version "
+            f"{champion}'s {best:.4f} (training data {(data or 'unknown')[:12]} vs {(champion_data or 'unknown')[:12]}), "
+            f"so the two do not compare; evaluate both on one labelled set (`clinical-lstm evaluate`) and promote by "
+            f"hand if it wins: `clinical-lstm promote {version}`")
+    if best >= score:  # NaN (no recorded score) never defends the title
+        return CHALLENGER, (f"version {version} is challenger: validation AUPRC {score:.4f} does not beat champion "
+                            f"version {champion}'s {best:.4f} on the same data")
+    return CHAMPION, (f"version {version} becomes champion: validation AUPRC {score:.4f} beats version {champion}'s "
+                      f"{best:.4f} on the same data")
+
+
+def promote(version: int, name: str = REGISTERED_MODEL, uri: str | None = None) -> str:
+    """Move the ``champion`` alias of registered model ``name`` to ``version`` (the user's decision, e.g. after
+    comparing two versions on one evaluation set); the previous champion keeps its version, without the alias.
+    Returns the sentence that says what changed. An unknown model or version is a DataError."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from .sources import DataError
+
+    store = existing_store(uri or tracking_uri())
+    mlflow.set_tracking_uri(store)
+    client = MlflowClient()
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException:
+        raise DataError(f"registered model {name!r} has no version {version} in the tracking store {store}; list "
+                        f"its versions in the MLflow UI (`clinical-lstm ui`)") from None
+    try:
+        before = client.get_model_version_by_alias(name, CHAMPION).version
+    except MlflowException:
+        before = None
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    if str(before) == str(version):
+        return f"version {version} of {name} is already champion"
+    return f"version {version} of {name} is champion" + (f" (was version {before})" if before else "")
 
 
 def pyfunc_spec(bundle_dir: str | Path, catalogue) -> dict:

@@ -15,7 +15,7 @@ The CLI, ``pipelines/*.py`` and notebooks call exactly these, with the same defa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -414,9 +414,11 @@ def score(model, data, out: str | Path, explain: int = 0, **options) -> dict:
 @removes_new_out
 def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_permutations: int = 8,
             fmt: str = "parquet", log=print, progress: bool = True) -> dict:
-    """Write the per-variable SHAP table (every scorable stay), ``rejects.csv`` (every other stay, with its
-    reason), a plot per requested stay and the global importance plot. Everything is checked before any file is
-    written: the options, the requested stays, and that at least one stay can be explained."""
+    """Write the per-variable SHAP table, ``rejects.csv`` (with each reason), a plot per drawn stay and the global
+    importance plot over the explained stays. With ``stays``, only those stays are validated, gridded and
+    explained (the rest of the data is read, never computed on): three stays of a 4,000-stay set cost what three
+    stays cost. Without, every scorable stay is explained and the three highest-risk stays are drawn. Everything
+    is checked before any file is written: the options, the requested stays, and that one stay can be explained."""
     import tempfile
 
     from .bundle import load_model
@@ -431,9 +433,13 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"--format must be parquet or csv, got {fmt!r}")
     model = load_model(model) if isinstance(model, (str, Path)) else model
-    clean, kept, report = model.clean(load(data))
+    raw = load(data)
+    n_read = raw.stays.len()
+    if stays is not None:
+        raw = only_stays(raw, stays)
+    clean, kept, report = model.clean(raw)
     rejected = {str(s): r for s, r in report.rejects.iter_rows()}  # ids compared as text: "007" stays "007"
-    if not len(kept):
+    if not len(kept) and stays is None:
         reasons = report.to_dict(include_stay_ids=False)["stays"]["rejected_by_reason"]
         raise DataError(f"none of the {report.n_stays_read} stays can be explained: every one is rejected "
                         f"({', '.join(f'{k} {v}' for k, v in reasons.items())})")
@@ -457,8 +463,22 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
         for sid in dict.fromkeys(stays):
             files[f"stay {sid}"] = plot_stay(model, clean, t, index[str(sid)], full, staged / f"{stay_file(sid)}.png")
         moved = publish(staged, out, EXPLAIN_FILES)
-    log(f"{len(kept)} stays explained, {report.rejects.height} rejected -> {out}")
+    log(f"{len(kept)} stays explained, {report.rejects.height} rejected"
+        + (f" (the requested stays of {n_read:,} read)" if len(kept) + report.rejects.height < n_read else "")
+        + f" -> {out}")
     return {k: moved[f] for k, f in files.items()}
+
+
+def only_stays(raw, stays):
+    """``raw`` cut to the stays whose ids, as text, are in ``stays`` (the rest is dropped before any rule runs)."""
+    keys = list(dict.fromkeys(str(s) for s in stays))
+
+    def wanted(ids):
+        return ids.cast(pl.String).is_in(keys)
+
+    return replace(raw, long=raw.long.filter(wanted(pl.col("stay_id"))), stays=raw.stays.filter(wanted(raw.stays)),
+                   outcomes=None if raw.outcomes is None else raw.outcomes.filter(wanted(pl.col("stay_id"))),
+                   unreadable={k: v for k, v in raw.unreadable.items() if str(k) in keys})
 
 
 EXPLAIN_FILES = ("explanations.parquet", "explanations.csv", "rejects.csv", "global_importance.png", "stay_*.png")

@@ -341,3 +341,32 @@ def test_quiet_is_a_general_option_that_prints_nothing(trained, tmp_path):
         assert res.returncode == 0, res.stderr
         assert res.stdout == "" and res.stderr == "", (args[0], res.stdout[-300:], res.stderr[-300:])
     assert (tmp_path / "p" / "cohort.json").is_file() and (tmp_path / "ex" / "stay_132592.png").is_file()
+
+
+def test_a_mistyped_option_shows_the_commands_usage_and_the_closest_option(tmp_path):
+    res = run("score", "--explian", "3", "--model", "m", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = res.stderr.splitlines()
+    assert lines[0].startswith("usage: clinical-lstm score ")  # the command's usage, not the top-level one
+    assert lines[-1] == ("clinical-lstm score: error: unrecognized arguments: --explian 3 "
+                         "(did you mean --explain?)")
+    res = run("explain", "--stays", "1", "--permutatons", "4", cwd=tmp_path)
+    assert res.stderr.splitlines()[-1].endswith("(--stays: did you mean --stay?; --permutatons: did you mean "
+                                                "--permutations?)")
+    res = run("scroe", "--model", "m", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "unknown command 'scroe' (did you mean 'score'?)" in res.stderr.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["ui", "promote", "score", "demo"])
+def test_every_command_answers_dash_h_with_its_usage(command):
+    res = run(command, "-h")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"usage: clinical-lstm {command} ")
+
+
+def test_score_help_says_what_explain_costs():
+    res = run("score", "--help")
+    text = " ".join(res.stdout.split())
+    assert "--explain K" in text and "slower" in text and "clinical-lstm explain --stay ID" in text

@@ -196,3 +196,24 @@ def test_a_stopped_or_killed_train_leaves_no_patient_data_behind(cohort, tmp_pat
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert not list(out.glob(".*")) and (out / "model" / "bundle.json").is_file()
+
+
+def test_explain_of_a_few_stays_validates_grids_and_explains_only_those(run, tmp_path):
+    big = synthetic_cohort(400, seed=11)  # a set ten times the training cohort: only three of it are asked for
+    ids = big["stay_id"].unique().sort().to_list()
+    asked = [ids[7], ids[200], ids[399]]
+    bad = pl.DataFrame({"stay_id": [ids[5]], "time": [1.0], "variable": ["NoSuchVariable"], "value": [1.0]},
+                       schema=big.schema)  # ids[5] with only an unknown variable: a stay that cannot be scored
+    pl.concat([big.filter(pl.col("stay_id") != ids[5]), bad]).write_csv(tmp_path / "big.csv")
+    lines = []
+    out = tmp_path / "ex"
+    explain(str(run), tmp_path / "big.csv", out, stays=asked, n_permutations=2, log=lines.append)
+    table = pl.read_parquet(out / "explanations.parquet")
+    assert sorted(table["stay_id"].unique().to_list()) == sorted(asked)
+    assert pl.read_csv(out / "rejects.csv").height == 0  # the unrequested stay that cannot be scored is not looked at
+    assert sorted(p.name for p in out.glob("stay_*.png")) == sorted(f"{stay_file(s)}.png" for s in asked)
+    assert lines[-1].startswith("3 stays explained, 0 rejected (the requested stays of 400 read)")
+    with pytest.raises(DataError, match=rf"{ids[5]} \(.*\).*cannot be drawn"):  # asked for: its reason is named
+        explain(str(run), tmp_path / "big.csv", tmp_path / "ex2", stays=[ids[5], ids[7]], log=lambda *_: None)
+    with pytest.raises(DataError, match=r"999999 \(not in the data\)"):
+        explain(str(run), tmp_path / "big.csv", tmp_path / "ex3", stays=[999999], log=lambda *_: None)

@@ -146,6 +146,48 @@ def test_register_moves_champion_only_when_beaten(store):
     assert str(client.get_model_version_by_alias("decisions", CHALLENGER).version) == "3"
 
 
+def test_champion_moves_only_between_versions_measured_on_the_same_stays(store):
+    """A model trained on other data (another training-data digest) never takes the title by its validation AUPRC,
+    however high: it is challenger, the decision says why, and `clinical-lstm promote` moves the alias by hand."""
+    import subprocess
+    import sys
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from clinical_lstm.tracking import pyfunc_spec
+
+    client = MlflowClient()
+    first = store["runs"][0]
+    tracker = Tracker(experiment="test")
+    tracker.model_name = "fair"
+    experiment = mlflow.get_experiment_by_name("test").experiment_id
+    with mlflow.start_run(experiment_id=experiment):
+        assert tracker._register(first.tracking["model_uri"], 0.50)["alias"] == CHAMPION
+    with mlflow.start_run(experiment_id=experiment):  # the same bundle, logged by a run on another cohort
+        mlflow.log_param("data.digest", "0" * 64)
+        other = mlflow.pyfunc.log_model(name="model", **pyfunc_spec(first.bundle_dir, first.model.catalogue))
+        decided = tracker._register(other.model_uri, 0.99)
+    assert decided["alias"] == CHALLENGER and decided["version"] == 2
+    assert "on other data than champion version 1's 0.5000" in decided["decision"]
+    assert "clinical-lstm promote 2" in decided["decision"]
+    assert str(client.get_model_version_by_alias("fair", CHAMPION).version) == "1"
+    with mlflow.start_run(experiment_id=experiment):  # the champion's data again: compared, and it wins
+        assert tracker._register(first.tracking["model_uri"], 0.60)["alias"] == CHAMPION
+    assert client.get_model_version("fair", "3").tags["validation_data_digest"] == \
+        first.model.metadata["training_data"]["digest"]
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"]}
+    res = subprocess.run([sys.executable, "-m", "clinical_lstm.cli", "promote", "2", "--name", "fair"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "version 2 of fair is champion (was version 3)"
+    assert str(client.get_model_version_by_alias("fair", CHAMPION).version) == "2"
+    res = subprocess.run([sys.executable, "-m", "clinical_lstm.cli", "promote", "9", "--name", "fair"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "has no version 9" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_load_model_by_registry_and_run_uri(store):
     from clinical_lstm import load_model
 
