@@ -62,6 +62,15 @@ def _finish_axes(ax: Any, title: str, xlabel: str, ylabel: str, legend_loc: str)
     ax.legend(loc=legend_loc, fontsize="small")
 
 
+def _titled(fig: Any, subtitle: str) -> Any:
+    """``fig`` with ``subtitle`` (which stays, out of fold or held out) under its title: a plot read on its own
+    says what it was measured on."""
+    if subtitle:
+        above = fig.get_suptitle()
+        fig.suptitle(f"{above}\n{subtitle}" if above else subtitle, fontsize="medium" if above else "small")
+    return fig
+
+
 def _save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` as a 150 dpi PNG atomically (parent folders are created)."""
     with atomic_path(path) as tmp:
@@ -92,7 +101,7 @@ def _roc_figure(curves: Mapping[str, tuple[Any, Any]]) -> Any:
     return fig
 
 
-def plot_roc(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str]) -> Path:
+def plot_roc(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str], subtitle: str = "") -> Path:
     """ROC curves of several models on one figure; legend gives each AUROC.
 
     Parameters
@@ -107,7 +116,7 @@ def plot_roc(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str]
     pathlib.Path
         ``path``.
     """
-    return _save_png(_roc_figure(curves), path)
+    return _save_png(_titled(_roc_figure(curves), subtitle), path)
 
 
 def _pr_figure(curves: Mapping[str, tuple[Any, Any]]) -> Any:
@@ -133,7 +142,7 @@ def _pr_figure(curves: Mapping[str, tuple[Any, Any]]) -> Any:
     return fig
 
 
-def plot_pr(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str]) -> Path:
+def plot_pr(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str], subtitle: str = "") -> Path:
     """Precision-recall curves with a prevalence line; legend gives each AUPRC (average precision).
 
     Parameters
@@ -148,7 +157,7 @@ def plot_pr(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str])
     pathlib.Path
         ``path``.
     """
-    return _save_png(_pr_figure(curves), path)
+    return _save_png(_titled(_pr_figure(curves), subtitle), path)
 
 
 def _calibration_figure(curves: Mapping[str, tuple[Any, Any]], n_bins: int) -> Any:
@@ -178,7 +187,7 @@ def _calibration_figure(curves: Mapping[str, tuple[Any, Any]], n_bins: int) -> A
 
 
 def plot_calibration(
-    curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str], n_bins: int = _N_BINS
+    curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike[str], n_bins: int = _N_BINS, subtitle: str = ""
 ) -> Path:
     """Reliability diagram: observed mortality against mean predicted probability per bin.
 
@@ -197,7 +206,7 @@ def plot_calibration(
     pathlib.Path
         ``path``.
     """
-    return _save_png(_calibration_figure(curves, n_bins), path)
+    return _save_png(_titled(_calibration_figure(curves, n_bins), subtitle), path)
 
 
 def _differences_figure(diffs: Mapping[str, Mapping[str, Estimate]], metrics: Sequence[str]) -> Any:
@@ -240,6 +249,7 @@ def plot_differences(
     diffs: Mapping[str, Mapping[str, Estimate]],
     path: str | os.PathLike[str],
     metrics: Sequence[str] = ("auroc", "auprc"),
+    subtitle: str = "",
 ) -> Path:
     """Forest plot of paired differences: one row per comparison, one panel per metric.
 
@@ -265,7 +275,7 @@ def plot_differences(
     ValueError
         ``diffs`` is empty, ``metrics`` is empty, or a row lacks one of ``metrics``.
     """
-    return _save_png(_differences_figure(diffs, metrics), path)
+    return _save_png(_titled(_differences_figure(diffs, metrics), subtitle), path)
 
 
 def plot_hours(hours: Mapping[float, Any], path: str | os.PathLike[str], title: str = "") -> Path:

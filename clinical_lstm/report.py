@@ -42,6 +42,7 @@ class Evaluation:
     metrics: dict  # model name -> metric -> Estimate
     differences: dict  # baseline name -> metric -> Estimate of (model - baseline)
     hours: dict = field(default_factory=dict)  # hour -> Evaluation of the risks from the rows up to that hour
+    label: str = ""  # which stays, out of fold or held out, in a few words: every plot's subtitle
 
     @property
     def shipped(self) -> str:
@@ -49,20 +50,33 @@ class Evaluation:
         return next(iter(self.probs))
 
     def table(self) -> str:
-        """Plain text: each model's metrics with intervals, then the paired differences."""
+        """Plain text: each model's metrics with intervals (the shipped row marked), then the paired differences,
+        each said in words: measurably better, measurably worse, or no measurable difference (interval on 0)."""
         notes: dict[str, None] = {}
+        names = [f"{n} (shipped)" if n == self.shipped else n for n in self.metrics]
+        width = max(len(n) for n in [*names, *(f"  {d}" for d in self.differences), "model"]) + 2
 
         def cells(row: dict) -> str:  # a cell holds the estimate; its note (the same for a whole block) goes below
             notes.update({row[k].note: None for k in KEYS if k in row and row[k].note})
-            return "".join(f"{str(replace(row[k], note='')):>24}" if k in row else f"{'-':>24}" for k in KEYS)
+            out = ""
+            for k in KEYS:
+                text = "-"
+                if k in row:
+                    text = str(replace(row[k], note=""))
+                    if on_bound(row[k]):
+                        text += ON_BOUND_MARK
+                        notes[ON_BOUND_NOTE] = None
+                out += f"{text:>24}"
+            return out
 
-        lines = [f"evaluated on {self.on}", f"{'model':<22}" + "".join(f"{k:>24}" for k in KEYS)]
-        for name, m in self.metrics.items():
-            lines.append(f"{name:<22}" + cells(m))
+        lines = [f"evaluated on {self.on}", f"{'model':<{width}}" + "".join(f"{k:>24}" for k in KEYS)]
+        for name, m in zip(names, self.metrics.values(), strict=True):
+            lines.append(f"{name:<{width}}" + cells(m))
         if self.differences:
             lines.append(f"paired difference, {self.shipped} minus (95 % paired bootstrap interval):")
             for name, d in self.differences.items():
-                lines.append(f"  {name:<20}" + cells(d))
+                lines.append(f"{'  ' + name:<{width}}" + cells(d))
+            lines += [f"  vs {name}: {verdict(d)}" for name, d in self.differences.items()]
         lines += [f"note: {n}" for n in notes]
         if self.hours:
             lines += ["", self.hours_table()]
@@ -72,11 +86,13 @@ class Evaluation:
         """Plain text: AUROC / AUPRC / mean risk of every model at every reported hour, then the shipped model's
         paired lead over the summaries-only stack (what the networks add) there."""
         names = list(next(iter(self.hours.values())).metrics)
+        labels = [f"{n} (shipped)" if i == 0 else n for i, n in enumerate(names)]
+        width = max(24, *(len(n) + 2 for n in labels))
         lines = ["every hour: the risk from the rows up to that hour, on the stays whose grid reaches it "
-                 "(AUROC / AUPRC / mean risk; event rate in the header)", f"{'model':<24}" + "".join(
+                 "(AUROC / AUPRC / mean risk; event rate in the header)", f"{'model':<{width}}" + "".join(
                      f"{f'{h:g} h (n {len(e.y)}, {e.y.mean():.3f})':>24}" for h, e in self.hours.items())]
-        for name in names:
-            lines.append(f"{name:<24}" + "".join(
+        for name, label in zip(names, labels, strict=True):
+            lines.append(f"{label:<{width}}" + "".join(
                 f"{_cell(e.metrics[name]['auroc'].value, e.metrics[name]['auprc'].value, e.probs[name][0].mean()):>24}"
                 for e in self.hours.values()))
         for other in (SUMMARIES_NAME, MODEL_NAME):
@@ -84,7 +100,7 @@ class Evaluation:
                 lines.append(f"lead over {other} (AUROC, AUPRC; 95 % paired interval):")
                 for h, e in self.hours.items():
                     d = e.differences[other]
-                    lines.append(f"  {h:g} h  AUROC {d['auroc']}   AUPRC {d['auprc']}")
+                    lines.append(f"  {h:g} h  AUROC {d['auroc']}   AUPRC {d['auprc']}   {verdict(d, ('auroc', 'auprc'))}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -98,6 +114,36 @@ class Evaluation:
                             for h, e in self.hours.items()}
             out["hours_rule"] = HOURS_RULE
         return out
+
+
+ON_BOUND_MARK = " \u2020"
+ON_BOUND_NOTE = ("\u2020 the point sits on a bound of its interval: the bias-corrected bootstrap interval (ECE and "
+                 "Hosmer-Lemeshow are biased upwards under resampling, so it shifts down) did not contain the point "
+                 "and was widened to it; read the other bound as the interval's width")
+LOWER_IS_BETTER = ("brier", "ece")
+METRIC_WORDS = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "min_se_ppv": "min(Se, +P)"}
+
+
+def on_bound(e) -> bool:
+    """Whether an interval was widened to contain its point (the point equals a bound of a non-empty interval)."""
+    return bool(e.lower < e.upper and (e.value == e.lower or e.value == e.upper))
+
+
+def verdict(diffs: dict, keys=KEYS) -> str:
+    """A paired difference (shipped minus other) in words: which metrics are measurably better or worse (the 95 %
+    interval excludes 0; for Brier and ECE lower is better) and which show no measurable difference."""
+    better, worse, same = [], [], []
+    for k in keys:
+        if k not in diffs or diffs[k].lower != diffs[k].lower:  # NaN: nothing to say
+            continue
+        e, sign = diffs[k], -1 if k in LOWER_IS_BETTER else 1
+        if e.lower > 0 or e.upper < 0:
+            (better if sign * e.value > 0 else worse).append(METRIC_WORDS[k])
+        else:
+            same.append(METRIC_WORDS[k])
+    said = [f"better on {', '.join(better)}" if better else "", f"worse on {', '.join(worse)}" if worse else "",
+            f"no measurable difference on {', '.join(same)} (interval includes 0)" if same else ""]
+    return "; ".join(x for x in said if x) or "no interval"
 
 
 HOURS_RULE = ("at hour h each model scores a stay from its rows up to h (the risk a stream or trajectory shows at "
@@ -321,15 +367,16 @@ def write(out_dir: Path, evaluation: Evaluation, cohort, catalogue, history=None
     files = {"metrics": write_json(out_dir / "metrics.json", evaluation.to_dict())}
     y = evaluation.y
     curves = {name: (y, p) for name, (p, _) in evaluation.probs.items()}
-    files["roc"] = plot_roc(curves, out_dir / "roc.png")
-    files["pr"] = plot_pr(curves, out_dir / "pr.png")
-    files["calibration"] = plot_calibration(curves, out_dir / "calibration.png")
+    on = evaluation.label or f"{len(y):,} stays"  # every plot says what it was measured on
+    files["roc"] = plot_roc(curves, out_dir / "roc.png", subtitle=on)
+    files["pr"] = plot_pr(curves, out_dir / "pr.png", subtitle=on)
+    files["calibration"] = plot_calibration(curves, out_dir / "calibration.png", subtitle=on)
     if evaluation.differences:
-        files["comparison"] = plot_differences(evaluation.differences, out_dir / "comparison.png")
+        files["comparison"] = plot_differences(evaluation.differences, out_dir / "comparison.png", subtitle=on)
     if evaluation.hours:
         from .plots import plot_hours
 
-        files["hours"] = plot_hours(evaluation.hours, out_dir / "hours.png", f"evaluated on {evaluation.on}"[:140])
+        files["hours"] = plot_hours(evaluation.hours, out_dir / "hours.png", on)
         files["hours_table"] = write_frame(hours_frame(evaluation), out_dir / "hours.csv")
     if model is not None and model.head is not None:
         files["stacking"] = write_frame(stacking_frame(model.head), out_dir / "stacking.csv")

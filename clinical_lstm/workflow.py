@@ -304,6 +304,8 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
               f"only; the alert threshold is chosen on these scores: a small optimism for min(Se, +P))")
     evaluation = evaluate_fit(fitted, y, cfg.calibration.threshold_rule, parts.outcomes, ids, cfg.evaluation.n_boot,
                               cfg.evaluation.seed, on, ev, log, hours)
+    evaluation.label = (f"held out: {len(test):,} stays of separate test data" if test else
+                        f"out of fold: the {len(ids):,} training stays, each scored by models that did not train on it")
     model.metadata = {
         "environment": environment(), "config": cfg.to_dict(),
         "training_data": {"sources": parts.sources, "digest": parts.digest,
@@ -385,9 +387,12 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
         p = model.risk(cohort.apply(model.logits))
         name = HYBRID_NAME if model.head is not None else MODEL_NAME
         on = f"{len(cohort)} stays"
-        if parts.digest == (model.metadata.get("training_data") or {}).get("digest"):  # train refuses such --test
+        in_sample = parts.digest == (model.metadata.get("training_data") or {}).get("digest")
+        if in_sample:  # train refuses such --test
             on += " — the model's own training stays: in-sample, not held-out performance"
         evaluation = compare({name: (p, model.threshold)}, cohort.y, on, n_boot, 0)
+        evaluation.label = (f"in-sample: the model's own {len(cohort):,} training stays (not held-out performance)"
+                            if in_sample else f"{len(cohort):,} stays given to evaluate")
         evaluation.hours = hourly(shipped_hour_risks(model, cohort, hours), cohort.y, {name: model.threshold}, n_boot, 0)
         # (the reference rows' alert thresholds are not kept: their min(Se, +P) at each hour uses 0.5)
         staged = Path(work) / "report"

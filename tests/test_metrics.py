@@ -485,3 +485,42 @@ def test_too_few_replicates_is_said_on_every_interval():
         both = paired_difference(y1, np.linspace(0.9, 0.1, 60), np.linspace(0.1, 0.9, 60), 0.5, 0.5, n_boot=20)
     assert {e.note for e in both.values()} == {
         "only 1 death: interval not meaningful; only 20 bootstrap replicates: interval rough"}
+
+
+def test_the_printed_table_marks_the_shipped_row_aligns_long_names_and_says_each_lead_in_words():
+    """A model name longer than the name column shifted its row one column; the shipped row was not marked; a
+    difference whose interval crosses 0 was left for the reader to spot."""
+    from clinical_lstm.report import compare
+
+    rng = np.random.default_rng(1)
+    y = (rng.random(800) < 0.3).astype(int)
+    strong = np.clip(0.55 * y + rng.normal(0.2, 0.15, 800), 0, 1)
+    probs = {"masked LSTM + summaries": (strong, 0.5),  # 23 characters
+             "a twin of it": (np.clip(strong + rng.normal(0, 0.002, 800), 0, 1), 0.5),
+             "coin": (rng.random(800), 0.5)}
+    text = compare(probs, y, "800 stays", 200, 0).table()
+    lines = text.splitlines()
+    header, rows = lines[1], [line for line in lines if line.startswith(("masked", "a twin", "coin", "  a twin",
+                                                                         "  coin"))]
+    assert rows[0].startswith("masked LSTM + summaries (shipped) ")
+    assert len(rows) == 5 and {len(r) for r in rows} == {len(header)}  # every cell under its column's name
+    assert header.index("auroc") + len("auroc") == rows[0].index(")", rows[0].index("(shipped)") + 9) + 1
+    said = {line.split(":")[0].strip(): line.split(":", 1)[1] for line in lines if line.startswith("  vs ")}
+    assert "better on AUROC, AUPRC" in said["vs coin"] and "worse" not in said["vs coin"]
+    assert "no measurable difference on AUROC" in said["vs a twin of it"]
+
+
+def test_a_point_on_its_interval_bound_is_marked_and_explained_once():
+    from clinical_lstm.metrics import Estimate
+    from clinical_lstm.report import ON_BOUND_MARK, Evaluation, on_bound, verdict
+
+    assert on_bound(Estimate(0.013, 0.008, 0.013)) and on_bound(Estimate(0.2, 0.2, 0.3))
+    assert not on_bound(Estimate(0.013, 0.008, 0.02)) and not on_bound(Estimate(0.0, 0.0, 0.0))
+    row = {"auroc": Estimate(0.8, 0.75, 0.85), "ece": Estimate(0.013, 0.008, 0.013)}
+    text = Evaluation("x", np.zeros(2), {"m": (np.zeros(2), 0.5)}, {"m": row}, {}).table()
+    assert f"0.013 (0.008\u20130.013){ON_BOUND_MARK}" in text and "0.800 (0.750\u20130.850) " in text
+    assert sum(line.startswith("note: \u2020 the point sits on a bound") for line in text.splitlines()) == 1
+    lower_better = {"brier": Estimate(-0.01, -0.02, -0.005), "ece": Estimate(0.01, 0.002, 0.02),
+                    "auroc": Estimate(0.01, -0.001, 0.02)}
+    assert verdict(lower_better) == ("better on Brier; worse on ECE; no measurable difference on AUROC "
+                                     "(interval includes 0)")

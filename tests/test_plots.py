@@ -168,3 +168,18 @@ def test_hours_plot_draws_each_models_metric_and_mean_risk_at_every_hour(tmp_pat
     assert_png(plots.plot_hours(hours, tmp_path / "hours.png"))
     with pytest.raises(ValueError, match="at least one hour"):
         plots.plot_hours({}, tmp_path / "none.png")
+
+
+def test_every_report_plot_says_what_it_was_measured_on():
+    """A plot read on its own (in the MLflow UI, a slide) names its stays and whether they were out of fold or held
+    out: the subtitle goes under the plot's own title, or is the title."""
+    from clinical_lstm.metrics import Estimate
+
+    on = "out of fold: the 400 training stays"
+    for figure in (plots._roc_figure(two_models()), plots._pr_figure(two_models()),
+                   plots._calibration_figure(two_models(), 10)):
+        assert plots._titled(figure, on).get_suptitle() == on
+    diffs = {"m - other": {"auroc": Estimate(0.01, 0.0, 0.02), "auprc": Estimate(0.02, -0.01, 0.05)}}
+    titled = plots._titled(plots._differences_figure(diffs, ("auroc", "auprc")), on)
+    assert titled.get_suptitle() == f"Paired differences with 95% bootstrap intervals\n{on}"
+    assert plots._titled(plots._roc_figure(two_models()), "").get_suptitle() == ""

@@ -90,6 +90,7 @@ def test_run_holds_config_metrics_data_and_artifacts(store):
     for key in ("auroc", "auprc", "brier", "lstm_auroc", "logreg_auroc", "gbm_auprc", "validation_auprc"):
         assert key in m, key
     assert m["auroc_lower"] <= m["auroc"] <= m["auroc_upper"]
+    assert res.evaluation.label.startswith(f"out of fold: the {N_STAYS} training stays")  # every plot's subtitle
     assert m["auroc"] == pytest.approx(res.metrics["masked LSTM + summaries"]["auroc"].value)  # the shipped model
     assert m["lstm_auroc"] == pytest.approx(res.metrics["masked LSTM"]["auroc"].value)
     epochs = client.get_metric_history(run.info.run_id, "val_auprc_fold0")
