@@ -27,6 +27,14 @@ transformer's fitted state, the calibrator and threshold; it is embedded in the 
 ``metadata_props`` key ``clinical_lstm.contract``; TorchScript extra file ``clinical_lstm_contract.json``)
 and written beside it as ``<file>.json``. :class:`ExportedModel` is a reference runtime over it.
 
+Everything the contract says is bound to the graph by its ``fingerprint`` key (:func:`fingerprint`): a SHA-256 over
+the graph (ONNX: the model less its metadata, so nodes and initializers; TorchScript: every member of the archive but
+the contract and the per-save id) and the canonical JSON of every other key of the contract. :func:`read_contract`
+recomputes it: a threshold, calibrator, catalogue or statistic edited in the file or beside it, a graph whose weights
+were edited, a contract without its fingerprint, or a sidecar that says otherwise than the file is refused with one
+:class:`~clinical_lstm.sources.DataError` naming the file and what failed. It detects edits and mix-ups, not a
+forger who recomputes the digest (that would need a signature and a key).
+
 The file ends in its format's suffix (``.onnx``, TorchScript ``.pt``), and neither it nor ``<file>.json`` may
 touch the model's folder or files (:func:`check_out`, before any work). Both are written to temporary siblings,
 checked there (the graph run against PyTorch), and only then renamed into place: a failed export leaves
@@ -35,15 +43,18 @@ nothing at the destination and an earlier file there as it was.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import warnings
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from .files import atomic_path, check_not_input, removes_new_out
-from .sources import MissingDependency
+from .sources import DataError, MissingDependency
 
 CONTRACT_FORMAT = "clinical-lstm-export/1"
 CONTRACT_KEY = "clinical_lstm.contract"
@@ -53,6 +64,9 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}  # the file a format is writt
 INPUTS = ("x", "mask", "delta", "statics", "lengths")
 OUTPUTS = ("logit", "step_logits")
 DEFAULT_OPSET = 17
+FINGERPRINT_KEY = "fingerprint"
+_FINGERPRINT_TAG = b"clinical-lstm-export-fingerprint/1\n"
+_TS_PER_SAVE = ".data/serialization_id"  # random on every torch.jit.save: not part of the module
 
 
 def sidecar(path: str | Path) -> Path:
@@ -186,6 +200,55 @@ def contract(model, fmt: str = "onnx", opset: int | None = None) -> dict:
     }
 
 
+def _canonical(value) -> bytes:
+    """Canonical JSON: the same bytes for the same parsed contract, however its file is laid out."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def fingerprint(contract: dict, graph_sha256: str) -> dict:
+    """The ``fingerprint`` a contract carries: ``sha256`` over ``graph_sha256`` (the graph's own digest) and the
+    canonical JSON of every other key of ``contract`` (as read back from JSON); ``fields_sha256``, a short digest
+    per key, lets a refusal name the keys that were edited."""
+    body = {k: v for k, v in contract.items() if k != FINGERPRINT_KEY}
+    return {"sha256": hashlib.sha256(_FINGERPRINT_TAG + graph_sha256.encode() + b"\n" + _canonical(body)).hexdigest(),
+            "graph_sha256": graph_sha256,
+            "fields_sha256": {k: hashlib.sha256(_canonical(v)).hexdigest()[:16] for k, v in body.items()}}
+
+
+def _fingerprinted(body: dict, graph_sha256: str) -> str:
+    """The contract text to embed and write beside the file: ``body`` (as JSON reads it back) plus its fingerprint."""
+    body = json.loads(json.dumps(body))
+    return json.dumps({**body, FINGERPRINT_KEY: fingerprint(body, graph_sha256)}, indent=1)
+
+
+def _onnx_sha256(proto) -> str:
+    """SHA-256 of an ONNX model less its ``metadata_props`` (where the contract is): graph nodes, initializers,
+    inputs and outputs, opsets, producer."""
+    bare = type(proto)()
+    bare.CopyFrom(proto)
+    del bare.metadata_props[:]
+    return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _torchscript_parts(path: Path, data: bytes) -> tuple[list[bytes], str]:
+    """(the contract texts embedded in a TorchScript archive, SHA-256 over its other members in archive order).
+    Member names lose the archive's top folder, which is named after the file it was first saved to."""
+    h, contracts = hashlib.sha256(), []
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            for info in z.infolist():
+                name = info.filename.split("/", 1)[-1]
+                if name == f"extra/{TORCHSCRIPT_CONTRACT_FILE}":
+                    contracts.append(z.read(info))
+                elif name != _TS_PER_SAVE:
+                    content = z.read(info)
+                    for part in (name.encode(), content):
+                        h.update(len(part).to_bytes(8, "little") + part)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise DataError(f"{path} is not a TorchScript file ({type(exc).__name__}): export it again") from None
+    return contracts, h.hexdigest()
+
+
 def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, check: bool = True) -> Path:
     """Write ``model``'s networks (ensemble averaged) as ONNX with the contract embedded and beside it.
 
@@ -206,7 +269,7 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, check: bool 
     dyn = {"x": {0: "B", 1: "T"}, "mask": {0: "B", 1: "T"}, "delta": {0: "B", 1: "T"}, "statics": {0: "B"},
            "lengths": {0: "B"}, "summary": {0: "B"}, "logit": {0: "B"}, "step_logits": {0: "B", 1: "T"}}
     names = list(inputs_of(model))
-    text = json.dumps(contract(model, "onnx", opset), indent=1)
+    body = contract(model, "onnx", opset)
     with atomic_path(out) as tmp, atomic_path(sidecar(out)) as side:  # both renamed into place only if all passes
         with warnings.catch_warnings(), torch.no_grad():
             # the torch.export-based exporter (the default since torch 2.9) needs onnxscript; the TorchScript-based
@@ -218,13 +281,15 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, check: bool 
                               output_names=list(OUTPUTS), dynamic_axes={k: dyn[k] for k in (*names, *OUTPUTS)},
                               opset_version=opset)
         proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = CONTRACT_KEY, text
         proto.producer_name = "clinical-lstm"
         proto.doc_string = "in-hospital mortality logit; see metadata " + CONTRACT_KEY
+        text = _fingerprinted(body, _onnx_sha256(proto))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = CONTRACT_KEY, text
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         side.write_text(text)
+        _check_written(out, tmp, "onnx")
         if check:
             try:
                 diff = max_difference(model, tmp)
@@ -236,6 +301,15 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, check: bool 
                                  f"{onnxruntime.__version__} ({first}); nothing was written") from exc
             _refuse_difference(out, "ONNX graph", diff)
     return out
+
+
+def _check_written(out: Path, tmp: Path, fmt: str) -> None:
+    """The file as written reads back with its fingerprint verified (else ValueError, nothing written)."""
+    try:
+        _verified(tmp, fmt)
+    except DataError as exc:
+        raise ValueError(f"{out}: the written {fmt} file does not verify against its own fingerprint ({exc}); "
+                         f"nothing was written") from exc
 
 
 def _refuse_difference(out: Path, what: str, diff: float) -> None:
@@ -254,13 +328,17 @@ def export_torchscript(model, out: str | Path, check: bool = True) -> Path:
 
     out = check_out(out, "torchscript")
     wrapper = _wrapper(model)
-    text = json.dumps(contract(model, "torchscript"), indent=1)
+    body = contract(model, "torchscript")
     with warnings.catch_warnings(), torch.no_grad(), atomic_path(out) as tmp, atomic_path(sidecar(out)) as side:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(wrapper, example_inputs(model), check_trace=False)
+        bare = io.BytesIO()  # the members a save writes besides the contract, to fingerprint before the real save
+        torch.jit.save(traced, bare)
+        text = _fingerprinted(body, _torchscript_parts(out, bare.getvalue())[1])
         torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_CONTRACT_FILE: text})
         side.write_text(text)
+        _check_written(out, tmp, "torchscript")
         if check:  # the saved file, before it is put in place
             loaded = torch.jit.load(str(tmp))
             for steps in (None, 5):
@@ -305,60 +383,96 @@ def max_difference(model, path: str | Path) -> float:
     return worst
 
 
-def _session(path):
+def _session(model: str | Path | bytes):
+    """An onnxruntime session over a file, or over the bytes that were read (and verified) from one."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover
         raise MissingDependency("running ONNX needs 'onnxruntime': pip install 'clinical-lstm[onnx]'") from exc
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
 
 
 def read_contract(path: str | Path) -> dict:
-    """The contract embedded in an exported file. ``<file>.json`` beside it (for runtimes that cannot read the
-    file's metadata) must say the same, or it is refused: a contract edited, or copied from another export, would
-    preprocess and calibrate for another model and give wrong risks without any error."""
-    path = Path(path)
-    embedded = _embedded_contract(path)
+    """The contract of an exported file (``.onnx``, or TorchScript), verified: its fingerprint must match the graph
+    and every other key (:func:`fingerprint`), and ``<file>.json`` beside it (for runtimes that cannot read the
+    file's metadata) must say the same as the contract embedded in the file. Anything else is refused with a
+    :class:`~clinical_lstm.sources.DataError`: an edited or swapped contract would preprocess and calibrate for
+    another model and give wrong risks without any error. With no contract embedded, ``<file>.json`` is the
+    contract, verified against the graph the same way."""
+    return _verified(Path(path))[0]
+
+
+def _verified(path: Path, fmt: str | None = None) -> tuple[dict, bytes]:
+    """(the verified contract, the file's bytes: run these, not the file again). ``fmt`` from the suffix if None."""
+    fmt = fmt or ("onnx" if path.suffix == ".onnx" else "torchscript")
+    if not path.is_file():
+        raise DataError(f"{path}: no such exported file")
+    data = path.read_bytes()
+    texts, graph = _onnx_parts(path, data) if fmt == "onnx" else _torchscript_parts(path, data)
+    if len(texts) > 1:
+        raise DataError(f"{path} carries {len(texts)} clinical-lstm contracts, not one: export it again")
+    embedded = _parsed(texts[0], f"{path}: the contract embedded in it", "export it again") if texts else None
     side = sidecar(path)
+    given = None
     if side.is_file():
-        try:
-            given = json.loads(side.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{side} is not a readable contract ({type(exc).__name__}); delete it or export "
-                             f"again (the contract embedded in {path.name} is the one that counts)") from None
-        if embedded is None:
-            return given
-        if given != embedded:
-            raise ValueError(f"{side} does not match the contract embedded in {path.name} (edited, or another "
-                             f"export's): delete it or export again")
-    if embedded is None:
-        raise ValueError(f"{path} carries no clinical-lstm contract (no {side.name} and none embedded)")
-    return embedded
+        given = _parsed(side.read_bytes(), str(side), f"delete it or export again (the contract embedded in "
+                                                      f"{path.name} is the one that counts)")
+    if embedded is None and given is None:
+        raise DataError(f"{path} carries no clinical-lstm contract (no {side.name} and none embedded)")
+    contract = embedded if embedded is not None else given
+    _check_fingerprint(path, contract, graph, "embedded" if embedded is not None else f"{side.name}, none embedded")
+    if given is not None and _canonical(given) != _canonical(contract):
+        raise DataError(f"{side} does not match the contract embedded in {path.name} (edited, or another "
+                        f"export's): delete it or export again")
+    return contract, data
 
 
-def _embedded_contract(path: Path) -> dict | None:
-    """The contract in the file's own metadata (ONNX ``metadata_props``, TorchScript's extra file), or None."""
-    if path.suffix == ".onnx":
-        import onnx
-        from google.protobuf.message import DecodeError  # onnx's parser (protobuf is onnx's own dependency)
+def _onnx_parts(path: Path, data: bytes) -> tuple[list[str], str]:
+    """(the contract texts in an ONNX file's metadata, :func:`_onnx_sha256` of the file)."""
+    import onnx
+    from google.protobuf.message import DecodeError  # onnx's parser (protobuf is onnx's own dependency)
 
-        try:
-            props = onnx.load(str(path), load_external_data=False).metadata_props
-        except (OSError, DecodeError) as exc:
-            raise ValueError(f"{path} is not an ONNX file ({type(exc).__name__}): export it again") from None
-        return next((json.loads(p.value) for p in props if p.key == CONTRACT_KEY), None)
-    import torch
-
-    extra = {TORCHSCRIPT_CONTRACT_FILE: ""}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.load(str(path), _extra_files=extra)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{path} is not a TorchScript file ({type(exc).__name__}): export it again") from None
-    return json.loads(extra[TORCHSCRIPT_CONTRACT_FILE]) if extra[TORCHSCRIPT_CONTRACT_FILE] else None
+        proto = onnx.load_model_from_string(data)
+    except (OSError, DecodeError) as exc:
+        raise DataError(f"{path} is not an ONNX file ({type(exc).__name__}): export it again") from None
+    return [p.value for p in proto.metadata_props if p.key == CONTRACT_KEY], _onnx_sha256(proto)
+
+
+def _parsed(text: str | bytes, what: str, fix: str) -> dict:
+    try:
+        value = json.loads(text)  # bytes: UTF-8 (or -16/-32) decoded here, a decoding error is a ValueError too
+    except ValueError as exc:
+        raise DataError(f"{what} is not a readable contract ({type(exc).__name__}); {fix}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{what} is not a readable contract (a JSON {type(value).__name__}, not an object); {fix}")
+    return value
+
+
+def _check_fingerprint(path: Path, contract: dict, graph: str, where: str) -> None:
+    """Refuse ``contract`` unless its fingerprint is that of ``graph`` (the file's graph digest) and its own keys."""
+    stored = contract.get(FINGERPRINT_KEY)
+    if not (isinstance(stored, dict) and isinstance(stored.get("sha256"), str)
+            and isinstance(stored.get("graph_sha256"), str)):
+        state = "has no fingerprint" if stored is None else "has a malformed fingerprint"
+        raise DataError(f"{path}: its contract ({where}) {state}, so its threshold, calibrator, catalogue and "
+                        f"statistics cannot be checked against the graph (exported before clinical-lstm checked "
+                        f"them, or edited); export the model again")
+    if stored["graph_sha256"] != graph:
+        raise DataError(f"{path}: the graph's weights or nodes do not match the fingerprint in its contract "
+                        f"({where}): the graph was edited after export, or the contract is another export's; "
+                        f"export the model again")
+    want = fingerprint(contract, graph)
+    if stored["sha256"] != want["sha256"]:
+        had = stored.get("fields_sha256") if isinstance(stored.get("fields_sha256"), dict) else {}
+        now = want["fields_sha256"]
+        changed = sorted(k for k in had.keys() | now.keys() if had.get(k) != now.get(k))
+        what = f"{', '.join(changed)} changed after export" if changed else "its fingerprint was edited"
+        raise DataError(f"{path}: its contract ({where}) does not match its fingerprint: {what}; it would "
+                        f"preprocess or calibrate for another model, so it is refused: export the model again")
 
 
 class ExportedModel:
@@ -366,7 +480,8 @@ class ExportedModel:
     contract (catalogue, transformer state, calibrator, threshold), around an onnxruntime session.
 
     ``predict(data)`` returns every stay, like ``RiskModel.predict`` (``risk`` null and ``reason`` set for the stays
-    it rejects). The contract is the one embedded in the file (:func:`read_contract`).
+    it rejects). The contract is the one embedded in the file, verified against the graph (:func:`read_contract`),
+    and the session runs the very bytes that were verified.
     """
 
     def __init__(self, path: str | Path):
@@ -375,16 +490,18 @@ class ExportedModel:
         from .impute import GridTransformer
 
         self.path = Path(path)
-        self.contract = read_contract(self.path)
+        self.contract, data = _verified(self.path)
+        if self.contract.get("graph_format") != "onnx":
+            raise DataError(f"{path}: a {self.contract.get('graph_format')} export; ExportedModel runs ONNX files")
         if self.contract.get("format") != CONTRACT_FORMAT:
-            raise ValueError(f"{path}: contract format {self.contract.get('format')!r}, expected {CONTRACT_FORMAT}")
+            raise DataError(f"{path}: contract format {self.contract.get('format')!r}, expected {CONTRACT_FORMAT}")
         catalogue = Catalogue.from_csv_text(self.contract["catalogue_csv"], source=f"{path} contract")
         if catalogue.digest() != self.contract["catalogue_digest"]:
-            raise ValueError(f"{path}: the contract's catalogue does not match its digest")
+            raise DataError(f"{path}: the contract's catalogue does not match its digest")
         self.transformer = GridTransformer.from_dict(self.contract["transformer"], catalogue)
         self.calibrator = calibrator_from_dict(self.contract["calibrator"])
         self.threshold = float(self.contract["threshold"])
-        self.session = _session(self.path)
+        self.session = _session(data)  # the bytes that were verified, not the file read again
 
     def logits(self, t) -> np.ndarray:
         """:class:`~clinical_lstm.impute.Tensors` -> (N,) logits from the ONNX graph."""

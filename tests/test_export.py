@@ -7,6 +7,8 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +158,6 @@ def test_model_variants_export(model, tensors, tmp_path, cfg):
 
 
 def test_torchscript_matches_pytorch(model, tensors, tmp_path):
-    import warnings
-
     path = export_torchscript(model, tmp_path / "model.pt")
     assert read_contract(path)["graph_format"] == "torchscript"
     with warnings.catch_warnings():
@@ -306,3 +306,189 @@ def test_a_contract_that_is_not_the_files_own_is_refused(model, stacked, long, t
 
 def sidecar_of(path: Path) -> Path:
     return path.with_name(path.name + ".json")
+
+
+# -- the contract's fingerprint: every field the runtime relies on, bound to the graph -------------------------------
+
+@pytest.fixture(scope="module")
+def exports(model, tmp_path_factory) -> Path:
+    """One ONNX and one TorchScript export of ``model`` (each with its sidecar); tests edit copies."""
+    folder = tmp_path_factory.mktemp("exports")
+    export_onnx(model, folder / "m.onnx")
+    export_torchscript(model, folder / "m.pt")
+    return folder
+
+
+def copy_export(exports: Path, tmp_path: Path, name: str) -> Path:
+    for f in (name, name + ".json"):
+        shutil.copy(exports / f, tmp_path / f)
+    return tmp_path / name
+
+
+def edit_json(text: str, edit) -> str:
+    contract = json.loads(text)
+    edit(contract)
+    return json.dumps(contract, indent=1)
+
+
+def edit_onnx(path: Path, contract=None, graph=None) -> None:
+    """Rewrite the ONNX file with ``contract(dict)`` applied to its embedded contract (``"strip"``: none embedded)
+    and ``graph(GraphProto)`` to its graph, the way a hand edit with the onnx package would."""
+    proto = onnx.load(str(path))
+    entry = next(p for p in proto.metadata_props if p.key == CONTRACT_KEY)
+    if contract == "strip":
+        proto.metadata_props.remove(entry)
+    elif contract is not None:
+        entry.value = edit_json(entry.value, contract)
+    if graph is not None:
+        graph(proto.graph)
+    onnx.save(proto, str(path))
+
+
+def edit_torchscript(path: Path, contract=None, weights=False) -> None:
+    """Rewrite the TorchScript zip member by member: ``contract(dict)`` applied to the contract extra file,
+    ``weights``: the first tensor's first float negated. Every other member is copied as it was."""
+    with zipfile.ZipFile(path) as z:
+        members = [(info, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in members:
+            if contract is not None and info.filename.endswith("/extra/clinical_lstm_contract.json"):
+                data = edit_json(data.decode(), contract).encode()
+            if weights and info.filename.endswith("/data/0"):
+                data = (-np.frombuffer(data[:4], np.float32)).tobytes() + data[4:]
+            z.writestr(info, data)
+
+
+def edit_sidecar(path: Path, edit) -> None:
+    side = sidecar_of(path)
+    side.write_text(edit_json(side.read_text(), edit))
+
+
+def set_(key, value):
+    return lambda c: c.__setitem__(key, value)
+
+
+def shift_calibrator(c):
+    c["calibrator"]["b"] += 2
+
+
+def narrow_weight_range(c):
+    """Weight's plausible range 20-300 kg -> 20-30 kg, with the catalogue digest recomputed to match."""
+    from clinical_lstm.catalogue import Catalogue
+
+    assert "\nWeight,kg,20.0,300.0," in c["catalogue_csv"]
+    c["catalogue_csv"] = c["catalogue_csv"].replace("\nWeight,kg,20.0,300.0,", "\nWeight,kg,20.0,30.0,")
+    c["catalogue_digest"] = Catalogue.from_csv_text(c["catalogue_csv"]).digest()
+
+
+def shift_median(c):
+    c["transformer"]["median"][0] += 1.0
+
+
+def drop_fingerprint(c):
+    del c["fingerprint"]
+
+
+def scale_first_initializer(graph):
+    from onnx import numpy_helper
+
+    init = next(i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and np.prod(i.dims) > 1)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+
+
+def no_sidecar(path):
+    sidecar_of(path).unlink()
+
+
+FILE = r"m\.onnx: "
+CONTRACT_EDITED = FILE + r"its contract \(embedded\) does not match its fingerprint: "
+ONNX_EDITS = {  # id: (edit of the copied export, the refusal's text)
+    # issue #23 item 9: the embedded contract edited, no sidecar -> risks off by up to 0.38, no error
+    "threshold": (lambda p: (edit_onnx(p, set_("threshold", 0.01)), no_sidecar(p)), CONTRACT_EDITED + "threshold "),
+    "calibrator": (lambda p: (edit_onnx(p, shift_calibrator), no_sidecar(p)), CONTRACT_EDITED + "calibrator "),
+    "threshold_and_calibrator": (lambda p: (edit_onnx(p, lambda c: (set_("threshold", 0.01)(c), shift_calibrator(c))),
+                                            no_sidecar(p)), CONTRACT_EDITED + "calibrator, threshold "),
+    "catalogue_range": (lambda p: (edit_onnx(p, narrow_weight_range), no_sidecar(p)),
+                        CONTRACT_EDITED + "catalogue_csv, catalogue_digest "),
+    "transformer_statistic": (lambda p: (edit_onnx(p, shift_median), no_sidecar(p)), CONTRACT_EDITED + "transformer "),
+    # the sidecar edited alike: the two agree, and both disagree with the graph
+    "threshold_and_sidecar": (lambda p: (edit_onnx(p, set_("threshold", 0.01)), edit_sidecar(p, set_("threshold", 0.01))),
+                              CONTRACT_EDITED + "threshold "),
+    "initializer": (lambda p: edit_onnx(p, graph=scale_first_initializer),
+                    FILE + r"the graph's weights or nodes do not match the fingerprint in its contract"),
+    "initializer_no_sidecar": (lambda p: (edit_onnx(p, graph=scale_first_initializer), no_sidecar(p)),
+                               FILE + r"the graph's weights or nodes do not match"),
+    "fingerprint_deleted": (lambda p: (edit_onnx(p, drop_fingerprint), no_sidecar(p)),
+                            FILE + r"its contract \(embedded\) has no fingerprint"),
+    "fingerprint_deleted_in_both": (lambda p: (edit_onnx(p, drop_fingerprint), edit_sidecar(p, drop_fingerprint)),
+                                    FILE + r"its contract \(embedded\) has no fingerprint"),
+    "fingerprint_forged": (lambda p: (edit_onnx(p, lambda c: c["fingerprint"].__setitem__("sha256", "0" * 64)),
+                                      no_sidecar(p)), CONTRACT_EDITED + "its fingerprint was edited"),
+    "sidecar_disagrees": (lambda p: edit_sidecar(p, set_("threshold", 0.01)),
+                          r"m\.onnx\.json does not match the contract embedded in m\.onnx"),
+    "sidecar_alone_edited": (lambda p: (edit_onnx(p, "strip"), edit_sidecar(p, set_("threshold", 0.01))),
+                             FILE + r"its contract \(m\.onnx\.json, none embedded\) does not match its fingerprint: "
+                                    r"threshold "),
+}
+
+
+@pytest.mark.parametrize("case", list(ONNX_EDITS))
+def test_an_edited_onnx_export_is_refused(exports, tmp_path, case):
+    """Issue #23, item 9: every field the runtime relies on (threshold, calibrator, catalogue, transformer
+    statistics) and the graph's weights are covered by a fingerprint checked on load; an edit of any, or of the
+    fingerprint, is one DataError naming the file and what failed, with or without the sidecar."""
+    path = copy_export(exports, tmp_path, "m.onnx")
+    edit, error = ONNX_EDITS[case]
+    edit(path)
+    with pytest.raises(DataError, match=error) as caught:
+        ExportedModel(path)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+    with pytest.raises(DataError, match=error):
+        read_contract(path)
+
+
+TS_FILE = r"m\.pt: "
+TS_EDITS = {
+    "threshold": (lambda p: (edit_torchscript(p, set_("threshold", 0.01)), no_sidecar(p)),
+                  TS_FILE + r"its contract \(embedded\) does not match its fingerprint: threshold "),
+    "calibrator_and_sidecar": (lambda p: (edit_torchscript(p, shift_calibrator), edit_sidecar(p, shift_calibrator)),
+                               TS_FILE + r"its contract \(embedded\) does not match its fingerprint: calibrator "),
+    "weights": (lambda p: edit_torchscript(p, weights=True),
+                TS_FILE + r"the graph's weights or nodes do not match the fingerprint in its contract"),
+    "fingerprint_deleted": (lambda p: (edit_torchscript(p, drop_fingerprint), no_sidecar(p)),
+                            TS_FILE + r"its contract \(embedded\) has no fingerprint"),
+    "sidecar_disagrees": (lambda p: edit_sidecar(p, set_("threshold", 0.01)),
+                          r"m\.pt\.json does not match the contract embedded in m\.pt"),
+}
+
+
+@pytest.mark.parametrize("case", list(TS_EDITS))
+def test_an_edited_torchscript_export_is_refused(exports, tmp_path, case):
+    path = copy_export(exports, tmp_path, "m.pt")
+    edit, error = TS_EDITS[case]
+    edit(path)
+    with pytest.raises(DataError, match=error) as caught:
+        read_contract(path)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_an_unedited_export_rewritten_as_it_was_still_loads(model, long, exports, tmp_path):
+    """The edits above are refused for what they change, not for the rewrite: the same file saved again by the
+    onnx package (or its zip rewritten member by member), contract and sidecar unchanged, loads and scores as
+    RiskModel does."""
+    path = copy_export(exports, tmp_path, "m.onnx")
+    edit_onnx(path, contract=lambda c: None, graph=lambda g: None)
+    c = read_contract(path)
+    assert set(c["fingerprint"]) == {"sha256", "graph_sha256", "fields_sha256"}
+    assert set(c["fingerprint"]["fields_sha256"]) == set(c) - {"fingerprint"}
+    got = ExportedModel(path).predict(long).sort("stay_id")
+    want = model.predict(long).filter(pl.col("risk").is_not_null()).sort("stay_id")
+    assert got["stay_id"].to_list() == want["stay_id"].to_list()
+    np.testing.assert_allclose(got["risk"].to_numpy(), want["risk"].to_numpy(), atol=TOL, rtol=0)
+    assert got["flag"].to_list() == want["flag"].to_list()
+    ts = copy_export(exports, tmp_path, "m.pt")
+    edit_torchscript(ts, contract=lambda c: None)
+    assert read_contract(ts) == json.loads(sidecar_of(ts).read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.load(str(ts))  # the rewritten zip is still a TorchScript file
