@@ -100,7 +100,8 @@ class Evaluation:
                 lines.append(f"lead over {other} (AUROC, AUPRC; 95 % paired interval):")
                 for h, e in self.hours.items():
                     d = e.differences[other]
-                    lines.append(f"  {h:g} h  AUROC {d['auroc']}   AUPRC {d['auprc']}   {verdict(d, ('auroc', 'auprc'))}")
+                    lines.append(f"  {f'{h:g} h':>5}  AUROC {str(d['auroc']):<22} AUPRC {str(d['auprc']):<22} "
+                                 f"{verdict(d, ('auroc', 'auprc'))}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
