@@ -369,4 +369,4 @@ def test_every_command_answers_dash_h_with_its_usage(command):
 def test_score_help_says_what_explain_costs():
     res = run("score", "--help")
     text = " ".join(res.stdout.split())
-    assert "--explain K" in text and "slower" in text and "clinical-lstm explain --stay ID" in text
+    assert "--explain K" in text and "CPU time of scoring alone" in text and "clinical-lstm explain --stay ID" in text
