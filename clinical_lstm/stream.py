@@ -12,6 +12,7 @@ The stream holds **state only**; every rule and formula is the batch path's own 
 =============================  ===========================================================================
 step                           function (shared with ``predict``, batch scoring and SHAP)
 =============================  ===========================================================================
+time resolution (the second)   :func:`clinical_lstm.validate.snap_seconds`
 row rules                      :func:`clinical_lstm.validate.row_rules`
 same-time rows, duplicates     :func:`clinical_lstm.validate.order_rows`
 bin of a row                   :func:`clinical_lstm.grid.bin_index`
@@ -24,6 +25,7 @@ summaries and their members     :func:`clinical_lstm.summaries.summarize` of the
                                own :class:`~clinical_lstm.summaries.SummaryHead` (its numpy fast path for one
                                stay, checked against its torch ``forward`` in the fast tests)
 calibration                    :meth:`clinical_lstm.bundle.RiskModel.risk`
+quality flags                  :func:`clinical_lstm.validate.flag_stays` (of counts the state carries)
 =============================  ===========================================================================
 
 State: the usable rows of the *open* bin (the bin of the latest series observation), the imputation
@@ -39,8 +41,13 @@ id fed is kept in the state); rows of another stay raise ``ValueError`` naming b
 Usable rows arrive in non-decreasing ``time`` (a usable row earlier than one already fed raises
 ``ValueError`` naming both times and changes nothing). A row that breaks a row rule (out of the window,
 unparseable, out of range, ...) is counted in :attr:`StayStream.dropped` and ignored, as in batch, and does
-not move the stream's clock. Until the stay has a usable series observation its risk is ``None``
-(``predict`` rejects such a stay with ``no_time_series``).
+not move the stream's clock. Times are snapped to the second first, as in batch: a row a fraction of a second
+before the latest one, in the same second, is no step back. Until the stay has a usable series observation its
+risk is ``None`` (``predict`` rejects such a stay with ``no_time_series``).
+
+A state carries the SHA-256 of its content (``digest``); a state without one, or whose content does not match
+it, is refused (:class:`~clinical_lstm.sources.DataError`): an edited clock or carry would give a silently
+wrong risk.
 """
 
 from __future__ import annotations
@@ -57,10 +64,23 @@ from .files import atomic_path, write_text
 from .grid import aggregate_cells, aggregation_codes, bin_index
 from .impute import Carry
 from .model import StepKernel
+from .sources import DataError
 from .summaries import summarize
-from .validate import ROW_RULES, RuleTable, order_rows, parse_time, row_rules, time_hours, time_key
+from .validate import (
+    REMOVAL_RULES,
+    ROW_RULES,
+    VALUE_RULES,
+    RuleTable,
+    flag_stays,
+    order_rows,
+    parse_time,
+    row_rules,
+    snap_seconds,
+    time_hours,
+    time_key,
+)
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3  # 3: times snapped to the second; counts for the quality flags
 _COLUMNS = ("time", "variable", "value")
 
 
@@ -79,6 +99,8 @@ class _Engine:
         self.series_of = np.array([cat.series.index(n) if n in cat.series else -1 for n in cat.names])
         self.static_of = np.array([cat.statics.index(n) if n in cat.statics else -1 for n in cat.names])
         self.how_series, self.how_static = aggregation_codes(cat, cat.series), aggregation_codes(cat, cat.statics)
+        self.is_series = self.series_of >= 0
+        self.removal = np.array([1 + ROW_RULES.index(r) for r in REMOVAL_RULES])  # row_rules' numbers
         self.rules = RuleTable.of(cat, self.window)
         self.bin_end = (np.arange(self.T, dtype=np.float32) + 1) * self.res  # as Grid.bin_end_hours
         self.kernel = StepKernel(model.networks)
@@ -153,8 +175,28 @@ class StayStream:
     def dropped(self) -> dict[str, int]:
         """Rows dropped so far, by validation rule (as :class:`~clinical_lstm.validate.QualityReport`)."""
         out = Counter(self._dropped)
-        out["duplicate_row"] += self._open_rows()[3]
+        out["duplicate_row"] += int(self._dups.sum() + self._open_rows()[3].sum())
         return {k: v for k, v in sorted(out.items()) if v}
+
+    @property
+    def quality_flags(self) -> str | None:
+        """``predict``'s ``quality_flags`` for the rows fed so far (``;``-joined, ``""`` when none; see
+        :data:`~clinical_lstm.validate.QUALITY_FLAGS`), by :func:`~clinical_lstm.validate.flag_stays`; None
+        like :attr:`risk`."""
+        if not self._has_series:
+            return None
+        e, cat = self._e, self._e.tr.catalogue
+        _, _, statics, open_dups = self._open_rows()
+        kept = self._usable - self._dups - open_dups  # (n_codes,) clean rows per variable, as validate keeps them
+        stats = pl.DataFrame(
+            {"stay_id": [0], "n_observations": [int(kept.sum())], "n_series": [int(kept[e.is_series].sum())],
+             "last_hour": [self._last_series], "has_static": [bool(np.isfinite(statics).any())],
+             "n_bad": [sum(self._dropped[r] for r in VALUE_RULES)],
+             "has_unknown": [self._dropped["unknown_variable"] > 0]},
+            schema_overrides={"last_hour": pl.Float64})
+        gone = [(0, cat.names[c], ROW_RULES[r - 1], n) for (c, r), n in self._removed.items() if not self._usable[c]]
+        removed = pl.DataFrame(gone, schema=["stay_id", "variable", "rule", "rows"], orient="row") if gone else None
+        return flag_stays(stats, removed, cat, e.window)["quality_flags"][0]
 
     def update(self, rows=None) -> float | None:
         """Feed new observations and return the current calibrated risk.
@@ -168,7 +210,7 @@ class StayStream:
         if cols is None:
             return self._risk
         e = self._e
-        time, code, value, stay = cols[0], e.code_of(cols[1]), cols[2], self._stay_of(cols[3])
+        time, code, value, stay = snap_seconds(cols[0]), e.code_of(cols[1]), cols[2], self._stay_of(cols[3])
         if stay is not None and self._stay_id is not None and stay != self._stay_id:
             raise ValueError(f"this stream scores stay {self._stay_id!r}; rows of stay {stay!r} belong to "
                              f"another stream (RiskModel.stream() per stay); nothing of this update was "
@@ -179,7 +221,10 @@ class StayStream:
         if stay is not None:
             self._stay_id = stay
         self._dropped.update(ROW_RULES[r - 1] for r in rule[~ok])
+        gone = np.isin(rule, e.removal) & (code >= 0)  # catalogue rows a value rule removed: the flags' counts
+        self._removed.update(zip(code[gone].tolist(), rule[gone].tolist(), strict=True))
         if ok.any():
+            self._usable += np.bincount(code[ok], minlength=e.n_codes)
             self._ingest(time[ok], code[ok], value[ok])
             self._refresh()
         return self._risk
@@ -200,6 +245,10 @@ class StayStream:
             "carry": [_listed(f[0]) for f in self._carry.fields()],
             "networks": net,
             "dropped": dict(sorted(self._dropped.items())),
+            "usable": self._usable.tolist(),
+            "duplicates": self._dups.tolist(),
+            "last_series": self._last_series,
+            "removed": [[c, ROW_RULES[r - 1], n] for (c, r), n in sorted(self._removed.items())],
         }
         return {**st, "digest": _state_digest(st)}
 
@@ -251,7 +300,11 @@ class StayStream:
         self._closed: list = []  # (values, obs_time) of bins closed in this update, run by _refresh
         self._carry = Carry.empty(1, e.V)
         self._net = e.kernel.initial_state()
-        self._dropped: Counter = Counter()
+        self._dropped: Counter = Counter()  # rows by rule broken (duplicates are in _dups)
+        self._usable = np.zeros(e.n_codes, np.int64)  # usable rows fed, per catalogue code
+        self._dups = np.zeros(e.n_codes, np.int64)  # exact duplicates in the closed bins, per code
+        self._last_series: float | None = None  # time of the latest usable series row
+        self._removed: Counter = Counter()  # (code, rule number): catalogue rows removed by a REMOVAL_RULES rule
         self._risk: float | None = None
         self._logit: float | None = None
 
@@ -268,10 +321,16 @@ class StayStream:
         if not isinstance(state, dict):
             raise ValueError(f"{where} is a {type(state).__name__}, not what StayStream.state() returns")
         given = state.get("digest")
-        if given is not None and given != _state_digest({k: v for k, v in state.items() if k != "digest"}):
-            raise ValueError(f"{where} does not match its digest: edited or damaged since it was saved")
+        if not isinstance(given, str) or not given:
+            raise DataError(f"{where} has no valid digest: it is unsigned or edited, and an edited state gives a "
+                            f"silently wrong risk; resume from the file StayStream.save wrote (unedited), or start a "
+                            f"new stream and feed the stay's rows again")
+        if given != _state_digest({k: v for k, v in state.items() if k != "digest"}):
+            raise DataError(f"{where} does not match its digest: edited or damaged since it was saved; resume from "
+                            f"an intact copy, or start a new stream and feed the stay's rows again")
         if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"stream state format {state.get('format')!r} is not {STATE_FORMAT}")
+            raise ValueError(f"stream state format {state.get('format')!r} is not {STATE_FORMAT} (another version of "
+                             f"clinical-lstm wrote it); start a new stream and feed the stay's rows again")
         if state.get("model") != self._e.digest:
             raise ValueError("this stream state was saved from a different model (catalogue, transformer, "
                              "weights or calibrator differ); resume it with the model that produced it")
@@ -296,7 +355,11 @@ class StayStream:
         self._net = {k: _unlisted(state["networks"][k], v.dtype).reshape(v.shape) for k, v in init.items()}
         if "att_max" in self._net:  # -inf (no step yet) was written as null
             self._net["att_max"] = np.nan_to_num(self._net["att_max"], nan=-np.inf)
-        self._dropped = Counter({str(k): int(v) for k, v in state.get("dropped", {}).items()})
+        self._dropped = Counter({str(k): int(v) for k, v in state["dropped"].items()})
+        self._usable = np.asarray(state["usable"], np.int64).reshape(e.n_codes)
+        self._dups = np.asarray(state["duplicates"], np.int64).reshape(e.n_codes)
+        self._last_series = None if state["last_series"] is None else float(state["last_series"])
+        self._removed = Counter({(int(c), 1 + ROW_RULES.index(r)): int(n) for c, r, n in state["removed"]})
         self._refresh()
 
     def _stay_of(self, ids) -> int | str | None:
@@ -329,7 +392,9 @@ class StayStream:
         e = self._e
         self._last_time = float(time[-1])
         b = bin_index(time, e.res, e.T)
-        series = e.series_of[code] >= 0
+        series = e.is_series[code]
+        if series.any():
+            self._last_series = float(time[series][-1])
         starts = np.flatnonzero(np.concatenate([[True], b[1:] != b[:-1]]))  # runs of rows in one bin, in time order
         for start, end in zip(starts, [*starts[1:], len(b)], strict=True):
             if b[start] > self._open:  # only series rows reach a later bin (statics are time-0 rows)
@@ -340,13 +405,14 @@ class StayStream:
             self._has_series |= bool(series[start:end].any())
 
     def _open_rows(self):
-        """The open bin aggregated: values and last-observation hours (1, 1, V), raw statics (S,), duplicates."""
+        """The open bin aggregated: values and last-observation hours (1, 1, V), raw statics (S,), duplicates
+        per catalogue code (n_codes,)."""
         e = self._e
         values = np.full((1, 1, e.V), np.nan, np.float32)
         obs_time = np.full((1, 1, e.V), np.nan, np.float32)
         statics = self._statics
         if not len(self._code):
-            return values, obs_time, statics, 0
+            return values, obs_time, statics, np.zeros(e.n_codes, np.int64)
         key = time_key(np.zeros(len(self._code), np.int64), self._code, e.n_codes, self._time, e.window)
         order, keep, _ = order_rows(key, self._value)
         code, t, v = (a[order][keep] for a in (self._code, self._time, self._value))
@@ -362,7 +428,7 @@ class StayStream:
                 sel = scol >= 0
                 cells, agg, _, _ = aggregate_cells(scol[sel], t[sel], v[sel], lambda c: e.how_static[c])
                 statics[cells] = agg
-        return values, obs_time, statics, int((~keep).sum())
+        return values, obs_time, statics, np.bincount(self._code[order][~keep], minlength=e.n_codes)
 
     def _static_features(self, statics):
         """The static features (cached once the statics are fixed, i.e. once bin 0 has closed)."""
@@ -381,7 +447,7 @@ class StayStream:
         self._statics = statics
         empty = np.full((upto - self._open - 1, e.V), np.nan, np.float32)
         self._closed.append((np.concatenate([values[0], empty]), np.concatenate([obs_time[0], empty])))
-        self._dropped["duplicate_row"] += dups
+        self._dups += dups
         self._open = upto
         self._code, self._time, self._value = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
 

@@ -27,7 +27,12 @@ no_label                   stay rejected       training only: the stay has no ou
 
 ``time`` is hours since admission (:func:`time_hours`): a number, ``HH:MM`` text, or a duration (a Parquet
 Duration, a pandas timedelta), converted exactly to hours. A timestamp (Datetime, Date, Time) is an error: the
-long format carries no admission time to measure it from.
+long format carries no admission time to measure it from. Every time is then snapped to the nearest whole second
+(:func:`snap_seconds`) before any rule, duplicate check or bin: the package's one time resolution, so rows less
+than a second apart are one time in every path and in any row order.
+
+A catalogue variable whose every row in a kept stay was removed by a rule (:data:`REMOVAL_RULES`) is listed in
+``report.removed`` and flagged on the stay (``all_values_removed:<variable>:<rule>``, :data:`QUALITY_FLAGS`).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ ACTIONS = {
 
 
 _COUNT_SCHEMA = {"rule": pl.String, "action": pl.String, "variable": pl.String, "rows": pl.Int64}
+_REMOVED_SCHEMA = {"stay_id": pl.Int64, "variable": pl.String, "rule": pl.String, "rows": pl.Int64}
 
 
 @dataclass
@@ -84,6 +90,7 @@ class QualityReport:
     known_variables: tuple[str, ...] | None = None
     empty_sources: list[str] = field(default_factory=list)  # inputs without a stay (0 bytes, a header only)
     labels_without_stay: int = 0  # labels (or outcomes) naming a stay that is not in the data
+    removed: pl.DataFrame | None = None  # stay_id, variable, rule, rows: a variable a rule removed whole in a kept stay
 
     def to_dict(self, include_stay_ids: bool = True) -> dict:
         """A JSON-able dict. ``include_stay_ids=False`` gives the version safe to log to tracking: no stay ids
@@ -103,8 +110,16 @@ class QualityReport:
             "rules": [{"rule": r, "action": a} for r, a in ACTIONS.items()],
             "counts": self.counts.to_dicts() if include_stay_ids else self._counts_without_input_names(),
         }
+        removed = self.removed if self.removed is not None else pl.DataFrame(schema=_REMOVED_SCHEMA)
         if include_stay_ids:
             out["rejects"] = self.rejects.to_dicts()
+            out["all_values_removed"] = removed.sort("stay_id", "variable", "rule").to_dicts()
+        else:  # per variable and rule: how many stays, no ids; a name not the catalogue's is not written
+            known = pl.col("variable").is_in(list(self.known_variables or ())).fill_null(False)
+            out["all_values_removed"] = (
+                removed.with_columns(pl.when(known).then(pl.col("variable")).alias("variable"))
+                .group_by("variable", "rule").agg(pl.len().cast(pl.Int64).alias("stays"), pl.col("rows").sum())
+                .sort("variable", "rule", nulls_last=True).to_dicts())
         return out
 
     def _counts_without_input_names(self) -> list[dict]:
@@ -128,6 +143,7 @@ class QualityReport:
         counts = (pl.concat([p.counts for p in parts]).group_by("rule", "action", "variable")
                   .agg(pl.col("rows").sum()).sort("rule", "variable", nulls_last=True))
         rules = [p.stay_rules for p in parts if p.stay_rules is not None]
+        removed = [p.removed for p in parts if p.removed is not None]
         # a name is known when every part that names variables knows it
         naming = [p.known_variables for p in parts if p.counts["variable"].is_not_null().any()]
         known = (None if not naming or None in naming
@@ -138,7 +154,7 @@ class QualityReport:
                    list(dict.fromkeys(s for p in parts for s in p.sources)),
                    pl.concat(rules) if rules else None, known,
                    list(dict.fromkeys(s for p in parts for s in p.empty_sources)),
-                   sum(p.labels_without_stay for p in parts))
+                   sum(p.labels_without_stay for p in parts), pl.concat(removed) if removed else None)
 
     @classmethod
     def from_dict(cls, d: dict, id_dtype=pl.Int64, known_variables=None) -> QualityReport:
@@ -146,11 +162,14 @@ class QualityReport:
         ``known_variables``: the catalogue's names it was validated with (:attr:`known_variables`)."""
         counts = pl.DataFrame(d["counts"], schema=_COUNT_SCHEMA)
         rejects = pl.DataFrame(d.get("rejects", []), schema={"stay_id": id_dtype, "reason": pl.String})
+        gone = d.get("all_values_removed", [])
+        removed = (pl.DataFrame(gone, schema={**_REMOVED_SCHEMA, "stay_id": id_dtype})
+                   if all("stay_id" in r for r in gone) else None)  # the form without ids has no stays to name
         return cls(counts, rejects, d["stays"]["read"], d["stays"]["kept"], d["rows"]["read"], d["rows"]["kept"],
                    d["window_hours"], list(d["sources"]),
                    known_variables=None if known_variables is None else tuple(known_variables),
                    empty_sources=list(d.get("empty_sources", [])),
-                   labels_without_stay=int(d.get("labels_without_stay", 0)))
+                   labels_without_stay=int(d.get("labels_without_stay", 0)), removed=removed)
 
     def write(self, path: str | Path, include_stay_ids: bool = True) -> Path:
         """Write the report as JSON, atomically."""
@@ -171,6 +190,11 @@ class QualityReport:
         if self.labels_without_stay:
             lines.append(f"  {self.labels_without_stay:,} label(s) name a stay that is not in the data (a partial "
                          f"extract?)")
+        if self.removed is not None and self.removed.height:
+            whole = (self.removed.group_by("variable", "rule").agg(pl.len().alias("stays"), pl.col("rows").sum())
+                     .sort("variable", "rule"))
+            lines += [f"  {r['variable']}: every value removed in {r['stays']:,} stay(s) ({r['rule']}, {r['rows']:,} "
+                      f"rows)" for r in whole.iter_rows(named=True)]
         return "\n".join(lines)
 
 
@@ -218,6 +242,20 @@ def time_hours(dtype: pl.DataType, where: str = "the data") -> pl.Expr:
            "stay's admission time first)" if dtype.is_temporal() else "")
     raise DataError(f"{where}: column 'time' has type {dtype}{why}; time must be hours since ICU admission "
                     f"(a number, HH:MM text, or a duration such as a Parquet Duration or pandas timedelta)")
+
+
+def snap_seconds(hours: np.ndarray) -> np.ndarray:
+    """**The rule for time resolution**, for every path: float64 hours snapped to the nearest whole second.
+
+    Applied once, right after a time is read and before the row rules, the duplicate check and the bins, by
+    :func:`validate` (so ``score`` and ``predict``) and the stream alike: two rows less than half a second from
+    one second are at that second, whichever comes first. Half a second rounds to even; a time a fraction of a
+    second before admission is 0 h; NaN and times too large to count in seconds are left as they are.
+    """
+    h = np.asarray(hours, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        snapped = np.rint(h * 3600.0) / 3600.0 + 0.0  # + 0.0: -0.0 is 0.0
+    return np.where(np.isfinite(snapped), snapped, h)
 
 
 # -- row rules ----------------------------------------------------------------------------------------------
@@ -331,6 +369,7 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
         time.alias("time"),
         value.cast(pl.Float64, strict=False).alias("value"),
     ).join(codes.lazy(), on="variable", how="left").collect()
+    df = df.with_columns(pl.Series("time", snap_seconds(df["time"].fill_null(np.nan).to_numpy())))
     rule = row_rules(df["time"].fill_null(np.nan).to_numpy(), df["code"].fill_null(-1).to_numpy(),
                      df["value"].fill_null(np.nan).to_numpy(), RuleTable.of(catalogue, window_hours))
     rule_name = pl.Series("rule", rule).replace_strict(dict(enumerate(ROW_RULES, 1)), default=None,
@@ -363,6 +402,7 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     rejects = pl.concat(reasons).sort("stay_id")
     kept = all_stays.filter(~all_stays.is_in(rejects["stay_id"].implode())).sort()
     clean = clean.filter(pl.col("stay_id").is_in(kept.implode()))
+    removed = _removed_whole(broken, clean, kept, catalogue)
 
     stay_counts = rejects.group_by("reason").len("rows").select(
         pl.col("reason").alias("rule"), pl.lit(None, pl.String).alias("variable"), pl.col("rows").cast(pl.Int64))
@@ -373,7 +413,7 @@ def validate(raw: RawData, catalogue: Catalogue, window_hours: float = 48.0,
     report = QualityReport(counts=counts, rejects=rejects, n_stays_read=len(all_stays), n_stays_kept=len(kept),
                            n_rows_read=raw.long.height, n_rows_kept=clean.height, window_hours=window_hours,
                            sources=list(raw.sources), stay_rules=stay_rules,
-                           known_variables=tuple(catalogue.names))
+                           known_variables=tuple(catalogue.names), removed=removed)
     if report.n_stays_kept + report.rejects.height != report.n_stays_read:  # internal invariant, never user error
         raise AssertionError("stay accounting broken: kept + rejected != read")
     return clean, kept, report
@@ -399,6 +439,20 @@ def _deduplicate(ok: pl.DataFrame, n_codes: int, window_hours: float, stays: pl.
     return ok.filter(pl.Series(keep)), pl.concat([empty, *counts])
 
 
+def _removed_whole(broken: pl.DataFrame, clean: pl.DataFrame, kept: pl.Series, catalogue: Catalogue) -> pl.DataFrame:
+    """``stay_id, variable, rule, rows``: each catalogue variable of a kept stay with rows removed by a
+    :data:`REMOVAL_RULES` rule and no row left in ``clean``."""
+    hit = (broken.filter(pl.col("rule").is_in(REMOVAL_RULES) & pl.col("variable").is_in(catalogue.names)
+                         & pl.col("stay_id").is_in(kept.implode()))
+           .group_by("stay_id", "variable", "rule").len("rows"))
+    if hit.height:
+        left = clean.select("stay_id", "variable").join(hit.select("stay_id", "variable").unique(),
+                                                          on=["stay_id", "variable"], how="semi")
+        hit = hit.join(left.unique(), on=["stay_id", "variable"], how="anti")
+    return hit.select(pl.col("stay_id").cast(kept.dtype), "variable", "rule", pl.col("rows").cast(pl.Int64)).sort(
+        "stay_id", "variable", "rule")
+
+
 # -- per-stay quality flags ------------------------------------------------------------------------------------
 #: Flags given to a scored stay (``quality_flags``, ";"-joined, "" when none). They never change the risk; they
 #: tell a reader how much data stood behind it.
@@ -409,9 +463,16 @@ QUALITY_FLAGS = {
                       "negative time, static after admission)",
     "unknown_variables": "the stay has rows of variables not in the model's catalogue (ignored)",
     "no_statics": "none of the static descriptors (age, sex, ...) was given; training means were used",
+    "all_values_removed": "every row of a catalogue variable in the stay was removed by a rule: one flag per "
+                          "variable, naming it and the rules (``all_values_removed:Temp:out_of_range``; several "
+                          "rules joined by ``+`` in the order they are checked)",
 }
-_VALUE_RULES = ("unparseable_time", "unparseable_value", "negative_time", "sentinel_minus_one", "out_of_range",
-                "static_after_admission")
+#: Rules whose rows count in the ``values_removed`` flag.
+VALUE_RULES = ("unparseable_time", "unparseable_value", "negative_time", "sentinel_minus_one", "out_of_range",
+               "static_after_admission")
+#: Rules whose removal of every row of a variable flags the stay: wrong values, not a row after the window (data
+#: the model never reads) nor a -1 sentinel (the source's own "not measured", as PhysioNet's Height -1).
+REMOVAL_RULES = ("unparseable_time", "unparseable_value", "negative_time", "static_after_admission", "out_of_range")
 
 
 def stay_quality(clean: pl.DataFrame, kept: pl.Series, report: QualityReport, catalogue: Catalogue) -> pl.DataFrame:
@@ -425,19 +486,45 @@ def stay_quality(clean: pl.DataFrame, kept: pl.Series, report: QualityReport, ca
     rules = report.stay_rules if report.stay_rules is not None else pl.DataFrame(
         schema={"stay_id": kept.dtype, "rule": pl.String, "rows": pl.UInt32})
     bad = rules.group_by("stay_id").agg(
-        pl.col("rows").filter(pl.col("rule").is_in(_VALUE_RULES)).sum().alias("n_bad"),
+        pl.col("rows").filter(pl.col("rule").is_in(VALUE_RULES)).sum().alias("n_bad"),
         (pl.col("rows").filter(pl.col("rule") == "unknown_variable").sum() > 0).alias("has_unknown"))
     df = (pl.DataFrame({"stay_id": kept}).join(per_stay, on="stay_id", how="left")
-          .join(bad, on="stay_id", how="left")
-          .with_columns(pl.col("n_observations", "n_series", "n_bad").fill_null(0).cast(pl.Int64),
-                        pl.col("has_static", "has_unknown").fill_null(False)))
+          .join(bad, on="stay_id", how="left"))
+    return flag_stays(df, report.removed, catalogue, report.window_hours)
+
+
+def flag_stays(stats: pl.DataFrame, removed: pl.DataFrame | None, catalogue: Catalogue,
+               window_hours: float) -> pl.DataFrame:
+    """**The rule for a stay's quality flags** (:data:`QUALITY_FLAGS`), for every path: ``stay_id,
+    n_observations, quality_flags`` from per-stay counts.
+
+    ``stats``: ``stay_id, n_observations`` (clean rows), ``n_series`` (clean series rows), ``last_hour`` (of
+    the last series row), ``has_static`` (a static at time 0), ``n_bad`` (rows removed by a value rule),
+    ``has_unknown``; ``removed``: ``stay_id, variable, rule, rows`` as :attr:`QualityReport.removed`. Batch
+    and ``predict`` (:func:`stay_quality`) and the stream's ``quality_flags`` call it.
+    """
+    df = stats.with_columns(pl.col("n_observations", "n_series", "n_bad").fill_null(0).cast(pl.Int64),
+                            pl.col("has_static", "has_unknown").fill_null(False))
+    whole = pl.lit([], dtype=pl.List(pl.String))
+    if removed is not None and removed.height:
+        order = {n: i for i, n in enumerate(catalogue.names)}
+        named = (removed.with_columns(
+            pl.col("variable").replace_strict(order, default=len(order), return_dtype=pl.Int64).alias("_v"),
+            pl.col("rule").replace_strict({r: i for i, r in enumerate(ROW_RULES)}, default=len(ROW_RULES),
+                                          return_dtype=pl.Int64).alias("_r"))
+            .sort("stay_id", "_v", "variable", "_r")
+            .group_by("stay_id", "_v", "variable", maintain_order=True).agg(pl.col("rule").str.join("+"))
+            .group_by("stay_id", maintain_order=True)
+            .agg(pl.format("all_values_removed:{}:{}", "variable", "rule").alias("_whole")))
+        df = df.join(named.with_columns(pl.col("stay_id").cast(df.schema["stay_id"])), on="stay_id", how="left",
+                     maintain_order="left")
+        whole = pl.col("_whole").fill_null(whole)
     flags = [
         (pl.col("n_series") < 10, "few_observations"),
-        (pl.col("last_hour").fill_null(0.0) < report.window_hours / 4, "short_record"),
+        (pl.col("last_hour").fill_null(0.0) < window_hours / 4, "short_record"),
         (pl.col("n_bad") >= 0.1 * (pl.col("n_bad") + pl.col("n_observations")), "values_removed"),
         (pl.col("has_unknown"), "unknown_variables"),
         (~pl.col("has_static"), "no_statics"),
     ]
-    text = pl.concat_list([pl.when(cond).then(pl.lit(name)).otherwise(None) for cond, name in flags])
-    return df.select("stay_id", "n_observations",
-                     text.list.drop_nulls().list.join(";").alias("quality_flags"))
+    text = pl.concat_list([*(pl.when(cond).then(pl.lit(name)).otherwise(None) for cond, name in flags), whole])
+    return df.select("stay_id", "n_observations", text.list.drop_nulls().list.join(";").alias("quality_flags"))

@@ -283,7 +283,7 @@ def test_state_is_plain_json(model, stays):
     s = model.stream()
     s.update(edge_stay().filter(pl.col("time") < 7))
     text = json.dumps(s.state(), allow_nan=False)  # strict JSON: no NaN or infinity
-    assert json.loads(text)["open"] == 6
+    assert json.loads(text)["open"] == 7  # the Urine row at 6.99999999 h is at 7:00:00 to the second: bin 7
 
 
 def test_a_bad_row_is_counted_and_dropped_and_the_stream_carries_on(model, stays):
@@ -384,10 +384,19 @@ def test_an_edited_damaged_or_foreign_state_is_one_clear_error(model, stays, tmp
         StayStream.load(model, path)
     with pytest.raises(ValueError, match="is a list, not what StayStream.state"):
         model.stream([1, 2])
-    old = {k: v for k, v in state.items() if k != "digest"}  # saved before states carried a digest
-    assert model.stream(old).risk == s.risk
+    unsigned = {k: v for k, v in state.items() if k != "digest"}  # edited, then its digest deleted
+    for bad in (unsigned, {**unsigned, "last_time": -1000.0}):
+        with pytest.raises(DataError, match="has no valid digest: it is unsigned or edited"):
+            model.stream(bad)
     with pytest.raises(ValueError, match="is not one StayStream.state"):
-        model.stream({**old, "open": -3, "carry": []})
+        model.stream(_signed({**unsigned, "open": -3, "carry": []}))
+
+
+def _signed(state: dict) -> dict:
+    """A state re-signed after an edit: what only a deliberate forger does; its content is still checked."""
+    from clinical_lstm.stream import _state_digest
+
+    return {**state, "digest": _state_digest(state)}
 
 
 def test_a_changed_threshold_gives_the_stream_the_models_new_digest(stays):

@@ -518,3 +518,69 @@ def test_a_duration_input_beside_a_float_one_and_a_timestamp_in_the_index_pass(c
         tmp_path / "stamps.parquet")
     with pytest.raises(DataError, match=r"stamps\.parquet: column 'time' has type Datetime"):
         index_long(tmp_path / "stamps.parquet", cat)
+
+
+# -- time resolution: the second ---------------------------------------------------------------------------------
+def test_snap_seconds_hand_worked():
+    """Hours to the nearest whole second; a fraction of a second before admission is 0 h (not -0.0); NaN, the
+    infinities and times too large to count in seconds are left as they are; snapping twice changes nothing."""
+    import numpy as np
+
+    from clinical_lstm.validate import snap_seconds
+
+    h = np.array([10.9999, 11.0, 0.4 / 3600, 0.6 / 3600, -0.4 / 3600, -0.6 / 3600, 47 + 59 / 60 + 1e-7,
+                  np.nan, np.inf, -np.inf, 1e306])
+    got = snap_seconds(h)
+    want = [39600 / 3600, 11.0, 0.0, 1 / 3600, 0.0, -1 / 3600, 172740 / 3600, np.nan, np.inf, -np.inf, 1e306]
+    np.testing.assert_array_equal(got, want)
+    assert not np.signbit(got[4])  # -0.4 s is 0 h, not -0 h
+    np.testing.assert_array_equal(snap_seconds(got), got)
+
+
+def test_times_are_snapped_to_the_second_before_rules_dedup_and_bins(cat):
+    """10.9999 h and 11 h are 39,600 s: one HR (an exact duplicate) at 11 h in either order. 0.36 s before
+    admission is admission; 0.36 s after the window's end is its end; 0.72 s before admission is -1 s."""
+    rows = [(1, "10.9999", "HR", "95"), (1, "11", "HR", "95"), (1, "-0.0001", "MAP", "70"),
+            (1, "48.0001", "MAP", "71"), (1, "-0.0002", "MAP", "72")]
+    for order in (rows, rows[::-1], [rows[1], rows[0], *rows[2:]]):
+        clean, _, report = validate(raw_data(order), cat)
+        assert clean_rows(clean) == [(1, 0.0, "MAP", 70.0), (1, 11.0, "HR", 95.0), (1, 48.0, "MAP", 71.0)]
+        assert counts(report) == {("duplicate_row", "HR"): 1, ("negative_time", "MAP"): 1}
+
+
+# -- a variable removed whole ---------------------------------------------------------------------------------------
+def test_a_variable_removed_whole_is_in_the_report_and_the_stays_flags(cat):
+    """Temp in °F (every value out_of_range) and Lactate (one out of range, one past the window: the flag names
+    the rule that removed a value) are removed whole in stay 1; a -1 sentinel Height, an unknown name, a Temp
+    with one good value left (stay 2) and a stay rejected anyway (3) are not listed."""
+    from clinical_lstm.validate import stay_quality
+
+    raw = raw_data([
+        (1, "00:00", "Age", "60"), (1, "00:00", "Height", "-1"), (1, "1", "HR", HR_OK), (1, "2", "HR", "81"),
+        (1, "1.5", "Temp", "98.6"), (1, "3", "Temp", "99.1"), (1, "4", "Lactate", "95"), (1, "50", "Lactate", "2"),
+        (1, "5", "Lactat", "2"),
+        (2, "1", "HR", HR_OK), (2, "2", "Temp", "37"), (2, "3", "Temp", "99"),
+        (3, "1", "Temp", "99"),
+    ])
+    clean, kept, report = validate(raw, cat)
+    assert kept.to_list() == [1, 2] and rejects(report) == {3: "no_time_series"}
+    assert report.removed.rows() == [(1, "Lactate", "out_of_range", 1), (1, "Temp", "out_of_range", 2)]
+    flags = dict(stay_quality(clean, kept, report, cat).select("stay_id", "quality_flags").iter_rows())
+    assert flags[1] == ("few_observations;short_record;values_removed;unknown_variables;"
+                        "all_values_removed:Lactate:out_of_range;all_values_removed:Temp:out_of_range")
+    assert "all_values_removed" not in flags[2]
+
+    d = report.to_dict()
+    assert d["all_values_removed"] == [{"stay_id": 1, "variable": "Lactate", "rule": "out_of_range", "rows": 1},
+                                       {"stay_id": 1, "variable": "Temp", "rule": "out_of_range", "rows": 2}]
+    safe = report.to_dict(include_stay_ids=False)["all_values_removed"]
+    assert safe == [{"variable": "Lactate", "rule": "out_of_range", "stays": 1, "rows": 1},
+                    {"variable": "Temp", "rule": "out_of_range", "stays": 1, "rows": 2}]
+    assert "Temp: every value removed in 1 stay(s) (out_of_range, 2 rows)" in str(report)
+    back = QualityReport.from_dict(json.loads(json.dumps(d)), known_variables=cat.names)
+    assert back.removed.equals(report.removed) and back.to_dict() == d
+    assert QualityReport.from_dict(report.to_dict(include_stay_ids=False)).removed is None
+    other = validate(raw_data([(4, "1", "HR", HR_OK), (4, "2", "Temp", "100")]), cat)[2]
+    merged = QualityReport.merge([report, other], 48.0)
+    assert merged.to_dict(include_stay_ids=False)["all_values_removed"][1] == {
+        "variable": "Temp", "rule": "out_of_range", "stays": 2, "rows": 3}
