@@ -259,9 +259,11 @@ class EvaluationConfig(Section):
 class TrackingConfig(Section):
     experiment: str = "clinical-lstm"  # MLflow experiment name
     registered_model: str = "clinical-lstm"  # MLflow registry name
+    source_names: bool = False  # input file names in the run, report and bundle (a file name can identify a
+    #                             patient: by default each input is a neutral label such as "long-format CSV")
 
     section: ClassVar[str] = "tracking"
-    constraints: ClassVar[dict] = {"experiment": TEXT, "registered_model": TEXT}
+    constraints: ClassVar[dict] = {"experiment": TEXT, "registered_model": TEXT, "source_names": BOOL}
 
 
 @dataclass
