@@ -117,6 +117,23 @@ class Evaluation:
         return out
 
 
+SOURCE_KINDS = ((".tar.gz", "PhysioNet set archive"), (".tgz", "PhysioNet set archive"),
+                (".tar", "PhysioNet set archive"), (".csv", "long-format CSV"), (".parquet", "long-format Parquet"),
+                ("<dataframe>", "data frame"))
+
+
+def source_labels(names: list[str], keep_names: bool = False) -> list[str]:
+    """What a run, a report and a bundle say about their inputs: the file names only with ``keep_names``
+    (``[tracking] source_names``), else a neutral label per input — ``long-format CSV``, ``PhysioNet set
+    archive``, ``PhysioNet set folder`` — numbered when there are several (``input 2: long-format CSV``). A file
+    name can identify a patient (``extract_MRN-0132539_smith.csv``); the data digest identifies the data."""
+    if keep_names:
+        return list(names)
+    kinds = [next((kind for end, kind in SOURCE_KINDS if n.lower().endswith(end)), "PhysioNet set folder")
+             for n in names]
+    return kinds if len(kinds) == 1 else [f"input {i}: {k}" for i, k in enumerate(kinds, 1)]
+
+
 ON_BOUND_MARK = " \u2020"
 ON_BOUND_NOTE = ("\u2020 the point sits on a bound of its interval: the bias-corrected bootstrap interval (ECE and "
                  "Hosmer-Lemeshow are biased upwards under resampling, so it shifts down) did not contain the point "

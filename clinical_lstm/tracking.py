@@ -351,13 +351,17 @@ class Tracker:
     def _log_artifacts(self, result):
         import mlflow
 
-        from .report import SAFE_TO_LOG
+        from .report import SAFE_TO_LOG, source_labels
 
         for name in SAFE_TO_LOG:  # the quality report with stay ids and the rejects never leave the machine
             if (result.report_dir / name).is_file():
                 mlflow.log_artifact(str(result.report_dir / name), artifact_path="report")
         with tempfile.TemporaryDirectory() as tmp:
-            write_json(Path(tmp) / "quality_report.json", result.report.to_dict(include_stay_ids=False))
+            quality = result.report.to_dict(include_stay_ids=False)
+            keep = (result.model.metadata.get("config") or {}).get("tracking", {}).get("source_names", False)
+            quality["sources"] = result.model.metadata["training_data"]["sources"]  # labels unless asked for
+            quality["empty_sources"] = source_labels(quality.get("empty_sources") or [], keep)
+            write_json(Path(tmp) / "quality_report.json", quality)
             write_json(Path(tmp) / "config.json", result.model.metadata["config"])
             mlflow.log_artifact(str(Path(tmp) / "quality_report.json"), artifact_path="report")
             mlflow.log_artifact(str(Path(tmp) / "config.json"))

@@ -27,7 +27,7 @@ from .config import Config
 from .files import atomic_dir, publish, removes_new_out, temp_prefix, write_frame
 from .grid import Grid
 from .impute import hours_since
-from .report import MODEL_NAME, Evaluation
+from .report import MODEL_NAME, Evaluation, source_labels
 from .sources import DataError, load
 from .validate import QualityReport
 
@@ -282,9 +282,11 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
         if p is not None and work in p.folder.parents:  # parts of raw data: the inputs on disk replace them
             p.remove()
     preprocessing = time.perf_counter() - t0
+    names = cfg.tracking.source_names  # a file name can identify a patient: neutral labels unless asked for
+    sources = source_labels(parts.sources, names)
     tracker = _tracker(tracking, log)
     if tracker:
-        tracker.start(cfg, parts.sources)
+        tracker.start(cfg, sources)
         on_epoch = _chain(tracker.epoch, on_epoch)
     ids, y = cohort.ids, cohort.y
     log(f"stays: {report.n_stays_read} read, {report.n_stays_kept} kept, {report.rejects.height} rejected; "
@@ -295,11 +297,11 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
     fitted.seconds = {"preprocessing": round(preprocessing, 1), **fitted.seconds}
     model = fitted.model
     if test:
-        on = f"{', '.join(test_parts.sources)} ({len(test)} stays, separate test data)"
+        on = f"{', '.join(source_labels(test_parts.sources, names))} ({len(test)} stays, separate test data)"
         ev = (test, test.y, test.ids, test_parts.outcomes)
     else:
         ev = None
-        on = (f"{', '.join(parts.sources)}, out of fold ({len(ids)} stays; each stay scored by networks and members "
+        on = (f"{', '.join(sources)}, out of fold ({len(ids)} stays; each stay scored by networks and members "
               f"that did not train on it, early-stopped without it, and stacked and calibrated on the other folds "
               f"only; the alert threshold is chosen on these scores: a small optimism for min(Se, +P))")
     evaluation = evaluate_fit(fitted, y, cfg.calibration.threshold_rule, parts.outcomes, ids, cfg.evaluation.n_boot,
@@ -308,7 +310,7 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
                         f"out of fold: the {len(ids):,} training stays, each scored by models that did not train on it")
     model.metadata = {
         "environment": environment(), "config": cfg.to_dict(),
-        "training_data": {"sources": parts.sources, "digest": parts.digest,
+        "training_data": {"sources": sources, "digest": parts.digest,
                           "stays": len(ids), "rows": report.n_rows_kept, "deaths": int(y.sum())},
         "evaluated_on": on, "train_seconds": fitted.seconds,
         "metrics": evaluation.to_dict()["models"],

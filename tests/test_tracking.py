@@ -323,3 +323,38 @@ def test_model_uri_leaves_no_temporary_folder(store, tmp_path, how):
     if how == "load_model":
         assert res.stdout.strip() == str(N_STAYS + N_REJECTED)
     assert [p.name for p in temp.iterdir()] == []
+
+
+def test_a_file_name_that_names_a_patient_never_reaches_the_run_or_the_logged_files(store, tmp_path):
+    """`train --data extract_MRN-0132539_smith.csv` once put the name in the run's tags, the dataset, metrics.json,
+    the logged quality report and bundle.json: each input is a neutral label unless `[tracking] source_names`."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    named = tmp_path / "extract_MRN-0132539_smith.csv"
+    named.write_bytes(store["data"].read_bytes())
+    uri = f"sqlite:///{tmp_path / 'names.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment("test", artifact_location=(tmp_path / "artifacts").as_uri())
+    needles = (b"MRN-0132539", b"smith")
+
+    def run(keep: bool):
+        mlflow.set_tracking_uri(uri)
+        try:
+            res = train(named, tmp_path / f"run-{keep}", labels=store["labels"], progress=False, log=lambda *_: None,
+                        tracking=Tracker(uri=uri), config=fast_config(8).replace({"tracking.source_names": keep}))
+        finally:
+            mlflow.set_tracking_uri(store["uri"])
+        return res, client.get_run(res.tracking["run_id"])
+
+    res, default = run(False)
+    assert default.data.tags["data.sources"] == "long-format CSV"
+    assert default.data.tags["evaluated_on"].startswith("long-format CSV, out of fold (160 stays")
+    assert res.model.metadata["training_data"]["sources"] == ["long-format CSV"]
+    logged = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]  # the run's and its model's
+    assert {"quality_report.json", "metrics.json", "bundle.json"} <= {p.name for p in logged}
+    local = [tmp_path / "run-False" / "model" / "bundle.json", tmp_path / "run-False" / "report" / "metrics.json"]
+    for path in [tmp_path / "names.db", *logged, *local]:
+        assert not [n for n in needles if n in path.read_bytes()], f"the file name is in {path}"
+    _, opted = run(True)
+    assert opted.data.tags["data.sources"] == "extract_MRN-0132539_smith.csv"  # opted in: the name, as asked
