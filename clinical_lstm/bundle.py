@@ -32,7 +32,7 @@ from .files import atomic_dir, file_mode
 from .grid import ids_series
 from .impute import GridTransformer, Tensors
 from .model import MaskedLSTM
-from .sources import LONG_COLUMNS, DataError, RawData, checked_ids
+from .sources import LONG_COLUMNS, DataError, RawData, as_read, check_types, checked_ids
 from .validate import QualityReport, stay_quality, validate
 
 FORMAT_VERSION = 2  # 2: summaries end with the hour; the stacking weights vary with it
@@ -121,8 +121,9 @@ def as_raw(data) -> RawData:
     if missing:
         raise DataError(f"the long table lacks column(s) {missing}; expected {list(LONG_COLUMNS)}, "
                         f"found {data.columns}")
-    df = checked_ids(data.select(LONG_COLUMNS), "the long table")  # the same contract as files (fractional ids
-    df = df.with_columns(pl.col("variable").cast(pl.String))  # name no stay: never two patients in one row)
+    check_types(data.schema, "the long table")  # the same contract as files: column types, then ids (fractional
+    df = checked_ids(data.select(LONG_COLUMNS), "the long table")  # ids name no stay: never two patients in a row)
+    df = df.with_columns(as_read(df.schema))
     return RawData(long=df, stays=df["stay_id"].unique().sort(), sources=["<dataframe>"])
 
 
@@ -314,7 +315,9 @@ class RiskModel:
                     "references": self.references,
                     "threshold": float(self.threshold), "catalogue_digest": self.catalogue.digest(),
                     "model_digest": self.digest(), "files": {f: _sha256(tmp / f) for f in BUNDLE_FILES[1:]}}
-            (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
+            meta = json.loads(json.dumps(meta, default=str))  # what bundle.json will hold, then signed whole
+            meta[BUNDLE_DIGEST] = metadata_digest(meta)
+            (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
         return directory
 
     @classmethod
@@ -341,6 +344,10 @@ class RiskModel:
             got = meta.get("format_version") if isinstance(meta, dict) else None
             raise DataError(f"bundle {directory} has format version {got}; this clinical-lstm {__version__} reads "
                             f"version {FORMAT_VERSION}")
+        if meta.get(BUNDLE_DIGEST) != metadata_digest(meta):
+            raise DataError(f"bundle {directory}: bundle.json was edited or carries no digest of its own (every "
+                            f"field — the training-data digest, the metrics, the config — is covered by "
+                            f"'{BUNDLE_DIGEST}'); re-train or restore the bundle")
         for name in BUNDLE_FILES[1:]:
             if not (directory / name).is_file():
                 raise DataError(f"bundle {directory} lacks {name}")
@@ -368,6 +375,15 @@ class RiskModel:
 
 
 BUNDLE_FILES = ("bundle.json", "catalogue.csv", "transformer.json", "weights.safetensors")
+BUNDLE_DIGEST = "bundle_digest"  # bundle.json's SHA-256 of all its other fields
+
+
+def metadata_digest(meta: dict) -> str:
+    """SHA-256 of ``bundle.json``'s content without its own digest: canonical JSON (sorted keys, no spaces), so
+    that whatever the package later trusts in it — the training-data digest the in-sample check compares, the
+    metrics, the file digests, the model digest — is covered by one check on load."""
+    body = {k: v for k, v in meta.items() if k != BUNDLE_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _sha256(path: Path) -> str:
