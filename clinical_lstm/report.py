@@ -43,6 +43,7 @@ class Evaluation:
     differences: dict  # baseline name -> metric -> Estimate of (model - baseline)
     hours: dict = field(default_factory=dict)  # hour -> Evaluation of the risks from the rows up to that hour
     label: str = ""  # which stays, out of fold or held out, in a few words: every plot's subtitle
+    in_training: int | None = None  # evaluate: how many evaluated stays were among the model's training stays
 
     @property
     def shipped(self) -> str:
@@ -108,6 +109,8 @@ class Evaluation:
         out = {"evaluated_on": self.on, "shipped": self.shipped,
                "models": {n: {k: e.to_dict() for k, e in m.items()} for n, m in self.metrics.items()},
                "differences": {n: {k: e.to_dict() for k, e in d.items()} for n, d in self.differences.items()}}
+        if self.in_training is not None:
+            out["stays_in_training"] = self.in_training
         if self.hours:
             out["hours"] = {f"{h:g}": {"stays": len(e.y), "deaths": int(e.y.sum()), "event_rate": float(e.y.mean()),
                                        "mean_risk": {n: float(p.mean()) for n, (p, _) in e.probs.items()},

@@ -311,7 +311,8 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
     model.metadata = {
         "environment": environment(), "config": cfg.to_dict(),
         "training_data": {"sources": sources, "digest": parts.digest,
-                          "stays": len(ids), "rows": report.n_rows_kept, "deaths": int(y.sum())},
+                          "stays": len(ids), "rows": report.n_rows_kept, "deaths": int(y.sum()),
+                          "stay_hashes": stay_hashes(parts.stays.filter(pl.col("stay_id").is_in(pl.Series(ids).implode())))},
         "evaluated_on": on, "train_seconds": fitted.seconds,
         "metrics": evaluation.to_dict()["models"],
         "hours": evaluation.to_dict().get("hours", {}),  # every model at each reported hour (aggregates only)
@@ -352,6 +353,33 @@ def _chain(first, second):
     return both
 
 
+def stay_hashes(stays: pl.DataFrame) -> dict:
+    """What a bundle keeps of its training stays to recognize them later, never their ids: each stay's SHA-256 of
+    its id and cleaned rows (:class:`~clinical_lstm.cohort.StayDigest`) hashed again with a random salt of this
+    model's, cut to 8 bytes, sorted, base64. Without the data nothing can be read back from it; with the data,
+    :func:`trained_on` counts which stays the model trained on."""
+    import base64
+    import hashlib
+    import secrets
+
+    salt = secrets.token_bytes(16)
+    digests = sorted(hashlib.sha256(salt + h).digest()[:8] for h in stays["sha256"].to_list())
+    return {"salt": salt.hex(), "sha256_8": base64.b64encode(b"".join(digests)).decode()}
+
+
+def trained_on(stays: pl.DataFrame, kept: dict | None) -> int:
+    """How many of ``stays`` (``stay_id, sha256`` as :attr:`Parts.stays`) are among the stays ``kept`` by
+    :func:`stay_hashes` (0 when the bundle kept none)."""
+    import base64
+    import hashlib
+
+    if not kept:
+        return 0
+    salt, blob = bytes.fromhex(kept["salt"]), base64.b64decode(kept["sha256_8"])
+    known = {blob[i:i + 8] for i in range(0, len(blob), 8)}
+    return sum(hashlib.sha256(salt + h).digest()[:8] in known for h in stays["sha256"].to_list())
+
+
 def _tracker(tracking, log):
     if tracking is False or tracking is None:
         return None
@@ -389,12 +417,20 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
         p = model.risk(cohort.apply(model.logits))
         name = HYBRID_NAME if model.head is not None else MODEL_NAME
         on = f"{len(cohort)} stays"
-        in_sample = parts.digest == (model.metadata.get("training_data") or {}).get("digest")
+        trained = model.metadata.get("training_data") or {}
+        in_sample = parts.digest == trained.get("digest")
+        seen = trained_on(parts.stays.filter(pl.col("stay_id").is_in(pl.Series(cohort.ids).implode())),
+                          trained.get("stay_hashes"))
         if in_sample:  # train refuses such --test
             on += " — the model's own training stays: in-sample, not held-out performance"
+        elif seen:
+            on += (f" — {seen} of them {'was' if seen == 1 else 'were'} among the model's training stays (same id and "
+                   f"rows): partly in-sample, so these metrics are optimistic; evaluate on stays the model never saw")
         evaluation = compare({name: (p, model.threshold)}, cohort.y, on, n_boot, 0)
         evaluation.label = (f"in-sample: the model's own {len(cohort):,} training stays (not held-out performance)"
-                            if in_sample else f"{len(cohort):,} stays given to evaluate")
+                            if in_sample else f"partly in-sample: {seen:,} of {len(cohort):,} stays were training stays"
+                            if seen else f"{len(cohort):,} stays given to evaluate")
+        evaluation.in_training = len(cohort) if in_sample else seen
         evaluation.hours = hourly(shipped_hour_risks(model, cohort, hours), cohort.y, {name: model.threshold}, n_boot, 0)
         # (the reference rows' alert thresholds are not kept: their min(Se, +P) at each hour uses 0.5)
         staged = Path(work) / "report"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,7 @@ def test_evaluate_writes_metrics_and_plots(trained, tmp_path):
     for name in ("metrics.json", "roc.png", "subgroups.csv"):
         assert (tmp_path / "ev" / name).is_file()
     # the model was trained on these very stays: said, in the output and in metrics.json (train refuses a --test
-    # that shares stays; evaluate cannot tell a partial overlap, but the same cohort it can)
+    # that shares stays; a partial overlap is counted: the next test)
     said = "the model's own training stays: in-sample, not held-out performance"
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert said in res.stdout and said in metrics["evaluated_on"]
@@ -128,6 +129,34 @@ def test_evaluate_writes_metrics_and_plots(trained, tmp_path):
                 "--n-boot", "20", "--hours", "3", "30", "500")  # 500 h lies past the 48-hour window: left out
     assert other.returncode == 0, other.stderr
     assert list(json.loads((tmp_path / "ev2" / "metrics.json").read_text())["hours"]) == ["3", "30"]
+
+
+def test_evaluate_on_part_of_the_training_stays_counts_them_without_keeping_their_ids(trained, tmp_path):
+    """40 of the 500 training stays once evaluated as if held out (AUROC 0.988, no note): the bundle keeps a salted
+    hash of each training stay's id and rows (never the ids) and evaluate counts the overlap."""
+    from clinical_lstm import bundled_sample, load_data
+    from clinical_lstm.workflow import evaluate
+
+    root, _ = trained
+    long = load_data(bundled_sample()).long
+    ids = long["stay_id"].unique().sort().to_list()
+    seen, changed = ids[:40], ids[40:45]
+    part = long.filter(pl.col("stay_id").is_in(seen + changed)).with_columns(  # 5 stays with one HR value moved
+        pl.when(pl.col("stay_id").is_in(changed) & (pl.col("variable") == "HR")).then(pl.col("value").cast(pl.Float64)
+                                                                                     + 1.0)
+        .otherwise(pl.col("value").cast(pl.Float64)).alias("value"), pl.col("time").cast(pl.Float64, strict=False))
+    part.write_csv(tmp_path / "part.csv")
+    labels = pl.DataFrame({"stay_id": seen + changed, "label": [i % 2 for i in range(45)]})
+    labels.write_csv(tmp_path / "labels.csv")
+    ev = evaluate(str(root / "run"), tmp_path / "part.csv", tmp_path / "ev", tmp_path / "labels.csv", n_boot=20,
+                  hours=[12])
+    assert ev.in_training == 40
+    assert "40 of them were among the model's training stays (same id and rows): partly in-sample" in ev.on
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["stays_in_training"] == 40
+    bundle = (root / "run" / "model" / "bundle.json").read_text()
+    kept = json.loads(bundle)["training_data"]["stay_hashes"]
+    assert set(kept) == {"salt", "sha256_8"} and len(kept["sha256_8"]) == 4 * ((SAMPLE_STAYS * 8 + 2) // 3)
+    assert not [s for s in ids if re.search(rf"(?<![0-9.]){s}(?![0-9])", bundle)]  # no training id in the bundle
 
 
 def test_prepare_writes_grid_and_report(tmp_path):
