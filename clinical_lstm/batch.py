@@ -17,8 +17,10 @@ How a job runs
    ``<out folder>/.<out name>.partial/`` (temp file + rename), then recorded in ``manifest.json`` (also
    atomic). A job that is killed — even with SIGKILL — and re-run with the same arguments skips the chunks
    the manifest records and produces the same output as an uninterrupted run (``scored_at`` is fixed when
-   the job first starts). Changed inputs, model or options start the job afresh. A job that fails before
-   any chunk is recorded removes its working folder; one that fails later keeps it and says so.
+   the job first starts). Changed inputs, model or options start the job afresh; an input is compared by its
+   content (SHA-256, hashed while the index pass runs), never by size and modification time, which an edit
+   can restore. A job that fails before any chunk is recorded removes its working folder; one that fails
+   later keeps it and says so.
 4. **Finish.** The parts are streamed into temporary files beside ``out``, ``<out name>.rejects.<ext>`` and
    ``<out name>.summary.json``; the job checks that stays in = scored + rejected and that no stay appears
    twice, then renames them into place (the summary last) and removes the working folder.
@@ -57,6 +59,7 @@ from .chunks import (
     Chunk,
     Input,
     check_unique_ids,
+    content_digest,
     index_long,
     index_physionet,
     plan_chunks,
@@ -64,7 +67,7 @@ from .chunks import (
     spill_csv,
 )
 from .config import usable_cpus
-from .files import atomic_path, check_not_input, write_frame, write_json
+from .files import atomic_path, check_not_input, csv_safe, write_frame, write_json
 from .sources import DataError, RawData, is_physionet
 
 MANIFEST_VERSION = 1
@@ -254,10 +257,11 @@ class _Workdir:
 
 
 def _sink(parts: list[Path], schema: dict, tmp: Path, csv: bool) -> int:
-    """Stream the parts into the file ``tmp`` (Parquet, or CSV when ``csv``); returns the row count."""
+    """Stream the parts into the file ``tmp`` (Parquet, or CSV when ``csv``, its text cells neutralised against
+    formula injection by the rule of :func:`clinical_lstm.files.write_frame`); returns the row count."""
     lf = pl.scan_parquet(parts) if parts else pl.DataFrame(schema=schema).lazy()
     if csv:
-        lf.sink_csv(tmp)
+        csv_safe(lf).sink_csv(tmp)
         return pl.scan_csv(tmp).select(pl.len()).collect().item()
     lf.sink_parquet(tmp)
     return pl.scan_parquet(tmp).select(pl.len()).collect().item()
@@ -319,7 +323,9 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
         Long-format ``.parquet`` / ``.csv`` files, PhysioNet set folders or ``.tar.gz`` archives.
     out : path
         ``.parquet`` (default choice) or ``.csv``. ``<out name>.rejects.<ext>`` and ``<out name>.summary.json``
-        are written beside it (:func:`side_files`); none of these may be, or lie inside, an input.
+        are written beside it (:func:`side_files`); none of these may be, or lie inside, an input. Parquet keeps
+        every value exactly; in CSV a text cell a spreadsheet would run as a formula (``=...``, ``+...``,
+        ``-...``, ``@...``) starts with ``'`` (:func:`clinical_lstm.files.write_frame`).
     explain : int
         Add each stay's top-K variables with signed SHAP contributions (log-odds); 0 = none.
     chunk_stays : int
@@ -372,8 +378,7 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
     else:
         source, model_catalogue = "<in memory>", model.catalogue
     check_catalogue(model_catalogue, catalogue)
-    inputs = [index_physionet(p) if is_physionet(p) else index_long(p, model_catalogue) for p in paths]
-    check_unique_ids(inputs)
+    inputs = _indexed(paths, model_catalogue)
     _report_inputs(inputs, log)
     if isinstance(model, (str, Path)):
         from .bundle import RiskModel
@@ -478,6 +483,23 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_top_pad, 256 << 20)
 
 
+def _indexed(paths: list[Path], catalogue: Catalogue) -> list[Input]:
+    """The index pass over every input, while a second thread hashes their content for the job's fingerprint
+    (:func:`clinical_lstm.chunks.content_digest`; hashlib and polars release the GIL, so the two overlap)."""
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as hashing:
+        digests = hashing.submit(lambda: [content_digest(p, stop) for p in paths])
+        try:
+            inputs = [index_physionet(p) if is_physionet(p) else index_long(p, catalogue) for p in paths]
+            check_unique_ids(inputs)
+        except BaseException:
+            stop.set()  # a refused input: the hashing ends at its next piece
+            raise
+        for inp, digest in zip(inputs, digests.result(), strict=True):
+            inp.digest = digest
+    return inputs
+
+
 def _report_inputs(inputs: list[Input], log) -> None:
     for inp in inputs:
         if inp.empty:
@@ -485,6 +507,11 @@ def _report_inputs(inputs: list[Input], log) -> None:
         if inp.unknown_variables:
             names = ", ".join(f"{k} ({v:,} rows)" for k, v in sorted(inp.unknown_variables.items()))
             log(f"warning: {inp.name}: variables not in the model's catalogue are ignored: {names}")
+        if inp.ignored_members:
+            what = ("entry is not a stay file", "was") if inp.ignored_members == 1 else ("entries are not stay files",
+                                                                                         "were")
+            log(f"note: {inp.name}: {inp.ignored_members:,} {what[0]} (<RecordID>.txt, at any depth) and {what[1]} "
+                f"not read")
         if inp.kind == "long" and not inp.contiguous:
             log(f"note: {inp.name}: stays' rows are not contiguous; each chunk scans the file (sort the "
                 f"extract by stay_id for speed)")

@@ -105,13 +105,15 @@ def as_raw(data) -> RawData:
         columns = list(getattr(data, "columns", ()))
         try:
             if "stay_id" in columns and data["stay_id"].dtype == object:  # e.g. uuid.UUID
-                data = data.assign(stay_id=[_cell_text(v) for v in data["stay_id"]])
+                data = data.assign(stay_id=_column_text(data, "stay_id"))
             try:
                 data = pl.from_pandas(data)
             except (TypeError, ValueError):  # an object column mixing kinds (1.5 and "n/a", 0.5 and "00:30"):
                 mixed = [c for c in LONG_COLUMNS if c in columns and data[c].dtype == object]
-                data = data.assign(**{c: [_cell_text(v) for v in data[c]] for c in mixed})  # text, as a CSV is read
+                data = data.assign(**{c: _column_text(data, c) for c in mixed})  # text, as a CSV is read
                 data = pl.from_pandas(data)
+        except DataError:
+            raise
         except (TypeError, ValueError, ImportError):  # the reader's message may quote cells: not repeated here
             odd = [c for c in columns if str(getattr(data[c], "dtype", "")) == "object"]
             raise DataError(f"expected a long table (pandas/polars DataFrame with columns {list(LONG_COLUMNS)}) "
@@ -127,11 +129,17 @@ def as_raw(data) -> RawData:
     return RawData(long=df, stays=df["stay_id"].unique().sort(), sources=["<dataframe>"])
 
 
-def _cell_text(value) -> str | None:
-    """One cell of a pandas object column as text (None and NaN: missing), as the CSV reader would have read it."""
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    return str(value)
+def _column_text(data, column: str) -> list[str | None]:
+    """A pandas object column as text, cell by cell (None and NaN: missing), as the CSV reader would have read it.
+    A cell that holds several values (a list, tuple, set, dict, array) or bytes is a :class:`DataError` naming the
+    column, the cell's type and its row (from 1)."""
+    out = []
+    for row, value in enumerate(data[column], 1):
+        if isinstance(value, (list, tuple, set, frozenset, dict, np.ndarray, bytes, bytearray)):
+            raise DataError(f"the long table: column {column!r} has type object holding a {type(value).__name__} "
+                            f"(row {row}); one number or text per cell")
+        out.append(None if value is None or (isinstance(value, float) and value != value) else str(value))
+    return out
 
 
 @dataclass

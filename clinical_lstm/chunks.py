@@ -12,6 +12,7 @@ stage what they write and keep nothing of a failed job; batch scoring, which res
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,14 +21,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .archives import iter_stay_files
+from .archives import STAY_FILE, folder_entries, iter_stay_files
 from .files import atomic_path
 from .grid import ids_numpy
 from .sources import (
     LONG_COLUMNS,
     DataError,
     RawData,
+    as_read,
     check_header,
+    check_types,
     id_dtype,
     no_stay,
     no_stay_files,
@@ -35,7 +38,6 @@ from .sources import (
     read_error,
     stay_id_key,
 )
-from .validate import time_hours
 
 NULL_NAME = "<null>"  # the key under which rows with a null variable name are counted
 
@@ -67,24 +69,52 @@ class Input:
     empty: bool = False
     id_dtype: pl.DataType = pl.Int64  # Int64, or String for text ids (clinical_lstm.sources.id_dtype)
     spellings: pl.Series | None = None  # long: each stay's raw ids as read (a list: "1" and "1.0" are one stay)
+    digest: str | None = None  # content_digest(path), when already computed
 
     @property
     def name(self) -> str:
         return self.path.name
 
     def fingerprint(self) -> dict:
-        """What makes a resumed job the same job: the path, size and modification time of the input and, for a
-        set folder, of every entry in it (a member rewritten in place changes neither the folder's size nor its
-        modification time). Entries are stat-ed, not read, and not followed (links are never read as stays)."""
-        st = self.path.stat()
-        out = {"name": str(self.path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-        if self.path.is_dir():
-            members = hashlib.sha256()
-            for entry in sorted(self.path.iterdir()):
-                est = entry.lstat()
-                members.update(f"{entry.name}\0{est.st_size}\0{est.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
-            out["members"] = members.hexdigest()
-        return out
+        """What makes a resumed job the same job: the input's path and its content (:func:`content_digest`).
+        Never its size or modification time: an edit of the same length can restore both."""
+        if self.digest is None:
+            self.digest = content_digest(self.path)
+        return {"name": str(self.path.resolve()), "content": self.digest}
+
+
+DIGEST_PIECE = 1 << 20  # bytes hashed at a time
+
+
+def content_digest(path: Path, stop: threading.Event | None = None) -> str | None:
+    """SHA-256 of everything a job reads of the input ``path``, read in 1 MiB pieces: a file's bytes (a long
+    table, an archive); for a set folder every entry's path and kind and every stay file's bytes, in the order
+    they are read (:func:`clinical_lstm.archives.folder_entries`; links are not followed, other files not read).
+    Returns None as soon as ``stop`` is set (the job failed meanwhile)."""
+    if not path.is_dir():
+        return _file_digest(path, stop)
+    h = hashlib.sha256()
+    for entry in folder_entries(path):
+        if stop is not None and stop.is_set():
+            return None
+        kind = ("link" if entry.is_symlink() else "folder" if entry.is_dir() else "file" if entry.is_file()
+                else "other")
+        content = _file_digest(entry, stop) if kind == "file" and STAY_FILE.match(entry.name) else ""
+        h.update(f"{entry.relative_to(path).as_posix()}\0{kind}\0{content}\n".encode("utf-8", "surrogateescape"))
+    return None if stop is not None and stop.is_set() else h.hexdigest()
+
+
+def _file_digest(path: Path, stop: threading.Event | None) -> str | None:
+    h, piece = hashlib.sha256(), bytearray(DIGEST_PIECE)
+    try:
+        with path.open("rb") as f:
+            while n := f.readinto(piece):
+                if stop is not None and stop.is_set():
+                    return None
+                h.update(memoryview(piece)[:n])
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or type(exc).__name__}"  # the readers reject or refuse it by rule
+    return h.hexdigest()
 
 
 def _scan(path: Path) -> pl.LazyFrame:
@@ -122,7 +152,7 @@ def index_long(path: Path, catalogue) -> Input:
         raise DataError(f"data file {path} lacks column(s) {missing}; expected {list(LONG_COLUMNS)} "
                         f"(extra columns are ignored), found {columns}")
     check_header(path, "data", LONG_COLUMNS)
-    time_hours(scan.collect_schema()["time"], f"data file {path}")  # a timestamp column fails here, before any chunk
+    check_types(scan.collect_schema(), f"data file {path}")  # a list or a timestamp fails here, before any chunk
     try:  # runs of equal raw ids (one per stay in a file sorted by stay), not rows, are grouped by key below
         runs, variables = pl.collect_all([
             scan.select(pl.col("stay_id").rle()).unnest("stay_id"),
@@ -213,12 +243,13 @@ def read_chunks(inp: Input, chunks: list[Chunk], todo: set[int], spill: Path | N
         yield from _read_physionet_chunks(inp, chunks, todo)
         return
     scan = pl.scan_parquet(spill) if spill is not None else _scan(inp.path)
-    ids = _stay_id_expr(scan.collect_schema()["stay_id"], inp.id_dtype)
+    schema = scan.collect_schema()
+    ids = _stay_id_expr(schema["stay_id"], inp.id_dtype)
+    columns = (pl.col("time"), *as_read(schema))
     for c in chunks:
         if c.index not in todo:
             continue
         chunk_ids = inp.stay_ids[c.first:c.first + c.stays]
-        columns = (pl.col("time"), pl.col("variable").cast(pl.String), pl.col("value"))
         if inp.contiguous:  # the index pass found these rows to be these stays' runs: ids need no reading
             df = scan.slice(c.offset, c.rows).select(*columns).collect()
             run = np.repeat(np.arange(c.stays), inp.n_rows[c.first:c.first + c.stays])

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "check_not_input", "dir_mode", "file_mode", "publish", "remove_leftovers",
-           "removes_new_out", "temp_prefix", "write_frame", "write_json", "write_text"]
+__all__ = ["atomic_dir", "atomic_path", "check_not_input", "csv_safe", "dir_mode", "file_mode", "publish",
+           "remove_leftovers", "removes_new_out", "temp_prefix", "write_frame", "write_json", "write_text"]
 
 
 def file_mode() -> int:
@@ -202,14 +202,42 @@ def write_json(path: str | Path, obj, indent: int | None = 2) -> Path:
 
 
 def write_frame(df, path: str | Path) -> Path:
-    """A polars frame as Parquet, or CSV when ``path`` ends in ``.csv``."""
+    """A polars frame as Parquet (exactly as it is), or CSV when ``path`` ends in ``.csv``.
+
+    **CSV is for spreadsheets, which run a cell as a formula** when it starts with ``=``, ``+``, ``-``, ``@``, a
+    tab or a carriage return (a stay id ``=HYPERLINK(...)`` would be a link, ``+cmd|...`` a command). So, as
+    OWASP advises against CSV injection, every text cell that starts with one of them gets a leading single
+    quote (``'=HYPERLINK(...)``), which a spreadsheet shows but never runs; text that is exactly a number
+    (``-5``, ``+1.5``) is a number to a spreadsheet too and is kept. Numeric columns are never changed (a negative
+    risk contribution is a number). Every CSV the package writes goes through :func:`csv_safe`.
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".csv":
-            df.write_csv(tmp)
+            csv_safe(df).write_csv(tmp)
         else:
             df.write_parquet(tmp)
     return path
+
+
+# a cell a spreadsheet would run (OWASP, CSV injection), unless it is exactly a number
+_FORMULA_START = r"^[=+\-@\t\r]"
+_PLAIN_NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+
+
+def csv_safe(frame):
+    """``frame`` (a polars DataFrame or LazyFrame) with its text columns neutralised for CSV, by the rule of
+    :func:`write_frame`; other columns as they are."""
+    import polars as pl
+
+    def safe(name):
+        col = pl.col(name).cast(pl.String)
+        return pl.when(col.str.contains(_FORMULA_START) & ~col.str.contains(_PLAIN_NUMBER)).then("'" + col) \
+            .otherwise(col).alias(name)
+
+    schema = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
+    text = [n for n, t in schema.items() if t == pl.String or isinstance(t, (pl.Categorical, pl.Enum))]
+    return frame.with_columns(safe(n) for n in text) if text else frame
 
 
 def _default(obj):

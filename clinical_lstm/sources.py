@@ -284,7 +284,47 @@ def _read_table(path: Path, kind: str, columns: tuple[str, ...]) -> pl.DataFrame
         raise DataError(f"{kind} file {path} lacks column(s) {missing}; expected exactly {list(columns)}, "
                         f"found {df.columns}")
     check_header(path, kind, columns)
+    check_types(df.schema, f"{kind} file {path}", columns)
     return df.select(columns)
+
+
+# -- column types -------------------------------------------------------------------------------------------
+# what each column may hold, for the message (time: validate.time_hours, the one rule for time, says it)
+_EXPECTED = {"stay_id": "a stay id must be an integer or text", "variable": "a variable name must be text",
+             "value": "a value must be a number or text",
+             "label": "a label must be 0 or 1 (a number, text or a boolean)"}
+
+
+def _is_text(dtype: pl.DataType) -> bool:
+    return dtype in (pl.String, pl.Null) or isinstance(dtype, (pl.Categorical, pl.Enum))
+
+
+def check_types(schema, where: str, columns: tuple[str, ...] = LONG_COLUMNS) -> None:
+    """**The types a column may have**, checked before any row is read by every reader of a long table or a
+    labels file (CSV, Parquet, the batch index pass) and for frames given to ``predict``: ``stay_id``, ``variable``
+    and ``value`` a number (integer, float, decimal) or text (String, Categorical, Enum); ``label`` also a boolean;
+    ``time`` by the rule of :func:`clinical_lstm.validate.time_hours` (a number, text or a duration). A column of
+    nulls only passes (its rows are then counted by the rules). Anything else — a list, an array or a struct in a
+    cell, binary, a date or timestamp, a boolean where no label is — raises :class:`DataError` naming the column
+    and its type. A number where a name is expected is read as text (a variable code, then an unknown variable).
+    """
+    from .validate import time_hours  # validate imports this module
+
+    for name in columns:
+        dtype = schema[name]
+        if name == "time":
+            time_hours(dtype, where)
+        elif not (_is_text(dtype) or dtype.is_numeric() or (name == "label" and dtype == pl.Boolean)):
+            raise DataError(f"{where}: column {name!r} has type {dtype}; {_EXPECTED[name]}, one per row")
+
+
+def as_read(schema) -> list[pl.Expr]:
+    """``variable`` as text and a categorical ``value`` as its text (its categories are the values as written),
+    as validation reads them; after :func:`check_types`."""
+    value = pl.col("value")
+    if isinstance(schema["value"], (pl.Categorical, pl.Enum)):
+        value = value.cast(pl.String)
+    return [pl.col("variable").cast(pl.String), value]
 
 
 def check_header(path: Path, kind: str, columns: tuple[str, ...]) -> None:
@@ -334,10 +374,14 @@ INTEGRAL_TEXT = r"^[+-]?((0|[1-9][0-9]*)(\.0*)?|\.0+)$"
 NON_FINITE_TEXT = r"(?i)^[+-]?(nan|inf|infinity)$"
 
 
+_INT64_FITS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
+
+
 def stay_id_key(dtype) -> pl.Expr:
     """**The stay-id key**, for every reader (CSV text, Parquet numbers, labels, outcomes, the batch index pass).
 
-    A number is its value: an integer, or an integral float (``12.0``), is the integer (Int64). Text is
+    A number is its value: an integer, or an integral float (``12.0``), is the integer (Int64); an integer type
+    wider than Int64 can hold (UInt64, Int128) gives its digits, as the same id written in a CSV does. Text is
     stripped of surrounding blanks; text that reads as a number (:data:`NUMBER_TEXT`) is that number, so
     ``"12"``, ``"12.0"``, ``"+12"`` and ``" 12 "`` are all the key ``"12"`` (an integral number's canonical
     text: its integer digits, which is also what an Int64 id becomes when a job's ids are text). Other text
@@ -346,8 +390,10 @@ def stay_id_key(dtype) -> pl.Expr:
     text: null, which :func:`checked_ids` and the batch index pass report with the row. The key's kind
     (Int64 or String) is then decided for the whole input by :func:`id_dtype`."""
     col = pl.col("stay_id")
-    if dtype.is_integer():
+    if dtype.is_integer() and dtype in _INT64_FITS:
         return col.cast(pl.Int64)
+    if dtype.is_integer():  # UInt64, Int128: may not fit Int64, so read as the number's text, as in a CSV
+        return col.cast(pl.String).alias("stay_id")
     if dtype.is_float():
         return pl.when(col.is_finite() & (col == col.round())).then(col.cast(pl.Int64, strict=False))
     text = col.cast(pl.String).str.strip_chars()
@@ -408,7 +454,7 @@ def read_long(path: str | Path) -> RawData:
     if not path.is_file():
         raise DataError(f"data path {path} does not exist")
     df = checked_ids(_read_table(path, "data", LONG_COLUMNS), f"data file {path}")
-    df = df.with_columns(pl.col("variable").cast(pl.String))
+    df = df.with_columns(as_read(df.schema))
     return RawData(long=df, stays=df["stay_id"].unique().sort(), sources=[path.name])
 
 
