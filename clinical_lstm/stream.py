@@ -503,6 +503,9 @@ def _columns(rows):
             time = _hours(pl.Series("time", rows["time"]))
         value = value.astype(np.float64) if value.dtype.kind in "fiu" else _parse_text(value, "value")
         return time, names, value, stay
+    from .sources import check_types
+
+    check_types(rows.schema, "stream rows", tuple(c for c in ("stay_id", *_COLUMNS) if c in rows.columns))
     s = rows["value"]
     value = (s.cast(pl.Float64).fill_null(np.nan).to_numpy() if s.dtype.is_numeric()
              else _parse_text(s.to_list(), "value"))

@@ -247,6 +247,20 @@ def test_missing_column_is_a_data_error(model):
         model.stream().update(pd.DataFrame({"time": [1.0], "variable": ["HR"]}))
 
 
+def test_a_column_of_a_type_no_reader_expects_is_the_same_one_line_as_predicts(model):
+    """A list in a value cell was a polars traceback in the stream; it is the readers' one-line error, and the
+    stream is left as it was."""
+    s = model.stream()
+    s.update(pl.DataFrame({"time": [1.0], "variable": ["HR"], "value": [80.0]}))
+    before = s.state()
+    for bad in (pl.DataFrame({"time": [2.0], "variable": ["HR"], "value": [[80.0, 81.0]]}),
+                pl.DataFrame({"time": [2.0], "variable": ["HR"], "value": [{"a": 1.0}]}),
+                pl.DataFrame({"time": [2.0], "variable": [b"HR"], "value": [80.0]})):
+        with pytest.raises(DataError, match=r"^stream rows: column '(value|variable)' has type "):
+            s.update(bad)
+    assert s.state() == before
+
+
 # -- state ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["dict", "json", "json_file", "safetensors"])
 def test_save_restore_continue(ensemble, stays, tmp_path, fmt):
