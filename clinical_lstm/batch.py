@@ -72,6 +72,7 @@ from .sources import DataError, RawData, is_physionet
 
 MANIFEST_VERSION = 1
 DEFAULT_CHUNK_STAYS = 2000
+EXPLAIN_CHUNK_STAYS = 100  # the default with --explain: progress (rate, time left) within the first minute
 
 
 def side_files(out: str | Path) -> dict[str, Path]:
@@ -311,7 +312,7 @@ class _Progress:
         self.bar.close()
 
 
-def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int = DEFAULT_CHUNK_STAYS,
+def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int | None = None,
                 catalogue=None, restart: bool = False, progress: bool = False, log=None,
                 workers: int | None = None) -> dict:
     """Score every stay of ``data`` in chunks; write ``out`` (.parquet or .csv), rejects and summary beside it.
@@ -328,9 +329,12 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
         ``-...``, ``@...``) starts with ``'`` (:func:`clinical_lstm.files.write_frame`).
     explain : int
         Add each stay's top-K variables with signed SHAP contributions (log-odds); 0 = none.
-    chunk_stays : int
-        Stays per chunk: the unit of resume and of memory (peak RSS was 1.2 GB for 2,000 PhysioNet-sized stays
-        and 2 workers, whatever the input size; see docs/benchmarks.md).
+    chunk_stays : int, optional
+        Stays per chunk: the unit of resume, of progress and of memory (peak RSS was 1.2 GB for 2,000
+        PhysioNet-sized stays and 2 workers, whatever the input size; see docs/benchmarks.md). Default
+        :data:`DEFAULT_CHUNK_STAYS`, or :data:`EXPLAIN_CHUNK_STAYS` with ``explain``: a stay's explanation costs
+        about as much as scoring a hundred, so smaller chunks give the progress bar its rate and time left in the
+        first minute instead of after a whole chunk.
     catalogue : "default", path or None
         The catalogue the job's data follow; a model trained on another catalogue is refused. None: no check.
     restart : bool
@@ -354,6 +358,8 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
         chunks scored so far are kept for a resume.
     """
     t0 = time.perf_counter()
+    if chunk_stays is None:
+        chunk_stays = EXPLAIN_CHUNK_STAYS if _is_int(explain) and explain > 0 else DEFAULT_CHUNK_STAYS
     _check_options(explain, chunk_stays, workers)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     given = os.fspath(out)  # the closing line and the summary name the output as the user gave it

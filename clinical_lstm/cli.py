@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "per stay (measured: 28x the CPU time of scoring alone; README 'Explanations'); for a few "
                    "stays use 'clinical-lstm explain --stay ID'")
     p.add_argument("--chunk-stays", type=int, metavar="N", help="stays per chunk: bounds memory and is the unit "
-                   "of resume [default: 2000]")
+                   "of resume and of progress [default: 2000, or 100 with --explain]")
     p.add_argument("--catalogue", metavar="FILE", help="catalogue CSV the data follow ('default' = the built-in "
                    "PhysioNet one); a model trained on another catalogue is refused with exit code 2")
     p.add_argument("--workers", type=int, metavar="N", help="chunks scored at once, one thread each "

@@ -329,7 +329,7 @@ class JobConfig(Section):
     test_labels: str | None = None
     model: str | None = None  # bundle directory or MLflow URI (score, evaluate, explain, export)
     catalogue: str | None = None  # score: the catalogue the data follow ("default" or a CSV)
-    chunk_stays: int = 2000  # score: stays per chunk
+    chunk_stays: int | None = None  # score: stays per chunk (default 2000, or 100 with explain)
     workers: int | None = None  # score: chunks scored at once
     explain: int = 0  # score: top-K SHAP variables per stay
     restart: bool = False  # score: discard an unfinished earlier run
@@ -339,13 +339,15 @@ class JobConfig(Section):
     constraints: ClassVar[dict] = {
         "data": Kind((list,)), "out": OPTIONAL_TEXT, "labels": OPTIONAL_TEXT, "outcomes": OPTIONAL_TEXT,
         "test": Kind((list,)), "test_labels": OPTIONAL_TEXT, "model": OPTIONAL_TEXT, "catalogue": OPTIONAL_TEXT,
-        "chunk_stays": POSITIVE_INT, "workers": Kind((int, type(None))), "explain": Range(int, 0),
+        "chunk_stays": Kind((int, type(None))), "workers": Kind((int, type(None))), "explain": Range(int, 0),
         "restart": BOOL, "tracking": BOOL}
 
     def __post_init__(self):
         super().__post_init__()
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"[job] workers must be >= 1; got {self.workers!r}")
+        if self.chunk_stays is not None and self.chunk_stays < 1:
+            raise ValueError(f"[job] chunk_stays must be >= 1; got {self.chunk_stays!r}")
         for name in ("data", "test"):
             bad = [p for p in getattr(self, name) if TEXT.check(p)]
             if bad:

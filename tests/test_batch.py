@@ -234,6 +234,15 @@ def test_progress_in_a_log_is_one_line_per_chunk_and_one_closing_line(bundle, co
     assert lines[-1].startswith("120 stays read: 120 scored")  # the closing line
 
 
+def test_explaining_defaults_to_small_chunks_so_progress_comes_early(bundle, cohort, tmp_path):
+    """A stay's explanation costs about a hundred scorings: with the 2,000-stay default the first progress line
+    (its rate, its time left) came after a whole chunk, minutes in. With --explain the default chunk is 100."""
+    path, _ = cohort
+    summary = score_batch(bundle, path, tmp_path / "x.parquet", explain=1, log=quiet, workers=1)
+    assert summary["chunk_stays"] == 100 and summary["chunks"] == 2  # the bar moves once per chunk
+    assert score_batch(bundle, path, tmp_path / "y.parquet", log=quiet)["chunk_stays"] == 2000
+
+
 def test_a_progress_line_says_the_rate_and_the_time_left_at_that_rate():
     from clinical_lstm.batch import progress_line
 
