@@ -30,11 +30,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def time_v(text: str) -> tuple[float, int]:
-    """(wall seconds, peak RSS in kB) from the report of ``/usr/bin/time -v``."""
+def time_v(text: str) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS in kB, CPU seconds: user + system) from the report of ``/usr/bin/time -v``."""
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text).group(1)
     seconds = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.split(":"))))
-    return seconds, int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", text).group(1)) for k in ("User", "System"))
+    return seconds, int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)), cpu
 
 
 def run_once(cli: list[str], out_dir: Path) -> dict:
@@ -45,9 +46,10 @@ def run_once(cli: list[str], out_dir: Path) -> dict:
                          text=True, check=False)
     if res.returncode != 0:
         sys.exit(f"scoring failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    seconds, rss_kb = time_v(res.stderr)
+    seconds, rss_kb, cpu = time_v(res.stderr)
     summary = json.loads((out_dir / "scores.parquet.summary.json").read_text())
-    return {"wall_s": round(seconds, 2), "stays": summary["stays_read"], "scored": summary["scored"],
+    return {"wall_s": round(seconds, 2), "cpu_s": round(cpu, 1), "stays": summary["stays_read"],
+            "scored": summary["scored"],
             "stays_per_s_process": round(summary["stays_read"] / seconds, 1),
             "stays_per_s_job": summary["stays_per_second"], "peak_rss_mb": round(rss_kb / 1024, 1),
             "chunk_seconds": summary["chunk_seconds"], "load_before": round(load_before, 2),
@@ -105,16 +107,17 @@ def main() -> int:
             for kind, cli in commands.items():  # alternating, so drift hits both alike
                 r = run_once(cli, tmp / f"run{i}-{kind}")
                 results.setdefault(kind, []).append(r)
-                print(f"run {i + 1} ({kind} ids): {r['wall_s']:.1f} s, {r['stays_per_s_process']:,.0f} stays/s whole "
+                print(f"run {i + 1} ({kind} ids): {r['wall_s']:.1f} s ({r['cpu_s']:.1f} s CPU), "
+                      f"{r['stays_per_s_process']:,.0f} stays/s whole "
                       f"process, {r['stays_per_s_job']:,.0f} in job, peak RSS {r['peak_rss_mb']:,.0f} MB, stages "
                       f"{r['chunk_seconds']}, load {r['load_before']} -> {r['load_after']}")
         medians = {}
         for kind, runs in results.items():
             med = {k: float(np.median([r[k] for r in runs]))
-                   for k in ("wall_s", "stays_per_s_process", "stays_per_s_job", "peak_rss_mb")}
+                   for k in ("wall_s", "cpu_s", "stays_per_s_process", "stays_per_s_job", "peak_rss_mb")}
             medians[kind] = med
             print(f"median of {a.repeats} ({kind} ids): {med['stays_per_s_process']:,.0f} stays/s whole process "
-                  f"({med['wall_s']:.1f} s), {med['stays_per_s_job']:,.0f} stays/s in job, peak RSS "
+                  f"({med['wall_s']:.1f} s, {med['cpu_s']:.1f} s CPU), {med['stays_per_s_job']:,.0f} stays/s in job, peak RSS "
                   f"{med['peak_rss_mb']:,.0f} MB; cores: {len(os.sched_getaffinity(0))}")
         if len(medians) == 2:
             print(f"text / int wall time: {medians['text']['wall_s'] / medians['int']['wall_s']:.3f}")
