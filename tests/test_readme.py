@@ -4,7 +4,6 @@ shell (nothing inherited but ``PATH``) with the environment activated the way th
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
