@@ -506,7 +506,7 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
         for sid in dict.fromkeys(stays):
             files[f"stay {sid}"] = plot_stay(model, clean, t, index[str(sid)], full, staged / f"{stay_file(sid)}.png")
         moved = publish(staged, out, EXPLAIN_FILES)
-    log(f"{len(kept)} stays explained, {report.rejects.height} rejected"
+    log(f"{len(kept)} stay{'' if len(kept) == 1 else 's'} explained, {report.rejects.height} rejected"
         + (f" (the requested stays of {n_read:,} read)" if len(kept) + report.rejects.height < n_read else "")
         + f" -> {out}")
     return {k: moved[f] for k, f in files.items()}

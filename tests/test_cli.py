@@ -280,7 +280,8 @@ def test_explain_writes_table_and_plots(trained, tmp_path):
     for name in ("global_importance.png", "stay_132592.png"):
         assert (tmp_path / "ex" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rejects = pl.read_csv(tmp_path / "ex" / "rejects.csv")
-    assert table["stay_id"].n_unique() + rejects.height == SAMPLE_STAYS  # every stay explained or rejected
+    assert table["stay_id"].unique().to_list() == [132592] and rejects.height == 0  # the stay asked for, alone
+    assert "1 stay explained, 0 rejected (the requested stays of 500 read)" in res.stdout
 
 
 @pytest.mark.parametrize("args, message", [
