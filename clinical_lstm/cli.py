@@ -377,7 +377,12 @@ COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate
 
 def main(argv=None) -> int:
     parser = build_parser()
-    _check_command(parser, sys.argv[1:] if argv is None else list(argv))
+    words = sys.argv[1:] if argv is None else list(argv)
+    _check_command(parser, words)
+    if words[:1] == ["ui"] and any(w == "-h" and nxt[:1] not in ("", "-") for w, nxt in zip(words, words[1:])):
+        # `ui -h 0.0.0.0` asks for a host the short way: said, never read as help (nor as a host)
+        parser.commands["ui"].error("-h shows this help; the address to bind is --host HOST (anything but "
+                                    "loopback also needs --allow-remote: the server has no authentication)")
     args, extra = parser.parse_known_args(argv)
     if extra:  # the command's own usage line, and the option meant, not the top-level usage
         command = parser.commands[args.command]

@@ -312,7 +312,8 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
         "environment": environment(), "config": cfg.to_dict(),
         "training_data": {"sources": sources, "digest": parts.digest,
                           "stays": len(ids), "rows": report.n_rows_kept, "deaths": int(y.sum()),
-                          "stay_hashes": stay_hashes(parts.stays.filter(pl.col("stay_id").is_in(pl.Series(ids).implode())))},
+                          "stay_hashes": stay_hashes(parts.stays.filter(pl.col("stay_id").is_in(pl.Series(ids).implode())),
+                                                     parts.digest)},
         "evaluated_on": on, "train_seconds": fitted.seconds,
         "metrics": evaluation.to_dict()["models"],
         "hours": evaluation.to_dict().get("hours", {}),  # every model at each reported hour (aggregates only)
@@ -353,16 +354,15 @@ def _chain(first, second):
     return both
 
 
-def stay_hashes(stays: pl.DataFrame) -> dict:
+def stay_hashes(stays: pl.DataFrame, data_digest: str) -> dict:
     """What a bundle keeps of its training stays to recognize them later, never their ids: each stay's SHA-256 of
-    its id and cleaned rows (:class:`~clinical_lstm.cohort.StayDigest`) hashed again with a random salt of this
-    model's, cut to 8 bytes, sorted, base64. Without the data nothing can be read back from it; with the data,
-    :func:`trained_on` counts which stays the model trained on."""
+    its id and cleaned rows (:class:`~clinical_lstm.cohort.StayDigest`) hashed again with a salt drawn from the
+    training data's digest (the same data give the same bundle), cut to 8 bytes, sorted, base64. Without the data
+    nothing can be read back from it; with the data, :func:`trained_on` counts which stays the model trained on."""
     import base64
     import hashlib
-    import secrets
 
-    salt = secrets.token_bytes(16)
+    salt = hashlib.sha256(b"clinical-lstm training stays\0" + data_digest.encode()).digest()[:16]
     digests = sorted(hashlib.sha256(salt + h).digest()[:8] for h in stays["sha256"].to_list())
     return {"salt": salt.hex(), "sha256_8": base64.b64encode(b"".join(digests)).decode()}
 

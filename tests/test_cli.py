@@ -400,3 +400,8 @@ def test_score_help_says_what_explain_costs():
     res = run("score", "--help")
     text = " ".join(res.stdout.split())
     assert "--explain K" in text and "CPU time of scoring alone" in text and "clinical-lstm explain --stay ID" in text
+
+
+def test_ui_dash_h_with_a_value_is_refused_not_read_as_help_or_host():
+    res = run("ui", "-h", "0.0.0.0")
+    assert res.returncode == 2 and "the address to bind is --host HOST" in res.stderr.splitlines()[-1]

@@ -113,8 +113,10 @@ def test_train_reads_what_prepare_wrote(data, tmp_path):
     assert rep.n_stays_read == N and rep.n_stays_kept == N - 3
     assert rep.rejects.filter(pl.col("reason") == "no_label")["stay_id"].to_list() == [N - 2, N - 1, N]
     assert (rep.n_rows_read, rep.n_rows_kept) == (from_raw.report.n_rows_read, from_raw.report.n_rows_kept)
+    # the same stays, digest, stay hashes and counts; the inputs named by kind (prepare read shuffled.csv), never
+    # by file name
     assert from_prepared.model.metadata["training_data"] == from_raw.model.metadata["training_data"] | {
-        "sources": ["shuffled.csv"]}
+        "sources": ["long-format CSV"]}
     assert not list((tmp_path / "run").glob(".work.*")), "the work folder is removed"
 
 
