@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -33,8 +34,14 @@ def commands(block: str) -> list[str]:
 
 
 def all_commands() -> list[tuple[str, str]]:
-    return [(path.relative_to(ROOT).as_posix(), line) for path in DOCS for b in blocks(path.read_text())
-            for line in commands(b)]
+    """Every command of the documents: the lines of their shell blocks, and inline code that starts like one."""
+    out = []
+    for path in DOCS:
+        text, where = path.read_text(), path.relative_to(ROOT).as_posix()
+        out += [(where, line) for b in blocks(text) for line in commands(b)]
+        out += [(where, span) for span in re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text)
+                if span.startswith(("clinical-lstm ", "python pipelines/", "python benchmarks/"))]
+    return out
 
 
 def test_the_readme_activates_the_environment_once_right_after_the_two_commands():
@@ -49,7 +56,7 @@ def test_the_readme_activates_the_environment_once_right_after_the_two_commands(
 
 def test_every_documented_clinical_lstm_command_and_option_exists():
     parser = build_parser()
-    checked = 0
+    checked, scripts = 0, {}
     for where, line in all_commands():
         for part in re.split(r"&&|\|\||;|\s&\s|\s&$", line):
             text = re.sub(r"[\[\]]", " ", part.replace("|", " "))
@@ -60,11 +67,17 @@ def test_every_documented_clinical_lstm_command_and_option_exists():
             words = [w for w in words if "=" not in w or w.startswith("-")]  # VAR=value prefixes
             if not words:
                 continue
-            if words[0] in ("clinical-lstm", ".venv/bin/clinical-lstm"):
+            if words[0] in ("clinical-lstm", ".venv/bin/clinical-lstm") and len(words) > 1:
                 command = words[1]
             elif words[0] == "python" and len(words) > 1 and words[1].startswith("pipelines/"):
                 command = {"pipelines/train.py": "train", "pipelines/score.py": "score"}[words[1]]
+            elif words[0] == "python" and len(words) > 1 and words[1].startswith("benchmarks/") and \
+                    not words[1].endswith("run_at.py"):  # run_at's own arguments are a root and a script
+                scripts.setdefault(words[1], set()).update(w.split("=")[0] for w in words if w.startswith("--"))
+                continue
             else:
+                continue
+            if command.isupper():  # a placeholder: `clinical-lstm COMMAND --help`
                 continue
             assert command in parser.commands, f"{where}: unknown command in {line!r}"
             known = {o for a in parser.commands[command]._actions for o in a.option_strings}
@@ -72,6 +85,14 @@ def test_every_documented_clinical_lstm_command_and_option_exists():
             assert not unknown, f"{where}: {command} has no option {unknown} ({line!r})"
             checked += 1
     assert checked >= 25  # the check reads the documents (a broken extraction finds nothing)
+    assert len(scripts) >= 8
+    for script, options in scripts.items():  # each benchmark's own --help lists every option the docs give it
+        assert (ROOT / script).is_file(), f"the docs run {script}, which does not exist"
+        res = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
+                             timeout=300, cwd=ROOT)
+        assert res.returncode == 0, f"{script} --help: {res.stderr[-500:]}"
+        unknown = sorted(o for o in options if not re.search(rf"{re.escape(o)}\b", res.stdout))
+        assert not unknown, f"{script} has no option {unknown}"
 
 
 def fresh_shell(command: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
