@@ -286,3 +286,21 @@ def run_cli(*args, cwd=None, timeout: int = 600):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "clinical_lstm.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)
+
+
+def crash_on_call(monkeypatch, n: int, exc: BaseException | None = None) -> dict:
+    """Make the ``n``-th ``RiskModel.score_table`` call (one per chunk) raise ``exc`` (default: a MemoryError, a
+    crashed run); returns the call counter. How the batch tests make an unfinished run to resume."""
+    from clinical_lstm.bundle import RiskModel
+
+    calls = {"n": 0}
+    real = RiskModel.score_table
+
+    def failing(self, data, explain=0):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise exc if exc is not None else MemoryError("simulated crash")
+        return real(self, data, explain)
+
+    monkeypatch.setattr(RiskModel, "score_table", failing)
+    return calls

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from helpers import random_long, tiny_model, write_physionet_set
+from helpers import crash_on_call, random_long, tiny_model, write_physionet_set
 
 from clinical_lstm.batch import score_batch
 from clinical_lstm.bundle import RiskModel
@@ -83,21 +83,6 @@ def test_physionet_archive_in_chunks_equals_one_call(bundle, tmp_path):
     ref = RiskModel.load(bundle).predict(archive).sort("stay_id")
     assert summary["stays_read"] == 23 and summary["chunks"] == 5
     np.testing.assert_allclose(got["risk"].to_numpy(), ref["risk"].to_numpy(), atol=1e-6)
-
-
-def crash_on_call(monkeypatch, n: int, exc: BaseException) -> dict:
-    """Make the ``n``-th ``RiskModel.score_table`` call (one per chunk) raise ``exc``; returns the call counter."""
-    calls = {"n": 0}
-    real = RiskModel.score_table
-
-    def failing(self, data, explain=0):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise exc
-        return real(self, data, explain)
-
-    monkeypatch.setattr(RiskModel, "score_table", failing)
-    return calls
 
 
 def test_a_crash_mid_job_resumes_without_rescoring_finished_chunks(bundle, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from helpers import random_long, tiny_model, write_physionet_set
+from helpers import crash_on_call, random_long, tiny_model, write_physionet_set
 
 from clinical_lstm.batch import score_batch
 from clinical_lstm.catalogue import Catalogue
@@ -433,23 +433,6 @@ def test_cli_catalogue_mismatch_exits_2(model_dir, tmp_path):
 
 
 # -- null variable names: one key, straight through and resumed ----------------------------------------------
-def crash_on_call(monkeypatch, n: int) -> dict:
-    """Make the ``n``-th chunk's ``RiskModel.score_table`` call raise MemoryError; returns the call counter."""
-    from clinical_lstm.bundle import RiskModel
-
-    calls = {"n": 0}
-    real = RiskModel.score_table
-
-    def failing(self, data, explain=0):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise MemoryError("simulated crash")
-        return real(self, data, explain)
-
-    monkeypatch.setattr(RiskModel, "score_table", failing)
-    return calls
-
-
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_null_variable_names_are_counted_under_one_key_straight_and_resumed(model, tmp_path, monkeypatch, fmt):
     """Rows whose ``variable`` is null are `unknown_variable` rows counted under "<null>", both when the job runs

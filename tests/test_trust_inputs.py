@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
-from helpers import random_long, stay_text, tiny_model, write_physionet_set
+from helpers import crash_on_call, random_long, stay_text, tiny_model, write_physionet_set
 
 from clinical_lstm.batch import score_batch
 from clinical_lstm.bundle import RiskModel
@@ -341,21 +341,6 @@ def test_a_stay_file_in_a_sub_folder_that_repeats_a_record_id_is_refused_in_a_fo
 
 
 # -- 6. a resumed job checks its input's content ------------------------------------------------------------
-def crash_on_call(monkeypatch, n: int) -> dict:
-    """The ``n``-th chunk scored raises KeyboardInterrupt (an interrupted run), as tests/test_batch.py does."""
-    calls = {"n": 0}
-    real = RiskModel.score_table
-
-    def interrupted(self, data, explain=0):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt
-        return real(self, data, explain)
-
-    monkeypatch.setattr(RiskModel, "score_table", interrupted)
-    return calls
-
-
 def _same_length_edit(path: Path) -> None:
     """Change the first stay's first HR value's leading digit (the same length), then restore the mtime."""
     st = path.stat()
@@ -402,7 +387,7 @@ def test_an_input_edited_in_place_with_its_mtime_restored_is_not_resumed_from_ol
     data, edited_file = make(tmp_path / "in")
     out = tmp_path / "out" / "scores.parquet"
     before = model.predict(data).sort("stay_id")
-    calls = crash_on_call(monkeypatch, 2)  # chunk 0 is saved, chunk 1 is interrupted
+    calls = crash_on_call(monkeypatch, 2, KeyboardInterrupt())  # chunk 0 is saved, chunk 1 is interrupted
     with pytest.raises(KeyboardInterrupt):
         score_batch(model, data, out, chunk_stays=4, workers=1, log=quiet)
     assert (tmp_path / "out" / ".scores.parquet.partial" / "manifest.json").is_file()
@@ -421,7 +406,7 @@ def test_an_input_edited_in_place_with_its_mtime_restored_is_not_resumed_from_ol
 def test_an_unchanged_input_still_resumes(model, tmp_path, monkeypatch):
     data, _ = _csv_input(tmp_path / "in")
     out = tmp_path / "out" / "scores.parquet"
-    calls = crash_on_call(monkeypatch, 2)
+    calls = crash_on_call(monkeypatch, 2, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         score_batch(model, data, out, chunk_stays=4, workers=1, log=quiet)
     os.utime(data)  # touched, not changed: the content decides
