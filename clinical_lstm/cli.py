@@ -379,7 +379,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     words = sys.argv[1:] if argv is None else list(argv)
     _check_command(parser, words)
-    if words[:1] == ["ui"] and any(w == "-h" and nxt[:1] not in ("", "-") for w, nxt in zip(words, words[1:])):
+    if words[:1] == ["ui"] and any(w == "-h" and nxt[:1] not in ("", "-") for w, nxt in zip(words, words[1:], strict=False)):
         # `ui -h 0.0.0.0` asks for a host the short way: said, never read as help (nor as a host)
         parser.commands["ui"].error("-h shows this help; the address to bind is --host HOST (anything but "
                                     "loopback also needs --allow-remote: the server has no authentication)")

@@ -11,10 +11,17 @@ takes its value from the reference:
 * a static descriptor is replaced by the training stays' mean feature vector (``static_mean_``).
 
 Both references come from the training split and travel in the bundle. Why not ``shap.DeepExplainer``: its
-values do not add up for ``nn.LSTM``. Permutation sampling with antithetic pairs is exact in efficiency for
-any number of permutations — each permutation's marginal contributions telescope to
-``f(stay) - f(reference)`` — so ``base_value + sum(contributions) == model_output`` holds to float precision,
-and its error in the individual values shrinks as ``n_permutations`` grows. Variables a stay never observed
+values do not add up for ``nn.LSTM``.
+
+How the values are computed (:func:`shap_values`): the shipped logit is linear in its parts at a stay's hour
+(``w0 * mean_k LSTM_k + sum_m w_m * member_m + b``) and Shapley values are linear in the game, so each part is
+explained on its own and the values are added with the stacking weights. The summary members' values are exact
+in closed form (:mod:`clinical_lstm.member_shap`). Only the networks need sampled permutations, and each network
+plays its own antithetic pairs (the permutations are spread over the networks, at least one pair each): the
+mean of unbiased per-network estimates is unbiased for the ensemble, as precise as that many pairs on one
+network, and costs one network's evaluations per permutation instead of all K. Every permutation's marginal
+contributions telescope to ``f_k(stay) - f_k(reference)`` and each member's exact values to its own difference,
+so ``base_value + sum(contributions) == model_output`` holds to float precision. Variables a stay never observed
 are dummy players (present = absent) and get exactly 0 without being evaluated.
 
 SHAP's own objects at the boundary: :func:`explanation` returns a ``shap.Explanation`` (one row per stay, one
@@ -25,6 +32,8 @@ check these values against exact Shapley values.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import polars as pl
@@ -68,9 +77,22 @@ def reference(t: Tensors, transformer) -> Tensors:
 
 def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_batch: int = 2048,
                 progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Grouped permutation SHAP for every stay in ``t``.
+    """Per-variable SHAP values of the model's logit for every stay in ``t``.
 
-    Coalitions of several stays are evaluated together in batches of up to ``max_batch`` sequences.
+    The shipped logit is ``w0(hour) * mean_k LSTM_k + sum_m w_m(hour) * member_m + b(hour)``, linear in the
+    networks and the summary members at the stay's hour (the same for a stay and its reference), and Shapley
+    values are linear in the game. So:
+
+    * each summary member's values are exact (:mod:`clinical_lstm.member_shap`);
+    * each network ``k`` gets its own antithetic permutation pairs: ``n_permutations`` (rounded up to whole pairs,
+      at least one pair per network, the same number for every network) are *spread over* the networks, and the
+      ensemble's value is the mean of the networks' estimates. Each network's estimate is unbiased, so the mean
+      is; its variance is that of as many pairs on one network, at ``1/K`` of the cost of playing every
+      permutation on all ``K`` networks. Only the networks are evaluated on coalitions (in batches of up to
+      ``max_batch`` sequences per network).
+
+    ``base + phi.sum(1) == output`` holds to float precision: every permutation's marginal contributions telescope
+    to ``f_k(stay) - f_k(reference)``, and each member's exact values sum to its own difference.
 
     Returns
     -------
@@ -85,81 +107,111 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     V = t.x.shape[2]
     stat = static_players(tr)
     names = player_names(tr)
+    P = len(names)
     static_cols = np.zeros((len(stat), t.statics.shape[1]), dtype=bool)  # static player -> feature columns
     for j, (_, cols) in enumerate(stat):
         static_cols[j, cols] = True
-    summary_cols = None  # player -> summary columns (a variable's statistics, a static's features)
-    if model.head is not None:
-        columns = player_columns(V, [cols for _, cols in stat])
-        summary_cols = np.zeros((len(columns), t.summary.shape[1]), dtype=bool)
-        for j, cols in enumerate(columns):
-            summary_cols[j, cols] = True
     ref = reference(t, tr)
+    nets = model.networks
+    K, N = len(nets), len(t)
+    pairs = -(-max(1, -(-n_permutations // 2)) // K)  # antithetic pairs per network: the total rounded up to K's
+    ends = [_network_logits(net, t) for net in nets], [_network_logits(net, ref) for net in nets]  # (N,) each
+    lstm_out, lstm_base = (np.mean(e, axis=0) for e in ends)
     rng = np.random.default_rng(seed)
-    n_perm = max(2, n_permutations + n_permutations % 2)  # antithetic pairs
-    N = len(t)
-    phi, base, output = np.zeros((N, len(names))), np.zeros(N), np.zeros(N)
+    phi_net = np.zeros((N, P))
     pending, size = [], 0
     for n in tqdm(range(N), desc="explain", disable=not progress, leave=False):
         observed = np.flatnonzero(t.mask[n, : t.lengths[n]].any(axis=0))  # dummy players are skipped
         players = np.r_[observed, V + np.arange(len(stat))]
-        perms = []
-        for _ in range(n_perm // 2):
-            p = rng.permutation(len(players))
-            perms += [p, p[::-1]]
-        pending.append((n, players, perms, _coalitions(perms, players, V, static_cols, summary_cols)))
-        size += len(pending[-1][3][0])
+        perms = [[q for _ in range(pairs) for p in [rng.permutation(len(players))] for q in (p, p[::-1])]
+                 for _ in range(K)]  # (K, 2 * pairs) permutations of the players
+        pending.append((n, players, perms))
+        size += 2 * pairs * max(len(players) - 1, 0)
         if size >= max_batch or n == N - 1:
-            values = _evaluate(model, t, ref, pending)
-            for (m, pl_, pm, _), vals in zip(pending, values, strict=True):
-                vals = vals.reshape(len(pm), len(pl_) + 1)
-                marg = np.diff(vals, axis=1)  # (n_perm, M): contribution of the k-th player added
+            for (m, pl_, pm), interior in zip(pending, _play(nets, t, ref, pending, V, static_cols), strict=True):
                 contrib = np.zeros(len(pl_))
-                for r, perm in enumerate(pm):
-                    contrib[perm] += marg[r]
-                phi[m, pl_] = contrib / len(pm)
-                base[m], output[m] = vals[0, 0], vals[0, -1]
+                for k in range(K):  # the coalitions' logits: reference, interior prefixes, stay
+                    vals = np.concatenate([np.full((len(pm[k]), 1), ends[1][k][m]), interior[k],
+                                           np.full((len(pm[k]), 1), ends[0][k][m])], axis=1)
+                    marg = np.diff(vals, axis=1)  # (2 * pairs, M): contribution of the j-th player added
+                    for r, perm in enumerate(pm[k]):
+                        contrib[perm] += marg[r] / (len(pm[k]) * K)
+                phi_net[m, pl_] = contrib
             pending, size = [], 0
+    if model.head is None:
+        return phi_net, lstm_base, lstm_out, names
+    from .member_shap import column_players, member_values
+
+    head = model.head
+    with torch.inference_mode():
+        w, _ = head.weights(torch.from_numpy(t.summary[:, -1]))  # (N, 1 + members) at each stay's hour
+        output = head(torch.from_numpy(lstm_out.astype(np.float32)), torch.from_numpy(t.summary)).double().numpy()
+        base = head(torch.from_numpy(lstm_base.astype(np.float32)), torch.from_numpy(ref.summary)).double().numpy()
+    w = w.double().numpy()
+    owner = column_players(t.summary.shape[1], player_columns(V, [cols for _, cols in stat]))
+    phi = w[:, :1] * phi_net
+    for j, values in enumerate(member_values(head, t.summary, ref.summary, owner, P)):
+        phi += w[:, 1 + j, None] * values
     return phi, base, output, names
 
 
-def _coalitions(perms, players, V, static_cols, summary_cols=None):
-    """Masks of present channels for every prefix of every permutation: ``(K, V)`` series, ``(K, S)`` statics
-    and, for a model with a summary head, ``(K, F)`` summary columns."""
+@torch.inference_mode()
+def _network_logits(net, t: Tensors, batch_size: int = 1024) -> np.ndarray:
+    """One network's logit for every stay of ``t``, (N,) float64."""
+    out = []
+    for i in range(0, len(t), batch_size):
+        part = [torch.from_numpy(a[i:i + batch_size]) for a in (t.x, t.mask, t.delta, t.statics, t.lengths)]
+        out.append(net.eval()(*part)[0].double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _coalitions(perms, players, V, static_cols):
+    """Masks of present channels for the interior prefixes (1 .. M-1 players) of every permutation: ``(R, V)``
+    series and ``(R, S)`` statics, R = len(perms) * (M - 1)."""
     M = len(players)
-    inc = np.zeros((len(perms), M + 1, M), dtype=bool)
+    inc = np.zeros((len(perms), max(M - 1, 0), M), dtype=bool)
     for r, p in enumerate(perms):
         position = np.empty(M, dtype=np.int64)
         position[p] = np.arange(M)
-        inc[r] = np.arange(M + 1)[:, None] > position[None, :]  # prefix k holds the first k players
-    inc = inc.reshape(-1, M)  # (K, M)
+        inc[r] = np.arange(1, M)[:, None] > position[None, :]  # prefix k holds the first k players
+    inc = inc.reshape(-1, M)  # (R, M)
     series_on = np.zeros((len(inc), V), dtype=bool)
     is_series = players < V
     series_on[:, players[is_series]] = inc[:, is_series]
-    static_on = inc[:, ~is_series] @ static_cols[players[~is_series] - V] > 0  # (K, S)
-    if summary_cols is None:
-        return series_on, static_on
-    return series_on, static_on, inc @ summary_cols[players] > 0  # (K, F)
+    static_on = inc[:, ~is_series] @ static_cols[players[~is_series] - V] > 0  # (R, S)
+    return series_on, static_on
 
 
 @torch.inference_mode()
-def _evaluate(model, t, ref, pending) -> list[np.ndarray]:
-    """Logits for every coalition of the pending stays, one array per stay."""
-    rows = np.concatenate([np.full(len(c[0]), n) for n, _, _, c in pending])  # stay of each coalition
-    series_on = torch.from_numpy(np.concatenate([c[0] for *_, c in pending]))[:, None, :]  # (K, 1, V)
-    static_on = torch.from_numpy(np.concatenate([c[1] for *_, c in pending]))  # (K, S)
-    T = int(t.lengths[rows].max())
-    stay = [torch.from_numpy(a[rows, :T]) for a in (t.x, t.mask, t.delta)]  # (K, T, V) each
-    refs = [torch.from_numpy(a[rows, :T]) for a in (ref.x, ref.mask, ref.delta)]
-    x, mask, delta = (torch.where(series_on, s, r) for s, r in zip(stay, refs, strict=True))
-    statics = torch.where(static_on, torch.from_numpy(t.statics[rows]), torch.from_numpy(ref.statics[rows]))
-    lengths = torch.from_numpy(t.lengths[rows])
-    summary = None
-    if model.head is not None:
-        summary_on = torch.from_numpy(np.concatenate([c[2] for *_, c in pending]))  # (K, F)
-        summary = torch.where(summary_on, torch.from_numpy(t.summary[rows]), torch.from_numpy(ref.summary[rows]))
-    logits = model.network_logits(x, mask, delta, statics, lengths, summary).numpy().astype(np.float64)
-    return np.split(logits, np.cumsum([len(c[0]) for *_, c in pending])[:-1])
+def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
+    """Each network's logits on its own interior coalitions of the pending stays: per stay, per network, an
+    array (2 * pairs, M - 1). A coalition's step inputs take each column from the stay's or the reference's
+    (:meth:`~clinical_lstm.model.MaskedLSTM.from_inputs`), built once per stay and network."""
+    out = [[None] * len(nets) for _ in pending]
+    stays = np.array([n for n, _, _ in pending])
+    T = int(t.lengths[stays].max())
+    to = lambda a: torch.from_numpy(a[stays, :T] if a.ndim == 3 else a[stays])  # noqa: E731
+    for k, net in enumerate(nets):
+        masks = [_coalitions(perms[k], players, V, static_cols) for _, players, perms in pending]
+        local = np.concatenate([np.full(len(c[0]), i) for i, c in enumerate(masks)]).astype(np.int64)
+        logits = np.zeros(0)
+        if len(local):
+            net.eval()
+            stay_inp, ref_inp = (net.step_inputs(to(d.x), to(d.mask), to(d.delta), to(d.statics)) for d in (t, ref))
+            series_on = np.concatenate([c[0] for c in masks])  # (R, V)
+            static_on = torch.from_numpy(np.concatenate([c[1] for c in masks]))  # (R, S)
+            on = torch.from_numpy(np.concatenate([series_on] * 3, axis=1))  # x, mask, elapsed hours
+            on = torch.cat([on, static_on], dim=1)[:, None, :]  # (R, 1, 3V + S)
+            inp = torch.empty(len(local), T, on.shape[2])  # (R, T, 3V + S), written block by block: no gathers
+            for i, (a, b) in enumerate(itertools.pairwise(np.r_[0, np.cumsum([len(c[0]) for c in masks])])):
+                torch.where(on[a:b], stay_inp[i], ref_inp[i], out=inp[a:b])
+            rows = torch.from_numpy(local)
+            statics = torch.where(static_on, to(t.statics)[rows], to(ref.statics)[rows])
+            logits = net.from_inputs(inp, statics, torch.from_numpy(t.lengths[stays[local]]))[0].double().numpy()
+        parts = np.split(logits, np.cumsum([len(c[0]) for c in masks])[:-1])
+        for i, ((_, players, perms), part) in enumerate(zip(pending, parts, strict=True)):
+            out[i][k] = part.reshape(len(perms[k]), max(len(players) - 1, 0))
+    return out
 
 
 def explain_table(model, data, top: int | None = None, n_permutations: int = 8, seed: int = 0,

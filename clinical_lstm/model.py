@@ -78,7 +78,12 @@ class MaskedLSTM(nn.Module):
         logit : (B,) the stay's logit at its last valid step (or attention-pooled)
         step_logits : (B, T) a logit per step; entries past ``lengths`` are meaningless
         """
-        inp = self.step_inputs(x, mask, delta, statics)  # (B, T, 3V + S)
+        return self.from_inputs(self.step_inputs(x, mask, delta, statics), statics, lengths)
+
+    def from_inputs(self, inp, statics, lengths):
+        """:meth:`forward` from the step inputs ``inp`` (B, T, 3V + S) of :meth:`step_inputs`: SHAP's coalitions
+        mix a stay's and its reference's step inputs column by column, which equals building them from the mixed
+        channels (each column depends on one variable's channels or one static feature)."""
         hs, _ = self.lstm(inp)  # (B, T, H)
         hs = self._dropout(hs)
         B, T, H = hs.shape

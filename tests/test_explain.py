@@ -203,17 +203,51 @@ def antithetic_standard_error(v: np.ndarray, P: int, n_permutations: int) -> np.
     return pair.std(axis=0) / np.sqrt(n_permutations // 2)
 
 
-def test_values_agree_with_shap_exact_over_the_same_grouped_masker(small):
+def networks_only(model, networks=None):
+    """The same model without its summary head (the networks' mean logit): the game its networks play."""
+    from dataclasses import replace
+
+    return replace(model, networks=list(model.networks if networks is None else networks), head=None)
+
+
+def estimate_standard_error(model, t, n: int, n_permutations: int) -> np.ndarray:
+    """(P,) exact standard error of :func:`shap_values`' estimate for stay ``n``: only the networks are sampled
+    (the members' values are exact), each network ``k`` with its own ``pairs`` antithetic pairs, the ensemble's
+    value the mean over the K networks, scaled by the stacking's LSTM weight at the stay's hour."""
+    K, P = len(model.networks), 7
+    pairs = -(-max(1, -(-n_permutations // 2)) // K)
+    w0 = 1.0
+    if model.head is not None:
+        w0 = float(model.head.weights(torch.from_numpy(t.summary[n:n + 1, -1]))[0][0, 0])
+    var = sum(antithetic_standard_error(game_values(networks_only(model, [net]), t, n), P, 2 * pairs) ** 2
+              for net in model.networks) / K**2
+    return abs(w0) * np.sqrt(var)
+
+
+@pytest.mark.parametrize("n_networks", [1, 3])
+def test_values_agree_with_shap_exact_over_the_same_grouped_masker(small, n_networks):
     """SHAP's ``Exact`` explainer enumerates all 2^7 coalitions of the project's game (:func:`shap_game`: absent
-    players take the reference). The project's antithetic permutation estimate must match it within 4.5 of its
-    own exact standard errors (computed from the full game table: no guessed noise level), and both add up."""
+    players take the reference). The project's estimate (members exact, each network its own permutations) must
+    match it within 4.5 of its own exact standard errors (computed from the networks' full game tables: no
+    guessed noise level), with errors the size of that noise overall, and both add up."""
     import shap
 
     from clinical_lstm.explain import player_names, shap_game
+    from clinical_lstm.model import MaskedLSTM, ModelConfig
 
     model, _, t = small
+    if n_networks > 1:  # two more networks of the same shape, as strongly interacting
+        torch.manual_seed(1)
+        extra = [MaskedLSTM(ModelConfig(hidden_size=8), model.networks[0].n_series, model.networks[0].n_static).eval()
+                 for _ in range(n_networks - 1)]
+        with torch.no_grad():
+            for net in extra:
+                net.lstm.weight_ih_l0.mul_(3)
+                net.head.weight.mul_(6)
+        model = networks_only(model, [*model.networks, *extra])
+        model = __import__("dataclasses").replace(model, head=small[0].head)
     names = player_names(model.transformer)
-    P, n_perm = len(names), 1024
+    P, n_perm = len(names), 1200
     phi, base, output, got_names = shap_values(model, t, n_permutations=n_perm, seed=0)
     assert got_names == names and P == 7
     np.testing.assert_allclose(base + phi.sum(axis=1), output, atol=1e-4)  # efficiency, exact by construction
@@ -226,7 +260,7 @@ def test_values_agree_with_shap_exact_over_the_same_grouped_masker(small):
         np.testing.assert_allclose(exact.base_values[0], base[n], atol=1e-5)  # f(empty coalition) = reference
         np.testing.assert_allclose(exact.base_values[0] + exact.values[0].sum(), output[n], atol=1e-4)
         v = game_values(model, t, n)
-        se = antithetic_standard_error(v, P, n_perm)
+        se = estimate_standard_error(model, t, n, n_perm)
         gap = np.abs(phi[n] - exact.values[0])
         assert np.all(gap <= 4.5 * se + 1e-5), f"stay {n}: |project - exact| {gap} vs 4.5 SE {4.5 * se}"
         live = se > 0
@@ -236,7 +270,63 @@ def test_values_agree_with_shap_exact_over_the_same_grouped_masker(small):
         loo = v[-1] - v[(2**P - 1) ^ (1 << np.arange(P))]  # leave-one-out: f(all) - f(all but j)
         loo_gap = max(loo_gap, float(np.abs(loo - exact.values[0]).max()))
     assert np.sqrt(np.mean(np.square(z))) < 1.5, "errors larger than the sampling noise: a biased estimate"
+    assert np.sqrt(np.mean(np.square(z))) > 0.3, "errors far below the stated noise: the SE formula is not the estimate's"
     assert loo_gap > 0.1, "the players barely interact: agreement would not test the permutation sampler"
+
+
+def brute_force_shapley(v: np.ndarray, P: int) -> np.ndarray:
+    """(P,) Shapley values of a game table ``v`` (bit j of the index = player j present), by the definition."""
+    from math import factorial
+
+    phi = np.zeros(P)
+    for S in range(2**P):
+        size = bin(S).count("1")
+        for j in range(P):
+            if not S >> j & 1:
+                phi[j] += factorial(size) * factorial(P - size - 1) / factorial(P) * (v[S | 1 << j] - v[S])
+    return phi
+
+
+def test_summary_members_values_are_the_exact_shapley_values_of_their_games():
+    """Each member's closed-form values (linear: per column; trees: per leaf path, single reference) equal the
+    Shapley values by definition over all 2^7 coalitions of the member alone, on a head fitted to data with
+    interacting variables (deep trees: leaves reached only by mixing stay and reference columns)."""
+    from clinical_lstm.catalogue import Catalogue
+    from clinical_lstm.explain import reference, static_players
+    from clinical_lstm.impute import GridTransformer
+    from clinical_lstm.member_shap import column_players, member_values
+    from clinical_lstm.summaries import SummaryHead, fit_members, player_columns
+
+    long = small_long(300, seed=4)
+    ids = np.arange(1, 301)
+    tr = GridTransformer(Catalogue.from_csv_text(SMALL_CATALOGUE), window_hours=24.0).fit(long, ids)
+    t = tr.transform(long, ids)
+    X = t.summary
+    k = 7  # statistics per series variable: HR's mean x Lactate's last, an interaction the trees must split on
+    score = np.nan_to_num(X[:, 0 * k + 4]) * np.nan_to_num(X[:, 3 * k + 1]) + np.nan_to_num(X[:, 4 * k + 1])
+    y = (score + np.random.default_rng(0).normal(0, 0.3, len(X)) > np.median(score)).astype(int)
+    members = fit_members(X, y, 0)
+    head = SummaryHead(members, np.array([1.0, 1.0, 1.0]), 0.0)
+    assert int(members["trees"]["depth"]) >= 3
+    stat = [cols for _, cols in static_players(tr)]
+    V, P = len(tr.catalogue.series), 7
+    owner = column_players(X.shape[1], player_columns(V, stat))
+    sub = t.subset(np.arange(8))
+    ref = reference(sub, tr)
+    got = member_values(head, sub.summary, ref.summary, owner, P)
+    masks = ((np.arange(2**P)[:, None] >> np.arange(P)) & 1).astype(bool)  # (2^P, P)
+    mixed = 0
+    for n in range(len(sub)):
+        on = masks[:, owner] & (owner >= 0)  # (2^P, F) columns from the stay
+        s = np.where(on, sub.summary[n], ref.summary[n]).astype(np.float32)
+        games = [m.double().numpy() for m in head.member_logits(torch.from_numpy(s))]
+        for g, values in zip(games, got, strict=True):
+            want = brute_force_shapley(g, P)
+            np.testing.assert_allclose(values[n], want, atol=1e-6)
+            np.testing.assert_allclose(values[n].sum(), g[-1] - g[0], atol=1e-6)
+        loo = games[1][-1] - games[1][(2**P - 1) ^ (1 << np.arange(P))]
+        mixed += float(np.abs(loo - got[1][n]).max()) > 1e-3  # the trees' game is not additive for this stay
+    assert mixed >= 2, "the trees barely interact: agreement would not test the per-leaf formula"
 
 
 def test_explanation_rows_columns_additivity_and_readable_values(small):
