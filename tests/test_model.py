@@ -220,3 +220,28 @@ def test_rows_batches_are_the_copied_fold_batches():
     for idx in (torch.tensor([5, 0, 2]), slice(1, 4)):
         got, want = batch_of(rows, idx), batch_of(copied, idx)
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
+@pytest.mark.parametrize("decay,attention", COMBOS)
+def test_ensemble_prediction_equals_its_members_one_by_one(decay, attention):
+    """predict_logits builds the network-independent step inputs once per batch and each network writes only its
+    own (decayed) value columns: the ensemble's logits must be the mean of the members' own forward passes, per
+    stay and per step, in batches that split the stays unevenly."""
+    from clinical_lstm.model import predict_logits
+
+    nets = [make_model(decay, attention, seed=s) for s in range(3)]
+    if decay:  # members whose decay differs, so a shared value column would show
+        with torch.no_grad():
+            nets[1].decay_w.mul_(3)
+    g = torch.Generator().manual_seed(7)
+    N, T = 11, 6
+    data = {"x": torch.randn(N, T, V, generator=g), "mask": (torch.rand(N, T, V, generator=g) < 0.5).float(),
+            "delta": torch.rand(N, T, V, generator=g) * 5, "statics": torch.randn(N, S, generator=g),
+            "lengths": torch.randint(1, T + 1, (N,), generator=g)}
+    with torch.no_grad():
+        outs = [n(data["x"], data["mask"], data["delta"], data["statics"], data["lengths"]) for n in nets]
+    want = torch.stack([o[0] for o in outs]).mean(0).numpy()
+    want_steps = torch.stack([o[1] for o in outs]).mean(0).numpy()
+    np.testing.assert_allclose(predict_logits(nets, data, batch_size=4), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(predict_logits(nets, data, batch_size=4, steps=True), want_steps, rtol=0, atol=1e-6)
+    assert np.abs(np.stack([o[0].numpy() for o in outs]).std(0)).max() > 1e-3  # the members differ
