@@ -55,18 +55,11 @@ class MaskedLSTM(nn.Module):
             return h
         return h * (torch.rand_like(h) >= p) / (1 - p)
 
-    def step_inputs(self, x, mask, delta, statics, shared=None):
-        """(B, T, V) x3 and (B, S) -> (B, T, 3V + S).
-
-        ``shared``: a buffer from :func:`shared_step_inputs` holding the columns every network of an ensemble
-        computes alike (mask, log1p of the elapsed hours, statics); only this network's value columns are
-        written into it, and it is returned (the same numbers as without it)."""
+    def step_inputs(self, x, mask, delta, statics):
+        """(B, T, V) x3 and (B, S) -> (B, T, 3V + S)."""
         if self.cfg.decay:
             gamma = torch.exp(-torch.relu(self.decay_w * delta + self.decay_b))  # (B, T, V)
             x = x * (mask + (1 - mask) * gamma)  # = m * x + (1 - m) * gamma * x
-        if shared is not None:
-            shared[..., : x.shape[2]] = x
-            return shared
         B, T, _ = x.shape
         s = statics.unsqueeze(1).expand(B, T, statics.shape[1])  # (B, T, S)
         return torch.cat([x, mask, torch.log1p(delta), s], dim=-1)  # (B, T, 3V + S)
@@ -105,17 +98,6 @@ class MaskedLSTM(nn.Module):
         else:
             logit = step_logits.gather(1, last[:, None]).squeeze(1)  # (B,)
         return logit, step_logits
-
-
-def shared_step_inputs(x, mask, delta, statics) -> torch.Tensor:
-    """The step-input columns that do not depend on the network, built once for an ensemble: (B, T, 3V + S) with
-    the value columns left for :meth:`MaskedLSTM.step_inputs` to fill."""
-    B, T, V = x.shape
-    out = torch.empty(B, T, 3 * V + statics.shape[1], dtype=x.dtype, device=x.device)
-    out[..., V:2 * V] = mask
-    torch.log1p(delta, out=out[..., 2 * V:3 * V])
-    out[..., 3 * V:] = statics[:, None, :]
-    return out
 
 
 def to_torch(t, device: torch.device) -> dict[str, torch.Tensor]:
@@ -169,16 +151,16 @@ def predict_logits(models, data, batch_size: int = 1024, steps: bool = False):
     """Mean logit over the ensemble, (N,) — or (N, T) per-step logits with ``steps=True``."""
     models = models if isinstance(models, (list, tuple)) else [models]
     n = n_stays(data)
-    parts = [[] for _ in models]
-    for i in range(0, n, batch_size):  # a batch's network-independent step inputs are built once for all networks
-        b = batch_of(data, slice(i, i + batch_size))
-        shared = shared_step_inputs(b["x"], b["mask"], b["delta"], b["statics"])
-        for m, out in zip(models, parts, strict=True):
-            m.eval()
-            inp = m.step_inputs(b["x"], b["mask"], b["delta"], b["statics"], shared=shared)
-            logit, step_logits = m.from_inputs(inp, b["statics"], b["lengths"])
-            out.append((step_logits if steps else logit).float().cpu())
-    return torch.stack([torch.cat(p) if p else torch.zeros(0) for p in parts]).mean(0).numpy()
+    outs = []
+    for m in models:
+        m.eval()
+        parts = []
+        for i in range(0, n, batch_size):
+            b = batch_of(data, slice(i, i + batch_size))
+            logit, step_logits = m(b["x"], b["mask"], b["delta"], b["statics"], b["lengths"])
+            parts.append((step_logits if steps else logit).float().cpu())
+        outs.append(torch.cat(parts) if parts else torch.zeros(0))
+    return torch.stack(outs).mean(0).numpy()
 
 
 class StepKernel:

@@ -224,13 +224,12 @@ def test_rows_batches_are_the_copied_fold_batches():
 
 @pytest.mark.parametrize("decay,attention", COMBOS)
 def test_ensemble_prediction_equals_its_members_one_by_one(decay, attention):
-    """predict_logits builds the network-independent step inputs once per batch and each network writes only its
-    own (decayed) value columns: the ensemble's logits must be the mean of the members' own forward passes, per
-    stay and per step, in batches that split the stays unevenly."""
+    """The ensemble's logits (predict_logits, in batches that split the stays unevenly) are the mean of the
+    members' own forward passes over all stays at once, per stay and per step."""
     from clinical_lstm.model import predict_logits
 
     nets = [make_model(decay, attention, seed=s) for s in range(3)]
-    if decay:  # members whose decay differs, so a shared value column would show
+    if decay:  # members whose decay differs
         with torch.no_grad():
             nets[1].decay_w.mul_(3)
     g = torch.Generator().manual_seed(7)
