@@ -224,8 +224,8 @@ def estimate_standard_error(model, t, n: int, n_permutations: int) -> np.ndarray
     return abs(w0) * np.sqrt(var)
 
 
-@pytest.mark.parametrize("n_networks", [1, 3])
-def test_values_agree_with_shap_exact_over_the_same_grouped_masker(small, n_networks):
+@pytest.mark.parametrize("n_networks,kind", [(1, "default"), (3, "default"), (2, "attention, 2 layers")])
+def test_values_agree_with_shap_exact_over_the_same_grouped_masker(small, n_networks, kind):
     """SHAP's ``Exact`` explainer enumerates all 2^7 coalitions of the project's game (:func:`shap_game`: absent
     players take the reference). The project's estimate (members exact, each network its own permutations) must
     match it within 4.5 of its own exact standard errors (computed from the networks' full game tables: no
@@ -235,17 +235,23 @@ def test_values_agree_with_shap_exact_over_the_same_grouped_masker(small, n_netw
     from clinical_lstm.explain import player_names, shap_game
     from clinical_lstm.model import MaskedLSTM, ModelConfig
 
+    from dataclasses import replace
+
     model, _, t = small
-    if n_networks > 1:  # two more networks of the same shape, as strongly interacting
+    if n_networks > 1:  # more networks, as strongly interacting (of another shape: attention pooling, 2 layers)
         torch.manual_seed(1)
-        extra = [MaskedLSTM(ModelConfig(hidden_size=8), model.networks[0].n_series, model.networks[0].n_static).eval()
-                 for _ in range(n_networks - 1)]
+        cfg = ModelConfig(hidden_size=8, **({"attention": True, "num_layers": 2} if kind != "default" else {}))
+        extra = [MaskedLSTM(cfg, model.networks[0].n_series, model.networks[0].n_static).eval()
+                 for _ in range(n_networks - (kind == "default"))]
         with torch.no_grad():
             for net in extra:
                 net.lstm.weight_ih_l0.mul_(3)
-                net.head.weight.mul_(6)
-        model = networks_only(model, [*model.networks, *extra])
-        model = __import__("dataclasses").replace(model, head=small[0].head)
+                if cfg.attention:  # a second layer and the pooling damp the interactions: scaled up further
+                    net.lstm.weight_ih_l1.mul_(4)
+                    net.attn_head.weight.mul_(20)
+                else:
+                    net.head.weight.mul_(6)
+        model = replace(model, networks=[*model.networks, *extra] if kind == "default" else extra)
     names = player_names(model.transformer)
     P, n_perm = len(names), 1200
     phi, base, output, got_names = shap_values(model, t, n_permutations=n_perm, seed=0)
