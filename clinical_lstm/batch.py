@@ -68,6 +68,7 @@ from .chunks import (
 )
 from .config import usable_cpus
 from .files import atomic_path, check_not_input, csv_safe, write_frame, write_json
+from .progress import Progress, progress_line  # noqa: F401 -- progress_line: batch's public name before
 from .sources import DataError, RawData, is_physionet
 
 MANIFEST_VERSION = 1
@@ -266,50 +267,6 @@ def _sink(parts: list[Path], schema: dict, tmp: Path, csv: bool) -> int:
         return pl.scan_csv(tmp).select(pl.len()).collect().item()
     lf.sink_parquet(tmp)
     return pl.scan_parquet(tmp).select(pl.len()).collect().item()
-
-
-def progress_line(done: int, total: int, seconds: float) -> str:
-    """``scored 2,000/4,000 stays (50 %), 310 stays/s, about 6 s left``: a job log's progress line, with the rate
-    so far and the time left at that rate (what tqdm's bar shows on a terminal)."""
-    line = f"scored {done:,}/{total:,} stays ({100 * done / max(total, 1):.0f} %)"
-    if done and seconds > 0:
-        rate = done / seconds
-        line += f", {rate:,.0f} stays/s" if rate >= 10 else f", {rate:.1f} stays/s"
-        if done < total:
-            left = (total - done) / rate
-            line += f", about {_duration(left)} left"
-    return line
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-class _Progress:
-    """A tqdm bar on a terminal; otherwise one log line per chunk, at most every 10 s (for job logs)."""
-
-    def __init__(self, total: int, enabled: bool, log):
-        from tqdm.auto import tqdm
-
-        self.tty = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, unit="stay", desc="score", disable=not self.tty, smoothing=0.1)
-        self.total, self.done, self.enabled, self.log = total, 0, enabled, log
-        self.t0 = self.last = time.perf_counter()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        self.bar.update(n)
-        now = time.perf_counter()
-        if self.enabled and not self.tty and (now - self.last >= 10 or self.done == self.total):
-            self.log(progress_line(self.done, self.total, now - self.t0))
-            self.last = now
-
-    def close(self):
-        self.bar.close()
 
 
 def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int | None = None,
@@ -579,7 +536,7 @@ class _Job:
     def score_chunks(self, workers: int, progress: bool) -> None:
         """Whole chunks go to ``workers`` threads (polars, numpy and torch release the GIL; torch gets one thread
         each); at most ``workers`` chunks are in flight plus the one being read, so memory stays bounded."""
-        bar = _Progress(self.n_stays, progress, self.log)
+        bar = Progress(self.n_stays, progress, self.log, verb="scored", desc="score")
         bar.update(sum(v["stays"] for v in self.manifest["done"].values()))
         pending: deque = deque()
 

@@ -295,7 +295,7 @@ def cmd_explain(a) -> int:
     stays = a.stay or None  # compared with the data's ids as text
     log = _printer(a)
     files = explain(job.model, _paths(job.data), job.out, stays=stays, top=a.top, n_permutations=a.permutations,
-                    fmt=a.format, log=log, progress=not a.quiet and sys.stderr.isatty())
+                    fmt=a.format, log=log, progress=not a.quiet)
     for name, path in files.items():
         log(f"{name:<18} {path}")
     return 0

@@ -94,6 +94,10 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     ``base + phi.sum(1) == output`` holds to float precision: every permutation's marginal contributions telescope
     to ``f_k(stay) - f_k(reference)``, and each member's exact values sum to its own difference.
 
+    A stay's permutations are drawn from ``seed`` and its id alone, so a stay gets the same values whichever
+    stays it is explained with (``explain``, ``score --explain`` in chunks, ``predict(explain=K)``).
+    ``progress``: True for a tqdm bar, or a callable given the number of stays finished after each batch.
+
     Returns
     -------
     phi : (N, P) contributions in log-odds, players in ``names`` order
@@ -117,12 +121,13 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     pairs = -(-max(1, -(-n_permutations // 2)) // K)  # antithetic pairs per network: the total rounded up to K's
     ends = [_network_logits(net, t) for net in nets], [_network_logits(net, ref) for net in nets]  # (N,) each
     lstm_out, lstm_base = (np.mean(e, axis=0) for e in ends)
-    rng = np.random.default_rng(seed)
     phi_net = np.zeros((N, P))
     pending, size = [], 0
-    for n in tqdm(range(N), desc="explain", disable=not progress, leave=False):
+    report = progress if callable(progress) else None
+    for n in tqdm(range(N), desc="explain", disable=report is not None or not progress, leave=False):
         observed = np.flatnonzero(t.mask[n, : t.lengths[n]].any(axis=0))  # dummy players are skipped
         players = np.r_[observed, V + np.arange(len(stat))]
+        rng = np.random.default_rng([seed, _id_key(t.stay_ids[n])])
         perms = [[q for _ in range(pairs) for p in [rng.permutation(len(players))] for q in (p, p[::-1])]
                  for _ in range(K)]  # (K, 2 * pairs) permutations of the players
         pending.append((n, players, perms))
@@ -137,6 +142,8 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
                     for r, perm in enumerate(pm[k]):
                         contrib[perm] += marg[r] / (len(pm[k]) * K)
                 phi_net[m, pl_] = contrib
+            if report is not None:
+                report(len(pending))
             pending, size = [], 0
     if model.head is None:
         return phi_net, lstm_base, lstm_out, names
@@ -153,6 +160,13 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     for j, values in enumerate(member_values(head, t.summary, ref.summary, owner, P)):
         phi += w[:, 1 + j, None] * values
     return phi, base, output, names
+
+
+def _id_key(stay_id) -> int:
+    """A stay id (integer or text) as a 64-bit seed: its text's SHA-256."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(str(stay_id).encode()).digest()[:8], "little")
 
 
 @torch.inference_mode()

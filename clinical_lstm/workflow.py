@@ -467,6 +467,7 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
     from .bundle import load_model
     from .explain import shap_values, table_from
     from .explain_plots import plot_global, plot_stay
+    from .progress import Progress
 
     model_dir = _model_path(model)  # an input: no output may touch it
     if top is not None and top < 1:
@@ -494,7 +495,11 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
     out = writable_dir(out, "--out", (f"explanations.{fmt}", "rejects.csv", "global_importance.png"),
                        [*_as_list(data), *model_dir])
     t = model.tensors(clean, kept)
-    full = table_from(*shap_values(model, t, n_permutations, progress=progress), t.stay_ids)
+    bar = Progress(len(t), progress, log, verb="explained", desc="explain")
+    try:
+        full = table_from(*shap_values(model, t, n_permutations, progress=bar.update), t.stay_ids)
+    finally:
+        bar.close()
     if stays is None:
         stays = t.stay_ids[np.argsort(-model.logits(t))[:3]].tolist()
     with tempfile.TemporaryDirectory(prefix=temp_prefix("explain"), dir=out, ignore_cleanup_errors=True) as staged:

@@ -229,7 +229,7 @@ def test_explaining_defaults_to_small_chunks_so_progress_comes_early(bundle, coh
 
 
 def test_a_progress_line_says_the_rate_and_the_time_left_at_that_rate():
-    from clinical_lstm.batch import progress_line
+    from clinical_lstm.progress import progress_line
 
     assert progress_line(0, 4000, 0.0) == "scored 0/4,000 stays (0 %)"
     assert progress_line(1000, 4000, 125.0) == "scored 1,000/4,000 stays (25 %), 8.0 stays/s, about 6 min left"

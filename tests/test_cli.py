@@ -282,6 +282,7 @@ def test_explain_writes_table_and_plots(trained, tmp_path):
     rejects = pl.read_csv(tmp_path / "ex" / "rejects.csv")
     assert table["stay_id"].unique().to_list() == [132592] and rejects.height == 0  # the stay asked for, alone
     assert "1 stay explained, 0 rejected (the requested stays of 500 read)" in res.stdout
+    assert "explained 1/1 stays (100 %)" in res.stdout  # a job log (not a terminal) gets progress lines
 
 
 @pytest.mark.parametrize("args, message", [

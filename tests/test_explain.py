@@ -55,6 +55,19 @@ def test_efficiency_base_plus_contributions_equals_model_logit(trained):
     assert np.all(phi[:, never] == 0), "unobserved variables are dummy players"
 
 
+def test_a_stays_values_do_not_depend_on_the_stays_explained_with_it(trained):
+    """Permutations are drawn from the seed and the stay's id: a stay explained alone, in a batch, or at another
+    position gets the same values (``explain`` and ``score --explain`` in chunks agree); another seed does not."""
+    model, t, _, _ = trained
+    many = shap_values(model, t.subset(np.arange(12)), n_permutations=4, max_batch=64)[0]
+    alone = shap_values(model, t.subset([5]), n_permutations=4)[0]
+    shuffled = shap_values(model, t.subset(np.arange(12)[::-1]), n_permutations=4)[0]
+    np.testing.assert_allclose(alone[0], many[5], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(shuffled[::-1], many, rtol=0, atol=1e-6)
+    other = shap_values(model, t.subset([5]), n_permutations=4, seed=1)[0]
+    assert np.abs(other - alone).max() > 1e-4
+
+
 def test_planted_variable_ranks_first_for_positive_stays(trained):
     model, t, y, _ = trained
     pos = np.flatnonzero([y[int(s)] == 1 for s in t.stay_ids])
@@ -230,12 +243,12 @@ def test_values_agree_with_shap_exact_over_the_same_grouped_masker(small, n_netw
     players take the reference). The project's estimate (members exact, each network its own permutations) must
     match it within 4.5 of its own exact standard errors (computed from the networks' full game tables: no
     guessed noise level), with errors the size of that noise overall, and both add up."""
+    from dataclasses import replace
+
     import shap
 
     from clinical_lstm.explain import player_names, shap_game
     from clinical_lstm.model import MaskedLSTM, ModelConfig
-
-    from dataclasses import replace
 
     model, _, t = small
     if n_networks > 1:  # more networks, as strongly interacting (of another shape: attention pooling, 2 layers)
