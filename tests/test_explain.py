@@ -68,6 +68,21 @@ def test_a_stays_values_do_not_depend_on_the_stays_explained_with_it(trained):
     assert np.abs(other - alone).max() > 1e-4
 
 
+def test_explain_and_predicts_top_contributions_agree(trained):
+    """``predict(explain=K)`` (what ``score --explain`` writes, chunk by chunk) and ``explain`` give a stay the same
+    top contributions, whichever stays each was run with."""
+    model, t, _, data = trained
+    long = pl.read_csv(data)
+    ids = t.stay_ids[:30]
+    table = model.explain(long.filter(pl.col("stay_id").is_in(ids[:30].tolist())))
+    wide = model.predict(long.filter(pl.col("stay_id").is_in(ids[10:20].tolist())), explain=2)
+    for row in wide.iter_rows(named=True):
+        mine = table.filter(pl.col("stay_id") == row["stay_id"]).sort("rank")
+        assert mine["variable"][:2].to_list() == [row["top1_variable"], row["top2_variable"]]
+        np.testing.assert_allclose(mine["contribution"][:2].to_numpy(),
+                                   [row["top1_contribution"], row["top2_contribution"]], rtol=0, atol=1e-6)
+
+
 def test_planted_variable_ranks_first_for_positive_stays(trained):
     model, t, y, _ = trained
     pos = np.flatnonzero([y[int(s)] == 1 for s in t.stay_ids])
