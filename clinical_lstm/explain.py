@@ -17,10 +17,9 @@ How the values are computed (:func:`shap_values`): the shipped logit is linear i
 (``w0 * mean_k LSTM_k + sum_m w_m * member_m + b``) and Shapley values are linear in the game, so each part is
 explained on its own and the values are added with the stacking weights. The summary members' values are exact
 in closed form (:mod:`clinical_lstm.member_shap`). Only the networks need sampled permutations, and each network
-plays its own share of the permutations (spread over the networks, at least one each, in antithetic pairs
-where a network has two or more): the mean of unbiased per-network estimates is unbiased for the ensemble,
-about as precise as that many permutations on one network, and costs one network's evaluations per
-permutation instead of all K. Every permutation's marginal
+plays its own antithetic pairs (the permutations are spread over the networks, at least one pair each): the
+mean of unbiased per-network estimates is unbiased for the ensemble, as precise as that many pairs on one
+network, and costs one network's evaluations per permutation instead of all K. Every permutation's marginal
 contributions telescope to ``f_k(stay) - f_k(reference)`` and each member's exact values to its own difference,
 so ``base_value + sum(contributions) == model_output`` holds to float precision. Variables a stay never observed
 are dummy players (present = absent) and get exactly 0 without being evaluated.
@@ -85,12 +84,12 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     values are linear in the game. So:
 
     * each summary member's values are exact (:mod:`clinical_lstm.member_shap`);
-    * the ``n_permutations`` permutations (at least one per network) are *spread over* the networks, as evenly as
-      they go (8 over 5 networks: 2, 2, 2, 1, 1); a network's permutations come in antithetic pairs (a permutation
-      and its reverse), plus one alone when its count is odd. The ensemble's value is the mean of the networks'
-      estimates: each is unbiased, so the mean is, about as precise as ``n_permutations`` on one network, at
-      ``1/K`` of the cost of playing every permutation on all ``K`` networks. Only the networks are evaluated on
-      coalitions (in batches of up to ``max_batch`` sequences per network).
+    * each network ``k`` gets its own antithetic permutation pairs: ``n_permutations`` (rounded up to whole pairs,
+      at least one pair per network, the same number for every network) are *spread over* the networks, and the
+      ensemble's value is the mean of the networks' estimates. Each network's estimate is unbiased, so the mean
+      is; its variance is that of as many pairs on one network, at ``1/K`` of the cost of playing every
+      permutation on all ``K`` networks. Only the networks are evaluated on coalitions (in batches of up to
+      ``max_batch`` sequences per network).
 
     ``base + phi.sum(1) == output`` holds to float precision: every permutation's marginal contributions telescope
     to ``f_k(stay) - f_k(reference)``, and each member's exact values sum to its own difference.
@@ -119,7 +118,7 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     ref = reference(t, tr)
     nets = model.networks
     K, N = len(nets), len(t)
-    counts = permutations_per_network(n_permutations, K)
+    pairs = -(-max(1, -(-n_permutations // 2)) // K)  # antithetic pairs per network: the total rounded up to K's
     ends = [_network_logits(net, t) for net in nets], [_network_logits(net, ref) for net in nets]  # (N,) each
     lstm_out, lstm_base = (np.mean(e, axis=0) for e in ends)
     phi_net = np.zeros((N, P))
@@ -129,16 +128,17 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
         observed = np.flatnonzero(t.mask[n, : t.lengths[n]].any(axis=0))  # dummy players are skipped
         players = np.r_[observed, V + np.arange(len(stat))]
         rng = np.random.default_rng([seed, _id_key(t.stay_ids[n])])
-        perms = [_antithetic(rng, len(players), c) for c in counts]  # per network, its permutations of the players
+        perms = [[q for _ in range(pairs) for p in [rng.permutation(len(players))] for q in (p, p[::-1])]
+                 for _ in range(K)]  # (K, 2 * pairs) permutations of the players
         pending.append((n, players, perms))
-        size += max(counts) * max(len(players) - 1, 0)
+        size += 2 * pairs * max(len(players) - 1, 0)
         if size >= max_batch or n == N - 1:
             for (m, pl_, pm), interior in zip(pending, _play(nets, t, ref, pending, V, static_cols), strict=True):
                 contrib = np.zeros(len(pl_))
                 for k in range(K):  # the coalitions' logits: reference, interior prefixes, stay
                     vals = np.concatenate([np.full((len(pm[k]), 1), ends[1][k][m]), interior[k],
                                            np.full((len(pm[k]), 1), ends[0][k][m])], axis=1)
-                    marg = np.diff(vals, axis=1)  # (count, M): contribution of the j-th player added
+                    marg = np.diff(vals, axis=1)  # (2 * pairs, M): contribution of the j-th player added
                     for r, perm in enumerate(pm[k]):
                         contrib[perm] += marg[r] / (len(pm[k]) * K)
                 phi_net[m, pl_] = contrib
@@ -160,21 +160,6 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     for j, values in enumerate(member_values(head, t.summary, ref.summary, owner, P)):
         phi += w[:, 1 + j, None] * values
     return phi, base, output, names
-
-
-def permutations_per_network(n_permutations: int, n_networks: int) -> list[int]:
-    """How many of ``n_permutations`` each network plays: spread as evenly as they go, at least one each."""
-    total = max(int(n_permutations), n_networks)
-    return [total // n_networks + (k < total % n_networks) for k in range(n_networks)]
-
-
-def _antithetic(rng, M: int, count: int) -> list[np.ndarray]:
-    """``count`` permutations of M players: antithetic pairs (a permutation, then its reverse), one alone if odd."""
-    out = []
-    for _ in range(count // 2):
-        p = rng.permutation(M)
-        out += [p, p[::-1]]
-    return out + [rng.permutation(M)] * (count % 2)
 
 
 def _id_key(stay_id) -> int:
@@ -214,7 +199,7 @@ def _coalitions(perms, players, V, static_cols):
 @torch.inference_mode()
 def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
     """Each network's logits on its own interior coalitions of the pending stays: per stay, per network, an
-    array (its permutations, M - 1). A coalition's step inputs take each column from the stay's or the reference's
+    array (2 * pairs, M - 1). A coalition's step inputs take each column from the stay's or the reference's
     (:meth:`~clinical_lstm.model.MaskedLSTM.from_inputs`), built once per stay and network."""
     out = [[None] * len(nets) for _ in pending]
     stays = np.array([n for n, _, _ in pending])
