@@ -115,6 +115,8 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     static_cols = np.zeros((len(stat), t.statics.shape[1]), dtype=bool)  # static player -> feature columns
     for j, (_, cols) in enumerate(stat):
         static_cols[j, cols] = True
+    if not len(t):
+        return np.zeros((0, P)), np.zeros(0), np.zeros(0), names
     ref = reference(t, tr)
     nets = model.networks
     K, N = len(nets), len(t)

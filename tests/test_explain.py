@@ -66,6 +66,8 @@ def test_a_stays_values_do_not_depend_on_the_stays_explained_with_it(trained):
     np.testing.assert_allclose(shuffled[::-1], many, rtol=0, atol=1e-6)
     other = shap_values(model, t.subset([5]), n_permutations=4, seed=1)[0]
     assert np.abs(other - alone).max() > 1e-4
+    phi, base, output, names = shap_values(model, t.subset(np.arange(0)), n_permutations=4)  # no stays: nothing
+    assert phi.shape == (0, len(names)) and base.shape == output.shape == (0,)
 
 
 def test_explain_and_predicts_top_contributions_agree(trained):
