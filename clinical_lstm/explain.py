@@ -34,6 +34,7 @@ check these values against exact Shapley values.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
@@ -76,7 +77,7 @@ def reference(t: Tensors, transformer) -> Tensors:
 
 
 def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_batch: int = 2048,
-                progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+                progress: bool | Callable[[int], object] = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Per-variable SHAP values of the model's logit for every stay in ``t``.
 
     The shipped logit is ``w0(hour) * mean_k LSTM_k + sum_m w_m(hour) * member_m + b(hour)``, linear in the
