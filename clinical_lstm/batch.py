@@ -68,7 +68,7 @@ from .chunks import (
 )
 from .config import usable_cpus
 from .files import atomic_path, check_not_input, csv_safe, write_frame, write_json
-from .progress import Progress, progress_line  # noqa: F401 -- progress_line: batch's public name before
+from .progress import Progress
 from .sources import DataError, RawData, is_physionet
 
 MANIFEST_VERSION = 1

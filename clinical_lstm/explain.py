@@ -41,6 +41,7 @@ import polars as pl
 import torch
 
 from .impute import Tensors
+from .model import predict_logits, to_torch
 from .summaries import player_columns
 
 EXPLAIN_COLUMNS = ("stay_id", "variable", "contribution", "rank", "base_value", "model_output")
@@ -122,7 +123,8 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     nets = model.networks
     K, N = len(nets), len(t)
     pairs = -(-max(1, -(-n_permutations // 2)) // K)  # antithetic pairs per network: the total rounded up to K's
-    ends = [_network_logits(net, t) for net in nets], [_network_logits(net, ref) for net in nets]  # (N,) each
+    ends = tuple([predict_logits(net, to_torch(d, torch.device("cpu"))).astype(np.float64) for net in nets]
+                 for d in (t, ref))  # each network's logit of every stay, then of its reference: (N,) each
     lstm_out, lstm_base = (np.mean(e, axis=0) for e in ends)
     phi_net = np.zeros((N, P))
     pending, size = [], 0
@@ -170,16 +172,6 @@ def _id_key(stay_id) -> int:
     import hashlib
 
     return int.from_bytes(hashlib.sha256(str(stay_id).encode()).digest()[:8], "little")
-
-
-@torch.inference_mode()
-def _network_logits(net, t: Tensors, batch_size: int = 1024) -> np.ndarray:
-    """One network's logit for every stay of ``t``, (N,) float64."""
-    out = []
-    for i in range(0, len(t), batch_size):
-        part = [torch.from_numpy(a[i:i + batch_size]) for a in (t.x, t.mask, t.delta, t.statics, t.lengths)]
-        out.append(net.eval()(*part)[0].double().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _coalitions(perms, players, V, static_cols):

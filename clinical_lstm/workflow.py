@@ -497,11 +497,12 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
     t = model.tensors(clean, kept)
     bar = Progress(len(t), progress, log, verb="explained", desc="explain")
     try:
-        full = table_from(*shap_values(model, t, n_permutations, progress=bar.update), t.stay_ids)
+        phi, base, output, names = shap_values(model, t, n_permutations, progress=bar.update)
     finally:
         bar.close()
-    if stays is None:
-        stays = t.stay_ids[np.argsort(-model.logits(t))[:3]].tolist()
+    full = table_from(phi, base, output, names, t.stay_ids)
+    if stays is None:  # the highest-risk stays (output: the model's logit of each, as predict's)
+        stays = t.stay_ids[np.argsort(-output)[:3]].tolist()
     with tempfile.TemporaryDirectory(prefix=temp_prefix("explain"), dir=out, ignore_cleanup_errors=True) as staged:
         staged = Path(staged)  # every file is made here first: a failure leaves --out as it was
         files = {"explanations": write_frame(full if top is None else full.filter(pl.col("rank") <= top),
