@@ -3,9 +3,9 @@
 The report's comparison table at scale: five models' metrics with 95 % bootstrap intervals and the paired
 differences of the first model minus each other one, on synthetic outcomes and risks of ``--stays`` stays.
 
-* one by one: :func:`clinical_lstm.metrics.evaluate` per model and :func:`~clinical_lstm.metrics.paired_difference`
+* one by one: :func:`clinical_lstm.evaluation.metrics.evaluate` per model and :func:`~clinical_lstm.evaluation.metrics.paired_difference`
   per other model (13 bootstraps of one model's worth of work for five models: the report before this change);
-* :func:`~clinical_lstm.metrics.compare_models`: one bootstrap of all five (what the report runs now), at the
+* :func:`~clinical_lstm.evaluation.metrics.compare_models`: one bootstrap of all five (what the report runs now), at the
   package's block size and at the 5M-cell blocks it used before (``--blocks``).
 
 After an untimed warm-up, each variant runs once in this process, in the order given (repeat a block size in
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-one-by-one", action="store_true", help="time compare_models only")
     a = ap.parse_args(argv)
 
-    from clinical_lstm import metrics
+    from clinical_lstm.evaluation import metrics
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, a.stays)

@@ -5,9 +5,9 @@
 Seconds per training epoch of the package's own loop against a bare ``nn.LSTM`` of the same shapes, in one
 process, on 2 CPU threads (``torch.set_num_threads(2)``):
 
-* ours: one epoch of :func:`clinical_lstm.training.fit_one`'s loop -- a ``torch.randperm`` over the N stays,
-  batches of ``TrainConfig().batch_size``, :class:`clinical_lstm.model.MaskedLSTM` with ``ModelConfig()``
-  defaults (learned input decay, dropout, step head), :func:`clinical_lstm.training.loss_fn` with target
+* ours: one epoch of :func:`clinical_lstm.model.training.fit_one`'s loop -- a ``torch.randperm`` over the N stays,
+  batches of ``TrainConfig().batch_size``, :class:`clinical_lstm.model.network.MaskedLSTM` with ``ModelConfig()``
+  defaults (learned input decay, dropout, step head), :func:`clinical_lstm.model.training.loss_fn` with target
   replication and the ``sqrt`` positive weight, backward, gradient clipping, AdamW step. The tensors are the
   real ones: N stays of PhysioNet 2012 set A through ``sources.load`` -> ``validate.validate`` ->
   ``impute.GridTransformer`` (fitted on those stays) -> ``training.to_torch``.
@@ -15,7 +15,7 @@ process, on 2 CPU threads (``torch.set_num_threads(2)``):
   a ``Linear`` head on the last hidden state, BCE-with-logits, AdamW step; same permutation batching and the
   same number of batches, no clipping, no decay, no step head, no dropout.
 
-"ours" calls ``clinical_lstm.training.run_epoch``, the function ``fit_one`` runs every epoch.
+"ours" calls ``clinical_lstm.model.training.run_epoch``, the function ``fit_one`` runs every epoch.
 
 Each side runs one untimed warm-up epoch, then ``--repeats`` timed epochs, interleaved (ours, bare, ours,
 bare, ...). Prints the median wall seconds per epoch of each and the ratio ours/bare, the same for process
@@ -42,19 +42,19 @@ import torch
 from torch import nn
 
 from clinical_lstm.config import Config, ModelConfig, TrainConfig
-from clinical_lstm.impute import GridTransformer
-from clinical_lstm.model import MaskedLSTM
-from clinical_lstm.sources import load
-from clinical_lstm.validate import validate
+from clinical_lstm.data.sources import load
+from clinical_lstm.data.validate import validate
+from clinical_lstm.features.impute import GridTransformer
+from clinical_lstm.model.network import MaskedLSTM
 
-cl_train = importlib.import_module("clinical_lstm.training")
+cl_train = importlib.import_module("clinical_lstm.model.training")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = (REPO / ".." / "shared" / "data" / "physionet2012").resolve()
 
 
 def run_epoch(model, opt, data, y, cfg: TrainConfig, gen) -> float:
-    """The package's own epoch (``clinical_lstm.training.run_epoch``), with fit_one's positive weight."""
+    """The package's own epoch (``clinical_lstm.model.training.run_epoch``), with fit_one's positive weight."""
     return cl_train.run_epoch(model, opt, data, y, cl_train._pos_weight(y.cpu().numpy(), cfg.pos_weight), cfg, gen)
 
 

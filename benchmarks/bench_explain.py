@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from clinical_lstm import load_model
-from clinical_lstm.explain import shap_values
+from clinical_lstm.explain.shapley import shap_values
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,9 +23,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from clinical_lstm import load_model
-from clinical_lstm.catalogue import resolve
-from clinical_lstm.sources import load
-from clinical_lstm.validate import validate
+from clinical_lstm.data.catalogue import resolve
+from clinical_lstm.data.sources import load
+from clinical_lstm.data.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "physionet2012"

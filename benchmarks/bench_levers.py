@@ -28,9 +28,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.grid import Grid
-from clinical_lstm.impute import GridTransformer
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.data.grid import Grid
+from clinical_lstm.features.impute import GridTransformer
 
 REPO = Path(__file__).resolve().parents[1]
 p = argparse.ArgumentParser()
@@ -74,11 +74,11 @@ def cache(s):
     path = WORK / f"set_{s}.npz"
     if not path.exists():
         import polars as pl
+        from raw_summaries import summary_features  # beside this script
 
-        from clinical_lstm.baselines import summary_features
-        from clinical_lstm.grid import to_grid
-        from clinical_lstm.sources import load as load_set
-        from clinical_lstm.validate import validate
+        from clinical_lstm.data.grid import to_grid
+        from clinical_lstm.data.sources import load as load_set
+        from clinical_lstm.data.validate import validate
 
         raw = load_set(f"{a.data_dir}/set-{s}.tar.gz")
         clean, kept, _ = validate(raw, cat, 48.0, require_labels=True)
@@ -107,7 +107,7 @@ def teacher_oof(A):
     """Out-of-fold gradient-boosting probabilities on set A (the distillation teacher), cached."""
     path = WORK / "oof_gbm_a.npy"
     if not path.exists():
-        from clinical_lstm.baselines import SummaryBaselines
+        from clinical_lstm.model.members import SummaryBaselines
 
         oof = np.zeros(len(A["y"]))
         for tr_i, va_i in StratifiedKFold(5, shuffle=True, random_state=0).split(A["summ"], A["y"]):
@@ -123,7 +123,7 @@ def teacher_oof(A):
 if a.table:
     from scipy.special import expit
 
-    from clinical_lstm.metrics import evaluate, paired_difference
+    from clinical_lstm.evaluation.metrics import evaluate, paired_difference
 
     yB = cache("b")["y"]
     ref = expit(np.load(WORK / "pred_base5.npy"))

@@ -19,11 +19,11 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from clinical_lstm.baselines import SummaryBaselines
-from clinical_lstm.catalogue import resolve
-from clinical_lstm.cohort import Cohort
 from clinical_lstm.config import Config
-from clinical_lstm.impute import GridTransformer
+from clinical_lstm.data.catalogue import resolve
+from clinical_lstm.features.cohort import Cohort
+from clinical_lstm.features.impute import GridTransformer
+from clinical_lstm.model.members import SummaryBaselines
 from clinical_lstm.workflow import _parts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "physionet2012"

@@ -1,7 +1,7 @@
 """python benchmarks/bench_scale.py --sizes 10000 50000 --json scale_bench.json
 
 How ``prepare`` and ``train`` grow with the cohort: for each size, a synthetic cohort from
-:mod:`clinical_lstm.synthetic` (48 h, set-A profile, planted-signal labels) is written once, then
+:mod:`clinical_lstm.data.synthetic` (48 h, set-A profile, planted-signal labels) is written once, then
 ``clinical-lstm prepare`` runs on it and ``clinical-lstm train --data <the prepared folder>`` on what it wrote
 (``--from raw`` trains on the cohort file itself), each a whole process under ``/usr/bin/time -v``: wall seconds, peak resident memory (max RSS), and per-stay microseconds. Training runs a
 fixed, small amount of work so sizes compare: ``--folds`` folds of ``--epochs`` epochs each (early stopping
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
             cohort, labels = work / f"cohort_{n}.parquet", work / f"labels_{n}.csv"
             t0 = time.perf_counter()
             if not cohort.exists():
-                subprocess.run([sys.executable, "-m", "clinical_lstm.synthetic", "--stays", str(n), "--out",
+                subprocess.run([sys.executable, "-m", "clinical_lstm.data.synthetic", "--stays", str(n), "--out",
                                 str(cohort), "--labels", str(labels)], check=True, capture_output=True)
             row = {"stays": n, "generate_seconds": round(time.perf_counter() - t0, 1),
                    "cohort_mb": round(cohort.stat().st_size / 2**20)}

@@ -1,7 +1,7 @@
 """python benchmarks/bench_score.py --model runs/physionet_a/model --stays 100000 --repeats 3
 
 Batch scoring at hospital scale: ``clinical-lstm score`` over ``--stays`` synthetic stays (48 h, drawn from
-the catalogue's distributions and set-A missingness by :mod:`clinical_lstm.synthetic`, long-format Parquet
+the catalogue's distributions and set-A missingness by :mod:`clinical_lstm.data.synthetic`, long-format Parquet
 sorted by stay), each run a whole process under ``/usr/bin/time -v``: wall seconds from process start to exit
 (interpreter start-up, imports, model load, the index pass, every chunk, the final output and the
 accounting check all count) and the peak resident memory. The model is the default configuration (5
@@ -87,7 +87,7 @@ def main() -> int:
     try:
         data = Path(a.data) if a.data else tmp / f"synthetic-{a.stays}.parquet"
         if not a.data:
-            from clinical_lstm.synthetic import write_cohort
+            from clinical_lstm.data.synthetic import write_cohort
 
             info = write_cohort(data, a.stays, seed=0)
             print(f"generated {info['stays']:,} stays, {info['rows']:,} rows, {info['bytes'] / 1e6:.0f} MB "

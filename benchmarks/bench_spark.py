@@ -1,13 +1,13 @@
 """python benchmarks/bench_spark.py --model runs/physionet_a/model --data synth20k.parquet --repeats 3
 
 (Run from the repository root with the venv active. Make the data with
-``python -m clinical_lstm.synthetic --stays 20000 --out synth20k.parquet``.)
+``python -m clinical_lstm.data.synthetic --stays 20000 --out synth20k.parquet``.)
 
 Stays per second scoring one long Parquet file, medians over ``--repeats`` runs:
 
 * single: ``load_model(dir).score_table(frame)`` in this process on a frame read once before timing (torch and
   polars on all cores: 2 here);
-* spark: :func:`clinical_lstm.spark.score_spark` in Spark ``local[<cores>]``: read the Parquet, score,
+* spark: :func:`clinical_lstm.serve.spark.score_spark` in Spark ``local[<cores>]``: read the Parquet, score,
   write nothing (``format("noop")`` runs the whole plan); one untimed warm-up run first (JVM, Python workers,
   model load), so the timed runs are the steady state of a long-lived session;
 * spark-bucket: ``groupBy(pmod(xxhash64(stay_id), n)).applyInPandas`` with the same per-frame scorer;
@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     import polars as pl
 
     from clinical_lstm import load_model
-    from clinical_lstm.spark import output_schema, score_frame, score_spark, stage_bundle
+    from clinical_lstm.serve.spark import output_schema, score_frame, score_spark, stage_bundle
 
     frame = pl.read_parquet(args.data)
     n_stays = frame["stay_id"].n_unique()
@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
     spark.sparkContext.addFile(str(stage_bundle(args.model)), recursive=True)
 
     def by_pandas(pdf):
-        from clinical_lstm.spark import _worker_model
+        from clinical_lstm.serve.spark import _worker_model
 
         return score_frame(_worker_model(name), pl.from_pandas(pdf)).to_pandas()
 

@@ -29,12 +29,12 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from clinical_lstm.bundle import load_model
-from clinical_lstm.cohort import Cohort
 from clinical_lstm.config import Config
-from clinical_lstm.metrics import binary_metrics, paired_difference
-from clinical_lstm.report import step_logits_at
-from clinical_lstm.summaries import stack_logit
+from clinical_lstm.evaluation.metrics import binary_metrics, paired_difference
+from clinical_lstm.evaluation.report import step_logits_at
+from clinical_lstm.features.cohort import Cohort
+from clinical_lstm.model.head import stack_logit
+from clinical_lstm.serve.bundle import load_model
 from clinical_lstm.workflow import _parts
 
 REPO = Path(__file__).resolve().parents[1]

@@ -62,8 +62,8 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     from clinical_lstm import load_model
-    from clinical_lstm.sources import load
-    from clinical_lstm.stream import StayStream
+    from clinical_lstm.data.sources import load
+    from clinical_lstm.serve.stream import StayStream
 
     torch.set_num_threads(a.threads)
     threadpool_limits(a.threads)

@@ -1,9 +1,9 @@
 """python benchmarks/make_profile.py [--data ../shared/data/physionet2012/set-a.tar.gz]
 
 Writes ``clinical_lstm/data/profile.csv``: per catalogue variable, AGGREGATE statistics of PhysioNet 2012
-set A that :mod:`clinical_lstm.synthetic` draws synthetic stays from. No patient row or id is written.
+set A that :mod:`clinical_lstm.data.synthetic` draws synthetic stays from. No patient row or id is written.
 
-The rows used are the ones :func:`clinical_lstm.validate.validate` keeps (in range, in 0-48 h, exact
+The rows used are the ones :func:`clinical_lstm.data.validate.validate` keeps (in range, in 0-48 h, exact
 duplicates dropped). A static variable's time-0 row is its descriptor; its rows after time 0 (Weight) are its
 series. Columns are documented in the CSV's header comment below.
 """
@@ -17,9 +17,9 @@ import numpy as np
 import polars as pl
 from scipy.special import ndtri
 
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.sources import load
-from clinical_lstm.validate import validate
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.data.sources import load
+from clinical_lstm.data.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)

@@ -12,24 +12,24 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _LAZY = {  # public name -> (module, attribute)
-    "load_model": ("clinical_lstm.bundle", "load_model"),
-    "RiskModel": ("clinical_lstm.bundle", "RiskModel"),
-    "load_data": ("clinical_lstm.sources", "load"),
-    "DataError": ("clinical_lstm.sources", "DataError"),
-    "Catalogue": ("clinical_lstm.catalogue", "Catalogue"),
-    "QualityReport": ("clinical_lstm.validate", "QualityReport"),
-    "GridTransformer": ("clinical_lstm.impute", "GridTransformer"),
+    "load_model": ("clinical_lstm.serve.bundle", "load_model"),
+    "RiskModel": ("clinical_lstm.serve.bundle", "RiskModel"),
+    "load_data": ("clinical_lstm.data.sources", "load"),
+    "DataError": ("clinical_lstm.data.sources", "DataError"),
+    "Catalogue": ("clinical_lstm.data.catalogue", "Catalogue"),
+    "QualityReport": ("clinical_lstm.data.validate", "QualityReport"),
+    "GridTransformer": ("clinical_lstm.features.impute", "GridTransformer"),
     "Config": ("clinical_lstm.config", "Config"),
     "train": ("clinical_lstm.workflow", "train"),
     "prepare": ("clinical_lstm.workflow", "prepare"),
     "evaluate": ("clinical_lstm.workflow", "evaluate"),
-    "score_batch": ("clinical_lstm.batch", "score_batch"),
-    "score_spark": ("clinical_lstm.spark", "score_spark"),
-    "synthetic_cohort": ("clinical_lstm.synthetic", "synthetic_cohort"),
-    "run_sweep": ("clinical_lstm.sweep", "run_sweep"),
-    "Tracker": ("clinical_lstm.tracking", "Tracker"),
-    "StayStream": ("clinical_lstm.stream", "StayStream"),
-    "bundled_sample": ("clinical_lstm.sample", "bundled_sample"),
+    "score_batch": ("clinical_lstm.serve.batch", "score_batch"),
+    "score_spark": ("clinical_lstm.serve.spark", "score_spark"),
+    "synthetic_cohort": ("clinical_lstm.data.synthetic", "synthetic_cohort"),
+    "run_sweep": ("clinical_lstm.sweep.run", "run_sweep"),
+    "Tracker": ("clinical_lstm.tracking.runs", "Tracker"),
+    "StayStream": ("clinical_lstm.serve.stream", "StayStream"),
+    "bundled_sample": ("clinical_lstm.data.sample", "bundled_sample"),
 }
 
 __all__ = ["__version__", *_LAZY]

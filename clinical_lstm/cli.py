@@ -205,7 +205,7 @@ def _need(job, *names, command: str):
 
 
 def _paths(values):
-    from .sample import resolve_data
+    from .data.sample import resolve_data
 
     return [resolve_data(v) for v in values]
 
@@ -225,7 +225,7 @@ def cmd_prepare(a) -> int:
 
 def train_job(cfg, job, progress: bool = True, log=print):
     """The training job of the CLI and ``pipelines/train.py``: tracked unless ``job.tracking`` is False."""
-    from .tracking import Tracker
+    from .tracking.runs import Tracker
     from .workflow import train
 
     _need(job, "data", "out", command="train")
@@ -285,7 +285,7 @@ def cmd_score(a) -> int:
 
 
 def cmd_explain(a) -> int:
-    from .batch import keep_freed_memory
+    from .serve.batch import keep_freed_memory
     from .workflow import explain
 
     keep_freed_memory()  # the coalitions' large tensors are allocated batch after batch (system time 2.4 -> 1.2 s
@@ -302,7 +302,7 @@ def cmd_explain(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from .export import export_model
+    from .serve.export import export_model
 
     if not a.model or not a.out:
         raise ValueError("export needs --model and --out")
@@ -313,7 +313,7 @@ def cmd_export(a) -> int:
 
 def cmd_sweep(a) -> int:
     from .config import load
-    from .sweep import SweepSpec, run_sweep
+    from .sweep.run import SweepSpec, run_sweep
 
     if not a.config:
         raise ValueError("sweep needs --config FILE with a [sweep] section")
@@ -334,7 +334,7 @@ def cmd_sweep(a) -> int:
 
 def cmd_demo(a) -> int:
     from .config import Config, JobConfig
-    from .sample import bundled_sample
+    from .data.sample import bundled_sample
     from .workflow import score
 
     out = Path(a.out)
@@ -349,13 +349,13 @@ def cmd_demo(a) -> int:
 
 
 def cmd_ui(a) -> int:
-    from .tracking import serve_ui
+    from .tracking.runs import serve_ui
 
     return serve_ui(a.store, a.port, a.host, a.workers, a.allow_remote)
 
 
 def cmd_promote(a) -> int:
-    from .tracking import promote
+    from .tracking.runs import promote
 
     print(promote(a.version, a.name))
     return 0
@@ -425,7 +425,7 @@ def _check_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 
 def run(command: str, job) -> int:
     """Run ``job()``; user errors become one line on stderr and exit code 2 (used by ``pipelines/`` too)."""
-    from .sources import DataError, MissingDependency
+    from .data.sources import DataError, MissingDependency
 
     try:
         with _terminate_as_interrupt():

@@ -113,7 +113,7 @@ STAY_BYTES_PER_CELL = 5 * 4
 
 def grid_bins(window_hours: float, resolution_hours: float) -> int:
     """**The number of bins of a stay's grid**, ``window_hours / resolution_hours``, for every path (the config,
-    :mod:`clinical_lstm.grid`, the transformer): both positive, the window a whole multiple of the resolution, and at
+    :mod:`clinical_lstm.data.grid`, the transformer): both positive, the window a whole multiple of the resolution, and at
     most :data:`MAX_BINS`, so that a unit slip (minutes for hours) is an error before any data are read, not an
     allocation of terabytes after."""
     if not (resolution_hours > 0 and window_hours > 0):
@@ -191,7 +191,7 @@ class ModelConfig(Section):
     decay: bool = True  # GRU-D style learned input decay toward the mean
     attention: bool = False  # attention pooling over steps instead of the last state
     summaries: bool = True  # stack the networks with logistic regression and boosted trees on per-variable
-    #                         summaries (clinical_lstm.summaries); false ships the masked LSTM alone
+    #                         summaries (clinical_lstm.features.summaries); false ships the masked LSTM alone
     end_members: bool = True  # also stack logistic regression and gradient boosting fitted on each stay's last-bin
     #                           summary only (end-of-stay specialists, weighed in late in a stay by the stacking)
     stack_knots: list = field(default_factory=lambda: [4.0, 12.0, 24.0, 48.0])  # hours at which the stacking

@@ -264,7 +264,7 @@ def _strict(obj):
 
 
 def check_not_input(out, inputs) -> None:
-    """Raise :class:`~clinical_lstm.sources.DataError` when a path a job writes would touch one of its inputs.
+    """Raise :class:`~clinical_lstm.data.sources.DataError` when a path a job writes would touch one of its inputs.
 
     ``out`` is the path, or the paths, the job writes: its output and every side file or work folder beside it.
     ``inputs`` are the files and folders it reads. Refused, after resolving symlinks and ``..`` (and comparing
@@ -272,7 +272,7 @@ def check_not_input(out, inputs) -> None:
     that *is* an input, one that lies inside an input folder, and one that is a folder holding an input (a work
     folder is emptied on a fresh start). Nothing is created; call it before any work.
     """
-    from .sources import DataError
+    from .checks import DataError
 
     outs = [Path(out)] if isinstance(out, (str, os.PathLike)) else [Path(p) for p in out]
     for i in (Path(p) for p in inputs):

@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .catalogue import resolve
-from .cohort import MANIFEST, PARTS, STAGING
 from .config import Config
+from .data.catalogue import resolve
+from .data.grid import Grid
+from .data.sources import DataError, load
+from .data.validate import QualityReport
+from .evaluation.report import MODEL_NAME, Evaluation, source_labels
+from .features.cohort import MANIFEST, PARTS, STAGING
+from .features.impute import hours_since
 from .files import atomic_dir, publish, removes_new_out, temp_prefix, write_frame
-from .grid import Grid
-from .impute import hours_since
-from .report import MODEL_NAME, Evaluation, source_labels
-from .sources import DataError, load
-from .validate import QualityReport
 
 
 def _as_list(value) -> list:
@@ -75,7 +75,7 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
             progress: bool = False) -> PrepareResult:
     """Read, validate and grid ``data`` chunk by chunk (memory bounded by the chunk, not the cohort); write
     the grid and the quality report to ``out``, which ``train --data <out>`` reads without reading the raw
-    data again (:mod:`clinical_lstm.cohort`).
+    data again (:mod:`clinical_lstm.features.cohort`).
 
     ``grid.parquet`` has one row per stay and bin (up to the stay's true length): ``stay_id, bin, hour_end``,
     then per series variable its aggregated value (null when unobserved) and ``<variable>__hours_since``,
@@ -83,7 +83,7 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
     holds the time-0 descriptors; ``labels.parquet`` the outcomes when known; ``parts/`` and ``cohort.json`` the
     same grid as NumPy arrays for training.
     """
-    from .cohort import grid_parts, save_parts
+    from .features.cohort import grid_parts, save_parts
     from .files import atomic_path
 
     t0 = time.perf_counter()
@@ -105,7 +105,7 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
 
 
 class _GridFiles:
-    """``grid.parquet`` and ``statics.parquet`` written part by part as :func:`~clinical_lstm.cohort.grid_parts`
+    """``grid.parquet`` and ``statics.parquet`` written part by part as :func:`~clinical_lstm.features.cohort.grid_parts`
     makes the parts (its ``sink``)."""
 
     def __init__(self, catalogue, grid_path: Path, statics_path: Path):
@@ -195,8 +195,8 @@ class TrainResult:
 
 
 def _parts(data, folder: Path, catalogue, cfg: Config, labels, outcomes, what: str, progress: bool):
-    """Pass 1 of :mod:`clinical_lstm.cohort` for ``data`` — or the folder ``prepare`` wrote, read as it is."""
-    from .cohort import Parts, grid_parts, is_cohort
+    """Pass 1 of :mod:`clinical_lstm.features.cohort` for ``data`` — or the folder ``prepare`` wrote, read as it is."""
+    from .features.cohort import Parts, grid_parts, is_cohort
 
     given = _as_list(data)
     if len(given) == 1 and is_cohort(given[0]):
@@ -231,16 +231,16 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
     the same folds, and write the run folder ``out`` (``model/`` and ``report/``).
 
     ``data`` is raw data (PhysioNet sets, long tables) or a folder :func:`prepare` wrote. Either way the stays
-    are gridded chunk by chunk onto disk (:mod:`clinical_lstm.cohort`, in ``out/.work.<pid>.*``, removed at the end),
+    are gridded chunk by chunk onto disk (:mod:`clinical_lstm.features.cohort`, in ``out/.work.<pid>.*``, removed at the end),
     so memory does not grow with the number of stays beyond ``[train] in_memory_gb`` and the summaries.
 
-    The model (:func:`clinical_lstm.training.fit`): k networks, each early-stopped on a split of its own training
+    The model (:func:`clinical_lstm.model.training.fit`): k networks, each early-stopped on a split of its own training
     folds, stacked with summary members (logistic regression, boosted trees) fitted on landmark snapshots of every
     stay, with weights that change with the hour, on their out-of-fold logits; calibrated over the hours and
     thresholded out of fold. The report shows every model at the stay's end and at ``[evaluation] hours``. Metrics come from ``test_data`` when given, else out of fold on the training stays;
-    every row of the comparison (:func:`clinical_lstm.report.evaluate_fit`) is on the same stays. ``tracking``: False, True
-    (an MLflow run in the default store, see :mod:`clinical_lstm.tracking`) or a
-    :class:`~clinical_lstm.tracking.Tracker`. A tracking failure never stops training.
+    every row of the comparison (:func:`clinical_lstm.evaluation.report.evaluate_fit`) is on the same stays. ``tracking``: False, True
+    (an MLflow run in the default store, see :mod:`clinical_lstm.tracking.runs`) or a
+    :class:`~clinical_lstm.tracking.runs.Tracker`. A tracking failure never stops training.
     """
     import tempfile
 
@@ -254,12 +254,12 @@ def train(data, out: str | Path, labels=None, outcomes=None, config: Config | No
 
 def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progress, on_epoch, log,
            tracking) -> TrainResult:
-    from .bundle import environment
-    from .cohort import Cohort
-    from .impute import GridTransformer
-    from .report import evaluate_fit
-    from .report import write as write_report
-    from .training import fit
+    from .evaluation.report import evaluate_fit
+    from .evaluation.report import write as write_report
+    from .features.cohort import Cohort
+    from .features.impute import GridTransformer
+    from .model.training import fit
+    from .serve.bundle import RiskModel, environment
 
     t0 = time.perf_counter()
     catalogue = resolve(cfg.data.catalogue)
@@ -295,7 +295,7 @@ def _train(data, out, work, labels, outcomes, cfg, test_data, test_labels, progr
 
     fitted = fit(cohort, cfg, progress, on_epoch, log)
     fitted.seconds = {"preprocessing": round(preprocessing, 1), **fitted.seconds}
-    model = fitted.model
+    fitted.model = model = RiskModel(**fitted.parts)
     if test:
         on = f"{', '.join(source_labels(test_parts.sources, names))} ({len(test)} stays, separate test data)"
         ev = (test, test.y, test.ids, test_parts.outcomes)
@@ -356,7 +356,7 @@ def _chain(first, second):
 
 def stay_hashes(stays: pl.DataFrame, data_digest: str) -> dict:
     """What a bundle keeps of its training stays to recognize them later, never their ids: each stay's SHA-256 of
-    its id and cleaned rows (:class:`~clinical_lstm.cohort.StayDigest`) hashed again with a salt drawn from the
+    its id and cleaned rows (:class:`~clinical_lstm.features.cohort.StayDigest`) hashed again with a salt drawn from the
     training data's digest (the same data give the same bundle), cut to 8 bytes, sorted, base64. Without the data
     nothing can be read back from it; with the data, :func:`trained_on` counts which stays the model trained on."""
     import base64
@@ -383,7 +383,7 @@ def trained_on(stays: pl.DataFrame, kept: dict | None) -> int:
 def _tracker(tracking, log):
     if tracking is False or tracking is None:
         return None
-    from .tracking import Tracker
+    from .tracking.runs import Tracker
 
     return Tracker(log=log) if tracking is True else tracking
 
@@ -397,10 +397,10 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
     The stays are gridded chunk by chunk as in :func:`train` (``out/.work.<pid>.*``, removed at the end)."""
     import tempfile
 
-    from .bundle import load_model
-    from .cohort import Cohort
-    from .report import HYBRID_NAME, REPORT_FILES, compare, hourly, shipped_hour_risks
-    from .report import write as write_report
+    from .evaluation.report import HYBRID_NAME, REPORT_FILES, compare, hourly, shipped_hour_risks
+    from .evaluation.report import write as write_report
+    from .features.cohort import Cohort
+    from .serve.bundle import load_model
 
     out = writable_dir(out, "--out", ("metrics.json", "quality_report.json", "rejects.csv"),
                        [*_as_list(data), labels, outcomes, *_model_path(model)])
@@ -446,10 +446,10 @@ def score(model, data, out: str | Path, explain: int = 0, **options) -> dict:
     ``<out>.rejects.<ext>`` and ``<out>.summary.json``. Every stay read is a row of ``out``, checked before
     success.
 
-    ``options`` go to :func:`clinical_lstm.batch.score_batch` (``chunk_stays``, ``catalogue``, ``restart``,
+    ``options`` go to :func:`clinical_lstm.serve.batch.score_batch` (``chunk_stays``, ``catalogue``, ``restart``,
     ``progress``, ``log``, ``workers``): resumable after a crash, memory bounded by the chunk size.
     """
-    from .batch import score_batch
+    from .serve.batch import score_batch
 
     return score_batch(model, data, out, explain=explain, **options)
 
@@ -464,10 +464,10 @@ def explain(model, data, out: str | Path, stays=None, top: int | None = None, n_
     is checked before any file is written: the options, the requested stays, and that one stay can be explained."""
     import tempfile
 
-    from .bundle import load_model
-    from .explain import shap_values, table_from
-    from .explain_plots import plot_global, plot_stay
+    from .explain.plots import plot_global, plot_stay
+    from .explain.shapley import shap_values, table_from
     from .progress import Progress
+    from .serve.bundle import load_model
 
     model_dir = _model_path(model)  # an input: no output may touch it
     if top is not None and top < 1:
@@ -536,8 +536,8 @@ EXPLAIN_FILES = ("explanations.parquet", "explanations.csv", "rejects.csv", "glo
 def _model_path(model) -> list[Path]:
     """The model's bundle folder, when ``model`` names one on disk (not an MLflow URI, not a loaded model): an
     input that no output may touch. A run folder's ``model/`` is the bundle: ``--out run/explain`` is fine."""
-    from .bundle import model_dir
-    from .tracking import is_model_uri
+    from .serve.bundle import model_dir
+    from .tracking.runs import is_model_uri
 
     return [model_dir(model)] if isinstance(model, (str, Path)) and not is_model_uri(str(model)) else []
 

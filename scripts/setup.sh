@@ -16,4 +16,4 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
 else
     .venv/bin/python -m pip install -q torch==2.13.0
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -e ".[dev,sweep]"  # the tests run sweeps; onnx is in dev

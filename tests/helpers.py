@@ -5,7 +5,7 @@
 ``RecordID, Age, Gender, Height, ICUType, Weight`` then time-series rows), ``Outcomes-<name>.txt`` beside it,
 and optionally packs the folder as ``set-<name>.tar.gz`` the way PhysioNet ships it.
 
-``raw_data`` builds a :class:`clinical_lstm.sources.RawData` straight from ``(stay_id, time, variable,
+``raw_data`` builds a :class:`clinical_lstm.data.sources.RawData` straight from ``(stay_id, time, variable,
 value)`` tuples, with text ``time``/``value`` columns exactly as the text readers produce them.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from clinical_lstm.sources import RawData
+from clinical_lstm.data.sources import RawData
 
 HEADER = "Time,Parameter,Value"
 OUTCOMES_HEADER = "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death"
@@ -223,7 +223,7 @@ def random_long(n_stays: int, seed: int = 0, first_id: int = 1, hours: float = 4
 
 
 def tiny_model(seed: int = 0, n_networks: int = 1, head: bool = False, **model_cfg):
-    """An untrained :class:`~clinical_lstm.bundle.RiskModel` (hidden 8, ``model_cfg`` overrides) on the default
+    """An untrained :class:`~clinical_lstm.serve.bundle.RiskModel` (hidden 8, ``model_cfg`` overrides) on the default
     catalogue: its risks differ from stay to stay, which is all that equality and accounting tests need.
     ``head=True`` adds summary members (logistic regression and boosted trees) fitted to 300 other stays whose
     label is planted in their highest lactate, a third of them without any lactate (mostly deaths): the trees
@@ -231,11 +231,11 @@ def tiny_model(seed: int = 0, n_networks: int = 1, head: bool = False, **model_c
     import numpy as np
     import torch
 
-    from clinical_lstm.bundle import RiskModel
-    from clinical_lstm.calibrate import PlattCalibrator
-    from clinical_lstm.catalogue import Catalogue
-    from clinical_lstm.impute import GridTransformer
-    from clinical_lstm.model import MaskedLSTM, ModelConfig
+    from clinical_lstm.data.catalogue import Catalogue
+    from clinical_lstm.features.impute import GridTransformer
+    from clinical_lstm.model.calibrate import PlattCalibrator
+    from clinical_lstm.model.network import MaskedLSTM, ModelConfig
+    from clinical_lstm.serve.bundle import RiskModel
 
     torch.manual_seed(seed)
     long = random_long(40, seed=seed)
@@ -245,7 +245,7 @@ def tiny_model(seed: int = 0, n_networks: int = 1, head: bool = False, **model_c
     cal = PlattCalibrator().fit(np.linspace(-1, 1, 40), np.tile([0, 1], 20))
     summary_head = None
     if head:
-        from clinical_lstm.summaries import SummaryHead, fit_members
+        from clinical_lstm.model.head import SummaryHead, fit_members
 
         rng = np.random.default_rng(seed)
         ids = np.arange(1001, 1301)
@@ -291,7 +291,7 @@ def run_cli(*args, cwd=None, timeout: int = 600):
 def crash_on_call(monkeypatch, n: int, exc: BaseException | None = None) -> dict:
     """Make the ``n``-th ``RiskModel.score_table`` call (one per chunk) raise ``exc`` (default: a MemoryError, a
     crashed run); returns the call counter. How the batch tests make an unfinished run to resume."""
-    from clinical_lstm.bundle import RiskModel
+    from clinical_lstm.serve.bundle import RiskModel
 
     calls = {"n": 0}
     real = RiskModel.score_table

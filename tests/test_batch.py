@@ -16,9 +16,9 @@ import polars as pl
 import pytest
 from helpers import crash_on_call, random_long, tiny_model, write_physionet_set
 
-from clinical_lstm.batch import score_batch
-from clinical_lstm.bundle import RiskModel
-from clinical_lstm.sources import DataError
+from clinical_lstm.data.sources import DataError
+from clinical_lstm.serve.batch import score_batch
+from clinical_lstm.serve.bundle import RiskModel
 
 CLI = [sys.executable, "-m", "clinical_lstm.cli"]
 
@@ -128,8 +128,8 @@ def test_a_second_job_on_the_same_output_is_refused_while_the_first_holds_the_lo
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         code = """
 import sys
-from clinical_lstm.batch import score_batch
-from clinical_lstm.sources import DataError
+from clinical_lstm.serve.batch import score_batch
+from clinical_lstm.data.sources import DataError
 try:
     score_batch(sys.argv[1], sys.argv[2], sys.argv[3], log=lambda m: None)
 except DataError as e:
@@ -142,7 +142,7 @@ except DataError as e:
 
 
 def test_model_trained_on_another_catalogue_is_refused_before_any_work(bundle, cohort, tmp_path):
-    from clinical_lstm.catalogue import Catalogue
+    from clinical_lstm.data.catalogue import Catalogue
 
     path, _ = cohort
     text = Catalogue.default().to_csv_text().replace("HR,bpm,1.0,300.0", "HR,bpm,1.0,250.0")
@@ -328,8 +328,8 @@ def test_one_closing_line_with_one_rate_and_the_output_path_as_given(bundle, coh
 def test_index_groups_a_stay_split_into_runs_and_spelled_with_blanks(tmp_path, suffix):
     """The index pass reads runs of equal raw ids: a stay whose rows come back later, or whose id is written
     with surrounding blanks in some rows, is still one stay with every row counted."""
-    from clinical_lstm.catalogue import Catalogue
-    from clinical_lstm.chunks import index_long
+    from clinical_lstm.data.catalogue import Catalogue
+    from clinical_lstm.data.chunks import index_long
 
     ids = ["enc-a", "enc-a", "enc-b", " enc-a ", "enc-b", "enc-c", "enc-c", "enc-b"]
     frame = pl.DataFrame({"stay_id": ids, "time": [float(i) for i in range(8)], "variable": ["HR"] * 8,

@@ -21,9 +21,9 @@ import polars as pl
 import pytest
 from helpers import crash_on_call, random_long, tiny_model, write_physionet_set
 
-from clinical_lstm.batch import score_batch
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.sources import DataError
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.data.sources import DataError
+from clinical_lstm.serve.batch import score_batch
 
 CHUNK = 7
 TOL = 1e-6
@@ -213,7 +213,7 @@ def test_a_folder_of_long_format_files_is_an_error_that_says_how_to_pass_them(mo
     """A folder is read as a PhysioNet set: one holding long-format files had no stay file, and batch scoring
     wrote an empty output with exit 0 (every stay lost), where prepare and predict refused it. Now every reader
     refuses it, naming the files and the fix, and writes nothing."""
-    from clinical_lstm.sources import load
+    from clinical_lstm.data.sources import load
     from clinical_lstm.workflow import prepare
 
     folder = tmp_path / "extract"
@@ -413,7 +413,7 @@ def test_a_catalogue_that_differs_in_order_or_description_only_says_so(model, tm
 
 
 def test_explain_beyond_the_models_variables_is_capped_and_said(model, tmp_path):
-    from clinical_lstm.explain import player_names
+    from clinical_lstm.explain.shapley import player_names
 
     players = len(player_names(model.transformer))
     scored, _, _, lines = run_job(model, tmp_path, [write_csv(tmp_path / "good.csv", GOOD)], explain=players + 50)
@@ -609,7 +609,7 @@ def _enospc_on_call(monkeypatch, n: int) -> None:
     """The ``n``-th file batch.py writes through ``write_frame`` (a chunk's part) hits a full disk."""
     import errno
 
-    import clinical_lstm.batch as batch
+    import clinical_lstm.serve.batch as batch
 
     calls = {"n": 0}
     real = batch.write_frame
@@ -657,7 +657,7 @@ def test_a_full_disk_before_any_chunk_is_saved_leaves_nothing(model, tmp_path, m
 def test_a_full_disk_while_finishing_leaves_no_output_and_finishes_on_a_rerun(model, tmp_path, monkeypatch, stage):
     """The output, rejects and summary appear together or not at all (the old job wrote the output, then
     failed on the summary and left a complete-looking file)."""
-    import clinical_lstm.batch as batch
+    import clinical_lstm.serve.batch as batch
 
     GOOD.write_parquet(tmp_path / "good.parquet")
     out = tmp_path / "out" / "scores.parquet"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clinical_lstm.sample import bundled_sample
+from clinical_lstm.data.sample import bundled_sample
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_prepare.py"
 

@@ -10,12 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from clinical_lstm.bundle import RiskModel, load_model
-from clinical_lstm.calibrate import PlattCalibrator
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.impute import GridTransformer
-from clinical_lstm.model import MaskedLSTM, ModelConfig
-from clinical_lstm.sources import DataError
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.data.sources import DataError
+from clinical_lstm.features.impute import GridTransformer
+from clinical_lstm.model.calibrate import PlattCalibrator
+from clinical_lstm.model.network import MaskedLSTM, ModelConfig
+from clinical_lstm.serve.bundle import RiskModel, load_model
 
 CATALOGUE = """name,unit,lower,upper,aggregation,kind,static,description
 Age,years,0,120,last,static,true,

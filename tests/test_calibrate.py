@@ -1,4 +1,4 @@
-"""Tests for clinical_lstm.calibrate: Platt and isotonic calibrators, serialisation, threshold rules."""
+"""Tests for clinical_lstm.model.calibrate: Platt and isotonic calibrators, serialisation, threshold rules."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from clinical_lstm.calibrate import (
+from clinical_lstm.evaluation.metrics import binary_metrics
+from clinical_lstm.model.calibrate import (
     IsotonicCalibrator,
     PlattCalibrator,
     calibrator_from_dict,
     choose_threshold,
     make_calibrator,
 )
-from clinical_lstm.metrics import binary_metrics
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -119,7 +119,7 @@ def test_loading_a_calibrator_for_scoring_does_not_import_sklearn():
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     code = (
-        "import sys; from clinical_lstm.calibrate import calibrator_from_dict; "
+        "import sys; from clinical_lstm.model.calibrate import calibrator_from_dict; "
         "calibrator_from_dict({'kind': 'platt', 'a': 1.0, 'b': 0.0}).predict([0.5]); "
         "calibrator_from_dict({'kind': 'isotonic', 'X_thresholds': [0, 1], 'y_thresholds': [0, 1]}).predict([0.5]); "
         "sys.exit('sklearn' in sys.modules)"

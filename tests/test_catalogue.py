@@ -1,4 +1,4 @@
-"""Tests for clinical_lstm.catalogue: the default catalogue against the PhysioNet 2012 variable list (as
+"""Tests for clinical_lstm.data.catalogue: the default catalogue against the PhysioNet 2012 variable list (as
 the data's README states it), CSV validation messages, round-tripping and the digest."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from clinical_lstm.catalogue import Catalogue, Variable, resolve
+from clinical_lstm.data.catalogue import Catalogue, Variable, resolve
 
 # From the PhysioNet 2012 README: the 00:00 descriptors (RecordID is the id, not a variable) ...
 DESCRIPTORS = ["Age", "Gender", "Height", "ICUType", "Weight"]

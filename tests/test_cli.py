@@ -341,7 +341,7 @@ def test_score_pipeline_job_with_options_and_closing_summary(trained, tmp_path):
     assert {"top1_variable", "top2_contribution", "quality_flags", "model", "scored_at"} <= set(scores.columns)
 
     (tmp_path / "bad.toml").write_text(job.replace('catalogue = "default"', f'catalogue = "{tmp_path / "c.csv"}"'))
-    from clinical_lstm.catalogue import Catalogue
+    from clinical_lstm.data.catalogue import Catalogue
 
     (tmp_path / "c.csv").write_text(Catalogue.default().to_csv_text().replace("Lactate,mmol/L,0.1", "Lactate,mmol/L,0.2"))
     res = subprocess.run([sys.executable, str(script), "--config", str(tmp_path / "bad.toml")], capture_output=True,

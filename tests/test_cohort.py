@@ -1,4 +1,4 @@
-"""Tests for clinical_lstm.cohort: stays gridded chunk by chunk onto disk give the inputs, statistics and digest
+"""Tests for clinical_lstm.features.cohort: stays gridded chunk by chunk onto disk give the inputs, statistics and digest
 of the whole table in memory whatever the chunking and row order; batches read from disk train the same
 networks as batches from memory; ``train --data <prepared folder>`` is ``train`` on the raw data; every stay is
 accounted for; a stale or foreign prepared folder is refused with a reason."""
@@ -13,14 +13,14 @@ import pytest
 import torch
 from helpers import random_long
 
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.cohort import Cohort, Parts, StayFile, grid_parts, is_cohort
 from clinical_lstm.config import Config, TrainConfig
-from clinical_lstm.impute import GridTransformer
-from clinical_lstm.model import ModelConfig
-from clinical_lstm.sources import DataError, load
-from clinical_lstm.training import cross_fit
-from clinical_lstm.validate import validate
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.data.sources import DataError, load
+from clinical_lstm.data.validate import validate
+from clinical_lstm.features.cohort import Cohort, Parts, StayFile, grid_parts, is_cohort
+from clinical_lstm.features.impute import GridTransformer
+from clinical_lstm.model.network import ModelConfig
+from clinical_lstm.model.training import cross_fit
 from clinical_lstm.workflow import prepare, train
 
 CAT = Catalogue.default()

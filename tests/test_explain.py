@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clinical_lstm.config import Config
-from clinical_lstm.explain import reference, shap_values
+from clinical_lstm.explain.shapley import reference, shap_values
 from clinical_lstm.workflow import train
 
 N_STAYS = 300
@@ -124,7 +124,7 @@ def test_explain_table_columns_and_ranks(trained):
 
 
 def test_time_map_sums_to_the_logit_difference_and_plot_is_written(trained, tmp_path):
-    from clinical_lstm.explain_plots import plot_stay, time_attributions
+    from clinical_lstm.explain.plots import plot_stay, time_attributions
 
     model, t, _, data = trained
     n = 0
@@ -133,7 +133,7 @@ def test_time_map_sums_to_the_logit_difference_and_plot_is_written(trained, tmp_
     ref = reference(t.subset([n]), model.transformer)
     one = t.subset([n])
     ref.statics[:] = one.statics  # the map varies the series channels only
-    from clinical_lstm.model import predict_logits, to_torch
+    from clinical_lstm.model.network import predict_logits, to_torch
 
     hour = torch.tensor(float(one.lengths[0]) * model.transformer.resolution_hours)
     weight = 1.0 if model.head is None else float(model.head.weights(hour)[0][0])  # the networks' share there
@@ -181,12 +181,12 @@ def small():
     that players interact strongly (Shapley values differ from leave-one-out), and 6 stays to explain."""
     import torch
 
-    from clinical_lstm.bundle import RiskModel
-    from clinical_lstm.calibrate import PlattCalibrator
-    from clinical_lstm.catalogue import Catalogue
-    from clinical_lstm.impute import GridTransformer
-    from clinical_lstm.model import MaskedLSTM, ModelConfig
-    from clinical_lstm.summaries import SummaryHead, fit_members
+    from clinical_lstm.data.catalogue import Catalogue
+    from clinical_lstm.features.impute import GridTransformer
+    from clinical_lstm.model.calibrate import PlattCalibrator
+    from clinical_lstm.model.head import SummaryHead, fit_members
+    from clinical_lstm.model.network import MaskedLSTM, ModelConfig
+    from clinical_lstm.serve.bundle import RiskModel
 
     torch.manual_seed(0)
     train_ids = np.arange(1, 41)
@@ -208,7 +208,7 @@ def small():
 
 def game_values(model, t, n: int) -> np.ndarray:
     """v(S) for every coalition S of stay ``n`` (bit j of the index = player j present), via :func:`shap_game`."""
-    from clinical_lstm.explain import player_names, shap_game
+    from clinical_lstm.explain.shapley import player_names, shap_game
 
     f, masker = shap_game(model, t, n)
     P = len(player_names(model.transformer))
@@ -264,8 +264,8 @@ def test_values_agree_with_shap_exact_over_the_same_grouped_masker(small, n_netw
 
     import shap
 
-    from clinical_lstm.explain import player_names, shap_game
-    from clinical_lstm.model import MaskedLSTM, ModelConfig
+    from clinical_lstm.explain.shapley import player_names, shap_game
+    from clinical_lstm.model.network import MaskedLSTM, ModelConfig
 
     model, _, t = small
     if n_networks > 1:  # more networks, as strongly interacting (of another shape: attention pooling, 2 layers)
@@ -327,11 +327,12 @@ def test_summary_members_values_are_the_exact_shapley_values_of_their_games():
     """Each member's closed-form values (linear: per column; trees: per leaf path, single reference) equal the
     Shapley values by definition over all 2^7 coalitions of the member alone, on a head fitted to data with
     interacting variables (deep trees: leaves reached only by mixing stay and reference columns)."""
-    from clinical_lstm.catalogue import Catalogue
-    from clinical_lstm.explain import reference, static_players
-    from clinical_lstm.impute import GridTransformer
-    from clinical_lstm.member_shap import column_players, member_values
-    from clinical_lstm.summaries import SummaryHead, fit_members, player_columns
+    from clinical_lstm.data.catalogue import Catalogue
+    from clinical_lstm.explain.members import column_players, member_values
+    from clinical_lstm.explain.shapley import reference, static_players
+    from clinical_lstm.features.impute import GridTransformer
+    from clinical_lstm.features.summaries import player_columns
+    from clinical_lstm.model.head import SummaryHead, fit_members
 
     long = small_long(300, seed=4)
     ids = np.arange(1, 301)
@@ -419,7 +420,7 @@ def test_project_plots_are_shaps_and_leave_pyplot_as_they_found_it(small, tmp_pa
     import matplotlib.pyplot as plt
     import shap
 
-    from clinical_lstm.explain_plots import plot_global, plot_stay
+    from clinical_lstm.explain.plots import plot_global, plot_stay
 
     model, data, t = small
     drawn = {}

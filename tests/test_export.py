@@ -16,9 +16,14 @@ import polars as pl
 import pytest
 from helpers import tiny_model
 
-from clinical_lstm.bundle import RiskModel, load_model
 from clinical_lstm.config import ModelConfig
-from clinical_lstm.export import (
+from clinical_lstm.data.sample import bundled_sample
+from clinical_lstm.data.sources import DataError, load
+from clinical_lstm.features.impute import Tensors
+from clinical_lstm.model.head import SummaryHead, fit_members
+from clinical_lstm.model.network import MaskedLSTM
+from clinical_lstm.serve.bundle import RiskModel, load_model
+from clinical_lstm.serve.export import (
     CONTRACT_KEY,
     ExportedModel,
     export_model,
@@ -27,11 +32,6 @@ from clinical_lstm.export import (
     read_contract,
     summary_names,
 )
-from clinical_lstm.impute import Tensors
-from clinical_lstm.model import MaskedLSTM
-from clinical_lstm.sample import bundled_sample
-from clinical_lstm.sources import DataError, load
-from clinical_lstm.summaries import SummaryHead, fit_members
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -374,7 +374,7 @@ def shift_calibrator(c):
 
 def narrow_weight_range(c):
     """Weight's plausible range 20-300 kg -> 20-30 kg, with the catalogue digest recomputed to match."""
-    from clinical_lstm.catalogue import Catalogue
+    from clinical_lstm.data.catalogue import Catalogue
 
     assert "\nWeight,kg,20.0,300.0," in c["catalogue_csv"]
     c["catalogue_csv"] = c["catalogue_csv"].replace("\nWeight,kg,20.0,300.0,", "\nWeight,kg,20.0,30.0,")

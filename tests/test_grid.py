@@ -1,4 +1,4 @@
-"""Tests for clinical_lstm.grid: irregular events -> fixed bins, worked out by hand on tiny stays."""
+"""Tests for clinical_lstm.data.grid: irregular events -> fixed bins, worked out by hand on tiny stays."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.grid import Grid, n_bins, to_grid
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.data.grid import Grid, n_bins, to_grid
 
 NAN = np.nan
 
@@ -259,7 +259,7 @@ def test_a_grid_of_too_many_bins_is_refused_on_every_path():
     """The bins bound is one rule (config.grid_bins): the config, to_grid and the transformer all refuse it before
     allocating anything (48 h in 1e-6 h bins is 48 million bins per stay)."""
     from clinical_lstm.config import DataConfig
-    from clinical_lstm.impute import GridTransformer
+    from clinical_lstm.features.impute import GridTransformer
 
     for make in (lambda: DataConfig(resolution_hours=1e-6),
                  lambda: GridTransformer(Catalogue.default(), 48.0, 1e-6).n_bins,  # checked at fit (sklearn)

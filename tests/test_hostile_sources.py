@@ -22,11 +22,11 @@ import polars as pl
 import pytest
 from helpers import HEADER, stay_text, tiny_model, write_physionet_set
 
-from clinical_lstm.batch import score_batch
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.chunks import check_unique_ids, index_physionet, plan_chunks, read_chunks
-from clinical_lstm.sources import DataError, load, read_physionet
-from clinical_lstm.validate import CLOCK_TIME, parse_time, validate
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.data.chunks import check_unique_ids, index_physionet, plan_chunks, read_chunks
+from clinical_lstm.data.sources import DataError, load, read_physionet
+from clinical_lstm.data.validate import CLOCK_TIME, parse_time, validate
+from clinical_lstm.serve.batch import score_batch
 
 N_STAYS = 300
 FIRST_ID = 150000

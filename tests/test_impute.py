@@ -1,4 +1,4 @@
-"""Tests for clinical_lstm.impute.GridTransformer: mask, real elapsed hours, imputation, scaling learnt from
+"""Tests for clinical_lstm.features.impute.GridTransformer: mask, real elapsed hours, imputation, scaling learnt from
 training stays only, statics, padding, the scikit-learn contract and JSON persistence.
 
 Every expected number is worked out by hand in the comments next to it.
@@ -13,9 +13,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.grid import to_grid
-from clinical_lstm.impute import (
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.data.grid import to_grid
+from clinical_lstm.features.impute import (
     IMPUTATIONS,
     Carry,
     GridTransformer,
@@ -451,7 +451,7 @@ def test_subset_tensors(cat, clean):
 def test_last_step_statistics_equal_the_tracked_ones_bit_for_bit():
     """``advance(every_step=False)`` (batch transform: statistics only after the last bin) gives exactly the
     numbers the per-step track (the stream) ends with, from an empty state and from a mid-stay one."""
-    from clinical_lstm.impute import Carry
+    from clinical_lstm.features.impute import Carry
 
     rng = np.random.default_rng(0)
     N, k, V = 40, 48, 6
@@ -470,7 +470,7 @@ def test_last_step_statistics_equal_the_tracked_ones_bit_for_bit():
 def test_fitted_statistics_depend_on_the_values_not_their_order():
     """The same observed values and statics in another order (as other chunks or another input order give them)
     fit the very same transformer, to the last bit: a last-bit difference would train another model."""
-    from clinical_lstm.catalogue import Catalogue
+    from clinical_lstm.data.catalogue import Catalogue
 
     cat = Catalogue.default()
     rng = np.random.default_rng(11)

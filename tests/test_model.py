@@ -1,4 +1,4 @@
-"""Tests for clinical_lstm.model.MaskedLSTM: shapes, padding invariance, causality, the decay gate and
+"""Tests for clinical_lstm.model.network.MaskedLSTM: shapes, padding invariance, causality, the decay gate and
 streaming (continuing from a returned state)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from clinical_lstm.model import MaskedLSTM, ModelConfig, StepKernel
+from clinical_lstm.model.network import MaskedLSTM, ModelConfig, StepKernel
 
 V, S, H = 3, 2, 8
 COMBOS = list(itertools.product([False, True], [False, True]))  # (decay, attention)
@@ -210,7 +210,7 @@ def test_model_config_to_dict():
 
 def test_rows_batches_are_the_copied_fold_batches():
     """A fold as :class:`Rows` (indexes into the whole tensors) yields the very batches a copied fold would."""
-    from clinical_lstm.model import Rows, batch_of, n_stays
+    from clinical_lstm.model.network import Rows, batch_of, n_stays
 
     g = torch.Generator().manual_seed(0)
     data = {"x": torch.randn(30, 5, 4, generator=g), "lengths": torch.arange(30), "statics": torch.randn(30, 3, generator=g)}
@@ -226,7 +226,7 @@ def test_rows_batches_are_the_copied_fold_batches():
 def test_ensemble_prediction_equals_its_members_one_by_one(decay, attention):
     """The ensemble's logits (predict_logits, in batches that split the stays unevenly) are the mean of the
     members' own forward passes over all stays at once, per stay and per step."""
-    from clinical_lstm.model import predict_logits
+    from clinical_lstm.model.network import predict_logits
 
     nets = [make_model(decay, attention, seed=s) for s in range(3)]
     if decay:  # members whose decay differs

@@ -51,7 +51,7 @@ assert {"masked LSTM + summaries", "summaries-only stack", "masked LSTM"} <= set
 """,
 }
 # What a notebook may import from the package: the top-level public API and these documented submodules.
-PUBLIC_SUBMODULES = {"clinical_lstm.explain_plots", "clinical_lstm.tracking"}
+PUBLIC_SUBMODULES = {"clinical_lstm.explain.plots", "clinical_lstm.tracking.runs"}
 
 
 def _code(nb) -> list[str]:

@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 
 from clinical_lstm.config import Config
+from clinical_lstm.data.sources import DataError
+from clinical_lstm.data.synthetic import synthetic_cohort, synthetic_labels
 from clinical_lstm.files import atomic_dir, publish, remove_leftovers, temp_prefix
-from clinical_lstm.sources import DataError
-from clinical_lstm.synthetic import synthetic_cohort, synthetic_labels
 from clinical_lstm.workflow import evaluate, explain, prepare, stay_file, train
 
 TINY = {"train": {"folds": 2, "epochs": 1, "patience": 1, "batch_size": 16, "device": "cpu"},

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from helpers import random_long, tiny_model, with_conflicts
 
-from clinical_lstm.bundle import SCORES
+from clinical_lstm.serve.bundle import SCORES
 
 TOL = 1e-5
 pytestmark = [pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
@@ -71,7 +71,7 @@ def test_stream_hour_by_hour(model, cohort, reference):
 
 
 def test_batch_job(model, cohort, reference, tmp_path):
-    from clinical_lstm.batch import score_batch
+    from clinical_lstm.serve.batch import score_batch
 
     bundle = model.save(tmp_path / "model")
     cohort.write_parquet(tmp_path / "cohort.parquet")
@@ -85,7 +85,7 @@ def test_batch_job(model, cohort, reference, tmp_path):
 
 def test_onnx_runtime(model, cohort, reference, tmp_path):
     pytest.importorskip("onnxruntime")
-    from clinical_lstm.export import ExportedModel, export_onnx
+    from clinical_lstm.serve.export import ExportedModel, export_onnx
 
     path = export_onnx(model, tmp_path / "model.onnx")
     assert_same(ExportedModel(path).predict(cohort), reference, "onnx")
@@ -94,7 +94,7 @@ def test_onnx_runtime(model, cohort, reference, tmp_path):
 def test_mlflow_pyfunc(model, cohort, reference, tmp_path):
     import mlflow.pyfunc
 
-    from clinical_lstm.tracking import save_pyfunc
+    from clinical_lstm.tracking.runs import save_pyfunc
 
     bundle = model.save(tmp_path / "model")
     save_pyfunc(bundle, tmp_path / "pyfunc")
@@ -109,7 +109,7 @@ def test_spark_udf_path(model, cohort, reference, tmp_path):
 
     from pyspark.sql import SparkSession
 
-    from clinical_lstm.spark import score_spark
+    from clinical_lstm.serve.spark import score_spark
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
     spark = (SparkSession.builder.master("local[2]").appName("clinical-lstm-parity")
@@ -139,8 +139,8 @@ def _by_text(reference: pl.DataFrame, names: dict) -> pl.DataFrame:
 def test_text_ids_through_predict_batch_and_pyfunc(model, cohort, reference, tmp_path):
     import mlflow.pyfunc
 
-    from clinical_lstm.batch import score_batch
-    from clinical_lstm.tracking import save_pyfunc
+    from clinical_lstm.serve.batch import score_batch
+    from clinical_lstm.tracking.runs import save_pyfunc
 
     text, names = _text_ids(cohort)
     want = _by_text(reference, names)
@@ -167,7 +167,7 @@ def test_text_ids_on_spark(model, cohort, reference, tmp_path):
 
     from pyspark.sql import SparkSession
 
-    from clinical_lstm.spark import score_spark
+    from clinical_lstm.serve.spark import score_spark
 
     text, names = _text_ids(cohort)
     os.environ["PYSPARK_PYTHON"] = sys.executable

@@ -1,4 +1,4 @@
-"""Tests for clinical_lstm.plots: the curve figures (drawn by scikit-learn's Display classes), the forest
+"""Tests for clinical_lstm.evaluation.plots: the curve figures (drawn by scikit-learn's Display classes), the forest
 plot of paired differences, atomic PNG output and the headless, import-light module."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clinical_lstm import plots
-from clinical_lstm.metrics import Estimate, paired_difference
-from clinical_lstm.plots import plot_calibration, plot_differences, plot_pr, plot_roc
+from clinical_lstm.evaluation import plots
+from clinical_lstm.evaluation.metrics import Estimate, paired_difference
+from clinical_lstm.evaluation.plots import plot_calibration, plot_differences, plot_pr, plot_roc
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -133,7 +133,7 @@ def test_importing_plots_imports_neither_matplotlib_nor_sklearn():
     root = Path(plots.__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     code = (
-        "import sys, clinical_lstm.metrics, clinical_lstm.plots; "
+        "import sys, clinical_lstm.evaluation.metrics, clinical_lstm.evaluation.plots; "
         "sys.exit(any(m in sys.modules for m in ('matplotlib', 'sklearn')))"
     )
     assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
@@ -144,7 +144,7 @@ def test_hours_plot_draws_each_models_metric_and_mean_risk_at_every_hour(tmp_pat
     the mean risks and the event rate, in hour order."""
     from sklearn.metrics import roc_auc_score
 
-    from clinical_lstm.report import compare
+    from clinical_lstm.evaluation.report import compare
 
     rng = np.random.default_rng(4)
     hours = {}
@@ -173,7 +173,7 @@ def test_hours_plot_draws_each_models_metric_and_mean_risk_at_every_hour(tmp_pat
 def test_every_report_plot_says_what_it_was_measured_on():
     """A plot read on its own (in the MLflow UI, a slide) names its stays and whether they were out of fold or held
     out: the subtitle goes under the plot's own title, or is the title."""
-    from clinical_lstm.metrics import Estimate
+    from clinical_lstm.evaluation.metrics import Estimate
 
     on = "out of fold: the 400 training stays"
     for figure in (plots._roc_figure(two_models()), plots._pr_figure(two_models()),

@@ -1,4 +1,4 @@
-"""Tests for clinical_lstm.sources: the PhysioNet 2012 reader (folder and .tar.gz), the generic long
+"""Tests for clinical_lstm.data.sources: the PhysioNet 2012 reader (folder and .tar.gz), the generic long
 CSV/Parquet reader, labels files and ``load`` across several paths. Expected values are worked out by
 hand from the tiny sets written in each test."""
 
@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from helpers import write_physionet_set
 
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.sources import (
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.data.sources import (
     LONG_COLUMNS,
     DataError,
     find_outcomes,
@@ -21,7 +21,7 @@ from clinical_lstm.sources import (
     read_outcomes,
     read_physionet,
 )
-from clinical_lstm.validate import validate
+from clinical_lstm.data.validate import validate
 
 # Two stays; the helper writes the 00:00 descriptors (RecordID, then Age 64, Gender 1, Height 172.7,
 # ICUType 3, Weight 81.5) before these time-series rows.
@@ -284,7 +284,7 @@ def test_a_fractional_missing_or_nan_id_names_no_stay(tmp_path, ids, message):
     df.write_parquet(tmp_path / "d.parquet")
     with pytest.raises(DataError, match=re.escape(message)):
         read_long(tmp_path / "d.parquet")
-    from clinical_lstm.bundle import as_raw
+    from clinical_lstm.serve.bundle import as_raw
 
     with pytest.raises(DataError, match=r"the long table, row 2: stay_id \S+ names no stay"):  # pandas NaN is None
         as_raw(df.to_pandas())

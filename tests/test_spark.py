@@ -13,13 +13,13 @@ import pytest
 
 pytest.importorskip("pyspark")
 
-from clinical_lstm.bundle import RiskModel, load_model  # noqa: E402
-from clinical_lstm.calibrate import PlattCalibrator  # noqa: E402
-from clinical_lstm.catalogue import Catalogue  # noqa: E402
-from clinical_lstm.impute import GridTransformer  # noqa: E402
-from clinical_lstm.model import MaskedLSTM, ModelConfig  # noqa: E402
-from clinical_lstm.sources import DataError  # noqa: E402
-from clinical_lstm.spark import _MODELS, _score_partition, check_every_stay, score_spark  # noqa: E402
+from clinical_lstm.data.catalogue import Catalogue  # noqa: E402
+from clinical_lstm.data.sources import DataError  # noqa: E402
+from clinical_lstm.features.impute import GridTransformer  # noqa: E402
+from clinical_lstm.model.calibrate import PlattCalibrator  # noqa: E402
+from clinical_lstm.model.network import MaskedLSTM, ModelConfig  # noqa: E402
+from clinical_lstm.serve.bundle import RiskModel, load_model  # noqa: E402
+from clinical_lstm.serve.spark import _MODELS, _score_partition, check_every_stay, score_spark  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
 
@@ -213,7 +213,7 @@ def test_registered_model_uri(spark, bundle, long, tmp_path, monkeypatch):
     exp = mlflow.create_experiment("spark", artifact_location=(tmp_path / "artifacts").as_uri())
     import clinical_lstm
 
-    code = str(Path(clinical_lstm.__file__).with_name("pyfunc_model.py"))
+    code = str(Path(clinical_lstm.__file__).parent / "serve" / "pyfunc_model.py")
     with mlflow.start_run(experiment_id=exp):
         info = mlflow.pyfunc.log_model(name="model", python_model=code, artifacts={"bundle": str(bundle)},
                                        pip_requirements=[])
@@ -226,7 +226,7 @@ def test_registered_model_uri(spark, bundle, long, tmp_path, monkeypatch):
 
 def test_same_risks_as_the_single_machine_batch_job(scattered, bundle, long, tmp_path):
     """The Spark output and `clinical-lstm score`'s chunked job agree stay by stay, rejects included."""
-    from clinical_lstm.batch import score_batch
+    from clinical_lstm.serve.batch import score_batch
 
     _, got = scattered
     src = tmp_path / "long.parquet"

@@ -10,14 +10,14 @@ import polars as pl
 import pytest
 from helpers import tiny_model
 
-from clinical_lstm.bundle import RiskModel
 from clinical_lstm.config import ModelConfig
-from clinical_lstm.impute import GridTransformer
-from clinical_lstm.model import MaskedLSTM
-from clinical_lstm.sample import bundled_sample
-from clinical_lstm.sources import DataError, RawData, load
-from clinical_lstm.stream import StayStream
-from clinical_lstm.validate import validate
+from clinical_lstm.data.sample import bundled_sample
+from clinical_lstm.data.sources import DataError, RawData, load
+from clinical_lstm.data.validate import validate
+from clinical_lstm.features.impute import GridTransformer
+from clinical_lstm.model.network import MaskedLSTM
+from clinical_lstm.serve.bundle import RiskModel
+from clinical_lstm.serve.stream import StayStream
 
 TOL = 1e-5
 N_STAYS = 12
@@ -408,7 +408,7 @@ def test_an_edited_damaged_or_foreign_state_is_one_clear_error(model, stays, tmp
 
 def _signed(state: dict) -> dict:
     """A state re-signed after an edit: what only a deliberate forger does; its content is still checked."""
-    from clinical_lstm.stream import _state_digest
+    from clinical_lstm.serve.stream import _state_digest
 
     return {**state, "digest": _state_digest(state)}
 

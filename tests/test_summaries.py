@@ -8,10 +8,11 @@ import pytest
 import torch
 from helpers import random_long, tiny_model
 
-from clinical_lstm.baselines import SummaryBaselines
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.impute import GridTransformer
-from clinical_lstm.summaries import SERIES_STATS, SummaryHead, feature_names, fit_members
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.features.impute import GridTransformer
+from clinical_lstm.features.summaries import SERIES_STATS, feature_names
+from clinical_lstm.model.members import SummaryBaselines
+from clinical_lstm.model.head import SummaryHead, fit_members
 
 CATALOGUE_CSV = """name,unit,lower,upper,aggregation,kind,static,description
 Age,years,0,120,last,static,true,
@@ -80,7 +81,7 @@ def test_head_stacks_the_members_and_round_trips(fitted):
 
 
 def test_shap_adds_up_with_the_summary_head():
-    from clinical_lstm.explain import shap_values
+    from clinical_lstm.explain.shapley import shap_values
 
     model = tiny_model(seed=5, head=True)
     long = random_long(6, seed=21)
@@ -94,7 +95,7 @@ def test_shap_adds_up_with_the_summary_head():
 
 
 def test_hour_basis_interpolates_between_knots_and_sums_to_one():
-    from clinical_lstm.summaries import hour_basis
+    from clinical_lstm.model.head import hour_basis
 
     knots = np.array([2.0, 6.0, 12.0, 48.0])
     hours = np.array([0.5, 2.0, 4.0, 9.0, 30.0, 48.0, 100.0])
@@ -110,7 +111,7 @@ def test_hour_basis_interpolates_between_knots_and_sums_to_one():
 def test_stacking_weights_follow_the_hour_a_member_is_informative_at():
     """Planted: member 0 carries the outcome early (2 h), member 1 late (48 h). Hour-dependent stacking must give
     member 0 the larger weight at the first knot and member 1 at the last."""
-    from clinical_lstm.summaries import fit_stack, stack_logit
+    from clinical_lstm.model.head import fit_stack, stack_logit
 
     rng = np.random.default_rng(0)
     n = 20_000
@@ -175,3 +176,26 @@ def test_head_with_end_of_stay_members_matches_in_torch_numpy_and_after_a_round_
         np.testing.assert_allclose(head(lstm, s).numpy(), want, atol=1e-5)
         np.testing.assert_allclose(SummaryHead.from_state(head.state_dict())(lstm, s).numpy(), want, atol=1e-5)
     np.testing.assert_allclose([head.numpy_logit(float(lstm[i]), S[i]) for i in range(len(S))], want, atol=1e-5)
+
+
+def test_tree_export_refuses_a_scikit_learn_without_its_private_arrays(fitted):
+    """The export reads scikit-learn's private tree arrays: a release without them (or with other node fields)
+    fails by name, with the tested range, instead of exporting wrong trees."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from clinical_lstm.model.head import export_trees
+
+    X, y = fitted
+    good = SummaryBaselines(seed=0).fit(X, y).models_["gradient boosting"]
+    export_trees(good, X.shape[1])  # the real one exports
+    hgb = good.steps[1][1]
+    renamed = np.zeros(2, dtype=[("feature", np.int64), ("num_threshold", np.float64)])
+    for broken in (SimpleNamespace(_baseline_prediction=hgb._baseline_prediction),  # no _predictors
+                   SimpleNamespace(_predictors=hgb._predictors),  # no baseline
+                   SimpleNamespace(_predictors=[[SimpleNamespace(nodes=renamed)]],
+                                   _baseline_prediction=hgb._baseline_prediction)):  # other node fields
+        pipe = SimpleNamespace(steps=[good.steps[0], ("hgb", broken)])
+        with pytest.raises(RuntimeError, match=r"scikit-learn .*>=1.4,<1.10"):
+            export_trees(pipe, X.shape[1])

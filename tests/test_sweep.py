@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from clinical_lstm.cli import main
 from clinical_lstm.config import Config, load
-from clinical_lstm.sweep import SearchSpace, SweepSpec, _Objective, _ParentRun, run_sweep
+from clinical_lstm.sweep.run import SearchSpace, SweepSpec, _Objective, _ParentRun, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"log": lambda *_: None}
@@ -349,7 +349,7 @@ def test_a_trial_whose_worker_stopped_beating_is_failed_and_not_counted(tmp_path
     gets its 2 trials; its MLflow run ends FAILED."""
     from mlflow import MlflowClient
 
-    import clinical_lstm.sweep_storage as sweep_storage
+    import clinical_lstm.sweep.storage as sweep_storage
 
     monkeypatch.setattr(sweep_storage, "HEARTBEAT_S", 1)
     data, labels = cohort(tmp_path)

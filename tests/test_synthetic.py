@@ -1,4 +1,4 @@
-"""Tests for clinical_lstm.synthetic: shape and ranges of a clean cohort, agreement with the profile, dirt
+"""Tests for clinical_lstm.data.synthetic: shape and ranges of a clean cohort, agreement with the profile, dirt
 counted by validation's rules, determinism, and the Parquet writer (same rows, whole stays, atomic)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.sources import RawData
-from clinical_lstm.synthetic import load_profile, main, synthetic_cohort, synthetic_labels, write_cohort
-from clinical_lstm.validate import validate
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.data.sources import RawData
+from clinical_lstm.data.synthetic import load_profile, main, synthetic_cohort, synthetic_labels, write_cohort
+from clinical_lstm.data.validate import validate
 
 N = 2_000
 

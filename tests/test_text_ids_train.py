@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from clinical_lstm.config import Config
-from clinical_lstm.synthetic import synthetic_cohort, synthetic_labels
+from clinical_lstm.data.synthetic import synthetic_cohort, synthetic_labels
 from clinical_lstm.workflow import train
 
 TINY = {"train": {"folds": 2, "epochs": 1, "patience": 1, "batch_size": 16, "device": "cpu"},

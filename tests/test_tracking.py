@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from clinical_lstm.config import Config
-from clinical_lstm.tracking import CHALLENGER, CHAMPION, Tracker
+from clinical_lstm.tracking.runs import CHALLENGER, CHAMPION, Tracker
 from clinical_lstm.workflow import train
 
 FIRST_ID = 9_300_001  # distinctive stay ids: the privacy test searches the whole store for them
@@ -156,7 +156,7 @@ def test_champion_moves_only_between_versions_measured_on_the_same_stays(store):
     import mlflow
     from mlflow import MlflowClient
 
-    from clinical_lstm.tracking import pyfunc_spec
+    from clinical_lstm.tracking.runs import pyfunc_spec
 
     client = MlflowClient()
     first = store["runs"][0]
@@ -260,8 +260,8 @@ def test_unknown_registered_model_is_a_clear_data_error(tmp_path, monkeypatch):
     """`models:/...` that does not resolve (no such model or alias) is the caller's input error, not a crash."""
     from mlflow import MlflowClient
 
-    from clinical_lstm.bundle import load_model
-    from clinical_lstm.sources import DataError
+    from clinical_lstm.data.sources import DataError
+    from clinical_lstm.serve.bundle import load_model
 
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     MlflowClient(uri).search_experiments()  # an existing, empty store
@@ -281,8 +281,8 @@ def test_model_lookup_never_creates_a_store(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from clinical_lstm.bundle import load_model
-    from clinical_lstm.sources import DataError
+    from clinical_lstm.data.sources import DataError
+    from clinical_lstm.serve.bundle import load_model
 
     work = tmp_path / "empty"
     work.mkdir()

@@ -20,12 +20,12 @@ import polars as pl
 import pytest
 from helpers import crash_on_call, random_long, stay_text, tiny_model, write_physionet_set
 
-from clinical_lstm.batch import score_batch
-from clinical_lstm.bundle import RiskModel
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.chunks import index_long, index_physionet, plan_chunks, read_chunks
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.data.chunks import index_long, index_physionet, plan_chunks, read_chunks
+from clinical_lstm.data.sources import DataError, read_labels, read_long, read_physionet
 from clinical_lstm.files import write_frame
-from clinical_lstm.sources import DataError, read_labels, read_long, read_physionet
+from clinical_lstm.serve.batch import score_batch
+from clinical_lstm.serve.bundle import RiskModel
 
 CLI = [sys.executable, "-m", "clinical_lstm.cli"]
 MiB = 1 << 20

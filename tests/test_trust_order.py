@@ -13,11 +13,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from clinical_lstm.batch import score_batch
 from clinical_lstm.config import Config
-from clinical_lstm.sample import bundled_sample
-from clinical_lstm.sources import DataError, load
-from clinical_lstm.validate import validate
+from clinical_lstm.data.sample import bundled_sample
+from clinical_lstm.data.sources import DataError, load
+from clinical_lstm.data.validate import validate
+from clinical_lstm.serve.batch import score_batch
 
 TOL = 1e-5  # the stream's parity tolerance with predict (tests/test_stream.py, tests/test_parity.py)
 SCHEMA = {"stay_id": pl.Int64, "time": pl.Float64, "variable": pl.String, "value": pl.Float64}
@@ -95,7 +95,7 @@ def test_two_equal_rows_a_tenth_of_a_second_apart_give_one_risk_in_either_file_o
 
 
 def load_frame(df: pl.DataFrame):
-    from clinical_lstm.sources import RawData
+    from clinical_lstm.data.sources import RawData
 
     return RawData(long=df, stays=df["stay_id"].unique().sort())
 
@@ -285,7 +285,7 @@ def test_an_edited_carry_or_clock_is_refused_with_or_without_its_digest(state):
 
 def test_a_good_state_still_resumes_to_the_same_risk(state, tmp_path):
     model, stay, s, st = state
-    from clinical_lstm.stream import StayStream
+    from clinical_lstm.serve.stream import StayStream
 
     rest = stay.filter(pl.col("time") > 30)
     for restored in (model.stream(json.loads(json.dumps(st))), StayStream.load(model, s.save(tmp_path / "s.json")),

@@ -1,4 +1,4 @@
-"""Tests for clinical_lstm.validate: one test per rule in ``ACTIONS`` on tiny hand-built long tables, the
+"""Tests for clinical_lstm.data.validate: one test per rule in ``ACTIONS`` on tiny hand-built long tables, the
 stay accounting invariant, and the quality report's JSON (de-identified and atomic)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 from helpers import raw_data
 
-from clinical_lstm.catalogue import Catalogue
-from clinical_lstm.sources import RawData, read_physionet
-from clinical_lstm.validate import ACTIONS, QualityReport, validate
+from clinical_lstm.data.catalogue import Catalogue
+from clinical_lstm.data.sources import RawData, read_physionet
+from clinical_lstm.data.validate import ACTIONS, QualityReport, validate
 
 HR_OK = "80"  # a plausible heart rate, so a stay has a usable time series
 
@@ -395,7 +395,7 @@ def test_order_rows_is_the_key_then_value_order_with_duplicates_and_conflicts_ma
     order (a stable two-key sort, written out in Python), exact duplicates after their first copy dropped."""
     import numpy as np
 
-    from clinical_lstm.validate import order_rows
+    from clinical_lstm.data.validate import order_rows
 
     rng = np.random.default_rng(3)
     for n in (0, 1, 7, 500):
@@ -426,8 +426,8 @@ def test_duration_time_is_elapsed_hours_exactly(cat, tmp_path, unit):
     as the float hours it came from, bit for bit (not microseconds read as hours)."""
     from helpers import tiny_model
 
-    from clinical_lstm.sources import read_long
-    from clinical_lstm.synthetic import synthetic_cohort
+    from clinical_lstm.data.sources import read_long
+    from clinical_lstm.data.synthetic import synthetic_cohort
 
     long = synthetic_cohort(5, seed=4, dirt=0.05)
     path = tmp_path / "dur.parquet"
@@ -448,7 +448,7 @@ def test_duration_time_is_elapsed_hours_exactly(cat, tmp_path, unit):
 def test_timestamp_time_is_a_clear_error(cat, tmp_path, dtype):
     """An absolute time cannot be hours since admission without each stay's admission time: refused, naming
     the file, the column and its type, instead of every row read as microseconds since 1970."""
-    from clinical_lstm.sources import DataError, read_long
+    from clinical_lstm.data.sources import DataError, read_long
 
     long = pl.DataFrame({"stay_id": [1, 1], "time": [0.0, 3.0], "variable": ["Age", "HR"],
                          "value": [60.0, 80.0]})
@@ -502,9 +502,9 @@ def test_safe_report_carries_no_variable_name_from_the_input(cat):
 def test_a_duration_input_beside_a_float_one_and_a_timestamp_in_the_index_pass(cat, tmp_path):
     """Two inputs of different schemas are joined as text: a Duration ``time`` is read as hours first (it was
     a polars error). The batch index pass refuses a timestamp ``time`` before any chunk, naming the file."""
-    from clinical_lstm.chunks import index_long
-    from clinical_lstm.sources import DataError, load
-    from clinical_lstm.synthetic import synthetic_cohort
+    from clinical_lstm.data.chunks import index_long
+    from clinical_lstm.data.sources import DataError, load
+    from clinical_lstm.data.synthetic import synthetic_cohort
 
     long = synthetic_cohort(6, seed=2)
     first, second = long.filter(pl.col("stay_id") <= 3), long.filter(pl.col("stay_id") > 3)
@@ -526,7 +526,7 @@ def test_snap_seconds_hand_worked():
     infinities and times too large to count in seconds are left as they are; snapping twice changes nothing."""
     import numpy as np
 
-    from clinical_lstm.validate import snap_seconds
+    from clinical_lstm.data.validate import snap_seconds
 
     h = np.array([10.9999, 11.0, 0.4 / 3600, 0.6 / 3600, -0.4 / 3600, -0.6 / 3600, 47 + 59 / 60 + 1e-7,
                   np.nan, np.inf, -np.inf, 1e306])
@@ -553,7 +553,7 @@ def test_a_variable_removed_whole_is_in_the_report_and_the_stays_flags(cat):
     """Temp in °F (every value out_of_range) and Lactate (one out of range, one past the window: the flag names
     the rule that removed a value) are removed whole in stay 1; a -1 sentinel Height, an unknown name, a Temp
     with one good value left (stay 2) and a stay rejected anyway (3) are not listed."""
-    from clinical_lstm.validate import stay_quality
+    from clinical_lstm.data.validate import stay_quality
 
     raw = raw_data([
         (1, "00:00", "Age", "60"), (1, "00:00", "Height", "-1"), (1, "1", "HR", HR_OK), (1, "2", "HR", "81"),

@@ -1,0 +1,385 @@
+"""Per-variable SHAP values: which clinical variables pushed a stay's risk up or down, and by how much.
+
+Method: **grouped permutation SHAP** on the model's output in log-odds (the ensemble-mean logit, before
+calibration). Each *player* is one clinical variable — all of its channels (values, mask, elapsed hours) over
+all time steps — or one static descriptor (all of its one-hot / indicator columns). A player that is "absent"
+takes its value from the reference:
+
+* a series variable is replaced by *never observed*: mask 0, the training median in every bin, elapsed
+  time = hours since admission. This is the model's own state for an unmeasured variable, so a contribution
+  answers "how much did measuring this variable, with these values, move the risk?";
+* a static descriptor is replaced by the training stays' mean feature vector (``static_mean_``).
+
+Both references come from the training split and travel in the bundle. Why not ``shap.DeepExplainer``: its
+values do not add up for ``nn.LSTM``.
+
+How the values are computed (:func:`shap_values`): the shipped logit is linear in its parts at a stay's hour
+(``w0 * mean_k LSTM_k + sum_m w_m * member_m + b``) and Shapley values are linear in the game, so each part is
+explained on its own and the values are added with the stacking weights. The summary members' values are exact
+in closed form (:mod:`clinical_lstm.explain.members`). Only the networks need sampled permutations, and each network
+plays its own antithetic pairs (the permutations are spread over the networks, at least one pair each): the
+mean of unbiased per-network estimates is unbiased for the ensemble, as precise as that many pairs on one
+network, and costs one network's evaluations per permutation instead of all K. Every permutation's marginal
+contributions telescope to ``f_k(stay) - f_k(reference)`` and each member's exact values to its own difference,
+so ``base_value + sum(contributions) == model_output`` holds to float precision. Variables a stay never observed
+are dummy players (present = absent) and get exactly 0 without being evaluated.
+
+SHAP's own objects at the boundary: :func:`explanation` returns a ``shap.Explanation`` (one row per stay, one
+column per player, ``data`` = what a clinician reads: :func:`readable`) for ``shap.plots.waterfall`` /
+``beeswarm`` / ``bar``; :func:`shap_game` hands SHAP's explainers (``shap.explainers.Exact``, ``Permutation``)
+the same game — model function and coalition masker — that :func:`shap_values` samples, which is how the tests
+check these values against exact Shapley values.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+import polars as pl
+import torch
+
+from ..features.impute import Tensors
+from ..features.summaries import player_columns
+from ..model.network import predict_logits, to_torch
+
+EXPLAIN_COLUMNS = ("stay_id", "variable", "contribution", "rank", "base_value", "model_output")
+
+
+def static_players(transformer) -> list[tuple[str, list[int]]]:
+    """``(player name, static feature columns)`` per static descriptor; Weight's is 'Weight (admission)'."""
+    series = set(transformer.catalogue.series)
+    players, col = [], 0
+    for name in transformer.catalogue.statics:
+        width = len(transformer.static_levels_[name]) if name in transformer.static_levels_ else 2
+        players.append((f"{name} (admission)" if name in series else name, list(range(col, col + width))))
+        col += width
+    return players
+
+
+def reference(t: Tensors, transformer) -> Tensors:
+    """The 'nothing measured, typical patient' input for each stay (same lengths as ``t``), summaries included:
+    what the imputation scan gives a stay in which nothing was observed (:func:`clinical_lstm.features.summaries.summarize`
+    of an empty :class:`~clinical_lstm.features.impute.Carry`)."""
+    from ..features.impute import Carry
+    from ..features.summaries import summarize
+
+    N, T, V = t.x.shape
+    valid = (np.arange(T)[None, :] < t.lengths[:, None])[:, :, None]  # (N, T, 1)
+    fill = transformer.median_ if transformer.imputation != "zero" else np.zeros(V)
+    x = np.where(valid, fill.astype(np.float32)[None, None, :], 0).astype(np.float32)
+    hours = ((np.arange(T) + 1) * transformer.resolution_hours).astype(np.float32)
+    delta = np.broadcast_to(np.where(valid, hours[None, :, None], 0), (N, T, V)).astype(np.float32)
+    statics = np.broadcast_to(transformer.static_mean_.astype(np.float32), t.statics.shape).copy()
+    now = hours[t.lengths - 1]  # (N,) the stay's hour: context, shared by the stay and its reference
+    summary = summarize(Carry.empty(N, V), np.repeat(now[:, None], V, axis=1), statics, now)
+    return Tensors(x, np.zeros_like(t.mask), delta, t.lengths.copy(), statics, t.stay_ids.copy(), summary)
+
+
+def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_batch: int = 2048,
+                progress: bool | Callable[[int], object] = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Per-variable SHAP values of the model's logit for every stay in ``t``.
+
+    The shipped logit is ``w0(hour) * mean_k LSTM_k + sum_m w_m(hour) * member_m + b(hour)``, linear in the
+    networks and the summary members at the stay's hour (the same for a stay and its reference), and Shapley
+    values are linear in the game. So:
+
+    * each summary member's values are exact (:mod:`clinical_lstm.explain.members`);
+    * each network ``k`` gets its own antithetic permutation pairs: ``n_permutations`` (rounded up to whole pairs,
+      at least one pair per network, the same number for every network) are *spread over* the networks, and the
+      ensemble's value is the mean of the networks' estimates. Each network's estimate is unbiased, so the mean
+      is; its variance is that of as many pairs on one network, at ``1/K`` of the cost of playing every
+      permutation on all ``K`` networks. Only the networks are evaluated on coalitions (in batches of up to
+      ``max_batch`` sequences per network).
+
+    ``base + phi.sum(1) == output`` holds to float precision: every permutation's marginal contributions telescope
+    to ``f_k(stay) - f_k(reference)``, and each member's exact values sum to its own difference.
+
+    A stay's permutations are drawn from ``seed`` and its id alone, so a stay gets the same values whichever
+    stays it is explained with (``explain``, ``score --explain`` in chunks, ``predict(explain=K)``).
+    ``progress``: True for a tqdm bar, or a callable given the number of stays finished after each batch.
+
+    Returns
+    -------
+    phi : (N, P) contributions in log-odds, players in ``names`` order
+    base : (N,) the reference's logit
+    output : (N,) the stay's logit (``base + phi.sum(1) == output``)
+    names : list of P player names (series variables, then static descriptors)
+    """
+    from tqdm.auto import tqdm
+
+    tr = model.transformer
+    V = t.x.shape[2]
+    stat = static_players(tr)
+    names = player_names(tr)
+    P = len(names)
+    static_cols = np.zeros((len(stat), t.statics.shape[1]), dtype=bool)  # static player -> feature columns
+    for j, (_, cols) in enumerate(stat):
+        static_cols[j, cols] = True
+    if not len(t):
+        return np.zeros((0, P)), np.zeros(0), np.zeros(0), names
+    ref = reference(t, tr)
+    nets = model.networks
+    K, N = len(nets), len(t)
+    pairs = -(-max(1, -(-n_permutations // 2)) // K)  # antithetic pairs per network: the total rounded up to K's
+    ends = tuple([predict_logits(net, to_torch(d, torch.device("cpu"))).astype(np.float64) for net in nets]
+                 for d in (t, ref))  # each network's logit of every stay, then of its reference: (N,) each
+    lstm_out, lstm_base = (np.mean(e, axis=0) for e in ends)
+    phi_net = np.zeros((N, P))
+    pending, size = [], 0
+    report = progress if callable(progress) else None
+    for n in tqdm(range(N), desc="explain", disable=report is not None or not progress, leave=False):
+        observed = np.flatnonzero(t.mask[n, : t.lengths[n]].any(axis=0))  # dummy players are skipped
+        players = np.r_[observed, V + np.arange(len(stat))]
+        rng = np.random.default_rng([seed, _id_key(t.stay_ids[n])])
+        perms = [[q for _ in range(pairs) for p in [rng.permutation(len(players))] for q in (p, p[::-1])]
+                 for _ in range(K)]  # (K, 2 * pairs) permutations of the players
+        pending.append((n, players, perms))
+        size += 2 * pairs * max(len(players) - 1, 0)
+        if size >= max_batch or n == N - 1:
+            for (m, pl_, pm), interior in zip(pending, _play(nets, t, ref, pending, V, static_cols), strict=True):
+                contrib = np.zeros(len(pl_))
+                for k in range(K):  # the coalitions' logits: reference, interior prefixes, stay
+                    vals = np.concatenate([np.full((len(pm[k]), 1), ends[1][k][m]), interior[k],
+                                           np.full((len(pm[k]), 1), ends[0][k][m])], axis=1)
+                    marg = np.diff(vals, axis=1)  # (2 * pairs, M): contribution of the j-th player added
+                    for r, perm in enumerate(pm[k]):
+                        contrib[perm] += marg[r] / (len(pm[k]) * K)
+                phi_net[m, pl_] = contrib
+            if report is not None:
+                report(len(pending))
+            pending, size = [], 0
+    if model.head is None:
+        return phi_net, lstm_base, lstm_out, names
+    from .members import column_players, member_values
+
+    head = model.head
+    with torch.inference_mode():
+        w, _ = head.weights(torch.from_numpy(t.summary[:, -1]))  # (N, 1 + members) at each stay's hour
+        output = head(torch.from_numpy(lstm_out.astype(np.float32)), torch.from_numpy(t.summary)).double().numpy()
+        base = head(torch.from_numpy(lstm_base.astype(np.float32)), torch.from_numpy(ref.summary)).double().numpy()
+    w = w.double().numpy()
+    owner = column_players(t.summary.shape[1], player_columns(V, [cols for _, cols in stat]))
+    phi = w[:, :1] * phi_net
+    for j, values in enumerate(member_values(head, t.summary, ref.summary, owner, P)):
+        phi += w[:, 1 + j, None] * values
+    return phi, base, output, names
+
+
+def _id_key(stay_id) -> int:
+    """A stay id (integer or text) as a 64-bit seed: its text's SHA-256."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(str(stay_id).encode()).digest()[:8], "little")
+
+
+def _coalitions(perms, players, V, static_cols):
+    """Masks of present channels for the interior prefixes (1 .. M-1 players) of every permutation: ``(R, V)``
+    series and ``(R, S)`` statics, R = len(perms) * (M - 1)."""
+    M = len(players)
+    inc = np.zeros((len(perms), max(M - 1, 0), M), dtype=bool)
+    for r, p in enumerate(perms):
+        position = np.empty(M, dtype=np.int64)
+        position[p] = np.arange(M)
+        inc[r] = np.arange(1, M)[:, None] > position[None, :]  # prefix k holds the first k players
+    inc = inc.reshape(-1, M)  # (R, M)
+    series_on = np.zeros((len(inc), V), dtype=bool)
+    is_series = players < V
+    series_on[:, players[is_series]] = inc[:, is_series]
+    static_on = inc[:, ~is_series] @ static_cols[players[~is_series] - V] > 0  # (R, S)
+    return series_on, static_on
+
+
+@torch.inference_mode()
+def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
+    """Each network's logits on its own interior coalitions of the pending stays: per stay, per network, an
+    array (2 * pairs, M - 1). A coalition's step inputs take each column from the stay's or the reference's
+    (:meth:`~clinical_lstm.model.network.MaskedLSTM.from_inputs`), built once per stay and network."""
+    out = [[None] * len(nets) for _ in pending]
+    stays = np.array([n for n, _, _ in pending])
+    T = int(t.lengths[stays].max())
+    to = lambda a: torch.from_numpy(a[stays, :T] if a.ndim == 3 else a[stays])  # noqa: E731
+    for k, net in enumerate(nets):
+        masks = [_coalitions(perms[k], players, V, static_cols) for _, players, perms in pending]
+        local = np.concatenate([np.full(len(c[0]), i) for i, c in enumerate(masks)]).astype(np.int64)
+        logits = np.zeros(0)
+        if len(local):
+            net.eval()
+            stay_inp, ref_inp = (net.step_inputs(to(d.x), to(d.mask), to(d.delta), to(d.statics)) for d in (t, ref))
+            series_on = np.concatenate([c[0] for c in masks])  # (R, V)
+            static_on = torch.from_numpy(np.concatenate([c[1] for c in masks]))  # (R, S)
+            on = torch.from_numpy(np.concatenate([series_on] * 3, axis=1))  # x, mask, elapsed hours
+            on = torch.cat([on, static_on], dim=1)[:, None, :]  # (R, 1, 3V + S)
+            inp = torch.empty(len(local), T, on.shape[2])  # (R, T, 3V + S), written block by block: no gathers
+            for i, (a, b) in enumerate(itertools.pairwise(np.r_[0, np.cumsum([len(c[0]) for c in masks])])):
+                torch.where(on[a:b], stay_inp[i], ref_inp[i], out=inp[a:b])
+            rows = torch.from_numpy(local)
+            statics = torch.where(static_on, to(t.statics)[rows], to(ref.statics)[rows])
+            logits = net.from_inputs(inp, statics, torch.from_numpy(t.lengths[stays[local]]))[0].double().numpy()
+        parts = np.split(logits, np.cumsum([len(c[0]) for c in masks])[:-1])
+        for i, ((_, players, perms), part) in enumerate(zip(pending, parts, strict=True)):
+            out[i][k] = part.reshape(len(perms[k]), max(len(players) - 1, 0))
+    return out
+
+
+def explain_table(model, data, top: int | None = None, n_permutations: int = 8, seed: int = 0,
+                  progress: bool = False) -> pl.DataFrame:
+    """One row per stay and variable: ``stay_id, variable, contribution, rank, base_value, model_output``.
+
+    ``contribution`` is in log-odds; rank 1 is the largest absolute contribution. ``top`` keeps the K
+    highest-ranked variables per stay.
+    """
+    clean, kept, _ = model.clean(data)
+    t = model.tensors(clean, kept)
+    df = table_from(*shap_values(model, t, n_permutations, seed, progress=progress), t.stay_ids)
+    return df if top is None else df.filter(pl.col("rank") <= top)
+
+
+def table_from(phi, base, output, names, stay_ids) -> pl.DataFrame:
+    """Long table from :func:`shap_values`' arrays, rank 1 = largest absolute contribution."""
+    N, P = phi.shape
+    order = np.argsort(-np.abs(phi), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(1, P + 1)[None, :].repeat(N, 0), axis=1)
+    return pl.DataFrame({
+        "stay_id": np.repeat(stay_ids, P), "variable": np.tile(np.array(names), N),
+        "contribution": phi.ravel(), "rank": rank.ravel(), "base_value": np.repeat(base, P),
+        "model_output": np.repeat(output, P)}).sort("stay_id", "rank")
+
+
+# -- SHAP's objects: Explanation and the game for SHAP's own explainers -----------------------------------------
+def player_names(transformer) -> list[str]:
+    """The P player names: series variables (channel order), then static descriptors (:func:`static_players`)."""
+    return list(transformer.catalogue.series) + [n for n, _ in static_players(transformer)]
+
+
+def readable(transformer, grid) -> np.ndarray:
+    """(N, P) what each player looked like in each stay, in the catalogue's units, players in
+    :func:`player_names` order.
+
+    A series variable's last value in the window (the aggregate of its last observed bin: see
+    :mod:`clinical_lstm.data.grid`), a static descriptor's raw time-0 value (a category's level); NaN where never
+    observed. ``grid`` is the :class:`~clinical_lstm.data.grid.Grid` the explained tensors were computed from
+    (``transformer.grid(clean, stay_ids)``).
+    """
+    values = grid.values  # (N, T, V), NaN where unobserved
+    T = values.shape[1]
+    last = T - 1 - np.argmax(~np.isnan(values[:, ::-1, :]), axis=1)  # (N, V) last observed bin (T - 1 if none)
+    series = np.take_along_axis(values, last[:, None, :], axis=1)[:, 0, :]  # (N, V): NaN where never observed
+    assert grid.statics.shape[1] == len(static_players(transformer))
+    return np.concatenate([series, grid.statics], axis=1).astype(np.float64)  # (N, V + S)
+
+
+def display_text(transformer, data: np.ndarray) -> np.ndarray:
+    """(N, P) text for SHAP's plot labels: '7.2 mmol/L', a bare number for categories, flags and scores, or
+    'not measured' / 'missing'. No '=' (SHAP splits labels on it)."""
+    cat = transformer.catalogue
+    players = [(v, "not measured") for v in cat.series] + [(n, "missing") for n in cat.statics]
+    out = np.empty(data.shape, dtype=object)
+    for j, (name, absent) in enumerate(players):
+        unit = cat[name].unit
+        bare = unit in ("category", "flag", "score", "", name)  # '3 = ICUType', '7.31 = pH'
+        for i, v in enumerate(data[:, j]):
+            text = f"{round(float(v), 2):g}"
+            out[i, j] = absent if np.isnan(v) else text if bare else f"{text} {unit}"
+    return out
+
+
+def to_shap(phi: np.ndarray, base: np.ndarray, names: list[str], data: np.ndarray | None = None,
+            display: np.ndarray | None = None, stay_ids=None):
+    """A ``shap.Explanation`` from :func:`shap_values`' arrays.
+
+    Parameters
+    ----------
+    phi : (N, P) contributions in log-odds; ``base`` (N,) the reference's logit
+    names : the P player names (``feature_names``)
+    data : (N, P) float, optional
+        The players' values a reader recognises (:func:`readable`); NaN where never observed.
+    display : (N, P) object, optional
+        Text labels for the same (``display_data``: ``shap.plots.waterfall`` prints them).
+    stay_ids : (N,), optional
+        Kept as ``instance_names`` (text).
+    """
+    import shap
+
+    phi = np.asarray(phi, dtype=np.float64)
+    if phi.ndim != 2 or phi.shape[1] != len(names):
+        raise ValueError(f"phi must be (stays, players) with one column per name; got shape {phi.shape} for "
+                         f"{len(names)} names")
+    for what, a in (("data", data), ("display", display)):
+        if a is not None and np.shape(a) != phi.shape:
+            raise ValueError(f"{what} must have phi's shape {phi.shape}, got {np.shape(a)}")
+    return shap.Explanation(
+        values=phi, base_values=np.asarray(base, dtype=np.float64), data=data, display_data=display,
+        feature_names=list(names),
+        instance_names=None if stay_ids is None else [str(s) for s in np.asarray(stay_ids).tolist()])
+
+
+def explanation(model, data, n_permutations: int = 8, seed: int = 0, progress: bool = False):
+    """Per-variable SHAP values of every scorable stay of ``data`` as a ``shap.Explanation``.
+
+    ``values`` (N, P) in log-odds, ``base_values`` (N,) the reference's logit (so ``base_values +
+    values.sum(1)`` is the model's logit), ``data`` the readable values (:func:`readable`), ``display_data``
+    their text with units, ``feature_names`` the P players, ``instance_names`` the stay ids. Rejected stays
+    are left out (:meth:`RiskModel.predict <clinical_lstm.serve.bundle.RiskModel.predict>` gives their reasons).
+    ``shap.plots.waterfall(e[0])``, ``shap.plots.beeswarm(e)`` and ``shap.plots.bar(e)`` draw it.
+    """
+    clean, kept, _ = model.clean(data)
+    t = model.tensors(clean, kept)
+    grid = model.transformer.grid(clean, kept)  # what the tensors were computed from: the readable values
+    assert np.array_equal(grid.stay_ids, t.stay_ids)
+    phi, base, _, names = shap_values(model, t, n_permutations, seed, progress=progress)
+    shown = readable(model.transformer, grid)
+    return to_shap(phi, base, names, shown, display_text(model.transformer, shown), t.stay_ids)
+
+
+def shap_game(model, t: Tensors, n: int):
+    """The game :func:`shap_values` plays for stay ``n`` of ``t``, in the form SHAP's explainers take.
+
+    Returns ``(f, masker)``: ``masker(mask, x)`` turns a coalition — a boolean (P,) mask over the players of
+    :func:`player_names`; ``x`` is the explained row, whose values it ignores — into the model's inputs for
+    stay ``n``, every absent player's channels (series: values, mask and elapsed hours; static: its feature
+    columns; and their summary columns) taken from :func:`reference`. ``f(*inputs)`` is the model's logit
+    (:meth:`RiskModel.network_logits <clinical_lstm.serve.bundle.RiskModel.network_logits>`), (K,) float64::
+
+        f, masker = shap_game(model, t, 0)
+        e = shap.explainers.Exact(f, masker, feature_names=player_names(model.transformer))(row)  # row: (1, P)
+
+    Exact enumeration costs 2**P model calls per stay: for small catalogues and checks, not for production.
+    """
+    tr = model.transformer
+    one, ref = t.subset([n]), reference(t.subset([n]), tr)
+    L, V = int(one.lengths[0]), t.x.shape[2]
+    stat = [cols for _, cols in static_players(tr)]
+    P = V + len(stat)
+    summary_of = player_columns(V, stat) if model.head is not None else None  # player -> summary columns
+
+    def masker(mask, *_):
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (P,):
+            raise ValueError(f"a coalition is a boolean mask over the {P} players, got shape {mask.shape}")
+        on = mask[None, None, :V]  # (1, 1, V)
+        x, m, d = (np.where(on, s[:, :L], r[:, :L]) for s, r in  # (1, L, V) each
+                   ((one.x, ref.x), (one.mask, ref.mask), (one.delta, ref.delta)))
+        statics = ref.statics.copy()  # (1, S)
+        for j, cols in enumerate(stat):
+            if mask[V + j]:
+                statics[:, cols] = one.statics[:, cols]
+        inputs = (x, m, d, one.lengths.copy(), statics)
+        if summary_of is None:
+            return inputs
+        summary = ref.summary.copy()  # (1, F)
+        for j, cols in enumerate(summary_of):
+            if mask[j]:
+                summary[:, cols] = one.summary[:, cols]
+        return (*inputs, summary)
+
+    @torch.inference_mode()
+    def f(x, mask, delta, lengths, statics, summary=None):
+        to = torch.from_numpy
+        logit = model.network_logits(to(x), to(mask), to(delta), to(statics), to(lengths),
+                                     None if summary is None else to(summary))
+        return logit.numpy().astype(np.float64)  # (K,)
+
+    return f, masker

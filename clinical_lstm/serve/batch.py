@@ -1,0 +1,695 @@
+"""Batch scoring at hospital scale: chunks of whole stays, bounded memory, atomic output, resumable.
+
+How a job runs
+--------------
+1. **Contract, before any work.** The model loads (bundle format checked), its catalogue is compared with the
+   catalogue the job expects (``catalogue=``), every input's columns are checked, and an index pass reads only
+   ``stay_id`` and ``variable`` of long-format files: it finds every stay, whether each stay's rows are
+   contiguous, and the variable names that are not in the catalogue (reported, then ignored by rule). A
+   problem here raises :class:`~clinical_lstm.data.sources.DataError` (``clinical-lstm`` exits with code 2).
+2. **Chunks of whole stays** (:mod:`clinical_lstm.data.chunks`). Stays are cut into chunks of ``chunk_stays`` in
+   input order. A long Parquet file whose stays are contiguous (sorted or grouped by ``stay_id``, as database
+   extracts are) is read chunk by chunk as row slices; otherwise each chunk is filtered out of the file (one
+   scan per chunk: slower, same result). CSV is first copied into a Parquet spill file in the working folder
+   (streamed). PhysioNet folders and archives are read member by member. Chunks are scored by ``workers``
+   threads; memory is bounded by the chunk size and the worker count, not the input size.
+3. **Atomic parts and a manifest.** Each chunk's scored rows and rejects are written to the working folder
+   ``<out folder>/.<out name>.partial/`` (temp file + rename), then recorded in ``manifest.json`` (also
+   atomic). A job that is killed — even with SIGKILL — and re-run with the same arguments skips the chunks
+   the manifest records and produces the same output as an uninterrupted run (``scored_at`` is fixed when
+   the job first starts). Changed inputs, model or options start the job afresh; an input is compared by its
+   content (SHA-256, hashed while the index pass runs), never by size and modification time, which an edit
+   can restore. A job that fails before any chunk is recorded removes its working folder; one that fails
+   later keeps it and says so.
+4. **Finish.** The parts are streamed into temporary files beside ``out``, ``<out name>.rejects.<ext>`` and
+   ``<out name>.summary.json``; the job checks that stays in = scored + rejected and that no stay appears
+   twice, then renames them into place (the summary last) and removes the working folder.
+
+Side files are named from the *whole* output name (:func:`side_files`): ``s.parquet`` and ``s.csv`` in one
+folder never share a file, and no path a job writes may be, or lie inside, one of its inputs
+(:func:`clinical_lstm.files.check_not_input`). Every file follows the umask (:mod:`clinical_lstm.files`).
+
+Output columns: ``stay_id, risk, flag, quality_flags, n_observations, [top1_variable, top1_contribution, ...],
+model, model_version, scored_at``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from ..config import usable_cpus
+from ..data.catalogue import Catalogue, resolve
+from ..data.chunks import (
+    NULL_NAME,
+    Chunk,
+    Input,
+    check_unique_ids,
+    content_digest,
+    index_long,
+    index_physionet,
+    plan_chunks,
+    read_chunks,
+    spill_csv,
+)
+from ..data.sources import DataError, RawData, is_physionet
+from ..files import atomic_path, check_not_input, csv_safe, write_frame, write_json
+from ..progress import Progress
+
+MANIFEST_VERSION = 1
+DEFAULT_CHUNK_STAYS = 2000
+EXPLAIN_CHUNK_STAYS = 100  # the default with --explain: progress (rate, time left) within the first minute
+
+
+def side_files(out: str | Path) -> dict[str, Path]:
+    """The files a job writing ``out`` writes beside it, named from the *whole* output name: for ``s.parquet``,
+    ``s.parquet.rejects.parquet``, ``s.parquet.summary.json`` and the work folder ``.s.parquet.partial/``
+    (parts, manifest, lock, CSV spill). Two jobs with different outputs never share one of these."""
+    out = Path(out)
+    return {"rejects": out.with_name(f"{out.name}.rejects{out.suffix}"),
+            "summary": out.with_name(f"{out.name}.summary.json"),
+            "work": out.with_name(f".{out.name}.partial")}
+
+
+# -- the job -------------------------------------------------------------------------------------------------
+def _locate_bundle(source: str) -> tuple[Path, dict | None]:
+    """A bundle directory, or an MLflow model URI downloaded to one: ``(directory, provenance or None)``."""
+    from ..tracking.runs import download_bundle, is_model_uri
+
+    if is_model_uri(source):
+        return download_bundle(source)
+    from .bundle import checked_model_dir
+
+    return checked_model_dir(source), None
+
+
+def check_catalogue(have: Catalogue, expected) -> None:
+    """Raise :class:`DataError` when the model's catalogue ``have`` differs from the one the job expects."""
+    if expected is None:
+        return
+    cat = resolve(None if expected == "default" else expected)
+    if cat.digest() == have.digest():
+        return
+    added = sorted(set(cat.names) - set(have.names))
+    removed = sorted(set(have.names) - set(cat.names))
+    changed = sorted(n for n in set(cat.names) & set(have.names) if cat[n] != have[n])
+    if not (added or removed or changed):  # the same definitions: only the order differs
+        why = "the same variables in another order (a catalogue's order is the model's input layout)"
+    else:
+        described = [n for n in changed if replace(cat[n], description="") == replace(have[n], description="")]
+        why = (f"only in the job's: {added or 'none'}; only in the model's: {removed or 'none'}; defined "
+               f"differently: {changed or 'none'}"
+               + (f" (of which only the description differs: {described})" if described else ""))
+    raise DataError(f"model/catalogue version mismatch: the model was trained on catalogue "
+                    f"{have.digest()[:12]}, the job expects {cat.digest()[:12]} ({expected}); {why}. Score with a "
+                    f"model trained on this catalogue, or pass the model's catalogue")
+
+
+def _scored_schema(explain: int, id_dtype=pl.Int64) -> dict:
+    """:data:`~clinical_lstm.serve.bundle.SCORES` (``stay_id`` in the inputs' kind of id), the top-K contributions, then
+    the model and the scoring time."""
+    from .bundle import SCORES
+
+    tops = {f"top{r}_{c}": d for r in range(1, explain + 1) for c, d in (("variable", pl.String),
+                                                                         ("contribution", pl.Float64))}
+    return {**SCORES, "stay_id": id_dtype, **tops, "model": pl.String, "model_version": pl.String,
+            "scored_at": pl.Datetime("us", "UTC")}
+
+
+def _conform(df: pl.DataFrame, schema: dict) -> pl.DataFrame:
+    return df.select([(pl.col(c) if c in df.columns else pl.lit(None)).cast(t).alias(c) for c, t in schema.items()])
+
+
+class _WriteError(Exception):
+    """A file of the job could not be written (a full disk, a file size limit, a lost mount)."""
+
+    def __init__(self, what, exc: BaseException):
+        super().__init__(f"cannot write {what}: {_os_reason(exc)}")
+
+
+def _os_reason(exc: BaseException) -> str:
+    """The operating system's words for ``exc``; polars wraps them as ``... (os error 28)``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    found = re.search(r"os error (\d+)", str(exc))
+    if found:
+        return os.strerror(int(found.group(1)))
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_os_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) or (isinstance(exc, pl.exceptions.PolarsError) and "os error" in str(exc))
+
+
+@contextlib.contextmanager
+def _writing(what):
+    """Turn an operating-system failure while writing ``what`` (a path) into one :class:`_WriteError` naming it."""
+    try:
+        yield
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        if not _is_os_error(exc):
+            raise
+        raise _WriteError(what, exc) from exc
+
+
+class _Workdir:
+    """The job's working folder: a lock, the manifest and the per-chunk parts."""
+
+    def __init__(self, out: Path):
+        self.path = side_files(out)["work"]
+        self.manifest_path = self.path / "manifest.json"
+        self.locked = False
+        self.manifest: dict = {"done": {}}
+        # files.atomic_path reads the umask by setting and restoring it, which two threads must not do at once
+        self._writes = threading.Lock()
+
+    def open(self, job: dict, restart: bool, log) -> dict:
+        """Lock the folder; resume its manifest when it belongs to the same job, else start afresh."""
+        self._lock()
+        manifest = None
+        if self.manifest_path.is_file() and not restart:
+            with contextlib.suppress(ValueError, OSError):
+                manifest = json.loads(self.manifest_path.read_text())
+            if manifest is not None and (manifest.get("job") != job or manifest.get("version") != MANIFEST_VERSION):
+                log("the inputs, model or options changed since the unfinished run; starting afresh")
+                manifest = None
+            elif manifest is not None:
+                log(f"resuming: {len(manifest['done'])} chunk(s) already scored")
+        for p in self.path.iterdir():  # leftovers of an interrupted write, or of a discarded run
+            if p.name != "lock" and (p.name.startswith(".") or manifest is None):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        if manifest is None:
+            manifest = {"version": MANIFEST_VERSION, "job": job,
+                        "scored_at": datetime.now(UTC).replace(microsecond=0).isoformat(), "done": {}}
+        for key in list(manifest["done"]):  # a recorded chunk whose part went missing is scored again
+            if not all(self.part(int(key), kind).is_file() for kind in ("scored", "rejects")):
+                del manifest["done"][key]
+        self.manifest = manifest
+        with _writing(self.manifest_path):
+            write_json(self.manifest_path, manifest)
+        return manifest
+
+    def _lock(self):
+        """Hold an exclusive lock on ``<work>/lock`` for the job's lifetime. A job that finishes removes the
+        folder while still holding the lock, so a lock taken on a file that has since been removed is retried."""
+        import fcntl
+
+        while True:
+            with _writing(self.path):
+                self.path.mkdir(parents=True, exist_ok=True)
+                fh = open(self.path / "lock", "a")  # noqa: SIM115 - held for the job's lifetime
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise DataError(f"another scoring job is writing {self.path.parent} right now (lock held on "
+                                f"{self.path / 'lock'}); wait for it or choose another --out") from None
+            try:
+                same = os.stat(self.path / "lock").st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fh, self.locked = fh, True
+                return
+            fh.close()
+
+    def part(self, index: int, kind: str) -> Path:
+        return self.path / f"{index:06d}.{kind}.parquet"
+
+    def write_part(self, index: int, kind: str, df: pl.DataFrame) -> None:
+        path = self.part(index, kind)
+        with self._writes, _writing(path):
+            write_frame(df, path)
+
+    def record(self, index: int, entry: dict) -> None:
+        self.manifest["done"][str(index)] = entry
+        with self._writes, _writing(self.manifest_path):
+            write_json(self.manifest_path, self.manifest)
+
+    def release(self):
+        """Give the lock back (the folder stays for a resume)."""
+        if self.locked:
+            self._fh.close()
+            self.locked = False
+
+    def remove(self):
+        """Remove the folder, then give the lock back (a job waiting for it then finds no folder)."""
+        if self.locked:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.release()
+
+
+def _sink(parts: list[Path], schema: dict, tmp: Path, csv: bool) -> int:
+    """Stream the parts into the file ``tmp`` (Parquet, or CSV when ``csv``, its text cells neutralised against
+    formula injection by the rule of :func:`clinical_lstm.files.write_frame`); returns the row count."""
+    lf = pl.scan_parquet(parts) if parts else pl.DataFrame(schema=schema).lazy()
+    if csv:
+        csv_safe(lf).sink_csv(tmp)
+        return pl.scan_csv(tmp).select(pl.len()).collect().item()
+    lf.sink_parquet(tmp)
+    return pl.scan_parquet(tmp).select(pl.len()).collect().item()
+
+
+def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int | None = None,
+                catalogue=None, restart: bool = False, progress: bool = False, log=None,
+                workers: int | None = None) -> dict:
+    """Score every stay of ``data`` in chunks; write ``out`` (.parquet or .csv), rejects and summary beside it.
+
+    Parameters
+    ----------
+    model : path, MLflow model URI or RiskModel
+    data : path or list of paths
+        Long-format ``.parquet`` / ``.csv`` files, PhysioNet set folders or ``.tar.gz`` archives.
+    out : path
+        ``.parquet`` (default choice) or ``.csv``. ``<out name>.rejects.<ext>`` and ``<out name>.summary.json``
+        are written beside it (:func:`side_files`); none of these may be, or lie inside, an input. Parquet keeps
+        every value exactly; in CSV a text cell a spreadsheet would run as a formula (``=...``, ``+...``,
+        ``-...``, ``@...``) starts with ``'`` (:func:`clinical_lstm.files.write_frame`).
+    explain : int
+        Add each stay's top-K variables with signed SHAP contributions (log-odds); 0 = none.
+    chunk_stays : int, optional
+        Stays per chunk: the unit of resume, of progress and of memory (peak RSS was 1.2 GB for 2,000
+        PhysioNet-sized stays and 2 workers, whatever the input size; see docs/benchmarks.md). Default
+        :data:`DEFAULT_CHUNK_STAYS`, or :data:`EXPLAIN_CHUNK_STAYS` with ``explain``: a stay's explanation costs
+        about as much as scoring a hundred, so smaller chunks give the progress bar its rate and time left in the
+        first minute instead of after a whole chunk.
+    catalogue : "default", path or None
+        The catalogue the job's data follow; a model trained on another catalogue is refused. None: no check.
+    restart : bool
+        Ignore an unfinished earlier run of the same job instead of resuming it.
+    progress : bool
+        A progress bar on a terminal, one line per chunk in a log.
+    workers : int, optional
+        Chunks scored at once, each in its own thread with one torch thread (default: the CPU count, at
+        most 4). Memory grows with ``workers * chunk_stays``.
+
+    Returns
+    -------
+    dict
+        The summary (also written to ``<out name>.summary.json``).
+
+    Raises
+    ------
+    DataError
+        Before any work for bad options, an output that cannot be written or would touch an input, and a
+        broken input contract; during the job when a file cannot be written (a full disk), saying whether the
+        chunks scored so far are kept for a resume.
+    """
+    t0 = time.perf_counter()
+    if chunk_stays is None:
+        chunk_stays = EXPLAIN_CHUNK_STAYS if _is_int(explain) and explain > 0 else DEFAULT_CHUNK_STAYS
+    _check_options(explain, chunk_stays, workers)
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    given = os.fspath(out)  # the closing line and the summary name the output as the user gave it
+    out = Path(out)
+    paths = [Path(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data)]
+    if not paths:
+        raise DataError("no data path given; pass --data PATH (a PhysioNet set folder/.tar.gz or a .csv/.parquet)")
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"data path {p} does not exist")
+    _check_out(out, paths, model, catalogue)
+    workers = workers or min(usable_cpus(), 4)
+    keep_freed_memory()
+
+    # 1. the contract, before any work. A model given by path or URI is located and its catalogue read first;
+    # the inputs are then indexed (polars, which releases the GIL) while torch imports in the background.
+    if isinstance(model, (str, Path)):
+        source = str(model)
+        bundle_dir, provenance = _locate_bundle(source)
+        threading.Thread(target=importlib.import_module, args=("torch",), daemon=True).start()
+        model_catalogue = Catalogue.from_csv(bundle_dir / "catalogue.csv")
+    else:
+        source, model_catalogue = "<in memory>", model.catalogue
+    check_catalogue(model_catalogue, catalogue)
+    inputs = _indexed(paths, model_catalogue)
+    _report_inputs(inputs, log)
+    if isinstance(model, (str, Path)):
+        from .bundle import RiskModel
+
+        model = RiskModel.load(bundle_dir)
+        if provenance:
+            model.metadata["source"] = provenance
+
+    if explain:
+        from ..explain.shapley import player_names
+
+        players = len(player_names(model.transformer))
+        if explain > players:  # no stay has more contributions than the model has variables
+            log(f"warning: --explain {explain} exceeds the model's {players} explained variables; "
+                f"the top {players} are written")
+            explain = players
+    job = _Job(model, source, inputs, out, given, explain, chunk_stays, log)
+    try:
+        job.work.open(job.fingerprint, restart, log)
+        job.phases["contract"] = time.perf_counter() - t0
+        job.score_chunks(workers, progress)  # 2-3
+        job.phases["chunks"] = time.perf_counter() - t0 - job.phases["contract"]
+        summary = job.finish(time.perf_counter() - t0)  # 4
+        job.work.remove()
+    except BaseException as exc:
+        if not job.work.locked:  # the lock was not taken: nothing of this job's to remove or to resume
+            if isinstance(exc, _WriteError):
+                raise DataError(str(exc)) from exc
+            raise
+        kept = job.failed()  # the work folder goes when no chunk is saved; otherwise it stays for a re-run
+        if isinstance(exc, (_WriteError, DataError)):  # one line, with what a re-run will do
+            raise DataError(f"{exc}; {kept}") from exc
+        job.log(f"interrupted; {kept}" if isinstance(exc, KeyboardInterrupt) else f"the job failed; {kept}")
+        raise
+    finally:
+        job.work.release()
+    log(_closing_line(summary))
+    return summary
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_options(explain, chunk_stays, workers) -> None:
+    """Raise :class:`DataError` (a ``ValueError``) for an option out of range, before anything is read."""
+    if not _is_int(chunk_stays) or chunk_stays < 1:
+        raise DataError(f"chunk_stays (--chunk-stays) must be a whole number of at least 1, got {chunk_stays!r}")
+    if not _is_int(explain) or explain < 0:
+        raise DataError(f"explain (--explain) must be a whole number of at least 0 (0 = no explanations), got "
+                        f"{explain!r}")
+    if workers is not None and (not _is_int(workers) or workers < 1):
+        raise DataError(f"workers (--workers) must be a whole number of at least 1, or left out for the default "
+                        f"(the CPU count, at most 4), got {workers!r}")
+
+
+def _check_out(out: Path, paths: list[Path], model, catalogue) -> None:
+    """Refuse, before any work, an output the job could not write or that would touch one of its inputs."""
+    if out.suffix not in (".parquet", ".csv"):
+        raise DataError(f"--out must end in .parquet or .csv, got {out.name}")
+    if re.fullmatch(r".+\.(parquet|csv)\.rejects\.\1", out.name):
+        raise DataError(f"--out {out} is the name of the rejects file of the job writing "
+                        f"{out.name[:out.name.rindex('.rejects.')]}; choose another name")
+    files = side_files(out)
+    written = [out, files["rejects"], files["summary"], files["work"]]
+    for path in written:
+        if path.is_dir() and path != files["work"]:
+            raise DataError(f"--out {out}: {path} is a folder; choose another --out or remove the folder")
+    if files["work"].exists() and not files["work"].is_dir():
+        raise DataError(f"--out {out}: the job's work folder {files['work']} is a file; remove it")
+    folder = next(p for p in [out.parent.absolute(), *out.parent.absolute().parents] if p.exists())
+    if not folder.is_dir():
+        raise DataError(f"--out {out}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"--out {out}: the folder {folder} cannot be written (permission denied)")
+    inputs = list(paths)
+    if isinstance(model, (str, os.PathLike)):
+        from ..tracking.runs import is_model_uri
+
+        if not is_model_uri(str(model)):
+            from .bundle import model_dir
+
+            inputs.append(model_dir(model))
+    if isinstance(catalogue, (str, os.PathLike)) and catalogue != "default":
+        inputs.append(Path(catalogue))
+    check_not_input(written, inputs)
+
+
+def keep_freed_memory() -> None:
+    """glibc: keep freed memory for reuse instead of returning it to the kernel after every chunk (each chunk
+    allocates the same large arrays again; refaulting them cost a quarter of the job's system time). Process-wide
+    and harmless elsewhere; a no-op without glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum
+    libc.mallopt(m_trim_threshold, 1 << 30)
+    libc.mallopt(m_top_pad, 256 << 20)
+
+
+def _indexed(paths: list[Path], catalogue: Catalogue) -> list[Input]:
+    """The index pass over every input, while a second thread hashes their content for the job's fingerprint
+    (:func:`clinical_lstm.data.chunks.content_digest`; hashlib and polars release the GIL, so the two overlap)."""
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as hashing:
+        digests = hashing.submit(lambda: [content_digest(p, stop) for p in paths])
+        try:
+            inputs = [index_physionet(p) if is_physionet(p) else index_long(p, catalogue) for p in paths]
+            check_unique_ids(inputs)
+        except BaseException:
+            stop.set()  # a refused input: the hashing ends at its next piece
+            raise
+        for inp, digest in zip(inputs, digests.result(), strict=True):
+            inp.digest = digest
+    return inputs
+
+
+def _report_inputs(inputs: list[Input], log) -> None:
+    for inp in inputs:
+        if inp.empty:
+            log(f"warning: {inp.name} holds no stays (empty file or header only)")
+        if inp.unknown_variables:
+            names = ", ".join(f"{k} ({v:,} rows)" for k, v in sorted(inp.unknown_variables.items()))
+            log(f"warning: {inp.name}: variables not in the model's catalogue are ignored: {names}")
+        if inp.ignored_members:
+            what = ("entry is not a stay file", "was") if inp.ignored_members == 1 else ("entries are not stay files",
+                                                                                         "were")
+            log(f"note: {inp.name}: {inp.ignored_members:,} {what[0]} (<RecordID>.txt, at any depth) and {what[1]} "
+                f"not read")
+        if inp.kind == "long" and not inp.contiguous:
+            log(f"note: {inp.name}: stays' rows are not contiguous; each chunk scans the file (sort the "
+                f"extract by stay_id for speed)")
+
+
+class _Job:
+    """One scoring job: its chunks, its working folder and the columns every scored row gets."""
+
+    def __init__(self, model, source: str, inputs: list[Input], out: Path, given: str, explain: int,
+                 chunk_stays: int, log):
+        self.model, self.inputs, self.out, self.explain, self.log = model, inputs, out, explain, log
+        self.given = given
+        self.chunks = plan_chunks(inputs, chunk_stays)
+        self.n_stays = sum(len(i.stay_ids) for i in inputs)
+        provenance = model.metadata.get("source", {})
+        self.fingerprint = {"inputs": [i.fingerprint() for i in inputs], "model": model.digest(),
+                            "model_uri": provenance.get("uri", source), "chunk_stays": chunk_stays,
+                            "explain": explain, "catalogue": model.catalogue.digest()}
+        self.version = provenance.get("version")
+        self.id_dtype = next((i.id_dtype for i in inputs if not i.empty), pl.Int64)
+        self.schema = _scored_schema(explain, self.id_dtype)
+        self.reject_schema = {"stay_id": self.id_dtype, "reason": pl.String}
+        self.phases: dict[str, float] = {}  # seconds: contract (load, index pass), chunks, finish
+        self.work = _Workdir(out)
+
+    def failed(self) -> str:
+        """After a failure: remove the work folder when no chunk was recorded (nothing to resume), else keep it.
+        Returns what was kept, for the error message."""
+        done = len(self.manifest["done"])
+        if not done:
+            self.work.remove()
+            return f"nothing was kept (no chunk of {len(self.chunks)} had been scored)"
+        if done == len(self.chunks):
+            return (f"all {done} chunk(s) are scored and saved in {self.work.path}: re-run the same command to "
+                    f"write the output")
+        return (f"{done}/{len(self.chunks)} chunk(s) are saved in {self.work.path}: re-run the same command to "
+                f"resume")
+
+    @property
+    def manifest(self) -> dict:
+        return self.work.manifest
+
+    def process(self, c: Chunk, raw: RawData, read_s: float) -> dict:
+        """Score one chunk and write its parts (runs in a worker thread); returns its manifest entry."""
+        tc = time.perf_counter()
+        scored, report = self.model.score_table(raw, explain=self.explain)
+        rejects = scored.filter(pl.col("reason").is_not_null()).select("stay_id", "reason")
+        if scored.height != c.stays:
+            raise RuntimeError(f"chunk {c.index}: {c.stays} stays read, {scored.height} rows scored")
+        extra = {"model": self.fingerprint["model_uri"], "model_version": self.version,
+                 "scored_at": datetime.fromisoformat(self.manifest["scored_at"])}
+        scored = _conform(scored.with_columns(**{k: pl.lit(v) for k, v in extra.items()}), self.schema)
+        tw = time.perf_counter()
+        self.work.write_part(c.index, "scored", scored)
+        self.work.write_part(c.index, "rejects", _conform(rejects, self.reject_schema))
+        seconds = {"read": read_s, "score": tw - tc, "write": time.perf_counter() - tw}
+        return _chunk_entry(c, scored, rejects, report, seconds)
+
+    def score_chunks(self, workers: int, progress: bool) -> None:
+        """Whole chunks go to ``workers`` threads (polars, numpy and torch release the GIL; torch gets one thread
+        each); at most ``workers`` chunks are in flight plus the one being read, so memory stays bounded."""
+        bar = Progress(self.n_stays, progress, self.log, verb="scored", desc="score")
+        bar.update(sum(v["stays"] for v in self.manifest["done"].values()))
+        pending: deque = deque()
+
+        def finish_oldest():
+            c, future = pending.popleft()
+            self.work.record(c.index, future.result())
+            bar.update(c.stays)
+
+        with _torch_threads(1 if workers > 1 else None), ThreadPoolExecutor(max_workers=workers) as pool:
+            try:
+                for i, inp in enumerate(self.inputs):
+                    mine = [c for c in self.chunks if c.input == i]
+                    todo = {c.index for c in mine if str(c.index) not in self.manifest["done"]}
+                    if not todo:
+                        continue
+                    spill = None
+                    if inp.kind == "long" and inp.path.suffix != ".parquet":
+                        with _writing(f"{self.work.path} (a Parquet copy of {inp.name})"):
+                            spill = spill_csv(inp, self.work.path)
+                    tr = time.perf_counter()
+                    for c, raw in read_chunks(inp, mine, todo, spill):
+                        pending.append((c, pool.submit(self.process, c, raw, time.perf_counter() - tr)))
+                        while len(pending) >= workers:
+                            finish_oldest()
+                        tr = time.perf_counter()
+                    while pending:
+                        finish_oldest()
+                    if spill is not None:
+                        spill.unlink(missing_ok=True)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                bar.close()
+                raise
+        bar.close()
+
+    def finish(self, seconds_so_far: float) -> dict:
+        """Stream the parts into the output and rejects files, check the accounting, write the summary. All
+        three are written to temporary files first and renamed into place only when all are complete, the
+        summary last: a failure here leaves none of them (and the work folder, for a re-run)."""
+        t0 = time.perf_counter()
+        out, chunks, work = self.out, self.chunks, self.work
+        files = side_files(out)
+        csv = out.suffix == ".csv"
+        target = out
+        try:
+            # exits run innermost first: out, then rejects, then the summary are renamed into place
+            with atomic_path(files["summary"]) as summary_tmp, atomic_path(files["rejects"]) as rejects_tmp, \
+                    atomic_path(out) as out_tmp:
+                n_rows = _sink([work.part(c.index, "scored") for c in chunks], self.schema, out_tmp, csv)
+                target = files["rejects"]
+                n_rejected = _sink([work.part(c.index, "rejects") for c in chunks], self.reject_schema, rejects_tmp, csv)
+                target = files["summary"]
+                summary = self._summary(n_rows, n_rejected, seconds_so_far, t0)
+                write_json(summary_tmp, summary)
+                target = out
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            if not _is_os_error(exc):
+                raise
+            raise _WriteError(target, exc) from exc
+        return summary
+
+    def _summary(self, n_rows: int, n_rejected: int, seconds_so_far: float, t0: float) -> dict:
+        """Check the accounting (stays in = rows out, no stay twice, rejects = rows without a risk); the summary."""
+        parts = [pl.scan_parquet(self.work.part(c.index, "scored")) for c in self.chunks]
+        distinct, n_null = pl.concat(parts).select(pl.col("stay_id").n_unique(), pl.col("risk").null_count()).collect(
+        ).row(0) if parts else (0, 0)
+        n_scored = n_rows - n_rejected
+        if not (n_rows == self.n_stays == distinct and n_null == n_rejected):
+            raise RuntimeError(f"stay accounting failed: {self.n_stays} stays read, {n_rows} rows out, "
+                               f"{distinct} distinct stay ids, {n_null} without a risk but {n_rejected} rejected; "
+                               f"nothing is reported as done")
+        done = [self.manifest["done"][str(c.index)] for c in self.chunks]
+        summary = _summary(self.fingerprint, self.version, self.inputs, done, self.model.threshold,
+                           (n_scored, n_rejected), self.given, str(side_files(self.given)["rejects"]),
+                           seconds_so_far + time.perf_counter() - t0, self.manifest["scored_at"])
+        summary["phase_seconds"] = {k: round(v, 2) for k, v in {**self.phases, "finish": time.perf_counter() - t0}
+                                    .items()}
+        return summary
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _chunk_entry(c: Chunk, scored: pl.DataFrame, rejects: pl.DataFrame, report, seconds: dict) -> dict:
+    by_reason = rejects.group_by("reason").len().sort("reason")
+    rules = report.counts.filter(pl.col("variable").is_not_null() | ~pl.col("action").str.contains("rejected"))
+    by_rule = rules.group_by("rule").agg(pl.col("rows").sum()).sort("rule")
+    unknown = report.counts.filter(pl.col("rule") == "unknown_variable")
+    return {"stays": c.stays, "scored": scored.height - rejects.height, "rejected": rejects.height,
+            "flagged": int(scored["flag"].sum()), "rows_read": report.n_rows_read,
+            "rejected_by_reason": dict(zip(by_reason["reason"], by_reason["len"], strict=True)),
+            "rows_by_rule": dict(zip(by_rule["rule"], by_rule["rows"], strict=True)),
+            "unknown_variables": _by_name(unknown["variable"], unknown["rows"]),
+            "quality_flags": _flag_counts(scored), "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+
+
+def _by_name(names: pl.Series, counts: pl.Series) -> dict[str, int]:
+    """``{name: count}`` with a null name counted under :data:`NULL_NAME`, so that the keys sort and survive the
+    manifest's JSON as they are (a ``None`` key would come back as ``"null"``)."""
+    totals: dict[str, int] = {}
+    for name, n in zip(names.to_list(), counts.to_list(), strict=True):
+        key = NULL_NAME if name is None else str(name)
+        totals[key] = totals.get(key, 0) + int(n)
+    return totals
+
+
+def _flag_counts(scored: pl.DataFrame) -> dict:
+    flags = scored.select(pl.col("quality_flags").str.split(";").explode()).filter(pl.col("quality_flags") != "")
+    counts = flags.group_by("quality_flags").len().sort("quality_flags")
+    return dict(zip(counts["quality_flags"], counts["len"], strict=True))
+
+
+def _add(total: dict, part: dict) -> dict:
+    for k, v in part.items():
+        total[k] = total.get(k, 0) + v
+    return dict(sorted(total.items()))
+
+
+def _summary(job: dict, version, inputs, done, threshold, counts, out, rejects_path, seconds, scored_at) -> dict:
+    n_scored, n_rejected = counts
+    n_stays = n_scored + n_rejected
+    totals = {k: {} for k in ("rejected_by_reason", "rows_by_rule", "unknown_variables", "quality_flags")}
+    for d in done:
+        for k, total in totals.items():
+            totals[k] = _add(total, d[k])
+    return {
+        "status": "complete", "model": job["model_uri"], "model_version": version,
+        "catalogue": job["catalogue"][:12], "scored_at": scored_at,
+        "inputs": [{"name": i.name, "kind": i.kind, "stays": len(i.stay_ids), "empty": i.empty,
+                    "contiguous": i.contiguous, "ignored_members": i.ignored_members} for i in inputs],
+        "stays_read": n_stays, "scored": n_scored, "rejected": n_rejected,
+        "rejected_by_reason": totals["rejected_by_reason"], "flagged": sum(d["flagged"] for d in done),
+        "threshold": threshold, "quality_flags": totals["quality_flags"],
+        "rows_read": sum(d["rows_read"] for d in done), "rows_by_rule": totals["rows_by_rule"],
+        "unknown_variables": totals["unknown_variables"], "chunks": len(done), "chunk_stays": job["chunk_stays"],
+        "output": str(out), "rejects": str(rejects_path),
+        "seconds": round(seconds, 3), "stays_per_second": round(n_stays / seconds, 1) if seconds else None,
+        "chunk_seconds": {k: round(sum(d["seconds"][k] for d in done), 1) for k in ("read", "score", "write")},
+    }
+
+
+def _closing_line(s: dict) -> str:
+    reasons = ", ".join(f"{k} {v:,}" for k, v in s["rejected_by_reason"].items()) or "none"
+    return (f"{s['stays_read']:,} stays read: {s['scored']:,} scored ({s['flagged']:,} flagged), "
+            f"{s['rejected']:,} rejected ({reasons}) in {s['seconds']:.1f} s ({s['stays_per_second'] or 0:,.0f} "
+            f"stays/s) -> {s['output']}")

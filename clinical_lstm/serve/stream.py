@@ -1,0 +1,578 @@
+"""Streaming risk for one stay: feed new observations as they arrive, get the current calibrated risk.
+
+::
+
+    m = load_model("model/")            # a bundle directory or an MLflow URI
+    s = m.stream()                      # one stream per stay
+    s.update(rows)                      # DataFrame: time, variable, value (+ stay_id, checked) -> risk
+    state = s.state()                   # JSON-able; RiskModel.stream(state) resumes the stay
+
+The stream holds **state only**; every rule and formula is the batch path's own function:
+
+=============================  ===========================================================================
+step                           function (shared with ``predict``, batch scoring and SHAP)
+=============================  ===========================================================================
+time resolution (the second)   :func:`clinical_lstm.data.validate.snap_seconds`
+row rules                      :func:`clinical_lstm.data.validate.row_rules`
+same-time rows, duplicates     :func:`clinical_lstm.data.validate.order_rows`
+bin of a row                   :func:`clinical_lstm.data.grid.bin_index`
+in-bin aggregation, statics    :func:`clinical_lstm.data.grid.aggregate_cells`
+scaling, fill, elapsed hours   :meth:`clinical_lstm.features.impute.GridTransformer.steps` (carried :class:`Carry`)
+static features                :meth:`clinical_lstm.features.impute.GridTransformer.static_features`
+the networks                   :class:`clinical_lstm.model.network.StepKernel`, generated from the ``MaskedLSTM``
+                               weights and checked against its ``forward`` in the fast tests
+summaries and their members     :func:`clinical_lstm.features.summaries.summarize` of the carried state, and the model's
+                               own :class:`~clinical_lstm.features.summaries.SummaryHead` (its numpy fast path for one
+                               stay, checked against its torch ``forward`` in the fast tests)
+calibration                    :meth:`clinical_lstm.serve.bundle.RiskModel.risk`
+quality flags                  :func:`clinical_lstm.data.validate.flag_stays` (of counts the state carries)
+=============================  ===========================================================================
+
+State: the usable rows of the *open* bin (the bin of the latest series observation), the imputation
+:class:`~clinical_lstm.features.impute.Carry` and the networks' state after the closed bins, and the statics (fixed
+when bin 0 closes). A bin closes when a series observation lands in a later bin: its rows are aggregated,
+imputed and run through the networks once (with the empty bins before the new one). The risk is one more,
+uncommitted step on the open bin; since ``predict``'s stay length is "up to the last bin with a series
+observation", that is exactly ``predict``'s last step, so after all of a stay's rows (in any chunking) the
+stream's risk is ``predict``'s.
+
+Contract: one stream is one stay: rows with a ``stay_id`` column must all carry the stay's id (the first
+id fed is kept in the state); rows of another stay raise ``ValueError`` naming both ids and change nothing.
+Usable rows arrive in non-decreasing ``time`` (a usable row earlier than one already fed raises
+``ValueError`` naming both times and changes nothing). A row that breaks a row rule (out of the window,
+unparseable, out of range, ...) is counted in :attr:`StayStream.dropped` and ignored, as in batch, and does
+not move the stream's clock. Times are snapped to the second first, as in batch: a row a fraction of a second
+before the latest one, in the same second, is no step back. Until the stay has a usable series observation its
+risk is ``None`` (``predict`` rejects such a stay with ``no_time_series``).
+
+A state carries the SHA-256 of its content (``digest``); a state without one, or whose content does not match
+it, is refused (:class:`~clinical_lstm.data.sources.DataError`): an edited clock or carry would give a silently
+wrong risk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from ..data.grid import aggregate_cells, aggregation_codes, bin_index
+from ..data.sources import DataError
+from ..data.validate import (
+    REMOVAL_RULES,
+    ROW_RULES,
+    VALUE_RULES,
+    RuleTable,
+    flag_stays,
+    order_rows,
+    parse_time,
+    row_rules,
+    snap_seconds,
+    time_hours,
+    time_key,
+)
+from ..features.impute import Carry
+from ..features.summaries import summarize
+from ..files import atomic_path, write_text
+from ..model.network import StepKernel
+
+STATE_FORMAT = 3  # 3: times snapped to the second; counts for the quality flags
+_COLUMNS = ("time", "variable", "value")
+
+
+class _Engine:
+    """Per-model constants, built once per model and shared by all of its streams."""
+
+    def __init__(self, model):
+        tr = model.transformer
+        tr._check_fitted()
+        cat = tr.catalogue
+        self.model, self.tr = model, tr
+        self.T, self.res = tr.n_bins, float(tr.resolution_hours)
+        self.window = float(tr.window_hours)
+        self.V, self.S, self.n_codes = len(cat.series), len(cat.statics), len(cat)
+        self.codes = {name: code for code, name in enumerate(cat.names)}
+        self.series_of = np.array([cat.series.index(n) if n in cat.series else -1 for n in cat.names])
+        self.static_of = np.array([cat.statics.index(n) if n in cat.statics else -1 for n in cat.names])
+        self.how_series, self.how_static = aggregation_codes(cat, cat.series), aggregation_codes(cat, cat.statics)
+        self.is_series = self.series_of >= 0
+        self.removal = np.array([1 + ROW_RULES.index(r) for r in REMOVAL_RULES])  # row_rules' numbers
+        self.rules = RuleTable.of(cat, self.window)
+        self.bin_end = (np.arange(self.T, dtype=np.float32) + 1) * self.res  # as Grid.bin_end_hours
+        self.kernel = StepKernel(model.networks)
+        self.digest = model.digest()
+
+    def code_of(self, names) -> np.ndarray:
+        get = self.codes.get
+        return np.fromiter((get(n.strip(), -1) if isinstance(n, str) else -1 for n in names), np.int64, len(names))
+
+
+def engine(model) -> _Engine:
+    """The model's cached :class:`_Engine` (rebuilt if its networks, transformer, calibrator, summary head or
+    threshold were replaced: its digest, stamped on every state, must be the model's)."""
+    key = (id(model.transformer), id(model.calibrator), tuple(id(n) for n in model.networks), id(model.head),
+           float(model.threshold))
+    cached = model.__dict__.get("_stream_engine")
+    if cached is None or cached[0] != key:
+        cached = (key, _Engine(model))
+        model.__dict__["_stream_engine"] = cached
+    return cached[1]
+
+
+class StayStream:
+    """Incremental scoring of one stay; build it with :meth:`RiskModel.stream` (see the module docstring).
+
+    Parameters
+    ----------
+    model : RiskModel
+    state : dict, str or Path, optional
+        A :meth:`state` dict (or its JSON text, or a file written by :meth:`save`) to resume from.
+    """
+
+    def __init__(self, model, state=None):
+        self._e = engine(model)
+        self.model = model
+        self._reset()
+        if state is not None:
+            self._restore(state)
+
+    # -- public API -------------------------------------------------------------------------------------
+    @property
+    def risk(self) -> float | None:
+        """The current calibrated risk; None until the stay has a usable series observation."""
+        return self._risk
+
+    @property
+    def logit(self) -> float | None:
+        """The current ensemble-mean logit (before calibration); None like :attr:`risk`."""
+        return self._logit
+
+    @property
+    def flag(self) -> bool | None:
+        """``risk >= threshold`` (the bundle's alert threshold); None like :attr:`risk`."""
+        return None if self._risk is None else bool(self._risk >= self.model.threshold)
+
+    @property
+    def hours(self) -> float | None:
+        """The time of the latest usable row (hours since admission), None before the first."""
+        return self._last_time
+
+    @property
+    def n_steps(self) -> int:
+        """Grid steps the risk covers: closed bins plus the open one (``predict``'s stay length)."""
+        return self._open + 1 if self._has_series else 0
+
+    @property
+    def stay_id(self) -> int | str | None:
+        """The stay's id, from the first rows that had a ``stay_id`` column; None before."""
+        return self._stay_id
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Rows dropped so far, by validation rule (as :class:`~clinical_lstm.data.validate.QualityReport`)."""
+        out = Counter(self._dropped)
+        out["duplicate_row"] += int(self._dups.sum() + self._open_rows()[3].sum())
+        return {k: v for k, v in sorted(out.items()) if v}
+
+    @property
+    def quality_flags(self) -> str | None:
+        """``predict``'s ``quality_flags`` for the rows fed so far (``;``-joined, ``""`` when none; see
+        :data:`~clinical_lstm.data.validate.QUALITY_FLAGS`), by :func:`~clinical_lstm.data.validate.flag_stays`; None
+        like :attr:`risk`."""
+        if not self._has_series:
+            return None
+        e, cat = self._e, self._e.tr.catalogue
+        _, _, statics, open_dups = self._open_rows()
+        kept = self._usable - self._dups - open_dups  # (n_codes,) clean rows per variable, as validate keeps them
+        stats = pl.DataFrame(
+            {"stay_id": [0], "n_observations": [int(kept.sum())], "n_series": [int(kept[e.is_series].sum())],
+             "last_hour": [self._last_series], "has_static": [bool(np.isfinite(statics).any())],
+             "n_bad": [sum(self._dropped[r] for r in VALUE_RULES)],
+             "has_unknown": [self._dropped["unknown_variable"] > 0]},
+            schema_overrides={"last_hour": pl.Float64})
+        gone = [(0, cat.names[c], ROW_RULES[r - 1], n) for (c, r), n in self._removed.items() if not self._usable[c]]
+        removed = pl.DataFrame(gone, schema=["stay_id", "variable", "rule", "rows"], orient="row") if gone else None
+        return flag_stays(stats, removed, cat, e.window)["quality_flags"][0]
+
+    def update(self, rows=None) -> float | None:
+        """Feed new observations and return the current calibrated risk.
+
+        ``rows``: a pandas or polars DataFrame (or anything ``polars.DataFrame`` accepts) with columns
+        ``time`` (hours since admission, ``HH:MM``, or a timedelta), ``variable``, ``value``, and optionally
+        ``stay_id``, which must be this stream's stay in every row; other columns are ignored. ``None`` or no
+        rows returns the current risk. Usable rows must not go back in time.
+        """
+        cols = _columns(rows)
+        if cols is None:
+            return self._risk
+        e = self._e
+        time, code, value, stay = snap_seconds(cols[0]), e.code_of(cols[1]), cols[2], self._stay_of(cols[3])
+        if stay is not None and self._stay_id is not None and stay != self._stay_id:
+            raise ValueError(f"this stream scores stay {self._stay_id!r}; rows of stay {stay!r} belong to "
+                             f"another stream (RiskModel.stream() per stay); nothing of this update was "
+                             f"applied")
+        rule = row_rules(time, code, value, e.rules)
+        ok = rule == 0
+        self._check_order(time[ok])
+        if stay is not None:
+            self._stay_id = stay
+        self._dropped.update(ROW_RULES[r - 1] for r in rule[~ok])
+        gone = np.isin(rule, e.removal) & (code >= 0)  # catalogue rows a value rule removed: the flags' counts
+        self._removed.update(zip(code[gone].tolist(), rule[gone].tolist(), strict=True))
+        if ok.any():
+            self._usable += np.bincount(code[ok], minlength=e.n_codes)
+            self._ingest(time[ok], code[ok], value[ok])
+            self._refresh()
+        return self._risk
+
+    def state(self) -> dict:
+        """The whole stream state as a JSON-able dict (strict JSON: no NaN; float32 values round-trip), with the
+        SHA-256 of its content (``digest``): a state edited or damaged in storage is refused on resume."""
+        net = {k: _listed(v) for k, v in self._net.items()}
+        st = {
+            "format": STATE_FORMAT,
+            "model": self._e.digest,
+            "stay_id": self._stay_id,
+            "last_time": self._last_time,
+            "open": self._open,
+            "has_series": self._has_series,
+            "rows": [self._code.tolist(), self._time.tolist(), self._value.tolist()],
+            "statics": None if self._statics is None else _listed(self._statics),
+            "carry": [_listed(f[0]) for f in self._carry.fields()],
+            "networks": net,
+            "dropped": dict(sorted(self._dropped.items())),
+            "usable": self._usable.tolist(),
+            "duplicates": self._dups.tolist(),
+            "last_series": self._last_series,
+            "removed": [[c, ROW_RULES[r - 1], n] for (c, r), n in sorted(self._removed.items())],
+        }
+        return {**st, "digest": _state_digest(st)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.state(), separators=(",", ":"), allow_nan=False)
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`state` atomically, as JSON (``.json``) or as safetensors (``.safetensors``: the arrays as
+        tensors, the rest as JSON metadata)."""
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            return write_text(path, self.to_json())
+        from safetensors.numpy import save_file
+
+        st = self.state()
+        tensors = {f"net.{k}": np.asarray(_unlisted(v), np.float64) for k, v in st.pop("networks").items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"clinical_lstm.serve.stream": json.dumps(st, allow_nan=False)})
+        return path
+
+    @classmethod
+    def load(cls, model, path: str | Path) -> StayStream:
+        """Resume from a file written by :meth:`save`."""
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            return cls(model, path)  # read by _restore, which names the file in its errors
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            st = json.loads(f.metadata()["clinical_lstm.serve.stream"])
+            st["networks"] = {k[len("net."):]: _listed(f.get_tensor(k)) for k in f.keys()}  # noqa: SIM118
+        return cls(model, st)
+
+    def __repr__(self) -> str:
+        risk = "None" if self._risk is None else f"{self._risk:.4f}"
+        return f"StayStream(hours={self._last_time}, steps={self.n_steps}, risk={risk})"
+
+    # -- internals ------------------------------------------------------------------------------------
+    def _reset(self):
+        e = self._e
+        self._stay_id: int | str | None = None
+        self._stay_seen = None  # (raw stay_id key, its id) of the last update: not state, a cache
+        self._last_time: float | None = None
+        self._open = 0  # the open bin; bins before it have been run through the networks
+        self._has_series = False
+        self._code, self._time, self._value = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)  # its rows
+        self._statics: np.ndarray | None = None  # raw static values, fixed when bin 0 closes
+        self._features: np.ndarray | None = None  # their static features, once fixed
+        self._closed: list = []  # (values, obs_time) of bins closed in this update, run by _refresh
+        self._carry = Carry.empty(1, e.V)
+        self._net = e.kernel.initial_state()
+        self._dropped: Counter = Counter()  # rows by rule broken (duplicates are in _dups)
+        self._usable = np.zeros(e.n_codes, np.int64)  # usable rows fed, per catalogue code
+        self._dups = np.zeros(e.n_codes, np.int64)  # exact duplicates in the closed bins, per code
+        self._last_series: float | None = None  # time of the latest usable series row
+        self._removed: Counter = Counter()  # (code, rule number): catalogue rows removed by a REMOVAL_RULES rule
+        self._risk: float | None = None
+        self._logit: float | None = None
+
+    def _restore(self, state):
+        where = "the stream state"
+        if isinstance(state, Path) or (isinstance(state, str) and not state.lstrip().startswith("{")):
+            where = f"stream state {state}"
+            state = Path(state).read_text()
+        if isinstance(state, str):
+            try:
+                state = json.loads(state)
+            except ValueError:
+                raise ValueError(f"{where} is not JSON (truncated or damaged)") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{where} is a {type(state).__name__}, not what StayStream.state() returns")
+        given = state.get("digest")
+        if not isinstance(given, str) or not given:
+            raise DataError(f"{where} has no valid digest: it is unsigned or edited, and an edited state gives a "
+                            f"silently wrong risk; resume from the file StayStream.save wrote (unedited), or start a "
+                            f"new stream and feed the stay's rows again")
+        if given != _state_digest({k: v for k, v in state.items() if k != "digest"}):
+            raise DataError(f"{where} does not match its digest: edited or damaged since it was saved; resume from "
+                            f"an intact copy, or start a new stream and feed the stay's rows again")
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"stream state format {state.get('format')!r} is not {STATE_FORMAT} (another version of "
+                             f"clinical-lstm wrote it); start a new stream and feed the stay's rows again")
+        if state.get("model") != self._e.digest:
+            raise ValueError("this stream state was saved from a different model (catalogue, transformer, "
+                             "weights or calibrator differ); resume it with the model that produced it")
+        try:
+            self._restore_fields(state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise ValueError(f"{where} is not one StayStream.state() wrote ({type(exc).__name__}: "
+                             f"{str(exc)[:120]})") from None
+
+    def _restore_fields(self, state):
+        e = self._e
+        self._stay_id = state.get("stay_id")
+        self._last_time = None if state["last_time"] is None else float(state["last_time"])
+        self._open, self._has_series = int(state["open"]), bool(state["has_series"])
+        code, time, value = state["rows"]
+        self._code, self._time, self._value = (np.asarray(code, np.int64), np.asarray(time, np.float64),
+                                               np.asarray(value, np.float64))
+        self._statics = None if state["statics"] is None else _unlisted(state["statics"], np.float32)
+        self._features, self._closed = None, []
+        self._carry = Carry(*(_unlisted(a, np.float32).reshape(1, e.V) for a in state["carry"]))  # Carry.fields()
+        init = e.kernel.initial_state()
+        self._net = {k: _unlisted(state["networks"][k], v.dtype).reshape(v.shape) for k, v in init.items()}
+        if "att_max" in self._net:  # -inf (no step yet) was written as null
+            self._net["att_max"] = np.nan_to_num(self._net["att_max"], nan=-np.inf)
+        self._dropped = Counter({str(k): int(v) for k, v in state["dropped"].items()})
+        self._usable = np.asarray(state["usable"], np.int64).reshape(e.n_codes)
+        self._dups = np.asarray(state["duplicates"], np.int64).reshape(e.n_codes)
+        self._last_series = None if state["last_series"] is None else float(state["last_series"])
+        self._removed = Counter({(int(c), 1 + ROW_RULES.index(r)): int(n) for c, r, n in state["removed"]})
+        self._refresh()
+
+    def _stay_of(self, ids) -> int | str | None:
+        """The one stay of an update's ``stay_id`` column (None: no such column). The last single value as
+        given is remembered, so that the next update of the same stay is not read again."""
+        if ids is None:
+            return None
+        pandas = _is_pandas(ids)
+        first = ids.iloc[0] if pandas else ids[0]
+        same = _all_equal(ids.to_numpy(), first) if pandas else ids.n_unique() == 1
+        key = (type(first), first)
+        if same and self._stay_seen is not None and self._stay_seen[0] == key:
+            return self._stay_seen[1]
+        stay = _one_stay(ids)
+        self._stay_seen = (key, stay) if same else None
+        return stay
+
+    def _check_order(self, times: np.ndarray):
+        if not len(times):
+            return
+        prev = np.concatenate([[-np.inf if self._last_time is None else self._last_time], times[:-1]])
+        bad = np.flatnonzero(times < prev)
+        if len(bad):
+            i = bad[0]
+            raise ValueError(f"stream rows must arrive in non-decreasing time: a row at time {times[i]:g} h "
+                             f"comes after time {prev[i]:g} h; nothing of this update was applied")
+
+    def _ingest(self, time, code, value):
+        """Append usable rows (in time order) to the open bin, closing bins as later series rows arrive."""
+        e = self._e
+        self._last_time = float(time[-1])
+        b = bin_index(time, e.res, e.T)
+        series = e.is_series[code]
+        if series.any():
+            self._last_series = float(time[series][-1])
+        starts = np.flatnonzero(np.concatenate([[True], b[1:] != b[:-1]]))  # runs of rows in one bin, in time order
+        for start, end in zip(starts, [*starts[1:], len(b)], strict=True):
+            if b[start] > self._open:  # only series rows reach a later bin (statics are time-0 rows)
+                self._close(int(b[start]))
+            self._code = np.concatenate([self._code, code[start:end]])
+            self._time = np.concatenate([self._time, time[start:end]])
+            self._value = np.concatenate([self._value, value[start:end]])
+            self._has_series |= bool(series[start:end].any())
+
+    def _open_rows(self):
+        """The open bin aggregated: values and last-observation hours (1, 1, V), raw statics (S,), duplicates
+        per catalogue code (n_codes,)."""
+        e = self._e
+        values = np.full((1, 1, e.V), np.nan, np.float32)
+        obs_time = np.full((1, 1, e.V), np.nan, np.float32)
+        statics = self._statics
+        if not len(self._code):
+            return values, obs_time, statics, np.zeros(e.n_codes, np.int64)
+        key = time_key(np.zeros(len(self._code), np.int64), self._code, e.n_codes, self._time, e.window)
+        order, keep, _ = order_rows(key, self._value)
+        code, t, v = (a[order][keep] for a in (self._code, self._time, self._value))
+        col = e.series_of[code]
+        if (col >= 0).any():
+            sel = col >= 0
+            cells, agg, last_t, _ = aggregate_cells(col[sel], t[sel], v[sel], lambda c: e.how_series[c])
+            values[0, 0, cells], obs_time[0, 0, cells] = agg, last_t
+        if statics is None:  # bin 0 is open: the statics are its time-0 rows, as to_grid reads them
+            statics = np.full(e.S, np.nan, np.float32)
+            scol = np.where(t == 0, e.static_of[code], -1)
+            if (scol >= 0).any():
+                sel = scol >= 0
+                cells, agg, _, _ = aggregate_cells(scol[sel], t[sel], v[sel], lambda c: e.how_static[c])
+                statics[cells] = agg
+        return values, obs_time, statics, np.bincount(self._code[order][~keep], minlength=e.n_codes)
+
+    def _static_features(self, statics):
+        """The static features (cached once the statics are fixed, i.e. once bin 0 has closed)."""
+        if statics is self._statics and self._features is not None:
+            return self._features
+        features = self._e.tr.static_features(statics[None])[0]
+        if statics is self._statics:
+            self._features = features
+        return features
+
+    def _close(self, upto: int):
+        """Close the open bin and the empty bins before ``upto``: they wait in ``_closed`` for :meth:`_refresh`,
+        which runs them and the new open bin through the imputation and the networks in one call."""
+        e = self._e
+        values, obs_time, statics, dups = self._open_rows()
+        self._statics = statics
+        empty = np.full((upto - self._open - 1, e.V), np.nan, np.float32)
+        self._closed.append((np.concatenate([values[0], empty]), np.concatenate([obs_time[0], empty])))
+        self._dups += dups
+        self._open = upto
+        self._code, self._time, self._value = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+
+    def _refresh(self):
+        """Commit the closed bins and recompute the risk with one more, uncommitted step on the open bin."""
+        e = self._e
+        if not self._has_series:
+            self._risk = self._logit = None
+            return
+        values, obs_time, statics, _ = self._open_rows()
+        k = sum(len(v) for v, _ in self._closed)  # closed bins not yet run
+        if k:
+            values = np.concatenate([*(v for v, _ in self._closed), values[0]])[None]  # (1, k + 1, V)
+            obs_time = np.concatenate([*(t for _, t in self._closed), obs_time[0]])[None]
+        x, mask, delta, carry, track = e.tr.steps(values, obs_time, e.bin_end[self._open - k:self._open + 1],
+                                                  self._carry, per_step=True)
+        features = self._static_features(statics)
+        net, logits = e.kernel.run(x[0], mask[0], delta[0], features, self._net, commit=k)
+        if k:
+            self._carry, self._net, self._closed = track.at(k - 1), net, []
+        z = np.float32(logits.mean())  # the ensemble mean, as RiskModel.network_logits
+        if self.model.head is not None:  # the summary members on the summaries so far, in the model's own head
+            now = e.bin_end[self._open]  # the open bin's end: the hour predict's last step is taken at
+            z = np.float32(self.model.head.numpy_logit(z, summarize(carry, delta[:, -1], features[None], now)[0]))
+        self._logit = float(z)
+        self._risk = float(self.model.risk(np.array([z]))[0])
+
+
+def _columns(rows):
+    """``rows`` -> (time float64, variable list, value float64, the ``stay_id`` column or None without one),
+    or None when there are no rows."""
+    if rows is None:
+        return None
+    if not isinstance(rows, pl.DataFrame) and not _is_pandas(rows):
+        rows = pl.DataFrame(rows)
+    if len(rows) == 0:
+        return None
+    missing = [c for c in _COLUMNS if c not in rows.columns]
+    if missing:
+        from ..data.sources import DataError
+
+        raise DataError(f"stream rows lack column(s) {missing}; expected {list(_COLUMNS)} (others are ignored), "
+                        f"got {list(rows.columns)}")
+    stay = rows["stay_id"] if "stay_id" in rows.columns else None
+    if _is_pandas(rows):
+        time, value = rows["time"].to_numpy(), rows["value"].to_numpy()
+        names = rows["variable"].tolist()
+        if time.dtype.kind in "fiu":
+            time = time.astype(np.float64)
+        elif rows["time"].dtype.kind == "O":  # text, or mixed objects: each as its text
+            time = _parse_text(time, "time")
+        else:  # timedelta, datetime, bool: polars' own type, read by validate's rule
+            time = _hours(pl.Series("time", rows["time"]))
+        value = value.astype(np.float64) if value.dtype.kind in "fiu" else _parse_text(value, "value")
+        return time, names, value, stay
+    from ..data.sources import check_types
+
+    check_types(rows.schema, "stream rows", tuple(c for c in ("stay_id", *_COLUMNS) if c in rows.columns))
+    s = rows["value"]
+    value = (s.cast(pl.Float64).fill_null(np.nan).to_numpy() if s.dtype.is_numeric()
+             else _parse_text(s.to_list(), "value"))
+    return _hours(rows["time"]), rows["variable"].cast(pl.String).to_list(), value, stay
+
+
+def _all_equal(values: np.ndarray, first) -> bool:
+    """Whether every value equals ``first`` and has its type (pandas' ``nunique`` costs 40 us a call; a NaN, a
+    mixed column or anything that does not compare answers False, and the full reading decides)."""
+    try:
+        same = bool(np.all(values == first))
+    except Exception:  # noqa: BLE001 -- objects that refuse to compare: read the column in full
+        return False
+    return same and (values.dtype != object or all(type(v) is type(first) for v in values))
+
+
+def _one_stay(ids) -> int | str:
+    """The one stay of an update's ``stay_id`` column (pandas or polars), its ids read as
+    :func:`clinical_lstm.data.sources.checked_ids` reads a file's; more than one stay raises ``ValueError``."""
+    from ..data.sources import checked_ids
+
+    if _is_pandas(ids):
+        if ids.dtype == object:  # mixed kinds (17, "17", a uuid.UUID): as text, as bundle.as_raw reads them
+            ids = ids.astype(str).where(ids.notna(), None)
+        ids = pl.from_pandas(ids.rename("stay_id"))
+    ids = checked_ids(ids.rename("stay_id").to_frame(), "stream rows")["stay_id"].unique(maintain_order=True)
+    if len(ids) > 1:
+        raise ValueError(f"stream rows of one update hold more than one stay: stay_id {ids[0]!r} and "
+                         f"{ids[1]!r}; a stream scores one stay (RiskModel.stream() per stay); nothing of "
+                         f"this update was applied")
+    return ids[0]
+
+
+def _hours(time: pl.Series) -> np.ndarray:
+    """A ``time`` column as float64 hours (NaN: unparseable), by :func:`clinical_lstm.data.validate.time_hours`."""
+    hours = pl.DataFrame([time]).select(time_hours(time.dtype, "stream rows").alias("time"))["time"]
+    return hours.fill_null(np.nan).to_numpy().astype(np.float64)
+
+
+def _parse_text(values, column: str) -> np.ndarray:
+    """Text (or mixed) times / values parsed with exactly :func:`clinical_lstm.data.validate.validate`'s rules."""
+    texts = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values]
+    s = pl.Series(column, texts, dtype=pl.String)
+    expr = parse_time(pl.col(column)) if column == "time" else pl.col(column).str.strip_chars().cast(
+        pl.Float64, strict=False)
+    return pl.DataFrame([s]).select(expr.alias(column))[column].fill_null(np.nan).to_numpy().astype(np.float64)
+
+
+def _is_pandas(obj) -> bool:
+    return type(obj).__module__.startswith("pandas") and hasattr(obj, "iloc")
+
+
+def _state_digest(state: dict) -> str:
+    """SHA-256 of a state's canonical JSON (sorted keys): the same for its JSON and safetensors forms."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(state, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
+
+
+def _listed(a) -> list:
+    """Array -> nested lists with NaN / -inf as None (strict JSON)."""
+    arr = np.asarray(a, np.float64)
+    return [None if not math.isfinite(x) else x for x in arr.tolist()] if arr.ndim == 1 else [
+        _listed(row) for row in arr]
+
+
+def _unlisted(values, dtype=np.float64) -> np.ndarray:
+    """Inverse of :func:`_listed` (None -> NaN; the attention maximum's None is -inf, its only non-finite)."""
+    arr = np.array(values, dtype=object)
+    return np.where(arr == None, np.nan, arr).astype(dtype)  # noqa: E711 -- elementwise on an object array
