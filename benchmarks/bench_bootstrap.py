@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-one-by-one", action="store_true", help="time compare_models only")
     a = ap.parse_args(argv)
 
-    from clinical_lstm.evaluation import metrics
+    from clinical_lstm.evaluation import bootstrap, metrics
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, a.stays)
@@ -48,15 +48,15 @@ def main(argv=None) -> int:
 
     def together(cells):
         def run():
-            before, metrics._BLOCK_CELLS = metrics._BLOCK_CELLS, cells
+            before, bootstrap._BLOCK_CELLS = bootstrap._BLOCK_CELLS, cells
             try:
                 return metrics.compare_models(y, models, n_boot=a.replicates, seed=0)
             finally:
-                metrics._BLOCK_CELLS = before
+                bootstrap._BLOCK_CELLS = before
         return run
 
     variants = [] if a.skip_one_by_one else [("one by one (package block size)", one_by_one)]
-    variants += [(f"compare_models, {metrics._BLOCK_CELLS:,}-cell blocks (package)", together(metrics._BLOCK_CELLS))]
+    variants += [(f"compare_models, {bootstrap._BLOCK_CELLS:,}-cell blocks (package)", together(bootstrap._BLOCK_CELLS))]
     variants += [(f"compare_models, {c:,}-cell blocks", together(c)) for c in a.blocks]
     print(f"{a.models} models, {a.stays:,} stays, {a.replicates:,} replicates")
     metrics.compare_models(y[:2000], {n: (p[:2000], t) for n, (p, t) in models.items()}, n_boot=50)  # warm-up

@@ -349,7 +349,7 @@ def cmd_demo(a) -> int:
 
 
 def cmd_ui(a) -> int:
-    from .tracking.runs import serve_ui
+    from .tracking.store import serve_ui
 
     return serve_ui(a.store, a.port, a.host, a.workers, a.allow_remote)
 

@@ -537,7 +537,7 @@ def _model_path(model) -> list[Path]:
     """The model's bundle folder, when ``model`` names one on disk (not an MLflow URI, not a loaded model): an
     input that no output may touch. A run folder's ``model/`` is the bundle: ``--out run/explain`` is fine."""
     from .serve.bundle import model_dir
-    from .tracking.runs import is_model_uri
+    from .tracking.downloads import is_model_uri
 
     return [model_dir(model)] if isinstance(model, (str, Path)) and not is_model_uri(str(model)) else []
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from clinical_lstm.evaluation.metrics import binary_metrics
+from clinical_lstm.evaluation.scores import binary_metrics
 from clinical_lstm.model.calibrate import (
     IsotonicCalibrator,
     PlattCalibrator,

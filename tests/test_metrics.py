@@ -12,20 +12,17 @@ import pytest
 from scipy.special import ndtri
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from clinical_lstm.evaluation import metrics
-from clinical_lstm.evaluation.metrics import (
+from clinical_lstm.evaluation import bootstrap, metrics
+from clinical_lstm.evaluation.metrics import Estimate, evaluate, paired_difference
+from clinical_lstm.evaluation.scores import (
     BOOTSTRAP_METRICS,
     DIFFERENCE_METRICS,
     METRIC_KEYS,
-    Estimate,
     binary_metrics,
-    demographic_groups,
-    evaluate,
     expected_calibration_error,
     hosmer_lemeshow,
-    paired_difference,
-    subgroup_table,
 )
+from clinical_lstm.evaluation.subgroups import demographic_groups, subgroup_table
 
 
 def simulated(n: int, seed: int, round_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -149,9 +146,9 @@ def test_replicate_kernel_equals_metrics_on_materialised_resamples():
     # The vectorised kernel must give, for each row of counts, what binary_metrics gives on the
     # resample itself (ties included, so the tie grouping is exercised).
     y, p = simulated(500, seed=2, round_to=2)
-    stays = metrics._SortedStays(y, p, 0.25)
-    counts = metrics._resample_counts(np.random.default_rng(7), 15, len(y))
-    out = metrics._replicate_metrics(stays, counts[:, stays.order])
+    stays = bootstrap._SortedStays(y, p, 0.25)
+    counts = bootstrap._resample_counts(np.random.default_rng(7), 15, len(y))
+    out = bootstrap._replicate_metrics(stays, counts[:, stays.order])
     for b in range(15):
         idx = np.repeat(np.arange(len(y)), counts[b].astype(int))
         ref = binary_metrics(y[idx], p[idx], 0.25)
@@ -223,21 +220,21 @@ def test_bc_interval_hand_worked_on_shifted_normal_replicates():
     # ndtr(-2d/s -/+ 1.96) quantiles, i.e. est - d -/+ 1.96 s: the interval is moved back by the bias d.
     est, s, d = 0.5, 0.01, 0.005
     values = est + d + s * ndtri((np.arange(200_000) + 0.5) / 200_000)
-    lower, upper = metrics._bc_interval(values, est, alpha=0.05)
+    lower, upper = bootstrap._bc_interval(values, est, alpha=0.05)
     z = ndtri(0.975)
     assert lower == pytest.approx(est - d - z * s, abs=1e-5)
     assert upper == pytest.approx(est - d + z * s, abs=1e-5)
     # Without bias it is the percentile interval.
-    lower, upper = metrics._bc_interval(values - d, est, alpha=0.05)
+    lower, upper = bootstrap._bc_interval(values - d, est, alpha=0.05)
     assert (lower, upper) == pytest.approx((est - z * s, est + z * s), abs=1e-5)
 
 
 def test_bc_interval_ties_count_half_and_interval_always_holds_the_estimate():
-    assert metrics._bc_interval(np.full(100, 0.3), 0.3, 0.05) == (0.3, 0.3)  # share 1/2: z0 = 0
+    assert bootstrap._bc_interval(np.full(100, 0.3), 0.3, 0.05) == (0.3, 0.3)  # share 1/2: z0 = 0
     # Every replicate above the estimate: z0 = -inf puts both bounds on the smallest replicate (1.0),
     # and the interval is widened down to the estimate.
-    assert metrics._bc_interval(np.linspace(1.0, 2.0, 50), 0.5, 0.05) == (0.5, 1.0)
-    assert np.isnan(metrics._bc_interval(np.array([np.nan]), 0.5, 0.05)).all()
+    assert bootstrap._bc_interval(np.linspace(1.0, 2.0, 50), 0.5, 0.05) == (0.5, 1.0)
+    assert np.isnan(bootstrap._bc_interval(np.array([np.nan]), 0.5, 0.05)).all()
 
 
 def test_hl_and_ece_intervals_contain_their_estimates_on_calibrated_sample():
@@ -246,7 +243,7 @@ def test_hl_and_ece_intervals_contain_their_estimates_on_calibrated_sample():
     p = rng.beta(2.0, 8.0, 2000)
     y = (rng.random(2000) < p).astype(int)
     est = evaluate(y, p, 0.3, n_boot=500, seed=0)
-    (reps,) = metrics._bootstrap(y, [(p, 0.3)], 500, 0)
+    (reps,) = bootstrap._bootstrap(y, [(p, 0.3)], 500, 0)
     old_lower = np.quantile(reps["hosmer_lemeshow"], 0.025)
     assert old_lower > est["hosmer_lemeshow"].value  # the plain percentile interval excluded it
     for key in ("hosmer_lemeshow", "ece"):
@@ -261,7 +258,7 @@ def test_normal_case_has_no_note_and_auroc_interval_close_to_percentile():
         warnings.simplefilter("error")  # no small-class warning
         est = evaluate(y, p, 0.3, n_boot=400, seed=3)
     assert all(e.note == "" for e in est.values())
-    (reps,) = metrics._bootstrap(y, [(p, 0.3)], 400, 3)
+    (reps,) = bootstrap._bootstrap(y, [(p, 0.3)], 400, 3)
     lower, upper = np.quantile(reps["auroc"], [0.025, 0.975])
     assert est["auroc"].lower == pytest.approx(lower, abs=0.01)
     assert est["auroc"].upper == pytest.approx(upper, abs=0.01)
@@ -276,7 +273,7 @@ def test_one_death_interval_contains_estimate_carries_note_and_warns_once():
         est = evaluate(y, p, 0.02, n_boot=300, seed=0)
     assert len(record) == 1
     assert "evaluate: 1 death(s) and 99 survivor(s) among 100 stays" in str(record[0].message)
-    (reps,) = metrics._bootstrap(y, [(p, 0.02)], 300, 0)
+    (reps,) = bootstrap._bootstrap(y, [(p, 0.02)], 300, 0)
     assert np.quantile(reps["ece"], 0.025) > est["ece"].value  # the percentile interval excluded it
     for key, e in est.items():
         assert e.lower <= e.value <= e.upper, key
@@ -342,8 +339,8 @@ def test_paired_difference_finds_the_clearly_better_model():
 
 def test_paired_replicates_evaluate_both_models_on_the_same_resample():
     y, p_a, p_b = _two_models(300, seed=4, noise=1.0)
-    reps_a, reps_b = metrics._bootstrap(y, [(p_a, 0.3), (p_b, 0.3)], 4, seed=9)
-    counts = metrics._resample_counts(np.random.default_rng(9), 4, len(y))  # the same draws
+    reps_a, reps_b = bootstrap._bootstrap(y, [(p_a, 0.3), (p_b, 0.3)], 4, seed=9)
+    counts = bootstrap._resample_counts(np.random.default_rng(9), 4, len(y))  # the same draws
     for r in range(4):
         idx = np.repeat(np.arange(len(y)), counts[r].astype(int))
         assert reps_a["auroc"][r] == pytest.approx(roc_auc_score(y[idx], p_a[idx]), rel=1e-12)

@@ -21,7 +21,7 @@ from helpers import free_port, running_server, tiny_model
 
 from clinical_lstm import load_model
 from clinical_lstm.data.catalogue import Catalogue
-from clinical_lstm.tracking.runs import synthetic_example
+from clinical_lstm.tracking.pyfunc import synthetic_example
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,8 @@ def store(tmp_path_factory):
     """The bundle saved, logged the way ``train`` logs it and registered as champion, in a temporary store."""
     import mlflow
 
-    from clinical_lstm.tracking.runs import MODEL_ARTIFACT, pyfunc_spec
+    from clinical_lstm.tracking.pyfunc import pyfunc_spec
+    from clinical_lstm.tracking.runs import MODEL_ARTIFACT
 
     root = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{root / 'mlflow.db'}"

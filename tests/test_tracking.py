@@ -156,7 +156,7 @@ def test_champion_moves_only_between_versions_measured_on_the_same_stays(store):
     import mlflow
     from mlflow import MlflowClient
 
-    from clinical_lstm.tracking.runs import pyfunc_spec
+    from clinical_lstm.tracking.pyfunc import pyfunc_spec
 
     client = MlflowClient()
     first = store["runs"][0]

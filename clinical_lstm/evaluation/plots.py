@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..files import atomic_path
-from .metrics import _N_BINS, Estimate, check_binary_inputs
+from .metrics import Estimate, check_binary_inputs
+from .scores import _N_BINS
 
 __all__ = ["plot_calibration", "plot_differences", "plot_pr", "plot_roc"]
 

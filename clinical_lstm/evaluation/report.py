@@ -381,8 +381,8 @@ def write(out_dir: Path, evaluation: Evaluation, cohort, catalogue, history=None
     """Write the report folder; returns ``{name: path}``. ``cohort`` (:class:`~clinical_lstm.features.cohort.Cohort`) holds
     the evaluated stays, in the order of ``evaluation.y``. ``report`` (the quality report) is written with its
     stay ids: this folder is local, and only :data:`SAFE_TO_LOG` files are ever logged."""
-    from .metrics import demographic_groups, subgroup_table
     from .plots import plot_calibration, plot_differences, plot_pr, plot_roc
+    from .subgroups import demographic_groups, subgroup_table
 
     out_dir = Path(out_dir)
     files = {"metrics": write_json(out_dir / "metrics.json", evaluation.to_dict())}

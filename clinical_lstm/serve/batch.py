@@ -89,7 +89,7 @@ def side_files(out: str | Path) -> dict[str, Path]:
 # -- the job -------------------------------------------------------------------------------------------------
 def _locate_bundle(source: str) -> tuple[Path, dict | None]:
     """A bundle directory, or an MLflow model URI downloaded to one: ``(directory, provenance or None)``."""
-    from ..tracking.runs import download_bundle, is_model_uri
+    from ..tracking.downloads import download_bundle, is_model_uri
 
     if is_model_uri(source):
         return download_bundle(source)
@@ -419,7 +419,7 @@ def _check_out(out: Path, paths: list[Path], model, catalogue) -> None:
         raise DataError(f"--out {out}: the folder {folder} cannot be written (permission denied)")
     inputs = list(paths)
     if isinstance(model, (str, os.PathLike)):
-        from ..tracking.runs import is_model_uri
+        from ..tracking.downloads import is_model_uri
 
         if not is_model_uri(str(model)):
             from .bundle import model_dir

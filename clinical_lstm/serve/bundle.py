@@ -71,7 +71,6 @@ def _like(data, out: pl.DataFrame):
     return out.to_pandas() if type(data).__module__.startswith("pandas") else out
 
 
-
 def data_digest(clean: pl.DataFrame, catalogue: Catalogue) -> str:
     """SHA-256 over a cleaned long table's content (order-independent rows are sorted first)."""
     codes = {n: i for i, n in enumerate(catalogue.names)}
@@ -431,7 +430,7 @@ def load_model(source: str | Path) -> RiskModel:
     """Load a model from a bundle directory or an MLflow URI (``models:/clinical-lstm@champion``,
     ``models:/clinical-lstm/3``, ``runs:/<run id>/model``); the tracking URI comes from
     ``MLFLOW_TRACKING_URI`` or the local store."""
-    from ..tracking.runs import download_bundle, is_model_uri
+    from ..tracking.downloads import download_bundle, is_model_uri
 
     if is_model_uri(str(source)):
         directory, provenance = download_bundle(str(source))

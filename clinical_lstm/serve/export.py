@@ -351,7 +351,7 @@ def export_torchscript(model, out: str | Path, check: bool = True) -> Path:
 @removes_new_out
 def export_model(model, out: str | Path, fmt: str = "onnx", opset: int = DEFAULT_OPSET) -> dict:
     """``clinical-lstm export``: a RiskModel or a bundle directory / MLflow URI -> file; returns a summary."""
-    from ..tracking.runs import is_model_uri
+    from ..tracking.downloads import is_model_uri
     from .bundle import RiskModel, load_model, model_dir
 
     local = not isinstance(model, RiskModel) and not is_model_uri(str(model))

@@ -20,7 +20,7 @@ frame.to_dict(orient="records")})`` (``mlflow.pyfunc.scoring_server.predictions_
 a float ``NaN`` (float64 columns, an integer column with a gap, pandas 3's default ``str`` dtype) as ``NaN``,
 which is not JSON and makes strict parsers (``JSON.parse``, Java and .NET) reject the whole answer. So every
 column leaves here in a dtype whose missing value is ``pd.NA``, and a non-finite float becomes ``pd.NA`` too.
-The signature (:func:`clinical_lstm.tracking.runs.signature`) records the same types and which columns may be null.
+The signature (:func:`clinical_lstm.tracking.pyfunc.signature`) records the same types and which columns may be null.
 Its input columns are ``Any`` and optional, so the input is checked by the bundle's own reader, as ``score``'s
 is, whose errors name a column or a row number and never quote the rows (MLflow's enforcement error would).
 """

@@ -69,11 +69,11 @@ def stage_bundle(model) -> Path:
     """Resolve ``model`` on the driver to a local bundle directory named by its content digest.
 
     ``model`` is a bundle directory, an MLflow URI (downloaded with
-    :func:`clinical_lstm.tracking.runs.download_bundle`) or a :class:`RiskModel` (saved). The staged copy lives
+    :func:`clinical_lstm.tracking.downloads.download_bundle`) or a :class:`RiskModel` (saved). The staged copy lives
     under ``<tmp>/clinical-lstm-spark/clinical-lstm-<digest>``: the same bundle always gets the same path, so
     scoring twice in one Spark session ships it once, and two different bundles never share a name.
     """
-    from ..tracking.runs import download_bundle, is_model_uri
+    from ..tracking.downloads import download_bundle, is_model_uri
 
     temp = Path(tempfile.mkdtemp(prefix="clinical-lstm-resolve-"))
     try:

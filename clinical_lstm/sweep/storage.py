@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..data.sources import DataError
 from ..files import check_not_input
-from ..tracking.runs import tracking_uri
+from ..tracking.store import tracking_uri
 from .space import SearchSpace
 
 HEARTBEAT_S = 60  # RDB storages: a worker that stops beating for 5 × HEARTBEAT_S has its running trial failed
@@ -95,7 +95,7 @@ def _first_line(exc: Exception) -> str:
 
 def _check_storage(url: str | None, inputs) -> None:
     """Refuse an SQLite ``url`` that holds what another tool or the user owns, before anything is written: the
-    MLflow tracking store (:func:`~clinical_lstm.tracking.runs.tracking_uri`), an input of the sweep, a file that is
+    MLflow tracking store (:func:`~clinical_lstm.tracking.store.tracking_uri`), an input of the sweep, a file that is
     not a database, a database with tables but none of Optuna's (Optuna would add its tables, then fail on the
     schema version both tools keep in ``alembic_version``). The file is only opened read-only. A malformed URL is
     refused too; other databases are left to :func:`_rdb`."""

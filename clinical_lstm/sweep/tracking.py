@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from ..config import Config
-from ..tracking.runs import Tracker, run_name, tracking_uri
+from ..tracking.runs import Tracker, run_name
+from ..tracking.store import tracking_uri
 from .storage import _redact
 from .workers import PARENT_ATTR, PARENT_WAIT_S, _wait_for
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..data.sources import DataError
 from ..files import remove_leftovers
-from ..tracking.runs import tracking_uri
+from ..tracking.store import tracking_uri
 from . import storage as sweep_storage  # HEARTBEAT_S is read from there when used (a test shortens it)
 from .storage import _first_line
 

@@ -13,16 +13,14 @@ unless ``MLFLOW_TRACKING_URI`` is set.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import shutil
 import subprocess
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from ..files import write_json
+from .pyfunc import _quiet_artifacts, pyfunc_spec, signature
+from .store import _artifact_location, _reachable, existing_store, tracking_uri
 
 REGISTERED_MODEL = "clinical-lstm"
 MODEL_ARTIFACT = "model"
@@ -33,125 +31,6 @@ BASELINE_PREFIX = {"masked LSTM": "lstm_", "logistic regression": "logreg_", "gr
                    "SAPS-I": "saps_", "summaries-only stack": "stack_"}
 HOUR_KEYS = ("auroc", "auprc", "brier", "ece")  # the every-hour metrics logged as hours/<prefix><key>_h<hour>
 HOURS = "hours/"  # the UI's section of the every-hour metrics
-
-
-def local_store(root: str | Path | None = None, create: bool = True) -> tuple[str, str]:
-    """``(tracking URI, artifact root URI)`` of the project's local store under ``<root>/mlflow/``."""
-    base = (Path(root) if root else Path.cwd()) / "mlflow"
-    if create:
-        base.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(base / 'mlflow.db').resolve()}", (base / "artifacts").resolve().as_uri()
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def serve_ui(store: str | Path = ".", port: int = 5000, host: str = "127.0.0.1", workers: int = 1,
-             allow_remote: bool = False) -> int:
-    """Run ``mlflow server`` over the local store; print its URL once it answers; Ctrl-C stops it.
-
-    The server has no authentication: a host other than loopback is refused unless ``allow_remote``. A port that
-    cannot be bound (:func:`check_bindable`), or a server that exits before it answers, is a
-    :class:`~clinical_lstm.data.sources.DataError` naming ``host:port``; the server's exit status is returned.
-    """
-    import ipaddress
-    import subprocess
-    import sys
-    import time
-
-    from ..data.sources import DataError
-
-    try:
-        loopback = host in LOOPBACK or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_remote:
-        raise ValueError(f"--host {host} would expose an unauthenticated MLflow server beyond this machine; "
-                         f"it binds 127.0.0.1 unless you pass --allow-remote (see mlflow/README.md for a shared "
-                         f"server behind authentication)")
-    if not 0 < port < 65536:
-        raise ValueError(f"--port must be between 1 and 65535, got {port}")
-    check_bindable(host, port)  # before the store is made: a refused port creates nothing
-    backend, artifacts = local_store(store)
-    where = f"{host}:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-                             "--default-artifact-root", artifacts, "--host", host, "--port", str(port),
-                             "--workers", str(workers)])
-    url = f"http://{'127.0.0.1' if host == 'localhost' else f'[{host}]' if ':' in host else host}:{port}"
-    print(f"starting the MLflow UI over {backend} ...", file=sys.stderr, flush=True)
-    answered = False
-    try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if _reachable(url) is None:
-                print(f"MLflow UI on {url} (Ctrl-C stops it)", flush=True)
-                answered = True
-                break
-            time.sleep(0.5)
-        status = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=20)
-        return 130
-    if not answered:  # it never served: even a status of 0 is a failure to start
-        raise DataError(f"the MLflow server on {where} exited with status {status} before it answered; its log "
-                        f"above says why")
-    if status != 0:
-        print(f"the MLflow server on {where} stopped with status {status}; its log above says why", file=sys.stderr)
-    return status
-
-
-def check_bindable(host: str, port: int) -> None:
-    """Raise :class:`~clinical_lstm.data.sources.DataError` naming ``host:port`` unless a server could listen there.
-
-    Bound as uvicorn binds (IPv6 for a host with a colon, else IPv4; ``SO_REUSEADDR``, so a port held only by
-    closed connections in ``TIME_WAIT`` is free, a listening one is not)."""
-    import socket
-
-    from ..data.sources import DataError
-
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        hint = ("; choose another --port or stop what listens there" if exc.errno == errno.EADDRINUSE else "")
-        raise DataError(f"cannot listen on {host}:{port}: {why}{hint}") from None
-
-
-def tracking_uri(create: bool = False) -> str:
-    """``MLFLOW_TRACKING_URI``, else the local store under ``./mlflow``; its folder is made only with ``create``
-    (a run about to be logged): a read-only lookup creates nothing."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or local_store(create=create)[0]
-
-
-def existing_store(uri: str) -> str:
-    """``uri`` if its store exists; a SQLite database or store folder that does not exist is a
-    :class:`~clinical_lstm.data.sources.DataError` saying which store was looked at. MLflow would create an empty store
-    there on first use, and a lookup must leave nothing behind."""
-    from urllib.parse import urlparse
-
-    from ..data.sources import DataError
-
-    parsed = urlparse(uri)
-    if parsed.scheme == "sqlite":
-        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-    elif parsed.scheme in ("", "file"):
-        path = Path(parsed.path if parsed.scheme == "file" else uri)
-    else:
-        return uri  # a server or database decides for itself
-    if path is None or path.exists():
-        return uri
-    where = ("MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI")
-             else f"the default local store of {Path.cwd()}, as MLFLOW_TRACKING_URI is not set")
-    raise DataError(f"no MLflow tracking store at {path} ({where}); set MLFLOW_TRACKING_URI to the store that "
-                    f"holds the model (e.g. sqlite:///PATH/mlflow/mlflow.db or http://HOST:PORT), or run from the "
-                    f"folder whose mlflow/ holds it")
-
-
-def is_model_uri(source) -> bool:
-    return isinstance(source, str) and source.split(":/", 1)[0] in ("models", "runs", "mlflow-artifacts")
 
 
 def run_name(cfg) -> str:
@@ -169,25 +48,6 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _artifact_location(uri: str) -> str | None:
-    """Artifacts of a SQLite store go beside its database (``<dir>/artifacts``), never into the working
-    directory's ``mlruns/``; a tracking server decides for itself (None)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
-    return None
-
-
-def _reachable(uri: str) -> str | None:
-    """None if a tracking server answers its health check, else the reason (http(s) URIs only)."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
-            return None if resp.status == 200 else f"health check answered {resp.status}"
-    except Exception as exc:  # noqa: BLE001 -- any failure means: do not try to track
-        return str(getattr(exc, "reason", exc))
 
 
 class Tracker:
@@ -461,156 +321,3 @@ def promote(version: int, name: str = REGISTERED_MODEL, uri: str | None = None) 
     if str(before) == str(version):
         return f"version {version} of {name} is already champion"
     return f"version {version} of {name} is champion" + (f" (was version {before})" if before else "")
-
-
-def pyfunc_spec(bundle_dir: str | Path, catalogue) -> dict:
-    """How a bundle becomes an MLflow pyfunc: "models from code" (``pyfunc_model.py``, no pickle) with the bundle
-    directory as its only artifact, the signature and a synthetic input example."""
-    return {"python_model": str(Path(__file__).parents[1] / "serve" / "pyfunc_model.py"),
-            "artifacts": {"bundle": str(bundle_dir)}, "signature": signature(),
-            "input_example": synthetic_example(catalogue), "pip_requirements": pip_requirements()}
-
-
-def save_pyfunc(bundle_dir: str | Path, path: str | Path) -> Path:
-    """Write the bundle as an MLflow pyfunc model folder (what ``train`` logs), without a tracking store."""
-    import mlflow
-
-    from ..data.catalogue import Catalogue
-
-    with _quiet_artifacts():
-        mlflow.pyfunc.save_model(str(path), **pyfunc_spec(bundle_dir, Catalogue.from_csv(Path(bundle_dir) / "catalogue.csv")))
-    return Path(path)
-
-
-@contextlib.contextmanager
-def _quiet_artifacts():
-    """No MLflow progress bar while it copies artifacts and validates the input example."""
-    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
-
-
-def signature():
-    """Input: the raw long table. Output: one row per stay (:data:`clinical_lstm.serve.bundle.SCORES`).
-
-    Every input column is ``Any`` and optional: the package's own reader (:func:`clinical_lstm.serve.bundle.as_raw`,
-    the rules of ``clinical_lstm/data/validate.py``) checks the table, as it does for files. It accepts what MLflow's
-    strict types would refuse (integer or text ids, ``HH:MM`` text or timedelta times, text values counted as
-    ``unparseable_value``), and it names a missing column or a bad type without quoting rows: MLflow's own
-    enforcement error prints the input frame, stay ids and values, into the message that ``mlflow models serve``
-    logs and answers. The columns hold: ``stay_id`` integer or text; ``time`` hours since ICU admission (a
-    number, ``HH:MM`` text or a timedelta); ``variable`` a catalogue name; ``value`` a number.
-
-    ``required=False`` marks the output columns that can be null (JSON ``null`` when served, never ``NaN``; see
-    ``pyfunc_model.py``): a rejected stay has a null ``risk``, ``flag``, ``n_observations`` and
-    ``quality_flags``, a scored stay a null ``reason``. The output ``stay_id`` comes back as given.
-    """
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-    from mlflow.types.schema import AnyType
-
-    from ..data.sources import LONG_COLUMNS
-
-    return ModelSignature(
-        inputs=Schema([ColSpec(AnyType(), name, required=False) for name in LONG_COLUMNS]),
-        outputs=Schema([ColSpec(AnyType(), "stay_id"),
-                        ColSpec("double", "risk", required=False),  # calibrated probability in [0, 1]
-                        ColSpec("boolean", "flag", required=False),  # risk >= the bundle's threshold
-                        ColSpec("string", "reason", required=False),  # why a rejected stay has no risk
-                        ColSpec("long", "n_observations", required=False),
-                        ColSpec("string", "quality_flags", required=False)]))  # ";"-joined, "" when none
-
-
-def synthetic_example(catalogue, n_stays: int = 2):
-    """A made-up long table (pandas) for signatures and docs: plausible mid-range values, never real rows."""
-    import pandas as pd
-
-    rows = []
-    for sid in range(1, n_stays + 1):
-        for v in catalogue.variables:
-            mid = (v.lower + v.upper) / 2 if v.unit != "category" else v.lower
-            if v.static:
-                rows.append((sid, 0.0, v.name, float(mid)))
-            if v.is_series and v.kind == "vital":
-                rows += [(sid, t, v.name, float(mid)) for t in (0.5, 1.5 + sid)]
-    return pd.DataFrame(rows, columns=["stay_id", "time", "variable", "value"])
-
-
-def pip_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    names = ("torch", "polars", "pandas", "numpy", "scikit-learn", "safetensors", "pyarrow", "mlflow")
-    return [f"clinical-lstm=={version('clinical-lstm')}"] + [f"{n}=={version(n)}" for n in names]
-
-
-def download_bundle(uri: str, dst: str | Path | None = None) -> tuple[Path, dict]:
-    """Fetch the bundle inside an MLflow model (``models:/name@alias``, ``models:/name/3``, ``runs:/id/model``).
-
-    Returns the bundle directory and ``{"uri": ..., "version": ...}`` for provenance. Without ``dst`` the model is
-    downloaded into this process's temporary folder (:func:`_downloads`), removed when the process exits: the
-    bundle stays readable until then and nothing is left behind. A ``dst`` is the caller's to remove. The store
-    must exist: a lookup never creates one (:func:`existing_store`).
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from ..data.sources import DataError
-
-    store = existing_store(tracking_uri())
-    mlflow.set_tracking_uri(store)
-    dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="model-", dir=_downloads()))
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
-    except MlflowException as exc:  # an unknown model, alias, version or run: the caller's input, not a crash
-        shutil.rmtree(dst, ignore_errors=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{uri} cannot be resolved in the tracking store {store}: {first}. List the registered "
-                        f"models in the MLflow UI (`clinical-lstm ui`) or set MLFLOW_TRACKING_URI") from None
-    bundle = next((p.parent for p in local.rglob("bundle.json")), None)
-    if bundle is None:
-        shutil.rmtree(dst, ignore_errors=True)
-        raise FileNotFoundError(f"{uri} holds no clinical-lstm bundle (no bundle.json among its artifacts)")
-    return bundle, {"uri": uri, "version": _version_of(uri)}
-
-
-_DOWNLOADS: dict[int, str] = {}  # process id -> its temporary folder for downloaded models, made on first use
-
-
-def _downloads() -> str:
-    """``<tmp>/clinical-lstm-models-*``: every model this process downloads, removed whole when it exits.
-
-    A forked child gets a folder of its own and, exiting, leaves its parent's alone (it inherits the exit hook)."""
-    import atexit
-
-    pid = os.getpid()
-    if pid not in _DOWNLOADS:
-        _DOWNLOADS[pid] = tempfile.mkdtemp(prefix="clinical-lstm-models-")
-        atexit.register(_remove_downloads, _DOWNLOADS[pid], pid)
-    return _DOWNLOADS[pid]
-
-
-def _remove_downloads(folder: str, owner: int) -> None:
-    if os.getpid() == owner:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _version_of(uri: str) -> str | None:
-    if not uri.startswith("models:/"):
-        return None
-    from mlflow import MlflowClient
-
-    ref = uri[len("models:/"):]
-    try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            return MlflowClient().get_model_version_by_alias(name, alias).version
-        return ref.split("/")[1] if "/" in ref else None
-    except Exception:  # noqa: BLE001 -- provenance only
-        return None
-
