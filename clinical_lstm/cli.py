@@ -285,7 +285,7 @@ def cmd_score(a) -> int:
 
 
 def cmd_explain(a) -> int:
-    from .serve.batch import keep_freed_memory
+    from .serve.resources import keep_freed_memory
     from .workflow import explain
 
     keep_freed_memory()  # the coalitions' large tensors are allocated batch after batch (system time 2.4 -> 1.2 s

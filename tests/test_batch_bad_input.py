@@ -606,13 +606,13 @@ def test_an_output_location_that_cannot_be_written_is_refused_before_any_work(mo
 
 
 def _enospc_on_call(monkeypatch, n: int) -> None:
-    """The ``n``-th file batch.py writes through ``write_frame`` (a chunk's part) hits a full disk."""
+    """The ``n``-th chunk part the job's working folder writes through ``write_frame`` hits a full disk."""
     import errno
 
-    import clinical_lstm.serve.batch as batch
+    import clinical_lstm.serve.workdir as workdir
 
     calls = {"n": 0}
-    real = batch.write_frame
+    real = workdir.write_frame
 
     def full(df, path):
         calls["n"] += 1
@@ -620,7 +620,7 @@ def _enospc_on_call(monkeypatch, n: int) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(df, path)
 
-    monkeypatch.setattr(batch, "write_frame", full)
+    monkeypatch.setattr(workdir, "write_frame", full)
 
 
 def _outputs(folder: Path) -> list[str]:

@@ -408,7 +408,7 @@ def test_an_edited_damaged_or_foreign_state_is_one_clear_error(model, stays, tmp
 
 def _signed(state: dict) -> dict:
     """A state re-signed after an edit: what only a deliberate forger does; its content is still checked."""
-    from clinical_lstm.serve.stream import _state_digest
+    from clinical_lstm.serve.stream_rows import _state_digest
 
     return {**state, "digest": _state_digest(state)}
 
@@ -425,3 +425,19 @@ def test_a_changed_threshold_gives_the_stream_the_models_new_digest(stays):
     assert after.state()["model"] == m.digest() != before.state()["model"]
     with pytest.raises(ValueError, match="different model"):
         m.stream(before.state())
+
+
+def test_a_saved_state_keeps_its_file_format_key(model, stays, tmp_path):
+    """A state file's safetensors metadata key is part of the format (files saved before the modules moved into
+    subpackages carry ``clinical_lstm.stream``): the key is that literal, not the module's path."""
+    from safetensors import safe_open
+
+    from clinical_lstm.serve.stream import STATE_KEY
+
+    assert STATE_KEY == "clinical_lstm.stream"
+    s = model.stream()
+    s.update(next(iter(stays.values())))
+    path = s.save(tmp_path / "state.safetensors")
+    with safe_open(str(path), "np") as f:
+        assert set(f.metadata()) == {"clinical_lstm.stream"}
+    assert StayStream.load(model, path).risk == s.risk

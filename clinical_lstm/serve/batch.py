@@ -25,7 +25,7 @@ How a job runs
    ``<out name>.summary.json``; the job checks that stays in = scored + rejected and that no stay appears
    twice, then renames them into place (the summary last) and removes the working folder.
 
-Side files are named from the *whole* output name (:func:`side_files`): ``s.parquet`` and ``s.csv`` in one
+Side files are named from the *whole* output name (:func:`~clinical_lstm.serve.workdir.side_files`): ``s.parquet`` and ``s.csv`` in one
 folder never share a file, and no path a job writes may be, or lie inside, one of its inputs
 (:func:`clinical_lstm.files.check_not_input`). Every file follows the umask (:mod:`clinical_lstm.files`).
 
@@ -35,19 +35,16 @@ model, model_version, scored_at``.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import json
 import os
 import re
-import shutil
 import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +53,6 @@ import polars as pl
 from ..config import usable_cpus
 from ..data.catalogue import Catalogue, resolve
 from ..data.chunks import (
-    NULL_NAME,
     Chunk,
     Input,
     check_unique_ids,
@@ -68,22 +64,14 @@ from ..data.chunks import (
     spill_csv,
 )
 from ..data.sources import DataError, RawData, is_physionet
-from ..files import atomic_path, check_not_input, csv_safe, write_frame, write_json
+from ..files import atomic_path, check_not_input, csv_safe, write_json
 from ..progress import Progress
+from .batch_summary import _chunk_entry, _closing_line, _summary
+from .resources import _torch_threads, keep_freed_memory
+from .workdir import _is_os_error, _Workdir, _WriteError, _writing, side_files
 
-MANIFEST_VERSION = 1
 DEFAULT_CHUNK_STAYS = 2000
 EXPLAIN_CHUNK_STAYS = 100  # the default with --explain: progress (rate, time left) within the first minute
-
-
-def side_files(out: str | Path) -> dict[str, Path]:
-    """The files a job writing ``out`` writes beside it, named from the *whole* output name: for ``s.parquet``,
-    ``s.parquet.rejects.parquet``, ``s.parquet.summary.json`` and the work folder ``.s.parquet.partial/``
-    (parts, manifest, lock, CSV spill). Two jobs with different outputs never share one of these."""
-    out = Path(out)
-    return {"rejects": out.with_name(f"{out.name}.rejects{out.suffix}"),
-            "summary": out.with_name(f"{out.name}.summary.json"),
-            "work": out.with_name(f".{out.name}.partial")}
 
 
 # -- the job -------------------------------------------------------------------------------------------------
@@ -135,129 +123,6 @@ def _conform(df: pl.DataFrame, schema: dict) -> pl.DataFrame:
     return df.select([(pl.col(c) if c in df.columns else pl.lit(None)).cast(t).alias(c) for c, t in schema.items()])
 
 
-class _WriteError(Exception):
-    """A file of the job could not be written (a full disk, a file size limit, a lost mount)."""
-
-    def __init__(self, what, exc: BaseException):
-        super().__init__(f"cannot write {what}: {_os_reason(exc)}")
-
-
-def _os_reason(exc: BaseException) -> str:
-    """The operating system's words for ``exc``; polars wraps them as ``... (os error 28)``."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    found = re.search(r"os error (\d+)", str(exc))
-    if found:
-        return os.strerror(int(found.group(1)))
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _is_os_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) or (isinstance(exc, pl.exceptions.PolarsError) and "os error" in str(exc))
-
-
-@contextlib.contextmanager
-def _writing(what):
-    """Turn an operating-system failure while writing ``what`` (a path) into one :class:`_WriteError` naming it."""
-    try:
-        yield
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        if not _is_os_error(exc):
-            raise
-        raise _WriteError(what, exc) from exc
-
-
-class _Workdir:
-    """The job's working folder: a lock, the manifest and the per-chunk parts."""
-
-    def __init__(self, out: Path):
-        self.path = side_files(out)["work"]
-        self.manifest_path = self.path / "manifest.json"
-        self.locked = False
-        self.manifest: dict = {"done": {}}
-        # files.atomic_path reads the umask by setting and restoring it, which two threads must not do at once
-        self._writes = threading.Lock()
-
-    def open(self, job: dict, restart: bool, log) -> dict:
-        """Lock the folder; resume its manifest when it belongs to the same job, else start afresh."""
-        self._lock()
-        manifest = None
-        if self.manifest_path.is_file() and not restart:
-            with contextlib.suppress(ValueError, OSError):
-                manifest = json.loads(self.manifest_path.read_text())
-            if manifest is not None and (manifest.get("job") != job or manifest.get("version") != MANIFEST_VERSION):
-                log("the inputs, model or options changed since the unfinished run; starting afresh")
-                manifest = None
-            elif manifest is not None:
-                log(f"resuming: {len(manifest['done'])} chunk(s) already scored")
-        for p in self.path.iterdir():  # leftovers of an interrupted write, or of a discarded run
-            if p.name != "lock" and (p.name.startswith(".") or manifest is None):
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
-        if manifest is None:
-            manifest = {"version": MANIFEST_VERSION, "job": job,
-                        "scored_at": datetime.now(UTC).replace(microsecond=0).isoformat(), "done": {}}
-        for key in list(manifest["done"]):  # a recorded chunk whose part went missing is scored again
-            if not all(self.part(int(key), kind).is_file() for kind in ("scored", "rejects")):
-                del manifest["done"][key]
-        self.manifest = manifest
-        with _writing(self.manifest_path):
-            write_json(self.manifest_path, manifest)
-        return manifest
-
-    def _lock(self):
-        """Hold an exclusive lock on ``<work>/lock`` for the job's lifetime. A job that finishes removes the
-        folder while still holding the lock, so a lock taken on a file that has since been removed is retried."""
-        import fcntl
-
-        while True:
-            with _writing(self.path):
-                self.path.mkdir(parents=True, exist_ok=True)
-                fh = open(self.path / "lock", "a")  # noqa: SIM115 - held for the job's lifetime
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                fh.close()
-                raise DataError(f"another scoring job is writing {self.path.parent} right now (lock held on "
-                                f"{self.path / 'lock'}); wait for it or choose another --out") from None
-            try:
-                same = os.stat(self.path / "lock").st_ino == os.fstat(fh.fileno()).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._fh, self.locked = fh, True
-                return
-            fh.close()
-
-    def part(self, index: int, kind: str) -> Path:
-        return self.path / f"{index:06d}.{kind}.parquet"
-
-    def write_part(self, index: int, kind: str, df: pl.DataFrame) -> None:
-        path = self.part(index, kind)
-        with self._writes, _writing(path):
-            write_frame(df, path)
-
-    def record(self, index: int, entry: dict) -> None:
-        self.manifest["done"][str(index)] = entry
-        with self._writes, _writing(self.manifest_path):
-            write_json(self.manifest_path, self.manifest)
-
-    def release(self):
-        """Give the lock back (the folder stays for a resume)."""
-        if self.locked:
-            self._fh.close()
-            self.locked = False
-
-    def remove(self):
-        """Remove the folder, then give the lock back (a job waiting for it then finds no folder)."""
-        if self.locked:
-            shutil.rmtree(self.path, ignore_errors=True)
-        self.release()
-
-
 def _sink(parts: list[Path], schema: dict, tmp: Path, csv: bool) -> int:
     """Stream the parts into the file ``tmp`` (Parquet, or CSV when ``csv``, its text cells neutralised against
     formula injection by the rule of :func:`clinical_lstm.files.write_frame`); returns the row count."""
@@ -281,7 +146,7 @@ def score_batch(model, data, out: str | Path, explain: int = 0, chunk_stays: int
         Long-format ``.parquet`` / ``.csv`` files, PhysioNet set folders or ``.tar.gz`` archives.
     out : path
         ``.parquet`` (default choice) or ``.csv``. ``<out name>.rejects.<ext>`` and ``<out name>.summary.json``
-        are written beside it (:func:`side_files`); none of these may be, or lie inside, an input. Parquet keeps
+        are written beside it (:func:`~clinical_lstm.serve.workdir.side_files`); none of these may be, or lie inside, an input. Parquet keeps
         every value exactly; in CSV a text cell a spreadsheet would run as a formula (``=...``, ``+...``,
         ``-...``, ``@...``) starts with ``'`` (:func:`clinical_lstm.files.write_frame`).
     explain : int
@@ -428,22 +293,6 @@ def _check_out(out: Path, paths: list[Path], model, catalogue) -> None:
     if isinstance(catalogue, (str, os.PathLike)) and catalogue != "default":
         inputs.append(Path(catalogue))
     check_not_input(written, inputs)
-
-
-def keep_freed_memory() -> None:
-    """glibc: keep freed memory for reuse instead of returning it to the kernel after every chunk (each chunk
-    allocates the same large arrays again; refaulting them cost a quarter of the job's system time). Process-wide
-    and harmless elsewhere; a no-op without glibc."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum
-    libc.mallopt(m_trim_threshold, 1 << 30)
-    libc.mallopt(m_top_pad, 256 << 20)
 
 
 def _indexed(paths: list[Path], catalogue: Catalogue) -> list[Input]:
@@ -617,79 +466,3 @@ class _Job:
         return summary
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    import torch
-
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _chunk_entry(c: Chunk, scored: pl.DataFrame, rejects: pl.DataFrame, report, seconds: dict) -> dict:
-    by_reason = rejects.group_by("reason").len().sort("reason")
-    rules = report.counts.filter(pl.col("variable").is_not_null() | ~pl.col("action").str.contains("rejected"))
-    by_rule = rules.group_by("rule").agg(pl.col("rows").sum()).sort("rule")
-    unknown = report.counts.filter(pl.col("rule") == "unknown_variable")
-    return {"stays": c.stays, "scored": scored.height - rejects.height, "rejected": rejects.height,
-            "flagged": int(scored["flag"].sum()), "rows_read": report.n_rows_read,
-            "rejected_by_reason": dict(zip(by_reason["reason"], by_reason["len"], strict=True)),
-            "rows_by_rule": dict(zip(by_rule["rule"], by_rule["rows"], strict=True)),
-            "unknown_variables": _by_name(unknown["variable"], unknown["rows"]),
-            "quality_flags": _flag_counts(scored), "seconds": {k: round(v, 3) for k, v in seconds.items()}}
-
-
-def _by_name(names: pl.Series, counts: pl.Series) -> dict[str, int]:
-    """``{name: count}`` with a null name counted under :data:`NULL_NAME`, so that the keys sort and survive the
-    manifest's JSON as they are (a ``None`` key would come back as ``"null"``)."""
-    totals: dict[str, int] = {}
-    for name, n in zip(names.to_list(), counts.to_list(), strict=True):
-        key = NULL_NAME if name is None else str(name)
-        totals[key] = totals.get(key, 0) + int(n)
-    return totals
-
-
-def _flag_counts(scored: pl.DataFrame) -> dict:
-    flags = scored.select(pl.col("quality_flags").str.split(";").explode()).filter(pl.col("quality_flags") != "")
-    counts = flags.group_by("quality_flags").len().sort("quality_flags")
-    return dict(zip(counts["quality_flags"], counts["len"], strict=True))
-
-
-def _add(total: dict, part: dict) -> dict:
-    for k, v in part.items():
-        total[k] = total.get(k, 0) + v
-    return dict(sorted(total.items()))
-
-
-def _summary(job: dict, version, inputs, done, threshold, counts, out, rejects_path, seconds, scored_at) -> dict:
-    n_scored, n_rejected = counts
-    n_stays = n_scored + n_rejected
-    totals = {k: {} for k in ("rejected_by_reason", "rows_by_rule", "unknown_variables", "quality_flags")}
-    for d in done:
-        for k, total in totals.items():
-            totals[k] = _add(total, d[k])
-    return {
-        "status": "complete", "model": job["model_uri"], "model_version": version,
-        "catalogue": job["catalogue"][:12], "scored_at": scored_at,
-        "inputs": [{"name": i.name, "kind": i.kind, "stays": len(i.stay_ids), "empty": i.empty,
-                    "contiguous": i.contiguous, "ignored_members": i.ignored_members} for i in inputs],
-        "stays_read": n_stays, "scored": n_scored, "rejected": n_rejected,
-        "rejected_by_reason": totals["rejected_by_reason"], "flagged": sum(d["flagged"] for d in done),
-        "threshold": threshold, "quality_flags": totals["quality_flags"],
-        "rows_read": sum(d["rows_read"] for d in done), "rows_by_rule": totals["rows_by_rule"],
-        "unknown_variables": totals["unknown_variables"], "chunks": len(done), "chunk_stays": job["chunk_stays"],
-        "output": str(out), "rejects": str(rejects_path),
-        "seconds": round(seconds, 3), "stays_per_second": round(n_stays / seconds, 1) if seconds else None,
-        "chunk_seconds": {k: round(sum(d["seconds"][k] for d in done), 1) for k in ("read", "score", "write")},
-    }
-
-
-def _closing_line(s: dict) -> str:
-    reasons = ", ".join(f"{k} {v:,}" for k, v in s["rejected_by_reason"].items()) or "none"
-    return (f"{s['stays_read']:,} stays read: {s['scored']:,} scored ({s['flagged']:,} flagged), "
-            f"{s['rejected']:,} rejected ({reasons}) in {s['seconds']:.1f} s ({s['stays_per_second'] or 0:,.0f} "
-            f"stays/s) -> {s['output']}")

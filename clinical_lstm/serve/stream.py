@@ -53,74 +53,31 @@ wrong risk.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from ..data.grid import aggregate_cells, aggregation_codes, bin_index
+from ..data.grid import aggregate_cells, bin_index
 from ..data.sources import DataError
 from ..data.validate import (
-    REMOVAL_RULES,
     ROW_RULES,
     VALUE_RULES,
-    RuleTable,
     flag_stays,
     order_rows,
-    parse_time,
     row_rules,
     snap_seconds,
-    time_hours,
     time_key,
 )
 from ..features.impute import Carry
 from ..features.summaries import summarize
 from ..files import atomic_path, write_text
-from ..model.network import StepKernel
+from .stream_engine import engine
+from .stream_rows import _all_equal, _columns, _is_pandas, _listed, _one_stay, _state_digest, _unlisted
 
 STATE_FORMAT = 3  # 3: times snapped to the second; counts for the quality flags
-_COLUMNS = ("time", "variable", "value")
-
-
-class _Engine:
-    """Per-model constants, built once per model and shared by all of its streams."""
-
-    def __init__(self, model):
-        tr = model.transformer
-        tr._check_fitted()
-        cat = tr.catalogue
-        self.model, self.tr = model, tr
-        self.T, self.res = tr.n_bins, float(tr.resolution_hours)
-        self.window = float(tr.window_hours)
-        self.V, self.S, self.n_codes = len(cat.series), len(cat.statics), len(cat)
-        self.codes = {name: code for code, name in enumerate(cat.names)}
-        self.series_of = np.array([cat.series.index(n) if n in cat.series else -1 for n in cat.names])
-        self.static_of = np.array([cat.statics.index(n) if n in cat.statics else -1 for n in cat.names])
-        self.how_series, self.how_static = aggregation_codes(cat, cat.series), aggregation_codes(cat, cat.statics)
-        self.is_series = self.series_of >= 0
-        self.removal = np.array([1 + ROW_RULES.index(r) for r in REMOVAL_RULES])  # row_rules' numbers
-        self.rules = RuleTable.of(cat, self.window)
-        self.bin_end = (np.arange(self.T, dtype=np.float32) + 1) * self.res  # as Grid.bin_end_hours
-        self.kernel = StepKernel(model.networks)
-        self.digest = model.digest()
-
-    def code_of(self, names) -> np.ndarray:
-        get = self.codes.get
-        return np.fromiter((get(n.strip(), -1) if isinstance(n, str) else -1 for n in names), np.int64, len(names))
-
-
-def engine(model) -> _Engine:
-    """The model's cached :class:`_Engine` (rebuilt if its networks, transformer, calibrator, summary head or
-    threshold were replaced: its digest, stamped on every state, must be the model's)."""
-    key = (id(model.transformer), id(model.calibrator), tuple(id(n) for n in model.networks), id(model.head),
-           float(model.threshold))
-    cached = model.__dict__.get("_stream_engine")
-    if cached is None or cached[0] != key:
-        cached = (key, _Engine(model))
-        model.__dict__["_stream_engine"] = cached
-    return cached[1]
+STATE_KEY = "clinical_lstm.stream"  # the safetensors metadata key of a saved state (a format, kept when modules move)
 
 
 class StayStream:
@@ -265,8 +222,8 @@ class StayStream:
 
         st = self.state()
         tensors = {f"net.{k}": np.asarray(_unlisted(v), np.float64) for k, v in st.pop("networks").items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"clinical_lstm.serve.stream": json.dumps(st, allow_nan=False)})
+        with atomic_path(path) as tmp:  # the metadata key is part of the file format, not a module path
+            save_file(tensors, str(tmp), metadata={STATE_KEY: json.dumps(st, allow_nan=False)})
         return path
 
     @classmethod
@@ -278,7 +235,7 @@ class StayStream:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="numpy") as f:
-            st = json.loads(f.metadata()["clinical_lstm.serve.stream"])
+            st = json.loads(f.metadata()[STATE_KEY])
             st["networks"] = {k[len("net."):]: _listed(f.get_tensor(k)) for k in f.keys()}  # noqa: SIM118
         return cls(model, st)
 
@@ -476,103 +433,3 @@ class StayStream:
         self._risk = float(self.model.risk(np.array([z]))[0])
 
 
-def _columns(rows):
-    """``rows`` -> (time float64, variable list, value float64, the ``stay_id`` column or None without one),
-    or None when there are no rows."""
-    if rows is None:
-        return None
-    if not isinstance(rows, pl.DataFrame) and not _is_pandas(rows):
-        rows = pl.DataFrame(rows)
-    if len(rows) == 0:
-        return None
-    missing = [c for c in _COLUMNS if c not in rows.columns]
-    if missing:
-        from ..data.sources import DataError
-
-        raise DataError(f"stream rows lack column(s) {missing}; expected {list(_COLUMNS)} (others are ignored), "
-                        f"got {list(rows.columns)}")
-    stay = rows["stay_id"] if "stay_id" in rows.columns else None
-    if _is_pandas(rows):
-        time, value = rows["time"].to_numpy(), rows["value"].to_numpy()
-        names = rows["variable"].tolist()
-        if time.dtype.kind in "fiu":
-            time = time.astype(np.float64)
-        elif rows["time"].dtype.kind == "O":  # text, or mixed objects: each as its text
-            time = _parse_text(time, "time")
-        else:  # timedelta, datetime, bool: polars' own type, read by validate's rule
-            time = _hours(pl.Series("time", rows["time"]))
-        value = value.astype(np.float64) if value.dtype.kind in "fiu" else _parse_text(value, "value")
-        return time, names, value, stay
-    from ..data.sources import check_types
-
-    check_types(rows.schema, "stream rows", tuple(c for c in ("stay_id", *_COLUMNS) if c in rows.columns))
-    s = rows["value"]
-    value = (s.cast(pl.Float64).fill_null(np.nan).to_numpy() if s.dtype.is_numeric()
-             else _parse_text(s.to_list(), "value"))
-    return _hours(rows["time"]), rows["variable"].cast(pl.String).to_list(), value, stay
-
-
-def _all_equal(values: np.ndarray, first) -> bool:
-    """Whether every value equals ``first`` and has its type (pandas' ``nunique`` costs 40 us a call; a NaN, a
-    mixed column or anything that does not compare answers False, and the full reading decides)."""
-    try:
-        same = bool(np.all(values == first))
-    except Exception:  # noqa: BLE001 -- objects that refuse to compare: read the column in full
-        return False
-    return same and (values.dtype != object or all(type(v) is type(first) for v in values))
-
-
-def _one_stay(ids) -> int | str:
-    """The one stay of an update's ``stay_id`` column (pandas or polars), its ids read as
-    :func:`clinical_lstm.data.sources.checked_ids` reads a file's; more than one stay raises ``ValueError``."""
-    from ..data.sources import checked_ids
-
-    if _is_pandas(ids):
-        if ids.dtype == object:  # mixed kinds (17, "17", a uuid.UUID): as text, as bundle.as_raw reads them
-            ids = ids.astype(str).where(ids.notna(), None)
-        ids = pl.from_pandas(ids.rename("stay_id"))
-    ids = checked_ids(ids.rename("stay_id").to_frame(), "stream rows")["stay_id"].unique(maintain_order=True)
-    if len(ids) > 1:
-        raise ValueError(f"stream rows of one update hold more than one stay: stay_id {ids[0]!r} and "
-                         f"{ids[1]!r}; a stream scores one stay (RiskModel.stream() per stay); nothing of "
-                         f"this update was applied")
-    return ids[0]
-
-
-def _hours(time: pl.Series) -> np.ndarray:
-    """A ``time`` column as float64 hours (NaN: unparseable), by :func:`clinical_lstm.data.validate.time_hours`."""
-    hours = pl.DataFrame([time]).select(time_hours(time.dtype, "stream rows").alias("time"))["time"]
-    return hours.fill_null(np.nan).to_numpy().astype(np.float64)
-
-
-def _parse_text(values, column: str) -> np.ndarray:
-    """Text (or mixed) times / values parsed with exactly :func:`clinical_lstm.data.validate.validate`'s rules."""
-    texts = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values]
-    s = pl.Series(column, texts, dtype=pl.String)
-    expr = parse_time(pl.col(column)) if column == "time" else pl.col(column).str.strip_chars().cast(
-        pl.Float64, strict=False)
-    return pl.DataFrame([s]).select(expr.alias(column))[column].fill_null(np.nan).to_numpy().astype(np.float64)
-
-
-def _is_pandas(obj) -> bool:
-    return type(obj).__module__.startswith("pandas") and hasattr(obj, "iloc")
-
-
-def _state_digest(state: dict) -> str:
-    """SHA-256 of a state's canonical JSON (sorted keys): the same for its JSON and safetensors forms."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(state, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
-
-
-def _listed(a) -> list:
-    """Array -> nested lists with NaN / -inf as None (strict JSON)."""
-    arr = np.asarray(a, np.float64)
-    return [None if not math.isfinite(x) else x for x in arr.tolist()] if arr.ndim == 1 else [
-        _listed(row) for row in arr]
-
-
-def _unlisted(values, dtype=np.float64) -> np.ndarray:
-    """Inverse of :func:`_listed` (None -> NaN; the attention maximum's None is -inf, its only non-finite)."""
-    arr = np.array(values, dtype=object)
-    return np.where(arr == None, np.nan, arr).astype(dtype)  # noqa: E711 -- elementwise on an object array
