@@ -27,8 +27,8 @@ from .data.grid import Grid
 from .data.sources import DataError, load
 from .data.validate import QualityReport
 from .evaluation.report import MODEL_NAME, Evaluation, source_labels
-from .features.cohort import MANIFEST, PARTS, STAGING
 from .features.impute import hours_since
+from .features.parts import MANIFEST, PARTS, STAGING
 from .files import atomic_dir, publish, removes_new_out, temp_prefix, write_frame
 
 
@@ -83,7 +83,7 @@ def prepare(data, out: str | Path, labels=None, outcomes=None, config: Config | 
     holds the time-0 descriptors; ``labels.parquet`` the outcomes when known; ``parts/`` and ``cohort.json`` the
     same grid as NumPy arrays for training.
     """
-    from .features.cohort import grid_parts, save_parts
+    from .features.parts import grid_parts, save_parts
     from .files import atomic_path
 
     t0 = time.perf_counter()
@@ -196,7 +196,7 @@ class TrainResult:
 
 def _parts(data, folder: Path, catalogue, cfg: Config, labels, outcomes, what: str, progress: bool):
     """Pass 1 of :mod:`clinical_lstm.features.cohort` for ``data`` — or the folder ``prepare`` wrote, read as it is."""
-    from .features.cohort import Parts, grid_parts, is_cohort
+    from .features.parts import Parts, grid_parts, is_cohort
 
     given = _as_list(data)
     if len(given) == 1 and is_cohort(given[0]):

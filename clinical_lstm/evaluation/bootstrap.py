@@ -16,17 +16,9 @@ from ..config import usable_cpus
 from .scores import _N_BINS, _N_GROUPS, BOOTSTRAP_METRICS, _ece_bins, _hl_terms
 
 MIN_CLASS_FOR_INTERVAL = 10  # fewer deaths (or survivors) than this: intervals get a note and a warning
-
-
 MIN_REPLICATES_FOR_INTERVAL = 100  # fewer bootstrap replicates than this: the interval's tails are a few draws
-
-
 _CHUNK = 250  # bootstrap replicates per block: bounds memory at a few (250, n) float arrays ...
-
-
 _BLOCK_CELLS = 500_000  # ... and (B, n) arrays of 4 MB above 2,000 stays (1.4x faster than 40 MB: bench_bootstrap.py)
-
-
 _PARALLEL_CELLS = 250_000  # blocks at least this large bootstrap their models in threads (smaller: not worth it)
 
 

@@ -11,17 +11,9 @@ import numpy as np
 from ..checks import _check_threshold, check_binary_inputs
 
 BOOTSTRAP_METRICS = ("auroc", "auprc", "brier", "ece", "hosmer_lemeshow", "min_se_ppv")
-
-
 METRIC_KEYS = (*BOOTSTRAP_METRICS, "sensitivity", "ppv", "prevalence", "n")
-
-
 DIFFERENCE_METRICS = ("auroc", "auprc", "brier", "ece", "min_se_ppv")  # a difference of H-L means nothing
-
-
 _N_BINS = 10  # ECE bins
-
-
 _N_GROUPS = 10  # Hosmer-Lemeshow risk groups
 
 

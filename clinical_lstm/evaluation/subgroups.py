@@ -12,14 +12,8 @@ from ..checks import _check_threshold, check_binary_inputs
 from .scores import binary_metrics
 
 SUBGROUP_COLUMNS = ("group", "level", "n", "deaths", "auroc", "auprc", "brier", "min_se_ppv")
-
-
 SEX_LEVELS = ("female", "male", "unknown")
-
-
 AGE_LEVELS = ("<50", "50-64", "65-79", "80+", "unknown")
-
-
 ICU_LEVELS = ("coronary care", "cardiac surgery", "medical", "surgical", "unknown")
 
 
