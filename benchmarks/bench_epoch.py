@@ -9,7 +9,7 @@ process, on 2 CPU threads (``torch.set_num_threads(2)``):
   batches of ``TrainConfig().batch_size``, :class:`clinical_lstm.model.network.MaskedLSTM` with ``ModelConfig()``
   defaults (learned input decay, dropout, step head), :func:`clinical_lstm.model.training.loss_fn` with target
   replication and the ``sqrt`` positive weight, backward, gradient clipping, AdamW step. The tensors are the
-  real ones: N stays of PhysioNet 2012 set A through ``sources.load`` -> ``validate.validate`` ->
+  real ones: N stays of PhysioNet 2012 set A through ``data.load.load`` -> ``validate.validate`` ->
   ``impute.GridTransformer`` (fitted on those stays) -> ``training.to_torch``.
 * bare: ``nn.LSTM(3V + S, hidden)`` forward + backward over random tensors of the same shapes (B, T, 3V + S),
   a ``Linear`` head on the last hidden state, BCE-with-logits, AdamW step; same permutation batching and the
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from clinical_lstm.config import Config, ModelConfig, TrainConfig
-from clinical_lstm.data.sources import load
+from clinical_lstm.data.load import load
 from clinical_lstm.data.validate import validate
 from clinical_lstm.features.impute import GridTransformer
 from clinical_lstm.model.network import MaskedLSTM

@@ -24,7 +24,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from clinical_lstm import load_model
 from clinical_lstm.data.catalogue import resolve
-from clinical_lstm.data.sources import load
+from clinical_lstm.data.load import load
 from clinical_lstm.data.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@
 
 Every run: k networks cross-fitted on set A (each early-stopped on its held-out fold), their mean logit scored on
 set B; the B predictions go to ``--work`` and one JSON line per run to ``--work/results.jsonl``. Inputs are the
-package's own (``sources.load`` -> ``validate`` -> ``to_grid`` -> ``GridTransformer``, fitted on set A); the
+package's own (``data.load.load`` -> ``validate`` -> ``to_grid`` -> ``GridTransformer``, fitted on set A); the
 network, loss and training loop are a small self-contained copy with the levers as options, so that a lever can be
 tried before it is built into the package. Single runs of one configuration vary by about +-0.003 AUROC.
 """
@@ -77,7 +77,7 @@ def cache(s):
         from raw_summaries import summary_features  # beside this script
 
         from clinical_lstm.data.grid import to_grid
-        from clinical_lstm.data.sources import load as load_set
+        from clinical_lstm.data.load import load as load_set
         from clinical_lstm.data.validate import validate
 
         raw = load_set(f"{a.data_dir}/set-{s}.tar.gz")

@@ -62,7 +62,7 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     from clinical_lstm import load_model
-    from clinical_lstm.data.sources import load
+    from clinical_lstm.data.load import load
     from clinical_lstm.serve.stream import StayStream
 
     torch.set_num_threads(a.threads)

@@ -18,7 +18,7 @@ import polars as pl
 from scipy.special import ndtri
 
 from clinical_lstm.data.catalogue import Catalogue
-from clinical_lstm.data.sources import load
+from clinical_lstm.data.load import load
 from clinical_lstm.data.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]

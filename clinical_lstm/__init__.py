@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {  # public name -> (module, attribute)
     "load_model": ("clinical_lstm.serve.bundle", "load_model"),
     "RiskModel": ("clinical_lstm.serve.bundle", "RiskModel"),
-    "load_data": ("clinical_lstm.data.sources", "load"),
-    "DataError": ("clinical_lstm.data.sources", "DataError"),
+    "load_data": ("clinical_lstm.data.load", "load"),
+    "DataError": ("clinical_lstm.checks", "DataError"),
     "Catalogue": ("clinical_lstm.data.catalogue", "Catalogue"),
     "QualityReport": ("clinical_lstm.data.validate", "QualityReport"),
     "GridTransformer": ("clinical_lstm.features.impute", "GridTransformer"),

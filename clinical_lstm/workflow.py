@@ -24,7 +24,8 @@ import polars as pl
 from .config import Config
 from .data.catalogue import resolve
 from .data.grid import Grid
-from .data.sources import DataError, load
+from .data.load import load
+from .data.sources import DataError
 from .data.validate import QualityReport
 from .evaluation.report import MODEL_NAME, Evaluation, source_labels
 from .features.impute import hours_since

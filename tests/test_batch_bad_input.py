@@ -213,7 +213,7 @@ def test_a_folder_of_long_format_files_is_an_error_that_says_how_to_pass_them(mo
     """A folder is read as a PhysioNet set: one holding long-format files had no stay file, and batch scoring
     wrote an empty output with exit 0 (every stay lost), where prepare and predict refused it. Now every reader
     refuses it, naming the files and the fix, and writes nothing."""
-    from clinical_lstm.data.sources import load
+    from clinical_lstm.data.load import load
     from clinical_lstm.workflow import prepare
 
     folder = tmp_path / "extract"

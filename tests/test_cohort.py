@@ -15,10 +15,12 @@ from helpers import random_long
 
 from clinical_lstm.config import Config, TrainConfig
 from clinical_lstm.data.catalogue import Catalogue
-from clinical_lstm.data.sources import DataError, load
+from clinical_lstm.data.load import load
+from clinical_lstm.data.sources import DataError
 from clinical_lstm.data.validate import validate
-from clinical_lstm.features.cohort import Cohort, Parts, StayFile, grid_parts, is_cohort
+from clinical_lstm.features.cohort import Cohort, StayFile
 from clinical_lstm.features.impute import GridTransformer
+from clinical_lstm.features.parts import Parts, grid_parts, is_cohort
 from clinical_lstm.model.network import ModelConfig
 from clinical_lstm.model.training import cross_fit
 from clinical_lstm.workflow import prepare, train

@@ -17,8 +17,9 @@ import pytest
 from helpers import tiny_model
 
 from clinical_lstm.config import ModelConfig
+from clinical_lstm.data.load import load
 from clinical_lstm.data.sample import bundled_sample
-from clinical_lstm.data.sources import DataError, load
+from clinical_lstm.data.sources import DataError
 from clinical_lstm.features.impute import Tensors
 from clinical_lstm.model.head import SummaryHead, fit_members
 from clinical_lstm.model.network import MaskedLSTM

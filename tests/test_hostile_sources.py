@@ -24,7 +24,9 @@ from helpers import HEADER, stay_text, tiny_model, write_physionet_set
 
 from clinical_lstm.data.catalogue import Catalogue
 from clinical_lstm.data.chunks import check_unique_ids, index_physionet, plan_chunks, read_chunks
-from clinical_lstm.data.sources import DataError, load, read_physionet
+from clinical_lstm.data.load import load
+from clinical_lstm.data.physionet import read_physionet
+from clinical_lstm.data.sources import DataError
 from clinical_lstm.data.validate import CLOCK_TIME, parse_time, validate
 from clinical_lstm.serve.batch import score_batch
 

@@ -11,16 +11,9 @@ import pytest
 from helpers import write_physionet_set
 
 from clinical_lstm.data.catalogue import Catalogue
-from clinical_lstm.data.sources import (
-    LONG_COLUMNS,
-    DataError,
-    find_outcomes,
-    load,
-    read_labels,
-    read_long,
-    read_outcomes,
-    read_physionet,
-)
+from clinical_lstm.data.load import load
+from clinical_lstm.data.physionet import find_outcomes, read_outcomes, read_physionet
+from clinical_lstm.data.sources import LONG_COLUMNS, DataError, read_labels, read_long
 from clinical_lstm.data.validate import validate
 
 # Two stays; the helper writes the 00:00 descriptors (RecordID, then Age 64, Gender 1, Height 172.7,

@@ -11,8 +11,9 @@ import pytest
 from helpers import tiny_model
 
 from clinical_lstm.config import ModelConfig
+from clinical_lstm.data.load import load
 from clinical_lstm.data.sample import bundled_sample
-from clinical_lstm.data.sources import DataError, RawData, load
+from clinical_lstm.data.sources import DataError, RawData
 from clinical_lstm.data.validate import validate
 from clinical_lstm.features.impute import GridTransformer
 from clinical_lstm.model.network import MaskedLSTM

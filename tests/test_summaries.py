@@ -11,8 +11,8 @@ from helpers import random_long, tiny_model
 from clinical_lstm.data.catalogue import Catalogue
 from clinical_lstm.features.impute import GridTransformer
 from clinical_lstm.features.summaries import SERIES_STATS, feature_names
-from clinical_lstm.model.members import SummaryBaselines
 from clinical_lstm.model.head import SummaryHead, fit_members
+from clinical_lstm.model.members import SummaryBaselines
 
 CATALOGUE_CSV = """name,unit,lower,upper,aggregation,kind,static,description
 Age,years,0,120,last,static,true,

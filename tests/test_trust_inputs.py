@@ -22,7 +22,8 @@ from helpers import crash_on_call, random_long, stay_text, tiny_model, write_phy
 
 from clinical_lstm.data.catalogue import Catalogue
 from clinical_lstm.data.chunks import index_long, index_physionet, plan_chunks, read_chunks
-from clinical_lstm.data.sources import DataError, read_labels, read_long, read_physionet
+from clinical_lstm.data.physionet import read_physionet
+from clinical_lstm.data.sources import DataError, read_labels, read_long
 from clinical_lstm.files import write_frame
 from clinical_lstm.serve.batch import score_batch
 from clinical_lstm.serve.bundle import RiskModel

@@ -14,8 +14,9 @@ import polars as pl
 import pytest
 
 from clinical_lstm.config import Config
+from clinical_lstm.data.load import load
 from clinical_lstm.data.sample import bundled_sample
-from clinical_lstm.data.sources import DataError, load
+from clinical_lstm.data.sources import DataError
 from clinical_lstm.data.validate import validate
 from clinical_lstm.serve.batch import score_batch
 

@@ -10,7 +10,8 @@ import pytest
 from helpers import raw_data
 
 from clinical_lstm.data.catalogue import Catalogue
-from clinical_lstm.data.sources import RawData, read_physionet
+from clinical_lstm.data.physionet import read_physionet
+from clinical_lstm.data.sources import RawData
 from clinical_lstm.data.validate import ACTIONS, QualityReport, validate
 
 HR_OK = "80"  # a plausible heart rate, so a stay has a usable time series
@@ -503,7 +504,8 @@ def test_a_duration_input_beside_a_float_one_and_a_timestamp_in_the_index_pass(c
     """Two inputs of different schemas are joined as text: a Duration ``time`` is read as hours first (it was
     a polars error). The batch index pass refuses a timestamp ``time`` before any chunk, naming the file."""
     from clinical_lstm.data.chunks import index_long
-    from clinical_lstm.data.sources import DataError, load
+    from clinical_lstm.data.load import load
+    from clinical_lstm.data.sources import DataError
     from clinical_lstm.data.synthetic import synthetic_cohort
 
     long = synthetic_cohort(6, seed=2)

@@ -24,20 +24,9 @@ import polars as pl
 from ..files import atomic_path
 from .archives import STAY_FILE, folder_entries, iter_stay_files
 from .grid import ids_numpy
-from .sources import (
-    LONG_COLUMNS,
-    DataError,
-    RawData,
-    as_read,
-    check_header,
-    check_types,
-    id_dtype,
-    no_stay,
-    no_stay_files,
-    physionet_raw,
-    read_error,
-    stay_id_key,
-)
+from .ids import id_dtype, no_stay, stay_id_key
+from .physionet import no_stay_files, physionet_raw
+from .sources import LONG_COLUMNS, DataError, RawData, as_read, check_header, check_types, read_error
 
 NULL_NAME = "<null>"  # the key under which rows with a null variable name are counted
 

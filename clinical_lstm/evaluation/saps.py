@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 from sklearn.linear_model import LogisticRegression
 
-from ..data.sources import checked_ids, stay_id_key
+from ..data.ids import checked_ids, stay_id_key
 
 
 # -- stay ids ----------------------------------------------------------------------------------------

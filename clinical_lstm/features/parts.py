@@ -29,15 +29,9 @@ from ..data.chunks import (
     stream_physionet,
 )
 from ..data.grid import Grid, ids_numpy, to_grid
-from ..data.sources import (
-    DataError,
-    _ids_as_text,
-    find_outcomes,
-    is_physionet,
-    no_stay_files,
-    read_labels,
-    read_outcomes,
-)
+from ..data.load import _ids_as_text
+from ..data.physionet import find_outcomes, is_physionet, no_stay_files, read_outcomes
+from ..data.sources import DataError, read_labels
 from ..data.validate import QualityReport, validate
 from ..files import write_frame, write_json
 
@@ -225,7 +219,7 @@ class Parts:
 
 
 def _outcomes_for(paths: list[Path], labels, outcomes) -> pl.DataFrame | None:
-    """The outcomes :func:`clinical_lstm.data.sources.load` would attach: ``labels`` when given, else each PhysioNet
+    """The outcomes :func:`clinical_lstm.data.load.load` would attach: ``labels`` when given, else each PhysioNet
     set's ``Outcomes-<x>.txt`` (beside it, or ``outcomes`` for a single set)."""
     if labels is not None:
         return read_labels(labels)

@@ -63,7 +63,8 @@ from ..data.chunks import (
     read_chunks,
     spill_csv,
 )
-from ..data.sources import DataError, RawData, is_physionet
+from ..data.physionet import is_physionet
+from ..data.sources import DataError, RawData
 from ..files import atomic_path, check_not_input, csv_safe, write_json
 from ..progress import Progress
 from .batch_summary import _chunk_entry, _closing_line, _summary

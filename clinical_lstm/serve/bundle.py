@@ -28,7 +28,8 @@ from .. import __version__
 from ..config import ModelConfig
 from ..data.catalogue import Catalogue
 from ..data.grid import ids_series
-from ..data.sources import LONG_COLUMNS, DataError, RawData, as_read, check_types, checked_ids
+from ..data.ids import checked_ids
+from ..data.sources import LONG_COLUMNS, DataError, RawData, as_read, check_types
 from ..data.validate import QualityReport, stay_quality, validate
 from ..features.impute import GridTransformer, Tensors
 from ..files import atomic_dir, file_mode
@@ -88,7 +89,7 @@ def data_digest(clean: pl.DataFrame, catalogue: Catalogue) -> str:
 
 def as_raw(data) -> RawData:
     """A pandas/polars long table (``stay_id, time, variable, value``) or a path -> :class:`RawData`."""
-    from ..data.sources import load
+    from ..data.load import load
 
     if isinstance(data, RawData):
         return data

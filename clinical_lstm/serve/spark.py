@@ -174,7 +174,7 @@ def _long_columns(df):
     from pyspark.sql import functions as F
     from pyspark.sql.types import FractionalType, IntegralType, NumericType, StringType
 
-    from ..data.sources import CANONICAL_INT, INTEGRAL_TEXT, NON_FINITE_TEXT, NUMBER_TEXT
+    from ..data.ids import CANONICAL_INT, INTEGRAL_TEXT, NON_FINITE_TEXT, NUMBER_TEXT
 
     missing = [c for c in ("stay_id", "time", "variable", "value") if c not in df.columns]
     if missing:

@@ -67,7 +67,7 @@ def _all_equal(values: np.ndarray, first) -> bool:
 def _one_stay(ids) -> int | str:
     """The one stay of an update's ``stay_id`` column (pandas or polars), its ids read as
     :func:`clinical_lstm.data.sources.checked_ids` reads a file's; more than one stay raises ``ValueError``."""
-    from ..data.sources import checked_ids
+    from ..data.ids import checked_ids
 
     if _is_pandas(ids):
         if ids.dtype == object:  # mixed kinds (17, "17", a uuid.UUID): as text, as bundle.as_raw reads them

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..config import OPTIONAL_TEXT, TEXT, Choice, Config, Kind, Range, Section
-from ..data.sources import load
+from ..data.load import load
 from ..files import removes_new_out, write_json
 from ..workflow import _as_list, train, writable_dir
 from .space import METHODS, RANGE_KEYS, SearchSpace, _n_trials
