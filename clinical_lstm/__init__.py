@@ -22,7 +22,7 @@ _LAZY = {  # public name -> (module, attribute)
     "Config": ("clinical_lstm.config", "Config"),
     "train": ("clinical_lstm.workflow", "train"),
     "prepare": ("clinical_lstm.workflow", "prepare"),
-    "evaluate": ("clinical_lstm.workflow", "evaluate"),
+    "evaluate": ("clinical_lstm.jobs", "evaluate"),
     "score_batch": ("clinical_lstm.serve.batch", "score_batch"),
     "score_spark": ("clinical_lstm.serve.spark", "score_spark"),
     "synthetic_cohort": ("clinical_lstm.data.synthetic", "synthetic_cohort"),

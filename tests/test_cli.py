@@ -135,7 +135,7 @@ def test_evaluate_on_part_of_the_training_stays_counts_them_without_keeping_thei
     """40 of the 500 training stays once evaluated as if held out (AUROC 0.988, no note): the bundle keeps a salted
     hash of each training stay's id and rows (never the ids) and evaluate counts the overlap."""
     from clinical_lstm import bundled_sample, load_data
-    from clinical_lstm.workflow import evaluate
+    from clinical_lstm.jobs import evaluate
 
     root, _ = trained
     long = load_data(bundled_sample()).long

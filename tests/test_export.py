@@ -24,15 +24,8 @@ from clinical_lstm.features.impute import Tensors
 from clinical_lstm.model.head import SummaryHead, fit_members
 from clinical_lstm.model.network import MaskedLSTM
 from clinical_lstm.serve.bundle import RiskModel, load_model
-from clinical_lstm.serve.export import (
-    CONTRACT_KEY,
-    ExportedModel,
-    export_model,
-    export_onnx,
-    export_torchscript,
-    read_contract,
-    summary_names,
-)
+from clinical_lstm.serve.contract import CONTRACT_KEY, read_contract, summary_names
+from clinical_lstm.serve.export import ExportedModel, export_model, export_onnx, export_torchscript
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -24,9 +24,15 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
 
 
+#: top-level modules outside the base: the jobs and the command line
+TOP = {"clinical_lstm.workflow": "workflow", "clinical_lstm.jobs": "workflow", "clinical_lstm.cli": "cli"}
+
+
 def stage(module: str) -> str:
     if module in BASE:
         return "base"
+    if module in TOP:
+        return TOP[module]
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "base"
 

@@ -16,7 +16,8 @@ from clinical_lstm.config import Config
 from clinical_lstm.data.sources import DataError
 from clinical_lstm.data.synthetic import synthetic_cohort, synthetic_labels
 from clinical_lstm.files import atomic_dir, publish, remove_leftovers, temp_prefix
-from clinical_lstm.workflow import evaluate, explain, prepare, stay_file, train
+from clinical_lstm.jobs import evaluate, explain, stay_file
+from clinical_lstm.workflow import prepare, train
 
 TINY = {"train": {"folds": 2, "epochs": 1, "patience": 1, "batch_size": 16, "device": "cpu"},
         "model": {"hidden_size": 8}, "evaluation": {"n_boot": 20, "explain_stays": 4}}
