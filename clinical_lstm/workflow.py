@@ -24,8 +24,8 @@ import polars as pl
 from .config import Config
 from .data.catalogue import resolve
 from .data.grid import Grid
+from .data.quality import QualityReport
 from .data.sources import DataError
-from .data.validate import QualityReport
 from .evaluation.report import Evaluation, source_labels
 from .features.impute import hours_since
 from .features.parts import MANIFEST, PARTS, STAGING

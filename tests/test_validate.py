@@ -11,8 +11,9 @@ from helpers import raw_data
 
 from clinical_lstm.data.catalogue import Catalogue
 from clinical_lstm.data.physionet import read_physionet
+from clinical_lstm.data.quality import ACTIONS, QualityReport
 from clinical_lstm.data.sources import RawData
-from clinical_lstm.data.validate import ACTIONS, QualityReport, validate
+from clinical_lstm.data.validate import validate
 
 HR_OK = "80"  # a plausible heart rate, so a stay has a usable time series
 

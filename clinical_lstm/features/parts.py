@@ -31,8 +31,9 @@ from ..data.chunks import (
 from ..data.grid import Grid, ids_numpy, to_grid
 from ..data.load import _ids_as_text
 from ..data.physionet import find_outcomes, is_physionet, no_stay_files, read_outcomes
+from ..data.quality import QualityReport
 from ..data.sources import DataError, read_labels
-from ..data.validate import QualityReport, validate
+from ..data.validate import validate
 from ..files import write_frame, write_json
 
 MANIFEST = "cohort.json"

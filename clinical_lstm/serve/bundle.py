@@ -29,8 +29,9 @@ from ..config import ModelConfig
 from ..data.catalogue import Catalogue
 from ..data.grid import ids_series
 from ..data.ids import checked_ids
+from ..data.quality import QualityReport
 from ..data.sources import LONG_COLUMNS, DataError, RawData, as_read, check_types
-from ..data.validate import QualityReport, stay_quality, validate
+from ..data.validate import stay_quality, validate
 from ..features.impute import GridTransformer, Tensors
 from ..files import atomic_dir, file_mode
 from ..model.calibrate import calibrator_from_dict
