@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="clinical-lstm", formatter_class=_Help,
         description="In-hospital mortality risk from irregular ICU vital signs and labs: a masked LSTM over "
                     "a time grid with observation masks and real elapsed time, tracked in MLflow.",
-        epilog="Run 'clinical-lstm COMMAND --help' for a command's options. Docs: README.md.")
+        epilog="Run 'clinical-lstm COMMAND --help' for a command's options. Docs: README.md and docs/.")
     parser.add_argument("--version", action="version", version=f"clinical-lstm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     config(p, "a [job] section: model, data, out, catalogue, chunk_stays, workers, explain")
     p.add_argument("--explain", type=int, metavar="K", help="add each stay's top-K variables with signed SHAP "
                    "contributions (log-odds) [default: 0]. Costly: SHAP evaluates the model on many coalitions "
-                   "per stay (measured: about 5x the CPU time of scoring alone; README 'Explanations'); for a few "
+                   "per stay (measured: about 5x the CPU time of scoring alone; docs/explain.md); for a few "
                    "stays use 'clinical-lstm explain --stay ID'")
     p.add_argument("--chunk-stays", type=int, metavar="N", help="stays per chunk: bounds memory and is the unit "
                    "of resume and of progress [default: 2000, or 100 with --explain]")
