@@ -380,8 +380,3 @@ def load(path: str | Path | None, job: dict | None = None) -> tuple[Config, JobC
         return cfg, JobConfig(**job_values), other
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None
-
-
-def load_config(path: str | Path | None) -> Config:
-    """The library sections of a config file (its ``[job]`` and ``[sweep]`` are checked and left aside)."""
-    return load(path)[0]

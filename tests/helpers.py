@@ -304,3 +304,15 @@ def crash_on_call(monkeypatch, n: int, exc: BaseException | None = None) -> dict
 
     monkeypatch.setattr(RiskModel, "score_table", failing)
     return calls
+
+
+def save_pyfunc(bundle_dir, path) -> Path:
+    """Write a bundle as an MLflow pyfunc model folder (what ``train`` logs), without a tracking store."""
+    import mlflow
+
+    from clinical_lstm.data.catalogue import Catalogue
+    from clinical_lstm.tracking.pyfunc import _quiet_artifacts, pyfunc_spec
+
+    with _quiet_artifacts():
+        mlflow.pyfunc.save_model(str(path), **pyfunc_spec(bundle_dir, Catalogue.from_csv(Path(bundle_dir) / "catalogue.csv")))
+    return Path(path)

@@ -93,8 +93,7 @@ def test_onnx_runtime(model, cohort, reference, tmp_path):
 
 def test_mlflow_pyfunc(model, cohort, reference, tmp_path):
     import mlflow.pyfunc
-
-    from clinical_lstm.tracking.pyfunc import save_pyfunc
+    from helpers import save_pyfunc
 
     bundle = model.save(tmp_path / "model")
     save_pyfunc(bundle, tmp_path / "pyfunc")
@@ -138,9 +137,9 @@ def _by_text(reference: pl.DataFrame, names: dict) -> pl.DataFrame:
 
 def test_text_ids_through_predict_batch_and_pyfunc(model, cohort, reference, tmp_path):
     import mlflow.pyfunc
+    from helpers import save_pyfunc
 
     from clinical_lstm.serve.batch import score_batch
-    from clinical_lstm.tracking.pyfunc import save_pyfunc
 
     text, names = _text_ids(cohort)
     want = _by_text(reference, names)

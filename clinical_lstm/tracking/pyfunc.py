@@ -18,17 +18,6 @@ def pyfunc_spec(bundle_dir: str | Path, catalogue) -> dict:
             "input_example": synthetic_example(catalogue), "pip_requirements": pip_requirements()}
 
 
-def save_pyfunc(bundle_dir: str | Path, path: str | Path) -> Path:
-    """Write the bundle as an MLflow pyfunc model folder (what ``train`` logs), without a tracking store."""
-    import mlflow
-
-    from ..data.catalogue import Catalogue
-
-    with _quiet_artifacts():
-        mlflow.pyfunc.save_model(str(path), **pyfunc_spec(bundle_dir, Catalogue.from_csv(Path(bundle_dir) / "catalogue.csv")))
-    return Path(path)
-
-
 @contextlib.contextmanager
 def _quiet_artifacts():
     """No MLflow progress bar while it copies artifacts and validates the input example."""
