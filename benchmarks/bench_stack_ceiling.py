@@ -30,8 +30,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from clinical_lstm.config import Config
+from clinical_lstm.evaluation.hours import step_logits_at
 from clinical_lstm.evaluation.metrics import paired_difference
-from clinical_lstm.evaluation.report import step_logits_at
 from clinical_lstm.evaluation.scores import binary_metrics
 from clinical_lstm.features.cohort import Cohort
 from clinical_lstm.model.head import stack_logit

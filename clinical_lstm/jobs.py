@@ -14,7 +14,7 @@ import polars as pl
 from .config import Config
 from .data.load import load
 from .data.sources import DataError
-from .evaluation.report import MODEL_NAME, Evaluation
+from .evaluation.comparison import MODEL_NAME, Evaluation
 from .files import publish, removes_new_out, temp_prefix, write_frame
 from .workflow import _as_list, _parts, report_hours, trained_on, writable_dir
 
@@ -27,7 +27,9 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
     The stays are gridded chunk by chunk as in :func:`train` (``out/.work.<pid>.*``, removed at the end)."""
     import tempfile
 
-    from .evaluation.report import HYBRID_NAME, REPORT_FILES, compare, hourly, shipped_hour_risks
+    from .evaluation.comparison import HYBRID_NAME, compare
+    from .evaluation.hours import hourly, shipped_hour_risks
+    from .evaluation.report import REPORT_FILES
     from .evaluation.report import write as write_report
     from .features.cohort import Cohort
     from .serve.bundle import load_model

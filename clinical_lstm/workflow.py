@@ -26,7 +26,8 @@ from .data.catalogue import resolve
 from .data.grid import Grid
 from .data.quality import QualityReport
 from .data.sources import DataError
-from .evaluation.report import Evaluation, source_labels
+from .evaluation.comparison import Evaluation
+from .evaluation.report import source_labels
 from .features.impute import hours_since
 from .features.parts import MANIFEST, PARTS, STAGING
 from .files import atomic_dir, removes_new_out, temp_prefix, write_frame

@@ -451,7 +451,7 @@ def test_compare_models_gives_what_evaluate_and_paired_difference_give():
 def test_the_printed_table_keeps_its_columns_when_intervals_carry_a_note():
     """With few deaths every estimate carries a note; printed in each cell it ran the columns together. The cells
     hold the estimates, the note is said once below."""
-    from clinical_lstm.evaluation.report import compare
+    from clinical_lstm.evaluation.comparison import compare
 
     rng = np.random.default_rng(0)
     y = np.zeros(60, int)
@@ -487,7 +487,7 @@ def test_too_few_replicates_is_said_on_every_interval():
 def test_the_printed_table_marks_the_shipped_row_aligns_long_names_and_says_each_lead_in_words():
     """A model name longer than the name column shifted its row one column; the shipped row was not marked; a
     difference whose interval crosses 0 was left for the reader to spot."""
-    from clinical_lstm.evaluation.report import compare
+    from clinical_lstm.evaluation.comparison import compare
 
     rng = np.random.default_rng(1)
     y = (rng.random(800) < 0.3).astype(int)
@@ -508,8 +508,8 @@ def test_the_printed_table_marks_the_shipped_row_aligns_long_names_and_says_each
 
 
 def test_a_point_on_its_interval_bound_is_marked_and_explained_once():
+    from clinical_lstm.evaluation.comparison import ON_BOUND_MARK, Evaluation, on_bound, verdict
     from clinical_lstm.evaluation.metrics import Estimate
-    from clinical_lstm.evaluation.report import ON_BOUND_MARK, Evaluation, on_bound, verdict
 
     assert on_bound(Estimate(0.013, 0.008, 0.013)) and on_bound(Estimate(0.2, 0.2, 0.3))
     assert not on_bound(Estimate(0.013, 0.008, 0.02)) and not on_bound(Estimate(0.0, 0.0, 0.0))

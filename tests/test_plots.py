@@ -144,7 +144,7 @@ def test_hours_plot_draws_each_models_metric_and_mean_risk_at_every_hour(tmp_pat
     the mean risks and the event rate, in hour order."""
     from sklearn.metrics import roc_auc_score
 
-    from clinical_lstm.evaluation.report import compare
+    from clinical_lstm.evaluation.comparison import compare
 
     rng = np.random.default_rng(4)
     hours = {}
