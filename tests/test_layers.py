@@ -25,7 +25,8 @@ MODULES = {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
 
 
 #: top-level modules outside the base: the jobs and the command line
-TOP = {"clinical_lstm.workflow": "workflow", "clinical_lstm.jobs": "workflow", "clinical_lstm.cli": "cli"}
+TOP = {"clinical_lstm.workflow": "workflow", "clinical_lstm.jobs": "workflow", "clinical_lstm.cli": "cli",
+       "clinical_lstm.cli_parser": "cli"}
 
 
 def stage(module: str) -> str:

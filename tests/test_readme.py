@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from clinical_lstm.cli import build_parser
+from clinical_lstm.cli_parser import build_parser
 
 ROOT = Path(__file__).parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "mlflow" / "README.md",
