@@ -12,7 +12,8 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "clinical_lstm"
 
 #: bottom to top; a module may import its own stage and the stages before it
-STAGES = ["base", "data", "features", "model", "explain", "evaluation", "tracking", "serve", "workflow", "sweep", "cli"]
+STAGES = ["base", "data", "features", "model", "explain", "evaluation", "tracking", "serve", "workflow", "sweep", "cli",
+          "compat"]
 BASE = {"clinical_lstm", "clinical_lstm.config", "clinical_lstm.files", "clinical_lstm.progress", "clinical_lstm.checks"}
 
 
@@ -26,7 +27,7 @@ MODULES = {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
 
 #: top-level modules outside the base: the jobs and the command line
 TOP = {"clinical_lstm.workflow": "workflow", "clinical_lstm.jobs": "workflow", "clinical_lstm.cli": "cli",
-       "clinical_lstm.cli_parser": "cli"}
+       "clinical_lstm.cli_parser": "cli", "clinical_lstm.bundle": "compat"}  # compat: old paths logged models import
 
 
 def stage(module: str) -> str:

@@ -51,7 +51,8 @@ def nullable_frame(table) -> pd.DataFrame:
 
 class ClinicalLSTMPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from clinical_lstm.serve.bundle import RiskModel
+        from clinical_lstm import RiskModel  # the public name: this file is copied into every logged model
+
 
         self.model = RiskModel.load(context.artifacts["bundle"])
 
