@@ -65,13 +65,30 @@ def test_platt_improves_log_loss_on_miscalibrated_logits():
 
 
 def test_platt_fits_platt_smoothed_targets():
-    # 40 stays, 18 deaths: targets 19/20 for deaths and 1/24 for survivors. The values come from the
-    # damped-Newton fit this class used before scikit-learn's lbfgs (they agree to ~1e-11 here); an
-    # unsmoothed logistic regression on the same data gives a = 6.70, b = 0.294.
+    # 40 stays, 18 deaths: Platt's targets (18 + 1) / (18 + 2) = 19/20 for deaths and 1 / (22 + 2) = 1/24 for
+    # survivors. The reference is an independent fit of the same convex loss: plain Newton-Raphson on
+    # (a, b), written out here (no scikit-learn, nothing from the class under test).
     logits, y = platt_data(40, seed=8)
+    assert (y.sum(), len(y)) == (18, 40)
+    design = np.column_stack([logits, np.ones_like(logits)])
+
+    def newton(targets: np.ndarray) -> np.ndarray:
+        w = np.zeros(2)
+        for _ in range(50):
+            p = sigmoid(design @ w)
+            step = np.linalg.solve(design.T @ (design * (p * (1 - p))[:, None]), design.T @ (p - targets))
+            w -= step
+        assert np.abs(step).max() < 1e-12  # converged
+        return w
+
+    a_ref, b_ref = newton(np.where(y == 1, 19 / 20, 1 / 24))
     cal = PlattCalibrator().fit(logits, y)
-    assert cal.a_ == pytest.approx(1.8912095154, abs=1e-6)
-    assert cal.b_ == pytest.approx(-0.0967906177, abs=1e-6)
+    assert cal.a_ == pytest.approx(a_ref, abs=1e-6)
+    assert cal.b_ == pytest.approx(b_ref, abs=1e-6)
+    # The smoothing matters on 40 stays: an unsmoothed logistic regression lands far away (a = 6.70,
+    # b = 0.294), so a fit that ignored the soft targets could not pass the checks above.
+    a_plain, _ = newton(y.astype(float))
+    assert abs(a_plain - a_ref) > 1.0
     # The optimum: zero gradient of the cross-entropy against the smoothed targets.
     t = np.where(y == 1, 19 / 20, 1 / 24)
     resid = sigmoid(cal.a_ * logits + cal.b_) - t

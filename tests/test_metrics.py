@@ -77,8 +77,14 @@ def test_hosmer_lemeshow_hand_worked_20_samples():
         pair = slice(2 * g, 2 * g + 2)
         obs, exp, n_g = y_sorted[pair].sum(), p_sorted[pair].sum(), 2
         expected += (obs - exp) ** 2 / (exp * (1 - exp / n_g))
-    # e.g. the first group: O=0, E=0.07 -> 0.0049 / (0.07 * 0.965)
-    assert (0 - 0.07) ** 2 / (0.07 * (1 - 0.035)) == pytest.approx(0.0725388, rel=1e-5)
+    # The reference loop checked against arithmetic done by hand, group by group (O, E -> (O - E)^2 / (E (1 - E/2))):
+    #   O=0 E=0.07 -> 0.0049/(0.07*0.965) = 0.072539    O=1 E=0.18 -> 0.6724/(0.18*0.91)  = 4.105006
+    #   O=0 E=0.27 -> 0.0729/(0.27*0.865) = 0.312139    O=1 E=0.38 -> 0.3844/(0.38*0.81)  = 1.248863
+    #   O=0 E=0.55 -> 0.3025/(0.55*0.725) = 0.758621    O=1 E=0.75 -> 0.0625/(0.75*0.625) = 0.133333
+    #   O=2 E=0.95 -> 1.1025/(0.95*0.525) = 2.210526    O=1 E=1.15 -> 0.0225/(1.15*0.425) = 0.046036
+    #   O=1 E=1.50 -> 0.25/(1.5*0.25)     = 0.666667    O=2 E=1.85 -> 0.0225/(1.85*0.075) = 0.162162
+    #   total 9.715892
+    assert expected == pytest.approx(9.715892, abs=1e-5)
     shuffle = np.random.default_rng(3).permutation(20)  # grouping must not depend on input order
     assert hosmer_lemeshow(y_sorted[shuffle], p_sorted[shuffle]) == pytest.approx(expected)
 
@@ -249,7 +255,17 @@ def test_hl_and_ece_intervals_contain_their_estimates_on_calibrated_sample():
     for key in ("hosmer_lemeshow", "ece"):
         assert est[key].lower <= est[key].value <= est[key].upper, key
         assert est[key].note == ""
-    assert est["hosmer_lemeshow"].value == pytest.approx(5.514, abs=1e-3)
+    # The point is the full-sample H-L statistic, computed independently: 2000 distinct scores, so the risk
+    # groups are pandas' deciles (pd.qcut), 200 stays each.
+    frame = pd.DataFrame({"y": y, "p": p})
+    g = frame.groupby(pd.qcut(p, 10), observed=True).agg(o=("y", "sum"), e=("p", "sum"), n=("p", "size"))
+    assert g["n"].tolist() == [200] * 10
+    reference = float(((g["o"] - g["e"]) ** 2 / (g["e"] * (1 - g["e"] / g["n"]))).sum())
+    assert est["hosmer_lemeshow"].value == pytest.approx(reference, rel=1e-9)
+    # calibrated by construction: below the 95th percentile of chi-squared with 10 - 2 = 8 degrees of freedom
+    from scipy.stats import chi2
+
+    assert est["hosmer_lemeshow"].value < chi2.ppf(0.95, 8)
 
 
 def test_normal_case_has_no_note_and_auroc_interval_close_to_percentile():

@@ -158,6 +158,7 @@ def test_decay_gate_gradient_reaches_parameters():
     logit, _ = m(x, mask, delta, statics, torch.tensor([5]))
     logit.sum().backward()
     assert m.decay_w.grad is not None and m.decay_w.grad.abs().sum() > 0
+    assert m.decay_b.grad is not None and m.decay_b.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("cfg", [dict(decay=True, attention=False), dict(decay=True, attention=True),

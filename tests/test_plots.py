@@ -109,6 +109,18 @@ def test_plot_differences_writes_a_forest_plot(tmp_path):
         "Difference in Brier score",
     ]
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == list(diffs)
+    # What is drawn is the estimates: each comparison's point at its value, on its label's row, and its bar from
+    # the interval's lower to its upper bound ("itself" is 0 with a zero-width interval).
+    row_of = dict(zip([t.get_text() for t in fig.axes[0].get_yticklabels()], fig.axes[0].get_yticks(), strict=True))
+    for ax, metric in zip(fig.axes, ("auroc", "auprc", "brier"), strict=True):
+        (bars,) = ax.containers
+        point, _, (segments,) = bars.lines
+        est = [d[metric] for d in diffs.values()]
+        np.testing.assert_allclose(point.get_xdata(), [e.value for e in est], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(point.get_ydata(), [row_of[label] for label in diffs], rtol=0, atol=0)
+        spans = [(seg[:, 0].min(), seg[:, 0].max()) for seg in segments.get_segments()]
+        np.testing.assert_allclose(spans, [(e.lower, e.upper) for e in est], rtol=0, atol=1e-12)
+        assert est[1].value == est[1].lower == est[1].upper == 0.0 and est[0].lower < est[0].upper, metric
     out = plot_differences(diffs, tmp_path / "diff.png")
     assert out == tmp_path / "diff.png"
     assert_png(out)
