@@ -17,11 +17,8 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${need[@]}"
 fi
 
-if ! .venv/bin/python -c "import playwright.sync_api" 2>/dev/null; then
-    .venv/bin/python -m pip install -q playwright
-fi
-if ! .venv/bin/python -c "import pyspark" 2>/dev/null; then
-    .venv/bin/python -m pip install -q -e ".[spark]"
+if ! .venv/bin/python -c "import playwright.sync_api, pyspark" 2>/dev/null; then
+    .venv/bin/python -m pip install -q -e ".[ui-test,spark]"
 fi
 
 /usr/bin/chromium --version 2>/dev/null | grep -i chromium
