@@ -73,21 +73,6 @@ def _like(data, out: pl.DataFrame):
     return out.to_pandas() if type(data).__module__.startswith("pandas") else out
 
 
-def data_digest(clean: pl.DataFrame, catalogue: Catalogue) -> str:
-    """SHA-256 over a cleaned long table's content (order-independent rows are sorted first)."""
-    codes = {n: i for i, n in enumerate(catalogue.names)}
-    df = clean.sort("stay_id", "time", "variable", "value").with_columns(
-        pl.col("variable").replace_strict(codes, return_dtype=pl.Int32))
-    h = hashlib.sha256()
-    if df.schema["stay_id"] == pl.String:  # text ids: their bytes, each ended by a NUL
-        h.update("\0".join(df["stay_id"].to_list()).encode() + b"\0")
-    else:
-        h.update(np.ascontiguousarray(df["stay_id"].to_numpy()).tobytes())
-    for col in ("time", "variable", "value"):
-        h.update(np.ascontiguousarray(df[col].to_numpy()).tobytes())
-    return h.hexdigest()
-
-
 def as_raw(data) -> RawData:
     """A pandas/polars long table (``stay_id, time, variable, value``) or a path -> :class:`RawData`."""
     from ..data.load import load
