@@ -311,7 +311,8 @@ def save_pyfunc(bundle_dir, path) -> Path:
     import mlflow
 
     from clinical_lstm.data.catalogue import Catalogue
-    from clinical_lstm.tracking.pyfunc import _quiet_artifacts, pyfunc_spec
+    from clinical_lstm.tracking.pyfunc import pyfunc_spec
+    from clinical_lstm.tracking.store import _quiet_artifacts
 
     with _quiet_artifacts():
         mlflow.pyfunc.save_model(str(path), **pyfunc_spec(bundle_dir, Catalogue.from_csv(Path(bundle_dir) / "catalogue.csv")))

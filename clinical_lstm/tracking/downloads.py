@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .store import existing_store, tracking_uri
+from .store import _quiet_artifacts, existing_store, tracking_uri
 
 _DOWNLOADS: dict[int, str] = {}  # process id -> its temporary folder for downloaded models, made on first use
 
@@ -35,7 +35,8 @@ def download_bundle(uri: str, dst: str | Path | None = None) -> tuple[Path, dict
     mlflow.set_tracking_uri(store)
     dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="model-", dir=_downloads()))
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+        with _quiet_artifacts():
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except MlflowException as exc:  # an unknown model, alias, version or run: the caller's input, not a crash
         shutil.rmtree(dst, ignore_errors=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -5,8 +5,6 @@ synthetic input example (no patient rows reach MLflow).
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 
@@ -16,20 +14,6 @@ def pyfunc_spec(bundle_dir: str | Path, catalogue) -> dict:
     return {"python_model": str(Path(__file__).parents[1] / "serve" / "pyfunc_model.py"),
             "artifacts": {"bundle": str(bundle_dir)}, "signature": signature(),
             "input_example": synthetic_example(catalogue), "pip_requirements": pip_requirements()}
-
-
-@contextlib.contextmanager
-def _quiet_artifacts():
-    """No MLflow progress bar while it copies artifacts and validates the input example."""
-    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
 
 
 def signature():

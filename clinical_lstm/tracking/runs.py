@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 from ..files import write_json
-from .pyfunc import _quiet_artifacts, pyfunc_spec, signature
-from .store import _artifact_location, _reachable, existing_store, tracking_uri
+from .pyfunc import pyfunc_spec, signature
+from .store import _artifact_location, _quiet_artifacts, _reachable, existing_store, tracking_uri
 
 REGISTERED_MODEL = "clinical-lstm"
 MODEL_ARTIFACT = "model"

@@ -5,6 +5,7 @@ the ``mlflow server`` the ``ui`` command starts on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -142,3 +143,17 @@ def _reachable(uri: str) -> str | None:
             return None if resp.status == 200 else f"health check answered {resp.status}"
     except Exception as exc:  # noqa: BLE001 -- any failure means: do not try to track
         return str(getattr(exc, "reason", exc))
+
+
+@contextlib.contextmanager
+def _quiet_artifacts():
+    """No MLflow progress bar while it copies artifacts (saving a model, downloading one: a job log is no terminal)."""
+    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
