@@ -260,7 +260,7 @@ def _check_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 
 def run(command: str, job) -> int:
     """Run ``job()``; user errors become one line on stderr and exit code 2 (used by ``pipelines/`` too)."""
-    from .data.sources import DataError, MissingDependency
+    from .checks import DataError, MissingDependency
 
     try:
         with _terminate_as_interrupt():

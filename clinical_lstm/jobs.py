@@ -24,7 +24,7 @@ def evaluate(model, data, out: str | Path, labels=None, outcomes=None, n_boot: i
              hours=None) -> Evaluation:
     """Metrics with intervals, subgroup table and plots of a trained model on labelled data, written to ``out``,
     also at every one of ``hours`` (default: the model's ``[evaluation] hours``) from the rows up to it.
-    The stays are gridded chunk by chunk as in :func:`train` (``out/.work.<pid>.*``, removed at the end)."""
+    The stays are gridded chunk by chunk as in :func:`~clinical_lstm.workflow.train` (``out/.work.<pid>.*``, removed at the end)."""
     import tempfile
 
     from .evaluation.comparison import HYBRID_NAME, compare

@@ -1,4 +1,5 @@
-"""The jobs users run — prepare, train, evaluate, explain, score — as library functions.
+"""The jobs that make a model — prepare, train — as library functions (those that use one, evaluate, score and
+explain, are :mod:`clinical_lstm.jobs`).
 
 The CLI, ``pipelines/*.py`` and notebooks call exactly these, with the same defaults and the same errors.
 

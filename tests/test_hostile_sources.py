@@ -27,7 +27,8 @@ from clinical_lstm.data.chunks import check_unique_ids, index_physionet, plan_ch
 from clinical_lstm.data.load import load
 from clinical_lstm.data.physionet import read_physionet
 from clinical_lstm.data.sources import DataError
-from clinical_lstm.data.validate import CLOCK_TIME, parse_time, validate
+from clinical_lstm.data.times import CLOCK_TIME, parse_time
+from clinical_lstm.data.validate import validate
 from clinical_lstm.serve.batch import score_batch
 
 N_STAYS = 300

@@ -541,7 +541,7 @@ def test_snap_seconds_hand_worked():
     infinities and times too large to count in seconds are left as they are; snapping twice changes nothing."""
     import numpy as np
 
-    from clinical_lstm.data.validate import snap_seconds
+    from clinical_lstm.data.times import snap_seconds
 
     h = np.array([10.9999, 11.0, 0.4 / 3600, 0.6 / 3600, -0.4 / 3600, -0.6 / 3600, 47 + 59 / 60 + 1e-7,
                   np.nan, np.inf, -np.inf, 1e306])

@@ -42,7 +42,7 @@ class QualityReport:
     """Counts per rule and variable, plus the rejected stays.
 
     ``counts`` is a polars frame ``rule, action, variable, rows``; ``rejects`` is ``stay_id, reason``.
-    ``known_variables`` are the catalogue's names (set by :func:`validate`): the only variable names the
+    ``known_variables`` are the catalogue's names (set by :func:`~clinical_lstm.data.validate.validate`): the only variable names the
     tracking-safe :meth:`to_dict` writes; None names none.
     """
 

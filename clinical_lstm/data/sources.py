@@ -47,7 +47,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ..checks import DataError, MissingDependency  # noqa: F401 (the package's errors, also named here)
+from ..checks import DataError
 from .ids import checked_ids
 from .times import time_hours
 
@@ -66,7 +66,7 @@ class RawData:
     Attributes
     ----------
     long : polars.DataFrame
-        ``stay_id`` Int64 or String (:func:`id_dtype`), ``time`` (hours: Float64, or String from generic CSV), ``variable`` String,
+        ``stay_id`` Int64 or String (:func:`~clinical_lstm.data.ids.id_dtype`), ``time`` (hours: Float64, or String from generic CSV), ``variable`` String,
         ``value`` (Float64, or String from generic CSV; null = unparseable). One row per raw observation.
     stays : polars.Series
         Every stay seen (the ids' kind, sorted), including stays with no rows and unreadable stay files.
@@ -196,7 +196,7 @@ def read_long(path: str | Path) -> RawData:
     """Read a long-format CSV/Parquet (``stay_id, time, variable, value``) into :class:`RawData`.
 
     Extra columns are ignored. ``stay_id`` is an integer or text (an encounter id, a UUID), kept as given
-    (:func:`id_dtype`); a row without a usable id cannot be attributed to a stay and raises an error naming it.
+    (:func:`~clinical_lstm.data.ids.id_dtype`); a row without a usable id cannot be attributed to a stay and raises an error naming it.
     """
     path = Path(path)
     if not path.is_file():

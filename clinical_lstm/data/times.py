@@ -61,7 +61,7 @@ def snap_seconds(hours: np.ndarray) -> np.ndarray:
     """**The rule for time resolution**, for every path: float64 hours snapped to the nearest whole second.
 
     Applied once, right after a time is read and before the row rules, the duplicate check and the bins, by
-    :func:`validate` (so ``score`` and ``predict``) and the stream alike: two rows less than half a second from
+    :func:`~clinical_lstm.data.validate.validate` (so ``score`` and ``predict``) and the stream alike: two rows less than half a second from
     one second are at that second, whichever comes first. Half a second rounds to even; a time a fraction of a
     second before admission is 0 h; NaN and times too large to count in seconds are left as they are.
     """

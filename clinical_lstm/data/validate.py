@@ -43,9 +43,9 @@ import numpy as np
 import polars as pl
 
 from .catalogue import Catalogue
-from .quality import ACTIONS, ROW_RULES, QualityReport  # noqa: F401 (ROW_RULES: named here too)
+from .quality import ACTIONS, ROW_RULES, QualityReport
 from .sources import RawData
-from .times import CLOCK_TIME, parse_time, snap_seconds, time_hours  # noqa: F401 (named here too)
+from .times import snap_seconds, time_hours
 
 # -- row rules ----------------------------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ class _SortedStays:
 def _replicate_metrics(s: _SortedStays, w: np.ndarray) -> dict[str, np.ndarray]:
     """Metrics for each row of resampling counts ``w``, shape (B, n) over the sorted stays.
 
-    Each row gives what :func:`binary_metrics` would on the resample that repeats stay ``i`` ``w[b, i]``
+    Each row gives what :func:`~clinical_lstm.evaluation.scores.binary_metrics` would on the resample that repeats stay ``i`` ``w[b, i]``
     times. Returns arrays of shape (B,) keyed by :data:`BOOTSTRAP_METRICS` plus ``valid`` (both classes).
     """
     n_b = w.sum(axis=1)

@@ -75,7 +75,7 @@ def evaluate(
     -------
     dict[str, Estimate]
         Keys :data:`BOOTSTRAP_METRICS`. Bounds are NaN when no replicate had both classes. When a class has
-        fewer than :data:`MIN_CLASS_FOR_INTERVAL` stays every Estimate carries a ``note`` and a
+        fewer than :data:`~clinical_lstm.evaluation.bootstrap.MIN_CLASS_FOR_INTERVAL` stays every Estimate carries a ``note`` and a
         ``UserWarning`` is issued once.
     """
     y01, p = check_binary_inputs(y, p, both_classes=True)

@@ -1,10 +1,9 @@
-"""The comparison a trained model is judged by: the same stays, the same folds, paired intervals.
+"""The report a trained model is judged by: the same stays, the same folds, paired intervals.
 
-* :func:`baseline_probabilities` -- logistic regression and gradient boosting on summary features, and SAPS-I,
-  cross-fitted on **the model's own folds**: out-of-fold probabilities for every training stay, and for a
-  separate test set the mean of the k fold models (as the model's k networks are averaged).
-* :func:`compare` -- every model's metrics with 95 % bootstrap intervals, and the paired difference
-  model − each baseline (the same resampled stays for both), so a reader sees whether a lead is real.
+* :func:`baselines` -- the summary members' out-of-fold probabilities on the model's own folds (for a separate
+  test set their refit on every stay) and SAPS-I recalibrated per fold (:mod:`clinical_lstm.evaluation.saps`).
+* :func:`evaluate_fit` -- every row of the comparison at the stay's end and at every reported hour
+  (:mod:`clinical_lstm.evaluation.comparison`, :mod:`clinical_lstm.evaluation.hours`).
 * :func:`write` -- the report folder: ``metrics.json``, the plots, the subgroup table, the training history,
   the global SHAP importance, and the quality report. Only :data:`SAFE_TO_LOG` files may leave the machine
   (MLflow): the quality report and rejects name stays and stay local.

@@ -2,7 +2,7 @@
 
 Two passes over chunks of whole stays (:mod:`clinical_lstm.data.chunks`, the reader batch scoring uses):
 
-1. :func:`grid_parts` reads, validates (:func:`~clinical_lstm.data.validate.validate`) and grids
+1. :func:`~clinical_lstm.features.parts.grid_parts` reads, validates (:func:`~clinical_lstm.data.validate.validate`) and grids
    (:func:`~clinical_lstm.data.grid.to_grid`) one chunk at a time and writes it as ``parts/part-NNNNN.npz``
    (values and observation times, (n, T, V) float32; raw statics; lengths; stay ids), with the merged quality
    report, the outcomes of the kept stays and ``cohort.json`` (written last: a folder without it is not a

@@ -257,7 +257,7 @@ class GridTransformer:
         return Tensors(x, mask, delta, grid.lengths.copy(), statics, grid.stay_ids.copy(), summary)
 
     def summary_steps(self, grid: Grid) -> np.ndarray:
-        """(N, T, F) the summaries after every bin (a trajectory's inputs; :func:`summaries.summarize`)."""
+        """(N, T, F) the summaries after every bin (a trajectory's inputs; :func:`~clinical_lstm.features.summaries.summarize`)."""
         from .summaries import summarize
 
         N, T, V = grid.values.shape

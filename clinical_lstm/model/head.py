@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..features.summaries import HOUR, SERIES_STATS  # noqa: F401
-
 
 # -- fitting ---------------------------------------------------------------------------------------------------
 def fit_members(X: np.ndarray, y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None):

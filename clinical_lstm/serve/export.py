@@ -27,9 +27,9 @@ transformer's fitted state, the calibrator and threshold; it is embedded in the 
 ``metadata_props`` key ``clinical_lstm.contract``; TorchScript extra file ``clinical_lstm_contract.json``)
 and written beside it as ``<file>.json``. :class:`ExportedModel` is a reference runtime over it.
 
-Everything the contract says is bound to the graph by its ``fingerprint`` key (:func:`fingerprint`): a SHA-256 over
+Everything the contract says is bound to the graph by its ``fingerprint`` key (:func:`~clinical_lstm.serve.contract.fingerprint`): a SHA-256 over
 the graph (ONNX: the model less its metadata, so nodes and initializers; TorchScript: every member of the archive but
-the contract and the per-save id) and the canonical JSON of every other key of the contract. :func:`read_contract`
+the contract and the per-save id) and the canonical JSON of every other key of the contract. :func:`~clinical_lstm.serve.contract.read_contract`
 recomputes it: a threshold, calibrator, catalogue or statistic edited in the file or beside it, a graph whose weights
 were edited, a contract without its fingerprint, or a sidecar that says otherwise than the file is refused with one
 :class:`~clinical_lstm.data.sources.DataError` naming the file and what failed. It detects edits and mix-ups, not a
@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.sources import DataError, MissingDependency
+from ..checks import DataError, MissingDependency
 from ..files import atomic_path, check_not_input, removes_new_out
 from .contract import (
     CONTRACT_FORMAT,
@@ -279,7 +279,7 @@ class ExportedModel:
     contract (catalogue, transformer state, calibrator, threshold), around an onnxruntime session.
 
     ``predict(data)`` returns every stay, like ``RiskModel.predict`` (``risk`` null and ``reason`` set for the stays
-    it rejects). The contract is the one embedded in the file, verified against the graph (:func:`read_contract`),
+    it rejects). The contract is the one embedded in the file, verified against the graph (:func:`~clinical_lstm.serve.contract.read_contract`),
     and the session runs the very bytes that were verified.
     """
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ..data.sources import DataError, MissingDependency
+from ..checks import DataError, MissingDependency
 from .bundle import SCORES, RiskModel
 
 _MODELS: dict[str, RiskModel] = {}  # per Python worker: staged bundle name -> model, loaded once

@@ -12,7 +12,7 @@ The stream holds **state only**; every rule and formula is the batch path's own 
 =============================  ===========================================================================
 step                           function (shared with ``predict``, batch scoring and SHAP)
 =============================  ===========================================================================
-time resolution (the second)   :func:`clinical_lstm.data.validate.snap_seconds`
+time resolution (the second)   :func:`clinical_lstm.data.times.snap_seconds`
 row rules                      :func:`clinical_lstm.data.validate.row_rules`
 same-time rows, duplicates     :func:`clinical_lstm.data.validate.order_rows`
 bin of a row                   :func:`clinical_lstm.data.grid.bin_index`
@@ -60,16 +60,10 @@ import numpy as np
 import polars as pl
 
 from ..data.grid import aggregate_cells, bin_index
+from ..data.quality import ROW_RULES
 from ..data.sources import DataError
-from ..data.validate import (
-    ROW_RULES,
-    VALUE_RULES,
-    flag_stays,
-    order_rows,
-    row_rules,
-    snap_seconds,
-    time_key,
-)
+from ..data.times import snap_seconds
+from ..data.validate import VALUE_RULES, flag_stays, order_rows, row_rules, time_key
 from ..features.impute import Carry
 from ..features.summaries import summarize
 from ..files import atomic_path, write_text

@@ -7,11 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.grid import aggregation_codes
-from ..data.validate import (
-    REMOVAL_RULES,
-    ROW_RULES,
-    RuleTable,
-)
+from ..data.quality import ROW_RULES
+from ..data.validate import REMOVAL_RULES, RuleTable
 from ..model.network import StepKernel
 
 

@@ -10,10 +10,7 @@ import math
 import numpy as np
 import polars as pl
 
-from ..data.validate import (
-    parse_time,
-    time_hours,
-)
+from ..data.times import parse_time, time_hours
 
 _COLUMNS = ("time", "variable", "value")
 

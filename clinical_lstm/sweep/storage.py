@@ -66,7 +66,7 @@ def _rdb(url: str, on_stale=None):
     import optuna
     import sqlalchemy
 
-    from ..data.sources import MissingDependency
+    from ..checks import MissingDependency
 
     backend = _url(url).get_backend_name()
     kwargs = {"connect_args": {"timeout": 60}} if backend == "sqlite" else {"pool_pre_ping": True}

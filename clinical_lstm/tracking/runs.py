@@ -1,4 +1,4 @@
-"""MLflow: one run per training, the model as a pyfunc, the registry and its champion/challenger aliases.
+"""MLflow runs: one run per training, the registry and its champion/challenger aliases.
 
 Tracking never costs a model: every MLflow call goes through :meth:`Tracker._guard`, so if the store is
 unreachable or refuses a call, training still writes its bundle and the user is told that tracking failed.
@@ -7,8 +7,8 @@ No patient rows or stay identifiers go to MLflow: parameters (the config), aggre
 the data digest and counts, plots, the subgroup table, the quality report *without* stay ids, and a synthetic
 input example.
 
-The default store is ``sqlite:///<cwd>/mlflow/mlflow.db`` with artifacts in ``<cwd>/mlflow/artifacts``
-unless ``MLFLOW_TRACKING_URI`` is set.
+The store (default ``sqlite:///<cwd>/mlflow/mlflow.db``) is :mod:`clinical_lstm.tracking.store`, the model as a
+pyfunc :mod:`clinical_lstm.tracking.pyfunc`, downloads of registered bundles :mod:`clinical_lstm.tracking.downloads`.
 """
 
 from __future__ import annotations
