@@ -192,6 +192,32 @@ def test_step_kernel_equals_forward(cfg, chunks):
     np.testing.assert_allclose(got, np.asarray(want)[ends], atol=1e-5)
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize(("decay", "attention"), COMBOS)
+def test_from_gates_equals_forward(decay, attention, num_layers):
+    """SHAP's path (the first layer's pre-activations in, the hand-written recurrence with tanh written as a
+    sigmoid) gives ``forward``'s stay and step logits for stays of different lengths, saturated gates included."""
+    net = make_model(decay, attention, num_layers)
+    with torch.no_grad():
+        net.lstm.weight_ih_l0.mul_(4)  # pre-activations of +-10 and more: sigmoid and tanh in their flat tails
+    g = torch.Generator().manual_seed(3)
+    B, T = 6, 9
+    x, delta = torch.randn(B, T, V, generator=g) * 3, torch.rand(B, T, V, generator=g) * 5
+    mask = (torch.rand(B, T, V, generator=g) < 0.5).float()
+    statics, lengths = torch.randn(B, S, generator=g), torch.tensor([9, 1, 4, 9, 7, 2])
+    with torch.no_grad():
+        want, want_steps = net(x, mask, delta, statics, lengths)
+        pre = net.input_gates(net.step_inputs(x, mask, delta, statics))
+        assert pre.abs().max() > 10
+        got, got_steps = net.from_gates(pre, statics, lengths)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=2e-6)
+    valid = (torch.arange(T)[None, :] < lengths[:, None]).numpy()
+    np.testing.assert_allclose(got_steps.numpy()[valid], want_steps.numpy()[valid], atol=2e-6)
+    net.train()
+    with pytest.raises(RuntimeError, match="eval"):
+        net.from_gates(pre, statics, lengths)
+
+
 def test_logit_without_attention_is_step_logit_at_last_valid_step():
     m = make_model(decay=True, attention=False)
     B, T = 3, 5

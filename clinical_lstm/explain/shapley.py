@@ -33,7 +33,6 @@ check these values against exact Shapley values.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -174,53 +173,90 @@ def _id_key(stay_id) -> int:
     return int.from_bytes(hashlib.sha256(str(stay_id).encode()).digest()[:8], "little")
 
 
-def _coalitions(perms, players, V, static_cols):
-    """Masks of present channels for the interior prefixes (1 .. M-1 players) of every permutation: ``(R, V)``
-    series and ``(R, S)`` statics, R = len(perms) * (M - 1)."""
+def _coalitions(perms, players, n_players):
+    """The players present in the interior prefixes (1 .. M-1 players) of every permutation of ``players``:
+    (R, n_players) booleans over all players, R = len(perms) * (M - 1), permutation by permutation."""
     M = len(players)
-    inc = np.zeros((len(perms), max(M - 1, 0), M), dtype=bool)
-    for r, p in enumerate(perms):
-        position = np.empty(M, dtype=np.int64)
-        position[p] = np.arange(M)
-        inc[r] = np.arange(1, M)[:, None] > position[None, :]  # prefix k holds the first k players
-    inc = inc.reshape(-1, M)  # (R, M)
-    series_on = np.zeros((len(inc), V), dtype=bool)
-    is_series = players < V
-    series_on[:, players[is_series]] = inc[:, is_series]
-    static_on = inc[:, ~is_series] @ static_cols[players[~is_series] - V] > 0  # (R, S)
-    return series_on, static_on
+    position = np.empty((len(perms), M), dtype=np.int64)
+    np.put_along_axis(position, np.asarray(perms, dtype=np.int64).reshape(len(perms), M), np.arange(M)[None, :], axis=1)
+    inc = (np.arange(1, M)[None, :, None] > position[:, None, :]).reshape(-1, M)  # prefix k: the first k players
+    present = np.zeros((len(inc), n_players), dtype=bool)
+    present[:, players] = inc
+    return present
 
 
 @torch.inference_mode()
 def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
     """Each network's logits on its own interior coalitions of the pending stays: per stay, per network, an
-    array (2 * pairs, M - 1). A coalition's step inputs take each column from the stay's or the reference's
-    (:meth:`~clinical_lstm.model.network.MaskedLSTM.from_inputs`), built once per stay and network."""
+    array (2 * pairs, M - 1).
+
+    A coalition's step inputs take each player's columns from the stay's or the reference's, so its first-layer
+    gate pre-activations are the reference's plus one term per present player: that player's columns of the
+    input weights times the stay's minus the reference's inputs, computed once per stay and network. The
+    coalitions' pre-activations are then one product of their players-present matrix with those terms (a third
+    of the input product's arithmetic), and the networks only run their recurrences
+    (:meth:`~clinical_lstm.model.network.MaskedLSTM.from_gates`)."""
     out = [[None] * len(nets) for _ in pending]
     stays = np.array([n for n, _, _ in pending])
-    T = int(t.lengths[stays].max())
-    to = lambda a: torch.from_numpy(a[stays, :T] if a.ndim == 3 else a[stays])  # noqa: E731
+    T, P = int(t.lengths[stays].max()), V + len(static_cols)
+    members = torch.from_numpy(static_cols.astype(np.float32))  # (static players, S)
     for k, net in enumerate(nets):
-        masks = [_coalitions(perms[k], players, V, static_cols) for _, players, perms in pending]
-        local = np.concatenate([np.full(len(c[0]), i) for i, c in enumerate(masks)]).astype(np.int64)
-        logits = np.zeros(0)
-        if len(local):
+        present = [torch.from_numpy(_coalitions(perms[k], players, P)).float() for _, players, perms in pending]
+        sizes = [len(c) for c in present]
+        chunks = list(_chunks(sizes, _ROWS))
+        logits = torch.empty(sum(sizes), dtype=torch.float64)
+        if chunks and sum(sizes):
             net.eval()
-            stay_inp, ref_inp = (net.step_inputs(to(d.x), to(d.mask), to(d.delta), to(d.statics)) for d in (t, ref))
-            series_on = np.concatenate([c[0] for c in masks])  # (R, V)
-            static_on = torch.from_numpy(np.concatenate([c[1] for c in masks]))  # (R, S)
-            on = torch.from_numpy(np.concatenate([series_on] * 3, axis=1))  # x, mask, elapsed hours
-            on = torch.cat([on, static_on], dim=1)[:, None, :]  # (R, 1, 3V + S)
-            inp = torch.empty(len(local), T, on.shape[2])  # (R, T, 3V + S), written block by block: no gathers
-            for i, (a, b) in enumerate(itertools.pairwise(np.r_[0, np.cumsum([len(c[0]) for c in masks])])):
-                torch.where(on[a:b], stay_inp[i], ref_inp[i], out=inp[a:b])
-            rows = torch.from_numpy(local)
-            statics = torch.where(static_on, to(t.statics)[rows], to(ref.statics)[rows])
-            logits = net.from_inputs(inp, statics, torch.from_numpy(t.lengths[stays[local]]))[0].double().numpy()
-        parts = np.split(logits, np.cumsum([len(c[0]) for c in masks])[:-1])
+            w = net.lstm.weight_ih_l0.t()  # (3V + S, 4H)
+            G = w.shape[1]
+            w_series = w[:3 * V].reshape(3, V, G).transpose(0, 1)  # (V, 3, 4H): a variable's three columns
+            on = torch.cat(present)  # (R, P)
+            rows = np.repeat(stays, sizes)
+            static_on = (on[:, V:] @ members) > 0  # (R, S) the present static players' columns
+            statics = torch.where(static_on, torch.from_numpy(t.statics[rows]), torch.from_numpy(ref.statics[rows]))
+            lengths = torch.from_numpy(t.lengths[rows])
+            pre = torch.empty(max(b - a for a, b, _ in chunks), T, G)  # reused by every chunk
+            for a, b, group in chunks:
+                idx = stays[group]
+                to = lambda arr: torch.from_numpy(arr[idx, :T])  # noqa: B023,E731
+                stay_inp, ref_inp = (net.step_inputs(to(d.x), to(d.mask), to(d.delta), torch.from_numpy(d.statics[idx]))
+                                     for d in (t, ref))  # (n, T, 3V + S)
+                n, diff = len(idx), stay_inp - ref_inp
+                term = torch.empty(P, n, T, G)  # a player's term in a stay's pre-activations, players first
+                torch.bmm(diff[..., :3 * V].reshape(n * T, 3, V).permute(2, 0, 1), w_series,
+                          out=term[:V].view(V, n * T, G))  # a variable's value, mask and elapsed-hours columns
+                term[V:] = torch.einsum("ns,sg,js->jng", diff[:, 0, 3 * V:], w[3 * V:], members)[:, :, None]
+                base = net.input_gates(ref_inp)  # (n, T, 4H)
+                at = 0
+                for j, i in enumerate(group):  # a permutation's prefixes: the reference's plus a running sum
+                    _, players, perms = pending[i]
+                    order = torch.from_numpy(players[np.asarray(perms[k], dtype=np.int64)[:, :-1]])  # (R_i, M - 1)
+                    prefix = pre[at:at + sizes[i]].view(*order.shape, T * G)
+                    torch.index_select(term[:, j].reshape(P, T * G), 0, order.reshape(-1), out=prefix.view(-1, T * G))
+                    prefix[:, 0] += base[j].reshape(T * G)
+                    for m in range(1, order.shape[1]):
+                        prefix[:, m] += prefix[:, m - 1]
+                    at += sizes[i]
+                logits[a:b] = net.from_gates(pre[:b - a], statics[a:b], lengths[a:b])[0]
+        parts = np.split(logits.numpy(), np.cumsum(sizes)[:-1])
         for i, ((_, players, perms), part) in enumerate(zip(pending, parts, strict=True)):
             out[i][k] = part.reshape(len(perms[k]), max(len(players) - 1, 0))
     return out
+
+
+_ROWS = 512  # coalitions per recurrence: ~25 MB of pre-activations, reused from freed memory (no page faults)
+
+
+def _chunks(sizes, rows):
+    """``(first row, end row, stays)`` over consecutive stays whose ``sizes`` add up to about ``rows`` (a stay is
+    never split)."""
+    start, group, at = 0, [], 0
+    for i, size in enumerate(sizes):
+        group.append(i)
+        at += size
+        if at - start >= rows or i == len(sizes) - 1:
+            yield start, at, group
+            start, group = at, []
 
 
 def explain_table(model, data, top: int | None = None, n_permutations: int = 8, seed: int = 0,

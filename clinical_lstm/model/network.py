@@ -85,7 +85,32 @@ class MaskedLSTM(nn.Module):
         mix a stay's and its reference's step inputs column by column, which equals building them from the mixed
         channels (each column depends on one variable's channels or one static feature)."""
         hs, _ = self.lstm(inp)  # (B, T, H)
-        hs = self._dropout(hs)
+        return self._readout(self._dropout(hs), statics, lengths)
+
+    def input_gates(self, inp):
+        """The first layer's gate pre-activations from the step inputs, ``W_ih inp + b_ih + b_hh``: (..., 4H)."""
+        lstm = self.lstm
+        return torch.nn.functional.linear(inp, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+
+    def from_gates(self, pre, statics, lengths):
+        """:meth:`from_inputs` (eval mode) from the first layer's gate pre-activations ``pre`` (B, T, 4H), the
+        :meth:`input_gates` of the step inputs; ``pre`` is used as scratch space (overwritten).
+
+        SHAP's coalitions differ from each other by a few players' columns: their pre-activations are the
+        reference's plus the present players' terms, which costs a third of the input product; only the
+        recurrence is run here. PyTorch's LSTM arithmetic (gate order i, f, g, o); checked against
+        :meth:`forward` in the tests."""
+        if self.training:
+            raise RuntimeError("from_gates is for evaluation: call .eval() first")
+        hs = _recur(pre, self.lstm.weight_hh_l0)  # (B, T, H)
+        for k in range(1, self.cfg.num_layers):
+            w, b = getattr(self.lstm, f"weight_ih_l{k}"), getattr(self.lstm, f"bias_ih_l{k}")
+            hs = _recur(torch.nn.functional.linear(hs, w, b + getattr(self.lstm, f"bias_hh_l{k}")),
+                        getattr(self.lstm, f"weight_hh_l{k}"))
+        return self._readout(hs, statics, lengths)
+
+    def _readout(self, hs, statics, lengths):
+        """(logit, step_logits) from the last layer's hidden states ``hs`` (B, T, H)."""
         B, T, H = hs.shape
         step_logits = self.head(hs).squeeze(-1) + self.head_static(statics)  # (B, T) + (B, 1) -> (B, T)
         last = (lengths - 1).clamp(min=0).long()  # (B,)
@@ -98,6 +123,34 @@ class MaskedLSTM(nn.Module):
         else:
             logit = step_logits.gather(1, last[:, None]).squeeze(1)  # (B,)
         return logit, step_logits
+
+
+def _recur(pre, w_hh):
+    """An LSTM layer's hidden states (B, T, H) from its gate pre-activations ``pre`` (B, T, 4H), which it overwrites,
+    and its recurrent weights ``w_hh`` (4H, H), from a zero state; each step writes into buffers made once.
+
+    ``tanh(x) = 2 sigmoid(2x) - 1``: torch's CPU tanh costs six sigmoids per element, so the g block's
+    pre-activations and weights are doubled and one sigmoid covers every gate; the cell state is kept doubled
+    (``c2 = 2c``) so that ``tanh(c)`` is one more sigmoid. Equal to nn.LSTM within float32 rounding (tested)."""
+    B, T, G = pre.shape
+    H = G // 4
+    u = w_hh.t().contiguous()  # (H, 4H)
+    u[:, 2 * H:3 * H] *= 2
+    pre[:, :, 2 * H:3 * H] *= 2
+    hs = torch.empty(B, T, H, dtype=pre.dtype)
+    h, c2 = torch.zeros(B, H, dtype=pre.dtype), torch.zeros(B, H, dtype=pre.dtype)
+    g, s, a = torch.empty(B, G, dtype=pre.dtype), torch.empty(B, G, dtype=pre.dtype), torch.empty(B, H, dtype=pre.dtype)
+    minus2, minus1 = torch.full((B, H), -2.0, dtype=pre.dtype), torch.full((B, H), -1.0, dtype=pre.dtype)
+    for t in range(T):
+        torch.addmm(pre[:, t], h, u, out=g)
+        torch.sigmoid(g, out=s)  # i, f, sigmoid(2 g), o
+        torch.add(minus2, s[:, 2 * H:3 * H], alpha=4, out=a)  # 2 tanh(g)
+        c2.mul_(s[:, H:2 * H]).addcmul_(s[:, :H], a)  # 2c = f * 2c + i * 2 tanh(g)
+        torch.sigmoid(c2, out=a)
+        torch.add(minus1, a, alpha=2, out=a)  # tanh(c)
+        torch.mul(s[:, 3 * H:], a, out=h)  # h = o * tanh(c)
+        hs[:, t] = h
+    return hs
 
 
 def to_torch(t, device: torch.device) -> dict[str, torch.Tensor]:
