@@ -57,13 +57,16 @@ def test_efficiency_base_plus_contributions_equals_model_logit(trained):
 
 def test_a_stays_values_do_not_depend_on_the_stays_explained_with_it(trained):
     """Permutations are drawn from the seed and the stay's id: a stay explained alone, in a batch, or at another
-    position gets the same values (``explain`` and ``score --explain`` in chunks agree); another seed does not."""
+    position, by one worker thread or several, gets the same values (``explain`` and ``score --explain`` in chunks
+    agree); another seed does not."""
     model, t, _, _ = trained
-    many = shap_values(model, t.subset(np.arange(12)), n_permutations=4, max_batch=64)[0]
+    many = shap_values(model, t.subset(np.arange(12)), n_permutations=4, max_batch=64, workers=1)[0]
     alone = shap_values(model, t.subset([5]), n_permutations=4)[0]
     shuffled = shap_values(model, t.subset(np.arange(12)[::-1]), n_permutations=4)[0]
+    threads = shap_values(model, t.subset(np.arange(12)), n_permutations=4, max_batch=20, workers=3)[0]
     np.testing.assert_allclose(alone[0], many[5], rtol=0, atol=1e-6)
     np.testing.assert_allclose(shuffled[::-1], many, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(threads, many, rtol=0, atol=1e-6)
     other = shap_values(model, t.subset([5]), n_permutations=4, seed=1)[0]
     assert np.abs(other - alone).max() > 1e-4
     phi, base, output, names = shap_values(model, t.subset(np.arange(0)), n_permutations=4)  # no stays: nothing

@@ -34,6 +34,7 @@ check these values against exact Shapley values.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
@@ -41,7 +42,7 @@ import torch
 
 from ..features.impute import Tensors
 from ..features.summaries import player_columns
-from ..model.network import predict_logits, to_torch
+from ..model.network import predict_logits, to_torch, torch_threads
 
 EXPLAIN_COLUMNS = ("stay_id", "variable", "contribution", "rank", "base_value", "model_output")
 
@@ -76,8 +77,9 @@ def reference(t: Tensors, transformer) -> Tensors:
     return Tensors(x, np.zeros_like(t.mask), delta, t.lengths.copy(), statics, t.stay_ids.copy(), summary)
 
 
-def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_batch: int = 2048,
-                progress: bool | Callable[[int], object] = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_batch: int = 512,
+                progress: bool | Callable[[int], object] = False, workers: int | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Per-variable SHAP values of the model's logit for every stay in ``t``.
 
     The shipped logit is ``w0(hour) * mean_k LSTM_k + sum_m w_m(hour) * member_m + b(hour)``, linear in the
@@ -98,6 +100,11 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     A stay's permutations are drawn from ``seed`` and its id alone, so a stay gets the same values whichever
     stays it is explained with (``explain``, ``score --explain`` in chunks, ``predict(explain=K)``).
     ``progress``: True for a tqdm bar, or a callable given the number of stays finished after each batch.
+
+    ``workers`` threads (default: torch's thread count) play the batches, and the summary members' values, at
+    once, each with one torch thread: the coalitions' many small steps scale across threads better than across
+    torch's intra-op threads, which wait for each other at every step (and for every other process on a busy
+    machine). The values do not depend on ``workers``.
 
     Returns
     -------
@@ -125,10 +132,8 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     ends = tuple([predict_logits(net, to_torch(d, torch.device("cpu"))).astype(np.float64) for net in nets]
                  for d in (t, ref))  # each network's logit of every stay, then of its reference: (N,) each
     lstm_out, lstm_base = (np.mean(e, axis=0) for e in ends)
-    phi_net = np.zeros((N, P))
-    pending, size = [], 0
-    report = progress if callable(progress) else None
-    for n in tqdm(range(N), desc="explain", disable=report is not None or not progress, leave=False):
+    batches, pending, size = [], [], 0
+    for n in range(N):
         observed = np.flatnonzero(t.mask[n, : t.lengths[n]].any(axis=0))  # dummy players are skipped
         players = np.r_[observed, V + np.arange(len(stat))]
         rng = np.random.default_rng([seed, _id_key(t.stay_ids[n])])
@@ -137,33 +142,58 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
         pending.append((n, players, perms))
         size += 2 * pairs * max(len(players) - 1, 0)
         if size >= max_batch or n == N - 1:
-            for (m, pl_, pm), interior in zip(pending, _play(nets, t, ref, pending, V, static_cols), strict=True):
-                contrib = np.zeros(len(pl_))
-                for k in range(K):  # the coalitions' logits: reference, interior prefixes, stay
-                    vals = np.concatenate([np.full((len(pm[k]), 1), ends[1][k][m]), interior[k],
-                                           np.full((len(pm[k]), 1), ends[0][k][m])], axis=1)
-                    marg = np.diff(vals, axis=1)  # (2 * pairs, M): contribution of the j-th player added
-                    for r, perm in enumerate(pm[k]):
-                        contrib[perm] += marg[r] / (len(pm[k]) * K)
-                phi_net[m, pl_] = contrib
-            if report is not None:
-                report(len(pending))
+            batches.append(pending)
             pending, size = [], 0
-    if model.head is None:
-        return phi_net, lstm_base, lstm_out, names
+    workers = max(1, torch.get_num_threads() if workers is None else int(workers))
+    report = progress if callable(progress) else None
+    bar = tqdm(total=N, desc="explain", disable=report is not None or not progress, leave=False)
+    phi_net = np.zeros((N, P))
+    with torch_threads(1 if workers > 1 else None), ThreadPoolExecutor(max_workers=workers) as pool:
+        try:
+            members = None if model.head is None else pool.submit(_member_part, model, t, ref, lstm_out, lstm_base, stat)
+            played = pool.map(lambda batch: _play(nets, t, ref, batch, V, static_cols), batches)
+            for batch, interior in zip(batches, played, strict=True):
+                for (m, pl_, pm), values in zip(batch, interior, strict=True):
+                    contrib = np.zeros(len(pl_))
+                    for k in range(K):  # the coalitions' logits: reference, interior prefixes, stay
+                        vals = np.concatenate([np.full((len(pm[k]), 1), ends[1][k][m]), values[k],
+                                               np.full((len(pm[k]), 1), ends[0][k][m])], axis=1)
+                        marg = np.diff(vals, axis=1)  # (2 * pairs, M): contribution of the j-th player added
+                        for r, perm in enumerate(pm[k]):
+                            contrib[perm] += marg[r] / (len(pm[k]) * K)
+                    phi_net[m, pl_] = contrib
+                if report is not None:
+                    report(len(batch))
+                bar.update(len(batch))
+            if members is None:
+                return phi_net, lstm_base, lstm_out, names
+            w, output, base, phi_members = members.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # a stopped job stops now, not after every batch
+            raise
+        finally:
+            bar.close()
+    return w[:, :1] * phi_net + phi_members, base, output, names
+
+
+def _member_part(model, t, ref, lstm_out, lstm_base, stat):
+    """The stacking's weights (N, 1 + members) at each stay's hour, the stacked logit of the stay and of its
+    reference (from the networks' mean logits ``lstm_out``, ``lstm_base``), and the summary members'
+    stacking-weighted exact values (N, P)."""
     from .members import column_players, member_values
 
-    head = model.head
+    head, V = model.head, t.x.shape[2]
+    P = V + len(stat)
     with torch.inference_mode():
         w, _ = head.weights(torch.from_numpy(t.summary[:, -1]))  # (N, 1 + members) at each stay's hour
         output = head(torch.from_numpy(lstm_out.astype(np.float32)), torch.from_numpy(t.summary)).double().numpy()
         base = head(torch.from_numpy(lstm_base.astype(np.float32)), torch.from_numpy(ref.summary)).double().numpy()
     w = w.double().numpy()
     owner = column_players(t.summary.shape[1], player_columns(V, [cols for _, cols in stat]))
-    phi = w[:, :1] * phi_net
+    phi = np.zeros((len(t), P))
     for j, values in enumerate(member_values(head, t.summary, ref.summary, owner, P)):
         phi += w[:, 1 + j, None] * values
-    return phi, base, output, names
+    return w, output, base, phi
 
 
 def _id_key(stay_id) -> int:

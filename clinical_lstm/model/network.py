@@ -19,6 +19,8 @@ trajectory over the stay.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -165,6 +167,18 @@ def to_torch(t, device: torch.device) -> dict[str, torch.Tensor]:
     if getattr(t, "summary", None) is not None:
         out["summary"] = torch.from_numpy(t.summary).to(device)  # (N, F) or (N, T, F)
     return out
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op thread count set to ``n`` (None: left as it is) for a block of work, then restored."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Rows:

@@ -63,10 +63,11 @@ from ..data.chunks import (
 from ..data.physionet import is_physionet
 from ..data.sources import DataError, RawData
 from ..files import atomic_path, csv_safe, write_json
+from ..model.network import torch_threads
 from ..progress import Progress
 from .batch_checks import _check_options, _check_out, _is_int, _locate_bundle, check_catalogue
 from .batch_summary import _chunk_entry, _closing_line, _summary
-from .resources import _torch_threads, keep_freed_memory
+from .resources import keep_freed_memory
 from .workdir import _is_os_error, _Workdir, _WriteError, _writing, side_files
 
 DEFAULT_CHUNK_STAYS = 2000
@@ -314,7 +315,7 @@ class _Job:
             self.work.record(c.index, future.result())
             bar.update(c.stays)
 
-        with _torch_threads(1 if workers > 1 else None), ThreadPoolExecutor(max_workers=workers) as pool:
+        with torch_threads(1 if workers > 1 else None), ThreadPoolExecutor(max_workers=workers) as pool:
             try:
                 for i, inp in enumerate(self.inputs):
                     mine = [c for c in self.chunks if c.input == i]

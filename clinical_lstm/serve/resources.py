@@ -1,10 +1,7 @@
-"""Process resources of long jobs: torch's thread count for a block of work, and glibc's freed memory kept for reuse
-between chunks.
-"""
+"""Process resources of long jobs: glibc's freed memory kept for reuse between chunks (torch's thread count for a
+block of work is :func:`clinical_lstm.model.network.torch_threads`)."""
 
 from __future__ import annotations
-
-import contextlib
 
 
 def keep_freed_memory() -> None:
@@ -21,16 +18,3 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum
     libc.mallopt(m_trim_threshold, 1 << 30)
     libc.mallopt(m_top_pad, 256 << 20)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    import torch
-
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
