@@ -442,3 +442,77 @@ def test_a_saved_state_keeps_its_file_format_key(model, stays, tmp_path):
     with safe_open(str(path), "np") as f:
         assert set(f.metadata()) == {"clinical_lstm.stream"}
     assert StayStream.load(model, path).risk == s.risk
+
+
+# -- the fast paths, each against the plain one -------------------------------------------------------------
+def test_reusing_the_open_bins_step_is_bit_identical_to_running_it_again(ensemble, stays):
+    """A bin that closes with the rows the previous update stepped is committed from that step (``_ahead``); a
+    stream that never reuses it (``_ahead`` dropped before every update), and one resumed from a saved state
+    midway, give bit for bit the same risks and states at every update, in every chunking (row by row: a bin
+    that grew after its step is stepped again)."""
+    reused = 0
+    for sid, rows in [*list(stays.items())[:4], (1, edge_stay()), (2, late_start_stay())]:
+        for name, chunks in chunkings(rows, seed=sid):
+            fast, plain = ensemble.stream(), ensemble.stream()
+            resumed = None
+            for i, chunk in enumerate(chunks):
+                reused += fast._ahead is not None and fast._ahead.bin < int(chunk["time"].max())
+                plain._ahead = None  # the plain path: every closing bin aggregated, imputed and stepped again
+                got = [s.update(chunk) for s in (fast, plain, *([resumed] if resumed else []))]
+                assert all(r == got[0] for r in got), f"stay {sid}, {name}, update {i}: {got}"
+                assert fast.state() == plain.state()
+                assert resumed is None or resumed.state() == fast.state()
+                if i == len(chunks) // 2:
+                    resumed = ensemble.stream(fast.to_json())
+    assert reused > 50  # the fast path was taken
+
+
+def test_the_one_row_per_variable_bin_is_aggregated_as_by_the_rules(model, stays):
+    """:meth:`StayStream._open_rows`' shortcut for a bin where no variable has two rows equals the batch rules'
+    aggregation (``_aggregate_open``) bit for bit; bins with duplicates and same-time conflicts take the rules."""
+    shortcut = 0
+    for rows in [*stays.values(), edge_stay(), late_start_stay()]:
+        s = model.stream()
+        for i in range(rows.height):  # row by row: every prefix of every bin
+            s.update(rows[i:i + 1])
+            fast, ruled = s._open_rows(), s._aggregate_open()
+            shortcut += s._statics is not None and len(set(s._code.tolist())) == len(s._code) > 0
+            for a, b in zip(fast, ruled, strict=True):
+                assert (a is None and b is None) or np.array_equal(a, b, equal_nan=True)
+                assert a is None or a.dtype == b.dtype
+    assert shortcut > 100
+
+
+@pytest.mark.parametrize("stay_dtype", ["int64", "int32", "uint32", "uint64", "float64", None])
+def test_a_pandas_frame_of_plain_numbers_reads_as_the_general_path(monkeypatch, stay_dtype):
+    """``_pandas_numbers`` (a pandas frame's own arrays) gives what the general pandas reading gives."""
+    from clinical_lstm.serve import stream_rows
+
+    frame = pd.DataFrame({"time": [0.0, 0.5, 1.25], "variable": ["HR", " HR", "Foo"], "value": [80, 81, 2]})
+    if stay_dtype:
+        frame.insert(0, "stay_id", np.array([17, 17, 17], stay_dtype))
+    for f in (frame, frame.astype({"time": "int64"}), frame.assign(variable=frame["variable"].astype(object))):
+        fast = stream_rows._columns(f)
+        with monkeypatch.context() as m:
+            m.setattr(stream_rows, "_pandas_numbers", lambda rows: None)
+            plain = stream_rows._columns(f)
+        assert np.array_equal(fast[0], plain[0]) and fast[0].dtype == plain[0].dtype == np.float64
+        assert fast[1] == plain[1] and np.array_equal(fast[2], plain[2]) and fast[2].dtype == plain[2].dtype
+        assert (fast[3] is None) == (plain[3] is None)
+        if fast[3] is not None:
+            assert np.array_equal(np.asarray(fast[3]), plain[3].to_numpy())
+            got, want = stream_rows._one_stay(fast[3]), stream_rows._one_stay(plain[3])
+            assert got == want and type(got) is type(want)
+    twice = pd.concat([frame, frame[["time"]]], axis=1)  # a repeated column name: the general path
+    assert stream_rows._pandas_numbers(twice) is None
+    assert stream_rows._pandas_numbers(frame.drop(columns="value")) is None
+    with pytest.raises(DataError, match=r"lack column\(s\) \['value'\]"):
+        stream_rows._columns(frame.drop(columns="value"))
+
+
+def test_integer_ids_of_two_stays_in_one_pandas_update_are_refused():
+    from clinical_lstm.serve.stream_rows import _one_stay
+
+    with pytest.raises(ValueError, match="more than one stay: stay_id 17 and 18"):
+        _one_stay(np.array([17, 18, 17]))
+    assert _one_stay(np.array([2**40] * 2, np.int64)) == 2**40

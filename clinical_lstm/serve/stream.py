@@ -16,7 +16,8 @@ time resolution (the second)   :func:`clinical_lstm.data.times.snap_seconds`
 row rules                      :func:`clinical_lstm.data.validate.row_rules`
 same-time rows, duplicates     :func:`clinical_lstm.data.validate.order_rows`
 bin of a row                   :func:`clinical_lstm.data.grid.bin_index`
-in-bin aggregation, statics    :func:`clinical_lstm.data.grid.aggregate_cells`
+in-bin aggregation, statics    :func:`clinical_lstm.data.grid.aggregate_cells` (a bin where no variable has two
+                               rows: each row is its cell, checked against it in the fast tests)
 scaling, fill, elapsed hours   :meth:`clinical_lstm.features.impute.GridTransformer.steps` (carried :class:`Carry`)
 static features                :meth:`clinical_lstm.features.impute.GridTransformer.static_features`
 the networks                   :class:`clinical_lstm.model.network.StepKernel`, generated from the ``MaskedLSTM``
@@ -31,9 +32,10 @@ quality flags                  :func:`clinical_lstm.data.validate.flag_stays` (o
 State: the usable rows of the *open* bin (the bin of the latest series observation), the imputation
 :class:`~clinical_lstm.features.impute.Carry` and the networks' state after the closed bins, and the statics (fixed
 when bin 0 closes). A bin closes when a series observation lands in a later bin: its rows are aggregated,
-imputed and run through the networks once (with the empty bins before the new one). The risk is one more,
-uncommitted step on the open bin; since ``predict``'s stay length is "up to the last bin with a series
-observation", that is exactly ``predict``'s last step, so after all of a stay's rows (in any chunking) the
+imputed and run through the networks once (with the empty bins before the new one); when it closes with the rows
+the last update stepped (the usual hourly update), that step is committed as it is (bit for bit what running it
+again gives). The risk is one more, uncommitted step on the open bin; since ``predict``'s stay length is "up to the
+last bin with a series observation", that is exactly ``predict``'s last step, so after all of a stay's rows (in any chunking) the
 stream's risk is ``predict``'s.
 
 Contract: one stream is one stay: rows with a ``stay_id`` column must all carry the stay's id (the first
@@ -55,6 +57,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -72,6 +75,17 @@ from .stream_rows import _all_equal, _columns, _is_pandas, _listed, _one_stay, _
 
 STATE_FORMAT = 3  # 3: times snapped to the second; counts for the quality flags
 STATE_KEY = "clinical_lstm.stream"  # the safetensors metadata key of a saved state (a format, kept when modules move)
+
+
+class _Ahead(NamedTuple):
+    """The open bin's step as the last refresh ran it: the bin, its row count, and what committing it gives."""
+
+    bin: int
+    rows: int
+    carry: Carry  # the imputation state after the bin
+    net: dict  # the networks' state after the bin
+    statics: np.ndarray | None  # the raw statics of _open_rows
+    dups: np.ndarray  # the bin's exact duplicates per catalogue code
 
 
 class StayStream:
@@ -167,16 +181,19 @@ class StayStream:
                              f"another stream (RiskModel.stream() per stay); nothing of this update was "
                              f"applied")
         rule = row_rules(time, code, value, e.rules)
-        ok = rule == 0
+        bad = bool(rule.any())  # usually no row breaks a rule: then there is nothing to count or leave out
+        ok = rule == 0 if bad else slice(None)
         self._check_order(time[ok])
         if stay is not None:
             self._stay_id = stay
-        self._dropped.update(ROW_RULES[r - 1] for r in rule[~ok])
-        gone = np.isin(rule, e.removal) & (code >= 0)  # catalogue rows a value rule removed: the flags' counts
-        self._removed.update(zip(code[gone].tolist(), rule[gone].tolist(), strict=True))
-        if ok.any():
-            self._usable += np.bincount(code[ok], minlength=e.n_codes)
-            self._ingest(time[ok], code[ok], value[ok])
+        if bad:
+            self._dropped.update(ROW_RULES[r - 1] for r in rule[~ok])
+            gone = e.removes[rule] & (code >= 0)  # catalogue rows a value rule removed: the flags' counts
+            self._removed.update(zip(code[gone].tolist(), rule[gone].tolist(), strict=True))
+            time, code, value = time[ok], code[ok], value[ok]
+        if len(time):
+            self._usable += np.bincount(code, minlength=e.n_codes)
+            self._ingest(time, code, value)
             self._refresh()
         return self._risk
 
@@ -249,6 +266,7 @@ class StayStream:
         self._statics: np.ndarray | None = None  # raw static values, fixed when bin 0 closes
         self._features: np.ndarray | None = None  # their static features, once fixed
         self._closed: list = []  # (values, obs_time) of bins closed in this update, run by _refresh
+        self._ahead: _Ahead | None = None  # the open bin's step of the last _refresh: not state, a cache
         self._carry = Carry.empty(1, e.V)
         self._net = e.kernel.initial_state()
         self._dropped: Counter = Counter()  # rows by rule broken (duplicates are in _dups)
@@ -300,7 +318,7 @@ class StayStream:
         self._code, self._time, self._value = (np.asarray(code, np.int64), np.asarray(time, np.float64),
                                                np.asarray(value, np.float64))
         self._statics = None if state["statics"] is None else _unlisted(state["statics"], np.float32)
-        self._features, self._closed = None, []
+        self._features, self._closed, self._ahead = None, [], None
         self._carry = Carry(*(_unlisted(a, np.float32).reshape(1, e.V) for a in state["carry"]))  # Carry.fields()
         init = e.kernel.initial_state()
         self._net = {k: _unlisted(state["networks"][k], v.dtype).reshape(v.shape) for k, v in init.items()}
@@ -318,9 +336,15 @@ class StayStream:
         given is remembered, so that the next update of the same stay is not read again."""
         if ids is None:
             return None
-        pandas = _is_pandas(ids)
-        first = ids.iloc[0] if pandas else ids[0]
-        same = _all_equal(ids.to_numpy(), first) if pandas else ids.n_unique() == 1
+        if isinstance(ids, np.ndarray):  # a pandas column's numbers (stream_rows._pandas_numbers)
+            first = ids[0]
+            same = _all_equal(ids, first)
+        elif _is_pandas(ids):
+            first = ids.iloc[0]
+            same = _all_equal(ids.to_numpy(), first)
+        else:
+            first = ids[0]
+            same = ids.n_unique() == 1
         key = (type(first), first)
         if same and self._stay_seen is not None and self._stay_seen[0] == key:
             return self._stay_seen[1]
@@ -329,7 +353,8 @@ class StayStream:
         return stay
 
     def _check_order(self, times: np.ndarray):
-        if not len(times):
+        last = -np.inf if self._last_time is None else self._last_time
+        if not len(times) or (times[0] >= last and bool((times[1:] >= times[:-1]).all())):
             return
         prev = np.concatenate([[-np.inf if self._last_time is None else self._last_time], times[:-1]])
         bad = np.flatnonzero(times < prev)
@@ -346,18 +371,40 @@ class StayStream:
         series = e.is_series[code]
         if series.any():
             self._last_series = float(time[series][-1])
-        starts = np.flatnonzero(np.concatenate([[True], b[1:] != b[:-1]]))  # runs of rows in one bin, in time order
+        if b[0] == b[-1]:  # one bin (the usual update); the bins of rows in time order never decrease
+            starts = [0]
+        else:  # runs of rows in one bin, in time order
+            starts = np.flatnonzero(np.concatenate([[True], b[1:] != b[:-1]])).tolist()
         for start, end in zip(starts, [*starts[1:], len(b)], strict=True):
             if b[start] > self._open:  # only series rows reach a later bin (statics are time-0 rows)
                 self._close(int(b[start]))
-            self._code = np.concatenate([self._code, code[start:end]])
-            self._time = np.concatenate([self._time, time[start:end]])
-            self._value = np.concatenate([self._value, value[start:end]])
+            if len(self._code):
+                self._code = np.concatenate([self._code, code[start:end]])
+                self._time = np.concatenate([self._time, time[start:end]])
+                self._value = np.concatenate([self._value, value[start:end]])
+            else:  # a new bin: this update's own arrays (built by update, never the caller's)
+                self._code, self._time, self._value = code[start:end], time[start:end], value[start:end]
             self._has_series |= bool(series[start:end].any())
 
     def _open_rows(self):
         """The open bin aggregated: values and last-observation hours (1, 1, V), raw statics (S,), duplicates
         per catalogue code (n_codes,)."""
+        e = self._e
+        code = self._code
+        if self._statics is not None and len(code) and len(set(code.tolist())) == len(code):
+            # Past bin 0, a bin in which no variable has two rows (most hours): no duplicate, no same-time
+            # conflict, and every aggregation of a single value is that value, so each row is its cell (what
+            # _aggregate_open gives, bit for bit: tests/test_stream.py checks it)
+            values, obs_time = e.no_bin.copy(), e.no_bin.copy()
+            col = e.series_of[code]
+            sel = col >= 0
+            values[0, 0, col[sel]], obs_time[0, 0, col[sel]] = self._value[sel], self._time[sel]
+            return values, obs_time, self._statics, np.zeros(e.n_codes, np.int64)
+        return self._aggregate_open()
+
+    def _aggregate_open(self):
+        """:meth:`_open_rows` by the batch path's rules: same-time rows and duplicates by ``order_rows``, each cell
+        by ``aggregate_cells``."""
         e = self._e
         values = np.full((1, 1, e.V), np.nan, np.float32)
         obs_time = np.full((1, 1, e.V), np.nan, np.float32)
@@ -391,38 +438,56 @@ class StayStream:
         return features
 
     def _close(self, upto: int):
-        """Close the open bin and the empty bins before ``upto``: they wait in ``_closed`` for :meth:`_refresh`,
-        which runs them and the new open bin through the imputation and the networks in one call."""
+        """Close the open bin and the empty bins before ``upto``.
+
+        When the open bin still holds the rows the last :meth:`_refresh` stepped (the usual hourly update: the
+        bin that closes is the one the previous update scored), that step is committed as it is (``_ahead``):
+        the same numbers as running it again, since a bin's step depends only on its rows and the state before
+        it, and every step of the imputation and of the kernel has the shape of one step however many run in a
+        call. Otherwise the open bin waits in ``_closed``; so do the empty bins, for :meth:`_refresh`."""
         e = self._e
-        values, obs_time, statics, dups = self._open_rows()
+        ahead = self._ahead
+        if ahead is not None and ahead.bin == self._open and ahead.rows == len(self._code):
+            assert not self._closed  # the stepped bin was open at the last refresh: the first to close since
+            statics, dups = ahead.statics, ahead.dups
+            self._carry, self._net = ahead.carry, ahead.net
+        else:
+            values, obs_time, statics, dups = self._open_rows()
+            self._closed.append((values[0], obs_time[0]))
+        self._ahead = None
+        if upto > self._open + 1:
+            empty = np.full((upto - self._open - 1, e.V), np.nan, np.float32)
+            self._closed.append((empty, empty))
         self._statics = statics
-        empty = np.full((upto - self._open - 1, e.V), np.nan, np.float32)
-        self._closed.append((np.concatenate([values[0], empty]), np.concatenate([obs_time[0], empty])))
         self._dups += dups
         self._open = upto
         self._code, self._time, self._value = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
 
     def _refresh(self):
-        """Commit the closed bins and recompute the risk with one more, uncommitted step on the open bin."""
+        """Commit the closed bins and recompute the risk with one more, uncommitted step on the open bin (kept in
+        ``_ahead`` for :meth:`_close`)."""
         e = self._e
         if not self._has_series:
             self._risk = self._logit = None
             return
-        values, obs_time, statics, _ = self._open_rows()
+        values, obs_time, statics, dups = self._open_rows()
         k = sum(len(v) for v, _ in self._closed)  # closed bins not yet run
         if k:
             values = np.concatenate([*(v for v, _ in self._closed), values[0]])[None]  # (1, k + 1, V)
             obs_time = np.concatenate([*(t for _, t in self._closed), obs_time[0]])[None]
         x, mask, delta, carry, track = e.tr.steps(values, obs_time, e.bin_end[self._open - k:self._open + 1],
                                                   self._carry, per_step=True)
+        x, mask, delta = x[0], mask[0], delta[0]  # (k + 1, V)
         features = self._static_features(statics)
-        net, logits = e.kernel.run(x[0], mask[0], delta[0], features, self._net, commit=k)
-        if k:
-            self._carry, self._net, self._closed = track.at(k - 1), net, []
+        if k:  # the closed bins, committed; then the open bin from there, its state kept for _close
+            self._net, _ = e.kernel.run(x[:k], mask[:k], delta[:k], features, self._net)
+            self._carry, self._closed = track.at(k - 1), []
+        net, logits = e.kernel.run(x[k:], mask[k:], delta[k:], features, self._net)
+        self._ahead = _Ahead(self._open, len(self._code), carry, net, statics, dups)
         z = np.float32(logits.mean())  # the ensemble mean, as RiskModel.network_logits
         if self.model.head is not None:  # the summary members on the summaries so far, in the model's own head
             now = e.bin_end[self._open]  # the open bin's end: the hour predict's last step is taken at
-            z = np.float32(self.model.head.numpy_logit(z, summarize(carry, delta[:, -1], features[None], now)[0]))
+            z = np.float32(self.model.head.numpy_logit(z, summarize(carry, delta[None, -1], features[None], now)[0]))
         self._logit = float(z)
         self._risk = float(self.model.risk(np.array([z]))[0])
 

@@ -28,8 +28,10 @@ class _Engine:
         self.static_of = np.array([cat.statics.index(n) if n in cat.statics else -1 for n in cat.names])
         self.how_series, self.how_static = aggregation_codes(cat, cat.series), aggregation_codes(cat, cat.statics)
         self.is_series = self.series_of >= 0
-        self.removal = np.array([1 + ROW_RULES.index(r) for r in REMOVAL_RULES])  # row_rules' numbers
+        self.removes = np.zeros(1 + len(ROW_RULES), bool)  # by row_rules' number: is it a REMOVAL_RULES rule?
+        self.removes[[1 + ROW_RULES.index(r) for r in REMOVAL_RULES]] = True
         self.rules = RuleTable.of(cat, self.window)
+        self.no_bin = np.full((1, 1, self.V), np.nan, np.float32)  # a bin without observations (copied, never written)
         self.bin_end = (np.arange(self.T, dtype=np.float32) + 1) * self.res  # as Grid.bin_end_hours
         self.kernel = StepKernel(model.networks)
         self.digest = model.digest()
