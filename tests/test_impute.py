@@ -467,6 +467,26 @@ def test_last_step_statistics_equal_the_tracked_ones_bit_for_bit():
         assert final.low.shape == (N, 1, V)  # one step kept, not k
 
 
+def test_one_bin_at_a_time_equals_all_bins_at_once_bit_for_bit():
+    """A bin advanced on its own (the stream's update: its own short path) gives exactly the state that advancing
+    all bins in one call tracks, bin after bin."""
+    from clinical_lstm.features.impute import Carry
+
+    rng = np.random.default_rng(1)
+    N, k, V = 30, 24, 5
+    z = (rng.normal(size=(N, k, V)) * rng.choice([1e-3, 1.0, 1e3], size=(N, k, V))).astype(np.float32)
+    z[rng.random(z.shape) < 0.6] = np.nan
+    last_time = rng.random((N, k, V)).astype(np.float32)
+    tracked = Carry.empty(N, V).advance(z, last_time)
+    state = Carry.empty(N, V)
+    for t in range(k):
+        for every_step in (True, False):
+            one = state.advance(z[:, t:t + 1], last_time[:, t:t + 1], every_step=every_step)
+            for a, b in zip(one.at(-1).fields(), tracked.at(t).fields(), strict=True):
+                assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+        state = one.at(-1)
+
+
 def test_fitted_statistics_depend_on_the_values_not_their_order():
     """The same observed values and statics in another order (as other chunks or another input order give them)
     fit the very same transformer, to the last bit: a last-bit difference would train another model."""

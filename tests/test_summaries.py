@@ -199,3 +199,33 @@ def test_tree_export_refuses_a_scikit_learn_without_its_private_arrays(fitted):
         pipe = SimpleNamespace(steps=[good.steps[0], ("hgb", broken)])
         with pytest.raises(RuntimeError, match=r"scikit-learn .*>=1.4,<1.10"):
             export_trees(pipe, X.shape[1])
+
+
+def test_numpy_trees_decide_every_split_as_float64_at_the_threshold(fitted):
+    """The numpy path compares float32 values with float32 thresholds (each float64 threshold rounded down) and
+    routes missing values by a substituted -inf: a value at a threshold, the float32 on either side of it, and a
+    missing value each take forward's branch, at every split of every tree (members: both tree groups)."""
+    X, y = fitted
+    members = fit_members(X, y, seed=0)
+    members.update({f"e{k}": v for k, v in fit_members(X[::2], y[::2], seed=1).items()})
+    head = SummaryHead(members, np.zeros((1, 5)), np.zeros(1))  # the member logits themselves, unweighted
+    rows = []
+    for g in ("trees", "etrees"):
+        inner = ~members[g]["leaf"]
+        for f, thr in zip(members[g]["feature"][inner], members[g]["threshold"][inner], strict=True):
+            at = np.float32(thr) if np.isfinite(thr) else np.float32(0)
+            for v in (np.nextafter(at, -np.inf), at, np.nextafter(at, np.inf), np.nan):
+                row = X[len(rows) % len(X)].copy()
+                row[f] = v
+                rows.append(row)
+    S = np.stack(rows)
+    with torch.inference_mode():
+        s = torch.from_numpy(S)
+        want = {g: head.trees(s, g).numpy() for g in ("trees", "etrees")}
+    for g, j in (("trees", 2), ("etrees", 4)):  # each tree member alone, by its stacking weight
+        stack = np.zeros((1, 5), np.float32)
+        stack[0, j] = 1
+        one = SummaryHead(members, stack, np.zeros(1))
+        got = np.array([one.numpy_logit(0.0, row) for row in S])
+        np.testing.assert_allclose(got, want[g], atol=1e-5)  # a split taken the other way is a leaf apart
+

@@ -83,6 +83,12 @@ class Carry:
             return np.concatenate([start[:, None], values], axis=1)
 
         observed = ~np.isnan(z)
+        if z.shape[1] == 1:  # one bin (the stream's update): each statistic's one step of the loops below
+            z, seen = z[:, 0], observed[:, 0]
+            new = (np.where(seen, z, self.value), last_time[:, 0], np.where(np.isnan(self.first), z, self.first),
+                   np.fmin(self.low, z), np.fmax(self.high, z), self.total + np.where(seen, z, np.float32(0)),
+                   self.count + seen.astype(np.float32))
+            return Carry(*(a[:, None] for a in new))
         value = carry_forward(after(self.value, z))[:, 1:]
         if not every_step:
             first, total, count = self.first.copy(), self.total.copy(), self.count.copy()

@@ -39,14 +39,19 @@ def summarize(carry, hours: np.ndarray, static_features: np.ndarray, now) -> np.
 
     Leading dimensions are ``(N,)`` for a stay's summary or ``(N, T)`` for one after every bin.
     """
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(carry.count > 0, carry.total / carry.count, np.nan)
-    stats = np.stack([carry.first, carry.value, carry.low, carry.high, mean, carry.count, hours], axis=-1)
-    series = stats.reshape(*stats.shape[:-2], stats.shape[-2] * stats.shape[-1]).astype(np.float32)  # (..., V * 7): variable-major
-    statics = np.broadcast_to(static_features.reshape(static_features.shape[0], *([1] * (series.ndim - 2)), -1),
-                              (*series.shape[:-1], static_features.shape[-1]))
-    hour = np.broadcast_to(np.asarray(now, np.float32), series.shape[:-1])[..., None]
-    return np.concatenate([series, statics.astype(np.float32), hour], axis=-1)
+    stats = (carry.first, carry.value, carry.low, carry.high, None, carry.count, hours)  # None: the mean
+    lead, V, F_s = hours.shape[:-1], hours.shape[-1], static_features.shape[-1]
+    k = len(stats)
+    out = np.empty((*lead, k * V + F_s + 1), np.float32)  # written in place: no stacked or broadcast copies
+    for j, stat in enumerate(stats):  # (..., V * 7): variable-major
+        if stat is None:  # the mean of the observed bins; NaN before the first
+            out[..., j:k * V:k] = np.nan
+            np.divide(carry.total, carry.count, out=out[..., j:k * V:k], where=carry.count > 0)
+        else:
+            out[..., j:k * V:k] = stat
+    out[..., k * V:-1] = static_features.reshape(static_features.shape[0], *([1] * (len(lead) - 1)), F_s)
+    out[..., -1] = now
+    return out
 
 
 def player_columns(n_series: int, static_players: list[list[int]]) -> list[list[int]]:

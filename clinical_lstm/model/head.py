@@ -234,38 +234,97 @@ class SummaryHead(nn.Module):
     def numpy_logit(self, lstm_logit: float, summary: np.ndarray) -> float:
         """:meth:`forward` for one stay in numpy: the stream's fast path (one stay per update, where torch's
         fixed cost per operation would dominate), the same arithmetic on the same buffers, checked against
-        :meth:`forward` in the fast tests. With one stay, every node's decision is taken at once, then each
-        tree's walk only follows them."""
-        a = self.__dict__.get("_arrays")
-        if a is None:
-            a = {k: v.numpy().reshape(-1) if k.split("_")[0].endswith("trees") else v.numpy()
-                 for k, v in self.state_dict().items()}
-            a.update({k: v.numpy() for k, v in self.named_buffers() if k.startswith("_hat_")})
-            for g in self.groups:
-                if g.endswith("trees"):
-                    n_trees, width = getattr(self, f"{g}_feature").shape
-                    a[f"{g}_root"] = np.arange(n_trees) * width  # each tree's first node
-                    a[f"{g}_offset"] = np.repeat(a[f"{g}_root"], width)  # a node's tree's first node
-            self.__dict__["_arrays"] = a
+        :meth:`forward` in the fast tests. With one stay, every split of every tree member is decided at once,
+        then the trees' walks only follow those decisions (see :meth:`_numpy_arrays`)."""
+        a = self.__dict__.get("_arrays") or self._numpy_arrays()
         s = np.asarray(summary, np.float32)  # (F,)
         missing = np.isnan(s)
         members = [np.float32(lstm_logit)]
+        # the split value of each internal node, a missing one replaced by -inf where missing values go left
+        # (-inf <= any threshold) and kept NaN where they go right (NaN <= anything is False): as trees()
+        v = np.concatenate([np.where(missing, -np.inf, s), s])[a["split_at"]]
+        go = np.concatenate([np.where(v <= a["split_below"], a["split_left"], a["split_right"]), a["leaf_self"]])
+        node = a["roots"]
+        for _ in range(a["depth"]):  # leaves are their own children
+            node = go[node]
+        value = a["leaf_value"][node]  # (all trees,) each tree's leaf
+        if "lin_median" in a:  # the logistic-regression members at once (same indicator columns): as linear()
+            z = np.empty(a["lin_mean"].shape, np.float32)  # (members, F + I)
+            z[:, :len(s)] = np.where(missing, a["lin_median"], s)
+            z[:, len(s):] = missing[a["lin_indicator"]]
+            linear = ((((z - a["lin_mean"]) / a["lin_scale"])[:, None, :] @ a["lin_coef"])[:, 0, 0]
+                      + a["lin_intercept"]).tolist()
         for g in self.groups:
-            if not g.endswith("trees"):
+            if g.endswith("trees"):
+                lo, hi = a[f"{g}_trees"]
+                members.append(float(value[lo:hi].sum(dtype=np.float32) + a[f"{g}_baseline"][0]))
+            elif "lin_median" in a:
+                members.append(linear.pop(0))
+            else:
                 z = np.concatenate([np.where(missing, a[f"{g}_median"], s), missing[a[f"{g}_indicator"]]])
-                members.append(float(((z - a[f"{g}_mean"]) / a[f"{g}_scale"]) @ a[f"{g}_coef"] + a[f"{g}_intercept"][0]))
-                continue
-            v = s[a[f"{g}_feature"]].astype(np.float64)  # (n_trees * width,) each node's split value
-            with np.errstate(invalid="ignore"):  # as in trees()
-                go_left = (v <= a[f"{g}_threshold"]) | (np.isnan(v) & a[f"{g}_missing_left"])
-            child = np.where(go_left, a[f"{g}_left"], a[f"{g}_right"]) + a[f"{g}_offset"]  # the next node, flat
-            node = a[f"{g}_root"]
-            for _ in range(int(a[f"{g}_depth"][0])):  # leaves are their own children
-                node = child[node]
-            members.append(float(a[f"{g}_value"][node].sum(dtype=np.float32) + a[f"{g}_baseline"][0]))
-        h = np.float32(min(max(s[-1], a["knots"][0]), a["knots"][-1]))  # as weights()
-        basis = np.clip(np.minimum((h - a["_hat_lo"]) / a["_hat_lo_w"], (a["_hat_hi"] - h) / a["_hat_hi_w"]), 0, 1)
-        return float(np.array(members, np.float32) @ (basis @ a["stack"]) + basis @ a["bias"])
+                members.append(float(((z - a[f"{g}_mean"]) / a[f"{g}_scale"]) @ a[f"{g}_coef"]
+                                     + a[f"{g}_intercept"][0]))
+        weights, bias = self._numpy_weights(s[-1], a)
+        return float(np.array(members, np.float32) @ weights + bias)
+
+    def _numpy_weights(self, hour: np.float32, a: dict):
+        """:meth:`weights` at ``hour`` in numpy: the stacking weights (1 + members,) and the bias, kept per hour (a
+        stream asks at the ends of its bins, a few dozen hours)."""
+        cache = self.__dict__.setdefault("_hour_weights", {})
+        got = cache.get(float(hour))
+        if got is None:
+            h = np.float32(min(max(hour, a["knots"][0]), a["knots"][-1]))  # as weights()
+            basis = np.clip(np.minimum((h - a["_hat_lo"]) / a["_hat_lo_w"], (a["_hat_hi"] - h) / a["_hat_hi_w"]), 0, 1)
+            if len(cache) >= 4096:
+                cache.clear()
+            got = cache[float(hour)] = (basis @ a["stack"], basis @ a["bias"])
+        return got
+
+    def _numpy_arrays(self) -> dict:
+        """The buffers as numpy arrays for :meth:`numpy_logit`, built once, with the tree members' nodes renumbered
+        into one list: every tree member's internal nodes first, then their leaves.
+
+        For the internal nodes: ``split_at``, where in ``[summary with NaN as -inf, summary]`` the split value is
+        (the first half where missing values go left); ``split_below``, the float32 threshold that a float32 value
+        is at or below exactly when it is at or below the float64 threshold (the largest float32 not above it:
+        the same decisions without a float64 copy of the values); ``split_left``/``split_right``, the children.
+        ``leaf_self``: each leaf is its own child; ``leaf_value``: each node's value (0 but at leaves); ``roots``
+        (all trees,) each tree's first node; ``<group>_trees``: the group's range of trees. ``lin_*``: the
+        logistic-regression members' arrays stacked, when they share their indicator columns."""
+        a = {k: v.numpy() for k, v in self.state_dict().items()}
+        a.update({k: v.numpy() for k, v in self.named_buffers() if k.startswith("_hat_")})
+        groups = [g for g in self.groups if g.endswith("trees")]
+        F = len(a[f"{self.groups[0]}_median"])  # the summary's width
+        flat = {name: np.concatenate([a[f"{g}_{name}"].reshape(-1) for g in groups])
+                for name in ("feature", "threshold", "missing_left", "left", "right", "leaf", "value")}
+        first, nodes, trees, depth = [], 0, 0, 0  # each tree's first node in the one list, before renumbering
+        for g in groups:
+            n_trees, width = a[f"{g}_feature"].shape
+            first.append(nodes + np.arange(n_trees) * width)
+            a[f"{g}_trees"] = (trees, trees + n_trees)
+            nodes, trees, depth = nodes + n_trees * width, trees + n_trees, max(depth, int(a[f"{g}_depth"]))
+        first = np.concatenate(first)
+        offset = np.repeat(first, np.diff(np.r_[first, nodes]))  # a node's tree's first node
+        inner, leaves = np.flatnonzero(~flat["leaf"]), np.flatnonzero(flat["leaf"])
+        order = np.r_[inner, leaves]  # internal nodes first
+        new = np.empty_like(order)
+        new[order] = np.arange(nodes)  # old position -> new number
+        threshold = flat["threshold"][inner]
+        with np.errstate(over="ignore"):  # a threshold past float32's range: handled below
+            below = threshold.astype(np.float32)
+        below = np.where(below > threshold, np.nextafter(below, np.float32(-np.inf)), below).astype(np.float32)
+        below[threshold > np.finfo(np.float32).max] = np.inf  # every float32 but NaN is at or below it
+        a.update(split_at=flat["feature"][inner] + np.where(flat["missing_left"][inner], 0, F), split_below=below,
+                 split_left=new[flat["left"][inner] + offset[inner]], split_right=new[flat["right"][inner] + offset[inner]],
+                 leaf_self=np.arange(len(inner), nodes), leaf_value=flat["value"][order], roots=new[first], depth=depth)
+        linear = [g for g in self.groups if not g.endswith("trees")]
+        if all(np.array_equal(a[f"{g}_indicator"], a[f"{linear[0]}_indicator"]) for g in linear):
+            a.update({f"lin_{name}": np.stack([a[f"{g}_{name}"] for g in linear])
+                      for name in ("median", "mean", "scale", "coef")}, lin_indicator=a[f"{linear[0]}_indicator"],
+                     lin_intercept=np.stack([a[f"{g}_intercept"][0] for g in linear]))
+            a["lin_coef"] = a["lin_coef"][:, :, None]  # (members, F + I, 1): a dot product per member, as linear()
+        self.__dict__["_arrays"] = a
+        return a
 
     def forward(self, lstm_logit: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         s = summary.float()
