@@ -1,7 +1,7 @@
 """python benchmarks/bench_ensemble.py --model runs/physionet_a/model --stays 2000 --repeats 5
 
 How to evaluate the K networks of an ensemble on CPU: one after another (what ``predict`` does), or as one
-batched computation. Three batched forms are timed against the members one by one, side by side in one process
+batched computation. Four other forms are timed against the members one by one, side by side in one process
 on the same inputs (the first ``--stays`` scorable stays of PhysioNet set B, gridded once), each checked to give
 the members' mean logit:
 
@@ -10,6 +10,8 @@ the members' mean logit:
   side), then the K step heads;
 * **bmm**: the K members' input projections in one matrix product, then the recurrence stepped in Python with
   one batched matrix product (``torch.baddbmm``) per step for all K members;
+* **hand recurrence**: each member's input product, then its recurrence by ``MaskedLSTM.from_gates`` (the
+  SHAP path's hand-written LSTM step, tanh written as a sigmoid), member by member;
 * **vmap**: ``torch.func.stack_module_state`` + ``torch.func.vmap`` over ``functional_call`` (PyTorch's ensemble
   pattern), where the LSTM operator supports it.
 
@@ -130,6 +132,8 @@ def main() -> None:
     b = bmm(nets)
     forms["bmm recurrence"] = lambda: b(torch.stack([n.step_inputs(x, mask, delta, statics) for n in nets]),
                                         statics, last)
+    forms["hand recurrence"] = lambda: torch.stack([
+        n.from_gates(n.input_gates(n.step_inputs(x, mask, delta, statics)), statics, lengths) for n in nets]).mean(0)
     try:
         v = vmapped(nets)
         with torch.inference_mode():

@@ -33,6 +33,8 @@ check these values against exact Shapley values.
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -245,14 +247,14 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
             static_on = (on[:, V:] @ members) > 0  # (R, S) the present static players' columns
             statics = torch.where(static_on, torch.from_numpy(t.statics[rows]), torch.from_numpy(ref.statics[rows]))
             lengths = torch.from_numpy(t.lengths[rows])
-            pre = torch.empty(max(b - a for a, b, _ in chunks), T, G)  # reused by every chunk
+            pre = _scratch("pre", (max(b - a for a, b, _ in chunks), T, G))  # reused by every chunk
             for a, b, group in chunks:
                 idx = stays[group]
                 to = lambda arr: torch.from_numpy(arr[idx, :T])  # noqa: B023,E731
                 stay_inp, ref_inp = (net.step_inputs(to(d.x), to(d.mask), to(d.delta), torch.from_numpy(d.statics[idx]))
                                      for d in (t, ref))  # (n, T, 3V + S)
                 n, diff = len(idx), stay_inp - ref_inp
-                term = torch.empty(P, n, T, G)  # a player's term in a stay's pre-activations, players first
+                term = _scratch("term", (P, n, T, G))  # a player's term in a stay's pre-activations, players first
                 torch.bmm(diff[..., :3 * V].reshape(n * T, 3, V).permute(2, 0, 1), w_series,
                           out=term[:V].view(V, n * T, G))  # a variable's value, mask and elapsed-hours columns
                 term[V:] = torch.einsum("ns,sg,js->jng", diff[:, 0, 3 * V:], w[3 * V:], members)[:, :, None]
@@ -267,11 +269,26 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
                     for m in range(1, order.shape[1]):
                         prefix[:, m] += prefix[:, m - 1]
                     at += sizes[i]
-                logits[a:b] = net.from_gates(pre[:b - a], statics[a:b], lengths[a:b])[0]
+                logits[a:b] = net.from_gates(pre[:b - a], statics[a:b], lengths[a:b])
         parts = np.split(logits.numpy(), np.cumsum(sizes)[:-1])
         for i, ((_, players, perms), part) in enumerate(zip(pending, parts, strict=True)):
             out[i][k] = part.reshape(len(perms[k]), max(len(players) - 1, 0))
     return out
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape) -> torch.Tensor:
+    """An uninitialised float32 tensor of ``shape`` in this thread's buffer ``name``, kept for the thread's next
+    batch: the coalitions' tens of MB, allocated afresh batch after batch, were a tenth of the CPU time in page
+    faults. Freed with the thread (the worker threads end with :func:`shap_values`)."""
+    size = math.prod(shape)
+    buf = getattr(_SCRATCH, name, None)
+    if buf is None or buf.numel() < size:
+        buf = torch.empty(size)
+        setattr(_SCRATCH, name, buf)
+    return buf[:size].view(shape)
 
 
 _ROWS = 512  # coalitions per recurrence: ~25 MB of pre-activations, reused from freed memory (no page faults)

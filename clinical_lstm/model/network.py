@@ -95,8 +95,9 @@ class MaskedLSTM(nn.Module):
         return torch.nn.functional.linear(inp, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
 
     def from_gates(self, pre, statics, lengths):
-        """:meth:`from_inputs` (eval mode) from the first layer's gate pre-activations ``pre`` (B, T, 4H), the
-        :meth:`input_gates` of the step inputs; ``pre`` is used as scratch space (overwritten).
+        """The stays' logits (B,) as :meth:`from_inputs` gives them (eval mode), from the first layer's gate
+        pre-activations ``pre`` (B, T, 4H), the :meth:`input_gates` of the step inputs; ``pre`` is used as scratch
+        space (overwritten).
 
         SHAP's coalitions differ from each other by a few players' columns: their pre-activations are the
         reference's plus the present players' terms, which costs a third of the input product; only the
@@ -104,12 +105,15 @@ class MaskedLSTM(nn.Module):
         :meth:`forward` in the tests."""
         if self.training:
             raise RuntimeError("from_gates is for evaluation: call .eval() first")
+        if self.cfg.num_layers == 1 and not self.cfg.attention:  # only each stay's last valid state is read
+            last = _recur(pre, self.lstm.weight_hh_l0, lengths)  # (B, H)
+            return self.head(last).squeeze(-1) + self.head_static(statics).squeeze(-1)
         hs = _recur(pre, self.lstm.weight_hh_l0)  # (B, T, H)
         for k in range(1, self.cfg.num_layers):
             w, b = getattr(self.lstm, f"weight_ih_l{k}"), getattr(self.lstm, f"bias_ih_l{k}")
             hs = _recur(torch.nn.functional.linear(hs, w, b + getattr(self.lstm, f"bias_hh_l{k}")),
                         getattr(self.lstm, f"weight_hh_l{k}"))
-        return self._readout(hs, statics, lengths)
+        return self._readout(hs, statics, lengths)[0]
 
     def _readout(self, hs, statics, lengths):
         """(logit, step_logits) from the last layer's hidden states ``hs`` (B, T, H)."""
@@ -127,9 +131,10 @@ class MaskedLSTM(nn.Module):
         return logit, step_logits
 
 
-def _recur(pre, w_hh):
+def _recur(pre, w_hh, lengths=None):
     """An LSTM layer's hidden states (B, T, H) from its gate pre-activations ``pre`` (B, T, 4H), which it overwrites,
-    and its recurrent weights ``w_hh`` (4H, H), from a zero state; each step writes into buffers made once.
+    and its recurrent weights ``w_hh`` (4H, H), from a zero state; each step writes into buffers made once. With
+    ``lengths`` (B,), only each row's state at its last valid step: (B, H).
 
     ``tanh(x) = 2 sigmoid(2x) - 1``: torch's CPU tanh costs six sigmoids per element, so the g block's
     pre-activations and weights are doubled and one sigmoid covers every gate; the cell state is kept doubled
@@ -139,11 +144,15 @@ def _recur(pre, w_hh):
     u = w_hh.t().contiguous()  # (H, 4H)
     u[:, 2 * H:3 * H] *= 2
     pre[:, :, 2 * H:3 * H] *= 2
-    hs = torch.empty(B, T, H, dtype=pre.dtype)
+    if lengths is None:
+        hs = torch.empty(B, T, H, dtype=pre.dtype)
+    else:
+        hs, last = torch.empty(B, H, dtype=pre.dtype), (lengths.long() - 1).clamp(min=0)
+        ends = {int(t): torch.nonzero(last == t).squeeze(1) for t in torch.unique(last)}
     h, c2 = torch.zeros(B, H, dtype=pre.dtype), torch.zeros(B, H, dtype=pre.dtype)
     g, s, a = torch.empty(B, G, dtype=pre.dtype), torch.empty(B, G, dtype=pre.dtype), torch.empty(B, H, dtype=pre.dtype)
     minus2, minus1 = torch.full((B, H), -2.0, dtype=pre.dtype), torch.full((B, H), -1.0, dtype=pre.dtype)
-    for t in range(T):
+    for t in range(T if lengths is None else int(max(ends)) + 1):
         torch.addmm(pre[:, t], h, u, out=g)
         torch.sigmoid(g, out=s)  # i, f, sigmoid(2 g), o
         torch.add(minus2, s[:, 2 * H:3 * H], alpha=4, out=a)  # 2 tanh(g)
@@ -151,7 +160,10 @@ def _recur(pre, w_hh):
         torch.sigmoid(c2, out=a)
         torch.add(minus1, a, alpha=2, out=a)  # tanh(c)
         torch.mul(s[:, 3 * H:], a, out=h)  # h = o * tanh(c)
-        hs[:, t] = h
+        if lengths is None:
+            hs[:, t] = h
+        elif t in ends:
+            hs[ends[t]] = h[ends[t]]
     return hs
 
 
@@ -283,22 +295,24 @@ class StepKernel:
 
         The stream runs the bins that closed since its last update and the open bin in one call: it keeps the
         state after the closed ones and reports the risk after the open one."""
-        H, K = self.H, self.K
-        commit = x.shape[0] if commit is None else commit
-        x, mask, delta = (np.asarray(a, np.float32)[None] for a in (x, mask, delta))  # (1, k, V), float32 as torch
+        H, K, V = self.H, self.K, self.V
+        k = len(x)
+        commit = k if commit is None else commit
+        x, mask, delta = (np.asarray(a, np.float32) for a in (x, mask, delta))  # (k, V), float32 as torch
+        inp = np.empty((K, k, 3 * V), np.float32)  # (K, k, 3V): x, mask, log1p(delta) of each member's input
         if self.decay:  # as MaskedLSTM.step_inputs
             gamma = np.exp(-np.maximum(self.decay_w[:, None] * delta + self.decay_b[:, None], 0))  # (K, k, V)
-            x = x * (mask + (1 - mask) * gamma)
-        k = x.shape[1]
-        inp = np.concatenate([np.broadcast_to(x, (K, k, self.V)), np.broadcast_to(mask, (K, k, self.V)),
-                              np.broadcast_to(np.log1p(delta), (K, k, self.V))], axis=2)  # (K, k, 3V)
-        s = np.asarray(statics, np.float32)
-        static_pre = (s @ self.w_static + self.bias[0])[:, None]  # (K, 1, 4H)
+            np.multiply(x, mask + (1 - mask) * gamma, out=inp[:, :, :V])
+        else:
+            inp[:, :, :V] = x
+        inp[:, :, V:2 * V] = mask
+        inp[:, :, 2 * V:] = np.log1p(delta)
+        s, static_pre = self._static_pre(statics)  # (S,), (K, 1, 4H)
         # Every product below has the shape of one step, whatever k is: a stream resumed from a saved state
         # (one step) then gets bit for bit the numbers of a stream that ran these steps in one call.
-        h, c = state["h"].copy(), state["c"].copy()
+        h, c = state["h"].copy(), state["c"].copy()  # (K, L, H), written in place below
         pool = {key: state[key] for key in ("att_max", "att_den", "att_num") if key in state}
-        new = {"h": h.copy(), "c": c.copy(), **pool}  # the state after `commit` steps, replaced below
+        new = {"h": h.copy(), "c": c.copy(), **pool} if commit == 0 else None  # the state after `commit` steps
         for t in range(k):
             below = None
             for layer in range(self.L):
@@ -313,14 +327,28 @@ class StepKernel:
             if self.attention:
                 score = (np.tanh(below @ self.attn_w1 + self.attn_b1[:, None])[:, 0] * self.attn_w2).sum(axis=1)
                 pool = _softmax_pool(pool, score[:, None], below.astype(np.float64))
-            if t == commit - 1:
-                new = {"h": h.copy(), "c": c.copy(), **pool}
+            if t == commit - 1:  # the last step needs no copy: h and c are not written after it
+                new = {"h": h.copy(), "c": c.copy(), **pool} if t < k - 1 else {"h": h, "c": c, **pool}
         if not self.attention:
             return new, np.einsum("kh,kh->k", h[:, -1], self.head_w) + self.head_b + self.head_static @ s
         pooled = pool["att_num"] / pool["att_den"][:, None]  # (K, H)
         logits = (np.einsum("kh,kh->k", pooled, self.attn_head_h) + np.einsum("ks,s->k", self.attn_head_s, s)
                   + self.attn_head_b)
         return new, logits
+
+    def _static_pre(self, statics) -> tuple[np.ndarray, np.ndarray]:
+        """The statics as float32 (S,) and their first-layer term with the bias (K, 1, 4H): the same at every step
+        of a stay, so it is computed once per statics (kept by their bytes, for the streams of a few hundred stays
+        at a time)."""
+        s = np.asarray(statics, np.float32)
+        key = s.tobytes()
+        cache = self.__dict__.setdefault("_static_cache", {})
+        got = cache.get(key)
+        if got is None:
+            if len(cache) >= 512:
+                cache.clear()
+            got = cache[key] = (s.copy(), (s @ self.w_static + self.bias[0])[:, None])
+        return got
 
 
 def _softmax_pool(state: dict, score: np.ndarray, hs: np.ndarray) -> dict:
