@@ -79,7 +79,7 @@ def reference(t: Tensors, transformer) -> Tensors:
     return Tensors(x, np.zeros_like(t.mask), delta, t.lengths.copy(), statics, t.stay_ids.copy(), summary)
 
 
-def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_batch: int = 512,
+def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_batch: int = 1024,
                 progress: bool | Callable[[int], object] = False, workers: int | None = None,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Per-variable SHAP values of the model's logit for every stay in ``t``.
@@ -131,71 +131,69 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     nets = model.networks
     K, N = len(nets), len(t)
     pairs = -(-max(1, -(-n_permutations // 2)) // K)  # antithetic pairs per network: the total rounded up to K's
-    ends = tuple([predict_logits(net, to_torch(d, torch.device("cpu"))).astype(np.float64) for net in nets]
-                 for d in (t, ref))  # each network's logit of every stay, then of its reference: (N,) each
-    lstm_out, lstm_base = (np.mean(e, axis=0) for e in ends)
     batches, pending, size = [], [], 0
     for n in range(N):
         observed = np.flatnonzero(t.mask[n, : t.lengths[n]].any(axis=0))  # dummy players are skipped
         players = np.r_[observed, V + np.arange(len(stat))]
         rng = np.random.default_rng([seed, _id_key(t.stay_ids[n])])
-        perms = [[q for _ in range(pairs) for p in [rng.permutation(len(players))] for q in (p, p[::-1])]
-                 for _ in range(K)]  # (K, 2 * pairs) permutations of the players
+        perms = np.array([[q for _ in range(pairs) for p in [rng.permutation(len(players))] for q in (p, p[::-1])]
+                          for _ in range(K)], dtype=np.int64).reshape(K, 2 * pairs, len(players))
         pending.append((n, players, perms))
         size += 2 * pairs * max(len(players) - 1, 0)
         if size >= max_batch or n == N - 1:
             batches.append(pending)
             pending, size = [], 0
+
+    def play(batch):  # each network's logits of the batch's stays and references, and of their coalitions
+        rows = [n for n, _, _ in batch]
+        ends = [np.stack([predict_logits(net, to_torch(d.subset(rows), torch.device("cpu"))) for net in nets])
+                .astype(np.float64) for d in (t, ref)]  # (K, stays) each
+        return ends, _play(nets, t, ref, batch, V, static_cols)
+
     workers = max(1, torch.get_num_threads() if workers is None else int(workers))
     report = progress if callable(progress) else None
     bar = tqdm(total=N, desc="explain", disable=report is not None or not progress, leave=False)
-    phi_net = np.zeros((N, P))
+    phi_net, lstm_out, lstm_base = np.zeros((N, P)), np.zeros(N), np.zeros(N)
     with torch_threads(1 if workers > 1 else None), ThreadPoolExecutor(max_workers=workers) as pool:
         try:
-            members = None if model.head is None else pool.submit(_member_part, model, t, ref, lstm_out, lstm_base, stat)
-            played = pool.map(lambda batch: _play(nets, t, ref, batch, V, static_cols), batches)
-            for batch, interior in zip(batches, played, strict=True):
-                for (m, pl_, pm), values in zip(batch, interior, strict=True):
-                    contrib = np.zeros(len(pl_))
-                    for k in range(K):  # the coalitions' logits: reference, interior prefixes, stay
-                        vals = np.concatenate([np.full((len(pm[k]), 1), ends[1][k][m]), values[k],
-                                               np.full((len(pm[k]), 1), ends[0][k][m])], axis=1)
-                        marg = np.diff(vals, axis=1)  # (2 * pairs, M): contribution of the j-th player added
-                        for r, perm in enumerate(pm[k]):
-                            contrib[perm] += marg[r] / (len(pm[k]) * K)
-                    phi_net[m, pl_] = contrib
+            members = None if model.head is None else pool.submit(_member_part, model, t, ref, stat)
+            for batch, ((full, none), interior) in zip(batches, pool.map(play, batches), strict=True):
+                for i, ((m, pl_, pm), values) in enumerate(zip(batch, interior, strict=True)):
+                    vals = np.concatenate([np.broadcast_to(none[:, i, None, None], (K, 2 * pairs, 1)), np.stack(values),
+                                           np.broadcast_to(full[:, i, None, None], (K, 2 * pairs, 1))], axis=2)
+                    marg = np.diff(vals, axis=2)  # (K, 2 * pairs, M): the contribution of each player added
+                    phi_net[m, pl_] = np.bincount(pm.ravel(), marg.ravel(), len(pl_)) / (2 * pairs * K)
+                    lstm_out[m], lstm_base[m] = full[:, i].mean(), none[:, i].mean()
                 if report is not None:
                     report(len(batch))
                 bar.update(len(batch))
-            if members is None:
-                return phi_net, lstm_base, lstm_out, names
-            w, output, base, phi_members = members.result()
+            w, phi_members = (None, None) if members is None else members.result()
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)  # a stopped job stops now, not after every batch
             raise
         finally:
             bar.close()
-    return w[:, :1] * phi_net + phi_members, base, output, names
+    if model.head is None:
+        return phi_net, lstm_base, lstm_out, names
+    with torch.inference_mode():  # the stacked logits of the stays and of their references
+        output = model.head(torch.from_numpy(lstm_out.astype(np.float32)), torch.from_numpy(t.summary))
+        base = model.head(torch.from_numpy(lstm_base.astype(np.float32)), torch.from_numpy(ref.summary))
+    return w[:, :1] * phi_net + phi_members, base.double().numpy(), output.double().numpy(), names
 
 
-def _member_part(model, t, ref, lstm_out, lstm_base, stat):
-    """The stacking's weights (N, 1 + members) at each stay's hour, the stacked logit of the stay and of its
-    reference (from the networks' mean logits ``lstm_out``, ``lstm_base``), and the summary members'
-    stacking-weighted exact values (N, P)."""
+def _member_part(model, t, ref, stat):
+    """The stacking's weights (N, 1 + members) at each stay's hour and the summary members' stacking-weighted exact
+    values (N, P)."""
     from .members import column_players, member_values
 
     head, V = model.head, t.x.shape[2]
-    P = V + len(stat)
     with torch.inference_mode():
-        w, _ = head.weights(torch.from_numpy(t.summary[:, -1]))  # (N, 1 + members) at each stay's hour
-        output = head(torch.from_numpy(lstm_out.astype(np.float32)), torch.from_numpy(t.summary)).double().numpy()
-        base = head(torch.from_numpy(lstm_base.astype(np.float32)), torch.from_numpy(ref.summary)).double().numpy()
-    w = w.double().numpy()
+        w = head.weights(torch.from_numpy(t.summary[:, -1]))[0].double().numpy()  # (N, 1 + members)
     owner = column_players(t.summary.shape[1], player_columns(V, [cols for _, cols in stat]))
-    phi = np.zeros((len(t), P))
-    for j, values in enumerate(member_values(head, t.summary, ref.summary, owner, P)):
+    phi = np.zeros((len(t), V + len(stat)))
+    for j, values in enumerate(member_values(head, t.summary, ref.summary, owner, V + len(stat))):
         phi += w[:, 1 + j, None] * values
-    return w, output, base, phi
+    return w, phi
 
 
 def _id_key(stay_id) -> int:
@@ -291,7 +289,7 @@ def _scratch(name: str, shape) -> torch.Tensor:
     return buf[:size].view(shape)
 
 
-_ROWS = 512  # coalitions per recurrence: ~25 MB of pre-activations, reused from freed memory (no page faults)
+_ROWS = 1024  # coalitions per recurrence: ~50 MB of pre-activations per worker thread (_scratch)
 
 
 def _chunks(sizes, rows):
