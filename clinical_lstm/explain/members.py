@@ -100,29 +100,53 @@ def leaf_paths(head, group: str) -> dict[str, np.ndarray]:
 
 def _tree_values(head, group, x, r, owner, n_players):
     p = leaf_paths(head, group)
-    L, D = p["feature"].shape
-    step_owner = np.where(p["step"], owner[p["feature"]], -1)  # (L, D)
-    onehot = np.zeros((L, D, n_players + 1), np.float32)  # the last column: no player (padding, the hour)
-    onehot[np.arange(L)[:, None], np.arange(D)[None, :], np.where(step_owner >= 0, step_owner, n_players)] = 1
-    onehot_by_leaf = onehot[:, :, :n_players]  # (L, D, P)
+    slots = _slots(p, owner, n_players)
+    L, U = slots["player"].shape
     lf = np.array([math.lgamma(k + 1) for k in range(n_players + 1)])  # log k!
     out = np.zeros((len(x), n_players))
     for lo in range(0, len(x), CHUNK_STAYS):
         xs, rs = x[lo:lo + CHUNK_STAYS], r[lo:lo + CHUNK_STAYS]
         x_ok, r_ok = (_follows(s, p) for s in (xs, rs))  # (n, L, D) whether the step is taken
-        if ((x_ok != r_ok) & (step_owner < 0)[None]).any():
+        if ((x_ok != r_ok) & slots["unowned"][None]).any():
             raise ValueError("a summary column no player owns differs between a stay and its reference")
         reachable = (x_ok | r_ok).all(axis=2)  # (n, L) by some coalition
-        need_in = np.matmul((x_ok & ~r_ok).transpose(1, 0, 2).astype(np.float32), onehot_by_leaf) > 0  # (L, n, P)
-        need_out = np.matmul((r_ok & ~x_ok).transpose(1, 0, 2).astype(np.float32), onehot_by_leaf) > 0
+        # a leaf's players that must be in (out of) the coalition, by the leaf's own player slots: (L, n, U)
+        need_in = np.matmul((x_ok & ~r_ok).transpose(1, 0, 2).astype(np.float32), slots["onehot"]) > 0
+        need_out = np.matmul((r_ok & ~x_ok).transpose(1, 0, 2).astype(np.float32), slots["onehot"]) > 0
         a, b = need_in.sum(axis=2), need_out.sum(axis=2)  # (L, n)
         live = reachable.T & ~(need_in & need_out).any(axis=2) & (a + b > 0)
         value = np.where(live, p["value"][:, None], 0.0)  # (L, n)
         w_in = np.where(a > 0, np.exp(lf[np.maximum(a - 1, 0)] + lf[b] - lf[a + b]), 0)  # (a-1)! b! / (a+b)!
         w_out = np.where(b > 0, np.exp(lf[a] + lf[np.maximum(b - 1, 0)] - lf[a + b]), 0)  # a! (b-1)! / (a+b)!
-        out[lo:lo + CHUNK_STAYS] = (np.einsum("ln,lnp->np", value * w_in, need_in.astype(np.float64))
-                                    - np.einsum("ln,lnp->np", value * w_out, need_out.astype(np.float64)))
+        share = (np.where(need_in, (value * w_in)[:, :, None], 0.0)
+                 - np.where(need_out, (value * w_out)[:, :, None], 0.0))  # (L, n, U) each slot's value
+        player = np.broadcast_to(slots["player"][:, None, :], share.shape)  # (L, n, U), n_players: an empty slot
+        stay = np.broadcast_to(np.arange(len(xs))[None, :, None], share.shape)
+        out[lo:lo + CHUNK_STAYS] = np.bincount((stay * (n_players + 1) + player).ravel(), share.ravel(),
+                                               len(xs) * (n_players + 1)).reshape(len(xs), -1)[:, :n_players]
     return out
+
+
+def _slots(p: dict, owner: np.ndarray, n_players: int) -> dict[str, np.ndarray]:
+    """Each leaf's players as slots: ``player`` (L, U), the distinct players a leaf's path splits on (``n_players``
+    in unused slots); ``onehot`` (L, D, U) float32, which slot each step of the path belongs to (none for padding
+    and for the columns no player owns); ``unowned`` (L, D), the steps on a column no player owns. A path
+    splitting twice on one player's columns gives it one slot, so a slot holds exactly one player."""
+    key = ("slots", owner.tobytes(), n_players)
+    if key in p:
+        return p[key]
+    step_owner = np.where(p["step"], owner[p["feature"]], -1)  # (L, D)
+    L, D = step_owner.shape
+    distinct = [np.unique(row[row >= 0]) for row in step_owner]
+    U = max(1, max(len(d) for d in distinct))
+    player = np.full((L, U), n_players, np.int64)
+    onehot = np.zeros((L, D, U), np.float32)
+    for leaf, players in enumerate(distinct):
+        player[leaf, :len(players)] = players
+        steps = np.flatnonzero(step_owner[leaf] >= 0)
+        onehot[leaf, steps, np.searchsorted(players, step_owner[leaf, steps])] = 1
+    p[key] = {"player": player, "onehot": onehot, "unowned": p["step"] & (step_owner < 0)}
+    return p[key]
 
 
 def _follows(s: np.ndarray, p: dict) -> np.ndarray:
