@@ -313,6 +313,31 @@ def test_values_agree_with_shap_exact_over_the_same_grouped_masker(small, n_netw
     assert loo_gap > 0.1, "the players barely interact: agreement would not test the permutation sampler"
 
 
+def test_a_stay_with_one_player_has_no_coalitions_and_leaves_its_batch_unchanged(small):
+    """A stay whose only player is one variable has no interior coalition: played in a batch with others it gets
+    an empty table, and the others' coalition logits are those they get without it."""
+    from clinical_lstm.explain.shapley import _play, static_players
+
+    model, _, t = small
+    V, tr = t.x.shape[2], model.transformer
+    stat = static_players(tr)
+    static_cols = np.zeros((len(stat), t.statics.shape[1]), dtype=bool)
+    for j, (_, cols) in enumerate(stat):
+        static_cols[j, cols] = True
+    ref = reference(t, tr)
+    rng = np.random.default_rng(0)
+    players = np.r_[np.flatnonzero(t.mask[1, : t.lengths[1]].any(axis=0)), V + np.arange(len(stat))]
+    perm = rng.permutation(len(players))
+    normal = (1, players, np.array([[perm, perm[::-1]]] * len(model.networks)))
+    lone = (0, np.array([V]), np.zeros((len(model.networks), 2, 1), np.int64))
+    together = _play(model.networks, t, ref, [lone, normal], V, static_cols)
+    alone = _play(model.networks, t, ref, [normal], V, static_cols)
+    assert all(part.shape == (2, 0) for part in together[0])
+    for got, want in zip(together[1], alone[0], strict=True):
+        assert got.shape == (2, len(players) - 1)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
 def brute_force_shapley(v: np.ndarray, P: int) -> np.ndarray:
     """(P,) Shapley values of a game table ``v`` (bit j of the index = player j present), by the definition."""
     from math import factorial

@@ -222,9 +222,9 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
 
     A coalition's step inputs take each player's columns from the stay's or the reference's, so its first-layer
     gate pre-activations are the reference's plus one term per present player: that player's columns of the
-    input weights times the stay's minus the reference's inputs, computed once per stay and network. The
-    coalitions' pre-activations are then one product of their players-present matrix with those terms (a third
-    of the input product's arithmetic), and the networks only run their recurrences
+    input weights times the stay's minus the reference's inputs, computed once per stay and network. A
+    permutation's coalitions are then the reference's pre-activations plus a running sum of its players' terms (no
+    matrix product), and the networks only run their recurrences
     (:meth:`~clinical_lstm.model.network.MaskedLSTM.from_gates`)."""
     out = [[None] * len(nets) for _ in pending]
     stays = np.array([n for n, _, _ in pending])
@@ -261,6 +261,8 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
                 for j, i in enumerate(group):  # a permutation's prefixes: the reference's plus a running sum
                     _, players, perms = pending[i]
                     order = torch.from_numpy(players[np.asarray(perms[k], dtype=np.int64)[:, :-1]])  # (R_i, M - 1)
+                    if not sizes[i]:  # one player: no interior coalition
+                        continue
                     prefix = pre[at:at + sizes[i]].view(*order.shape, T * G)
                     torch.index_select(term[:, j].reshape(P, T * G), 0, order.reshape(-1), out=prefix.view(-1, T * G))
                     prefix[:, 0] += base[j].reshape(T * G)
