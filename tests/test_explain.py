@@ -313,10 +313,15 @@ def test_values_agree_with_shap_exact_over_the_same_grouped_masker(small, n_netw
     assert loo_gap > 0.1, "the players barely interact: agreement would not test the permutation sampler"
 
 
-def test_a_stay_with_one_player_has_no_coalitions_and_leaves_its_batch_unchanged(small):
-    """A stay whose only player is one variable has no interior coalition: played in a batch with others it gets
-    an empty table, and the others' coalition logits are those they get without it."""
+@pytest.mark.parametrize("rows", [1024, 1])
+def test_a_stay_with_one_player_has_no_coalitions_and_leaves_its_batch_unchanged(small, rows, monkeypatch):
+    """A stay whose only player is one variable has no interior coalition: played in a batch with others (in the
+    others' chunk, or alone in a chunk of its own) it gets an empty table, and the others' coalition logits are
+    those they get without it."""
+    from clinical_lstm.explain import shapley
     from clinical_lstm.explain.shapley import _play, static_players
+
+    monkeypatch.setattr(shapley, "_ROWS", rows)
 
     model, _, t = small
     V, tr = t.x.shape[2], model.transformer
@@ -330,10 +335,10 @@ def test_a_stay_with_one_player_has_no_coalitions_and_leaves_its_batch_unchanged
     perm = rng.permutation(len(players))
     normal = (1, players, np.array([[perm, perm[::-1]]] * len(model.networks)))
     lone = (0, np.array([V]), np.zeros((len(model.networks), 2, 1), np.int64))
-    together = _play(model.networks, t, ref, [lone, normal], V, static_cols)
+    together = _play(model.networks, t, ref, [normal, lone], V, static_cols)
     alone = _play(model.networks, t, ref, [normal], V, static_cols)
-    assert all(part.shape == (2, 0) for part in together[0])
-    for got, want in zip(together[1], alone[0], strict=True):
+    assert all(part.shape == (2, 0) for part in together[1])
+    for got, want in zip(together[0], alone[0], strict=True):
         assert got.shape == (2, len(players) - 1)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 

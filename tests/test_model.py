@@ -212,7 +212,9 @@ def test_from_gates_equals_forward(decay, attention, num_layers):
         want, _ = net(x, mask, delta, statics, lengths)
         pre = net.input_gates(net.step_inputs(x, mask, delta, statics))
         assert pre.abs().max() > 10
+        weights = [p.clone() for p in net.parameters()]
         got = net.from_gates(pre.clone(), statics, lengths)
+        assert all(torch.equal(a, b) for a, b in zip(weights, net.parameters(), strict=True))  # never written
         hs = _recur(pre.clone(), net.lstm.weight_hh_l0)  # (B, T, H) the first layer's states
         want_hs, _ = net.lstm(net.step_inputs(x, mask, delta, statics)) if num_layers == 1 else (None, None)
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=2e-6)

@@ -269,7 +269,8 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
                     for m in range(1, order.shape[1]):
                         prefix[:, m] += prefix[:, m - 1]
                     at += sizes[i]
-                logits[a:b] = net.from_gates(pre[:b - a], statics[a:b], lengths[a:b])
+                if b > a:  # a chunk of single-player stays has no coalition
+                    logits[a:b] = net.from_gates(pre[:b - a], statics[a:b], lengths[a:b])
         parts = np.split(logits.numpy(), np.cumsum(sizes)[:-1])
         for i, ((_, players, perms), part) in enumerate(zip(pending, parts, strict=True)):
             out[i][k] = part.reshape(len(perms[k]), max(len(players) - 1, 0))

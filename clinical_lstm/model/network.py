@@ -141,8 +141,9 @@ def _recur(pre, w_hh, lengths=None):
     (``c2 = 2c``) so that ``tanh(c)`` is one more sigmoid. Equal to nn.LSTM within float32 rounding (tested)."""
     B, T, G = pre.shape
     H = G // 4
-    u = w_hh.t().contiguous()  # (H, 4H)
-    u[:, 2 * H:3 * H] *= 2
+    double = torch.ones(G, dtype=pre.dtype)
+    double[2 * H:3 * H] = 2
+    u = (w_hh.t() * double).contiguous()  # (H, 4H), a new tensor: the weights are never written
     pre[:, :, 2 * H:3 * H] *= 2
     if lengths is None:
         hs = torch.empty(B, T, H, dtype=pre.dtype)
@@ -152,7 +153,7 @@ def _recur(pre, w_hh, lengths=None):
     h, c2 = torch.zeros(B, H, dtype=pre.dtype), torch.zeros(B, H, dtype=pre.dtype)
     g, s, a = torch.empty(B, G, dtype=pre.dtype), torch.empty(B, G, dtype=pre.dtype), torch.empty(B, H, dtype=pre.dtype)
     minus2, minus1 = torch.full((B, H), -2.0, dtype=pre.dtype), torch.full((B, H), -1.0, dtype=pre.dtype)
-    for t in range(T if lengths is None else int(max(ends)) + 1):
+    for t in range(T if lengths is None else max(ends, default=-1) + 1):
         torch.addmm(pre[:, t], h, u, out=g)
         torch.sigmoid(g, out=s)  # i, f, sigmoid(2 g), o
         torch.add(minus2, s[:, 2 * H:3 * H], alpha=4, out=a)  # 2 tanh(g)
