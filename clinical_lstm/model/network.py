@@ -83,9 +83,8 @@ class MaskedLSTM(nn.Module):
         return self.from_inputs(self.step_inputs(x, mask, delta, statics), statics, lengths)
 
     def from_inputs(self, inp, statics, lengths):
-        """:meth:`forward` from the step inputs ``inp`` (B, T, 3V + S) of :meth:`step_inputs`: SHAP's coalitions
-        mix a stay's and its reference's step inputs column by column, which equals building them from the mixed
-        channels (each column depends on one variable's channels or one static feature)."""
+        """:meth:`forward` from the step inputs ``inp`` (B, T, 3V + S) of :meth:`step_inputs` (each column depends on
+        one variable's channels or one static feature; SHAP's coalitions use that through :meth:`from_gates`)."""
         hs, _ = self.lstm(inp)  # (B, T, H)
         return self._readout(self._dropout(hs), statics, lengths)
 
