@@ -248,18 +248,10 @@ class SummaryHead(nn.Module):
         for _ in range(a["depth"]):  # leaves are their own children
             node = go[node]
         value = a["leaf_value"][node]  # (all trees,) each tree's leaf
-        if "lin_median" in a:  # the logistic-regression members at once (same indicator columns): as linear()
-            z = np.empty(a["lin_mean"].shape, np.float32)  # (members, F + I)
-            z[:, :len(s)] = np.where(missing, a["lin_median"], s)
-            z[:, len(s):] = missing[a["lin_indicator"]]
-            linear = ((((z - a["lin_mean"]) / a["lin_scale"])[:, None, :] @ a["lin_coef"])[:, 0, 0]
-                      + a["lin_intercept"]).tolist()
         for g in self.groups:
             if g.endswith("trees"):
                 lo, hi = a[f"{g}_trees"]
                 members.append(float(value[lo:hi].sum(dtype=np.float32) + a[f"{g}_baseline"][0]))
-            elif "lin_median" in a:
-                members.append(linear.pop(0))
             else:
                 z = np.concatenate([np.where(missing, a[f"{g}_median"], s), missing[a[f"{g}_indicator"]]])
                 members.append(float(((z - a[f"{g}_mean"]) / a[f"{g}_scale"]) @ a[f"{g}_coef"]
@@ -289,8 +281,7 @@ class SummaryHead(nn.Module):
         is at or below exactly when it is at or below the float64 threshold (the largest float32 not above it:
         the same decisions without a float64 copy of the values); ``split_left``/``split_right``, the children.
         ``leaf_self``: each leaf is its own child; ``leaf_value``: each node's value (0 but at leaves); ``roots``
-        (all trees,) each tree's first node; ``<group>_trees``: the group's range of trees. ``lin_*``: the
-        logistic-regression members' arrays stacked, when they share their indicator columns."""
+        (all trees,) each tree's first node; ``<group>_trees``: the group's range of trees."""
         a = {k: v.numpy() for k, v in self.state_dict().items()}
         a.update({k: v.numpy() for k, v in self.named_buffers() if k.startswith("_hat_")})
         groups = [g for g in self.groups if g.endswith("trees")]
@@ -317,12 +308,6 @@ class SummaryHead(nn.Module):
         a.update(split_at=flat["feature"][inner] + np.where(flat["missing_left"][inner], 0, F), split_below=below,
                  split_left=new[flat["left"][inner] + offset[inner]], split_right=new[flat["right"][inner] + offset[inner]],
                  leaf_self=np.arange(len(inner), nodes), leaf_value=flat["value"][order], roots=new[first], depth=depth)
-        linear = [g for g in self.groups if not g.endswith("trees")]
-        if all(np.array_equal(a[f"{g}_indicator"], a[f"{linear[0]}_indicator"]) for g in linear):
-            a.update({f"lin_{name}": np.stack([a[f"{g}_{name}"] for g in linear])
-                      for name in ("median", "mean", "scale", "coef")}, lin_indicator=a[f"{linear[0]}_indicator"],
-                     lin_intercept=np.stack([a[f"{g}_intercept"][0] for g in linear]))
-            a["lin_coef"] = a["lin_coef"][:, :, None]  # (members, F + I, 1): a dot product per member, as linear()
         self.__dict__["_arrays"] = a
         return a
 
