@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-CHUNK_STAYS = 64  # stays per tree pass: (stays, leaves, players) arrays of ~25 MB for the shipped members
+CHUNK_STAYS = 64  # stays per tree pass: (stays, nodes) decisions and (reachable leaves, path steps) arrays of a few MB
 
 
 def column_players(n_columns: int, player_columns: list[list[int]]) -> np.ndarray:
@@ -68,91 +68,119 @@ def _linear_values(head, group, x, r, owner, n_players):
 
 
 def leaf_paths(head, group: str) -> dict[str, np.ndarray]:
-    """Every leaf of a trees member as its root-to-leaf path (padded to the deepest): the split column, threshold,
-    where a missing value goes and the branch taken at each step, plus the leaf's value. Cached on the head."""
+    """Every leaf of a trees member as its root-to-leaf path (padded to the deepest): the node (flat index over the
+    member's trees) and branch taken at each step, ``step`` (whether a step is a real one, not padding), each leaf's
+    own node and value; and every node's split (``feature``, ``threshold``, ``missing_left``, flat). Cached on the
+    head."""
     cache = head.__dict__.setdefault("_leaf_paths", {})
     if group in cache:
         return cache[group]
     b = _buffers(head, group)
-    feats, thrs, mls, dirs, values = [], [], [], [], []
+    width = b["feature"].shape[1]
+    nodes, dirs, leaves = [], [], []
     for t in range(b["feature"].shape[0]):
         stack = [(0, [])]  # (node, [(node, went_left), ...])
         while stack:
             node, path = stack.pop()
             if b["leaf"][t, node]:
-                nodes = [n for n, _ in path]
-                feats.append(b["feature"][t, nodes])
-                thrs.append(b["threshold"][t, nodes])
-                mls.append(b["missing_left"][t, nodes])
-                dirs.append(np.array([d for _, d in path], bool))
-                values.append(float(b["value"][t, node]))
+                nodes.append([t * width + n for n, _ in path])
+                dirs.append([d for _, d in path])
+                leaves.append(t * width + node)
                 continue
             stack += [(int(b["left"][t, node]), [*path, (node, True)]),
                       (int(b["right"][t, node]), [*path, (node, False)])]
-    D = max(1, max(len(f) for f in feats))
+    D = max(1, max(len(n) for n in nodes))
     pad = lambda rows, dtype: np.stack([np.pad(np.asarray(a, dtype), (0, D - len(a))) for a in rows])  # noqa: E731
-    steps = np.arange(D)[None, :] < np.array([len(f) for f in feats])[:, None]
-    cache[group] = {"feature": pad(feats, np.int64), "threshold": pad(thrs, np.float64),
-                    "missing_left": pad(mls, bool), "left": pad(dirs, bool), "step": steps,
-                    "value": np.asarray(values, np.float64)}
+    cache[group] = {"node": pad(nodes, np.int64), "left": pad(dirs, bool),
+                    "step": np.arange(D)[None, :] < np.array([len(n) for n in nodes])[:, None],
+                    "leaf": np.asarray(leaves, np.int64), "value": b["value"].reshape(-1)[leaves].astype(np.float64),
+                    "feature": b["feature"].reshape(-1), "threshold": b["threshold"].reshape(-1).astype(np.float64),
+                    "missing_left": b["missing_left"].reshape(-1), "is_leaf": b["leaf"],
+                    "children": (b["left"], b["right"])}
     return cache[group]
 
 
 def _tree_values(head, group, x, r, owner, n_players):
+    """Per stay, only the leaves some coalition reaches (a sixth of them for the shipped members) are visited: a
+    node's branches are decided once for the stay and once for the reference, and a leaf is reachable when, at every
+    node of its path, the stay or the reference goes its way."""
     p = leaf_paths(head, group)
     slots = _slots(p, owner, n_players)
-    L, U = slots["player"].shape
     lf = np.array([math.lgamma(k + 1) for k in range(n_players + 1)])  # log k!
+    U = slots["player"].shape[1]
+    unowned = owner[p["feature"]] < 0  # (nodes,) splits on a column no player owns (the hour)
     out = np.zeros((len(x), n_players))
     for lo in range(0, len(x), CHUNK_STAYS):
-        xs, rs = x[lo:lo + CHUNK_STAYS], r[lo:lo + CHUNK_STAYS]
-        x_ok, r_ok = (_follows(s, p) for s in (xs, rs))  # (n, L, D) whether the step is taken
-        if ((x_ok != r_ok) & slots["unowned"][None]).any():
+        go_x, go_r = (_decide(s, p) for s in (x[lo:lo + CHUNK_STAYS], r[lo:lo + CHUNK_STAYS]))  # (n, nodes)
+        if ((go_x != go_r) & unowned & ~p["is_leaf"].reshape(-1)).any():
             raise ValueError("a summary column no player owns differs between a stay and its reference")
-        reachable = (x_ok | r_ok).all(axis=2)  # (n, L) by some coalition
-        # a leaf's players that must be in (out of) the coalition, by the leaf's own player slots: (L, n, U)
-        need_in = np.matmul((x_ok & ~r_ok).transpose(1, 0, 2).astype(np.float32), slots["onehot"]) > 0
-        need_out = np.matmul((r_ok & ~x_ok).transpose(1, 0, 2).astype(np.float32), slots["onehot"]) > 0
-        a, b = need_in.sum(axis=2), need_out.sum(axis=2)  # (L, n)
-        live = reachable.T & ~(need_in & need_out).any(axis=2) & (a + b > 0)
-        value = np.where(live, p["value"][:, None], 0.0)  # (L, n)
-        w_in = np.where(a > 0, np.exp(lf[np.maximum(a - 1, 0)] + lf[b] - lf[a + b]), 0)  # (a-1)! b! / (a+b)!
-        w_out = np.where(b > 0, np.exp(lf[a] + lf[np.maximum(b - 1, 0)] - lf[a + b]), 0)  # a! (b-1)! / (a+b)!
-        share = (np.where(need_in, (value * w_in)[:, :, None], 0.0)
-                 - np.where(need_out, (value * w_out)[:, :, None], 0.0))  # (L, n, U) each slot's value
-        player = np.broadcast_to(slots["player"][:, None, :], share.shape)  # (L, n, U), n_players: an empty slot
-        stay = np.broadcast_to(np.arange(len(xs))[None, :, None], share.shape)
-        out[lo:lo + CHUNK_STAYS] = np.bincount((stay * (n_players + 1) + player).ravel(), share.ravel(),
-                                               len(xs) * (n_players + 1)).reshape(len(xs), -1)[:, :n_players]
+        reach = _reachable(go_x, go_r, p)[:, p["leaf"]]  # (n, L) the leaves some coalition reaches
+        stay, leaf = np.divmod(np.flatnonzero(reach), reach.shape[1])  # as pairs
+        node, left, step = p["node"][leaf], p["left"][leaf], p["step"][leaf]  # (pairs, D)
+        x_ok, r_ok = (go[stay[:, None], node] == left for go in (go_x, go_r))  # (pairs, D) the step taken
+        slot = slots["slot"][leaf]  # (pairs, D)
+        need = []  # a leaf's players that must be in (out of) the coalition, by the leaf's own slots: (pairs, U) each
+        for only in (x_ok & ~r_ok & step, r_ok & ~x_ok & step):  # steps only the stay (only the reference) takes
+            at, d = np.divmod(np.flatnonzero(only), only.shape[1])
+            need.append(np.zeros((len(leaf), U + 1), bool))
+            need[-1][at, slot[at, d]] = True
+        need_in, need_out = need[0][:, :U], need[1][:, :U]
+        a, b = need_in.sum(axis=1), need_out.sum(axis=1)  # (pairs,)
+        value = np.where((need_in & need_out).any(axis=1), 0.0, p["value"][leaf])  # a leaf needing a player both
+        # in and out is never reached; each player of A gets value (a-1)! b! / (a+b)!, each of B -value a! (b-1)! / (a+b)!
+        w_in = value * np.exp(lf[np.maximum(a - 1, 0)] + lf[b] - lf[a + b])
+        w_out = -value * np.exp(lf[a] + lf[np.maximum(b - 1, 0)] - lf[a + b])
+        (i, u), (j, v) = np.nonzero(need_in), np.nonzero(need_out)
+        key = np.concatenate([stay[i] * n_players + slots["player"][leaf[i], u],
+                              stay[j] * n_players + slots["player"][leaf[j], v]])
+        out[lo:lo + CHUNK_STAYS] = np.bincount(key, np.concatenate([w_in[i], w_out[j]]),
+                                               len(go_x) * n_players).reshape(len(go_x), n_players)
     return out
+
+
+def _decide(s: np.ndarray, p: dict) -> np.ndarray:
+    """(n, nodes): whether summary rows ``s`` (n, F) go left at each node of a trees member, compared in float64 with
+    missing values sent where training sent them, as :meth:`SummaryHead.trees` (meaningless at leaves)."""
+    v = s.astype(np.float32).astype(np.float64)[:, p["feature"]]  # (n, nodes)
+    with np.errstate(invalid="ignore"):
+        return (v <= p["threshold"]) | (np.isnan(v) & p["missing_left"])
+
+
+def _reachable(go_x: np.ndarray, go_r: np.ndarray, p: dict) -> np.ndarray:
+    """(n, nodes): whether some coalition reaches each node, i.e. at every node above it the stay or the reference
+    goes its way; walked from the roots (a child's index is above its parent's)."""
+    is_leaf, (left, right) = p["is_leaf"], p["children"]
+    n_trees, width = is_leaf.shape
+    reach = np.zeros((len(go_x), n_trees, width), bool)
+    reach[:, :, 0] = True
+    gx, gr = go_x.reshape(-1, n_trees, width), go_r.reshape(-1, n_trees, width)
+    for j in range(width):
+        trees = np.flatnonzero(~is_leaf[:, j])
+        if not len(trees):
+            continue
+        here = reach[:, trees, j]
+        reach[:, trees, left[trees, j]] = here & (gx[:, trees, j] | gr[:, trees, j])
+        reach[:, trees, right[trees, j]] = here & ~(gx[:, trees, j] & gr[:, trees, j])
+    return reach.reshape(len(go_x), -1)
 
 
 def _slots(p: dict, owner: np.ndarray, n_players: int) -> dict[str, np.ndarray]:
     """Each leaf's players as slots: ``player`` (L, U), the distinct players a leaf's path splits on (``n_players``
-    in unused slots); ``onehot`` (L, D, U) float32, which slot each step of the path belongs to (none for padding
-    and for the columns no player owns); ``unowned`` (L, D), the steps on a column no player owns. A path
-    splitting twice on one player's columns gives it one slot, so a slot holds exactly one player."""
+    in unused slots); ``slot`` (L, D), which slot each step of the path belongs to (U for padding and for the
+    columns no player owns). A path splitting twice on one player's columns gives it one slot, so a slot holds
+    exactly one player."""
     key = ("slots", owner.tobytes(), n_players)
     if key in p:
         return p[key]
-    step_owner = np.where(p["step"], owner[p["feature"]], -1)  # (L, D)
+    step_owner = np.where(p["step"], owner[p["feature"][p["node"]]], -1)  # (L, D)
     L, D = step_owner.shape
     distinct = [np.unique(row[row >= 0]) for row in step_owner]
     U = max(1, max(len(d) for d in distinct))
     player = np.full((L, U), n_players, np.int64)
-    onehot = np.zeros((L, D, U), np.float32)
+    slot = np.full((L, D), U, np.int64)
     for leaf, players in enumerate(distinct):
         player[leaf, :len(players)] = players
         steps = np.flatnonzero(step_owner[leaf] >= 0)
-        onehot[leaf, steps, np.searchsorted(players, step_owner[leaf, steps])] = 1
-    p[key] = {"player": player, "onehot": onehot, "unowned": p["step"] & (step_owner < 0)}
+        slot[leaf, steps] = np.searchsorted(players, step_owner[leaf, steps])
+    p[key] = {"player": player, "slot": slot}
     return p[key]
-
-
-def _follows(s: np.ndarray, p: dict) -> np.ndarray:
-    """(n, L, D): whether summary rows ``s`` (n, F) take each step of each leaf's path (padding always does),
-    compared in float64 with missing values sent where training sent them, as :meth:`SummaryHead.trees`."""
-    v = s.astype(np.float32).astype(np.float64)[:, p["feature"]]  # (n, L, D)
-    with np.errstate(invalid="ignore"):
-        left = (v <= p["threshold"]) | (np.isnan(v) & p["missing_left"])
-    return (left == p["left"]) | ~p["step"]
