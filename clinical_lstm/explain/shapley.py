@@ -225,19 +225,25 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
     input weights times the stay's minus the reference's inputs, computed once per stay and network. A
     permutation's coalitions are then the reference's pre-activations plus a running sum of its players' terms (no
     matrix product), and the networks only run their recurrences
-    (:meth:`~clinical_lstm.model.network.MaskedLSTM.from_gates`)."""
+    (:meth:`~clinical_lstm.model.network.MaskedLSTM.from_gates`). The reversed permutation of an antithetic pair
+    needs no sum of its own: its prefix of ``M - j`` players is everyone but the forward prefix of ``j``, i.e. the
+    reference's plus the stay's pre-activations minus that prefix's. Its rows are kept in the forward prefixes'
+    order (``_layout``) and put back in the end."""
     out = [[None] * len(nets) for _ in pending]
     stays = np.array([n for n, _, _ in pending])
     T, P = int(t.lengths[stays].max()), V + len(static_cols)
     members = torch.from_numpy(static_cols.astype(np.float32))  # (static players, S)
+    layout = [_layout(len(perms[0]), len(players) - 1) for _, players, perms in pending]  # row -> coalition
     for k, net in enumerate(nets):
-        present = [torch.from_numpy(_coalitions(perms[k], players, P)).float() for _, players, perms in pending]
+        present = [torch.from_numpy(_coalitions(perms[k], players, P)[rows]).float()
+                   for (_, players, perms), rows in zip(pending, layout, strict=True)]
         sizes = [len(c) for c in present]
         chunks = list(_chunks(sizes, _ROWS))
         logits = torch.empty(sum(sizes), dtype=torch.float64)
         if chunks and sum(sizes):
             net.eval()
-            w = net.lstm.weight_ih_l0.t()  # (3V + S, 4H)
+            scale = net.gate_scale()  # the g block doubled (from_gates(doubled=True)): once, in the weights
+            w = net.lstm.weight_ih_l0.t() * scale  # (3V + S, 4H), a new tensor
             G = w.shape[1]
             w_series = w[:3 * V].reshape(3, V, G).transpose(0, 1)  # (V, 3, 4H): a variable's three columns
             on = torch.cat(present)  # (R, P)
@@ -256,25 +262,39 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
                 torch.bmm(diff[..., :3 * V].reshape(n * T, 3, V).permute(2, 0, 1), w_series,
                           out=term[:V].view(V, n * T, G))  # a variable's value, mask and elapsed-hours columns
                 term[V:] = torch.einsum("ns,sg,js->jng", diff[:, 0, 3 * V:], w[3 * V:], members)[:, :, None]
-                base = net.input_gates(ref_inp)  # (n, T, 4H)
+                base = net.input_gates(ref_inp) * scale  # (n, T, 4H)
                 at = 0
-                for j, i in enumerate(group):  # a permutation's prefixes: the reference's plus a running sum
-                    _, players, perms = pending[i]
-                    order = torch.from_numpy(players[np.asarray(perms[k], dtype=np.int64)[:, :-1]])  # (R_i, M - 1)
+                for j, i in enumerate(group):
                     if not sizes[i]:  # one player: no interior coalition
                         continue
-                    prefix = pre[at:at + sizes[i]].view(*order.shape, T * G)
-                    torch.index_select(term[:, j].reshape(P, T * G), 0, order.reshape(-1), out=prefix.view(-1, T * G))
-                    prefix[:, 0] += base[j].reshape(T * G)
-                    for m in range(1, order.shape[1]):
-                        prefix[:, m] += prefix[:, m - 1]
+                    _, players, perms = pending[i]
+                    M = len(players)
+                    terms, start = term[:, j].reshape(P, T * G), base[j].reshape(T * G)
+                    block = pre[at:at + sizes[i]].view(-1, 2, M - 1, T * G)  # (pairs, forward / reversed, ...)
+                    for q, perm in enumerate(np.asarray(perms[k], dtype=np.int64)[0::2]):  # each pair's forward one
+                        forward, order = block[q, 0], torch.from_numpy(players[perm])
+                        torch.index_select(terms, 0, order[:-1], out=forward)  # the players' terms, in order
+                        forward[0] += start  # prefix j = the reference's + a running sum of j terms
+                        for m in range(1, M - 1):
+                            forward[m] += forward[m - 1]
+                        whole = start + forward[-1] + terms[order[-1]]  # the reference's + the stay's
+                        torch.sub(whole, forward, out=block[q, 1])  # the reversed prefixes of M - 1 .. 1 players
                     at += sizes[i]
                 if b > a:  # a chunk of single-player stays has no coalition
-                    logits[a:b] = net.from_gates(pre[:b - a], statics[a:b], lengths[a:b])
+                    logits[a:b] = net.from_gates(pre[:b - a], statics[a:b], lengths[a:b], doubled=True)
         parts = np.split(logits.numpy(), np.cumsum(sizes)[:-1])
         for i, ((_, players, perms), part) in enumerate(zip(pending, parts, strict=True)):
-            out[i][k] = part.reshape(len(perms[k]), max(len(players) - 1, 0))
+            out[i][k] = part[layout[i]].reshape(len(perms[k]), max(len(players) - 1, 0))
     return out
+
+
+def _layout(n_perms: int, interior: int) -> np.ndarray:
+    """The coalition row (permutation by permutation, prefixes of 1 .. M - 1 players) stored at each row of
+    :func:`_play`'s pre-activations: forward permutations in order, each reversed one's prefixes largest first.
+    Its own inverse."""
+    rows = np.arange(n_perms * interior).reshape(n_perms, interior)
+    rows[1::2] = rows[1::2, ::-1]
+    return rows.ravel()
 
 
 _SCRATCH = threading.local()

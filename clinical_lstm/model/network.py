@@ -93,10 +93,18 @@ class MaskedLSTM(nn.Module):
         lstm = self.lstm
         return torch.nn.functional.linear(inp, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
 
-    def from_gates(self, pre, statics, lengths):
+    def gate_scale(self) -> torch.Tensor:
+        """(4H,) ones, and 2 over the g block: :meth:`from_gates` with ``doubled=True`` takes pre-activations
+        scaled by it (see :func:`_recur`), so that a caller summing many of them scales its terms once."""
+        H = self.cfg.hidden_size
+        scale = torch.ones(4 * H)
+        scale[2 * H:3 * H] = 2
+        return scale
+
+    def from_gates(self, pre, statics, lengths, doubled: bool = False):
         """The stays' logits (B,) as :meth:`from_inputs` gives them (eval mode), from the first layer's gate
-        pre-activations ``pre`` (B, T, 4H), the :meth:`input_gates` of the step inputs; ``pre`` is used as scratch
-        space (overwritten).
+        pre-activations ``pre`` (B, T, 4H), the :meth:`input_gates` of the step inputs (times :meth:`gate_scale`
+        with ``doubled``); ``pre`` is used as scratch space (overwritten).
 
         SHAP's coalitions differ from each other by a few players' columns: their pre-activations are the
         reference's plus the present players' terms, which costs a third of the input product; only the
@@ -105,9 +113,9 @@ class MaskedLSTM(nn.Module):
         if self.training:
             raise RuntimeError("from_gates is for evaluation: call .eval() first")
         if self.cfg.num_layers == 1 and not self.cfg.attention:  # only each stay's last valid state is read
-            last = _recur(pre, self.lstm.weight_hh_l0, lengths)  # (B, H)
+            last = _recur(pre, self.lstm.weight_hh_l0, lengths, doubled=doubled)  # (B, H)
             return self.head(last).squeeze(-1) + self.head_static(statics).squeeze(-1)
-        hs = _recur(pre, self.lstm.weight_hh_l0)  # (B, T, H)
+        hs = _recur(pre, self.lstm.weight_hh_l0, doubled=doubled)  # (B, T, H)
         for k in range(1, self.cfg.num_layers):
             w, b = getattr(self.lstm, f"weight_ih_l{k}"), getattr(self.lstm, f"bias_ih_l{k}")
             hs = _recur(torch.nn.functional.linear(hs, w, b + getattr(self.lstm, f"bias_hh_l{k}")),
@@ -130,20 +138,22 @@ class MaskedLSTM(nn.Module):
         return logit, step_logits
 
 
-def _recur(pre, w_hh, lengths=None):
+def _recur(pre, w_hh, lengths=None, doubled: bool = False):
     """An LSTM layer's hidden states (B, T, H) from its gate pre-activations ``pre`` (B, T, 4H), which it overwrites,
     and its recurrent weights ``w_hh`` (4H, H), from a zero state; each step writes into buffers made once. With
     ``lengths`` (B,), only each row's state at its last valid step: (B, H).
 
     ``tanh(x) = 2 sigmoid(2x) - 1``: torch's CPU tanh costs six sigmoids per element, so the g block's
     pre-activations and weights are doubled and one sigmoid covers every gate; the cell state is kept doubled
-    (``c2 = 2c``) so that ``tanh(c)`` is one more sigmoid. Equal to nn.LSTM within float32 rounding (tested)."""
+    (``c2 = 2c``) so that ``tanh(c)`` is one more sigmoid. ``doubled``: ``pre``'s g block is doubled already.
+    Equal to nn.LSTM within float32 rounding (tested)."""
     B, T, G = pre.shape
     H = G // 4
     double = torch.ones(G, dtype=pre.dtype)
     double[2 * H:3 * H] = 2
     u = (w_hh.t() * double).contiguous()  # (H, 4H), a new tensor: the weights are never written
-    pre[:, :, 2 * H:3 * H] *= 2
+    if not doubled:
+        pre[:, :, 2 * H:3 * H] *= 2
     if lengths is None:
         hs = torch.empty(B, T, H, dtype=pre.dtype)
     else:
@@ -153,8 +163,11 @@ def _recur(pre, w_hh, lengths=None):
     g, s, a = torch.empty(B, G, dtype=pre.dtype), torch.empty(B, G, dtype=pre.dtype), torch.empty(B, H, dtype=pre.dtype)
     minus2, minus1 = torch.full((B, H), -2.0, dtype=pre.dtype), torch.full((B, H), -1.0, dtype=pre.dtype)
     for t in range(T if lengths is None else max(ends, default=-1) + 1):
-        torch.addmm(pre[:, t], h, u, out=g)
-        torch.sigmoid(g, out=s)  # i, f, sigmoid(2 g), o
+        if t:
+            torch.addmm(pre[:, t], h, u, out=g)
+            torch.sigmoid(g, out=s)  # i, f, sigmoid(2 g), o
+        else:  # from the zero state: no recurrent term
+            torch.sigmoid(pre[:, 0], out=s)
         torch.add(minus2, s[:, 2 * H:3 * H], alpha=4, out=a)  # 2 tanh(g)
         c2.mul_(s[:, H:2 * H]).addcmul_(s[:, :H], a)  # 2c = f * 2c + i * 2 tanh(g)
         torch.sigmoid(c2, out=a)
