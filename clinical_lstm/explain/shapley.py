@@ -258,10 +258,16 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
                 stay_inp, ref_inp = (net.step_inputs(to(d.x), to(d.mask), to(d.delta), torch.from_numpy(d.statics[idx]))
                                      for d in (t, ref))  # (n, T, 3V + S)
                 n, diff = len(idx), stay_inp - ref_inp
-                term = _scratch("term", (P, n, T, G))  # a player's term in a stay's pre-activations, players first
-                torch.bmm(diff[..., :3 * V].reshape(n * T, 3, V).permute(2, 0, 1), w_series,
-                          out=term[:V].view(V, n * T, G))  # a variable's value, mask and elapsed-hours columns
-                term[V:] = torch.einsum("ns,sg,js->jng", diff[:, 0, 3 * V:], w[3 * V:], members)[:, :, None]
+                # a player's term in a stay's pre-activations is its (T, 3) input differences times its (3, 4H)
+                # input weights: a series variable's value, mask and elapsed-hours columns; a static descriptor's
+                # difference of its columns' product, constant over the steps (channel 0, against ones)
+                d_in = _scratch("d_in", (n, P, T, 3))
+                d_in[:, :V] = diff[..., :3 * V].reshape(n, T, 3, V).permute(0, 3, 1, 2)
+                d_in[:, V:, :, 0], d_in[:, V:, :, 1:] = 1, 0
+                w_in = _scratch("w_in", (n, P, 3, G))
+                w_in[:, :V] = w_series
+                w_in[:, V:, 0] = torch.einsum("ns,sg,js->njg", diff[:, 0, 3 * V:], w[3 * V:], members)
+                w_in[:, V:, 1:] = 0
                 base = net.input_gates(ref_inp) * scale  # (n, T, 4H)
                 at = 0
                 for j, i in enumerate(group):
@@ -269,15 +275,16 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
                         continue
                     _, players, perms = pending[i]
                     M = len(players)
-                    terms, start = term[:, j].reshape(P, T * G), base[j].reshape(T * G)
+                    start = base[j].reshape(T * G)
                     block = pre[at:at + sizes[i]].view(-1, 2, M - 1, T * G)  # (pairs, forward / reversed, ...)
                     for q, perm in enumerate(np.asarray(perms[k], dtype=np.int64)[0::2]):  # each pair's forward one
                         forward, order = block[q, 0], torch.from_numpy(players[perm])
-                        torch.index_select(terms, 0, order[:-1], out=forward)  # the players' terms, in order
+                        torch.bmm(d_in[j, order[:-1]], w_in[j, order[:-1]], out=forward.view(M - 1, T, G))  # terms
                         forward[0] += start  # prefix j = the reference's + a running sum of j terms
                         for m in range(1, M - 1):
                             forward[m] += forward[m - 1]
-                        whole = start + forward[-1] + terms[order[-1]]  # the reference's + the stay's
+                        last = torch.mm(d_in[j, order[-1]], w_in[j, order[-1]]).view(T * G)  # the last player's term
+                        whole = start + forward[-1] + last  # the reference's + the stay's
                         torch.sub(whole, forward, out=block[q, 1])  # the reversed prefixes of M - 1 .. 1 players
                     at += sizes[i]
                 if b > a:  # a chunk of single-player stays has no coalition
