@@ -335,12 +335,17 @@ def test_a_stay_with_one_player_has_no_coalitions_and_leaves_its_batch_unchanged
     perm = rng.permutation(len(players))
     normal = (1, players, np.array([[perm, perm[::-1]]] * len(model.networks)))
     lone = (0, np.array([V]), np.zeros((len(model.networks), 2, 1), np.int64))
-    together = _play(model.networks, t, ref, [normal, lone], V, static_cols)
-    alone = _play(model.networks, t, ref, [normal], V, static_cols)
+    (together, ends), (alone, _) = (_play(model.networks, t, ref, pending, V, static_cols)
+                                    for pending in ([normal, lone], [normal]))
     assert all(part.shape == (2, 0) for part in together[1])
     for got, want in zip(together[0], alone[0], strict=True):
         assert got.shape == (2, len(players) - 1)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    # the ends of the game, the lone stay's included: each network's logit of the reference and of the stay
+    with torch.no_grad():
+        want = [[float(net(*(torch.from_numpy(a[[n]]) for a in (d.x, d.mask, d.delta, d.statics, d.lengths)))[0][0])
+                 for net in model.networks] for d in (ref, t) for n in (1, 0)]
+    np.testing.assert_allclose(ends.transpose(0, 2, 1).reshape(4, -1), want, rtol=0, atol=2e-6)
 
 
 def brute_force_shapley(v: np.ndarray, P: int) -> np.ndarray:

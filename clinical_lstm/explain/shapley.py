@@ -44,7 +44,7 @@ import torch
 
 from ..features.impute import Tensors
 from ..features.summaries import player_columns
-from ..model.network import predict_logits, to_torch, torch_threads
+from ..model.network import torch_threads
 
 EXPLAIN_COLUMNS = ("stay_id", "variable", "contribution", "rank", "base_value", "model_output")
 
@@ -144,12 +144,6 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
             batches.append(pending)
             pending, size = [], 0
 
-    def play(batch):  # each network's logits of the batch's stays and references, and of their coalitions
-        rows = [n for n, _, _ in batch]
-        ends = [np.stack([predict_logits(net, to_torch(d.subset(rows), torch.device("cpu"))) for net in nets])
-                .astype(np.float64) for d in (t, ref)]  # (K, stays) each
-        return ends, _play(nets, t, ref, batch, V, static_cols)
-
     workers = max(1, torch.get_num_threads() if workers is None else int(workers))
     report = progress if callable(progress) else None
     bar = tqdm(total=N, desc="explain", disable=report is not None or not progress, leave=False)
@@ -157,7 +151,8 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     with torch_threads(1 if workers > 1 else None), ThreadPoolExecutor(max_workers=workers) as pool:
         try:
             members = None if model.head is None else pool.submit(_member_part, model, t, ref, stat)
-            for batch, ((full, none), interior) in zip(batches, pool.map(play, batches), strict=True):
+            for batch, (interior, (none, full)) in zip(batches, pool.map(
+                    lambda b: _play(nets, t, ref, b, V, static_cols), batches), strict=True):
                 for i, ((m, pl_, pm), values) in enumerate(zip(batch, interior, strict=True)):
                     vals = np.concatenate([np.broadcast_to(none[:, i, None, None], (K, 2 * pairs, 1)), np.stack(values),
                                            np.broadcast_to(full[:, i, None, None], (K, 2 * pairs, 1))], axis=2)
@@ -216,9 +211,10 @@ def _coalitions(perms, players, n_players):
 
 
 @torch.inference_mode()
-def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
-    """Each network's logits on its own interior coalitions of the pending stays: per stay, per network, an
-    array (2 * pairs, M - 1).
+def _play(nets, t, ref, pending, V, static_cols) -> tuple[list[list[np.ndarray]], np.ndarray]:
+    """Each network's logits on its own interior coalitions of the pending stays (per stay, per network, an array
+    (2 * pairs, M - 1)), and on the stays' references and the stays themselves (2, K, stays): every logit of the
+    game from the same arithmetic.
 
     A coalition's step inputs take each player's columns from the stay's or the reference's, so its first-layer
     gate pre-activations are the reference's plus one term per present player: that player's columns of the
@@ -230,6 +226,7 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
     reference's plus the stay's pre-activations minus that prefix's. Its rows are kept in the forward prefixes'
     order (``_layout``) and put back in the end."""
     out = [[None] * len(nets) for _ in pending]
+    ends = np.zeros((2, len(nets), len(pending)))  # (reference / stay, network, stay)
     stays = np.array([n for n, _, _ in pending])
     T, P = int(t.lengths[stays].max()), V + len(static_cols)
     members = torch.from_numpy(static_cols.astype(np.float32))  # (static players, S)
@@ -240,7 +237,7 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
         sizes = [len(c) for c in present]
         chunks = list(_chunks(sizes, _ROWS))
         logits = torch.empty(sum(sizes), dtype=torch.float64)
-        if chunks and sum(sizes):
+        if chunks:
             net.eval()
             scale = net.gate_scale()  # the g block doubled (from_gates(doubled=True)): once, in the weights
             w = net.lstm.weight_ih_l0.t() * scale  # (3V + S, 4H), a new tensor
@@ -251,7 +248,7 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
             static_on = (on[:, V:] @ members) > 0  # (R, S) the present static players' columns
             statics = torch.where(static_on, torch.from_numpy(t.statics[rows]), torch.from_numpy(ref.statics[rows]))
             lengths = torch.from_numpy(t.lengths[rows])
-            pre = _scratch("pre", (max(b - a for a, b, _ in chunks), T, G))  # reused by every chunk
+            pre = _scratch("pre", (max(b - a + 2 * len(g) for a, b, g in chunks), T, G))  # reused by every chunk
             for a, b, group in chunks:
                 idx = stays[group]
                 to = lambda arr: torch.from_numpy(arr[idx, :T])  # noqa: B023,E731
@@ -268,7 +265,10 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
                 w_in[:, :V] = w_series
                 w_in[:, V:, 0] = torch.einsum("ns,sg,js->njg", diff[:, 0, 3 * V:], w[3 * V:], members)
                 w_in[:, V:, 1:] = 0
-                base = net.input_gates(ref_inp) * scale  # (n, T, 4H)
+                c = b - a  # the coalitions' rows, then the references' and the stays' own pre-activations
+                base = pre[c:c + n]
+                torch.mul(net.input_gates(ref_inp), scale, out=base)  # (n, T, 4H)
+                torch.mul(net.input_gates(stay_inp), scale, out=pre[c + n:c + 2 * n])
                 at = 0
                 for j, i in enumerate(group):
                     if not sizes[i]:  # one player: no interior coalition
@@ -287,12 +287,15 @@ def _play(nets, t, ref, pending, V, static_cols) -> list[list[np.ndarray]]:
                         whole = start + forward[-1] + last  # the reference's + the stay's
                         torch.sub(whole, forward, out=block[q, 1])  # the reversed prefixes of M - 1 .. 1 players
                     at += sizes[i]
-                if b > a:  # a chunk of single-player stays has no coalition
-                    logits[a:b] = net.from_gates(pre[:b - a], statics[a:b], lengths[a:b], doubled=True)
+                got = net.from_gates(pre[:c + 2 * n], torch.cat([statics[a:b], torch.from_numpy(ref.statics[idx]),
+                                                                 torch.from_numpy(t.statics[idx])]),
+                                     torch.cat([lengths[a:b], torch.from_numpy(np.tile(t.lengths[idx], 2))]), doubled=True)
+                logits[a:b] = got[:c]
+                ends[:, k, group] = got[c:].view(2, n).double().numpy()
         parts = np.split(logits.numpy(), np.cumsum(sizes)[:-1])
         for i, ((_, players, perms), part) in enumerate(zip(pending, parts, strict=True)):
             out[i][k] = part[layout[i]].reshape(len(perms[k]), max(len(players) - 1, 0))
-    return out
+    return out, ends
 
 
 def _layout(n_perms: int, interior: int) -> np.ndarray:
