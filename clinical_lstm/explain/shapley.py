@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
@@ -148,7 +148,7 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
     report = progress if callable(progress) else None
     bar = tqdm(total=N, desc="explain", disable=report is not None or not progress, leave=False)
     phi_net, lstm_out, lstm_base = np.zeros((N, P)), np.zeros(N), np.zeros(N)
-    with torch_threads(1 if workers > 1 else None), ThreadPoolExecutor(max_workers=workers) as pool:
+    with torch_threads(1 if workers > 1 else None), (ThreadPoolExecutor(workers) if workers > 1 else _InThread()) as pool:
         try:
             members = None if model.head is None else pool.submit(_member_part, model, t, ref, stat)
             for batch, (interior, (none, full)) in zip(batches, pool.map(
@@ -174,6 +174,29 @@ def shap_values(model, t: Tensors, n_permutations: int = 8, seed: int = 0, max_b
         output = model.head(torch.from_numpy(lstm_out.astype(np.float32)), torch.from_numpy(t.summary))
         base = model.head(torch.from_numpy(lstm_base.astype(np.float32)), torch.from_numpy(ref.summary))
     return w[:, :1] * phi_net + phi_members, base.double().numpy(), output.double().numpy(), names
+
+
+class _InThread:
+    """The pool's calls, run in the calling thread: one worker needs no pool, and the calling thread's scratch
+    buffers (:func:`_scratch`) outlive the call, so a batch job's chunks (each explained with one worker, in the
+    job's long-lived threads) reuse them instead of every chunk paging in new ones."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        done = Future()
+        done.set_result(fn(*args))
+        return done
+
+    def map(self, fn, items):
+        return map(fn, items)
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
 
 
 def _member_part(model, t, ref, stat):
