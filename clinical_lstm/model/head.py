@@ -219,16 +219,17 @@ class SummaryHead(nn.Module):
         feature, threshold = b("feature").reshape(-1), b("threshold").reshape(-1)
         missing_left, leaf = b("missing_left").reshape(-1), b("leaf").reshape(-1)
         left, right = b("left").reshape(-1), b("right").reshape(-1)
+        # a[base + node] (B, n_trees) by index_select: a quarter of advanced indexing's time on CPU
+        at_of = lambda a, node: a.index_select(0, (base + node).reshape(-1)).reshape(-1, n_trees)  # noqa: E731
         for _ in range(int(b("depth"))):
-            at = base + node  # (B, n_trees)
-            v = torch.gather(x, 1, feature[at])  # (B, n_trees) the split feature's value
+            v = torch.gather(x, 1, at_of(feature, node))  # (B, n_trees) the split feature's value
             # float64, as scikit-learn compares; a missing value goes where training sent missing values (NaN <=
             # threshold is False). Logical operators, not torch.where on booleans: onnxruntime has no kernel for that
-            go_left = (v.double() <= threshold[at]) | (torch.isnan(v) & missing_left[at])
-            node = torch.where(go_left, left[at], right[at])
-            if not torch.jit.is_tracing() and bool(leaf[base + node].all()):  # every walk has ended (an
+            go_left = (v.double() <= at_of(threshold, node)) | (torch.isnan(v) & at_of(missing_left, node))
+            node = torch.where(go_left, at_of(left, node), at_of(right, node))
+            if not torch.jit.is_tracing() and bool(at_of(leaf, node).all()):  # every walk has ended (an
                 break  # exported graph always takes the full depth)
-        raw = b("value").reshape(-1)[base + node].sum(dim=1) + b("baseline")[0]  # (B,)
+        raw = at_of(b("value").reshape(-1), node).sum(dim=1) + b("baseline")[0]  # (B,)
         return raw.reshape(shape)
 
     def numpy_logit(self, lstm_logit: float, summary: np.ndarray) -> float:
