@@ -59,12 +59,17 @@ class MaskedLSTM(nn.Module):
 
     def step_inputs(self, x, mask, delta, statics):
         """(B, T, V) x3 and (B, S) -> (B, T, 3V + S)."""
-        if self.cfg.decay:
-            gamma = torch.exp(-torch.relu(self.decay_w * delta + self.decay_b))  # (B, T, V)
-            x = x * (mask + (1 - mask) * gamma)  # = m * x + (1 - m) * gamma * x
         B, T, _ = x.shape
         s = statics.unsqueeze(1).expand(B, T, statics.shape[1])  # (B, T, S)
-        return torch.cat([x, mask, torch.log1p(delta), s], dim=-1)  # (B, T, 3V + S)
+        return torch.cat([self.decayed(x, mask, delta), mask, torch.log1p(delta), s], dim=-1)  # (B, T, 3V + S)
+
+    def decayed(self, x, mask, delta):
+        """The value channels of :meth:`step_inputs` (B, T, V): ``x``, decayed where unobserved with ``decay``; the
+        only columns that differ between the networks of an ensemble (:func:`predict_logits` builds the rest once)."""
+        if not self.cfg.decay:
+            return x
+        gamma = torch.exp(-torch.relu(self.decay_w * delta + self.decay_b))  # (B, T, V)
+        return x * (mask + (1 - mask) * gamma)  # = m * x + (1 - m) * gamma * x
 
     def forward(self, x, mask, delta, statics, lengths):
         """Return ``(logit, step_logits)``.
@@ -240,19 +245,29 @@ def widths(data) -> tuple[int, int]:
 
 @torch.no_grad()
 def predict_logits(models, data, batch_size: int = 1024, steps: bool = False):
-    """Mean logit over the ensemble, (N,) — or (N, T) per-step logits with ``steps=True``."""
+    """Mean logit over the ensemble, (N,) — or (N, T) per-step logits with ``steps=True``.
+
+    Each batch's step inputs are built once for all the networks: the mask, elapsed-hours and statics columns are
+    the same for every network; each network writes only its own value columns (:meth:`MaskedLSTM.decayed`) before
+    its pass (they were a seventh of batch scoring's time, built per network)."""
     models = models if isinstance(models, (list, tuple)) else [models]
     n = n_stays(data)
-    outs = []
+    outs = [[] for _ in models]
     for m in models:
         m.eval()
-        parts = []
-        for i in range(0, n, batch_size):
-            b = batch_of(data, slice(i, i + batch_size))
-            logit, step_logits = m(b["x"], b["mask"], b["delta"], b["statics"], b["lengths"])
-            parts.append((step_logits if steps else logit).float().cpu())
-        outs.append(torch.cat(parts) if parts else torch.zeros(0))
-    return torch.stack(outs).mean(0).numpy()
+    for i in range(0, n, batch_size):
+        b = batch_of(data, slice(i, i + batch_size))
+        x, mask, delta, statics = b["x"], b["mask"], b["delta"], b["statics"]
+        inp = models[0].step_inputs(x, mask, delta, statics)  # (B, T, 3V + S), the first network's
+        V = x.shape[-1]
+        for k, m in enumerate(models):
+            if k and m.cfg.decay:
+                inp[..., :V] = m.decayed(x, mask, delta)
+            elif k and models[0].cfg.decay:  # a network without decay after one with it: its raw values
+                inp[..., :V] = x
+            logit, step_logits = m.from_inputs(inp, statics, b["lengths"])
+            outs[k].append((step_logits if steps else logit).float().cpu())
+    return torch.stack([torch.cat(o) if o else torch.zeros(0) for o in outs]).mean(0).numpy()
 
 
 class StepKernel:
