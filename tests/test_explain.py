@@ -338,6 +338,8 @@ def test_a_stay_with_one_player_has_no_coalitions_and_leaves_its_batch_unchanged
     (together, ends), (alone, _) = (_play(model.networks, t, ref, pending, V, static_cols)
                                     for pending in ([normal, lone], [normal]))
     assert all(part.shape == (2, 0) for part in together[1])
+    with pytest.raises(ValueError, match="antithetic"):  # the reversed rows are derived from the forward ones
+        _play(model.networks, t, ref, [(1, players, np.array([[perm, perm]] * len(model.networks)))], V, static_cols)
     for got, want in zip(together[0], alone[0], strict=True):
         assert got.shape == (2, len(players) - 1)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

@@ -297,10 +297,12 @@ def _play(nets, t, ref, pending, V, static_cols) -> tuple[list[list[np.ndarray]]
                     if not sizes[i]:  # one player: no interior coalition
                         continue
                     _, players, perms = pending[i]
-                    M = len(players)
+                    M, perms_k = len(players), np.asarray(perms[k], dtype=np.int64)
+                    if not np.array_equal(perms_k[1::2], perms_k[0::2, ::-1]):
+                        raise ValueError("_play takes antithetic pairs: each odd permutation reverses the one before")
                     start = base[j].reshape(T * G)
                     block = pre[at:at + sizes[i]].view(-1, 2, M - 1, T * G)  # (pairs, forward / reversed, ...)
-                    for q, perm in enumerate(np.asarray(perms[k], dtype=np.int64)[0::2]):  # each pair's forward one
+                    for q, perm in enumerate(perms_k[0::2]):  # each pair's forward one
                         forward, order = block[q, 0], torch.from_numpy(players[perm])
                         torch.bmm(d_in[j, order[:-1]], w_in[j, order[:-1]], out=forward.view(M - 1, T, G))  # terms
                         forward[0] += start  # prefix j = the reference's + a running sum of j terms
