@@ -278,3 +278,21 @@ def test_ensemble_prediction_equals_its_members_one_by_one(decay, attention):
     np.testing.assert_allclose(predict_logits(nets, data, batch_size=4), want, rtol=0, atol=1e-6)
     np.testing.assert_allclose(predict_logits(nets, data, batch_size=4, steps=True), want_steps, rtol=0, atol=1e-6)
     assert np.abs(np.stack([o[0].numpy() for o in outs]).std(0)).max() > 1e-3  # the members differ
+
+
+def test_ensemble_prediction_with_and_without_decay_mixed():
+    """Networks that share step inputs but not the decay (none, decay, none, decay): each gets its own value
+    columns, whichever network wrote them before it."""
+    from clinical_lstm.model.network import predict_logits
+
+    nets = [make_model(decay, False, seed=s) for s, decay in enumerate([False, True, False, True])]
+    g = torch.Generator().manual_seed(8)
+    N, T = 7, 5
+    data = {"x": torch.randn(N, T, V, generator=g), "mask": (torch.rand(N, T, V, generator=g) < 0.5).float(),
+            "delta": torch.rand(N, T, V, generator=g) * 5, "statics": torch.randn(N, S, generator=g),
+            "lengths": torch.randint(1, T + 1, (N,), generator=g)}
+    with torch.no_grad():
+        want = torch.stack([n(data["x"], data["mask"], data["delta"], data["statics"], data["lengths"])[0]
+                            for n in nets]).mean(0).numpy()
+    for order in (nets, nets[::-1]):
+        np.testing.assert_allclose(predict_logits(order, data, batch_size=3), want, rtol=0, atol=1e-6)

@@ -259,12 +259,11 @@ def predict_logits(models, data, batch_size: int = 1024, steps: bool = False):
         b = batch_of(data, slice(i, i + batch_size))
         x, mask, delta, statics = b["x"], b["mask"], b["delta"], b["statics"]
         inp = models[0].step_inputs(x, mask, delta, statics)  # (B, T, 3V + S), the first network's
-        V = x.shape[-1]
+        V, raw = x.shape[-1], not models[0].cfg.decay  # whether inp's value columns hold the raw values
         for k, m in enumerate(models):
-            if k and m.cfg.decay:
+            if k and (m.cfg.decay or not raw):
                 inp[..., :V] = m.decayed(x, mask, delta)
-            elif k and models[0].cfg.decay:  # a network without decay after one with it: its raw values
-                inp[..., :V] = x
+                raw = not m.cfg.decay
             logit, step_logits = m.from_inputs(inp, statics, b["lengths"])
             outs[k].append((step_logits if steps else logit).float().cpu())
     return torch.stack([torch.cat(o) if o else torch.zeros(0) for o in outs]).mean(0).numpy()
