@@ -256,6 +256,14 @@ def test_rows_batches_are_the_copied_fold_batches():
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
 
 
+def random_stays(N: int, T: int, seed: int) -> dict[str, torch.Tensor]:
+    """N random stays of T steps as :func:`~clinical_lstm.model.network.predict_logits` takes them (lengths 1..T)."""
+    g = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(N, T, V, generator=g), "mask": (torch.rand(N, T, V, generator=g) < 0.5).float(),
+            "delta": torch.rand(N, T, V, generator=g) * 5, "statics": torch.randn(N, S, generator=g),
+            "lengths": torch.randint(1, T + 1, (N,), generator=g)}
+
+
 @pytest.mark.parametrize("decay,attention", COMBOS)
 def test_ensemble_prediction_equals_its_members_one_by_one(decay, attention):
     """The ensemble's logits (predict_logits, in batches that split the stays unevenly) are the mean of the
@@ -266,11 +274,7 @@ def test_ensemble_prediction_equals_its_members_one_by_one(decay, attention):
     if decay:  # members whose decay differs
         with torch.no_grad():
             nets[1].decay_w.mul_(3)
-    g = torch.Generator().manual_seed(7)
-    N, T = 11, 6
-    data = {"x": torch.randn(N, T, V, generator=g), "mask": (torch.rand(N, T, V, generator=g) < 0.5).float(),
-            "delta": torch.rand(N, T, V, generator=g) * 5, "statics": torch.randn(N, S, generator=g),
-            "lengths": torch.randint(1, T + 1, (N,), generator=g)}
+    data = random_stays(11, 6, seed=7)
     with torch.no_grad():
         outs = [n(data["x"], data["mask"], data["delta"], data["statics"], data["lengths"]) for n in nets]
     want = torch.stack([o[0] for o in outs]).mean(0).numpy()
@@ -286,11 +290,7 @@ def test_ensemble_prediction_with_and_without_decay_mixed():
     from clinical_lstm.model.network import predict_logits
 
     nets = [make_model(decay, False, seed=s) for s, decay in enumerate([False, True, False, True])]
-    g = torch.Generator().manual_seed(8)
-    N, T = 7, 5
-    data = {"x": torch.randn(N, T, V, generator=g), "mask": (torch.rand(N, T, V, generator=g) < 0.5).float(),
-            "delta": torch.rand(N, T, V, generator=g) * 5, "statics": torch.randn(N, S, generator=g),
-            "lengths": torch.randint(1, T + 1, (N,), generator=g)}
+    data = random_stays(7, 5, seed=8)
     with torch.no_grad():
         want = torch.stack([n(data["x"], data["mask"], data["delta"], data["statics"], data["lengths"])[0]
                             for n in nets]).mean(0).numpy()
